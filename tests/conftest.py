@@ -1,0 +1,15 @@
+"""Shared test set-up.
+
+Four fake CPU devices so sharding tests can build real meshes; everything else runs on device 0.
+The flag must be set before JAX initialises its backends, hence at import time here.
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")  # fp32 parity tests
