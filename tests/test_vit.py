@@ -1,0 +1,262 @@
+"""DINO / DINOv2 encoder: parity with transformers on tiny random models, converter round trip,
+camera modulation at init, exact parameter counts of the full-size configs."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from instant3d_jax.convert import transformers_vit as tv
+from instant3d_jax.convert.safetensors_io import WeightsError, read_folder_weights
+from instant3d_jax.models import vit
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+# Tiny configs; the inputs differ from the pretraining size so position embeddings are resampled
+# (ViT: grid 4 -> 6x5, non-square; DINOv2: grid 4 -> 5x5, registers: grid 4 -> 3x6 (down on one
+# axis, which the antialiased kernel treats differently).
+TINY = {
+    "vit": (transformers.ViTConfig, transformers.ViTModel,
+            dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, image_size=32, patch_size=8), (48, 40)),
+    "dinov2": (transformers.Dinov2Config, transformers.Dinov2Model,
+               dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
+                    image_size=28, patch_size=7, use_swiglu_ffn=True), (35, 35)),
+    "dinov2_with_registers": (
+        transformers.Dinov2WithRegistersConfig, transformers.Dinov2WithRegistersModel,
+        dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4,
+             image_size=28, patch_size=7, num_register_tokens=3), (21, 42)),
+}
+
+
+def _randomize(model, seed):
+  """save_pretrained of a fresh model has layer scale 1, zero register tokens, zero biases:
+  perturb every parameter so the test sees each one."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+_BUILT = {}
+
+
+def _build(kind, tmp_path_factory):
+  """(kind, folder, torch model, input [B, H, W, 3] numpy), built once per kind."""
+  if kind not in _BUILT:
+    config_cls, model_cls, kw, (h, w) = TINY[kind]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**kw)).eval()
+    _randomize(model, 1)
+    folder = tmp_path_factory.mktemp(kind)
+    model.save_pretrained(folder)
+    x = np.random.default_rng(0).standard_normal((2, h, w, 3)).astype(np.float32)
+    _BUILT[kind] = (kind, folder, model, x)
+  return _BUILT[kind]
+
+
+@pytest.fixture(scope="module", params=list(TINY))
+def tiny(request, tmp_path_factory):
+  return _build(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+  """The DINO v1 layout the LRM uses by default."""
+  return _build("vit", tmp_path_factory)
+
+
+def _torch_hidden(kind, model, x):
+  kwargs = {"interpolate_pos_encoding": True} if kind == "vit" else {}
+  with torch.no_grad():
+    out = model(torch.from_numpy(x).permute(0, 3, 1, 2), output_hidden_states=True, **kwargs)
+  return out.last_hidden_state.numpy(), [h.numpy() for h in out.hidden_states]
+
+
+def test_parity_with_transformers(tiny):
+  kind, folder, model, x = tiny
+  config, params = tv.load_vit(folder)
+  assert config.model_type == kind
+  enc = vit.ViTEncoder(config)
+  last, hidden = jax.jit(lambda p, x: enc.apply({"params": p}, x, output_hidden_states=True))(
+      params, x)
+  t_last, t_hidden = _torch_hidden(kind, model, x)
+  assert len(hidden) == len(t_hidden) == config.num_hidden_layers + 1
+  errs = [rel_err(a, b) for a, b in zip(hidden, t_hidden)] + [rel_err(last, t_last)]
+  print(kind, "hidden-state rel errs", errs)
+  assert max(errs) <= 1e-4, errs
+
+
+def test_modulation_zero_at_init_and_effective(tiny_vit):
+  kind, folder, model, x = tiny_vit
+  config, base = tv.load_vit(folder)
+  _, params = tv.load_vit(folder, modulation_dim=6)
+  ref = jax.jit(vit.ViTEncoder(config).apply)({"params": base}, x)
+  enc = vit.ViTEncoder(config, modulation_dim=6)
+  apply = jax.jit(enc.apply)
+  cam = jnp.asarray(np.random.default_rng(1).standard_normal((2, 6)), jnp.float32)
+  np.testing.assert_array_equal(np.asarray(apply({"params": params}, x, cam)), np.asarray(ref))
+  # A freshly initialised model is also exactly unmodulated: its adaLN layers are zero.
+  fresh = jax.jit(enc.init)(jax.random.key(0), x, cam)["params"]
+  for i in range(config.num_hidden_layers):
+    for v in jax.tree.leaves(fresh[f"layer_{i}"]["adaLN_modulation"]):
+      assert float(jnp.abs(v).max()) == 0.0
+  # Nonzero modulation changes the output, differently for different cameras.
+  bumped = jax.tree.map(np.copy, params)
+  k = bumped["layer_1"]["adaLN_modulation"]["kernel"]
+  bumped["layer_1"]["adaLN_modulation"]["kernel"] = (
+      0.05 * np.random.default_rng(2).standard_normal(k.shape).astype(np.float32))
+  out2 = apply({"params": bumped}, x, cam)
+  assert rel_err(out2, ref) > 1e-3
+  out3 = apply({"params": bumped}, x, -cam)
+  assert rel_err(out3, out2) > 1e-3
+
+
+def test_export_round_trip(tiny, tmp_path):
+  kind, folder, model, x = tiny
+  config, params = tv.load_vit(folder, modulation_dim=4)
+  params["layer_0"]["adaLN_modulation"]["bias"] = np.arange(
+      4 * config.hidden_size, dtype=np.float32)
+  tv.save_vit(tmp_path / "out", params, config)
+  config2, params2 = tv.load_vit(tmp_path / "out", modulation_dim=4)
+  assert config2 == config
+  jax.tree.map(np.testing.assert_array_equal, params2, params)
+  # Without modulation, the exported tensors equal the original checkpoint's (minus the keys
+  # the encoder does not use) bit for bit.
+  _, plain = tv.load_vit(folder)
+  tv.save_vit(tmp_path / "plain", plain, config)
+  orig = read_folder_weights(folder)
+  back = read_folder_weights(tmp_path / "plain")
+  assert set(back) == set(orig) - set(tv.IGNORED_KEYS)
+  for k in back:
+    np.testing.assert_array_equal(back[k], orig[k], err_msg=k)
+  # A modulated checkpoint needs a modulated encoder.
+  with pytest.raises(WeightsError, match="adaLN_modulation"):
+    tv.load_vit(tmp_path / "out")
+
+
+def test_exported_folder_loads_in_transformers(tiny, tmp_path):
+  kind, folder, model, x = tiny
+  config, params = tv.load_vit(folder)
+  tv.save_vit(tmp_path, params, config)
+  reloaded = type(model).from_pretrained(tmp_path).eval()
+  a, _ = _torch_hidden(kind, reloaded, x)
+  b, _ = _torch_hidden(kind, model, x)
+  np.testing.assert_array_equal(a, b)
+
+
+def test_converter_errors(tmp_path):
+  cfg = TINY["vit"]
+  torch.manual_seed(0)
+  model = cfg[1](cfg[0](**cfg[2]))
+  model.save_pretrained(tmp_path)
+  config = vit.ViTConfig.from_transformers(json.loads((tmp_path / "config.json").read_text()))
+  tensors = read_folder_weights(tmp_path)
+  bad = dict(tensors)
+  del bad["encoder.layer.1.attention.attention.key.weight"]
+  with pytest.raises(WeightsError, match=r"ckpt\.safetensors: missing key "
+                     r"'encoder.layer.1.attention.attention.key.weight'"):
+    tv.tensors_to_params(bad, config, "ckpt.safetensors")
+  bad = dict(tensors, **{"encoder.layer.0.mystery.weight": np.zeros(3, np.float32)})
+  with pytest.raises(WeightsError, match="mystery"):
+    tv.tensors_to_params(bad, config, "ckpt.safetensors")
+  bad = dict(tensors)
+  bad["encoder.layer.0.intermediate.dense.weight"] = np.zeros((65, 32), np.float32)
+  with pytest.raises(WeightsError, match=r"layer_0/fc1/kernel: config expects \(32, 64\), "
+                     r"checkpoint has \(32, 65\)"):
+    tv.tensors_to_params(bad, config, "ckpt.safetensors")
+  with pytest.raises(WeightsError, match="config.json"):
+    tv.load_vit(tmp_path / "nowhere")
+
+
+def test_bicubic_matrix_matches_torch():
+  rng = np.random.default_rng(0)
+  for antialias in (False, True):
+    for n_in, n_out in [(4, 6), (14, 32), (37, 36), (16, 37), (6, 3)]:
+      v = rng.standard_normal((1, 2, n_in, n_in))
+      ref = torch.nn.functional.interpolate(torch.from_numpy(v), size=(n_out, n_out),
+                                            mode="bicubic", align_corners=False,
+                                            antialias=antialias).numpy()
+      w = vit.torch_bicubic_matrix(n_in, n_out, antialias)
+      got = np.einsum("ih,jw,chw->cij", w, w, v[0])
+      assert np.abs(got - ref[0]).max() < 1e-12, (antialias, n_in, n_out)
+
+
+def test_input_errors():
+  config = vit.ViTConfig("dinov2", 16, 1, 2, 32, patch_size=14, image_size=28)
+  enc = vit.ViTEncoder(config)
+  with pytest.raises(ValueError, match=r"input size 500x504 is not a multiple of the patch "
+                     r"size 14 \(e.g. 490x504\)"):
+    jax.eval_shape(enc.init, jax.random.key(0), jnp.zeros((1, 500, 504, 3)))
+  with pytest.raises(ValueError, match=r"pixel_values must be \[B, H, W, 3\], got shape "
+                     r"\(1, 3, 28, 28\)"):
+    jax.eval_shape(enc.init, jax.random.key(0), jnp.zeros((1, 3, 28, 28)))
+  enc_m = vit.ViTEncoder(config, modulation_dim=5)
+  with pytest.raises(ValueError, match=r"modulation must be \[B=1, 5\], got None"):
+    jax.eval_shape(enc_m.init, jax.random.key(0), jnp.zeros((1, 28, 28, 3)))
+  with pytest.raises(ValueError, match="model_type"):
+    vit.ViTConfig.from_transformers({"model_type": "clip_vision_model"})
+
+
+def test_remat_grads_equal_and_bf16_close():
+  config = vit.ViTConfig("dinov2_with_registers", 32, 2, 4, 64, patch_size=7, image_size=28,
+                         layer_norm_eps=1e-6, layer_scale=True, num_register_tokens=2)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 42, 42, 3)), jnp.float32)
+  cam = jnp.ones((1, 3))
+  ref_model = vit.ViTEncoder(config, modulation_dim=3)
+  params = jax.jit(ref_model.init)(jax.random.key(0), x, cam)["params"]
+  # Make the modulation active so its gradient path is compared too.
+  params = jax.tree.map(lambda a: a + 0.01, params)
+  remat = vit.ViTEncoder(config, remat="full", modulation_dim=3)
+  loss = lambda m: jax.jit(jax.value_and_grad(
+      lambda p: jnp.sum(m.apply({"params": p}, x, cam) ** 2)))
+  (l_ref, g_ref), (l_remat, g_remat) = loss(ref_model)(params), loss(remat)(params)
+  assert float(l_ref) > 0 and abs(float(l_remat) - float(l_ref)) <= 1e-6 * float(l_ref)
+  # (atol: the key bias has an analytically zero gradient, so its values are pure rounding.)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), g_remat,
+               g_ref)
+  ref = ref_model.apply({"params": params}, x, cam)
+  assert ref.shape == (1, 1 + 2 + 36, 32)
+  out = vit.ViTEncoder(config, dtype=jnp.bfloat16, modulation_dim=3).apply(
+      {"params": params}, x, cam)
+  assert out.dtype == jnp.bfloat16
+  assert rel_err(out.astype(jnp.float32), ref) < 5e-2
+
+
+def _torch_count(model_cls, config):
+  with torch.device("meta"):
+    m = model_cls(config)
+  return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("preset", ["dino_vitb16", "dinov2_vitb14", "dinov2_vitb14_reg"])
+def test_full_size_parameter_counts(preset):
+  config = vit.PRESETS[preset]()
+  ours = vit.count_params(tv.expected_param_shapes(config))
+  tcfg = config.to_transformers()
+  d = config.hidden_size
+  if preset == "dino_vitb16":
+    # The LRM uses the token sequence, not ViTModel's CLS pooler (InstantMesh/OpenLRM build it
+    # with add_pooling_layer=False, and the DINO checkpoint has no trained pooler).
+    with torch.device("meta"):
+      m = transformers.ViTModel(transformers.ViTConfig(**tcfg), add_pooling_layer=False)
+    theirs = sum(p.numel() for p in m.parameters())
+    assert ours == theirs == 85_798_656
+  elif preset == "dinov2_vitb14":
+    theirs = _torch_count(transformers.Dinov2Model, transformers.Dinov2Config(**tcfg))
+    assert ours == theirs == 86_579_712
+  else:
+    # The registers model always builds the (unused) mask token; the encoder drops it.
+    theirs = _torch_count(transformers.Dinov2WithRegistersModel,
+                          transformers.Dinov2WithRegistersConfig(**tcfg))
+    assert ours == theirs - d == 86_582_784
+  # With camera modulation: 12 blocks × (D_mod·4D + 4D).
+  mod = vit.count_params(tv.expected_param_shapes(config, modulation_dim=1024))
+  assert mod - ours == config.num_hidden_layers * (1024 * 4 * d + 4 * d)
