@@ -12,6 +12,7 @@ Params returned here are the `params` collection: `model.apply({"params": params
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -45,6 +46,7 @@ def _unbox(tree):
   return nn.unbox(tree)
 
 
+@functools.lru_cache(maxsize=8)
 def unet_abstract_params(config: UNetConfig) -> dict[str, Any]:
   """The UNet `params` tree as `jax.ShapeDtypeStruct`s (via `jax.eval_shape`, nothing allocated)."""
   model = UNet2DConditionModel(config)
@@ -68,6 +70,7 @@ def unet_abstract_params(config: UNetConfig) -> dict[str, Any]:
   return _unbox(variables["params"])
 
 
+@functools.lru_cache(maxsize=8)
 def vae_abstract_params(config: VAEConfig) -> dict[str, Any]:
   """The VAE `params` tree as `jax.ShapeDtypeStruct`s (encoder and decoder)."""
   model = AutoencoderKL(config)
@@ -326,12 +329,12 @@ def vae_ldm_key(key: str, config: VAEConfig) -> str:
     b, kind = int(p[1]), p[2]
     if kind == "resnets":
       return f"{part}.down.{b}.block.{p[3]}.{resnet('.'.join(p[4:]))}"
-    return f"{part}.down.{b}.downsample.{'.'.join(p[5:])}"
+    return f"{part}.down.{b}.downsample.{'.'.join(p[4:])}"
   if p[0] == "up_blocks":
     b, kind = n - 1 - int(p[1]), p[2]
     if kind == "resnets":
       return f"{part}.up.{b}.block.{p[3]}.{resnet('.'.join(p[4:]))}"
-    return f"{part}.up.{b}.upsample.{'.'.join(p[5:])}"
+    return f"{part}.up.{b}.upsample.{'.'.join(p[4:])}"
   raise KeyError(f"no single-file mapping for VAE key {key!r}")
 
 
