@@ -1,0 +1,267 @@
+"""The model-agnostic training loop shared by the reconstructor and the diffusion trainers.
+
+A trainer describes its job as a `Task` (how to init params, the loss, the input iterator, and
+optional eval / image hooks); `run(config, workdir, task)` does the rest in the order the data
+flows: set up mesh → shardings from `eval_shape` → restore or init → AOT compile → loop (step,
+log, images, eval, checkpoint) → final checkpoint. Config sections read here:
+
+  seed, mesh, logical_axis_rules, optimizer (see optimizer.py),
+  train: total_steps, time_budget_s (0 = none; wall clock since `run` started, compile
+         included), global_batch_size, accum_steps, log_every, image_every, eval_every,
+         max_nonfinite_in_a_row, checkpoint_must_match (config sections a resume must match),
+         halt_at_step (0 = off; stop and save at this step as a preemption would: tests, smoke
+         runs — unlike total_steps it leaves the learning-rate schedule alone)
+  checkpoint: every_steps, keep, async
+  hardware: peak_tflops ({device-kind substring: dense bf16 TFLOP/s per device}) for MFU
+
+Stops: `total_steps` reached, the time budget spent, SIGTERM/SIGINT (saves, exits cleanly), or
+`max_nonfinite_in_a_row` skipped updates in a row (raises `NonFiniteError`, no save: the last
+checkpoint on disk is the last good state).
+"""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from instant3d_jax.train import checkpoint as ckpt_lib
+from instant3d_jax.train import mesh as mesh_lib
+from instant3d_jax.train import metrics as metrics_lib
+from instant3d_jax.train import multihost
+from instant3d_jax.train import optimizer as opt_lib
+from instant3d_jax.train import sharding as shard_lib
+from instant3d_jax.train.step import LossFn, TrainState, make_init_fn, make_train_step
+
+# CPU has no buffer donation; the warning would repeat every compile.
+warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+
+
+class NonFiniteError(RuntimeError):
+  """Too many non-finite losses / gradients in a row."""
+
+
+class DataIterator(Protocol):
+  """What `Task.make_iterator` returns: process-local numpy batches, resumable."""
+
+  def __next__(self) -> dict: ...
+  def get_state(self) -> dict: ...
+  def set_state(self, state: dict) -> None: ...
+
+
+@dataclasses.dataclass
+class Task:
+  """A training job for `run`.
+
+  init_params: `rng -> boxed params` (e.g. `lambda r: model.init(r, *dummy)['params']`).
+  loss_fn: `(params, global_batch, rng, step) -> (loss, metrics)` (traced inside the step).
+  make_iterator: `() -> DataIterator` yielding this process's rows of each global batch.
+  batch_spec: `{name: jax.ShapeDtypeStruct}` of the *global* batch (shapes for AOT compile).
+  flops_per_example: analytic forward+backward FLOPs per example (for TFLOP/s and MFU).
+  eval_fn: `(params, step) -> {name: float}`, called every `train.eval_every` steps and at the end.
+  image_fn: `(params, global_batch, step) -> [H, W, 3]` grid, every `train.image_every` steps.
+  """
+  init_params: Callable[[jax.Array], Any]
+  loss_fn: LossFn
+  make_iterator: Callable[[], DataIterator]
+  batch_spec: dict
+  flops_per_example: float | None = None
+  eval_fn: Callable[[Any, int], dict] | None = None
+  image_fn: Callable[[Any, Any, int], np.ndarray] | None = None
+
+
+@dataclasses.dataclass
+class RunResult:
+  state: Any
+  step: int
+  stop_reason: str  # 'total_steps' | 'time_budget' | 'signal' | 'halt_at_step'
+  history: list[dict]
+  wall_s: float
+  compile_s: float
+  eval: dict | None = None
+
+
+class _StopFlag:
+  """SIGTERM / SIGINT → a flag the loop polls between steps (the handler itself does nothing
+  else: saving from inside a signal handler could interleave with a running step)."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    for s in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[s] = signal.signal(s, self._handle)
+      except ValueError:  # not the main thread (e.g. some test runners): no handler
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+
+
+def setup_mesh(config):
+  mesh = mesh_lib.create_mesh(config.mesh)
+  rules = shard_lib.logical_rules(config.logical_axis_rules)
+  return mesh, rules
+
+
+def build_state(config, task: Task, mesh, rules, tx):
+  """`(init_jit, abstract_state, state_shardings)` (init compiled lazily, only if needed)."""
+  init_fn = make_init_fn(task.init_params, tx)
+  key = jax.random.PRNGKey(int(config.seed))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract, shardings = shard_lib.derive_shardings(init_fn, key, mesh=mesh, rules=rules)
+  init_jit = jax.jit(lambda k: shard_lib.unbox(init_fn(k)), out_shardings=shardings)
+  return init_jit, key, abstract, shardings
+
+
+def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] = print
+        ) -> RunResult:
+  """Trains `task` under `config` in `workdir` (resuming if it holds a checkpoint)."""
+  t_start = time.time()
+  tcfg = config.train
+  workdir = Path(workdir)
+  primary = multihost.is_primary()
+  say = log if primary else (lambda *_: None)
+  total_steps = int(tcfg.total_steps)
+  budget = float(tcfg.get("time_budget_s", 0) or 0)
+  gbs = int(tcfg.global_batch_size)
+  halt_at = int(tcfg.get("halt_at_step", 0) or 0)
+
+  # Refuse a workdir of another run before anything is written.
+  ckpt_lib.check_or_write_config(workdir, config,
+                                 tuple(tcfg.get("checkpoint_must_match", ("model",))))
+
+  # Set up mesh.
+  mesh, rules = setup_mesh(config)
+  say(f"mesh: {mesh_lib.describe(mesh)}; processes: {jax.process_count()}")
+  shards = shard_lib.num_batch_shards(mesh, rules)
+  if gbs % shards or gbs % jax.process_count():
+    raise ValueError(f"train.global_batch_size={gbs} must be divisible by the batch shards "
+                     f"({shards}) and the process count ({jax.process_count()})")
+
+  # Train state: shardings derived from eval_shape, restored or initialised.
+  tx, schedule = opt_lib.make_optimizer(config.optimizer, total_steps)
+  init_jit, key, abstract_state, state_sh = build_state(config, task, mesh, rules, tx)
+  ckpt_cfg = config.checkpoint
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(ckpt_cfg.keep),
+                                       use_async=bool(ckpt_cfg.get("async", True)))
+  iterator = task.make_iterator()
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state, data_state = checkpointer.restore(latest, abstract_state)
+    iterator.set_state(data_state)
+    say(f"resumed from step {latest} ({checkpointer.directory})")
+  else:
+    state = init_jit(key)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
+  say(f"parameters: {n_params / 1e6:.3f}M")
+
+  # Update step, compiled ahead of time on abstract inputs (shape / memory errors surface here).
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                            sharding=shard_lib.batch_sharding(mesh, rules,
+                                                                              len(v.shape)))
+                    for k, v in task.batch_spec.items()}
+  batch_sh = {k: v.sharding for k, v in abstract_batch.items()}
+  step_fn = make_train_step(task.loss_fn, tx, schedule, int(tcfg.get("accum_steps", 1)))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  t0 = time.time()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    compiled = jax.jit(step_fn, in_shardings=(state_sh, batch_sh),
+                       out_shardings=(state_sh, replicated),
+                       donate_argnums=(0,)).lower(abstract_state, abstract_batch).compile()
+  compile_s = time.time() - t0
+  say(f"compiled train step in {compile_s:.1f}s")
+
+  # Loop.
+  peak = metrics_lib.peak_flops_for(jax.devices()[0].device_kind,
+                                    dict(config.get("hardware", {}).get("peak_tflops", {})))
+  flops_step = task.flops_per_example * gbs if task.flops_per_example else None
+  writer = metrics_lib.MetricWriter(workdir, active=primary)
+  step = int(jax.device_get(state.step))
+  progress = metrics_lib.Progress(total_steps, step, active=primary,
+                                  time_budget_s=budget or None, start_time=t_start)
+  max_bad = int(tcfg.get("max_nonfinite_in_a_row", 10))
+  every = lambda n, s: bool(n) and s % int(n) == 0
+  history, window, t_last = [], [], time.time()
+  stop_reason = "total_steps"
+  last_eval = None
+
+  def checkpoint(s):
+    checkpointer.save(s, state, iterator.get_state(), config)
+
+  with _StopFlag() as stop:
+    while step < total_steps:
+      if multihost.any_process(stop.signum is not None):
+        stop_reason = "signal"
+        break
+      if budget and time.time() - t_start >= budget:
+        stop_reason = "time_budget"
+        break
+      if halt_at and step >= halt_at:
+        stop_reason = "halt_at_step"
+        break
+      local = next(iterator)
+      batch = shard_lib.global_batch(local, mesh, rules, gbs)
+      state, m = compiled(state, batch)
+      m = jax.device_get(m)
+      step += 1
+      now = time.time()
+      window.append(now - t_last)
+      t_last = now
+      bad_in_row = int(jax.device_get(state.nonfinite_in_a_row))
+      if bad_in_row >= max_bad:
+        writer.close()
+        progress.close()
+        checkpointer.close()
+        raise NonFiniteError(
+            f"{bad_in_row} non-finite losses/gradients in a row at step {step} (limit "
+            f"train.max_nonfinite_in_a_row={max_bad}); stopped without saving, the last good "
+            f"checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}")
+      row = {k: float(v) for k, v in m.items()}
+      row["step"] = step
+      history.append(row)
+      if every(tcfg.log_every, step) or step == total_steps:
+        sps = float(np.median(window))
+        tp = metrics_lib.throughput(seconds_per_step=sps, examples_per_step=gbs,
+                                    flops_per_step=flops_step, num_devices=jax.device_count(),
+                                    peak_flops_per_device=peak)
+        scal = dict(row, **tp, nonfinite_total=float(jax.device_get(state.nonfinite_total)))
+        scal.pop("step")
+        writer.scalars(step, scal, prefix="train/")
+        window = []
+        progress.update(step, f"loss {row['loss']:.4g}" + (
+            f" psnr {row['psnr']:.2f}" if "psnr" in row else "") + f" {sps:.2f}s/step")
+      if task.image_fn is not None and every(tcfg.get("image_every", 0), step) and primary:
+        writer.image(step, "train/inputs_predictions_targets",
+                     task.image_fn(state.params, batch, step), png_dir="images")
+      if task.eval_fn is not None and every(tcfg.get("eval_every", 0), step):
+        last_eval = task.eval_fn(state.params, step)
+        writer.scalars(step, last_eval, prefix="eval/")
+      if every(ckpt_cfg.every_steps, step):
+        checkpoint(step)
+
+  progress.close()
+  checkpoint(step)
+  checkpointer.close()
+  wall = time.time() - t_start
+  say(f"stopped at step {step} ({stop_reason}) after {wall:.1f}s; checkpoint "
+      f"{checkpointer.directory / str(step)}")
+  writer.flush()
+  writer.close()
+  if primary:
+    metrics_lib.plot_loss_curve(workdir / metrics_lib.JSONL_FILE, workdir / "loss_curve.png")
+  return RunResult(state=state, step=step, stop_reason=stop_reason, history=history,
+                   wall_s=wall, compile_s=compile_s, eval=last_eval)

@@ -1,0 +1,200 @@
+"""Training logs: TensorBoard events (tensorboardX, no TensorFlow), a JSONL file, a console
+progress bar with ETA, image grids and a loss-curve PNG; throughput and MFU arithmetic.
+
+Only process 0 writes (`MetricWriter(active=jax.process_index() == 0)`); other processes get a
+writer whose methods do nothing, so call sites need no `if`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+JSONL_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+  """Scalars → `workdir/tb/` events + `workdir/metrics.jsonl` (one JSON object per line:
+  `{"step": s, "time": unix, "name": value, ...}`); images → events + PNG files."""
+
+  def __init__(self, workdir: str | os.PathLike, *, active: bool = True, tensorboard: bool = True):
+    self.workdir = Path(workdir)
+    self.active = active
+    self._tb = None
+    self._jsonl = None
+    if not active:
+      return
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # lazy: tensorboardX pulls protobuf
+      self._tb = SummaryWriter(str(self.workdir / "tb"))
+    self._jsonl = open(self.workdir / JSONL_FILE, "a", buffering=1)
+
+  def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
+    if not self.active:
+      return
+    row = {"step": int(step), "time": time.time()}
+    for k, v in values.items():
+      v = float(v)
+      row[prefix + k] = v if math.isfinite(v) else str(v)
+      if self._tb is not None:
+        self._tb.add_scalar(prefix + k, v, int(step))
+    self._jsonl.write(json.dumps(row) + "\n")
+
+  def image(self, step: int, name: str, image: np.ndarray, png_dir: str | None = None) -> None:
+    """`image: [H, W, 3]` float in [0, 1]; also written as `png_dir/name_step.png`."""
+    if not self.active:
+      return
+    image = np.clip(np.asarray(image, np.float32), 0, 1)
+    if self._tb is not None:
+      self._tb.add_image(name, image, int(step), dataformats="HWC")
+    if png_dir is not None:
+      write_png(self.workdir / png_dir / f"{name.replace('/', '_')}_{int(step):07d}.png", image)
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+  """`image: [H, W, 3]` float in [0, 1] → PNG (temp name, then rename)."""
+  from PIL import Image
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")
+  os.replace(tmp, path)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+  path = Path(path)
+  if not path.exists():
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:  # a line cut by a kill -9: skip it
+      continue
+  return rows
+
+
+def plot_loss_curve(jsonl_path: str | os.PathLike, out_png: str | os.PathLike,
+                    keys: tuple[str, ...] = ("train/loss", "eval/psnr")) -> None:
+  """Loss (log scale) and, when logged, eval PSNR against step, from the JSONL file."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = read_jsonl(jsonl_path)
+  present = [k for k in keys if any(k in r for r in rows)]
+  if not present:
+    return
+  fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 3.5), squeeze=False)
+  for ax, k in zip(axes[0], present):
+    pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+    if not pts:
+      continue
+    s, v = zip(*pts)
+    ax.plot(s, v, marker="." if len(s) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_title(k)
+    if "loss" in k and min(v) > 0:
+      ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  out_png = Path(out_png)
+  out_png.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out_png.with_name(out_png.name + ".tmp.png")
+  fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+  os.replace(tmp, out_png)
+
+
+class Progress:
+  """Console progress bar with ETA (tqdm on a TTY-like stream; plain lines otherwise).
+
+  The run ends at `total_steps` or at the wall-clock budget, whichever comes first, so the ETA is
+  the smaller of the two estimates.
+  """
+
+  def __init__(self, total_steps: int, initial: int = 0, *, active: bool = True,
+               time_budget_s: float | None = None, start_time: float | None = None):
+    self.active = active
+    self.total = total_steps
+    self.budget = time_budget_s
+    self.start = start_time or time.time()
+    self._bar = None
+    if active:
+      from tqdm import tqdm
+      self._bar = tqdm(total=total_steps, initial=initial, file=sys.stdout, dynamic_ncols=True,
+                       mininterval=1.0, disable=None if sys.stdout.isatty() else False,
+                       bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] "
+                                  "{postfix}")
+
+  def update(self, step: int, postfix: str = "") -> None:
+    if self._bar is None:
+      return
+    self._bar.n = step
+    if self.budget:
+      left = self.budget - (time.time() - self.start)
+      postfix = f"{postfix} budget left {max(left, 0):.0f}s"
+    self._bar.set_postfix_str(postfix, refresh=False)
+    self._bar.refresh()
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+def throughput(*, seconds_per_step: float, examples_per_step: int, flops_per_step: float | None,
+               num_devices: int, peak_flops_per_device: float | None) -> dict[str, float]:
+  """s/step, examples/s, TFLOP/s/device and MFU from an analytic FLOP count of one step.
+
+  `flops_per_step`: forward + backward FLOPs of the whole global batch (analytic: XLA's cost
+  analysis counts loop bodies once); `peak_flops_per_device`: dense bf16 peak of the chip.
+  """
+  out = {"s_per_step": seconds_per_step,
+         "examples_per_s": examples_per_step / max(seconds_per_step, 1e-12)}
+  if flops_per_step:
+    per_dev = flops_per_step / max(seconds_per_step, 1e-12) / num_devices
+    out["tflops_per_device"] = per_dev / 1e12
+    if peak_flops_per_device:
+      out["mfu"] = per_dev / peak_flops_per_device
+  return out
+
+
+def peak_flops_for(device_kind: str, table: Mapping[str, float]) -> float | None:
+  """Peak FLOP/s of a device from `table` {substring of device_kind: TFLOP/s}; longest match."""
+  kind = device_kind.lower()
+  best = None
+  for key, tflops in table.items():
+    if key.lower() in kind and (best is None or len(key) > len(best[0])):
+      best = (key, tflops)
+  return None if best is None else float(best[1]) * 1e12
+
+
+def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
+  """Stacks `rows` (each `[N, H, W, 3]`, images of one row) into one `[H', W', 3]` canvas on a
+  white background; rows may hold different counts and sizes (each image top-left aligned)."""
+  rows = [np.asarray(r, np.float32) for r in rows]
+  h = max(r.shape[1] for r in rows)
+  w = max(r.shape[2] for r in rows)
+  n = max(r.shape[0] for r in rows)
+  canvas = np.ones((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), np.float32)
+  for i, r in enumerate(rows):
+    for j, img in enumerate(r):
+      y, x = pad + i * (h + pad), pad + j * (w + pad)
+      canvas[y:y + img.shape[0], x:x + img.shape[1]] = np.clip(img, 0, 1)
+  return canvas

@@ -1,0 +1,114 @@
+"""The model-agnostic train state and update step.
+
+A trainer supplies `loss_fn(params, batch, rng, step) -> (loss, metrics)` (scalar fp32 loss, a
+dict of scalar metrics); this module turns it into one sharded, jitted update:
+  * optional gradient accumulation: the global batch is split into `accum_steps` micro-batches
+    (interleaved rows, so every micro-batch stays spread over all data shards) and scanned;
+  * non-finite loss or gradients → the update is skipped (params and optimizer state kept),
+    `nonfinite_total` / `nonfinite_in_a_row` count it; the host loop decides when to stop;
+  * the RNG of step s is `fold_in(state.rng, s)`: a resumed run draws the same numbers.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+LossFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint holds besides the data iterator.
+
+  `step`: int32 [] updates attempted so far; `params`: fp32 master weights; `opt_state`: optax
+  state; `rng`: uint32 [2] base key (fixed; per-step keys are folded in); `nonfinite_total`,
+  `nonfinite_in_a_row`: int32 [] skipped-update counters.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  nonfinite_total: jax.Array
+  nonfinite_in_a_row: jax.Array
+
+
+def make_init_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                 ) -> Callable[[jax.Array], TrainState]:
+  """`init(rng) -> TrainState` with *boxed* params (logical names kept for sharding derivation).
+
+  `rng`: a raw uint32 [2] key (`jax.random.PRNGKey(seed)`), so it checkpoints as a plain array.
+
+  `init_params(rng)` returns the model's (boxed) parameter tree, e.g. `model.init(...)['params']`.
+  """
+  def init(rng):
+    param_rng, state_rng = jax.random.split(rng)
+    params = init_params(param_rng)
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=tx.init(params),
+                      rng=state_rng,
+                      nonfinite_total=zero, nonfinite_in_a_row=zero)
+  return init
+
+
+def _split_micro(batch: Any, accum_steps: int) -> Any:
+  """[B, ...] → [accum, B/accum, ...] with micro-batch k = rows k, k+accum, k+2·accum, …"""
+  def one(x):
+    b = x.shape[0]
+    if b % accum_steps:
+      raise ValueError(f"gradient accumulation: batch of {b} rows is not divisible by "
+                       f"accum_steps={accum_steps}")
+    x = x.reshape((b // accum_steps, accum_steps) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(one, batch)
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule | None = None, accum_steps: int = 1,
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
+  """`train_step(state, batch) -> (state, metrics)`; metrics add `grad_norm`, `lr`, `finite`."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch: Any):
+    rng = jax.random.fold_in(state.rng, state.step)
+    if accum_steps == 1:
+      (loss, metrics), grads = grad_fn(state.params, batch, rng, state.step)
+    else:
+      micro = _split_micro(batch, accum_steps)
+
+      def body(carry, xs):
+        k, mb = xs
+        (l, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, k), state.step)
+        acc = jax.tree.map(jnp.add, carry, (l, m, g))
+        return acc, None
+
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), rng, state.step)))
+      zeros = ((zeros[0][0], zeros[0][1], zeros[1]))
+      (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+      loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, (loss, metrics, grads))
+
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # Zero non-finite gradients before the optimizer sees them, so the (discarded) candidate
+    # update cannot raise or poison anything; the select below keeps the old state anyway.
+    safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    updates, new_opt = tx.update(safe_grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    one = jnp.ones((), jnp.int32)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt, state.opt_state),
+        nonfinite_total=state.nonfinite_total + jnp.where(finite, 0, one),
+        nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1))
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+    if schedule is not None:
+      metrics["lr"] = schedule(state.step)
+    return new_state, metrics
+
+  return train_step

@@ -1,0 +1,125 @@
+"""Trainer machinery on a toy job (tests/train_toy.py): resume = uninterrupted, restore onto
+fewer devices, non-finite skipping and stopping, config-mismatch refusal, gradient accumulation,
+inference loading."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from instant3d_jax.train import checkpoint as ckpt_lib
+from instant3d_jax.train import loop
+from tests import train_toy
+
+
+def _run(workdir, **overrides):
+  cfg = train_toy.get_config()
+  for k, v in overrides.items():
+    node = cfg
+    *path, last = k.split("__")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return loop.run(cfg, workdir, train_toy.make_task(cfg), log=lambda *_: None)
+
+
+def _params(res):
+  return jax.tree.map(np.asarray, jax.device_get(res.state.params))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """An uninterrupted 6-step run on the 4-device mesh."""
+  wd = tmp_path_factory.mktemp("straight")
+  return wd, _run(wd, train__total_steps=6)
+
+
+def test_resume_equals_uninterrupted(straight, tmp_path):
+  _, full = straight
+  first = _run(tmp_path, train__total_steps=6, train__halt_at_step=3)
+  assert first.stop_reason == "halt_at_step" and first.step == 3
+  assert ckpt_lib.Checkpointer(tmp_path).latest_step() == 3
+  second = _run(tmp_path, train__total_steps=6)
+  assert second.step == 6 and len(second.history) == 3
+  # Same data order: the resumed steps see the same batches (identical losses), and the final
+  # parameters are bit-identical.
+  losses = [h["loss"] for h in first.history + second.history]
+  assert losses == [h["loss"] for h in full.history]
+  for a, b in zip(jax.tree.leaves(_params(second)), jax.tree.leaves(_params(full))):
+    np.testing.assert_array_equal(a, b)
+  _, data_state, = ckpt_lib.Checkpointer(tmp_path).restore(
+      6, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      second.state))
+  assert data_state == {"step": 6}
+
+
+def test_restore_on_one_device(straight, tmp_path):
+  wd, full = straight
+  # Continue the 4-device run on a 1-device mesh: restore must reshard, and training goes on.
+  res = _run(wd, train__total_steps=7, mesh__num_devices=1, mesh__data=1)
+  assert res.step == 7 and len(res.history) == 1
+  assert {d.id for d in res.state.params["fc1"]["kernel"].sharding.device_set} == {0}
+  cfg, params, step = ckpt_lib.load_params(wd)
+  assert step == 7 and cfg["model"]["hidden"] == train_toy.HIDDEN
+  assert isinstance(params["fc1"]["kernel"], np.ndarray)
+  np.testing.assert_array_equal(params["fc1"]["kernel"],
+                                np.asarray(res.state.params["fc1"]["kernel"]))
+  # A step directory works too, and its config travels inside it.
+  _, params6, step6 = ckpt_lib.load_params(wd / "checkpoints" / "6")
+  assert step6 == 6
+  np.testing.assert_array_equal(params6["fc2"]["bias"], _params(full)["fc2"]["bias"])
+
+
+def test_nonfinite_steps_are_skipped(tmp_path):
+  res = _run(tmp_path, train__total_steps=4, data__nan_steps=(1,))
+  finite = [h["finite"] for h in res.history]
+  assert finite == [1.0, 0.0, 1.0, 1.0]
+  assert int(res.state.nonfinite_total) == 1 and int(res.state.nonfinite_in_a_row) == 0
+
+
+def test_nonfinite_in_a_row_stops_keeping_last_good_checkpoint(tmp_path):
+  # Batches 3, 4, 5 are poisoned: steps 4, 5, 6 skip; the third in a row stops the run.
+  with pytest.raises(loop.NonFiniteError, match="3 non-finite .* in a row at step 6.*step 4"):
+    _run(tmp_path, train__total_steps=8, data__nan_steps=(3, 4, 5, 6, 7))
+  ck = ckpt_lib.Checkpointer(tmp_path)
+  assert ck.all_steps() == [2, 4]
+  _, params, _ = ckpt_lib.load_params(tmp_path)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_different_config_is_refused_untouched(straight):
+  wd, _ = straight
+  before = {p: os.path.getmtime(os.path.join(dp, p)) for dp, _, fs in os.walk(wd) for p in fs}
+  config_before = (wd / "config.json").read_text()
+  with pytest.raises(ckpt_lib.ConfigMismatchError,
+                     match=r"(?s)different config.*optimizer.learning_rate: 0.01 vs 0.02"):
+    _run(wd, optimizer__learning_rate=0.02)
+  assert (wd / "config.json").read_text() == config_before
+  after = {p: os.path.getmtime(os.path.join(dp, p)) for dp, _, fs in os.walk(wd) for p in fs}
+  assert after == before
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+  a = _run(tmp_path / "a", train__total_steps=3, checkpoint__every_steps=0)
+  b = _run(tmp_path / "b", train__total_steps=3, train__accum_steps=4,
+           checkpoint__every_steps=0)
+  for x, y in zip(jax.tree.leaves(_params(a)), jax.tree.leaves(_params(b))):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  assert abs(a.history[0]["loss"] - b.history[0]["loss"]) <= 1e-6 * abs(a.history[0]["loss"])
+
+
+def test_logs_written(straight):
+  wd, full = straight
+  rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows][:6] == [1, 2, 3, 4, 5, 6]
+  assert train_rows[0]["train/loss"] == pytest.approx(full.history[0]["loss"])
+  for k in ("train/lr", "train/grad_norm", "train/s_per_step", "train/examples_per_s",
+            "train/tflops_per_device", "train/mfu"):
+    assert k in train_rows[0], k
+  # Warm-up: lr after step 1 is peak·1/2 (2 warm-up steps), logged at the step's start value 0.
+  assert train_rows[0]["train/lr"] == 0.0
+  assert train_rows[1]["train/lr"] == pytest.approx(0.005)
+  assert (wd / "loss_curve.png").stat().st_size > 1000
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tb"))
