@@ -140,8 +140,11 @@ def write_shards(out_dir: str, split: str, records: Iterable[bytes], num_records
       for _ in range(min(records_per_shard, num_records - written)):
         writer.write(next(it))
         written += 1
-    finally:
+    except BaseException:
       writer.close()
+      os.remove(tmp)  # nothing half-written is left behind
+      raise
+    writer.close()
     os.replace(tmp, path)
   return names
 
