@@ -79,6 +79,7 @@ def get_config(arg=None):
     cfg.num_objects = 3000
     cfg.resolution = 64
     cfg.num_sup_views = 8
+    cfg.num_workers = 2
     cfg.loader.batch_size = 4
   elif variant != "default":
     raise ValueError(f"configs/data.py: unknown variant {variant!r}; expected tiny, demo or default")

@@ -209,3 +209,22 @@ def test_image_of_wrong_size_in_record_is_named(data, tmp_path):
   with pytest.raises(records.DataError, match="obj000000/rig/1: not a decodable PNG"):
     rec["groups"]["rig"]["images"][1] = b"garbage"
     L._decode_views(rec, "rig", [1], 0)
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_stream_and_resume(data):
+  """worker_count = 2 (grain processes) yields the worker_count = 0 batches; state restores."""
+  from absl import flags
+  cfg, out = data
+  ref = _take(L.train_iterator(out, _loader_cfg(cfg), process_index=0, process_count=1), 5)
+  it = L.train_iterator(out, _loader_cfg(cfg, worker_count=2), process_index=0, process_count=1)
+  got = _take(it, 2)
+  state = it.get_state()
+  got += _take(it, 3)
+  it.close()
+  assert all(_equal(a, b) for a, b in zip(got, ref))
+  it = L.train_iterator(out, _loader_cfg(cfg, worker_count=2), process_index=0, process_count=1)
+  it.set_state(state)
+  assert all(_equal(a, b) for a, b in zip(_take(it, 3), ref[2:]))
+  it.close()
+  assert flags.FLAGS.is_parsed()

@@ -211,3 +211,20 @@ def test_command_line_writes_metadata(tmp_path, capsys):
   assert meta["config"]["seed"] == 5 and meta["resolution"] == 8 and meta["views"]["sup"] == 2
   assert "objects/s" in capsys.readouterr().out
   assert synthetic.main(["--out", out, "--config", "configs/data.py:tiny"]) == 1  # no overwrite
+
+
+def test_contact_sheet_of_one_object(tiny, tmp_path):
+  from PIL import Image
+  from instant3d_jax import demo
+  _, out, _ = tiny
+  path = str(tmp_path / "sheet.png")
+  rec = demo.object_contact_sheet(out, path, split="test", index=0, scale=2)
+  sheet = np.asarray(Image.open(path).convert("RGB"))
+  # Title line + 2 labelled rows of 32² tiles; 8 eval views wide.
+  pad, text, tile = 4, 14, 32
+  assert sheet.shape == (text + pad + 2 * (text + tile + pad) + pad, 8 * (tile + pad) + pad, 3)
+  y0 = text + pad + pad + text
+  rig0 = records.group_rgba(rec, "rig", [0])[0]
+  want = np.round(P.composite_white(rig0 / 255.0) * 255).astype(np.uint8).repeat(2, 0).repeat(2, 1)
+  np.testing.assert_allclose(sheet[y0:y0 + tile, pad:pad + tile].astype(int), want, atol=1)
+  assert not os.path.exists(path + ".tmp.png")
