@@ -145,16 +145,14 @@ def sample_triplane(planes: jax.Array, points: jax.Array, box=1.0, *, padding: s
 
 
 def stratified_samples(near: jax.Array, far: jax.Array, num_samples: int,
-                       key: jax.Array | None = None) -> jax.Array:
+                       jitter: jax.Array | None = None) -> jax.Array:
   """`[N, S]` sample distances, one per bin of [near, far] split in S equal bins.
 
-  Bin midpoints without a key; uniformly jittered inside each bin with one (stratified).
+  Bin midpoints without `jitter`; with `jitter [N, S]` uniform in [0, 1), sample i sits at that
+  fraction of bin i (stratified sampling).
   """
   u = jnp.arange(num_samples, dtype=jnp.float32)
-  if key is None:
-    u = (u + 0.5) / num_samples
-  else:
-    u = (u + jax.random.uniform(key, near.shape + (num_samples,))) / num_samples
+  u = (u + (0.5 if jitter is None else jitter)) / num_samples
   return near[..., None] + (far - near)[..., None] * u
 
 
@@ -170,12 +168,13 @@ def _blur_weights(weights: jax.Array) -> jax.Array:
 
 
 def importance_samples(near: jax.Array, far: jax.Array, weights: jax.Array, num_importance: int,
-                       key: jax.Array | None = None, *, padding: float = 0.01) -> jax.Array:
+                       jitter: jax.Array | None = None, *, padding: float = 0.01) -> jax.Array:
   """`[N, M]` sorted distances drawn by inverse CDF from a piecewise-constant PDF over the S
   equal bins of [near, far] (the stratified bins), proportional to the blurred `weights [N, S]`
   plus `padding`·mean (so empty rays still sample uniformly). The PDF carries no gradient.
 
-  Without a key the M quantiles are (k + 0.5)/M; with one they are jittered inside [k/M, (k+1)/M).
+  Without `jitter` the M quantiles are (k + 0.5)/M; with `jitter [N, M]` in [0, 1) they are
+  (k + jitter)/M (stratified quantiles, so the samples come out sorted).
   """
   S = weights.shape[-1]
   w = jax.lax.stop_gradient(_blur_weights(weights))
@@ -184,10 +183,10 @@ def importance_samples(near: jax.Array, far: jax.Array, weights: jax.Array, num_
   cdf = jnp.concatenate([jnp.zeros_like(pdf[..., :1]), jnp.cumsum(pdf, axis=-1)], axis=-1)
   cdf = cdf.at[..., -1].set(1.0)
   k = jnp.arange(num_importance, dtype=jnp.float32)
-  if key is None:
+  if jitter is None:
     u = jnp.broadcast_to((k + 0.5) / num_importance, near.shape + (num_importance,))
   else:
-    u = (k + jax.random.uniform(key, near.shape + (num_importance,))) / num_importance
+    u = (k + jitter) / num_importance
   # Search by comparison against all S+1 edges (S is small): no gathers, which are slow on CPU.
   # cdf is strictly increasing (padding > 0), so the bin is where cdf_lo <= u < cdf_hi.
   below = cdf[..., None, :] <= u[..., :, None]                       # [N, M, S+1]
@@ -258,9 +257,11 @@ def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, 
   near = jnp.where(hit, near, 0.0)
   far = jnp.where(hit, far, 0.0)
   if key is None:
-    key_strat = key_imp = None
+    jitter_strat = jitter_imp = None
   else:
-    key_strat, key_imp = jax.random.split(key)
+    # One draw for both sample sets: each threefry call adds ~1 s of XLA CPU compile time.
+    jitter = jax.random.uniform(key, (o.shape[0], num_samples + num_importance))
+    jitter_strat, jitter_imp = jitter[:, :num_samples], jitter[:, num_samples:]
 
   def evaluate(t):
     points = o[:, None, :] + t[..., None] * d[:, None, :]
@@ -268,11 +269,11 @@ def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, 
     density, rgb = field_fn(points, dirs)
     return density.astype(jnp.float32), rgb.astype(jnp.float32)
 
-  t = stratified_samples(near, far, num_samples, key_strat)
+  t = stratified_samples(near, far, num_samples, jitter_strat)
   density, rgb = evaluate(t)
   if num_importance:
     coarse_weights = composite(t, density, near, far)
-    t_fine = importance_samples(near, far, coarse_weights, num_importance, key_imp,
+    t_fine = importance_samples(near, far, coarse_weights, num_importance, jitter_imp,
                                 padding=importance_padding)
     density_fine, rgb_fine = evaluate(t_fine)
     # Both sets are sorted; one multi-operand sort merges them (and carries the field values).

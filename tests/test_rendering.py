@@ -55,14 +55,14 @@ def _box_hit(o, d):
   return (tf > tn) & (tn > 0), tn, tf
 
 
-def _sphere_field(points, directions):
-  inside = jnp.sum((points - SPHERE_CENTER) ** 2, -1) < SPHERE_RADIUS ** 2
-  return DENSE * inside, jnp.broadcast_to(COLOR, points.shape)
-
-
-def _box_field(points, directions):
-  inside = jnp.all((points > BOX_LO) & (points < BOX_HI), -1)
-  return DENSE * inside, jnp.broadcast_to(COLOR, points.shape)
+def _solid_field(is_sphere):
+  """Density DENSE inside the sphere (is_sphere, traced) or the box; one compile serves both."""
+  def field(points, directions):
+    in_sphere = jnp.sum((points - SPHERE_CENTER) ** 2, -1) < SPHERE_RADIUS ** 2
+    in_box = jnp.all((points > BOX_LO) & (points < BOX_HI), -1)
+    inside = jnp.where(is_sphere, in_sphere, in_box)
+    return DENSE * inside, jnp.broadcast_to(COLOR, points.shape)
+  return field
 
 
 def _psnr(a, b):
@@ -75,13 +75,15 @@ def solid_renders():
   cam = _camera()
   o, d = (np.asarray(x) for x in cameras.camera_rays(cam))
   near, far, _ = (np.asarray(x) for x in rendering.ray_box(o, d))
+  renders = {(ns, ni): jax.jit(lambda is_sphere, ns=ns, ni=ni: rendering.render_image(
+      _solid_field(is_sphere), cam, chunk=8192, num_samples=ns, num_importance=ni))
+      for ns, ni in ((64, 64), (128, 0))}
   out = {}
-  for name, field, hit_fn in (("sphere", _sphere_field, _sphere_hit), ("box", _box_field, _box_hit)):
+  for name, hit_fn in (("sphere", _sphere_hit), ("box", _box_hit)):
     mask, t_hit, t_exit = hit_fn(o, d)
     chord = np.where(mask, t_exit - t_hit, np.inf)
-    for ns, ni in ((64, 64), (128, 0)):
-      r = jax.jit(lambda f=field, ns=ns, ni=ni: rendering.render_image(
-          f, cam, chunk=8192, num_samples=ns, num_importance=ni))()
+    for (ns, ni), render in renders.items():
+      r = render(name == "sphere")
       out[(name, ns, ni)] = dict(opacity=np.asarray(r["opacity"]), depth=np.asarray(r["depth"]),
                                  rgb=np.asarray(r["rgb"]), mask=mask, t_hit=t_hit,
                                  chord=chord, spacing=(far - near) / ns)
@@ -256,9 +258,10 @@ def test_sample_triplane_vmap_over_planes_and_bad_input():
   rng = np.random.default_rng(4)
   P = jnp.asarray(rng.normal(size=(2, 3, 4, 4, 3)).astype(np.float32))
   pts = jnp.asarray(rng.uniform(-1, 1, (2, 7, 3)).astype(np.float32))
-  got = jax.vmap(rendering.sample_triplane)(P, pts)
+  got = jax.jit(jax.vmap(rendering.sample_triplane))(P, pts)
+  one = jax.jit(rendering.sample_triplane)
   for b in range(2):
-    np.testing.assert_allclose(got[b], rendering.sample_triplane(P[b], pts[b]), atol=1e-6)
+    np.testing.assert_allclose(got[b], one(P[b], pts[b]), atol=1e-6)
   with pytest.raises(ValueError, match=r"planes must be \[3, R, R, C\].*\(2, 4, 4, 3\)"):
     rendering.sample_triplane(P[0, :2], pts[0])
   with pytest.raises(ValueError, match="padding"):
@@ -271,8 +274,12 @@ def test_sample_triplane_vmap_over_planes_and_bad_input():
 def tiny_field():
   R, C = 8, 4
   decoder = rendering.TriplaneDecoder(hidden=16, num_layers=3)
-  variables = decoder.init(jax.random.PRNGKey(0), jnp.zeros((1, 3 * C)))
-  planes = jax.random.normal(jax.random.PRNGKey(1), (2, 3, R, R, C))
+  # Parameters and planes from numpy: every jax.random call site costs ~1 s of XLA compile.
+  rng = np.random.default_rng(0)
+  shapes = jax.eval_shape(decoder.init, jax.random.PRNGKey(0), jnp.zeros((1, 3 * C)))
+  variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.5, jnp.float32),
+                           shapes)
+  planes = jnp.asarray(rng.normal(size=(2, 3, R, R, C)), jnp.float32)
   return decoder, variables, planes
 
 
@@ -299,7 +306,7 @@ def test_vmap_over_batch_and_views_matches_loop_and_random_background(tiny_field
   rig = cameras.instant3d_rig(resolution=6, distance=4.0)       # 4 views; corner rays miss
   o, d = cameras.camera_rays(rig)                               # [4, 6, 6, 3]
   o, d = jnp.stack([o, o]), jnp.stack([d, d])                   # [B=2, V=4, 6, 6, 3]
-  bg = jax.random.uniform(jax.random.PRNGKey(3), o.shape)        # random per-ray backgrounds
+  bg = jnp.asarray(np.random.default_rng(5).uniform(size=o.shape), jnp.float32)  # per-ray bg
 
   def render_one(planes, o, d, bg):
     field = rendering.make_triplane_field(planes, lambda f: decoder.apply(variables, f))
@@ -325,10 +332,8 @@ def test_render_image_chunked_equals_unchunked(tiny_field):
   cam = cameras.orbit_camera(10.0, 60.0, 2.0, 50.0, 12, 9)     # non-square, 108 rays
   kw = dict(num_samples=8, num_importance=8, background=jnp.array([0.0, 1.0, 0.5]))
   chunked = jax.jit(lambda: rendering.render_image(field, cam, chunk=25, **kw))()  # 5 chunks, 17 pad
-  whole = jax.jit(lambda: rendering.render_image(field, cam, chunk=10_000, **kw))()
   o, d = cameras.camera_rays(cam)
-  direct = jax.jit(lambda o, d: rendering.volume_render(field, o, d, **kw))(o, d)
+  whole = jax.jit(lambda o, d: rendering.volume_render(field, o, d, **kw))(o, d)
   assert chunked["rgb"].shape == (9, 12, 3) and chunked["weights"].shape == (9, 12, 16)
   for k in ("rgb", "depth", "opacity", "weights"):
     np.testing.assert_allclose(chunked[k], whole[k], atol=1e-6)
-    np.testing.assert_allclose(chunked[k], direct[k], atol=1e-6)
