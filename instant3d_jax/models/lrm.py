@@ -1,0 +1,456 @@
+"""The sparse-view reconstructor (Instant3D stage 2): 4 posed views → a triplane NeRF.
+
+    images [B, V, H, W, 3] in [0, 1], cameras (batch [B, V])
+      │  ImageNet normalisation (+ 6 Plücker ray channels per pixel, optional)
+      ▼
+    DINO ViT (models/vit.py), camera adaLN in every block (optional)  → [B·V, 1 + R + N, De]
+      │  concatenate the tokens of the V views                         → context [B, V·(1+R+N), De]
+      ▼
+    learned triplane tokens [3·T·T, D] (+ fixed sine/cosine position code, optional)
+      │  N × { x += CrossAttn(ModLN(x), context) ; x += SelfAttn(ModLN(x)) ; x += MLP(ModLN(x)) }
+      │  (pre-norm; ModLN = LN(x)·(1 + γ) + β from the camera embedding when decoder modulation is
+      │   on, plain LN otherwise; optional learned cross-attention bias per token pair)
+      ▼
+    LayerNorm → ConvTranspose 2×2 stride 2 per plane              → planes [B, 3, 2T, 2T, C]
+
+Rendering (`render_rays`, `render_views`): `rendering.volume_render` with the field
+`NeRFMLP(sample_triplane(planes, x))`, vmapped over the batch. The NeRF MLP is shared by all
+objects and evaluated in fp32 (it is tiny; the compositing sums many small terms).
+
+Camera conditioning: `cameras.camera_embedding` (16-D: flattened 3×4 c2w + fx/W, fy/H, cx/W, cy/H)
+→ `CameraEmbedder` MLP(16 → E, SiLU, E → E) per view. The encoder's adaLN takes each view's own
+embedding; the decoder's ModLN (one modulation for the whole object) takes the mean of the V
+view embeddings — permutation invariant and independent of V.
+
+NeRF MLP activations (config `nerf`): hidden SiLU (TripoSR) or ReLU (OpenLRM); density
+softplus(x + b) with b = −1 (OpenLRM; no overflow, and ≈0.31 at init so gradients reach every
+sample) or exp(x + b) (TripoSR); rgb = sigmoid(x)·(1 + 2ε) − ε with ε = 0.001 (OpenLRM: the
+targets 0 and 1 are reachable with finite logits).
+
+Logical axes (design.md §3): parameters `embed, mlp, heads, planes, conv_kernel, modulation,
+norm` (the NeRF MLP is replicated: `None`); activations `batch, length, act_embed, act_heads`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from instant3d_jax import cameras as cameras_lib
+from instant3d_jax import rendering
+from instant3d_jax.models import layers
+from instant3d_jax.models import vit as vit_lib
+
+Dtype = Any
+PLUCKER_CHANNELS = 6
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+# ---------------------------------------------------------------------------------------------
+# Config helpers
+
+
+def model_config(cfg) -> ml_collections.FrozenConfigDict:
+  """The `model` section of a full config (or the section itself), frozen (hashable)."""
+  if "model" in cfg:
+    cfg = cfg["model"]
+  return ml_collections.FrozenConfigDict(cfg)
+
+
+def compute_dtype(mcfg) -> Dtype:
+  if mcfg.dtype not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {mcfg.dtype!r}")
+  return DTYPES[mcfg.dtype]
+
+
+def vit_config(mcfg) -> vit_lib.ViTConfig:
+  """The encoder's `ViTConfig` (3 colour channels + 6 Plücker channels when enabled)."""
+  e = mcfg.encoder
+  dinov2 = e.model_type != "vit"
+  return vit_lib.ViTConfig(
+      model_type=e.model_type, hidden_size=e.hidden_size, num_hidden_layers=e.num_layers,
+      num_attention_heads=e.num_heads, mlp_dim=e.mlp_dim, patch_size=e.patch_size,
+      image_size=e.image_size,
+      num_channels=3 + (PLUCKER_CHANNELS if mcfg.plucker_rays else 0),
+      layer_norm_eps=e.layer_norm_eps, layer_scale=dinov2,
+      num_register_tokens=e.num_register_tokens)
+
+
+def tokens_per_view(mcfg) -> int:
+  """Encoder tokens per view: CLS + registers + (H/p)²."""
+  grid = mcfg.input_resolution // mcfg.encoder.patch_size
+  return 1 + mcfg.encoder.num_register_tokens + grid * grid
+
+
+def plane_resolution(mcfg) -> int:
+  return 2 * mcfg.triplane.token_resolution
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning inputs
+
+
+def plucker_rays(camera: cameras_lib.Camera) -> jax.Array:
+  """Per-pixel Plücker coordinates `[..., H, W, 6]` = (d, o × d) with unit ray direction d.
+
+  A ray's 6 numbers are independent of where along it the origin sits, so every pixel of every
+  view gets a position-free description of the ray it sees (≈ unit scale for the rig at 2.7).
+  """
+  origins, directions = cameras_lib.camera_rays(camera)
+  return jnp.concatenate([directions, jnp.cross(origins, directions)], axis=-1)
+
+
+def triplane_position_code(token_resolution: int, dim: int) -> np.ndarray:
+  """Fixed sine/cosine code `[3·T·T, dim]` of each triplane token's (plane, row, col).
+
+  The three coordinates are scaled to [-1, 1] (plane −1/0/1; texel centres for row/col); each
+  gets `dim // 6` frequencies 2^k·π/2 (k = 0…), as sin and cos, the remaining channels are 0.
+  """
+  T = token_resolution
+  n = dim // 6
+  if n < 1:
+    raise ValueError(f"triplane position code needs a decoder width >= 6, got {dim}")
+  centres = (np.arange(T) + 0.5) / T * 2 - 1
+  plane, row, col = np.meshgrid(np.array([-1.0, 0.0, 1.0]), centres, centres, indexing="ij")
+  coords = np.stack([plane, row, col], -1).reshape(3 * T * T, 3)
+  freqs = (2.0 ** np.arange(n)) * np.pi / 2
+  ang = coords[:, :, None] * freqs                                    # [L, 3, n]
+  code = np.concatenate([np.sin(ang), np.cos(ang)], -1).reshape(3 * T * T, 6 * n)
+  out = np.zeros((3 * T * T, dim), np.float32)
+  out[:, :6 * n] = code
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+
+
+class CameraEmbedder(nn.Module):
+  """16-D camera vector → MLP(16 → E, SiLU, E → E) (InstantMesh / OpenLRM `CameraEmbedder`)."""
+  dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, cam: jax.Array) -> jax.Array:
+    x = layers.dense(self.dim, (None, "modulation"), dtype=self.dtype, name="fc1")(cam)
+    # Output replicated: `modulation` cannot name both axes of one kernel.
+    return layers.dense(self.dim, ("modulation", None), dtype=self.dtype, name="fc2")(nn.silu(x))
+
+
+def _modulate(x, shift, scale):
+  """`x [B, L, D]`, `shift/scale [B, D]` → `x·(1 + scale) + shift`."""
+  return x * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+class DecoderBlock(nn.Module):
+  """Pre-norm: x += CrossAttn(ModLN(x), context); x += SelfAttn(ModLN(x)); x += MLP(ModLN(x))."""
+  hidden: int
+  num_heads: int
+  mlp_ratio: int
+  qkv_bias: bool = False
+  layer_norm_eps: float = 1e-6
+  modulated: bool = False
+  attention_bias_shape: tuple[int, int] | None = None   # (Lq, Lk) of the learned bias
+  dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array, cond: jax.Array | None) -> jax.Array:
+    d, h = self.hidden, self.num_heads
+    hd = d // h
+    b, lq, _ = x.shape
+    lk = context.shape[1]
+    act = ("batch", "length", "act_embed")
+    if self.modulated:
+      # LRM's ModLN, one projection for the 3 norms (shift, scale each); zero init = plain LN.
+      mod = layers.dense(6 * d, ("modulation", "embed"), dtype=self.dtype,
+                         kernel_init=nn.initializers.zeros, name="modulation")(
+                             nn.silu(cond.astype(self.dtype)))
+      mods = jnp.split(mod.astype(jnp.float32), 6, -1)
+
+    def norm(y, i):
+      y = layers.layer_norm(epsilon=self.layer_norm_eps, name=f"norm{i + 1}")(y)
+      if self.modulated:
+        y = _modulate(y, mods[2 * i], mods[2 * i + 1])
+      return y.astype(self.dtype)
+
+    def heads(y, name, length):
+      y = layers.dense(d, ("embed", "heads"), use_bias=self.qkv_bias, dtype=self.dtype,
+                       name=name)(y).reshape(b, length, h, hd)
+      return layers.constrain(y, ("batch", "length", "act_heads", None))
+
+    # Cross-attention to the image tokens of all views.
+    y = norm(x, 0)
+    ctx = context.astype(self.dtype)
+    bias = None
+    if self.attention_bias_shape is not None:
+      if self.attention_bias_shape != (lq, lk):
+        raise ValueError(
+            f"the learned cross-attention bias was built for {self.attention_bias_shape[1]} image "
+            f"tokens and {self.attention_bias_shape[0]} triplane tokens, got {lk} and {lq}: it "
+            "needs the fixed input rig (views, resolution) the model was configured with")
+      bias = self.param("cross_attn_bias", layers.partitioned(nn.initializers.zeros,
+                                                              ("planes", None)),
+                        self.attention_bias_shape, jnp.float32)
+      bias = bias.astype(self.dtype)[None, None]
+    y = layers.dot_product_attention(heads(y, "cross_q", lq), heads(ctx, "cross_k", lk),
+                                     heads(ctx, "cross_v", lk), bias=bias,
+                                     implementation=self.attention_impl)
+    y = layers.dense(d, ("heads", "embed"), dtype=self.dtype, name="cross_out")(
+        y.reshape(b, lq, d))
+    x = layers.constrain(x + y.astype(x.dtype), act)
+
+    # Self-attention among the triplane tokens.
+    y = norm(x, 1)
+    y = layers.dot_product_attention(heads(y, "self_q", lq), heads(y, "self_k", lq),
+                                     heads(y, "self_v", lq), implementation=self.attention_impl)
+    y = layers.dense(d, ("heads", "embed"), dtype=self.dtype, name="self_out")(
+        y.reshape(b, lq, d))
+    x = layers.constrain(x + y.astype(x.dtype), act)
+
+    # MLP (GELU, exact as torch's nn.GELU in OpenLRM).
+    y = norm(x, 2)
+    y = layers.dense(d * self.mlp_ratio, ("embed", "mlp"), dtype=self.dtype, name="fc1")(y)
+    y = layers.dense(d, ("mlp", "embed"), dtype=self.dtype, name="fc2")(
+        nn.gelu(y, approximate=False))
+    return layers.constrain(x + y.astype(x.dtype), act)
+
+
+class TriplaneTransformer(nn.Module):
+  """Image tokens `[B, Lk, De]` (+ cond `[B, E]`) → planes `[B, 3, 2T, 2T, C]`."""
+  mcfg: Any   # frozen model config
+
+  @nn.compact
+  def __call__(self, context: jax.Array, cond: jax.Array | None) -> jax.Array:
+    m = self.mcfg
+    dc, tc = m.decoder, m.triplane
+    dtype = compute_dtype(m)
+    T, D = tc.token_resolution, dc.hidden_size
+    b = context.shape[0]
+    lq = 3 * T * T
+    # OpenLRM init: N(0, 1)/sqrt(D).
+    tokens = self.param("triplane_tokens",
+                        layers.partitioned(nn.initializers.normal(1.0 / math.sqrt(D)),
+                                           ("planes", "embed")), (lq, D), jnp.float32)
+    x = tokens
+    if tc.position_code:
+      x = x + jnp.asarray(triplane_position_code(T, D))
+    x = jnp.broadcast_to(x.astype(dtype), (b, lq, D))
+    x = layers.constrain(x, ("batch", "length", "act_embed"))
+    block = DecoderBlock
+    policy = vit_lib.remat_policy(m.remat)
+    if policy is not None:
+      block = nn.remat(DecoderBlock, policy=policy)
+    bias_shape = (lq, context.shape[1]) if dc.attention_bias else None
+    for i in range(dc.num_layers):
+      x = block(D, dc.num_heads, dc.mlp_ratio, dc.qkv_bias, dc.layer_norm_eps,
+                m.decoder_modulation, bias_shape, dtype, m.attention_impl,
+                name=f"block_{i}")(x, context, cond)
+    x = layers.layer_norm(epsilon=dc.layer_norm_eps, name="norm_out")(x).astype(dtype)
+    x = x.reshape(b * 3, T, T, D)
+    x = nn.ConvTranspose(
+        tc.channels, (2, 2), strides=(2, 2), padding="VALID", dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
+                                       ("conv_kernel", "conv_kernel", "embed", "planes")),
+        bias_init=layers.partitioned(nn.initializers.zeros, ("planes",)),
+        name="upsampler")(x)
+    planes = x.reshape(b, 3, 2 * T, 2 * T, tc.channels)
+    return layers.constrain(planes, ("batch", None, "height", "width", None))
+
+
+class NeRFMLP(nn.Module):
+  """Shared point-wise MLP: plane features `[..., 3C]` → (density `[...]`, rgb `[..., 3]`).
+
+  `num_layers` dense layers (`num_layers − 1` hidden of width `hidden`, then 4 outputs); fp32.
+  Kernels are replicated (logical axes None): ~50k parameters evaluated at every sample.
+  """
+  hidden: int = 64
+  num_layers: int = 10
+  activation: str = "silu"
+  density_activation: str = "softplus"
+  density_bias: float = -1.0
+  rgb_padding: float = 0.001
+
+  @nn.compact
+  def __call__(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+    acts = {"relu": nn.relu, "silu": nn.silu}
+    if self.activation not in acts:
+      raise ValueError(f"model.nerf.activation must be 'relu' or 'silu', got {self.activation!r}")
+    x = features.astype(jnp.float32)
+    for i in range(self.num_layers - 1):
+      x = acts[self.activation](layers.dense(self.hidden, (None, None), name=f"dense_{i}")(x))
+    x = layers.dense(4, (None, None), name=f"dense_{self.num_layers - 1}")(x)
+    raw = x[..., 0] + self.density_bias
+    if self.density_activation == "softplus":
+      density = nn.softplus(raw)
+    elif self.density_activation == "exp":
+      # Clamped exponent: exp overflows fp32 above ~88 and one such sample poisons the batch.
+      density = jnp.exp(jnp.minimum(raw, 15.0))
+    else:
+      raise ValueError("model.nerf.density_activation must be 'softplus' or 'exp', got "
+                       f"{self.density_activation!r}")
+    eps = self.rgb_padding
+    rgb = nn.sigmoid(x[..., 1:]) * (1 + 2 * eps) - eps
+    return density, rgb
+
+
+def nerf_mlp(mcfg) -> NeRFMLP:
+  n = mcfg.nerf
+  return NeRFMLP(n.hidden, n.num_layers, n.activation, n.density_activation, n.density_bias,
+                 n.rgb_padding)
+
+
+class LRM(nn.Module):
+  """The reconstructor. `__call__(images [B, V, H, W, 3] in [0, 1], cameras (batch [B, V]))`
+  → planes `[B, 3, R, R, C]` (R = 2·token_resolution). Build with `LRM(model_config(cfg))`.
+
+  Parameters: `camera_embedder`, `encoder` (ViTEncoder; the transformers layout via
+  convert/transformers_vit.py), `decoder` (TriplaneTransformer), `nerf` (NeRFMLP, used by the
+  render functions below; created at init only).
+  """
+  mcfg: Any
+
+  @nn.compact
+  def __call__(self, images: jax.Array, cameras: cameras_lib.Camera) -> jax.Array:
+    m = self.mcfg
+    dtype = compute_dtype(m)
+    if images.ndim != 5 or images.shape[-1] != 3:
+      raise ValueError(f"LRM images must be [B, V, H, W, 3], got shape {tuple(images.shape)}")
+    b, v, h, w, _ = images.shape
+    if cameras.batch_shape != (b, v):
+      raise ValueError(f"LRM cameras must have batch shape (B, V) = {(b, v)}, got "
+                       f"{cameras.batch_shape}")
+    if (cameras.height, cameras.width) != (h, w):
+      raise ValueError(f"LRM cameras are {cameras.width}x{cameras.height} pixels but the images "
+                       f"are {w}x{h}")
+    if m.decoder.attention_bias and (v, h, w) != (m.num_views, m.input_resolution,
+                                                  m.input_resolution):
+      raise ValueError(
+          f"LRM with decoder.attention_bias needs the fixed input rig it was built for: "
+          f"{m.num_views} views of {m.input_resolution}², got {v} views of {w}x{h}")
+
+    cam = cameras_lib.camera_embedding(cameras)                             # [B, V, 16]
+    cam_embed = CameraEmbedder(m.camera_embed_dim, dtype, name="camera_embedder")(cam)
+    x = vit_lib.normalize_images(images.astype(jnp.float32))
+    if m.plucker_rays:
+      x = jnp.concatenate([x, plucker_rays(cameras)], -1)
+    x = x.reshape(b * v, h, w, x.shape[-1])
+    encoder = vit_lib.ViTEncoder(
+        vit_config(m), dtype=dtype, attention_impl=m.attention_impl,
+        remat=None if m.remat == "none" else m.remat,
+        modulation_dim=m.camera_embed_dim if m.encoder_modulation else None, name="encoder")
+    tokens = encoder(x, cam_embed.reshape(b * v, -1) if m.encoder_modulation else None)
+    context = tokens.reshape(b, v * tokens.shape[1], tokens.shape[2])
+    context = layers.constrain(context, ("batch", "length", "act_embed"))
+    cond = jnp.mean(cam_embed, axis=1) if m.decoder_modulation else None
+    planes = TriplaneTransformer(m, name="decoder")(context, cond)
+    if self.is_initializing():
+      nerf_mlp(m).copy(name="nerf")(jnp.zeros((1, 3 * m.triplane.channels), jnp.float32))
+    return planes
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation and rendering
+
+
+def dummy_inputs(mcfg, batch: int = 1) -> tuple[jax.Array, cameras_lib.Camera]:
+  """Zero images and the Instant3D rig (num_views azimuths 360/V apart) for init/eval_shape."""
+  res, v = mcfg.input_resolution, mcfg.num_views
+  az = jnp.arange(v, dtype=jnp.float32) * (360.0 / v)
+  cams = cameras_lib.orbit_camera(cameras_lib.INSTANT3D_ELEVATION, az,
+                                  cameras_lib.INSTANT3D_DISTANCE, cameras_lib.INSTANT3D_FOV,
+                                  res, res)
+  cams = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), cams)
+  return jnp.zeros((batch, v, res, res, 3), jnp.float32), cams
+
+
+def init_params(mcfg, key: jax.Array) -> dict:
+  """Random parameters (boxed with logical axis names; `nn.meta.unbox` for plain arrays)."""
+  mcfg = model_config(mcfg)
+  images, cams = dummy_inputs(mcfg)
+  # Jitted: eager init dispatches thousands of small ops (seconds even for a micro model).
+  return jax.jit(lambda k: LRM(mcfg).init(k, images, cams)["params"])(key)
+
+
+def abstract_params(mcfg) -> dict:
+  """Parameter shapes (boxed `ShapeDtypeStruct`s) without allocating anything."""
+  mcfg = model_config(mcfg)
+  return jax.eval_shape(lambda k: init_params(mcfg, k), jax.random.key(0))
+
+
+def field_fn(mcfg, params: Mapping[str, Any], planes: jax.Array) -> rendering.FieldFn:
+  """`volume_render` field of ONE object: `planes [3, R, R, C]`, `params` the full LRM params."""
+  mcfg = model_config(mcfg)
+  mlp = nerf_mlp(mcfg)
+  nerf_params = nn.meta.unbox(params["nerf"])
+  return rendering.make_triplane_field(
+      planes.astype(jnp.float32), lambda f: mlp.apply({"params": nerf_params}, f),
+      box=mcfg.render.box)
+
+
+def _render_kwargs(mcfg, num_samples, num_importance, background):
+  r = mcfg.render
+  return dict(num_samples=r.num_samples if num_samples is None else num_samples,
+              num_importance=r.num_importance if num_importance is None else num_importance,
+              background=mcfg.background if background is None else background, box=r.box)
+
+
+def render_rays(mcfg, params, planes: jax.Array, origins: jax.Array, directions: jax.Array, *,
+                key: jax.Array | None = None, num_samples: int | None = None,
+                num_importance: int | None = None, background=None) -> dict:
+  """Renders rays `origins/directions [B, ..., 3]` through the B objects `planes [B, 3, R, R, C]`.
+
+  Returns `volume_render`'s dict with leading `[B, ...]`. `key` (one for the batch) jitters the
+  samples; None = deterministic. Sample counts and background default to the config.
+  """
+  mcfg = model_config(mcfg)
+  kw = _render_kwargs(mcfg, num_samples, num_importance, background)
+  b = planes.shape[0]
+  keys = None if key is None else jax.random.split(key, b)
+
+  def one(p, o, d, k):
+    return rendering.volume_render(field_fn(mcfg, params, p), o, d, key=k, **kw)
+
+  return jax.vmap(one)(planes, origins, directions, keys)
+
+
+def render_views(mcfg, params, planes: jax.Array, cameras: cameras_lib.Camera, *,
+                 key: jax.Array | None = None, chunk: int | None = None,
+                 outputs=("rgb", "depth", "opacity"), num_samples: int | None = None,
+                 num_importance: int | None = None, background=None) -> dict:
+  """Whole images of `cameras` (batch shape `[B, V]`) of the B objects → `[B, V, H, W, ...]`.
+
+  Chunked (`rendering.render_image`, chunk from `model.render.chunk`) so memory is that of one
+  chunk of rays.
+  """
+  mcfg = model_config(mcfg)
+  kw = _render_kwargs(mcfg, num_samples, num_importance, background)
+  b = planes.shape[0]
+  if cameras.batch_shape[:1] != (b,):
+    raise ValueError(f"render_views: cameras must have batch shape [B={b}, V], got "
+                     f"{cameras.batch_shape}")
+  keys = None if key is None else jax.random.split(key, b)
+  chunk = mcfg.render.chunk if chunk is None else chunk
+
+  def one(p, cam, k):
+    return rendering.render_image(field_fn(mcfg, params, p), cam, chunk=chunk, key=k,
+                                  outputs=tuple(outputs), **kw)
+
+  return jax.vmap(one)(planes, cameras, keys)
+
+
+def count_params(tree) -> int:
+  return vit_lib.count_params(tree)
+
+
+__all__ = ["LRM", "CameraEmbedder", "DecoderBlock", "TriplaneTransformer", "NeRFMLP",
+           "model_config", "vit_config", "plucker_rays", "triplane_position_code", "init_params",
+           "abstract_params", "dummy_inputs", "field_fn", "render_rays", "render_views",
+           "count_params", "tokens_per_view", "plane_resolution"]

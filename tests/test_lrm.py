@@ -1,0 +1,234 @@
+"""The reconstructor model (instant3d_jax/models/lrm.py) on a micro config."""
+import copy
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import configs.lrm as lrm_configs
+from instant3d_jax import cameras as cam_lib
+from instant3d_jax import rendering
+from instant3d_jax.convert.safetensors_io import flatten, unflatten
+from instant3d_jax.models import lrm
+
+
+def micro_config(**knobs):
+  """A few-thousand-parameter LRM (16² views, patch 8, one block each) that compiles fast."""
+  cfg = lrm_configs.get_config("tiny")
+  m = cfg.model
+  m.input_resolution = 16
+  e = m.encoder
+  e.hidden_size, e.num_layers, e.num_heads, e.mlp_dim, e.patch_size, e.image_size = \
+      32, 1, 2, 64, 8, 16
+  m.camera_embed_dim = 32
+  d = m.decoder
+  d.num_layers, d.hidden_size, d.num_heads, d.mlp_ratio = 1, 32, 2, 2
+  m.triplane.token_resolution, m.triplane.channels = 4, 8
+  m.nerf.num_layers, m.nerf.hidden = 3, 16
+  m.render.num_samples, m.render.num_importance = 8, 8
+  m.encoder_modulation = m.decoder_modulation = True
+  m.plucker_rays = m.triplane.position_code = d.attention_bias = True
+  for k, v in knobs.items():
+    node = m
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return lrm.model_config(m)
+
+
+def rel_err(a, b):
+  return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+
+
+def _inputs(m, batch, seed=0):
+  images, cams = lrm.dummy_inputs(m, batch)
+  images = jax.random.uniform(jax.random.key(seed), images.shape)
+  return images, cams
+
+
+def _perturb(tree, seed=2, scale=0.05):
+  """Adds numpy noise to every leaf except the attention biases (kept at their zero init)."""
+  rng = np.random.default_rng(seed)
+  flat = flatten(tree)
+  return unflatten({k: v if k.endswith("cross_attn_bias")
+                    else np.asarray(v) + scale * rng.standard_normal(v.shape).astype(np.float32)
+                    for k, v in flat.items()})
+
+
+@pytest.fixture(scope="module")
+def micro():
+  m = micro_config()
+  params = lrm.init_params(m, jax.random.key(1))
+  # Non-zero modulation layers: at init they are zero, which would hide wiring errors.
+  plain = _perturb(nn.meta.unbox(params))
+  apply = jax.jit(lambda p, x, c: lrm.LRM(m).apply({"params": p}, x, c))
+  return m, params, plain, apply
+
+
+def test_plucker_rays_analytic():
+  cam = cam_lib.orbit_camera(20.0, 30.0, 2.7, 50.0, 5, 5)
+  pl = np.asarray(lrm.plucker_rays(cam))
+  assert pl.shape == (5, 5, 6)
+  pos = np.asarray(cam.c2w[:3, 3])
+  # The centre pixel's ray passes through the origin: direction -pos/|pos|, moment 0.
+  np.testing.assert_allclose(pl[2, 2, :3], -pos / np.linalg.norm(pos), atol=1e-6)
+  np.testing.assert_allclose(pl[2, 2, 3:], 0.0, atol=1e-5)
+  # Moment o × d is independent of the point chosen on the ray and orthogonal to d.
+  o2 = pos + 1.3 * pl[0, 4, :3]
+  np.testing.assert_allclose(np.cross(o2, pl[0, 4, :3]), pl[0, 4, 3:], atol=1e-5)
+  assert abs(float(np.dot(pl[0, 4, :3], pl[0, 4, 3:]))) < 1e-5
+  np.testing.assert_allclose(np.linalg.norm(pl[..., :3], axis=-1), 1.0, atol=1e-6)
+
+
+def test_triplane_position_code():
+  code = lrm.triplane_position_code(4, 20)            # 20 // 6 = 3 frequencies per coordinate
+  assert code.shape == (48, 20)
+  assert np.all(code[:, 18:] == 0)
+  # Token (plane 0, row 0, col 1): plane coordinate -1, row -0.75, col -0.25; frequency 0 = π/2.
+  # Channels per coordinate: n sines then n cosines.
+  np.testing.assert_allclose(code[1, [0, 6, 12]], np.sin(np.pi / 2 * np.array([-1, -.75, -.25])),
+                             atol=1e-6)
+  np.testing.assert_allclose(code[1, [3, 9, 15]], np.cos(np.pi / 2 * np.array([-1, -.75, -.25])),
+                             atol=1e-6)
+  # All 48 tokens get distinct codes.
+  assert len({tuple(np.round(r, 5)) for r in code}) == 48
+
+
+def test_params_carry_logical_axes(micro):
+  m, params, _, _ = micro
+  leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+  for x in leaves:
+    assert len(x.names) == x.value.ndim
+  specs = nn.get_partition_spec(params)
+  assert tuple(specs["decoder"]["triplane_tokens"]) == ("planes", "embed")
+
+
+def test_forward_batch_independent_and_view_permutation_invariant(micro):
+  m, _, plain, apply = micro
+  images, cams = _inputs(m, 2)
+  planes = apply(plain, images, cams)
+  R = lrm.plane_resolution(m)
+  assert planes.shape == (2, 3, R, R, m.triplane.channels)
+  # Another object in row 1 leaves row 0 unchanged.
+  images2 = images.at[1].set(jax.random.uniform(jax.random.key(9), images.shape[1:]))
+  planes2 = apply(plain, images2, cams)
+  np.testing.assert_array_equal(np.asarray(planes[0]), np.asarray(planes2[0]))
+  assert rel_err(planes2[1], planes[1]) > 1e-3
+  # Without the attention bias, permuting the views together with their cameras is a no-op
+  # (cross-attention sums over keys; the decoder condition is the mean camera).
+  perm = jnp.array([2, 0, 3, 1])
+  planes_p = apply(plain, images[:, perm], cams[:, perm])
+  assert rel_err(planes_p, planes) < 1e-5
+  # ... but moving a camera alone changes the result (the cameras are used).
+  planes_c = apply(plain, images, cams[:, perm])
+  assert rel_err(planes_c, planes) > 1e-3
+
+
+def test_zero_init_knobs_and_attention_bias(micro):
+  """Decoder modulation and attention bias start at zero (the plain model at init); a non-zero
+  bias breaks the view-permutation invariance (it is tied to token positions) and fixes the rig."""
+  m, params, plain, apply = micro
+  p = nn.meta.unbox(params)["decoder"]["block_0"]
+  assert not np.any(p["cross_attn_bias"]) and p["cross_attn_bias"].shape == (48, 4 * 5)
+  assert not np.any(p["modulation"]["kernel"]) and not np.any(p["modulation"]["bias"])
+  for i in range(m.encoder.num_layers):
+    assert not np.any(nn.meta.unbox(params)["encoder"][f"layer_{i}"]["adaLN_modulation"]["kernel"])
+  images, cams = _inputs(m, 2)
+  biased = copy.deepcopy(plain)
+  biased["decoder"]["block_0"]["cross_attn_bias"] = np.random.default_rng(4).standard_normal(
+      (48, 20)).astype(np.float32)
+  perm = jnp.array([1, 2, 3, 0])
+  a = apply(biased, images, cams)
+  b = apply(biased, images[:, perm], cams[:, perm])
+  assert rel_err(b, a) > 1e-3
+  with pytest.raises(ValueError, match=r"attention_bias needs the fixed input rig.*4 views of "
+                                       r"16².*got 3 views"):
+    lrm.LRM(m).apply({"params": plain}, images[:, :3], cams[:, :3])
+
+
+def test_rendering(micro):
+  """render_views = render_rays on the camera's rays; a constant field renders analytically."""
+  m, _, plain, apply = micro
+  images, cams = _inputs(m, 2)
+  planes = apply(plain, images, cams)
+  small = cam_lib.resize_camera(cams[:, :2], 4, 4)
+  img = jax.jit(lambda p, pl, c: lrm.render_views(m, p, pl, c, chunk=5,
+                                                  outputs=("rgb", "opacity")))(plain, planes, small)
+  assert img["rgb"].shape == (2, 2, 4, 4, 3)
+  rays = jax.jit(lambda p, pl, o, d: lrm.render_rays(m, p, pl, o, d))
+  o, d = cam_lib.camera_rays(small)
+  ref = rays(plain, planes, o.reshape(2, -1, 3), d.reshape(2, -1, 3))
+  np.testing.assert_allclose(np.asarray(img["rgb"]).reshape(2, -1, 3), ref["rgb"], atol=1e-5)
+  assert rel_err(img["rgb"][1], img["rgb"][0]) > 1e-4   # the planes are per object
+
+  # NeRF MLP with zero kernels = constant density and colour: opacity 1 − exp(−σ·chord).
+  p = copy.deepcopy(plain)
+  for layer in p["nerf"].values():
+    layer["kernel"] = np.zeros_like(layer["kernel"])
+    layer["bias"] = np.zeros_like(layer["bias"])
+  p["nerf"][f"dense_{m.nerf.num_layers - 1}"]["bias"] = np.array([0.3, -1.0, 0.5, 2.0],
+                                                                 np.float32)
+  sigma = np.log1p(np.exp(0.3 - 1.0))                      # softplus(x + bias), bias −1
+  colour = 1 / (1 + np.exp(-np.array([-1.0, 0.5, 2.0]))) * 1.002 - 0.001
+  # 32 rays along +x: y, z inside the box (chord 2) for the first 24, |y| > 1 (a miss) after.
+  yz = np.random.default_rng(0).uniform(-0.95, 0.95, (2, 32, 2)).astype(np.float32)
+  yz[:, 24:, 0] = 1.5
+  origins = np.concatenate([np.full((2, 32, 1), -3.0, np.float32), yz], -1)
+  dirs = np.broadcast_to(np.array([1.0, 0.0, 0.0], np.float32), origins.shape)
+  out = rays(p, planes, origins, dirs)
+  op = 1 - np.exp(-sigma * 2.0)
+  np.testing.assert_allclose(out["opacity"][:, :24], op, rtol=1e-5)
+  np.testing.assert_allclose(out["opacity"][:, 24:], 0.0, atol=1e-7)
+  np.testing.assert_allclose(out["rgb"][:, :24],
+                             np.broadcast_to(op * colour + (1 - op) * 1.0, (2, 24, 3)), rtol=1e-5)
+  np.testing.assert_allclose(out["rgb"][:, 24:], 1.0, rtol=1e-6)  # white background (config)
+
+
+@pytest.mark.slow
+def test_remat_and_bf16(micro):
+  m, _, plain, _ = micro
+  images, cams = _inputs(m, 1)
+  m_remat = micro_config(remat="full", **{"decoder.num_layers": 1})
+
+  def grads(mc):
+    loss = lambda p: jnp.sum(lrm.LRM(mc).apply({"params": p}, images, cams) ** 2)  # noqa: E731
+    return jax.jit(jax.grad(loss))(plain)
+
+  g0, g1 = grads(m), grads(m_remat)
+  # Recomputation fuses differently: equal up to fp32 rounding.
+  flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])  # noqa: E731
+  assert rel_err(flat(g1), flat(g0)) < 1e-5
+  # bf16 compute (params fp32) stays close to the fp32 forward.
+  m_bf16 = micro_config(dtype="bfloat16")
+  ref = lrm.LRM(m).apply({"params": plain}, images, cams)
+  out = lrm.LRM(m_bf16).apply({"params": plain}, images, cams)
+  assert out.dtype == jnp.bfloat16
+  assert rel_err(out.astype(jnp.float32), ref) < 5e-2
+
+
+def test_input_validation(micro):
+  m, _, plain, _ = micro
+  images, cams = _inputs(m, 1)
+  with pytest.raises(ValueError, match=r"images must be \[B, V, H, W, 3\], got shape "
+                                       r"\(1, 4, 16, 16, 4\)"):
+    lrm.LRM(m).apply({"params": plain}, jnp.zeros((1, 4, 16, 16, 4)), cams)
+  with pytest.raises(ValueError, match=r"batch shape \(B, V\) = \(2, 4\), got \(1, 4\)"):
+    lrm.LRM(m).apply({"params": plain}, jnp.zeros((2, 4, 16, 16, 3)), cams)
+  with pytest.raises(ValueError, match=r"cameras are 16x16 pixels but the images are 8x8"):
+    lrm.LRM(m).apply({"params": plain}, jnp.zeros((1, 4, 8, 8, 3)), cams)
+
+
+def test_field_is_mlp_on_concatenated_plane_features(micro):
+  # The LRM's field goes through rendering.sample_triplane's concatenated-features convention.
+  m, _, plain, _ = micro
+  planes = jax.random.normal(jax.random.key(0), (3, 8, 8, 8))
+  pts = jax.random.uniform(jax.random.key(1), (5, 2, 3), minval=-1, maxval=1)
+  dens, rgb = jax.jit(lambda p, pl, x: lrm.field_fn(m, p, pl)(x, x))(plain, planes, pts)
+  feats = rendering.sample_triplane(planes, pts)
+  d2, c2 = jax.jit(lrm.nerf_mlp(m).apply)({"params": plain["nerf"]}, feats)
+  np.testing.assert_allclose(dens, d2, rtol=1e-6)
+  np.testing.assert_allclose(rgb, c2, rtol=1e-6)
