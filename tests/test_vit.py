@@ -1,5 +1,6 @@
 """DINO / DINOv2 encoder: parity with transformers on tiny random models, converter round trip,
 camera modulation at init, exact parameter counts of the full-size configs."""
+import dataclasses
 import json
 
 import jax
@@ -103,11 +104,6 @@ def test_modulation_zero_at_init_and_effective(tiny_vit):
   apply = jax.jit(enc.apply)
   cam = jnp.asarray(np.random.default_rng(1).standard_normal((2, 6)), jnp.float32)
   np.testing.assert_array_equal(np.asarray(apply({"params": params}, x, cam)), np.asarray(ref))
-  # A freshly initialised model is also exactly unmodulated: its adaLN layers are zero.
-  fresh = jax.jit(enc.init)(jax.random.key(0), x, cam)["params"]
-  for i in range(config.num_hidden_layers):
-    for v in jax.tree.leaves(fresh[f"layer_{i}"]["adaLN_modulation"]):
-      assert float(jnp.abs(v).max()) == 0.0
   # Nonzero modulation changes the output, differently for different cameras.
   bumped = jax.tree.map(np.copy, params)
   k = bumped["layer_1"]["adaLN_modulation"]["kernel"]
@@ -174,6 +170,17 @@ def test_converter_errors(tmp_path):
     tv.tensors_to_params(bad, config, "ckpt.safetensors")
   with pytest.raises(WeightsError, match="config.json"):
     tv.load_vit(tmp_path / "nowhere")
+  # Config/checkpoint mismatches: the file is named, and every mismatched path with both shapes.
+  with pytest.raises(WeightsError, match=r"model\.safetensors: missing key "
+                     r"'encoder.layer.2.attention.attention.query.weight'"):
+    tv.load_vit(tmp_path, config=dataclasses.replace(config, num_hidden_layers=3))
+  with pytest.raises(WeightsError) as e:
+    tv.load_vit(tmp_path, config=dataclasses.replace(config, mlp_dim=48))
+  msg = str(e.value)
+  assert "model.safetensors does not match the model config (6 problems)" in msg, msg
+  for i in range(2):
+    assert f"layer_{i}/fc1/kernel: config expects (32, 48), checkpoint has (32, 64)" in msg
+    assert f"layer_{i}/fc2/kernel: config expects (48, 32), checkpoint has (64, 32)" in msg
 
 
 def test_bicubic_matrix_matches_torch():
@@ -205,26 +212,34 @@ def test_input_errors():
     vit.ViTConfig.from_transformers({"model_type": "clip_vision_model"})
 
 
-def test_remat_grads_equal_and_bf16_close():
+def test_fresh_init_remat_grads_and_bf16():
   config = vit.ViTConfig("dinov2_with_registers", 32, 2, 4, 64, patch_size=7, image_size=28,
                          layer_norm_eps=1e-6, layer_scale=True, num_register_tokens=2)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 42, 42, 3)), jnp.float32)
   cam = jnp.ones((1, 3))
   ref_model = vit.ViTEncoder(config, modulation_dim=3)
   params = jax.jit(ref_model.init)(jax.random.key(0), x, cam)["params"]
+  # A freshly initialised model is exactly unmodulated: its adaLN layers are zero.
+  for i in range(config.num_hidden_layers):
+    for v in jax.tree.leaves(params[f"layer_{i}"]["adaLN_modulation"]):
+      assert float(jnp.abs(v).max()) == 0.0
   # Make the modulation active so its gradient path is compared too.
   params = jax.tree.map(lambda a: a + 0.01, params)
-  remat = vit.ViTEncoder(config, remat="full", modulation_dim=3)
-  loss = lambda m: jax.jit(jax.value_and_grad(
-      lambda p: jnp.sum(m.apply({"params": p}, x, cam) ** 2)))
-  (l_ref, g_ref), (l_remat, g_remat) = loss(ref_model)(params), loss(remat)(params)
+
+  def loss_and_grad(model):
+    def loss(p):
+      out = model.apply({"params": p}, x, cam)
+      return jnp.sum(out ** 2), out
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+  (l_ref, ref), g_ref = loss_and_grad(ref_model)
+  (l_remat, _), g_remat = loss_and_grad(vit.ViTEncoder(config, remat="full", modulation_dim=3))
+  assert ref.shape == (1, 1 + 2 + 36, 32)
   assert float(l_ref) > 0 and abs(float(l_remat) - float(l_ref)) <= 1e-6 * float(l_ref)
   # (atol: the key bias has an analytically zero gradient, so its values are pure rounding.)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), g_remat,
                g_ref)
-  ref = ref_model.apply({"params": params}, x, cam)
-  assert ref.shape == (1, 1 + 2 + 36, 32)
-  out = vit.ViTEncoder(config, dtype=jnp.bfloat16, modulation_dim=3).apply(
+  out = jax.jit(vit.ViTEncoder(config, dtype=jnp.bfloat16, modulation_dim=3).apply)(
       {"params": params}, x, cam)
   assert out.dtype == jnp.bfloat16
   assert rel_err(out.astype(jnp.float32), ref) < 5e-2

@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from instant3d_jax.convert.safetensors_io import (WeightsError, check_tree_shapes, read_config,
-                                                  read_folder_weights, take, write_json,
-                                                  write_safetensors)
+from instant3d_jax.convert.safetensors_io import (WeightsError, check_tree_shapes, find_weights,
+                                                  read_config, read_folder_weights, take,
+                                                  write_json, write_safetensors)
 from instant3d_jax.models.vit import ViTConfig, ViTEncoder
 
 IGNORED_KEYS = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.mask_token")
@@ -89,24 +89,25 @@ def tensors_to_params(tensors: Mapping[str, np.ndarray], config: ViTConfig, sour
   t = _strip_prefix(dict(tensors), config)
   used = set(IGNORED_KEYS)
 
-  def get(key, shape=None):
+  # Shapes are not checked key by key: `check_tree_shapes` at the end lists every mismatch.
+  def get(key):
     used.add(key)
-    return np.asarray(take(t, key, source, shape), np.float32)
+    return np.asarray(take(t, key, source), np.float32)
 
-  d, c, p = config.hidden_size, config.num_channels, config.patch_size
+  d = config.hidden_size
+  patch_kernel = get("embeddings.patch_embeddings.projection.weight")
+  if patch_kernel.ndim != 4:
+    raise WeightsError(f"{source}: key 'embeddings.patch_embeddings.projection.weight' has shape "
+                       f"{patch_kernel.shape}, expected a 4-D conv weight [D, C, p, p]")
   params: dict[str, Any] = {
-      "cls_token": get("embeddings.cls_token", (1, 1, d)),
-      "position_embeddings": get("embeddings.position_embeddings",
-                                 (1, config.pos_grid ** 2 + 1, d)),
-      "patch_embed": {
-          "kernel": get("embeddings.patch_embeddings.projection.weight",
-                        (d, c, p, p)).transpose(2, 3, 1, 0),
-          "bias": get("embeddings.patch_embeddings.projection.bias", (d,))},
-      "layernorm": {"scale": get("layernorm.weight", (d,)), "bias": get("layernorm.bias", (d,))},
+      "cls_token": get("embeddings.cls_token"),
+      "position_embeddings": get("embeddings.position_embeddings"),
+      "patch_embed": {"kernel": patch_kernel.transpose(2, 3, 1, 0),
+                      "bias": get("embeddings.patch_embeddings.projection.bias")},
+      "layernorm": {"scale": get("layernorm.weight"), "bias": get("layernorm.bias")},
   }
   if config.num_register_tokens:
-    params["register_tokens"] = get("embeddings.register_tokens",
-                                    (1, config.num_register_tokens, d))
+    params["register_tokens"] = get("embeddings.register_tokens")
 
   def linear(key):
     return {"kernel": get(f"{key}.weight").T, **({"bias": get(f"{key}.bias")}
@@ -132,7 +133,7 @@ def tensors_to_params(tensors: Mapping[str, np.ndarray], config: ViTConfig, sour
       layer["down"] = linear(pre + "mlp.weights_out")
     if config.layer_scale:
       for k in ("layer_scale1", "layer_scale2"):
-        layer[k] = {"lambda1": get(f"{pre}{k}.lambda1", (d,))}
+        layer[k] = {"lambda1": get(f"{pre}{k}.lambda1")}
     mod_key = pre + "adaLN_modulation.1"
     if modulation_dim is not None:
       if mod_key + ".weight" in t:
@@ -206,8 +207,10 @@ def load_vit(folder: str | os.PathLike, modulation_dim: int | None = None,
   folder = Path(folder)
   if config is None:
     config = ViTConfig.from_transformers(read_config(folder))
+  files = find_weights(folder)
+  source = str(files[0]) if len(files) == 1 else f"{folder} ({len(files)} shards)"
   tensors = read_folder_weights(folder)
-  return config, tensors_to_params(tensors, config, str(folder), modulation_dim)
+  return config, tensors_to_params(tensors, config, source, modulation_dim)
 
 
 def save_vit(folder: str | os.PathLike, params: Mapping[str, Any], config: ViTConfig) -> None:

@@ -177,11 +177,11 @@ class LPIPS(nn.Module):
       if i:
         z = nn.max_pool(z, (2, 2), strides=(2, 2))
       for j, c_out in enumerate(block):
+        # Spatial dims unnamed: flax rejects a logical name used twice in one array.
         z = nn.Conv(c_out, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                     param_dtype=jnp.float32,
                     kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                                   ("conv_kernel", "conv_kernel", "conv_in",
-                                                    "conv_out")),
+                                                   (None, None, "conv_in", "conv_out")),
                     bias_init=layers.partitioned(nn.initializers.zeros, ("conv_out",)),
                     name=f"conv{i + 1}_{j + 1}")(z)
         z = nn.relu(z)

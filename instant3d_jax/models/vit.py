@@ -430,10 +430,12 @@ class ViTEncoder(nn.Module):
                          f"{None if modulation is None else tuple(modulation.shape)}")
 
     d = cfg.hidden_size
+    # Spatial kernel dims unnamed: flax's logical_to_mesh rejects a name used twice in one array
+    # ('conv_kernel', 'conv_kernel'), and they are never sharded anyway.
     x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                 param_dtype=jnp.float32,
                 kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                               ("conv_kernel", "conv_kernel", "conv_in", "embed")),
+                                               (None, None, "conv_in", "embed")),
                 bias_init=layers.partitioned(nn.initializers.zeros, ("embed",)),
                 name="patch_embed")(pixel_values.astype(self.dtype))
     gh, gw = hgt // p, wid // p
