@@ -40,6 +40,9 @@ def get_config(arg=None):
   cfg.world.max_primitives = 3
   cfg.world.size_range = (0.25, 0.6)  # ≈ half-extent of one primitive (shrunk when several)
   cfg.world.shapes = ("sphere", "box", "cylinder", "cone", "torus")
+  # Primitives' bounding spheres stay inside this ball (≤ 1: inside [-1, 1]³ and in frame from
+  # every rig/supervision view).
+  cfg.world.scene_radius = 1.0
   cfg.world.rotate_prob = 0.5  # fully random rotation, else upright with a random yaw
   cfg.world.light_direction = (0.45, 0.3, 0.85)  # world space, fixed: view-independent shading
   cfg.world.ambient = 0.4

@@ -389,20 +389,24 @@ def _shape_params(shape: str, size: float, rng: np.random.Generator) -> tuple[fl
   if shape == "cone":
     return (size * rng.uniform(0.6, 1.0), size * rng.uniform(0.6, 1.0))
   if shape == "torus":
-    R = size * rng.uniform(0.65, 0.8)
-    return (R, R * rng.uniform(0.25, 0.45))
+    R = size * rng.uniform(0.6, 0.75)
+    return (R, R * rng.uniform(0.3, 0.5))
   raise ValueError(f"unknown primitive shape {shape!r}; expected one of {SHAPES}")
 
 
 def sample_scene(rng: np.random.Generator, *, min_primitives: int = 1, max_primitives: int = 3,
                  size_range=(0.25, 0.6), shapes: Sequence[str] = SHAPES,
-                 rotate_prob: float = 0.5, placement_tries: int = 20) -> list[Primitive]:
-  """1–3 primitives with random shape, size, colour, pose, all inside [-1, 1]³.
+                 rotate_prob: float = 0.5, scene_radius: float = 1.0,
+                 placement_tries: int = 20) -> list[Primitive]:
+  """1–3 primitives with random shape, size, colour and pose inside the ball of `scene_radius`.
 
-  Centres are drawn so each primitive's bounding sphere fits in the box; later primitives are
-  re-drawn (up to `placement_tries`) to keep bounding spheres from overlapping by more than 30%.
-  Primitives are either upright with a random yaw or fully randomly rotated (`rotate_prob`).
-  Distinct colours within a scene keep captions unambiguous.
+  Each primitive's bounding sphere lies inside the ball of radius `scene_radius` (≤ 1, so also
+  inside [-1, 1]³): a ball, unlike the cube's corners, stays in frame from every view direction
+  of the rig (at distance 2.4 and FOV 50° the unit ball subtends 24.6° < 25°). Later primitives
+  are re-drawn (up to `placement_tries`) to keep bounding spheres from overlapping by more than
+  30%. Primitives are either upright with a random yaw or fully randomly rotated
+  (`rotate_prob`). Distinct colours within a scene keep captions unambiguous; the size word
+  compares the drawn size with the range (before shrinking scenes of several primitives).
   """
   n = int(rng.integers(min_primitives, max_primitives + 1))
   colours = rng.choice(list(COLOURS), size=n, replace=False)
@@ -410,12 +414,16 @@ def sample_scene(rng: np.random.Generator, *, min_primitives: int = 1, max_primi
   scene: list[Primitive] = []
   for i in range(n):
     shape = str(rng.choice(list(shapes)))
-    size = float(rng.uniform(lo, hi) / (1.0 + 0.25 * (n - 1)))  # several objects → smaller
+    drawn = float(rng.uniform(lo, hi))
+    size = drawn / (1.0 + 0.25 * (n - 1))  # several objects → each smaller
     params = _shape_params(shape, size, rng)
     rad = bounding_radius(shape, params)
     rot = random_rotation(rng) if rng.random() < rotate_prob else _yaw(rng.uniform(0, 2 * np.pi))
+    room = max(scene_radius - rad, 0.0)
     for _ in range(placement_tries):
-      center = rng.uniform(-(1 - rad), 1 - rad, size=3) if rad < 1 else np.zeros(3)
+      direction = rng.normal(size=3)
+      direction /= np.linalg.norm(direction)
+      center = direction * room * rng.random() ** (1 / 3)  # uniform in the ball of radius room
       if n == 1:
         center = center * 0.3  # a lone object sits near the middle
       ok = all(np.linalg.norm(center - np.asarray(p.center)) >
@@ -423,7 +431,7 @@ def sample_scene(rng: np.random.Generator, *, min_primitives: int = 1, max_primi
       if ok:
         break
     third = (hi - lo) / 3
-    word = "small" if size < lo + third else ("large" if size > hi - third else "")
+    word = "small" if drawn < lo + third else ("large" if drawn > hi - third else "")
     scene.append(Primitive(shape=shape, params=tuple(float(p) for p in params),
                            center=tuple(float(c) for c in center),
                            rotation=tuple(tuple(float(v) for v in row) for row in rot),

@@ -128,13 +128,28 @@ def test_captions_name_shapes_colours_and_relations():
       "a red cube, a small blue sphere and a large orange cone"
 
 
-def test_random_scenes_stay_inside_the_unit_box():
+def test_random_scenes_stay_inside_the_unit_ball():
   rng = np.random.default_rng(0)
+  shapes = set()
   for _ in range(200):
     scene = P.sample_scene(rng)
     assert 1 <= len(scene) <= 3 and len({p.colour for p in scene}) == len(scene)
     for p in scene:
-      assert np.all(np.abs(p.center) + P.bounding_radius(p.shape, p.params) <= 1.0 + 1e-9)
+      shapes.add(p.shape)
+      assert np.linalg.norm(p.center) + P.bounding_radius(p.shape, p.params) <= 1.0 + 1e-9
+  assert shapes == set(P.SHAPES)
+
+
+def test_scene_stays_in_frame_from_the_closest_views():
+  """Every primitive of 100 random scenes projects inside views at the minimum distance 2.4."""
+  cfg = data_config.get_config("tiny")
+  cam = C.orbit_camera(np.array([-10.0, 30.0, 65.0]), np.array([0.0, 130.0, 250.0]),
+                       cfg.sup_distance_range[0], cfg.fov_deg, 32, 32)
+  for i in range(100):
+    scene, _ = synthetic.sample_object(cfg, i)
+    a = P.render_rgba(scene, np.asarray(cam.c2w), np.asarray(cam.K), 32, 32)[..., 3]
+    border = np.concatenate([a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1]], -1)
+    assert border.max() == 0.0, f"object {i} touches the image border"
 
 
 @pytest.fixture(scope="module")
