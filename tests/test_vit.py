@@ -113,6 +113,15 @@ def test_modulation_zero_at_init_and_effective(tiny_vit):
   assert rel_err(out2, ref) > 1e-3
   out3 = apply({"params": bumped}, x, -cam)
   assert rel_err(out3, out2) > 1e-3
+  # Extra input channels (Plücker rays) on a pretrained RGB encoder start switched off.
+  config9 = dataclasses.replace(config, num_channels=9)
+  with pytest.raises(WeightsError, match=r"patch_embed/kernel: config expects \(8, 8, 9, 32\), "
+                     r"checkpoint has \(8, 8, 3, 32\)"):
+    tv.load_vit(folder, config=config9)
+  _, params9 = tv.load_vit(folder, config=config9, zero_extra_channels=True)
+  x9 = np.concatenate([x, np.random.default_rng(3).standard_normal(x.shape[:3] + (6,))], -1)
+  out9 = jax.jit(vit.ViTEncoder(config9).apply)({"params": params9}, x9.astype(np.float32))
+  assert rel_err(out9, ref) < 1e-6  # zero weights: only the conv's summation order differs
 
 
 def test_export_round_trip(tiny, tmp_path):

@@ -80,11 +80,16 @@ def _strip_prefix(tensors: dict[str, np.ndarray], config: ViTConfig) -> dict[str
 
 
 def tensors_to_params(tensors: Mapping[str, np.ndarray], config: ViTConfig, source: str,
-                      modulation_dim: int | None = None) -> dict[str, Any]:
+                      modulation_dim: int | None = None,
+                      zero_extra_channels: bool = False) -> dict[str, Any]:
   """transformers state dict (numpy) -> `ViTEncoder` params (nested dict of numpy arrays).
 
   `source` names the checkpoint in errors. Every checkpoint key must be used or listed in
   `IGNORED_KEYS`; leftovers are an error (they would mean a layout this code does not know).
+  `zero_extra_channels`: when `config.num_channels` exceeds the checkpoint's (e.g. RGB + 6
+  Plücker-ray channels on a pretrained RGB DINO), the patch embedding gets zero weights for the
+  extra input channels, so the pretrained encoder's output is unchanged at init (the same
+  principle as the zero-initialised modulation). Without it a channel mismatch is an error.
   """
   t = _strip_prefix(dict(tensors), config)
   used = set(IGNORED_KEYS)
@@ -99,6 +104,11 @@ def tensors_to_params(tensors: Mapping[str, np.ndarray], config: ViTConfig, sour
   if patch_kernel.ndim != 4:
     raise WeightsError(f"{source}: key 'embeddings.patch_embeddings.projection.weight' has shape "
                        f"{patch_kernel.shape}, expected a 4-D conv weight [D, C, p, p]")
+  extra = config.num_channels - patch_kernel.shape[1]
+  if zero_extra_channels and extra > 0:
+    patch_kernel = np.concatenate(
+        [patch_kernel, np.zeros(patch_kernel.shape[:1] + (extra,) + patch_kernel.shape[2:],
+                                np.float32)], 1)
   params: dict[str, Any] = {
       "cls_token": get("embeddings.cls_token"),
       "position_embeddings": get("embeddings.position_embeddings"),
@@ -198,10 +208,12 @@ def params_to_tensors(params: Mapping[str, Any], config: ViTConfig) -> dict[str,
 
 
 def load_vit(folder: str | os.PathLike, modulation_dim: int | None = None,
-             config: ViTConfig | None = None) -> tuple[ViTConfig, dict[str, Any]]:
+             config: ViTConfig | None = None,
+             zero_extra_channels: bool = False) -> tuple[ViTConfig, dict[str, Any]]:
   """A transformers ViTModel / Dinov2Model / Dinov2WithRegistersModel folder -> (config, params).
 
-  `config` defaults to the folder's `config.json`. Params are numpy fp32 (unboxed); use as
+  `config` defaults to the folder's `config.json` (pass one to add input channels, see
+  `tensors_to_params`). Params are numpy fp32 (unboxed); use as
   `ViTEncoder(config, modulation_dim=...).apply({'params': params}, x, modulation)`.
   """
   folder = Path(folder)
@@ -210,7 +222,8 @@ def load_vit(folder: str | os.PathLike, modulation_dim: int | None = None,
   files = find_weights(folder)
   source = str(files[0]) if len(files) == 1 else f"{folder} ({len(files)} shards)"
   tensors = read_folder_weights(folder)
-  return config, tensors_to_params(tensors, config, source, modulation_dim)
+  return config, tensors_to_params(tensors, config, source, modulation_dim,
+                                   zero_extra_channels)
 
 
 def save_vit(folder: str | os.PathLike, params: Mapping[str, Any], config: ViTConfig) -> None:

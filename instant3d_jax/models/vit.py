@@ -177,7 +177,7 @@ def dino_vits16() -> ViTConfig:
 
 
 def dino_vitb16() -> ViTConfig:
-  """`facebook/dino-vitb16` (the LRM / InstantMesh encoder)."""
+  """`facebook/dino-vitb16` (the LRM / InstantMesh encoder; its config.json: eps 1e-12)."""
   return ViTConfig("vit", 768, 12, 12, 3072, patch_size=16, image_size=224)
 
 
