@@ -232,3 +232,67 @@ def test_field_is_mlp_on_concatenated_plane_features(micro):
   d2, c2 = jax.jit(lrm.nerf_mlp(m).apply)({"params": plain["nerf"]}, feats)
   np.testing.assert_allclose(dens, d2, rtol=1e-6)
   np.testing.assert_allclose(rgb, c2, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights (instant3d_jax/convert/lrm.py)
+
+
+def test_safetensors_roundtrip_and_mismatch(micro, tmp_path):
+  from instant3d_jax.convert import lrm as convert_lrm
+  from instant3d_jax.convert.safetensors_io import WeightsError
+  m, _, plain, _ = micro
+  path = convert_lrm.save_lrm(tmp_path / "model.safetensors", plain, m)
+  cfg, params = convert_lrm.load_lrm(path)
+  assert lrm.model_config(cfg).to_dict() == m.to_dict()
+  a, b = flatten(params), flatten(plain)
+  assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+  assert "decoder/block_0/cross_attn_bias" in a
+  # A config that builds other shapes: the error lists each path with both shapes.
+  other = lrm_configs.get_config("tiny")
+  other.model = micro_config(**{"triplane.channels": 4, "decoder.attention_bias": False})
+  with pytest.raises(WeightsError) as e:
+    convert_lrm.load_lrm(path, other)
+  msg = str(e.value)
+  assert f"checkpoint {path} does not match the model config (4 problems)" in msg
+  assert "decoder/upsampler/kernel: config expects (2, 2, 32, 4), checkpoint has (2, 2, 32, 8)" \
+      in msg
+  assert "unexpected decoder/block_0/cross_attn_bias: shape (48, 20)" in msg
+  assert "decoder/upsampler/bias: config expects (4,), checkpoint has (8,)" in msg
+  assert "nerf/dense_0/kernel: config expects (12, 16), checkpoint has (24, 16)" in msg
+  # Not an LRM file.
+  from instant3d_jax.convert.safetensors_io import write_safetensors
+  write_safetensors(tmp_path / "x.safetensors", {"a": np.zeros(2, np.float32)})
+  with pytest.raises(WeightsError, match="metadata format is None, expected 'instant3d_jax.lrm'"):
+    convert_lrm.load_lrm(tmp_path / "x.safetensors")
+
+
+def test_dino_import_keeps_pretrained_features(micro, tmp_path):
+  """Imported into an encoder with 6 extra Plücker channels and camera adaLN, a pretrained DINO
+  computes exactly its own features at init (zero-filled channels, zero modulation)."""
+  torch = pytest.importorskip("torch")
+  import transformers
+  from instant3d_jax.convert import lrm as convert_lrm
+  from instant3d_jax.models import vit as vit_lib
+  m, params, _, _ = micro
+  e = m.encoder
+  tcfg = transformers.ViTConfig(hidden_size=e.hidden_size, num_hidden_layers=e.num_layers,
+                                num_attention_heads=e.num_heads, intermediate_size=e.mlp_dim,
+                                patch_size=e.patch_size, image_size=e.image_size,
+                                layer_norm_eps=e.layer_norm_eps, qkv_bias=True)
+  torch.manual_seed(0)
+  ref = transformers.ViTModel(tcfg, add_pooling_layer=False).eval()
+  ref.save_pretrained(tmp_path / "dino")
+  new = convert_lrm.import_dino_encoder(params, m, tmp_path / "dino")
+  k = new["encoder"]["patch_embed"]["kernel"]
+  assert k.shape == (8, 8, 9, e.hidden_size) and not np.any(k[:, :, 3:])
+  images, cams = _inputs(m, 1)
+  x = vit_lib.normalize_images(images[0])                              # [V, H, W, 3]
+  x9 = jnp.concatenate([x, lrm.plucker_rays(cams[0])], -1)
+  cam_embed = jax.random.normal(jax.random.key(0), (4, m.camera_embed_dim))
+  enc = vit_lib.ViTEncoder(lrm.vit_config(m), modulation_dim=m.camera_embed_dim)
+  ours = jax.jit(enc.apply)({"params": new["encoder"]}, x9, cam_embed)
+  with torch.no_grad():
+    theirs = ref(pixel_values=torch.from_numpy(np.array(x).transpose(0, 3, 1, 2).copy()),
+                 interpolate_pos_encoding=True).last_hidden_state.numpy()
+  assert rel_err(ours, theirs) < 1e-4
