@@ -273,6 +273,9 @@ def test_full_size_parameter_counts(preset):
       m = transformers.ViTModel(transformers.ViTConfig(**tcfg), add_pooling_layer=False)
     theirs = sum(p.numel() for p in m.parameters())
     assert ours == theirs == 85_798_656
+    # transformers' default add_pooling_layer=True adds the Dense(D, D) + tanh pooler.
+    default = _torch_count(transformers.ViTModel, transformers.ViTConfig(**tcfg))
+    assert default - theirs == d * d + d == 590_592
   elif preset == "dinov2_vitb14":
     theirs = _torch_count(transformers.Dinov2Model, transformers.Dinov2Config(**tcfg))
     assert ours == theirs == 86_579_712

@@ -49,10 +49,15 @@ def _latin1_encode(text, encoding="latin1"):
   return text.encode("latin1")
 
 
+def _reconstruct():
+  core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
+  return core.multiarray._reconstruct
+
+
 _ALLOWED_GLOBALS = {
     ("_codecs", "encode"): lambda: _latin1_encode,
-    ("numpy.core.multiarray", "_reconstruct"): lambda: np._core.multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): lambda: np._core.multiarray._reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
 }
