@@ -1,0 +1,313 @@
+"""Text → 2×2 four-view grid with SDXL: classifier-free guidance, micro-conditioning, a
+Gaussian-blob start, the whole denoising loop in one `lax.scan`.
+
+Stages (each one jitted function with the modules static, so pipelines of equal configs share
+the compiled code; compiled once per shape):
+1. host: tokenise the prompts with both CLIP tokenizers (padded to `model_max_length`);
+2. `encode`: CLIP-L and OpenCLIP-bigG → context `[B, 77, 768 + 1280]` (penultimate hidden states
+   concatenated) and pooled `[B, 1280]` (bigG's projected EOS state);
+3. `denoise`: `lax.scan` over the steps; each step runs the UNet once on the concatenated
+   [unconditional; conditional] batch (2B) and mixes ε = ε_u + g (ε_c − ε_u);
+4. `decode`: latents / scaling_factor → VAE decoder → grid in [0, 1].
+
+The unconditional branch uses zero embeddings (SDXL's `force_zeros_for_empty_prompt`) unless a
+negative prompt is given. Views come out in rig order: top-left az 0°, top-right 90°,
+bottom-left 180°, bottom-right 270° (`split_grid`/`make_grid`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from instant3d_jax.diffusion import blob as blob_lib
+from instant3d_jax.diffusion import schedulers
+from instant3d_jax.models.clip import CLIPTextModel
+from instant3d_jax.models.unet import UNet2DConditionModel
+from instant3d_jax.models.vae import AutoencoderKL, decode_chunked
+
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+INIT_MODES = ("blob", "noise")
+
+
+# ----------------------------------------------------------------------------------------------
+# Grid ↔ views (rig order)
+# ----------------------------------------------------------------------------------------------
+def split_grid(grid: jax.Array) -> jax.Array:
+  """`grid [..., H, W, C]` → `views [..., 4, H/2, W/2, C]` in rig order TL, TR, BL, BR
+  (azimuth 0°, 90°, 180°, 270°). Works on numpy and jax arrays."""
+  *lead, h, w, c = grid.shape
+  if h % 2 or w % 2:
+    raise ValueError(f"grid height and width must be even, got {h}×{w}")
+  x = grid.reshape(*lead, 2, h // 2, 2, w // 2, c)
+  nl = len(lead)
+  perm = tuple(range(nl)) + (nl, nl + 2, nl + 1, nl + 3, nl + 4)
+  return x.transpose(perm).reshape(*lead, 4, h // 2, w // 2, c)
+
+
+def make_grid(views: jax.Array) -> jax.Array:
+  """Inverse of `split_grid`: `views [..., 4, h, w, C]` (rig order) → `grid [..., 2h, 2w, C]`
+  (no padding, unlike `export.images.make_grid`, so it round-trips exactly)."""
+  *lead, v, h, w, c = views.shape
+  if v != 4:
+    raise ValueError(f"make_grid expects 4 views on axis -4, got {v}")
+  x = views.reshape(*lead, 2, 2, h, w, c)
+  nl = len(lead)
+  perm = tuple(range(nl)) + (nl, nl + 2, nl + 1, nl + 3, nl + 4)
+  return x.transpose(perm).reshape(*lead, 2 * h, 2 * w, c)
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline container
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(eq=False)
+class Pipeline:
+  """SDXL modules, one param pytree per component (`params['unet']`, ...: the `params`
+  collections), the two CLIP tokenizers and the scheduler config."""
+  unet: UNet2DConditionModel
+  vae: AutoencoderKL
+  text_encoder: CLIPTextModel
+  text_encoder_2: CLIPTextModel
+  params: dict[str, Any]
+  tokenizer: Any
+  tokenizer_2: Any
+  scheduler_config: schedulers.SchedulerConfig = schedulers.SchedulerConfig()
+  force_zeros_for_empty_prompt: bool = True  # SDXL base model_index.json
+  vae_decode_chunk: int | None = 1  # grids per VAE decoder call (memory of 1024² decodes)
+  vae_tiled: bool = False
+  _cache: dict = dataclasses.field(default_factory=dict, repr=False)  # encoded blob latents
+
+  def __post_init__(self):
+    missing = [c for c in COMPONENTS if c not in self.params]
+    if missing:
+      raise ValueError(f"Pipeline params lack components {missing}; got {sorted(self.params)}")
+    if self.text_encoder_2.config.projection_dim is None:
+      raise ValueError("Pipeline text_encoder_2 must have a text projection (SDXL's OpenCLIP "
+                       "bigG is CLIPTextModelWithProjection)")
+
+  @property
+  def vae_scale_factor(self) -> int:
+    return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+class GeneratedViews(NamedTuple):
+  grid: np.ndarray  # [B, H, W, 3] float32 in [0, 1]
+  views: np.ndarray  # [B, 4, H/2, W/2, 3] rig order (az 0, 90, 180, 270)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------
+def tokenize(pipeline: Pipeline, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  """Both tokenizers, padded/truncated to their `model_max_length` → two `[B, L] int32`."""
+  out = []
+  for tok in (pipeline.tokenizer, pipeline.tokenizer_2):
+    ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length,
+              truncation=True, return_tensors="np")["input_ids"]
+    out.append(np.asarray(ids, np.int32))
+  return out[0], out[1]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _encode(te1: CLIPTextModel, te2: CLIPTextModel, p1, p2, ids1, ids2):
+  o1 = te1.apply({"params": p1}, ids1)
+  o2 = te2.apply({"params": p2}, ids2)
+  # SDXL conditions on the penultimate layers (before the final layer norm) of both encoders.
+  ctx = jnp.concatenate([o1.hidden_states[-2].astype(jnp.float32),
+                         o2.hidden_states[-2].astype(jnp.float32)], axis=-1)
+  return ctx, o2.text_embeds.astype(jnp.float32)
+
+
+def encode_prompts(pipeline: Pipeline, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+  """Prompts → (context `[B, L, D1 + D2]`, pooled `[B, P]`), float32."""
+  ids1, ids2 = tokenize(pipeline, prompts)
+  return _encode(pipeline.text_encoder, pipeline.text_encoder_2,
+                 pipeline.params["text_encoder"], pipeline.params["text_encoder_2"], ids1, ids2)
+
+
+def micro_conditioning(batch: int, height: int, width: int, original_size=None,
+                       crops_coords_top_left=(0, 0), target_size=None) -> np.ndarray:
+  """SDXL `add_time_ids` `[B, 6]`: (original h, w, crop top, crop left, target h, w)."""
+  original = tuple(original_size or (height, width))
+  target = tuple(target_size or (height, width))
+  ids = np.array(original + tuple(crops_coords_top_left) + target, np.float32)
+  if ids.shape != (6,):
+    raise ValueError(f"micro-conditioning needs 2 + 2 + 2 numbers, got original_size={original}, "
+                     f"crops_coords_top_left={crops_coords_top_left}, target_size={target}")
+  return np.tile(ids, (batch, 1))
+
+
+def _needs_noise(schedule: schedulers.Schedule) -> bool:
+  return schedule.kind == "euler_ancestral" or (schedule.kind == "ddim" and schedule.eta > 0)
+
+
+# The host callback of the compiled loop reads the current hook here at run time, so the loop is
+# compiled once whatever callable (e.g. a new progress bar) a call passes.
+_progress_hook: list = [None]
+
+
+def _report(i):
+  hook = _progress_hook[0]
+  if hook is not None:
+    hook(int(i))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _denoise(unet: UNet2DConditionModel, with_progress: bool, unet_params, latents, ctx, pooled,
+             time_ids, schedule, keys, guidance_scale):
+  """latents/keys `[B, ...]`; ctx/pooled/time_ids `[B, 2, ...]` = (uncond, cond) per sample.
+
+  The CFG pair of a sample stays adjacent in the 2B model batch (interleaved), so with the
+  batch sharded over `data` each device runs both halves of its own samples."""
+  b = latents.shape[0]
+  flat = lambda a: a.reshape((2 * b,) + a.shape[2:])
+  ctx, pooled, time_ids = flat(ctx), flat(pooled), flat(time_ids)
+
+  def body(carry, i):
+    x, state = carry
+    xin = schedulers.scale_model_input(schedule, i, x)
+    t = jnp.full((2 * b,), schedule.timesteps[i])
+    x2 = flat(jnp.stack([xin, xin], axis=1))
+    out = unet.apply({"params": unet_params}, x2, t, ctx, pooled, time_ids)
+    out = out.astype(jnp.float32).reshape((b, 2) + out.shape[1:])
+    uncond, cond = out[:, 0], out[:, 1]
+    guided = uncond + guidance_scale * (cond - uncond)
+    noise = None
+    if _needs_noise(schedule):
+      # Per-sample keys: a prompt's result does not depend on its batch-mates or the mesh.
+      noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:]))(keys)
+    x, state, _ = schedulers.step(schedule, state, i, guided, x, noise)
+    if with_progress:
+      jax.debug.callback(_report, i)
+    return (x, state), None
+
+  (x, _), _ = jax.lax.scan(body, (latents, schedulers.init_state(latents)),
+                           jnp.arange(schedule.num_steps))
+  return x
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _decode(vae: AutoencoderKL, chunk: int | None, tiled: bool, vae_params, latents):
+  cfg = vae.config
+  z = latents / cfg.scaling_factor + (cfg.shift_factor or 0.0)
+  x = decode_chunked(vae, vae_params, z, batch_chunk=chunk, tiled=tiled)
+  return jnp.clip(x.astype(jnp.float32) / 2 + 0.5, 0.0, 1.0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _vae_mean(vae: AutoencoderKL, vae_params, x):
+  return vae.apply({"params": vae_params}, x, method=AutoencoderKL.encode)[0]
+
+
+def blob_latent(pipeline: Pipeline, height: int, width: int, cfg: blob_lib.BlobConfig
+                ) -> jax.Array:
+  """The clean blob grid encoded by the VAE: `[1, H/f, W/f, C]` (scaled like UNet latents);
+  cached on the pipeline per size and blob look."""
+  key = ("blob", height, width, cfg.std, cfg.value, cfg.background)
+  if key not in pipeline._cache:
+    vae = pipeline.vae
+    pipeline._cache[key] = blob_lib.encode_image(
+        lambda x: _vae_mean(vae, pipeline.params["vae"], x), blob_lib.blob_image(height, width, cfg),
+        vae.config.scaling_factor, vae.config.shift_factor)
+  return pipeline._cache[key]
+
+
+def initial_noise(key: jax.Array, first: int, count: int, latent_shape) -> tuple[jax.Array,
+                                                                               jax.Array]:
+  """Start noise `[count, *latent_shape]` of samples first..first+count-1 and their keys for
+  the per-step noise of stochastic samplers."""
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(first + jnp.arange(count))
+  noise = jax.vmap(lambda k: jax.random.normal(k, tuple(latent_shape)))(keys)
+  step_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1_000_003))(keys)
+  return noise, step_keys
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+def generate_views(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
+                   num_steps: int = 100, guidance_scale: float = 5.0, scheduler: str = "ddim",
+                   init: str = "blob", init_strength: float = 1.0, height: int = 1024,
+                   width: int = 1024, negative_prompt: str | Sequence[str] | None = None,
+                   mesh: Mesh | None = None, eta: float = 0.0,
+                   blob: blob_lib.BlobConfig | None = None, original_size=None,
+                   crops_coords_top_left=(0, 0), target_size=None, first_sample_index: int = 0,
+                   progress: Callable[[int], None] | None = None) -> GeneratedViews:
+  """Samples one 2×2 four-view grid per prompt.
+
+  `key`: a PRNG key; sample b uses `fold_in(key, first_sample_index + b)`, so a prompt's grid
+  does not depend on its batch-mates or on how a long prompt list is cut into batches. `init="blob"` starts from the Gaussian-blob grid noised to step
+  `blob.start_step(num_steps, init_strength)` (`blob` = knobs, `init_strength` overrides its
+  field); `init="noise"` from pure noise. `mesh`: prompts are sharded over its `data` axis
+  (padded to a multiple of it), params replicated. `progress(i)` is called after step i.
+  Returns `GeneratedViews(grid [B, H, W, 3], views [B, 4, H/2, W/2, 3])`, float32 in [0, 1].
+  """
+  prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+  if not prompts:
+    raise ValueError("generate_views: prompts is empty; expected at least one prompt")
+  if init not in INIT_MODES:
+    raise ValueError(f"generate_views: init must be one of {INIT_MODES}, got {init!r}")
+  f = pipeline.vae_scale_factor
+  if height % (2 * f) or width % (2 * f):
+    raise ValueError(f"generate_views: height and width must be multiples of {2 * f} (2 views × "
+                     f"VAE factor {f}), got {height}×{width}")
+  b = len(prompts)
+  if isinstance(negative_prompt, str):
+    negative_prompt = [negative_prompt] * b
+  if negative_prompt is not None and len(negative_prompt) != b:
+    raise ValueError(f"generate_views: {len(negative_prompt)} negative prompts for {b} prompts")
+
+  # Pad the batch to a multiple of the mesh's data axis (the padding rows are dropped at the end).
+  n_data = mesh.shape["data"] if mesh is not None else 1
+  padded = -(-b // n_data) * n_data
+  prompts_p = prompts + [prompts[-1]] * (padded - b)
+  neg_p = None if negative_prompt is None else (list(negative_prompt)
+                                                + [negative_prompt[-1]] * (padded - b))
+
+  # Text conditioning: cond half, then the unconditional half (zeros unless a negative prompt).
+  ctx, pooled = encode_prompts(pipeline, prompts_p)
+  if neg_p is None and pipeline.force_zeros_for_empty_prompt:
+    ctx_u, pooled_u = jnp.zeros_like(ctx), jnp.zeros_like(pooled)
+  else:
+    ctx_u, pooled_u = encode_prompts(pipeline, neg_p if neg_p is not None else [""] * padded)
+  time_ids = micro_conditioning(padded, height, width, original_size, crops_coords_top_left,
+                                target_size)
+  ctx2 = jnp.stack([ctx_u, ctx], axis=1)  # [B, 2, L, D]: (uncond, cond) per sample
+  pooled2 = jnp.stack([pooled_u, pooled], axis=1)
+  time_ids2 = jnp.asarray(np.stack([time_ids, time_ids], axis=1))
+
+  # Schedule and start latents.
+  sched = schedulers.make_schedule(scheduler, pipeline.scheduler_config, num_steps, eta=eta)
+  lat_shape = (height // f, width // f, pipeline.unet.config.in_channels)
+  noise, noise_keys = initial_noise(key, first_sample_index, padded, lat_shape)
+  if init == "blob":
+    bcfg = dataclasses.replace(blob or blob_lib.BlobConfig(), init_strength=init_strength)
+    sched = sched.start_at(blob_lib.start_step(num_steps, bcfg.init_strength))
+    latents = blob_lib.start_latents(blob_latent(pipeline, height, width, bcfg), sched, noise)
+  else:
+    latents = noise * sched.init_noise_sigma
+
+  params_unet, params_vae = pipeline.params["unet"], pipeline.params["vae"]
+  if mesh is not None:
+    batch = NamedSharding(mesh, P("data"))
+    rep = NamedSharding(mesh, P())
+    put = lambda x, s: jax.device_put(x, s)
+    latents, noise_keys = put(latents, batch), put(noise_keys, batch)
+    ctx2, pooled2, time_ids2 = put(ctx2, batch), put(pooled2, batch), put(time_ids2, batch)
+    params_unet, params_vae = put(params_unet, rep), put(params_vae, rep)
+
+  _progress_hook[0] = progress
+  try:
+    latents = _denoise(pipeline.unet, progress is not None, params_unet, latents, ctx2, pooled2,
+                       time_ids2, sched, noise_keys, jnp.float32(guidance_scale))
+    latents.block_until_ready()
+  finally:
+    _progress_hook[0] = None
+  grid = np.asarray(_decode(pipeline.vae, pipeline.vae_decode_chunk, pipeline.vae_tiled,
+                            params_vae, latents))[:b]
+  return GeneratedViews(grid=grid, views=np.asarray(split_grid(grid)))
