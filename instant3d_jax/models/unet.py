@@ -205,6 +205,28 @@ def maybe_remat(cls, remat: str):
   return nn.remat(cls, policy=remat_policy(remat))
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "xla") -> jax.Array:
+  """Softmax attention `q [B, Lq, H, D]`, `k/v [B, Lk, H, D]` → `[B, Lq, H, D]`.
+
+  'cudnn' goes to `layers.dot_product_attention`. For 'xla' the UNet/VAE use this formulation of
+  the same math instead of `jax.nn.dot_product_attention`: heads-major matmuls, the 1/√D scale
+  folded into q, and the softmax normalisation applied after the PV matmul (on [Lq, D], not
+  [Lq, Lk]). On XLA:CPU this is ~3.5× faster for the 1024-token self-attention of a 32² latent
+  (measured: the [B, H, Lq, Lk] elementwise passes and layout copies of the stock path dominated
+  the whole UNet step); logits, exp and the normaliser stay fp32 (design.md §3).
+  """
+  if implementation != "xla":
+    return layers.dot_product_attention(q, k, v, implementation=implementation)
+  dt = q.dtype
+  q = jnp.swapaxes(q * jnp.asarray(q.shape[-1] ** -0.5, dt), 1, 2)
+  k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+  p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+  o = jnp.einsum("bhqk,bhkd->bhqd", p.astype(dt), v, preferred_element_type=jnp.float32)
+  o = o / p.sum(-1, keepdims=True)
+  return jnp.swapaxes(o, 1, 2).astype(dt)
+
+
 class TimestepEmbedding(nn.Module):
   """diffusers `TimestepEmbedding`: linear → SiLU → linear."""
   features: int
@@ -259,8 +281,7 @@ class Attention(nn.Module):
     k = layers.dense(c, ("embed", "heads"), name="to_k", **kw)(context)
     v = layers.dense(c, ("embed", "heads"), name="to_v", **kw)(context)
     split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, c // self.heads)
-    o = layers.dot_product_attention(split(q), split(k), split(v),
-                                     implementation=self.attention_impl)
+    o = attention(split(q), split(k), split(v), self.attention_impl)
     o = o.reshape(b, l, c)
     return layers.dense(c, ("heads", "embed"), dtype=self.dtype, name="to_out_0")(o)
 

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from instant3d_jax.models import layers
-from instant3d_jax.models.unet import ACT_AXES, ResnetBlock2D, Upsample2D, conv2d, maybe_remat
+from instant3d_jax.models.unet import (ACT_AXES, ResnetBlock2D, Upsample2D, attention, conv2d,
+                                       maybe_remat)
 
 Dtype = Any
 
@@ -89,7 +90,7 @@ class VAEAttention(nn.Module):
     y = y.reshape(b, h * w, c)
     proj = lambda name: layers.dense(c, ("embed", "heads"), dtype=self.dtype, name=name)(y)
     q, k, v = (proj(n).reshape(b, h * w, 1, c) for n in ("to_q", "to_k", "to_v"))
-    o = layers.dot_product_attention(q, k, v, implementation=self.attention_impl)
+    o = attention(q, k, v, self.attention_impl)
     o = layers.dense(c, ("heads", "embed"), dtype=self.dtype, name="to_out_0")(o.reshape(b, h * w, c))
     return (o.reshape(b, h, w, c) + x).astype(self.dtype)
 
