@@ -1,4 +1,6 @@
 """Image grids / PNG writing, videos and mesh export (instant3d_jax/export/)."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -38,3 +40,61 @@ def test_labelled_grid_draws_text():
   assert (g[10:] == 255).all()         # the images themselves untouched
   with pytest.raises(ValueError, match="2 images but 1 labels"):
     images.make_labelled_grid(imgs, ["x"])
+
+
+def test_gif_and_mp4(tmp_path):
+  import imageio.v2 as imageio
+  from instant3d_jax.export import video
+  t = np.linspace(0, 1, 6, dtype=np.float32)
+  frames = np.broadcast_to(t[:, None, None, None], (6, 15, 17, 3)).copy()
+  frames[..., 1] = 0.5
+  g = video.save_gif(tmp_path / "t.gif", frames, fps=10)
+  back = np.stack(list(imageio.mimread(g)))
+  assert back.shape[:3] == (6, 15, 17)
+  assert abs(int(back[5, 7, 8, 0]) - 255) <= 2 and abs(int(back[0, 7, 8, 0])) <= 2
+  m = video.save_mp4(tmp_path / "t.mp4", frames, fps=10)
+  r = imageio.get_reader(m, format="FFMPEG")
+  vid = np.stack([f for f in r])
+  r.close()
+  assert vid.shape == (6, 16, 18, 3)                  # padded to even for yuv420p
+  assert abs(float(vid[5, 7, 8, 0]) - 255) < 12 and abs(float(vid[2, 7, 8, 1]) - 128) < 12
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["t.gif", "t.mp4"]
+  cams = video.turntable_cameras(8, 32)
+  from instant3d_jax import cameras
+  el, az, d = cameras.elevation_azimuth_distance(cams.c2w)
+  np.testing.assert_allclose(np.asarray(az), np.arange(8) * 45.0, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(el), 20.0, atol=1e-3)
+
+
+def test_mesh_sphere_with_colours(tmp_path):
+  import trimesh
+  from instant3d_jax.export import mesh
+  # Density of a ball of radius 0.5 (high inside); colour = red above z = 0, blue below.
+  dens = mesh.density_grid(lambda p: 10.0 * jax.nn.sigmoid(40 * (0.5 - jnp.linalg.norm(p, axis=-1))),
+                           33, chunk=4000)
+  assert dens.shape == (33, 33, 33)
+  v, f = mesh.extract_mesh(dens, 5.0)
+  r = np.linalg.norm(v, axis=-1)
+  assert abs(r.mean() - 0.5) < 0.01 and r.std() < 0.01
+  colors = np.where(v[:, 2:3] > 0, [[1.0, 0, 0]], [[0, 0, 1.0]])
+  paths = mesh.save_mesh(tmp_path / "obj", v, f, colors)
+  tm = mesh.to_trimesh(v, f, colors)
+  assert tm.is_watertight and tm.volume > 0           # outward winding: positive volume
+  np.testing.assert_allclose(tm.volume, 4 / 3 * np.pi * 0.125, rtol=0.03)
+  scene = trimesh.load(paths["glb"])
+  (g,) = scene.geometry.values()
+  assert g.visual.kind == "vertex" and len(g.vertices) == len(v)
+  vc = np.asarray(g.visual.vertex_colors)
+  top = np.asarray(g.vertices)[:, 1] > 0.1            # glTF y up = world z
+  assert (vc[top, 0] == 255).all() and (vc[top, 2] == 0).all()
+  assert (vc[np.asarray(g.vertices)[:, 1] < -0.1, 2] == 255).all()
+  ply = trimesh.load(paths["ply"])
+  assert np.asarray(ply.visual.vertex_colors)[:, :3].max() == 255
+  np.testing.assert_allclose(np.asarray(ply.vertices)[:, 2].max(), v[:, 2].max(), atol=1e-5)
+  obj_text = paths["obj"].read_text()
+  assert obj_text.startswith("v ") or "\nv " in obj_text
+  first_v = next(l for l in obj_text.splitlines() if l.startswith("v "))
+  assert len(first_v.split()) == 7                    # x y z r g b
+  with pytest.raises(ValueError, match=r"never crosses the level 50.0 \(its range is"):
+    mesh.extract_mesh(dens, 50.0)
+
