@@ -59,7 +59,10 @@ def get_config(arg=None):
   # input cameras at az θ+0/90/180/270, so the model does not tie itself to one rig azimuth.
   cfg.loader.random_rig_azimuth = False
   cfg.loader.worker_count = 0  # grain worker processes (0: in the main process)
-  cfg.loader.worker_buffer_size = 2
+  cfg.loader.worker_buffer_size = 2  # batches buffered per worker process
+  # Read-ahead in each (main or worker) process: threads decoding batches and batches kept ready.
+  cfg.loader.read_threads = 2
+  cfg.loader.prefetch_batches = 4
   cfg.loader.seed = 0
   # Evaluation loader (test split, GSO rig): inputs = the 4 GSO inputs, targets = this many random
   # other eval views per object, chosen with a fixed seed (paper_facts.md §C protocol).

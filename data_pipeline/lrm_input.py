@@ -217,7 +217,10 @@ def train_dataset(data_dir: str, cfg: ml_collections.ConfigDict, *, split: str =
         .map(_LocalToPosition(B, p, P))
         .map(_LoadExample(source, order, cfg))
         .batch(b))
-  it = ds.to_iter_dataset()
+  # grain reads ahead with a thread pool; its default (16 threads, 500 elements) would hold
+  # hundreds of decoded batches in memory, so both are config knobs here.
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(cfg.read_threads),
+                                            prefetch_buffer_size=int(cfg.prefetch_batches)))
   if int(cfg.worker_count) > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():
