@@ -28,7 +28,6 @@ exactly the pretrained DINO features at init.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -111,14 +110,9 @@ def import_dino_encoder(params: Mapping[str, Any], config, folder: str | os.Path
   zero-filled here); errors name the folder and the mismatching keys.
   """
   m = lrm_lib.model_config(config)
-  vcfg = lrm_lib.vit_config(m)
-  rgb_cfg = dataclasses.replace(vcfg, num_channels=3)
   mod_dim = m.camera_embed_dim if m.encoder_modulation else None
-  _, enc = transformers_vit.load_vit(folder, modulation_dim=mod_dim, config=rgb_cfg)
-  if vcfg.num_channels != 3:
-    k = enc["patch_embed"]["kernel"]                           # [p, p, 3, D]
-    pad = np.zeros(k.shape[:2] + (vcfg.num_channels - 3,) + k.shape[3:], k.dtype)
-    enc["patch_embed"]["kernel"] = np.concatenate([k, pad], axis=2)
+  _, enc = transformers_vit.load_vit(folder, modulation_dim=mod_dim, config=lrm_lib.vit_config(m),
+                                     zero_extra_channels=m.plucker_rays)
   out = dict(nn.meta.unbox(params))
   check_tree_shapes(out["encoder"], enc, f"DINO folder {folder}")
   out["encoder"] = enc

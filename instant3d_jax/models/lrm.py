@@ -27,8 +27,7 @@ softplus(x + b) with b = −1 (OpenLRM; no overflow, and ≈0.31 at init so grad
 sample) or exp(x + b) (TripoSR); rgb = sigmoid(x)·(1 + 2ε) − ε with ε = 0.001 (OpenLRM: the
 targets 0 and 1 are reachable with finite logits).
 
-Logical axes (design.md §3): parameters `embed, mlp, heads, planes, conv_kernel, modulation,
-norm` (the NeRF MLP is replicated: `None`); activations `batch, length, act_embed, act_heads`.
+Logical axes (design.md §3): parameters `embed, mlp, heads, planes, modulation, norm` (the NeRF MLP is replicated: `None`); activations `batch, length, act_embed, act_heads`.
 """
 from __future__ import annotations
 
@@ -257,8 +256,10 @@ class TriplaneTransformer(nn.Module):
     x = nn.ConvTranspose(
         tc.channels, (2, 2), strides=(2, 2), padding="VALID", dtype=dtype,
         param_dtype=jnp.float32,
+        # Spatial axes unnamed: flax rejects a repeated logical name, and a 2×2 kernel is
+        # never sharded anyway.
         kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                       ("conv_kernel", "conv_kernel", "embed", "planes")),
+                                       (None, None, "embed", "planes")),
         bias_init=layers.partitioned(nn.initializers.zeros, ("planes",)),
         name="upsampler")(x)
     planes = x.reshape(b, 3, 2 * T, 2 * T, tc.channels)
