@@ -233,3 +233,16 @@ def test_bad_checkpoints_name_the_key(clip_l, tmp_path):
     cclip.load_clip_text(tmp_path / "nope")
   with pytest.raises(sio.WeightsError, match="no keys under"):
     cclip.single_file_clip_l_to_flax({"foo": np.zeros(1)}, cfg, source="sdxl.safetensors")
+
+
+def test_preprocess_images_matches_clip_processor():
+  """Crop and normalisation as transformers' CLIPImageProcessor (sizes that need no resampling,
+  where PIL's and JAX's bicubic kernels would differ)."""
+  from instant3d_jax.models.clip import preprocess_images
+  proc = transformers.CLIPImageProcessor(size={"shortest_edge": 16},
+                                         crop_size={"height": 16, "width": 16})
+  img = np.random.default_rng(5).integers(0, 256, size=(16, 24, 3)).astype(np.uint8)
+  ref = proc(images=img, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+  got = np.asarray(preprocess_images(jnp.asarray(img[None] / 255.0, jnp.float32), 16))[0]
+  assert got.shape == (16, 16, 3)
+  assert np.abs(got - ref).max() <= 1e-5

@@ -108,9 +108,13 @@ def test_generate_views_shapes_and_rig_order(result, cfg):
   assert np.abs(result.grid[0] - result.grid[1]).max() > 1e-3  # prompts/noise differ
 
 
-def _reference_loop(pipe, prompts, key, steps, height, width):
-  """The same sampler written step by step: our encoders/UNet/VAE applied eagerly, diffusers'
-  DDIMScheduler for the schedule and the updates, CFG on a [uncond; cond] batch."""
+_JITTED = {}
+
+
+def _reference_loop(pipe, prompts, key, steps, height, width, negative=None):
+  """The same sampler written step by step: our encoders/UNet/VAE called per step (no scan, no
+  sharding), diffusers' DDIMScheduler for the schedule and the updates, CFG on a
+  [uncond; cond] batch; uncond = zeros or the negative prompt's embeddings."""
   import diffusers
   from instant3d_jax.diffusion import blob as blob_lib
   sched = diffusers.DDIMScheduler.from_config(dict(
@@ -118,8 +122,12 @@ def _reference_loop(pipe, prompts, key, steps, height, width):
   sched.set_timesteps(steps)
   ctx, pooled = sampling.encode_prompts(pipe, prompts)
   b = len(prompts)
-  ctx2 = jnp.concatenate([jnp.zeros_like(ctx), ctx])
-  pooled2 = jnp.concatenate([jnp.zeros_like(pooled), pooled])
+  if negative is None:
+    ctx_u, pooled_u = jnp.zeros_like(ctx), jnp.zeros_like(pooled)
+  else:
+    ctx_u, pooled_u = sampling.encode_prompts(pipe, [negative] * b)
+  ctx2 = jnp.concatenate([ctx_u, ctx])
+  pooled2 = jnp.concatenate([pooled_u, pooled])
   tids = jnp.asarray(np.tile([height, width, 0, 0, height, width], (2 * b, 1)), jnp.float32)
   f = pipe.vae_scale_factor
   noise, _ = sampling.initial_noise(key, 0, b, (height // f, width // f, 4))
@@ -127,7 +135,7 @@ def _reference_loop(pipe, prompts, key, steps, height, width):
   t0 = sched.timesteps[0]
   x = sched.add_noise(torch.from_numpy(np.array(jnp.broadcast_to(clean, noise.shape))),
                       torch.from_numpy(np.array(noise)), t0[None])
-  unet = jax.jit(pipe.unet.apply)  # one plain UNet call per step (no scan, no sharding)
+  unet = _JITTED.setdefault("unet", jax.jit(pipe.unet.apply))
   for t in sched.timesteps:
     xin = jnp.asarray(np.concatenate([x.numpy()] * 2))
     out = unet({"params": pipe.params["unet"]}, xin, jnp.full((2 * b,), float(t)), ctx2,
@@ -136,19 +144,31 @@ def _reference_loop(pipe, prompts, key, steps, height, width):
     eps = out[:b] + 5.0 * (out[b:] - out[:b])
     x = sched.step(torch.from_numpy(eps), t, x).prev_sample
   z = jnp.asarray(x.numpy()) / pipe.vae.config.scaling_factor
-  img = jax.jit(lambda p, z: pipe.vae.apply({"params": p}, z, method=type(pipe.vae).decode))(
-      pipe.params["vae"], z)
+  dec = _JITTED.setdefault("vae", jax.jit(
+      lambda p, z: pipe.vae.apply({"params": p}, z, method=type(pipe.vae).decode)))
+  img = dec(pipe.params["vae"], z)
   return np.clip(np.asarray(img) / 2 + 0.5, 0, 1)
 
 
-def test_jitted_sharded_loop_matches_step_by_step_reference(pipe, result, cfg):
-  """The jitted, mesh-sharded, padded CFG loop equals an unsharded eager loop driven by
-  diffusers' DDIMScheduler (so also: batch padding and sharding change nothing)."""
-  ref = _reference_loop(pipe, PROMPTS, jax.random.PRNGKey(7), STEPS, cfg.sampler.height,
-                        cfg.sampler.width)
-  err = np.abs(result[0].grid - ref).max()
-  print(f"generate_views (mesh data=4) vs eager diffusers-DDIM reference: max abs err {err:.2e}")
+@pytest.mark.parametrize("negative", [None, "blurry"])
+def test_jitted_sharded_loop_matches_step_by_step_reference(pipe, result, cfg, negative):
+  """The jitted, mesh-sharded, padded CFG loop equals a per-step loop driven by diffusers'
+  DDIMScheduler (so also: batch padding and sharding change nothing), with the zero
+  unconditional embeddings and with a negative prompt."""
+  h, w = cfg.sampler.height, cfg.sampler.width
+  if negative is None:
+    grid = result[0].grid
+  else:
+    grid = sampling.generate_views(pipe, PROMPTS, jax.random.PRNGKey(7), num_steps=STEPS,
+                                   height=h, width=w, mesh=data_mesh(), progress=lambda i: None,
+                                   negative_prompt=negative).grid
+  ref = _reference_loop(pipe, PROMPTS, jax.random.PRNGKey(7), STEPS, h, w, negative)
+  err = np.abs(grid - ref).max()
+  print(f"generate_views (mesh data=4, negative={negative!r}) vs per-step diffusers-DDIM "
+        f"reference: max abs err {err:.2e}")
   assert err <= 1e-4
+  if negative is not None:
+    assert np.abs(grid - result[0].grid).max() > 1e-3  # the negative prompt did change things
 
 
 def test_pipeline_folder_round_trip_and_single_file(pipe, saved, tmp_path):

@@ -232,7 +232,7 @@ def initial_noise(key: jax.Array, first: int, count: int, latent_shape) -> tuple
 # ----------------------------------------------------------------------------------------------
 def generate_views(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
                    num_steps: int = 100, guidance_scale: float = 5.0, scheduler: str = "ddim",
-                   init: str = "blob", init_strength: float = 1.0, height: int = 1024,
+                   init: str = "blob", init_strength: float | None = None, height: int = 1024,
                    width: int = 1024, negative_prompt: str | Sequence[str] | None = None,
                    mesh: Mesh | None = None, eta: float = 0.0,
                    blob: blob_lib.BlobConfig | None = None, original_size=None,
@@ -241,9 +241,10 @@ def generate_views(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Ar
   """Samples one 2×2 four-view grid per prompt.
 
   `key`: a PRNG key; sample b uses `fold_in(key, first_sample_index + b)`, so a prompt's grid
-  does not depend on its batch-mates or on how a long prompt list is cut into batches. `init="blob"` starts from the Gaussian-blob grid noised to step
-  `blob.start_step(num_steps, init_strength)` (`blob` = knobs, `init_strength` overrides its
-  field); `init="noise"` from pure noise. `mesh`: prompts are sharded over its `data` axis
+  does not depend on its batch-mates or on how a long prompt list is cut into batches.
+  `init="blob"` starts from the Gaussian-blob grid noised to step
+  `blob.start_step(num_steps, init_strength)` (`blob`: the blob knobs, default `BlobConfig()`;
+  `init_strength`, when given, overrides `blob.init_strength`); `init="noise"` from pure noise. `mesh`: prompts are sharded over its `data` axis
   (padded to a multiple of it), params replicated. `progress(i)` is called after step i.
   Returns `GeneratedViews(grid [B, H, W, 3], views [B, 4, H/2, W/2, 3])`, float32 in [0, 1].
   """
@@ -286,7 +287,9 @@ def generate_views(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Ar
   lat_shape = (height // f, width // f, pipeline.unet.config.in_channels)
   noise, noise_keys = initial_noise(key, first_sample_index, padded, lat_shape)
   if init == "blob":
-    bcfg = dataclasses.replace(blob or blob_lib.BlobConfig(), init_strength=init_strength)
+    bcfg = blob or blob_lib.BlobConfig()
+    if init_strength is not None:
+      bcfg = dataclasses.replace(bcfg, init_strength=init_strength)
     sched = sched.start_at(blob_lib.start_step(num_steps, bcfg.init_strength))
     latents = blob_lib.start_latents(blob_latent(pipeline, height, width, bcfg), sched, noise)
   else:
