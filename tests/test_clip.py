@@ -246,3 +246,32 @@ def test_preprocess_images_matches_clip_processor():
   got = np.asarray(preprocess_images(jnp.asarray(img[None] / 255.0, jnp.float32), 16))[0]
   assert got.shape == (16, 16, 3)
   assert np.abs(got - ref).max() <= 1e-5
+
+
+FULL_TEXT_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                   num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                   hidden_act="quick_gelu", projection_dim=768)
+FULL_TEXT_G = dict(FULL_TEXT_L, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                   num_attention_heads=20, hidden_act="gelu", projection_dim=1280)
+FULL_VISION_L = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                     num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768)
+
+
+@pytest.mark.parametrize("name,cls,kw", [
+    ("CLIP-L text (SDXL text_encoder)", "CLIPTextModel", FULL_TEXT_L),
+    ("OpenCLIP bigG text (SDXL text_encoder_2)", "CLIPTextModelWithProjection", FULL_TEXT_G),
+    ("CLIP ViT-L/14 vision", "CLIPVisionModelWithProjection", FULL_VISION_L)])
+def test_full_size_parameter_counts(name, cls, kw):
+  """Flax parameter count (jax.eval_shape, nothing allocated) = the PyTorch class on `meta`."""
+  vision = "Vision" in cls
+  hf_cfg = (transformers.CLIPVisionConfig if vision else transformers.CLIPTextConfig)(**kw)
+  with torch.device("meta"):
+    ref = sum(p.numel() for p in getattr(transformers, cls)(hf_cfg).parameters())
+  raw = dict(hf_cfg.to_dict(), architectures=[cls])
+  if vision:
+    shapes = cclip.vision_param_shapes(cclip.CLIPVisionConfig.from_transformers(raw))
+  else:
+    shapes = cclip.text_param_shapes(cclip.CLIPTextConfig.from_transformers(raw))
+  mine = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+  print(f"{name}: {mine:,} parameters (PyTorch {ref:,})")
+  assert mine == ref
