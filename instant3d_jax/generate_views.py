@@ -73,15 +73,11 @@ def read_prompts(prompt: str | None, prompts_file: str | None) -> list[str]:
 
 
 def _mesh(mesh_cfg):
-  """A ('data', 'fsdp', 'tensor') mesh over all devices, or None on one device."""
+  """The ('data', 'fsdp', 'tensor') mesh of the config over all devices; None on one device."""
   if jax.device_count() == 1:
     return None
-  try:
-    from instant3d_jax.train.mesh import create_mesh
-    return create_mesh(mesh_cfg)
-  except ImportError:  # fall back to a pure data mesh
-    from jax.sharding import Mesh
-    return Mesh(np.array(jax.devices()).reshape(-1, 1, 1), ("data", "fsdp", "tensor"))
+  from instant3d_jax.train.mesh import create_mesh
+  return create_mesh(mesh_cfg)
 
 
 def load(cfg, weights: str):

@@ -36,6 +36,19 @@ SDXL_SCHEDULER_CONFIG = {
 }
 
 
+# diffusers scheduler options this module implements at one value only; a config asking for
+# another must fail rather than sample differently. (DPM-Solver++ here is diffusers'
+# DPMSolverMultistepScheduler default: 2M, midpoint, lower-order final step, final sigma 0.)
+_FIXED_OPTIONS = {
+    "trained_betas": None, "rescale_betas_zero_snr": False, "thresholding": False,
+    "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+    "use_flow_sigmas": False, "interpolation_type": "linear", "timestep_type": "discrete",
+    "algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "midpoint",
+    "lower_order_final": True, "euler_at_final": False, "final_sigmas_type": "zero",
+    "use_lu_lambdas": False, "variance_type": None,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class SchedulerConfig:
   """The diffusers scheduler config fields that change the numbers (defaults: SDXL)."""
@@ -55,13 +68,10 @@ class SchedulerConfig:
     """From a `scheduler_config.json` dict (any diffusers scheduler class). Options this module
     does not implement raise instead of being silently ignored."""
     cfg = dict(SDXL_SCHEDULER_CONFIG if cfg is None else cfg)
-    for key, ok in (("trained_betas", None), ("rescale_betas_zero_snr", False),
-                    ("thresholding", False), ("use_karras_sigmas", False),
-                    ("use_exponential_sigmas", False), ("use_beta_sigmas", False),
-                    ("interpolation_type", "linear"), ("timestep_type", "discrete")):
-      if cfg.get(key, ok) not in (ok, None if ok is None else ok):
-        raise ValueError(f"scheduler config {key}={cfg[key]!r} is not supported (expected "
-                         f"{ok!r})")
+    for key, ok in _FIXED_OPTIONS.items():
+      value = cfg.get(key)
+      if value is not None and value != ok:
+        raise ValueError(f"scheduler config {key}={value!r} is not supported (only {ok!r})")
     names = {f.name for f in dataclasses.fields(cls)}
     out = cls(**{k: v for k, v in cfg.items() if k in names})
     if out.beta_schedule not in ("scaled_linear", "linear"):
