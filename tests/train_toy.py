@@ -90,7 +90,7 @@ class ToyIterator:
 def make_task(cfg) -> loop.Task:
   model = ToyMLP()
 
-  def loss_fn(params, batch, rng, step):
+  def loss_fn(params, batch, rng, step, constants):
     pred = model.apply({"params": params}, batch["x"])
     loss = jnp.mean((pred - batch["y"]) ** 2)
     # Injected failure: a batch flagged `bad` turns the loss into NaN.

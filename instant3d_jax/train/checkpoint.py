@@ -172,3 +172,25 @@ def load_params(path: str | os.PathLike) -> tuple[dict, Any, int]:
   out = ckptr.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
       item={"params": params_meta}, restore_args={"params": restore_args}, partial_restore=True))
   return cfg, out["params"], int(step_dir.name)
+
+
+def load_for_inference(path: str | os.PathLike, config=None):
+  """`(config, params)` for inference from any checkpoint form the commands accept:
+
+  * a training workdir (its latest complete step), a `checkpoints/` dir or a step directory
+    (orbax; config from the step, else the workdir's config.json);
+  * an exported `.safetensors` file (`python -m instant3d_jax.export`; config embedded; read by
+    `convert/lrm.py`, which checks every shape against the config's model).
+
+  `config` (optional) overrides the saved one. Params are host numpy arrays.
+  """
+  import ml_collections
+  path = Path(path)
+  if path.suffix == ".safetensors":
+    from instant3d_jax.convert import lrm as convert_lrm
+    return convert_lrm.load_lrm(path, config)
+  if not path.exists():
+    raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (expected a workdir, a step "
+                            f"directory or a .safetensors file)")
+  saved, params, _ = load_params(path)
+  return (config if config is not None else ml_collections.ConfigDict(saved)), params

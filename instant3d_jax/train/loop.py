@@ -60,7 +60,9 @@ class Task:
   """A training job for `run`.
 
   init_params: `rng -> boxed params` (e.g. `lambda r: model.init(r, *dummy)['params']`).
-  loss_fn: `(params, global_batch, rng, step) -> (loss, metrics)` (traced inside the step).
+  loss_fn: `(params, global_batch, rng, step, constants) -> (loss, metrics)` (traced inside
+    the step).
+  constants: frozen arrays the loss needs (e.g. LPIPS weights), replicated, passed each step.
   make_iterator: `() -> DataIterator` yielding this process's rows of each global batch.
   batch_spec: `{name: jax.ShapeDtypeStruct}` of the *global* batch (shapes for AOT compile).
   flops_per_example: analytic forward+backward FLOPs per example (for TFLOP/s and MFU).
@@ -72,6 +74,7 @@ class Task:
   make_iterator: Callable[[], DataIterator]
   batch_spec: dict
   flops_per_example: float | None = None
+  constants: Any = None
   eval_fn: Callable[[Any, int], dict] | None = None
   image_fn: Callable[[Any, Any, int], np.ndarray] | None = None
 
@@ -177,11 +180,14 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
   batch_sh = {k: v.sharding for k, v in abstract_batch.items()}
   step_fn = make_train_step(task.loss_fn, tx, schedule, int(tcfg.get("accum_steps", 1)))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  constants = jax.device_put(task.constants, replicated)
+  abstract_constants = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), constants)
   t0 = time.time()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    compiled = jax.jit(step_fn, in_shardings=(state_sh, batch_sh),
-                       out_shardings=(state_sh, replicated),
-                       donate_argnums=(0,)).lower(abstract_state, abstract_batch).compile()
+    compiled = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, replicated),
+                       out_shardings=(state_sh, replicated), donate_argnums=(0,)
+                       ).lower(abstract_state, abstract_batch, abstract_constants).compile()
   compile_s = time.time() - t0
   say(f"compiled train step in {compile_s:.1f}s")
 
@@ -215,7 +221,7 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
         break
       local = next(iterator)
       batch = shard_lib.global_batch(local, mesh, rules, gbs)
-      state, m = compiled(state, batch)
+      state, m = compiled(state, batch, constants)
       m = jax.device_get(m)
       step += 1
       now = time.time()

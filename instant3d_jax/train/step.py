@@ -1,7 +1,9 @@
 """The model-agnostic train state and update step.
 
-A trainer supplies `loss_fn(params, batch, rng, step) -> (loss, metrics)` (scalar fp32 loss, a
-dict of scalar metrics); this module turns it into one sharded, jitted update:
+A trainer supplies `loss_fn(params, batch, rng, step, constants) -> (loss, metrics)` (scalar
+fp32 loss, a dict of scalar metrics; `constants` is a pytree of frozen inputs such as the LPIPS
+network, passed as an argument rather than closed over so it is not baked into the program as
+a literal); this module turns it into one sharded, jitted update:
   * optional gradient accumulation: the global batch is split into `accum_steps` micro-batches
     (interleaved rows, so every micro-batch stays spread over all data shards) and scanned;
   * non-finite loss or gradients → the update is skipped (params and optimizer state kept),
@@ -17,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LossFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+LossFn = Callable[[Any, Any, jax.Array, jax.Array, Any], tuple[jax.Array, dict[str, jax.Array]]]
 
 
 @flax.struct.dataclass
@@ -69,24 +71,27 @@ def _split_micro(batch: Any, accum_steps: int) -> Any:
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
                     schedule: optax.Schedule | None = None, accum_steps: int = 1,
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
-  """`train_step(state, batch) -> (state, metrics)`; metrics add `grad_norm`, `lr`, `finite`."""
+  """`train_step(state, batch, constants) -> (state, metrics)`; metrics add `grad_norm`, `lr`,
+  `finite`."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, batch: Any):
+  def train_step(state: TrainState, batch: Any, constants: Any = None):
     rng = jax.random.fold_in(state.rng, state.step)
     if accum_steps == 1:
-      (loss, metrics), grads = grad_fn(state.params, batch, rng, state.step)
+      (loss, metrics), grads = grad_fn(state.params, batch, rng, state.step, constants)
     else:
       micro = _split_micro(batch, accum_steps)
 
       def body(carry, xs):
         k, mb = xs
-        (l, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, k), state.step)
+        (l, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, k), state.step,
+                                constants)
         acc = jax.tree.map(jnp.add, carry, (l, m, g))
         return acc, None
 
       zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), rng, state.step)))
+          lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), rng, state.step,
+                        constants)))
       zeros = ((zeros[0][0], zeros[0][1], zeros[1]))
       (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
       loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, (loss, metrics, grads))
