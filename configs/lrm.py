@@ -18,13 +18,14 @@ Variants (`arg`):
 
 `large` parameter count (python -m instant3d_jax.models.summary --config configs/lrm.py:large):
 the paper gives "≈500M" (MeshLRM Tab. 5) and not the architecture behind it. The open pieces come
-from LRM/OpenLRM/InstantMesh: ViT-B/16 ≈86M, encoder adaLN 12 × (1024 → 4·768) ≈38M, camera MLP
-≈1M, decoder 16 × (cross-attn + self-attn + MLP ×4) ≈260M, triplane tokens ≈3M, upsampler and
-NeRF MLP <1M → ≈388M with camera conditioning in the encoder only. LRM's decoder also modulates
-its three norms per block by the camera (ModLN, 3 × 1024 → 2·1024 per block, ≈101M), which
-brings the total to ≈489M. We keep both (`encoder_modulation` and `decoder_modulation` True):
-the only choice that lands near the reported 500M (the remaining ~2% is within the rounding of
-"500M" and of unreported details such as biases and the camera MLP width), and "view-conditioned
+from LRM/OpenLRM/InstantMesh: ViT-B/16 85.8M, encoder adaLN 12 × (1024 → 4·768) 37.8M, camera
+MLP 1.1M, decoder 16 × (cross-attn + self-attn + MLP ×4) 260.3M, triplane tokens 3.1M, upsampler
+and NeRF MLP 0.4M → 388,435,604 with camera conditioning in the encoder only. LRM's decoder also
+modulates its three norms per block by the camera (ModLN, 3 × 1024 → 2·1024 per block,
+100,761,600), which brings the total to 489,197,204 (489.2M; `summary` prints it, a test counts
+it by hand). We keep both (`encoder_modulation` and `decoder_modulation` True): the only choice
+that lands near the reported 500M (the remaining 2.2% is within the rounding of "500M" and of
+unreported details such as biases and the camera MLP width), and "view-conditioned
 image tokens" (the paper's reviewers) says the encoder is conditioned, LRM says the decoder is.
 With 4 views the decoder's modulation vector is the mean of the 4 per-view camera embeddings.
 """
