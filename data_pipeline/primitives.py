@@ -333,15 +333,28 @@ def render_rgba(scene: Sequence[Primitive], c2w: np.ndarray, K: np.ndarray, widt
   rays = [pixel_rays_np(c2w[v], K[v] * scale, width * s, height * s) for v in range(V)]
   o = np.concatenate([r[0] for r in rays])
   d = np.concatenate([r[1] for r in rays])
-  t_best = np.full(len(o), np.inf)
-  rgb = np.zeros((len(o), 3))
+  # Most rays are background: keep only those that meet some primitive's bounding sphere, once,
+  # so the per-primitive work below runs on the few rays that can hit anything.
+  near = np.zeros(len(o), bool)
   for prim in scene:
-    t, n = intersect_primitive(prim, o, d)
+    oc = o - np.asarray(prim.center)
+    b = np.einsum("ni,ni->n", oc, d)
+    rad = bounding_radius(prim.shape, prim.params)
+    near |= np.einsum("ni,ni->n", oc, oc) - b * b <= rad * rad * (1 + 1e-6)
+  idx = np.flatnonzero(near)
+  o_s, d_s = o[idx], d[idx]
+  t_best = np.full(len(idx), np.inf)
+  rgb_s = np.zeros((len(idx), 3))
+  for prim in scene:
+    t, n = intersect_primitive(prim, o_s, d_s)
     closer = t < t_best
     if closer.any():
       t_best = np.where(closer, t, t_best)
-      rgb[closer] = shade(n[closer], prim.rgb, lighting)
-  alpha = np.isfinite(t_best).astype(np.float64)
+      rgb_s[closer] = shade(n[closer], prim.rgb, lighting)
+  alpha = np.zeros(len(o))
+  alpha[idx] = np.isfinite(t_best)
+  rgb = np.zeros((len(o), 3))
+  rgb[idx] = rgb_s
   prem = (rgb * alpha[:, None]).reshape(V, height, s, width, s, 3).mean((2, 4))
   a = alpha.reshape(V, height, s, width, s).mean((2, 4))
   col = prem / np.maximum(a, 1e-12)[..., None]
