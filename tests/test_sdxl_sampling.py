@@ -108,53 +108,49 @@ def test_generate_views_shapes_and_rig_order(result, cfg):
   assert np.abs(result.grid[0] - result.grid[1]).max() > 1e-3  # prompts/noise differ
 
 
-_JITTED = {}
-
-
-def _reference_loop(pipe, prompts, key, steps, height, width, negative=None):
-  """The same sampler written step by step: our encoders/UNet/VAE called per step (no scan, no
-  sharding), diffusers' DDIMScheduler for the schedule and the updates, CFG on a
-  [uncond; cond] batch; uncond = zeros or the negative prompt's embeddings."""
+@pytest.fixture(scope="module")
+def ref_pipe(saved):
+  """diffusers' own StableDiffusionXLPipeline (PyTorch) on the saved tiny folder, DDIM."""
   import diffusers
+  p = diffusers.StableDiffusionXLPipeline.from_pretrained(str(saved))
+  p.scheduler = diffusers.DDIMScheduler.from_config(p.scheduler.config)
+  p.set_progress_bar_config(disable=True)
+  return p
+
+
+def _reference_loop(ref_pipe, prompts, key, steps, height, width, negative=None):
+  """The blob-start CFG sampler written step by step in PyTorch with diffusers' components:
+  `encode_prompt` (zero or negative-prompt unconditional embeddings), the diffusers UNet and
+  VAE, DDIMScheduler `add_noise` to the first timestep and `step`."""
   from instant3d_jax.diffusion import blob as blob_lib
-  sched = diffusers.DDIMScheduler.from_config(dict(
-      sdxl_pipeline.schedulers.SDXL_SCHEDULER_CONFIG))
+  sched = ref_pipe.scheduler
   sched.set_timesteps(steps)
-  ctx, pooled = sampling.encode_prompts(pipe, prompts)
   b = len(prompts)
-  if negative is None:
-    ctx_u, pooled_u = jnp.zeros_like(ctx), jnp.zeros_like(pooled)
-  else:
-    ctx_u, pooled_u = sampling.encode_prompts(pipe, [negative] * b)
-  ctx2 = jnp.concatenate([ctx_u, ctx])
-  pooled2 = jnp.concatenate([pooled_u, pooled])
-  tids = jnp.asarray(np.tile([height, width, 0, 0, height, width], (2 * b, 1)), jnp.float32)
-  f = pipe.vae_scale_factor
-  noise, _ = sampling.initial_noise(key, 0, b, (height // f, width // f, 4))
-  clean = sampling.blob_latent(pipe, height, width, blob_lib.BlobConfig())
-  t0 = sched.timesteps[0]
-  x = sched.add_noise(torch.from_numpy(np.array(jnp.broadcast_to(clean, noise.shape))),
-                      torch.from_numpy(np.array(noise)), t0[None])
-  unet = _JITTED.setdefault("unet", jax.jit(pipe.unet.apply))
-  for t in sched.timesteps:
-    xin = jnp.asarray(np.concatenate([x.numpy()] * 2))
-    out = unet({"params": pipe.params["unet"]}, xin, jnp.full((2 * b,), float(t)), ctx2,
-               pooled2, tids)
-    out = np.asarray(out)
-    eps = out[:b] + 5.0 * (out[b:] - out[:b])
-    x = sched.step(torch.from_numpy(eps), t, x).prev_sample
-  z = jnp.asarray(x.numpy()) / pipe.vae.config.scaling_factor
-  dec = _JITTED.setdefault("vae", jax.jit(
-      lambda p, z: pipe.vae.apply({"params": p}, z, method=type(pipe.vae).decode)))
-  img = dec(pipe.params["vae"], z)
-  return np.clip(np.asarray(img) / 2 + 0.5, 0, 1)
+  with torch.no_grad():
+    ctx, ctx_u, pooled, pooled_u = ref_pipe.encode_prompt(
+        prompts, do_classifier_free_guidance=True, negative_prompt=negative)
+    ctx2, pooled2 = torch.cat([ctx_u, ctx]), torch.cat([pooled_u, pooled])
+    tids = torch.tensor([[height, width, 0, 0, height, width]] * (2 * b), dtype=torch.float32)
+    image = torch.from_numpy(blob_lib.blob_image(height, width)).permute(2, 0, 1)[None] * 2 - 1
+    clean = ref_pipe.vae.encode(image).latent_dist.mean * ref_pipe.vae.config.scaling_factor
+    f = 2 ** (len(ref_pipe.vae.config.block_out_channels) - 1)
+    noise, _ = sampling.initial_noise(key, 0, b, (height // f, width // f, 4))
+    noise = torch.from_numpy(np.array(noise).transpose(0, 3, 1, 2))
+    x = sched.add_noise(clean.expand(b, -1, -1, -1), noise, sched.timesteps[:1])
+    for t in sched.timesteps:
+      out = ref_pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=ctx2,
+                          added_cond_kwargs={"text_embeds": pooled2, "time_ids": tids}).sample
+      x = sched.step(out[:b] + 5.0 * (out[b:] - out[:b]), t, x).prev_sample
+    img = ref_pipe.vae.decode(x / ref_pipe.vae.config.scaling_factor).sample
+  return np.clip(img.permute(0, 2, 3, 1).numpy() / 2 + 0.5, 0, 1)
 
 
 @pytest.mark.parametrize("negative", [None, "blurry"])
-def test_jitted_sharded_loop_matches_step_by_step_reference(pipe, result, cfg, negative):
-  """The jitted, mesh-sharded, padded CFG loop equals a per-step loop driven by diffusers'
-  DDIMScheduler (so also: batch padding and sharding change nothing), with the zero
-  unconditional embeddings and with a negative prompt."""
+def test_jitted_sharded_loop_matches_step_by_step_reference(pipe, ref_pipe, result, cfg,
+                                                            negative):
+  """The jitted, mesh-sharded, padded CFG loop from the blob start equals a per-step PyTorch
+  loop of diffusers' components (so also: batch padding and sharding change nothing), with the
+  zero unconditional embeddings and with a negative prompt."""
   h, w = cfg.sampler.height, cfg.sampler.width
   if negative is None:
     grid = result[0].grid
@@ -162,10 +158,10 @@ def test_jitted_sharded_loop_matches_step_by_step_reference(pipe, result, cfg, n
     grid = sampling.generate_views(pipe, PROMPTS, jax.random.PRNGKey(7), num_steps=STEPS,
                                    height=h, width=w, mesh=data_mesh(), progress=lambda i: None,
                                    negative_prompt=negative).grid
-  ref = _reference_loop(pipe, PROMPTS, jax.random.PRNGKey(7), STEPS, h, w, negative)
+  ref = _reference_loop(ref_pipe, PROMPTS, jax.random.PRNGKey(7), STEPS, h, w, negative)
   err = np.abs(grid - ref).max()
-  print(f"generate_views (mesh data=4, negative={negative!r}) vs per-step diffusers-DDIM "
-        f"reference: max abs err {err:.2e}")
+  print(f"generate_views (blob start, mesh data=4, negative={negative!r}) vs per-step diffusers "
+        f"PyTorch reference: max abs err {err:.2e}")
   assert err <= 1e-4
   if negative is not None:
     assert np.abs(grid - result[0].grid).max() > 1e-3  # the negative prompt did change things
@@ -253,3 +249,22 @@ def test_cli_bad_inputs(saved, tmp_path, capsys, extra, message):
   assert cli.main(argv) == 2
   assert message in capsys.readouterr().err
   assert not (tmp_path / "o" / "run.json").exists()
+
+
+def test_matches_diffusers_sdxl_pipeline_end_to_end(pipe, ref_pipe, cfg):
+  """The saved folder run by diffusers' StableDiffusionXLPipeline itself (PyTorch, DDIM, same
+  start noise, zero unconditional embeddings, CFG 5) gives the same grid as generate_views."""
+  h, w = cfg.sampler.height, cfg.sampler.width
+  got = sampling.generate_views(pipe, PROMPTS, jax.random.PRNGKey(11), num_steps=STEPS,
+                                height=h, width=w, init="noise", mesh=data_mesh(),
+                                progress=lambda i: None).grid
+  f = pipe.vae_scale_factor
+  noise, _ = sampling.initial_noise(jax.random.PRNGKey(11), 0, 2, (h // f, w // f, 4))
+  with torch.no_grad():
+    ref = ref_pipe(PROMPTS, height=h, width=w, num_inference_steps=STEPS, guidance_scale=5.0,
+                   latents=torch.from_numpy(np.array(noise).transpose(0, 3, 1, 2)),
+                   output_type="np").images
+  err = np.abs(got - ref).max()
+  print(f"generate_views vs diffusers StableDiffusionXLPipeline (DDIM, {STEPS} steps): "
+        f"max abs err {err:.2e}")
+  assert ref.shape == got.shape and err <= 1e-4
