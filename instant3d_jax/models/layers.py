@@ -6,6 +6,11 @@ Sharding: layers name *logical* axes only (docs/design.md §3). Parameters use
 activations `batch, views, length, height, width, act_embed, act_heads`. The config maps them to
 mesh axes (`logical_axis_rules`); without rules in scope the annotations are no-ops, so the same
 modules run unsharded on one CPU.
+Spatial conv-kernel dimensions are left unnamed (`None`): flax rejects a logical name that occurs
+twice in one spec (`('conv_kernel', 'conv_kernel', …)` fails in `logical_to_mesh_sharding`), and
+3×3 kernels are never worth sharding. Conv kernels are `(None, None, 'conv_in', 'conv_out')`.
+Activation constraints take effect under `jax.set_mesh(mesh)` (the legacy `with mesh:` context
+does not apply them).
 
 Precision: parameters are created in `param_dtype` (fp32), compute runs in `dtype` (bf16 on
 accelerators); norms and the attention softmax run in fp32.
@@ -25,6 +30,9 @@ ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 def partitioned(init: Callable, axes: Sequence[str | None]) -> Callable:
   """An initializer whose parameter carries logical axis names (`nn.LogicallyPartitioned`)."""
   return nn.with_logical_partitioning(init, tuple(axes))
+
+
+CONV_KERNEL_AXES = (None, None, "conv_in", "conv_out")
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
