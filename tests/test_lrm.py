@@ -202,6 +202,17 @@ def test_remat_and_bf16(micro):
   # Recomputation fuses differently: equal up to fp32 rounding.
   flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])  # noqa: E731
   assert rel_err(flat(g1), flat(g0)) < 1e-5
+  # Recomputing the field in the backward pass (render.remat_field) gives the same gradient.
+  planes = jax.random.normal(jax.random.key(5), (1, 3, 8, 8, 8))
+  o = jnp.broadcast_to(jnp.array([-3.0, 0.1, 0.2]), (1, 6, 3))
+  d = jax.random.normal(jax.random.key(6), (1, 6, 3)) * 0.1 + jnp.array([1.0, 0.0, 0.0])
+
+  def render_grads(mc):
+    loss = lambda p, pl: jnp.sum(lrm.render_rays(mc, p, pl, o, d)["rgb"] ** 2)  # noqa: E731
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(plain, planes)
+
+  r0, r1 = render_grads(m), render_grads(micro_config(**{"render.remat_field": True}))
+  assert rel_err(flat(r1), flat(r0)) < 1e-5
   # bf16 compute (params fp32) stays close to the fp32 forward.
   m_bf16 = micro_config(dtype="bfloat16")
   ref = lrm.LRM(m).apply({"params": plain}, images, cams)
@@ -267,6 +278,7 @@ def test_safetensors_roundtrip_and_mismatch(micro, tmp_path):
     convert_lrm.load_lrm(tmp_path / "x.safetensors")
 
 
+@pytest.mark.slow  # torch + transformers import; transformers_vit's own tests cover the converter
 def test_dino_import_keeps_pretrained_features(micro, tmp_path):
   """Imported into an encoder with 6 extra Plücker channels and camera adaLN, a pretrained DINO
   computes exactly its own features at init (zero-filled channels, zero modulation)."""

@@ -391,9 +391,14 @@ def field_fn(mcfg, params: Mapping[str, Any], planes: jax.Array) -> rendering.Fi
   mcfg = model_config(mcfg)
   mlp = nerf_mlp(mcfg)
   nerf_params = nn.meta.unbox(params["nerf"])
-  return rendering.make_triplane_field(
+  field = rendering.make_triplane_field(
       planes.astype(jnp.float32), lambda f: mlp.apply({"params": nerf_params}, f),
       box=mcfg.render.box)
+  if mcfg.render.get("remat_field", False):
+    # Only the sample points are kept for the backward pass; the 12 gathers per sample and the
+    # MLP activations are recomputed (per-sample tensors dominate a training step's memory).
+    field = jax.checkpoint(field)
+  return field
 
 
 def _render_kwargs(mcfg, num_samples, num_importance, background):
