@@ -1,0 +1,424 @@
+"""Renderer speed on this CPU: triplane lookup variants, a full 512² image, where the time goes,
+and a training-sized render forward+backward.
+
+    python -m bench.bench_rendering [--runs 3] [--image_runs 2] [--quick]
+
+1. Triplane lookup (64×64×80 planes, 131 072 points = 1024 rays × 128 samples), forward and
+   forward+backward (grad w.r.t. planes), for the implementations considered for
+   `rendering.sample_triplane`: `jax.scipy.ndimage.map_coordinates` per plane and channel, one
+   12-corner gather over a flattened table of all planes, a corner-packed `[(R+1)², 4C]` table
+   (one gather per plane), and the shipped per-plane row gathers. All agree to 1e-5.
+2. One 512² image, 64 + 64 samples/ray, 64×64×80 triplane decoded by a 10-layer width-64 SiLU MLP
+   on the concatenated 240-D features (the `large` config's renderer), `render_image`, jitted,
+   chunk 8192 rays: seconds per image (compile excluded, median of `--image_runs`) and
+   rays × samples per second.
+3. Breakdown of one 8192-ray chunk of that image: triplane lookup alone, MLP alone, the renderer
+   with a constant field (sampling, importance sampling, merge sort, compositing), and the full
+   chunk; plus the same chunk with the MLP's first layer folded into the planes (see below).
+4. A `tiny`-config training render (4 triplanes 3×32×32×32, 1024 rays each, 16 + 16 samples,
+   4-layer width-64 MLP), forward+backward w.r.t. planes and MLP, with the same breakdown.
+
+First-layer folding: the first dense layer is linear and bilinear interpolation is linear, so
+`dense_0(concat_p interp(P_p))` = `Σ_p interp(P_p · W_p) + b` with `W_p` the plane's 80×64 block
+of the kernel. Projecting the planes once per triplane (3·64·64·80·64 MACs) replaces a 240×64
+matmul per sample and narrows the gathered rows from 80 to 64 floats. Exact up to fp32
+rounding; measured here, offered to the model as `sample_triplane(..., combine='sum')`.
+
+Writes bench/results/rendering.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from instant3d_jax import cameras, rendering
+
+RESULTS = Path(__file__).resolve().parent / "results" / "rendering.md"
+
+
+def cpu_name() -> str:
+  for line in Path("/proc/cpuinfo").read_text().splitlines():
+    if line.startswith("model name"):
+      return line.split(":", 1)[1].strip()
+  return "unknown CPU"
+
+
+def timeit(fn, *args, runs: int = 3, warmup: bool = True) -> tuple[float, float]:
+  """(compile seconds, median seconds of `runs` runs). `fn` is jitted; it is compiled ahead of
+  time, then run once untimed (`warmup`, skipped for the slow full image), then timed."""
+  t0 = time.perf_counter()
+  fn = fn.lower(*args).compile()
+  first = time.perf_counter() - t0
+  if warmup:
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return first, statistics.median(times)
+
+
+# --- triplane lookup alternatives --------------------------------------------------------------
+
+def _texel_coords(points, R, box=1.0):
+  """Padded texel coordinates as in rendering.sample_triplane: (frac, int index) `[..., 3]`."""
+  pix = jnp.clip((points + box) * (R / (2.0 * box)) + 0.5, 0.0, float(R + 1))
+  i0 = jnp.minimum(jnp.floor(pix), float(R))
+  return pix - i0, i0.astype(jnp.int32)
+
+
+def lookup_map_coordinates(planes, points):
+  R = planes.shape[1]
+  feats = []
+  for p, (ca, ra) in enumerate(rendering.PLANE_AXES):
+    cols = (points[..., ca] + 1.0) * (R / 2.0) - 0.5
+    rows = (points[..., ra] + 1.0) * (R / 2.0) - 0.5
+    one = lambda img, rows=rows, cols=cols: jax.scipy.ndimage.map_coordinates(  # noqa: E731
+        img, [rows, cols], order=1, mode="constant")
+    feats.append(jax.vmap(one, in_axes=-1, out_axes=-1)(planes[p]))
+  return jnp.concatenate(feats, -1)
+
+
+def lookup_single_gather(planes, points):
+  R, C = planes.shape[1], planes.shape[-1]
+  Rp = R + 2
+  table = jnp.pad(planes, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(-1, C)
+  frac, i0 = _texel_coords(points, R)
+  cols = jnp.stack([i0[..., a] for a, _ in rendering.PLANE_AXES], -1)
+  rows = jnp.stack([i0[..., b] for _, b in rendering.PLANE_AXES], -1)
+  fx = jnp.stack([frac[..., a] for a, _ in rendering.PLANE_AXES], -1)
+  fy = jnp.stack([frac[..., b] for _, b in rendering.PLANE_AXES], -1)
+  base = (jnp.arange(3) * Rp + rows) * Rp + cols                     # [..., 3]
+  idx = jnp.stack([base, base + 1, base + Rp, base + Rp + 1], -1)    # [..., 3, 4]
+  w = jnp.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], -1)
+  g = table[idx]                                                     # [..., 3, 4, C]
+  return jnp.sum(g * w[..., None], -2).reshape(points.shape[:-1] + (3 * C,))
+
+
+def lookup_packed_corners(planes, points):
+  R, C = planes.shape[1], planes.shape[-1]
+  P = jnp.pad(planes, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  table = jnp.concatenate([P[:, :-1, :-1], P[:, :-1, 1:], P[:, 1:, :-1], P[:, 1:, 1:]], -1)
+  table = table.reshape(3, (R + 1) * (R + 1), 4 * C)
+  frac, i0 = _texel_coords(points, R)
+  feats = []
+  for p, (ca, ra) in enumerate(rendering.PLANE_AXES):
+    fx, fy = frac[..., ca, None], frac[..., ra, None]
+    g = jnp.take(table[p], i0[..., ra] * (R + 1) + i0[..., ca], axis=0, mode="clip")
+    top = g[..., :C] * (1 - fx) + g[..., C:2 * C] * fx
+    bottom = g[..., 2 * C:3 * C] * (1 - fx) + g[..., 3 * C:] * fx
+    feats.append(top * (1 - fy) + bottom * fy)
+  return jnp.concatenate(feats, -1)
+
+
+def lookup_rows_autodiff(planes, points):
+  """The shipped forward (per-plane row gathers) with JAX's own backward (12 scatter-adds)."""
+  R, C = planes.shape[1], planes.shape[-1]
+  Rp = R + 2
+  table = jnp.pad(planes, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(3, Rp * Rp, C)
+  frac, i0 = _texel_coords(points, R)
+  feats = []
+  for p, (ca, ra) in enumerate(rendering.PLANE_AXES):
+    fx, fy = frac[..., ca, None], frac[..., ra, None]
+    base = i0[..., ra] * Rp + i0[..., ca]
+    take = lambda idx, t=table[p]: t.at[idx].get(mode="promise_in_bounds")  # noqa: E731
+    top = take(base) * (1 - fx) + take(base + 1) * fx
+    bottom = take(base + Rp) * (1 - fx) + take(base + Rp + 1) * fx
+    feats.append(top * (1 - fy) + bottom * fy)
+  return jnp.concatenate(feats, -1)
+
+
+LOOKUPS = {
+    "map_coordinates (per plane, vmap over channels)": lookup_map_coordinates,
+    "one 12-corner gather, all planes": lookup_single_gather,
+    "corner-packed [(R+1)², 4C] table": lookup_packed_corners,
+    "per-plane row gathers, autodiff backward (12 scatters)": lookup_rows_autodiff,
+    "per-plane row gathers, one-scatter custom backward (shipped)": rendering.sample_triplane,
+}
+
+
+def bench_lookups(runs: int, num_points: int) -> list[dict]:
+  rng = np.random.default_rng(0)
+  planes = jnp.asarray(rng.normal(size=(3, 64, 64, 80)), jnp.float32)
+  points = jnp.asarray(rng.uniform(-1, 1, (num_points, 3)), jnp.float32)
+  cot = jnp.asarray(rng.normal(size=(num_points, 240)), jnp.float32)
+  ref = jax.jit(rendering.sample_triplane)(planes, points)
+  rows = []
+  for name, fn in LOOKUPS.items():
+    fwd = jax.jit(fn)
+    err = float(jnp.max(jnp.abs(fwd(planes, points) - ref)))
+    # points and cotangent are arguments: as closure constants XLA would constant-fold the
+    # (P-independent) gradient of this linear map.
+    bwd = jax.jit(jax.grad(lambda P, x, c, fn=fn: jnp.sum(fn(P, x) * c)))
+    _, t_fwd = timeit(fwd, planes, points, runs=runs)
+    _, t_bwd = timeit(bwd, planes, points, cot, runs=runs)
+    rows.append(dict(name=name, err=err, fwd=t_fwd, bwd=t_bwd))
+    print(f"lookup {name:48s} max|diff| {err:.1e}  fwd {t_fwd * 1e3:7.1f} ms  "
+          f"fwd+bwd {t_bwd * 1e3:7.1f} ms", flush=True)
+  return rows
+
+
+# --- MLP (mirrors rendering.TriplaneDecoder, so the first layer can be folded) -----------------
+
+def make_decoder(num_layers: int, features: int, seed: int = 0):
+  decoder = rendering.TriplaneDecoder(hidden=64, num_layers=num_layers, activation="silu")
+  variables = jax.jit(decoder.init)(jax.random.PRNGKey(seed), jnp.zeros((1, features)))
+  return decoder, nn.unbox(variables)
+
+
+def decoder_head(variables, h, num_layers: int):
+  """TriplaneDecoder after the first layer's pre-activation `h [..., 64]`."""
+  params = variables["params"]
+  x = jax.nn.silu(h)
+  for i in range(1, num_layers):
+    layer = params[f"dense_{i}"]
+    x = x @ layer["kernel"] + layer["bias"]
+    if i < num_layers - 1:
+      x = jax.nn.silu(x)
+  density = jax.nn.softplus(x[..., 0] - 1.0)
+  rgb = jax.nn.sigmoid(x[..., 1:]) * (1 + 2e-3) - 1e-3
+  return density, rgb
+
+
+def folded_field(planes, variables, num_layers: int):
+  """Field with dense_0 folded into the planes: Σ_p interp(P_p W_p) + b (see the docstring)."""
+  dense0 = variables["params"]["dense_0"]
+  C = planes.shape[-1]
+  kernel = dense0["kernel"].reshape(3, C, -1)
+  projected = jnp.einsum("prsc,pcd->prsd", planes, kernel)
+
+  def field(points, directions):
+    del directions
+    h = rendering.sample_triplane(projected, points, combine="sum") + dense0["bias"]
+    return decoder_head(variables, h, num_layers)
+  return field
+
+
+def plain_field(planes, decoder, variables):
+  return rendering.make_triplane_field(planes, lambda f: decoder.apply(variables, f))
+
+
+# --- full image and its breakdown ----------------------------------------------------------------
+
+def bench_image(runs: int, image_runs: int, res: int, chunk: int) -> dict:
+  rng = np.random.default_rng(1)
+  planes = jnp.asarray(rng.normal(size=(3, 64, 64, 80)) * 0.5, jnp.float32)
+  decoder, variables = make_decoder(10, 240)
+  num_samples, num_importance = 64, 64
+  S = num_samples + num_importance
+  cam = cameras.orbit_camera(20.0, 30.0, 2.7, 50.0, res, res)
+  kw = dict(num_samples=num_samples, num_importance=num_importance)
+  out = {"res": res, "chunk": chunk, "samples": S}
+
+  # Breakdown on one chunk of real rays (the image centre, where rays cross the box).
+  o, d = cameras.camera_rays(cam)
+  o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+  mid = o.shape[0] // 2 - chunk // 2
+  o, d = o[mid:mid + chunk], d[mid:mid + chunk]
+  t = jnp.linspace(0.0, 1.0, S)
+  near, far, _ = rendering.ray_box(o, d)
+  points = o[:, None] + (near[:, None] + (far - near)[:, None] * t)[..., None] * d[:, None]
+  feats = jax.jit(rendering.sample_triplane)(planes, points)
+  const = lambda p, dd: (jnp.full(p.shape[:-1], 2.0), jnp.full(p.shape, 0.5))  # noqa: E731
+  parts = {
+      "triplane lookup": (jax.jit(rendering.sample_triplane), (planes, points)),
+      "MLP (240→64, 8×64→64, 64→4)": (jax.jit(lambda f: decoder.apply(variables, f)), (feats,)),
+      "renderer with a constant field (sampling, PDF, sort, compositing)": (
+          jax.jit(lambda o, d: rendering.volume_render(const, o, d, **kw)), (o, d)),
+      "full chunk (lookup + MLP + renderer)": (
+          jax.jit(lambda P, o, d: rendering.volume_render(plain_field(P, decoder, variables), o, d,
+                                                          **kw)), (planes, o, d)),
+      "full chunk, first layer folded into the planes": (
+          jax.jit(lambda P, o, d: rendering.volume_render(folded_field(P, variables, 10), o, d,
+                                                          **kw)), (planes, o, d)),
+  }
+  out["chunk_parts"] = {}
+  for name, (fn, args) in parts.items():
+    _, sec = timeit(fn, *args, runs=runs)
+    out["chunk_parts"][name] = sec
+    print(f"chunk {chunk}×{S}: {name:62s} {sec * 1e3:8.1f} ms", flush=True)
+  a = jax.jit(lambda P, o, d: rendering.volume_render(plain_field(P, decoder, variables), o, d,
+                                                      **kw)["rgb"])(planes, o, d)
+  b = jax.jit(lambda P, o, d: rendering.volume_render(folded_field(P, variables, 10), o, d,
+                                                      **kw)["rgb"])(planes, o, d)
+  out["fold_rgb_max_diff"] = float(jnp.max(jnp.abs(a - b)))
+  print(f"folded vs plain rgb max|diff| {out['fold_rgb_max_diff']:.1e}", flush=True)
+
+  for label, field_of in (("plain", lambda P: plain_field(P, decoder, variables)),
+                          ("folded", lambda P: folded_field(P, variables, 10))):
+    render = jax.jit(lambda P, field_of=field_of: rendering.render_image(
+        field_of(P), cam, chunk=chunk, outputs=("rgb", "depth", "opacity"), **kw))
+    first, sec = timeit(render, planes, runs=image_runs, warmup=False)
+    out[f"image_{label}"] = sec
+    out[f"image_{label}_first"] = first
+    print(f"{res}² image, {S} samples/ray, chunk {chunk}, {label}: {sec:.2f} s "
+          f"({res * res * S / sec / 1e6:.2f} M ray-samples/s; compile {first:.1f} s)",
+          flush=True)
+  return out
+
+
+def bench_training_render(runs: int) -> dict:
+  """tiny-config training render: fwd+bwd of an MSE loss w.r.t. planes and MLP parameters."""
+  rng = np.random.default_rng(2)
+  B, rays, R, C, L = 4, 1024, 32, 32, 4
+  num_samples = num_importance = 16
+  S = num_samples + num_importance
+  planes = jnp.asarray(rng.normal(size=(B, 3, R, R, C)) * 0.5, jnp.float32)
+  decoder, variables = make_decoder(L, 3 * C)
+  rig = cameras.instant3d_rig(resolution=64)
+  o, d = cameras.camera_rays(rig)                                   # [4, 64, 64, 3]
+  pick = rng.choice(64 * 64 * 4, size=(B, rays))
+  o = o.reshape(-1, 3)[pick]
+  d = d.reshape(-1, 3)[pick]
+  target = jnp.asarray(rng.uniform(size=(B, rays, 3)), jnp.float32)
+  kw = dict(num_samples=num_samples, num_importance=num_importance)
+  key = jax.random.PRNGKey(0)
+
+  def loss_plain(P, v, o, d, target):
+    def one(P, o, d, t):
+      f = rendering.make_triplane_field(P, lambda x: decoder.apply(v, x))
+      return jnp.mean((rendering.volume_render(f, o, d, key=key, **kw)["rgb"] - t) ** 2)
+    return jnp.mean(jax.vmap(one)(P, o, d, target))
+
+  def loss_folded(P, v, o, d, target):
+    def one(P, o, d, t):
+      f = folded_field(P, v, L)
+      return jnp.mean((rendering.volume_render(f, o, d, key=key, **kw)["rgb"] - t) ** 2)
+    return jnp.mean(jax.vmap(one)(P, o, d, target))
+
+  const = lambda p, dd: (jnp.full(p.shape[:-1], 2.0) + 0 * p[..., 0], p * 0 + 0.5)  # noqa: E731
+  points = jnp.asarray(rng.uniform(-1, 1, (B, rays * S, 3)), jnp.float32)
+  feats = jax.jit(jax.vmap(rendering.sample_triplane))(planes, points)
+  parts = {
+      "triplane lookup fwd+bwd (grad w.r.t. planes)": (
+          jax.jit(jax.grad(lambda P, x: jnp.sum(jax.vmap(rendering.sample_triplane)(P, x) ** 2))),
+          (planes, points)),
+      "MLP fwd+bwd (grad w.r.t. features and params)": (
+          jax.jit(jax.grad(lambda f, v: sum(jnp.sum(x ** 2) for x in decoder.apply(v, f)),
+                           argnums=(0, 1))), (feats, variables)),
+      "renderer fwd+bwd, constant field (grad w.r.t. origins)": (
+          jax.jit(jax.grad(lambda o, d: jnp.sum(rendering.volume_render(const, o, d, key=key, **kw)[
+              "rgb"]))), (o, d)),
+      "full render loss fwd+bwd": (
+          jax.jit(jax.grad(loss_plain, argnums=(0, 1))), (planes, variables, o, d, target)),
+      "full render loss fwd+bwd, first layer folded": (
+          jax.jit(jax.grad(loss_folded, argnums=(0, 1))), (planes, variables, o, d, target)),
+  }
+  out = {"B": B, "rays": rays, "S": S, "R": R, "C": C, "L": L, "parts": {}}
+  for name, (fn, args) in parts.items():
+    _, sec = timeit(fn, *args, runs=runs)
+    out["parts"][name] = sec
+    print(f"train render {B}×{rays}×{S}: {name:56s} {sec * 1e3:8.1f} ms", flush=True)
+  return out
+
+
+def write_results(lookups, image, train, args, arg_str, load_before, load_after) -> None:
+  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  S = image["samples"]
+  res = image["res"]
+  lines = [
+      "## Renderer (`instant3d_jax/rendering.py`)",
+      "",
+      f"Command: `python -m bench.bench_rendering {arg_str}` · machine: {cpu_name()}, "
+      f"{os.cpu_count()} cores, JAX {jax.__version__} CPU · {now}.",
+      f"**The machine was shared with other jobs** (1-min load average {load_before:.1f} before, "
+      f"{load_after:.1f} after, on 2 cores): absolute times are pessimistic and noisy; the ratios "
+      "within one table were measured back to back.",
+      "",
+      f"### One {res}² image, {S} samples/ray (64 + 64), 64×64×80 triplane, 10 × 64 SiLU MLP",
+      "",
+      "`render_image` jitted and compiled ahead of time, chunk "
+      f"{image['chunk']} rays; median of {args.image_runs} timed run(s).",
+      "",
+      "| decoder | s / image | M ray-samples / s | compile s |",
+      "|---|---:|---:|---:|",
+  ]
+  for label in ("plain", "folded"):
+    sec = image[f"image_{label}"]
+    name = "concat 240-D → MLP" if label == "plain" else "first layer folded into the planes"
+    lines.append(f"| {name} | {sec:.2f} | {res * res * S / sec / 1e6:.2f} | "
+                 f"{image[f'image_{label}_first']:.1f} s |")
+  lines += [
+      "",
+      f"Folded vs plain rgb: max |diff| {image['fold_rgb_max_diff']:.1e}. Paper's renderer: 0.5 "
+      "images/s on an A100 (paper_facts.md §B); GPU goal ≥ 30 images/s (not measured: no device).",
+      "",
+      f"### Where the time goes: one {image['chunk']}-ray chunk × {S} samples (forward)",
+      "",
+      "| part | ms | share of full chunk |",
+      "|---|---:|---:|",
+  ]
+  full = image["chunk_parts"]["full chunk (lookup + MLP + renderer)"]
+  for name, sec in image["chunk_parts"].items():
+    lines.append(f"| {name} | {sec * 1e3:.1f} | {sec / full:.0%} |")
+  lines += [
+      "",
+      f"### Training render (`tiny`): {train['B']} triplanes 3×{train['R']}²×{train['C']}, "
+      f"{train['rays']} rays each, {train['S']} samples (16 + 16), {train['L']}-layer MLP, "
+      "forward + backward",
+      "",
+      "| part | ms | share of full |",
+      "|---|---:|---:|",
+  ]
+  full = train["parts"]["full render loss fwd+bwd"]
+  for name, sec in train["parts"].items():
+    lines.append(f"| {name} | {sec * 1e3:.1f} | {sec / full:.0%} |")
+  lines += [
+      "",
+      "### Triplane lookup implementations (64×64×80 planes, "
+      f"{args.num_points:,} points)",
+      "",
+      "| implementation | max abs diff to shipped | forward ms | forward + backward ms |",
+      "|---|---:|---:|---:|",
+  ]
+  for r in lookups:
+    lines.append(f"| {r['name']} | {r['err']:.1e} | {r['fwd'] * 1e3:.1f} | {r['bwd'] * 1e3:.1f} |")
+  lines.append("")
+  RESULTS.parent.mkdir(parents=True, exist_ok=True)
+  tmp = RESULTS.with_suffix(".md.tmp")
+  tmp.write_text("\n".join(lines))
+  tmp.replace(RESULTS)
+  print(f"wrote {RESULTS}")
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--runs", type=int, default=3, help="timed runs per small measurement")
+  ap.add_argument("--image_runs", type=int, default=2, help="timed runs of the full image")
+  ap.add_argument("--res", type=int, default=512)
+  ap.add_argument("--chunk", type=int, default=8192)
+  ap.add_argument("--num_points", type=int, default=131072)
+  ap.add_argument("--quick", action="store_true", help="128² image, fewer points (smoke run)")
+  ap.add_argument("--only", default="", help="debug: run only 'lookups', 'train' or 'image'; "
+                  "nothing is written")
+  args = ap.parse_args()
+  if args.quick:
+    args.res, args.num_points, args.runs, args.image_runs = 128, 16384, 1, 1
+  if args.only:
+    {"lookups": lambda: bench_lookups(args.runs, args.num_points),
+     "train": lambda: bench_training_render(args.runs),
+     "image": lambda: bench_image(args.runs, args.image_runs, args.res, args.chunk)}[args.only]()
+    return
+  load_before = os.getloadavg()[0]
+  lookups = bench_lookups(args.runs, args.num_points)
+  train = bench_training_render(args.runs)
+  image = bench_image(args.runs, args.image_runs, args.res, args.chunk)
+  load_after = os.getloadavg()[0]
+  arg_str = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k not in ("quick", "only"))
+  if args.quick:
+    arg_str = "--quick"
+  write_results(lookups, image, train, args, arg_str, load_before, load_after)
+
+
+if __name__ == "__main__":
+  main()
