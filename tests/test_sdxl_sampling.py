@@ -2,7 +2,6 @@
 step-by-step reference with diffusers' scheduler, batching/mesh invariance, pipeline folders
 (diffusers layout and single file), and the generate_views command end to end."""
 import json
-import string
 
 import jax
 import jax.numpy as jnp
@@ -22,29 +21,6 @@ STEPS = 3
 PROMPTS = ["a red cat", "a blue dog"]
 
 
-def write_tokenizer(folder, max_length):
-  """A tiny CLIP BPE vocabulary: letters, word-final letters, a few merges, BOS/EOS/pad."""
-  from transformers import CLIPTokenizer
-  folder.mkdir(parents=True)
-  vocab = {}
-  for c in string.ascii_lowercase:
-    vocab[c] = len(vocab)
-  for c in string.ascii_lowercase:
-    vocab[c + "</w>"] = len(vocab)
-  merges = ["c a", "ca t</w>", "d o", "do g</w>", "r e", "re d</w>"]
-  for m in merges:
-    vocab[m.replace(" ", "")] = len(vocab)
-  for t in ("!", "<|startoftext|>", "<|endoftext|>"):
-    vocab[t] = len(vocab)
-  (folder / "vocab.json").write_text(json.dumps(vocab))
-  (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-  (folder / "tokenizer_config.json").write_text(json.dumps({
-      "model_max_length": max_length, "bos_token": "<|startoftext|>",
-      "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-      "pad_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer"}))
-  return CLIPTokenizer.from_pretrained(str(folder))
-
-
 @pytest.fixture(scope="module")
 def cfg():
   return sdxl_config.get_config("tiny")
@@ -55,8 +31,8 @@ def pipe(cfg, tmp_path_factory):
   tmp = tmp_path_factory.mktemp("tok")
   n = cfg.random_init.tokenizer_max_length
   return sdxl_pipeline.init_random_pipeline(
-      cfg.random_init, write_tokenizer(tmp / "tokenizer", n), write_tokenizer(tmp / "tok2", n),
-      seed=0)
+      cfg.random_init, sdxl_pipeline.write_toy_tokenizer(tmp / "tokenizer", n),
+      sdxl_pipeline.write_toy_tokenizer(tmp / "tok2", n), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -187,6 +187,33 @@ def save_pipeline(folder: str | os.PathLike, pipeline: Pipeline,
                         ("scheduler", "EulerDiscreteScheduler"))}})
 
 
+def write_toy_tokenizer(folder: str | os.PathLike, max_length: int):
+  """Writes and loads a toy CLIP BPE tokenizer (letters, word-final letters, a few merges,
+  `!`, BOS, EOS = pad) — for random-weight pipelines in tests and benchmarks, which have no
+  real vocabulary. Ids stay below 64, EOS is the largest (CLIP's argmax-EOS rule holds)."""
+  import string
+  from transformers import CLIPTokenizer
+  folder = Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  vocab = {}
+  for c in string.ascii_lowercase:
+    vocab[c] = len(vocab)
+  for c in string.ascii_lowercase:
+    vocab[c + "</w>"] = len(vocab)
+  merges = ["c a", "ca t</w>", "d o", "do g</w>", "r e", "re d</w>"]
+  for m in merges:
+    vocab[m.replace(" ", "")] = len(vocab)
+  for t in ("!", "<|startoftext|>", "<|endoftext|>"):
+    vocab[t] = len(vocab)
+  (folder / "vocab.json").write_text(json.dumps(vocab))
+  (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+  (folder / "tokenizer_config.json").write_text(json.dumps({
+      "model_max_length": max_length, "bos_token": "<|startoftext|>",
+      "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+      "pad_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer"}))
+  return CLIPTokenizer.from_pretrained(str(folder))
+
+
 def random_params(abstract: Mapping[str, Any], seed: int) -> dict[str, Any]:
   """Random fp32 params for an abstract (`jax.eval_shape`) params tree, drawn with numpy:
   kernels N(0, 1/fan_in), embeddings N(0, 0.02²), norm scales 1 + N(0, 0.02²), the rest
