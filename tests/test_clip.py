@@ -126,6 +126,19 @@ def test_vision_parity(tmp_path):
   e_emb = rel_err(out.image_embeds, ref.image_embeds)
   print(f"CLIP vision last {e_last:.2e} image_embeds {e_emb:.2e}")
   assert max(e_last, e_emb) <= 1e-4
+  # The plain CLIPVisionModel (no projection, unprefixed keys in transformers 5) from the same
+  # weights: same pooled output.
+  plain = transformers.CLIPVisionModel(vcfg).eval()
+  plain.load_state_dict(tm.vision_model.state_dict())
+  save_torch(plain, tmp_path / "plain")
+  pcfg, pparams = cclip.load_clip_vision(tmp_path / "plain")
+  assert pcfg.projection_dim is None
+  pooled = CLIPVisionModel(pcfg).apply({"params": pparams}, jnp.asarray(px.transpose(0, 2, 3, 1)))
+  with torch.no_grad():
+    ref_plain = plain(torch.from_numpy(px)).pooler_output
+  e_plain = rel_err(pooled.pooler_output, ref_plain)
+  print(f"CLIPVisionModel (plain) pooled {e_plain:.2e}")
+  assert e_plain <= 1e-4 and pooled.image_embeds is None
   # Round trip of the vision layout too.
   cclip.save_clip_vision(tmp_path / "out", cfg, params)
   a = sio.read_safetensors(tmp_path / "model.safetensors", dtype=None)
