@@ -29,7 +29,6 @@ import os
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from flax import serialization
 from PIL import Image
 
 SCHEMA_VERSION = 1
@@ -89,10 +88,12 @@ def encode_record(*, object_id: str, index: int, split: str, caption: str, group
                      f"found {sorted(groups)}")
   rec = {"schema_version": SCHEMA_VERSION, "object_id": object_id, "index": int(index),
          "split": split, "caption": caption, "scene": scene, "groups": groups}
+  from flax import serialization  # pylint: disable=g-import-not-at-top  (numpy-aware msgpack)
   return serialization.msgpack_serialize(rec)
 
 
 def decode_record(data: bytes, name: str = "<record>") -> dict:
+  from flax import serialization  # pylint: disable=g-import-not-at-top
   try:
     rec = serialization.msgpack_restore(data)
   except Exception as e:
