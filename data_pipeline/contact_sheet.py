@@ -59,3 +59,26 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], path: str | None = None,
     sheet.save(tmp)
     os.replace(tmp, path)
   return out
+
+
+# Eval-rig views shown by `object_contact_sheet`: (elevation index, azimuth index) into the
+# 4 × 16 GSO grid (elevations 0/20/40/60, azimuths in steps of 22.5°).
+EVAL_VIEWS = ((0, 0), (0, 4), (1, 2), (1, 10), (2, 6), (2, 12), (3, 0), (3, 8))
+
+
+def object_contact_sheet(data_dir: str, path: str, *, split: str = "test", index: int = 0,
+                         scale: int = 3) -> dict:
+  """Contact sheet of object `index` of `split`: its 4 rig views, then 8 eval-rig views if it has
+  them, titled with its id and caption. Returns the record."""
+  from data_pipeline import records  # pylint: disable=g-import-not-at-top
+  rec = records.RecordSource(data_dir, split)[index]
+  rows = [list(records.group_rgba(rec, "rig"))]
+  labels = ["Instant3D rig: elev 20, az 0 / 90 / 180 / 270"]
+  if "eval" in rec["groups"]:
+    views = [16 * e + a for e, a in EVAL_VIEWS]
+    rows.append(list(records.group_rgba(rec, "eval", views)))
+    labels.append("GSO eval rig: " + ", ".join(f"e{[0, 20, 40, 60][e]} a{a * 22.5:g}"
+                                               for e, a in EVAL_VIEWS))
+  contact_sheet(rows, path, row_labels=labels, scale=scale,
+                title=f"{rec['object_id']} ({split}): \"{rec['caption']}\"")
+  return rec

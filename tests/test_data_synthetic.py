@@ -230,10 +230,10 @@ def test_command_line_writes_metadata(tmp_path, capsys):
 
 def test_contact_sheet_of_one_object(tiny, tmp_path):
   from PIL import Image
-  from instant3d_jax import demo
+  from data_pipeline.contact_sheet import object_contact_sheet
   _, out, _ = tiny
   path = str(tmp_path / "sheet.png")
-  rec = demo.object_contact_sheet(out, path, split="test", index=0, scale=2)
+  rec = object_contact_sheet(out, path, split="test", index=0, scale=2)
   sheet = np.asarray(Image.open(path).convert("RGB"))
   # Title line + 2 labelled rows of 32² tiles; 8 eval views wide.
   pad, text, tile = 4, 14, 32
