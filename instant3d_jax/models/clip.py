@@ -270,8 +270,7 @@ class CLIPVisionModel(nn.Module):
     patches = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", use_bias=False,
                       dtype=self.dtype, param_dtype=jnp.float32,
                       kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                                     ("conv_kernel", "conv_kernel", "conv_in",
-                                                      "embed")),
+                                                     (None, None, "conv_in", "embed")),
                       name="patch_embedding")(pixel_values.astype(self.dtype))
     patches = patches.reshape(b, -1, d)
     cls = self.param("class_embedding", layers.partitioned(nn.initializers.normal(1.0),
