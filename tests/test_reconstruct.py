@@ -166,3 +166,17 @@ def test_bad_inputs_fail_with_clear_messages(checkpoint, tmp_path):
                                          r"  decoder/upsampler/bias: config expects \(4,\), "
                                          r"checkpoint has \(8,\)"):
     rec.load_checkpoint(path, other)
+
+
+@pytest.mark.slow  # a fresh interpreter (JAX import)
+def test_cli_reports_bad_input_with_exit_status_2(checkpoint, tmp_path):
+  import subprocess
+  import sys
+  path, _ = checkpoint
+  views = _views(tmp_path)
+  r = subprocess.run([sys.executable, "-m", "instant3d_jax.reconstruct", f"--checkpoint={path}",
+                      "--views=" + ",".join(views[:2]), f"--out={tmp_path / 'o'}"],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2
+  assert "reconstruct: error: --views lists 2 files; the model takes 4 views" in r.stderr
+  assert not (tmp_path / "o" / "run.json").exists()
