@@ -53,19 +53,26 @@ def cpu_name() -> str:
 
 
 def timeit(fn, *args, runs: int = 3, warmup: bool = True) -> tuple[float, float]:
-  """(compile seconds, median seconds of `runs` runs). `fn` is jitted; it is compiled ahead of
-  time, then run once untimed (`warmup`, skipped for the slow full image), then timed."""
+  """(compile seconds, median wall seconds of `runs` runs). `fn` is jitted; it is compiled ahead
+  of time, then run once untimed (`warmup`, skipped for the slow full image), then timed. The
+  median process CPU time of the same runs is kept in `last_cpu` (robust to other jobs' load)."""
   t0 = time.perf_counter()
   fn = fn.lower(*args).compile()
   first = time.perf_counter() - t0
   if warmup:
     jax.block_until_ready(fn(*args))
-  times = []
+  times, cpu = [], []
   for _ in range(runs):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+  global last_cpu
+  last_cpu = statistics.median(cpu)
   return first, statistics.median(times)
+
+
+last_cpu = 0.0
 
 
 # --- triplane lookup alternatives --------------------------------------------------------------
@@ -143,7 +150,7 @@ LOOKUPS = {
     "one 12-corner gather, all planes": lookup_single_gather,
     "corner-packed [(R+1)², 4C] table": lookup_packed_corners,
     "per-plane row gathers, autodiff backward (12 scatters)": lookup_rows_autodiff,
-    "per-plane row gathers, one-scatter custom backward (shipped)": rendering.sample_triplane,
+    "per-plane row gathers, custom backward: 1 scatter per plane (shipped)": rendering.sample_triplane,
 }
 
 
@@ -161,10 +168,11 @@ def bench_lookups(runs: int, num_points: int) -> list[dict]:
     # (P-independent) gradient of this linear map.
     bwd = jax.jit(jax.grad(lambda P, x, c, fn=fn: jnp.sum(fn(P, x) * c)))
     _, t_fwd = timeit(fwd, planes, points, runs=runs)
+    c_fwd = last_cpu
     _, t_bwd = timeit(bwd, planes, points, cot, runs=runs)
-    rows.append(dict(name=name, err=err, fwd=t_fwd, bwd=t_bwd))
-    print(f"lookup {name:48s} max|diff| {err:.1e}  fwd {t_fwd * 1e3:7.1f} ms  "
-          f"fwd+bwd {t_bwd * 1e3:7.1f} ms", flush=True)
+    rows.append(dict(name=name, err=err, fwd=t_fwd, bwd=t_bwd, cfwd=c_fwd, cbwd=last_cpu))
+    print(f"lookup {name:62s} max|diff| {err:.1e}  fwd {t_fwd * 1e3:7.1f} ms (cpu {c_fwd * 1e3:7.1f})"
+          f"  grad {t_bwd * 1e3:7.1f} ms (cpu {last_cpu * 1e3:7.1f})", flush=True)
   return rows
 
 
@@ -210,7 +218,7 @@ def plain_field(planes, decoder, variables):
 
 # --- full image and its breakdown ----------------------------------------------------------------
 
-def bench_image(runs: int, image_runs: int, res: int, chunk: int) -> dict:
+def bench_image(runs: int, image_runs: int, folded_image_runs: int, res: int, chunk: int) -> dict:
   rng = np.random.default_rng(1)
   planes = jnp.asarray(rng.normal(size=(3, 64, 64, 80)) * 0.5, jnp.float32)
   decoder, variables = make_decoder(10, 240)
@@ -245,8 +253,9 @@ def bench_image(runs: int, image_runs: int, res: int, chunk: int) -> dict:
   out["chunk_parts"] = {}
   for name, (fn, args) in parts.items():
     _, sec = timeit(fn, *args, runs=runs)
-    out["chunk_parts"][name] = sec
-    print(f"chunk {chunk}×{S}: {name:62s} {sec * 1e3:8.1f} ms", flush=True)
+    out["chunk_parts"][name] = (sec, last_cpu)
+    print(f"chunk {chunk}×{S}: {name:62s} {sec * 1e3:8.1f} ms (cpu {last_cpu * 1e3:8.1f})",
+          flush=True)
   a = jax.jit(lambda P, o, d: rendering.volume_render(plain_field(P, decoder, variables), o, d,
                                                       **kw)["rgb"])(planes, o, d)
   b = jax.jit(lambda P, o, d: rendering.volume_render(folded_field(P, variables, 10), o, d,
@@ -254,12 +263,15 @@ def bench_image(runs: int, image_runs: int, res: int, chunk: int) -> dict:
   out["fold_rgb_max_diff"] = float(jnp.max(jnp.abs(a - b)))
   print(f"folded vs plain rgb max|diff| {out['fold_rgb_max_diff']:.1e}", flush=True)
 
-  for label, field_of in (("plain", lambda P: plain_field(P, decoder, variables)),
-                          ("folded", lambda P: folded_field(P, variables, 10))):
+  for label, field_of, n_runs in (
+      ("plain", lambda P: plain_field(P, decoder, variables), image_runs),
+      ("folded", lambda P: folded_field(P, variables, 10), folded_image_runs)):
     render = jax.jit(lambda P, field_of=field_of: rendering.render_image(
         field_of(P), cam, chunk=chunk, outputs=("rgb", "depth", "opacity"), **kw))
-    first, sec = timeit(render, planes, runs=image_runs, warmup=False)
+    first, sec = timeit(render, planes, runs=n_runs, warmup=False)
+    out[f"image_{label}_runs"] = n_runs
     out[f"image_{label}"] = sec
+    out[f"image_{label}_cpu"] = last_cpu
     out[f"image_{label}_first"] = first
     print(f"{res}² image, {S} samples/ray, chunk {chunk}, {label}: {sec:.2f} s "
           f"({res * res * S / sec / 1e6:.2f} M ray-samples/s; compile {first:.1f} s)",
@@ -317,8 +329,9 @@ def bench_training_render(runs: int) -> dict:
   out = {"B": B, "rays": rays, "S": S, "R": R, "C": C, "L": L, "parts": {}}
   for name, (fn, args) in parts.items():
     _, sec = timeit(fn, *args, runs=runs)
-    out["parts"][name] = sec
-    print(f"train render {B}×{rays}×{S}: {name:56s} {sec * 1e3:8.1f} ms", flush=True)
+    out["parts"][name] = (sec, last_cpu)
+    print(f"train render {B}×{rays}×{S}: {name:56s} {sec * 1e3:8.1f} ms (cpu {last_cpu * 1e3:8.1f})",
+          flush=True)
   return out
 
 
@@ -332,22 +345,24 @@ def write_results(lookups, image, train, args, arg_str, load_before, load_after)
       f"Command: `python -m bench.bench_rendering {arg_str}` · machine: {cpu_name()}, "
       f"{os.cpu_count()} cores, JAX {jax.__version__} CPU · {now}.",
       f"**The machine was shared with other jobs** (1-min load average {load_before:.1f} before, "
-      f"{load_after:.1f} after, on 2 cores): absolute times are pessimistic and noisy; the ratios "
-      "within one table were measured back to back.",
+      f"{load_after:.1f} after, on {os.cpu_count()} cores): wall times are pessimistic and noisy. "
+      "Process CPU time (all threads of this process) is given beside them as the steadier "
+      "measure of cost under contention; rows of one table were measured back to back.",
       "",
       f"### One {res}² image, {S} samples/ray (64 + 64), 64×64×80 triplane, 10 × 64 SiLU MLP",
       "",
-      "`render_image` jitted and compiled ahead of time, chunk "
-      f"{image['chunk']} rays; median of {args.image_runs} timed run(s).",
+      "`render_image` jitted and compiled ahead of time (compile excluded), chunk "
+      f"{image['chunk']} rays; median of {image['image_plain_runs']} timed run(s) (folded: "
+      f"{image['image_folded_runs']}).",
       "",
-      "| decoder | s / image | M ray-samples / s | compile s |",
-      "|---|---:|---:|---:|",
+      "| decoder | s / image (wall) | M ray-samples / s | process CPU s | compile s |",
+      "|---|---:|---:|---:|---:|",
   ]
   for label in ("plain", "folded"):
     sec = image[f"image_{label}"]
     name = "concat 240-D → MLP" if label == "plain" else "first layer folded into the planes"
     lines.append(f"| {name} | {sec:.2f} | {res * res * S / sec / 1e6:.2f} | "
-                 f"{image[f'image_{label}_first']:.1f} s |")
+                 f"{image[f'image_{label}_cpu']:.1f} | {image[f'image_{label}_first']:.1f} |")
   lines += [
       "",
       f"Folded vs plain rgb: max |diff| {image['fold_rgb_max_diff']:.1e}. Paper's renderer: 0.5 "
@@ -355,34 +370,38 @@ def write_results(lookups, image, train, args, arg_str, load_before, load_after)
       "",
       f"### Where the time goes: one {image['chunk']}-ray chunk × {S} samples (forward)",
       "",
-      "| part | ms | share of full chunk |",
-      "|---|---:|---:|",
+      "| part | wall ms | share | process CPU ms | share |",
+      "|---|---:|---:|---:|---:|",
   ]
-  full = image["chunk_parts"]["full chunk (lookup + MLP + renderer)"]
-  for name, sec in image["chunk_parts"].items():
-    lines.append(f"| {name} | {sec * 1e3:.1f} | {sec / full:.0%} |")
+  full, full_cpu = image["chunk_parts"]["full chunk (lookup + MLP + renderer)"]
+  for name, (sec, cpu) in image["chunk_parts"].items():
+    lines.append(f"| {name} | {sec * 1e3:.1f} | {sec / full:.0%} | {cpu * 1e3:.1f} | "
+                 f"{cpu / full_cpu:.0%} |")
   lines += [
       "",
       f"### Training render (`tiny`): {train['B']} triplanes 3×{train['R']}²×{train['C']}, "
       f"{train['rays']} rays each, {train['S']} samples (16 + 16), {train['L']}-layer MLP, "
       "forward + backward",
       "",
-      "| part | ms | share of full |",
-      "|---|---:|---:|",
+      "| part | wall ms | share | process CPU ms | share |",
+      "|---|---:|---:|---:|---:|",
   ]
-  full = train["parts"]["full render loss fwd+bwd"]
-  for name, sec in train["parts"].items():
-    lines.append(f"| {name} | {sec * 1e3:.1f} | {sec / full:.0%} |")
+  full, full_cpu = train["parts"]["full render loss fwd+bwd"]
+  for name, (sec, cpu) in train["parts"].items():
+    lines.append(f"| {name} | {sec * 1e3:.1f} | {sec / full:.0%} | {cpu * 1e3:.1f} | "
+                 f"{cpu / full_cpu:.0%} |")
   lines += [
       "",
       "### Triplane lookup implementations (64×64×80 planes, "
       f"{args.num_points:,} points)",
       "",
-      "| implementation | max abs diff to shipped | forward ms | forward + backward ms |",
+      "| implementation | max abs diff to shipped | forward ms (CPU ms) | grad w.r.t. planes ms "
+      "(CPU ms) |",
       "|---|---:|---:|---:|",
   ]
   for r in lookups:
-    lines.append(f"| {r['name']} | {r['err']:.1e} | {r['fwd'] * 1e3:.1f} | {r['bwd'] * 1e3:.1f} |")
+    lines.append(f"| {r['name']} | {r['err']:.1e} | {r['fwd'] * 1e3:.1f} ({r['cfwd'] * 1e3:.1f}) | "
+                 f"{r['bwd'] * 1e3:.1f} ({r['cbwd'] * 1e3:.1f}) |")
   lines.append("")
   RESULTS.parent.mkdir(parents=True, exist_ok=True)
   tmp = RESULTS.with_suffix(".md.tmp")
@@ -395,6 +414,8 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--runs", type=int, default=3, help="timed runs per small measurement")
   ap.add_argument("--image_runs", type=int, default=2, help="timed runs of the full image")
+  ap.add_argument("--folded_image_runs", type=int, default=1,
+                  help="timed runs of the image with the folded first layer")
   ap.add_argument("--res", type=int, default=512)
   ap.add_argument("--chunk", type=int, default=8192)
   ap.add_argument("--num_points", type=int, default=131072)
@@ -404,15 +425,18 @@ def main() -> None:
   args = ap.parse_args()
   if args.quick:
     args.res, args.num_points, args.runs, args.image_runs = 128, 16384, 1, 1
+    args.folded_image_runs = 1
   if args.only:
     {"lookups": lambda: bench_lookups(args.runs, args.num_points),
      "train": lambda: bench_training_render(args.runs),
-     "image": lambda: bench_image(args.runs, args.image_runs, args.res, args.chunk)}[args.only]()
+     "image": lambda: bench_image(args.runs, args.image_runs, args.folded_image_runs, args.res,
+                                        args.chunk)}[args.only]()
     return
   load_before = os.getloadavg()[0]
   lookups = bench_lookups(args.runs, args.num_points)
   train = bench_training_render(args.runs)
-  image = bench_image(args.runs, args.image_runs, args.res, args.chunk)
+  image = bench_image(args.runs, args.image_runs, args.folded_image_runs, args.res,
+                                        args.chunk)
   load_after = os.getloadavg()[0]
   arg_str = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k not in ("quick", "only"))
   if args.quick:
