@@ -175,6 +175,41 @@ def conv2d(features: int, kernel: int = 3, stride: int = 1, padding: Any = "SAME
                  bias_init=layers.partitioned(nn.initializers.zeros, ("conv_out",)), name=name)
 
 
+class GroupNorm(nn.Module):
+  """`torch.nn.GroupNorm` over the channel (last) axis in fp32; same parameters (`scale`, `bias`
+  on the `norm` axis) as `layers.group_norm`, faster formulation for NHWC on XLA:CPU.
+
+  Statistics are per-channel sums over the contiguous spatial axis, combined per group, and the
+  normalisation is folded into one per-(image, channel) multiply-add; `nn.GroupNorm` reduces over
+  a [B, HW, G, C/G] view and normalises in two steps, which measured ~2× slower at 32²×64
+  (fp32 result within 2e-6 of it; both use the one-pass E[x²] − E[x]² variance).
+  """
+  num_groups: int
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    if c % self.num_groups:
+      raise ValueError(f"GroupNorm: {c} channels are not divisible into {self.num_groups} groups")
+    scale = self.param("scale", layers.partitioned(nn.initializers.ones, ("norm",)), (c,),
+                       jnp.float32)
+    bias = self.param("bias", layers.partitioned(nn.initializers.zeros, ("norm",)), (c,),
+                      jnp.float32)
+    b, g = x.shape[0], self.num_groups
+    xf = x.astype(jnp.float32).reshape(b, -1, c)
+    n = xf.shape[1] * (c // g)
+    mean = xf.sum(1).reshape(b, g, -1).sum(-1) / n                        # [B, G]
+    var = jnp.maximum(jnp.square(xf).sum(1).reshape(b, g, -1).sum(-1) / n - mean * mean, 0.0)
+    a = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), c // g, axis=1) * scale    # [B, C]
+    shift = bias - jnp.repeat(mean, c // g, axis=1) * a
+    return (xf * a[:, None, :] + shift[:, None, :]).reshape(x.shape)
+
+
+def group_norm(num_groups: int, *, epsilon: float = 1e-5, name: str | None = None) -> GroupNorm:
+  return GroupNorm(num_groups, epsilon, name=name)
+
+
 def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool,
                        freq_shift: float, max_period: float = 10000.0) -> jax.Array:
   """diffusers `get_timestep_embedding`: `timesteps [N]` → `[N, dim]` float32 sinusoids."""
@@ -248,13 +283,13 @@ class ResnetBlock2D(nn.Module):
 
   @nn.compact
   def __call__(self, x, temb=None):
-    h = layers.group_norm(self.groups, epsilon=self.eps, name="norm1")(x)
+    h = group_norm(self.groups, epsilon=self.eps, name="norm1")(x)
     h = conv2d(self.out_channels, dtype=self.dtype, name="conv1")(nn.silu(h).astype(self.dtype))
     if temb is not None:
       t = layers.dense(self.out_channels, ("embed", "conv_out"), dtype=self.dtype,
                        name="time_emb_proj")(nn.silu(temb))
       h = h + t[:, None, None, :]
-    h = layers.group_norm(self.groups, epsilon=self.eps, name="norm2")(h)
+    h = group_norm(self.groups, epsilon=self.eps, name="norm2")(h)
     h = conv2d(self.out_channels, dtype=self.dtype, name="conv2")(nn.silu(h).astype(self.dtype))
     if x.shape[-1] != self.out_channels:
       x = conv2d(self.out_channels, 1, padding="VALID", dtype=self.dtype,
@@ -307,8 +342,10 @@ class _GEGLU(nn.Module):
   def __call__(self, x):
     h = layers.dense(2 * self.features, ("embed", "mlp"), dtype=self.dtype, name="proj")(x)
     h, gate = jnp.split(h, 2, axis=-1)
-    # torch F.gelu default is the exact erf form.
-    return h * nn.gelu(gate, approximate=False)
+    # torch's default exact GELU, written with erf: `nn.gelu(approximate=False)` goes through
+    # erfc and measured 2.5× slower on XLA:CPU for the same fp32 result.
+    gf = gate.astype(jnp.float32)
+    return h * (gf * (0.5 * (1.0 + jax.lax.erf(gf * 0.7071067811865476)))).astype(h.dtype)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -344,7 +381,7 @@ class Transformer2DModel(nn.Module):
   def __call__(self, x, context):
     b, hh, ww, c = x.shape
     residual = x
-    h = layers.group_norm(self.groups, epsilon=1e-6, name="norm")(x).astype(self.dtype)
+    h = group_norm(self.groups, epsilon=1e-6, name="norm")(x).astype(self.dtype)
     if self.use_linear_projection:
       h = layers.dense(c, ("conv_in", "embed"), dtype=self.dtype,
                        name="proj_in")(h.reshape(b, hh * ww, c))
@@ -536,5 +573,5 @@ class UNet2DConditionModel(nn.Module):
       block_skips, skips = skips[-k:], skips[:-k]
       h = UpBlock(rev[i], k, kind == "CrossAttnUpBlock2D", i < n - 1, cfg.up_heads[i],
                   cfg.up_depths[i], name=f"up_blocks_{i}", **common)(h, block_skips, emb, context)
-    h = layers.group_norm(cfg.norm_num_groups, epsilon=cfg.norm_eps, name="conv_norm_out")(h)
+    h = group_norm(cfg.norm_num_groups, epsilon=cfg.norm_eps, name="conv_norm_out")(h)
     return conv2d(cfg.out_channels, dtype=dt, name="conv_out")(nn.silu(h).astype(dt))

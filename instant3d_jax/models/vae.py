@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from instant3d_jax.models import layers
 from instant3d_jax.models.unet import (ACT_AXES, ResnetBlock2D, Upsample2D, attention, conv2d,
-                                       maybe_remat)
+                                       group_norm, maybe_remat)
 
 Dtype = Any
 
@@ -86,7 +86,7 @@ class VAEAttention(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
-    y = layers.group_norm(self.groups, epsilon=1e-6, name="group_norm")(x).astype(self.dtype)
+    y = group_norm(self.groups, epsilon=1e-6, name="group_norm")(x).astype(self.dtype)
     y = y.reshape(b, h * w, c)
     proj = lambda name: layers.dense(c, ("embed", "heads"), dtype=self.dtype, name=name)(y)
     q, k, v = (proj(n).reshape(b, h * w, 1, c) for n in ("to_q", "to_k", "to_v"))
@@ -177,7 +177,7 @@ class Encoder(nn.Module):
                             self.dtype, self.remat, name=f"down_blocks_{i}")(x)
     x = VAEMidBlock(cfg.norm_num_groups, cfg.mid_block_add_attention, self.dtype,
                     self.attention_impl, self.remat, name="mid_block")(x)
-    x = layers.group_norm(cfg.norm_num_groups, epsilon=1e-6, name="conv_norm_out")(x)
+    x = group_norm(cfg.norm_num_groups, epsilon=1e-6, name="conv_norm_out")(x)
     return conv2d(2 * cfg.latent_channels, dtype=self.dtype,
                   name="conv_out")(nn.silu(x).astype(self.dtype))
 
@@ -199,7 +199,7 @@ class Decoder(nn.Module):
     for i, ch in enumerate(rev):
       x = _UpDecoderBlock(ch, cfg.layers_per_block + 1, cfg.norm_num_groups, i < len(rev) - 1,
                           self.dtype, self.remat, name=f"up_blocks_{i}")(x)
-    x = layers.group_norm(cfg.norm_num_groups, epsilon=1e-6, name="conv_norm_out")(x)
+    x = group_norm(cfg.norm_num_groups, epsilon=1e-6, name="conv_norm_out")(x)
     return conv2d(cfg.out_channels, dtype=self.dtype,
                   name="conv_out")(nn.silu(x).astype(self.dtype))
 
