@@ -1,10 +1,16 @@
 """Renderer tests. Oracles are geometry (analytic ray–sphere / ray–box hits, Beer–Lambert), hand
-bilinear values and torch's grid_sample — never the renderer itself.
+bilinear values and torch's grid_sample (values and gradients) — never the renderer itself.
 
-Figures measured here (128², camera at elevation 20°, azimuth 30°, distance 2.7, FOV 50°; 64
-stratified + 64 importance samples; density 1e4 inside the solid):
-  sphere: opacity PSNR and differing pixels / median interior depth error → see ANALYTIC_BOUNDS;
-  the exact values are printed by `pytest -s` and recorded in bench/results/rendering.md.
+Figures measured here (`pytest tests/test_rendering.py -n 0 -s` prints them): 128², camera at
+elevation 20°, azimuth 30°, distance 2.7, FOV 50°; 64 stratified + 64 importance samples; density
+1e4 inside the solid.
+  sphere r=0.6: opacity PSNR 42.1 dB, 1 of 16384 pixels differs (a grazing ray); median interior
+    depth error 7.3e-4 (128 stratified samples only: 8.8e-3);
+  box 1.1×0.95×0.8: opacity PSNR 23.3 dB over the whole image: 76 pixels differ, all grazing rays
+    (chord shorter than the coarse sample spacing) along the obliquely seen silhouette edges;
+    without the 112 grazing rays the PSNR is 168 dB; median interior depth error 6.3e-4 (128
+    stratified: 9.4e-3);
+  constant-density sphere medium (σ = 1.5): mean opacity error 4e-4 vs 1 - exp(-σ·chord).
 """
 import jax
 import jax.numpy as jnp
