@@ -6,6 +6,7 @@ renamed when complete.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -51,11 +52,15 @@ def save_mp4(path: str | os.PathLike, frames, fps: float = 24.0) -> Path:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp.mp4")
-  with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                          pixelformat="yuv420p", macro_block_size=1,
-                          output_params=["-crf", "18"]) as w:
-    for frame in f:
-      w.append_data(frame)
+  with warnings.catch_warnings():
+    # imageio-ffmpeg starts ffmpeg with subprocess (fork + exec at once): Python's warning about
+    # forking a multithreaded (JAX) process does not apply to an immediate exec.
+    warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+    with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                            pixelformat="yuv420p", macro_block_size=1,
+                            output_params=["-crf", "18"]) as w:
+      for frame in f:
+        w.append_data(frame)
   os.replace(tmp, path)
   return path
 
