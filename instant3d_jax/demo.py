@@ -1,14 +1,25 @@
-"""The main job (`make demo`): the procedural multi-view world and a look at it.
+"""The main job (`make demo`): procedural world → train the tiny reconstructor → evaluate →
+turntable.
 
-  python -m instant3d_jax.demo [--workdir outputs/demo] [--data_config configs/data.py:demo]
+  python -m instant3d_jax.demo [--workdir outputs/demo] [--config configs/lrm.py:tiny]
+      [--config.train.time_budget_s=900] [--retrain]
 
-Generates the demo data set under WORKDIR/data unless it is already there (cached: a complete
-data set with the same generation config is reused), then writes a contact sheet of one held-out
-object — its 4 Instant3D rig views and a few GSO-style evaluation views — to
-WORKDIR/contact_sheet.png, and prints where everything is.
+1. Data: generates the demo data set (the `data` section of the LRM config, i.e.
+   configs/data.py:demo) under WORKDIR/data unless it is already there (cached: a complete data
+   set with the same generation config is reused; generation is outside the training clock),
+   and writes a contact sheet of one held-out object to WORKDIR/contact_sheet.png.
+2. Train: `train_lrm` on this machine's CPU cores for `train.time_budget_s` seconds of wall
+   clock (compile included) or `train.total_steps`, whichever comes first, into WORKDIR/lrm.
+   A finished run (WORKDIR/lrm/train_summary.json) is reused unless --retrain.
+3. Evaluate: PSNR / SSIM / LPIPS on `eval.num_objects` held-out objects on the GSO-style rig
+   (instant3d_jax/eval/protocol.py) → WORKDIR/lrm/eval/step_N/eval.{json,md}.
+4. Reconstruct one held-out object from its 4 rig views with `reconstruct` → turntable GIF,
+   renders and mesh in WORKDIR/reconstruct.
+Prints where everything is.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -17,10 +28,16 @@ from ml_collections import config_flags
 
 from data_pipeline import records, synthetic
 from data_pipeline.contact_sheet import contact_sheet
+from instant3d_jax.train_lrm import free_summary_flags
 
+free_summary_flags()  # before defining --config (see there)
 _WORKDIR = flags.DEFINE_string("workdir", "outputs/demo", "where data and outputs go")
-_DATA_CONFIG = config_flags.DEFINE_config_file("data_config", "configs/data.py:demo",
-                                               "the procedural world (configs/data.py:VARIANT)")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/lrm.py:tiny", "the reconstructor run (configs/lrm.py:VARIANT); its `data` "
+    "section is the procedural world (configs/data.py:demo for tiny)", lock_config=False)
+_RETRAIN = flags.DEFINE_bool("retrain", False, "train again even if WORKDIR/lrm holds a "
+                             "finished run (a new run needs an empty WORKDIR/lrm)")
+_SKIP_TRAIN = flags.DEFINE_bool("data_only", False, "stop after the data set and contact sheet")
 
 # Eval-rig views shown on the sheet: (elevation index, azimuth index) into the 4 × 16 GSO grid.
 _EVAL_VIEWS = ((0, 0), (0, 4), (1, 2), (1, 10), (2, 6), (2, 12), (3, 0), (3, 8))
@@ -42,14 +59,12 @@ def object_contact_sheet(data_dir: str, path: str, *, split: str = "test", index
   return rec
 
 
-def main(argv):
-  del argv
-  cfg = _DATA_CONFIG.value
-  workdir = _WORKDIR.value
+def data_step(cfg, workdir: str) -> str:
+  """Step 1: the cached data set and a contact sheet. Returns the data directory."""
   data_dir = os.path.join(workdir, "data")
   t0 = time.perf_counter()
   cached = os.path.exists(os.path.join(data_dir, records.METADATA_FILE))
-  meta = synthetic.ensure_dataset(cfg, data_dir)
+  meta = synthetic.ensure_dataset(cfg.data, data_dir)
   counts = ", ".join(f"{k} {v['num_objects']}" for k, v in meta["splits"].items())
   print(f"data set: {data_dir} ({'cached' if cached else 'generated'} in "
         f"{time.perf_counter() - t0:.1f} s; {meta['num_objects']} objects at "
@@ -58,6 +73,83 @@ def main(argv):
   split = "test" if meta["splits"]["test"]["num_objects"] else "train"
   rec = object_contact_sheet(data_dir, sheet, split=split)
   print(f"contact sheet of {rec['object_id']} (\"{rec['caption']}\"): {sheet}")
+  return data_dir
+
+
+def train_step(cfg, run_dir: str, retrain: bool) -> dict:
+  """Step 2: train (or reuse a finished run). Returns the run summary."""
+  from instant3d_jax import train_lrm
+  summary_path = os.path.join(run_dir, "train_summary.json")
+  if os.path.exists(summary_path) and not retrain:
+    summary = json.load(open(summary_path))
+    print(f"reusing the finished run in {run_dir} (step {summary['step']}; --retrain to train "
+          "again)")
+    return summary
+  print(f"training {cfg.variant} for at most {cfg.train.time_budget_s:.0f} s / "
+        f"{cfg.train.total_steps} steps into {run_dir}")
+  res = train_lrm.train(cfg, run_dir)
+  last = res.history[-10:]
+  summary = {"step": res.step, "stop_reason": res.stop_reason, "wall_s": round(res.wall_s, 1),
+             "compile_s": round(res.compile_s, 1),
+             "time_budget_s": float(cfg.train.time_budget_s),
+             "final_train_loss": sum(h["loss"] for h in last) / max(len(last), 1),
+             "final_train_psnr": sum(h["psnr"] for h in last) / max(len(last), 1)}
+  tmp = summary_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(summary, f, indent=2)
+  os.replace(tmp, summary_path)
+  return summary
+
+
+def turntable_step(cfg, data_dir: str, run_dir: str, out_dir: str) -> dict:
+  """Step 4: reconstruct the first held-out object from its 4 Instant3D-rig views."""
+  from instant3d_jax import reconstruct
+  from instant3d_jax.export.images import save_png
+  rec = records.RecordSource(data_dir, "test")[0]
+  rgba = records.group_rgba(rec, "rig")
+  views_dir = os.path.join(out_dir, "input_views")
+  paths = []
+  for i, v in enumerate(rgba):
+    p = os.path.join(views_dir, f"view_{i}.png")
+    save_png(p, v)  # RGBA: reconstruct composites it onto the training background
+    paths.append(p)
+  written = reconstruct.reconstruct(run_dir, out_dir, views=paths, num_novel=4,
+                                    turntable_frames=24, mesh_resolution=64, mesh_threshold="auto",
+                                    progress=False,
+                                    log=lambda *_: None)
+  written["object"] = f"{rec['object_id']}: {rec['caption']}"
+  return written
+
+
+def main(argv):
+  del argv
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+  cfg = _CONFIG.value
+  workdir = _WORKDIR.value
+  cfg.data_dir = os.path.join(workdir, "data")
+  data_dir = data_step(cfg, workdir)
+  if _SKIP_TRAIN.value:
+    return
+  run_dir = os.path.join(workdir, "lrm")
+  summary = train_step(cfg, run_dir, _RETRAIN.value)
+
+  from instant3d_jax import eval_lrm
+  results, md_path = eval_lrm.evaluate_checkpoint(run_dir, config=cfg, log=lambda *_: None)
+  written = turntable_step(cfg, data_dir, run_dir, os.path.join(workdir, "reconstruct"))
+
+  s = results["summary"]
+  print()
+  print(md_path.read_text())
+  print(f"training: {summary['step']} steps in {summary['wall_s']:.0f} s (compile "
+        f"{summary['compile_s']:.0f} s, stop: {summary['stop_reason']}, budget "
+        f"{summary['time_budget_s']:.0f} s)")
+  print(f"held-out: PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f}"
+        + (f", LPIPS {s['lpips']:.4f}" if "lpips" in s else "")
+        + f" on {results['num_objects']} objects × {results['num_views_per_object']} views")
+  print(f"metrics table: {md_path}")
+  print(f"turntable ({written['object']}): {written.get('turntable_gif', written)}")
+  print(f"training logs: {run_dir} (metrics.jsonl, tb/, images/, loss_curve.png)")
 
 
 if __name__ == "__main__":
