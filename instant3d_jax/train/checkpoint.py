@@ -92,8 +92,11 @@ class Checkpointer:
 
   def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, use_async: bool = True):
     self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    # cleanup_tmp_directories: a save cut short by kill -9 leaves a temporary directory; the
+    # next run removes it (it was never a complete checkpoint).
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=use_async)
+        max_to_keep=keep, create=True, enable_async_checkpointing=use_async,
+        cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "config"))
 
