@@ -364,25 +364,6 @@ def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=
 # ---------------------------------------------------------------------------------------------
 # Command line
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "workdir, step directory or .safetensors")
-_GRID = flags.DEFINE_string("grid", None, "a 2×2 grid image of the 4 views")
-_VIEWS = flags.DEFINE_list("views", None, "the views as separate image files, camera order")
-_CAMERAS = flags.DEFINE_string("cameras", None, "cameras JSON; default: the Instant3D rig")
-_SEED = flags.DEFINE_integer("seed", 0, "picks the novel viewpoints")
-_NUM_NOVEL = flags.DEFINE_integer("num_novel", 8, "novel views to render")
-_OUT = flags.DEFINE_string("out", None, "output folder")
-_RESOLUTION = flags.DEFINE_integer("resolution", 0, "render resolution (0: model input size)")
-_FRAMES = flags.DEFINE_integer("turntable_frames", 36, "turntable frames")
-_FPS = flags.DEFINE_float("fps", 12.0, "turntable frames per second")
-_MESH_RES = flags.DEFINE_integer("mesh_resolution", 128, "marching-cubes grid size per axis")
-_MESH_THRESHOLD = flags.DEFINE_string(
-    "mesh_threshold", "5.0", "density level of the surface, or 'auto' (midway between the 5th "
-    "and 95th percentiles of the grid: for untrained or unusual models)")
-_CHUNK = flags.DEFINE_integer("chunk", 0, "rays per render chunk (0: model.render.chunk)")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "override the checkpoint's config",
-                                          lock_config=False)
-
-
 def main(argv):
   del argv
   if not _CHECKPOINT.value or not _OUT.value:
@@ -400,4 +381,23 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a command: library users (the trainer, tests) import
+  # this module next to other commands that define flags of the same names.
+  _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "workdir, step directory or .safetensors")
+  _GRID = flags.DEFINE_string("grid", None, "a 2×2 grid image of the 4 views")
+  _VIEWS = flags.DEFINE_list("views", None, "the views as separate image files, camera order")
+  _CAMERAS = flags.DEFINE_string("cameras", None, "cameras JSON; default: the Instant3D rig")
+  _SEED = flags.DEFINE_integer("seed", 0, "picks the novel viewpoints")
+  _NUM_NOVEL = flags.DEFINE_integer("num_novel", 8, "novel views to render")
+  _OUT = flags.DEFINE_string("out", None, "output folder")
+  _RESOLUTION = flags.DEFINE_integer("resolution", 0, "render resolution (0: model input size)")
+  _FRAMES = flags.DEFINE_integer("turntable_frames", 36, "turntable frames")
+  _FPS = flags.DEFINE_float("fps", 12.0, "turntable frames per second")
+  _MESH_RES = flags.DEFINE_integer("mesh_resolution", 128, "marching-cubes grid size per axis")
+  _MESH_THRESHOLD = flags.DEFINE_string(
+      "mesh_threshold", "5.0", "density level of the surface, or 'auto' (midway between the 5th "
+      "and 95th percentiles of the grid: for untrained or unusual models)")
+  _CHUNK = flags.DEFINE_integer("chunk", 0, "rays per render chunk (0: model.render.chunk)")
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "override the checkpoint's config",
+                                            lock_config=False)
   app.run(main)

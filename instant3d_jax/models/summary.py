@@ -135,11 +135,6 @@ def format_summary(config, batch: int = 1) -> str:
   return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/lrm.py:VARIANT",
-                                          lock_config=False)
-_BATCH = flags.DEFINE_integer("batch", 1, "objects per forward for the FLOP count")
-
-
 def main(argv):
   del argv
   if _CONFIG.value is None:
@@ -148,4 +143,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a command: library users (the trainer, tests) import
+  # this module next to other commands that define flags of the same names.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/lrm.py:VARIANT",
+                                            lock_config=False)
+  _BATCH = flags.DEFINE_integer("batch", 1, "objects per forward for the FLOP count")
   app.run(main)
