@@ -65,8 +65,16 @@ def create_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   ici = resolve_axis_sizes([mesh_cfg.get(a, 1) for a in MESH_AXES], len(devices) // num_slices,
                            "mesh (per slice)")
   if num_slices > 1:
-    arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices,
-                                               allow_split_physical_axes=True)
+    try:
+      # TPU multi-slice: granules are slices; multi-node GPU: granules are processes (hosts).
+      granule = {} if hasattr(devices[0], "slice_index") else {"process_is_granule": True}
+      arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices,
+                                                 allow_split_physical_axes=True, **granule)
+    except (ValueError, AssertionError):
+      # No physical granules to match (e.g. fake CPU devices in one process): contiguous
+      # blocks of devices play the slices, DCN as the outer factor of each axis.
+      arr = np.asarray(devices).reshape(dcn + ici)
+      arr = arr.transpose(0, 3, 1, 4, 2, 5).reshape([d * i for d, i in zip(dcn, ici)])
   else:
     try:
       # Topology-aware order on TPU/GPU (neighbouring chips on the fast axes).
