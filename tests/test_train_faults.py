@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from instant3d_jax.train import checkpoint as ckpt_lib
 
@@ -55,6 +56,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert all(np.isfinite(x).all() for x in __import__("jax").tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_kill9_during_save_keeps_last_complete_checkpoint(tmp_path):
   wd, res = tmp_path / "run", tmp_path / "res.json"
   # A checkpoint every step: the process is almost always inside an async save.
