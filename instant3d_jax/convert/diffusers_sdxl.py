@@ -88,7 +88,7 @@ def count_params(abstract: Mapping[str, Any]) -> int:
 # Key and layout mapping
 
 
-def flax_path_to_diffusers(path: str, ndim: int) -> str:
+def flax_path_to_diffusers(path: str) -> str:
   """`down_blocks_0/resnets_1/conv1/kernel` → `down_blocks.0.resnets.1.conv1.weight`."""
   *mods, leaf = path.split("/")
   parts = []
@@ -164,7 +164,7 @@ def _state_to_flax(get, has, keys_source: str, abstract: Mapping[str, Any],
   """
   out = {}
   for path, spec in flatten(abstract).items():
-    dkey = flax_path_to_diffusers(path, len(spec.shape))
+    dkey = flax_path_to_diffusers(path)
     skey = key_map(dkey)
     if not has(skey):
       raise WeightsError(f"{keys_source}: missing key {skey!r} (for Flax parameter {path})")
@@ -188,7 +188,7 @@ def _load_component(folder, variant, abstract, dtype) -> dict[str, Any]:
   source = str(files[0]) if len(files) == 1 else f"{folder} ({len(files)} shards)"
   params = _state_to_flax(t.get, lambda k: k in t.where, source, abstract, dtype=dtype,
                           where=lambda k: str(t.where[k]) if k in t.where else None)
-  expected = {flax_path_to_diffusers(p, len(s.shape)) for p, s in flatten(abstract).items()}
+  expected = {flax_path_to_diffusers(p) for p, s in flatten(abstract).items()}
   extra = sorted(set(t.where) - expected)
   if extra:
     raise WeightsError(f"{source}: {len(extra)} unexpected keys not in the model config, e.g. "
@@ -228,7 +228,7 @@ def flax_to_diffusers_state(params: Mapping[str, Any], dtype=None) -> dict[str, 
   for path, x in flatten(_unbox(dict(params))).items():
     x = np.asarray(x)
     y = to_torch_layout(x)
-    out[flax_path_to_diffusers(path, x.ndim)] = y.astype(dtype) if dtype is not None else y
+    out[flax_path_to_diffusers(path)] = y.astype(dtype) if dtype is not None else y
   return out
 
 
@@ -348,7 +348,11 @@ def _ldm_vae_attn_weight(dkey: str, x: np.ndarray) -> np.ndarray:
 def load_single_file(path: str | os.PathLike, unet_config: UNetConfig, vae_config: VAEConfig,
                      dtype=np.float32) -> tuple[dict[str, Any], dict[str, Any]]:
   """UNet and VAE params from an original single-file SDXL `.safetensors`
-  (`model.diffusion_model.*`, `first_stage_model.*`); the text encoders are read elsewhere."""
+  (`model.diffusion_model.*`, `first_stage_model.*`); the text encoders are read elsewhere.
+
+  Returns `(unet_params, vae_params)`, each the `params` collection of `UNet2DConditionModel
+  (unet_config)` / `AutoencoderKL(vae_config)`. Errors name the file and the missing/bad key.
+  """
   path = Path(path)
   if not path.is_file():
     raise WeightsError(f"single-file checkpoint {path} does not exist")

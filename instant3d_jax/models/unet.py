@@ -10,13 +10,17 @@ per-block head counts, no added embedding).
 Layout: NHWC inside and at the interface — `sample: [B, h, w, C]` (diffusers is NCHW).
 Precision: parameters fp32, convs/matmuls in `dtype`, GroupNorm/LayerNorm and the attention
 softmax in fp32 (design.md §3).
+
+Speed (XLA:CPU, bench/bench_unet.py): GroupNorm and the 'xla' attention path have their own
+formulations here (`GroupNorm`, `attention`), same parameters and math as `layers.group_norm` /
+`layers.dot_product_attention`, measured faster; 'cudnn' still goes through layers.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -100,7 +104,7 @@ class UNetConfig:
     """From the dict of a diffusers `unet/config.json`; unknown variants raise `ValueError`."""
     c = dict(config)
     for key, default in _UNSUPPORTED_DEFAULTS.items():
-      if key in c and c[key] != default and not (key == "mid_block_scale_factor" and c[key] == 1.0):
+      if key in c and c[key] != default:
         raise ValueError(f"UNet config {key}={c[key]!r} is not supported (only {default!r})")
     down = tuple(c.get("down_block_types", ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)))
     up = tuple(c.get("up_block_types", ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3))
