@@ -83,6 +83,15 @@ def get_config(arg=None):
   # ------------------------------------------------------------------------------------------
   # Mesh: prompts are sharded over `data`; the pipeline is replicated.
   cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical → mesh axes for SDXL parameters (design.md §3), used when the UNet is sharded (FSDP
+  # training of the 2.57 B-parameter UNet, or sampling with `mesh.fsdp > 1`). Unlike the
+  # reconstructor, most UNet weight sits in 3×3 ResNet convs, so their output channels are
+  # split over `fsdp` too; spatial kernel dims stay unnamed (layers.CONV_KERNEL_AXES).
+  cfg.logical_axis_rules = (
+      ("batch", ("data", "fsdp")), ("act_heads", "tensor"), ("act_embed", None),
+      ("length", None), ("height", None), ("width", None),
+      ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("head_dim", None),
+      ("norm", None), ("conv_in", None), ("conv_out", "fsdp"), ("vocab", None))
 
   # ------------------------------------------------------------------------------------------
   # Random-weight shapes (tiny only; tests and benchmarks build pipelines from these).

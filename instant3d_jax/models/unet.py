@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from instant3d_jax.models import layers
 
 Dtype = Any
-CONV_AXES = ("conv_kernel", "conv_kernel", "conv_in", "conv_out")
+CONV_AXES = layers.CONV_KERNEL_AXES  # spatial dims unnamed: see layers.py
 ACT_AXES = ("batch", "height", "width", "act_embed")
 
 DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
