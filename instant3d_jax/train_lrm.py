@@ -159,7 +159,8 @@ def make_loss_fn(config):
 
 def flops_per_example(config) -> float:
   """Analytic forward+backward FLOPs per object: 3 × (images→planes + NeRF MLP on every
-  sample). Triplane lookup and compositing (memory-bound gathers) are not counted."""
+  sample). Triplane lookup and compositing (memory-bound gathers) and the LPIPS network are
+  not counted."""
   from instant3d_jax.models import summary
   lc, ld = config.loss, loader_config(config)
   res = int(ld.target_resolution) or int(config.data.resolution)
