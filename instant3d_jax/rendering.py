@@ -375,7 +375,8 @@ def render_image(field_fn: FieldFn, camera: cameras_lib.Camera, *, chunk: int = 
   """Renders every pixel of `camera` (batch shape `[...]`) in chunks of `chunk` rays.
 
   The rays are flattened, padded to a multiple of `chunk` and rendered with `lax.map`, so peak
-  memory is that of one chunk (a 512² image at 128 samples/ray runs in a few hundred MB).
+  memory is that of one chunk, whatever the image size: each field call sees chunk × num_samples
+  points (4096 × 64 × 240 concatenated fp32 features = 250 MB for the large triplane).
   `background` may be a scalar, `[3]` or per-pixel `[..., H, W, 3]`. With a key each chunk gets
   its own subkey, so random samples depend on `chunk`; without a key the result does not.
   Returns the `volume_render` dict restricted to `outputs`, each `[..., H, W, ...]`.
