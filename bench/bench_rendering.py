@@ -404,8 +404,8 @@ def write_results(lookups, image, train, args, arg_str, load_before, load_after)
                  f"{r['bwd'] * 1e3:.1f} ({r['cbwd'] * 1e3:.1f}) |")
   lines += [
       "",
-      "Reading the tables: parts are compiled and timed alone (the MLP row also differentiates "
-      "w.r.t. its input features); in the full graph they share and fuse work differently, so the "
+      "Reading the tables: parts are compiled and timed alone (the training table's MLP row also "
+      "differentiates w.r.t. its input features); in the full graph they share and fuse work differently, so the "
       "shares need not add up to 100%. On a quiet machine wall ≈ process CPU time: XLA CPU keeps "
       "about one of the two cores busy here. The peak resident memory of this bench at chunk 4096 "
       "was 2.2 GB (3.7 GB at chunk 8192, the `large` config's value: prefer 4096 on small "
