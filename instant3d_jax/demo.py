@@ -28,9 +28,7 @@ from ml_collections import config_flags
 
 from data_pipeline import records, synthetic
 from data_pipeline.contact_sheet import contact_sheet
-from instant3d_jax.train_lrm import free_summary_flags
 
-free_summary_flags()  # before defining --config (see there)
 _WORKDIR = flags.DEFINE_string("workdir", "outputs/demo", "where data and outputs go")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/lrm.py:tiny", "the reconstructor run (configs/lrm.py:VARIANT); its `data` "

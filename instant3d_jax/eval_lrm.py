@@ -20,8 +20,6 @@ from pathlib import Path
 def _define_flags():
   from absl import flags
   from ml_collections import config_flags
-  from instant3d_jax.train_lrm import free_summary_flags
-  free_summary_flags()
   config_flags.DEFINE_config_file("config", None, "configs/lrm.py:VARIANT (optional override)",
                                   lock_config=False)
   flags.DEFINE_string("workdir", None, "training workdir")

@@ -259,27 +259,9 @@ def main(argv):
   print(f"done: step {res.step} ({res.stop_reason}), {res.wall_s:.0f}s, workdir {FLAGS.workdir}")
 
 
-def free_summary_flags() -> None:
-  """`models/summary.py` and `reconstruct.py` define their CLI flags at import time, which
-  collides with another command's `--config` as soon as it imports them (the trainer needs
-  summary's FLOP counts, the demo reconstruct's pipeline). Import them first and drop their
-  `--config` (and summary's `--batch`); their own `main`s are unaffected when run as scripts.
-  Call before defining a command's flags."""
-  import importlib
-  from absl import flags
-  for module, names in (("instant3d_jax.models.summary", ("config", "batch")),
-                        ("instant3d_jax.reconstruct", ("config",))):
-    importlib.import_module(module)
-    for name in names:
-      if name in flags.FLAGS and flags.FLAGS.find_module_defining_flag(name, "").endswith(
-          module.rsplit(".", 1)[-1]):
-        delattr(flags.FLAGS, name)
-
-
 def _define_flags():
   from absl import flags
   from ml_collections import config_flags
-  free_summary_flags()
   config_flags.DEFINE_config_file("config", None, "configs/lrm.py:VARIANT", lock_config=False)
   flags.DEFINE_string("workdir", None, "output directory (checkpoints, logs, images)")
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process)")
