@@ -60,6 +60,17 @@ def test_train_writes_everything(trained):
   assert (run / "loss_curve.png").exists()
 
 
+def test_load_for_inference_from_a_relative_workdir(trained, monkeypatch):
+  # Commands take relative workdirs (the demo's `outputs/demo`); orbax's reader needs absolute.
+  from instant3d_jax.train import checkpoint as ckpt_lib
+  _, base, res = trained
+  monkeypatch.chdir(base)
+  _, params = ckpt_lib.load_for_inference("run")
+  want = jax.tree.leaves(jax.device_get(res.state.params))
+  for a, b in zip(jax.tree.leaves(params), want):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_export_and_load_for_inference(trained):
   from instant3d_jax.export.__main__ import main as export_main
   from instant3d_jax.train import checkpoint as ckpt_lib

@@ -153,7 +153,9 @@ def load_params(path: str | os.PathLike) -> tuple[dict, Any, int]:
   Params come back as host numpy arrays (no devices or mesh involved), read with the shapes the
   checkpoint records; the optimizer state is not read.
   """
-  step_dir = _resolve_step_dir(Path(path))
+  # Absolute: orbax's OCDBT reader rejects relative paths (and reports it only as missing
+  # metadata), and commands take relative workdirs such as the demo's `outputs/demo`.
+  step_dir = _resolve_step_dir(Path(path).absolute())
   config_path = step_dir / "config"
   cfg = None
   for cand in (config_path / "metadata", config_path):
