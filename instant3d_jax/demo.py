@@ -27,7 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from data_pipeline import records, synthetic
-from data_pipeline.contact_sheet import contact_sheet
+from data_pipeline.contact_sheet import object_contact_sheet
 
 _WORKDIR = flags.DEFINE_string("workdir", "outputs/demo", "where data and outputs go")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -36,26 +36,6 @@ _CONFIG = config_flags.DEFINE_config_file(
 _RETRAIN = flags.DEFINE_bool("retrain", False, "train again even if WORKDIR/lrm holds a "
                              "finished run (a new run needs an empty WORKDIR/lrm)")
 _SKIP_TRAIN = flags.DEFINE_bool("data_only", False, "stop after the data set and contact sheet")
-
-# Eval-rig views shown on the sheet: (elevation index, azimuth index) into the 4 × 16 GSO grid.
-_EVAL_VIEWS = ((0, 0), (0, 4), (1, 2), (1, 10), (2, 6), (2, 12), (3, 0), (3, 8))
-
-
-def object_contact_sheet(data_dir: str, path: str, *, split: str = "test", index: int = 0,
-                         scale: int = 3) -> dict:
-  """Contact sheet of one object of `split`: rig views, then eval views if it has them."""
-  rec = records.RecordSource(data_dir, split)[index]
-  rows = [list(records.group_rgba(rec, "rig"))]
-  labels = ["Instant3D rig: elev 20, az 0 / 90 / 180 / 270"]
-  if "eval" in rec["groups"]:
-    views = [16 * e + a for e, a in _EVAL_VIEWS]
-    rows.append(list(records.group_rgba(rec, "eval", views)))
-    labels.append("GSO eval rig: " + ", ".join(f"e{[0, 20, 40, 60][e]} a{a * 22.5:g}"
-                                               for e, a in _EVAL_VIEWS))
-  contact_sheet(rows, path, row_labels=labels, scale=scale,
-                title=f"{rec['object_id']} ({split}): \"{rec['caption']}\"")
-  return rec
-
 
 def data_step(cfg, workdir: str) -> str:
   """Step 1: the cached data set and a contact sheet. Returns the data directory."""
