@@ -232,8 +232,12 @@ def importance_samples(near: jax.Array, far: jax.Array, weights: jax.Array, num_
   equal bins of [near, far] (the stratified bins), proportional to the blurred `weights [N, S]`
   plus `padding`·mean (so empty rays still sample uniformly). The PDF carries no gradient.
 
-  Without `jitter` the M quantiles are (k + 0.5)/M; with `jitter [N, M]` in [0, 1) they are
-  (k + jitter)/M (stratified quantiles, so the samples come out sorted).
+  Without `jitter` the M quantiles are k/M; with `jitter [N, M]` in [0, 1) they are
+  (k + jitter)/M (stratified quantiles, so the samples come out sorted). k/M rather than
+  (k + 0.5)/M: where the PDF is flat (an empty ray, or the padding part of one) and M = S, the
+  (k + 0.5)/M quantiles land exactly on the coarse bin midpoints, duplicating the stratified
+  samples; k/M puts them on the bin edges instead, so such a ray is sampled twice as densely
+  (a thin or grazing feature that falls between two coarse samples can still be found).
   """
   S = weights.shape[-1]
   w = jax.lax.stop_gradient(_blur_weights(weights))
@@ -243,7 +247,7 @@ def importance_samples(near: jax.Array, far: jax.Array, weights: jax.Array, num_
   cdf = cdf.at[..., -1].set(1.0)
   k = jnp.arange(num_importance, dtype=jnp.float32)
   if jitter is None:
-    u = jnp.broadcast_to((k + 0.5) / num_importance, near.shape + (num_importance,))
+    u = jnp.broadcast_to(k / num_importance, near.shape + (num_importance,))
   else:
     u = (k + jitter) / num_importance
   # Binary search per ray (unrolled: log2(S) steps of element-wise selects), then the two CDF
