@@ -98,6 +98,30 @@ def _cameras(batch):
           cameras_lib.Camera(c2w=batch["target_c2w"], K=batch["target_K"], width=tw, height=th))
 
 
+def sample_pixels(key: jax.Array, masks: jax.Array, n: int, foreground_fraction: float = 0.0
+                  ) -> jax.Array:
+  """Flat pixel indices `[..., n]` (row-major, into H·W) of random rays for views whose object
+  masks are `masks [..., H, W]`: round(n·foreground_fraction) drawn uniformly among the view's
+  object pixels (mask > 0.5; uniformly over the view when it has none), the rest uniformly over
+  the whole view. Object pixels are a minority of a view; drawing some rays there puts more of a
+  step's supervision on the object's shape and colour."""
+  *lead, h, w = masks.shape
+  n_fg = int(round(foreground_fraction * n))
+  if not 0 <= n_fg <= n:
+    raise ValueError(f"loss.foreground_fraction must be in [0, 1], got {foreground_fraction}")
+  if not n_fg:
+    return jax.random.randint(key, (*lead, n), 0, h * w)
+  uni_key, fg_key = jax.random.split(key)
+  idx = jax.random.randint(uni_key, (*lead, n - n_fg), 0, h * w)
+  fg = (masks.reshape(-1, h * w) > 0.5).astype(jnp.float32)
+  fg = jnp.where(jnp.any(fg > 0, -1, keepdims=True), fg, 1.0)
+  cdf = jnp.cumsum(fg, -1)                     # steps up only at object pixels
+  u = jax.random.uniform(fg_key, (fg.shape[0], n_fg)) * cdf[:, -1:]
+  idx_fg = jax.vmap(lambda c, q: jnp.searchsorted(c, q, side="right"))(cdf, u)
+  idx_fg = jnp.minimum(idx_fg, h * w - 1).reshape(*lead, n_fg)
+  return jnp.concatenate([idx, idx_fg.astype(idx.dtype)], -1)
+
+
 def make_loss_fn(config):
   """`loss_fn(params, batch, rng, step, constants)` for `loop.Task` (constants: LPIPS params)."""
   from instant3d_jax.models import lrm as lrm_lib
@@ -121,9 +145,8 @@ def make_loss_fn(config):
     target, mask = batch["target_images"], batch["target_masks"]
     b, t, h, w = target.shape[:4]
     if lc.ray_sampling == "random":
-      # Random pixels of every whole target view: rays_per_view per view, uniform.
       n = int(lc.rays_per_view)
-      idx = jax.random.randint(pick_key, (b, t, n), 0, h * w)
+      idx = sample_pixels(pick_key, mask, n, float(lc.get("foreground_fraction", 0.0)))
       u = (idx % w).astype(jnp.float32) + 0.5
       v = (idx // w).astype(jnp.float32) + 0.5
       origins, dirs = jax.vmap(jax.vmap(cameras_lib.pixel_rays))(tgt_cams, u, v)  # [b,t,n,3]

@@ -30,6 +30,8 @@ def micro_config(**knobs):
   m.render.num_samples, m.render.num_importance = 8, 8
   m.encoder_modulation = m.decoder_modulation = True
   m.plucker_rays = m.triplane.position_code = d.attention_bias = True
+  d.attention_bias_init = "zeros"
+  m.triplane.upsample = 2
   for k, v in knobs.items():
     node = m
     *parents, leaf = k.split(".")
@@ -148,6 +150,56 @@ def test_zero_init_knobs_and_attention_bias(micro):
   with pytest.raises(ValueError, match=r"attention_bias needs the fixed input rig.*4 views of "
                                        r"16².*got 3 views"):
     lrm.LRM(m).apply({"params": plain}, images[:, :3], cams[:, :3])
+
+
+def _point_segment_distance(q, a, b):
+  """Distance from points `q [N, 2]` to the segment a–b (2-D)."""
+  ab = b - a
+  t = np.clip(np.sum((q - a) * ab, -1) / max(float(np.sum(ab * ab)), 1e-12), 0.0, 1.0)
+  return np.linalg.norm(q - (a + t[:, None] * ab), axis=-1)
+
+
+def test_rig_attention_bias_is_the_projected_token_segment():
+  """Oracle: the exact 2-D point-to-segment distance from each patch centre to the projection
+  (cameras.project_points) of the token's 3-D segment; a perspective projection maps a segment to
+  a segment, so the bias must be −d²/2 (σ = 1 patch) up to the sampling along the segment."""
+  cfg = lrm_configs.get_config("tiny")
+  cfg.model.decoder.attention_bias_init = "rig"
+  m = lrm.model_config(cfg)
+  assert m.decoder.attention_bias_sigma == 1.0
+  T, patch, res = m.triplane.token_resolution, m.encoder.patch_size, m.input_resolution
+  G, floor = res // patch, m.decoder.attention_bias_floor
+  bias = lrm.rig_attention_bias(m)
+  assert bias.shape == (3 * T * T, 4 * (1 + G * G))
+  rig = cam_lib.instant3d_rig(res)
+  centres = (np.arange(T) + 0.5) / T * 2 - 1
+  ends = np.zeros((3, T, T, 2, 3), np.float32)
+  for p, (col, row) in enumerate(rendering.PLANE_AXES):
+    ends[p, :, :, :, row] = centres[:, None, None]
+    ends[p, :, :, :, col] = centres[None, :, None]
+    ends[p, :, :, :, 3 - col - row] = (-1.0, 1.0)
+  ends = ends.reshape(-1, 2, 3)
+  vv, uu = np.meshgrid(np.arange(G) + 0.5, np.arange(G) + 0.5, indexing="ij")
+  patch_centres = np.stack([uu.reshape(-1), vv.reshape(-1)], -1)
+  for v in range(4):
+    uv = np.asarray(cam_lib.project_points(rig[v], jnp.asarray(ends))[0]) / patch  # [Lq, 2, 2]
+    got = bias[:, v * (1 + G * G):(v + 1) * (1 + G * G)]
+    assert not np.any(got[:, 0])                                       # CLS token: no bias
+    for tok in range(0, 3 * T * T, 5):
+      a, b = uv[tok]
+      d = _point_segment_distance(patch_centres, a, b)
+      slack = 3 * np.linalg.norm(b - a) / 63                           # 64 samples, perspective
+      hi = np.maximum(-d ** 2 / 2, floor)
+      lo = np.maximum(-(d + slack) ** 2 / 2, floor)
+      assert np.all(got[tok, 1:] <= hi + 1e-4) and np.all(got[tok, 1:] >= lo - 1e-4), (v, tok)
+  # The model starts from it in every decoder block.
+  mm = micro_config(**{"decoder.attention_bias_init": "rig", "decoder.num_layers": 2})
+  params = nn.meta.unbox(lrm.init_params(mm, jax.random.key(0)))
+  for i in range(2):
+    np.testing.assert_array_equal(params["decoder"][f"block_{i}"]["cross_attn_bias"],
+                                  lrm.rig_attention_bias(mm))
+  with pytest.raises(ValueError, match="attention_bias_init must be 'zeros' or 'rig'"):
+    lrm.init_params(micro_config(**{"decoder.attention_bias_init": "ones"}), jax.random.key(0))
 
 
 def test_rendering(micro):

@@ -26,7 +26,7 @@ def micro_config():
   m.camera_embed_dim = 32
   m.decoder.num_layers, m.decoder.hidden_size, m.decoder.num_heads, m.decoder.mlp_ratio = \
       1, 32, 2, 2
-  m.triplane.token_resolution, m.triplane.channels = 4, 8
+  m.triplane.token_resolution, m.triplane.channels, m.triplane.upsample = 4, 8, 2
   m.nerf.num_layers, m.nerf.hidden = 3, 16
   m.render.num_samples, m.render.num_importance = 4, 4
   m.background = (1.0, 0.5, 0.0)   # not white: the RGBA composite must use the config's

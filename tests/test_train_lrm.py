@@ -118,3 +118,118 @@ def test_trained_checkpoint_drives_reconstruct(trained, tmp_path):
   run = json.loads(Path(written["run"]).read_text())
   assert Path(written["turntable_gif"]).stat().st_size > 0
   assert str(base / "run") in json.dumps(run)
+
+
+def test_lpips_and_mask_loss_terms():
+  """The crop path with LPIPS and the mask loss: loss = MSE + λ·LPIPS (from lpips_start_step) +
+  μ·MSE(opacity, mask), each part checked against its own oracle (the standalone LPIPS module,
+  the rendered opacity); gradients are finite and the LPIPS term moves them."""
+  import jax.numpy as jnp
+  from configs import lrm
+  from instant3d_jax import cameras, train_lrm
+  from instant3d_jax.models import lpips as lpips_lib
+  from instant3d_jax.models import lrm as lrm_lib
+  from instant3d_jax.train.sharding import unbox
+  c = lrm.get_config("tiny")
+  m = c.model
+  m.input_resolution, m.encoder.image_size = 16, 16
+  m.encoder.num_layers = m.decoder.num_layers = 1
+  m.encoder.hidden_size = m.decoder.hidden_size = m.camera_embed_dim = 32
+  m.encoder.mlp_dim, m.triplane.token_resolution, m.triplane.channels = 64, 4, 8
+  m.render.num_samples = m.render.num_importance = 8
+  c.loss.update(ray_sampling="crop", lpips_weight=2.0, lpips_start_step=5, mask_weight=0.5)
+  B, T, h = 2, 2, 16
+  rng = np.random.default_rng(0)
+  rig = cameras.instant3d_rig(16)
+  batch = {"input_images": rng.uniform(size=(B, 4, 16, 16, 3)).astype(np.float32),
+           "input_c2w": np.broadcast_to(np.asarray(rig.c2w), (B, 4, 4, 4)),
+           "input_K": np.broadcast_to(np.asarray(rig.K), (B, 4, 3, 3)),
+           "target_images": rng.uniform(size=(B, T, h, h, 3)).astype(np.float32),
+           "target_masks": (rng.uniform(size=(B, T, h, h)) > 0.5).astype(np.float32),
+           "target_c2w": np.broadcast_to(np.asarray(rig.c2w)[:T], (B, T, 4, 4)),
+           "target_K": np.broadcast_to(np.asarray(rig.K)[:T], (B, T, 3, 3))}
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  params = unbox(lrm_lib.init_params(lrm_lib.model_config(c), jax.random.key(0)))
+  lp_module, lp_params = lpips_lib.load_lpips()
+  constants = {"lpips": lp_params}
+  loss_fn = jax.jit(jax.value_and_grad(train_lrm.make_loss_fn(c), has_aux=True))
+  key = jax.random.key(3)
+  (loss_on, aux_on), g_on = loss_fn(params, batch, key, jnp.int32(5), constants)
+  (loss_off, aux_off), g_off = loss_fn(params, batch, key, jnp.int32(4), constants)
+  # The same render (same key) → the same parts; LPIPS enters only from step 5.
+  np.testing.assert_allclose(aux_on["mse"], aux_off["mse"], rtol=1e-6)
+  np.testing.assert_allclose(loss_off, aux_off["mse"] + 0.5 * aux_off["mask_mse"], rtol=1e-5)
+  np.testing.assert_allclose(loss_on, aux_on["mse"] + 2.0 * aux_on["lpips"]
+                             + 0.5 * aux_on["mask_mse"], rtol=1e-5)
+  # Oracles: the rendered crops through the standalone LPIPS module and the opacity MSE.
+  tgt_cams = cameras.Camera(c2w=batch["target_c2w"], K=batch["target_K"], width=h, height=h)
+  model = lrm_lib.LRM(lrm_lib.model_config(c))
+  in_cams = cameras.Camera(c2w=batch["input_c2w"], K=batch["input_K"], width=16, height=16)
+  planes = model.apply({"params": params}, batch["input_images"], in_cams)
+  out = lrm_lib.render_views(lrm_lib.model_config(c), params, planes, tgt_cams,
+                             key=jax.random.split(key)[0],
+                             chunk=h * h, outputs=("rgb", "opacity"))
+  np.testing.assert_allclose(aux_on["mse"], jnp.mean((out["rgb"] - batch["target_images"]) ** 2),
+                             rtol=1e-4)
+  np.testing.assert_allclose(aux_on["mask_mse"],
+                             jnp.mean((out["opacity"] - batch["target_masks"]) ** 2), rtol=1e-4)
+  lp = lp_module.apply({"params": lp_params}, out["rgb"].reshape(B * T, h, h, 3),
+                       batch["target_images"].reshape(B * T, h, h, 3))
+  np.testing.assert_allclose(aux_on["lpips"], jnp.mean(lp), rtol=1e-4)
+  assert 0 < float(aux_on["lpips"]) < 2
+  flat_on, flat_off = jax.tree.leaves(g_on), jax.tree.leaves(g_off)
+  assert all(np.all(np.isfinite(x)) for x in flat_on)
+  assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(flat_on, flat_off)) > 0
+
+
+def test_sample_pixels_foreground_fraction():
+  """Oracle: the masks themselves. The foreground share lands only on object pixels, uniformly;
+  a view without object pixels falls back to uniform; fraction 0 is plain uniform sampling."""
+  import jax.numpy as jnp
+  from instant3d_jax.train_lrm import sample_pixels
+  masks = np.zeros((2, 3, 8, 8), np.float32)
+  masks[0, 0, 2:4, 3:5] = 1.0          # 4 object pixels: flat 19, 20, 27, 28
+  masks[1, 2, 7, 7] = 0.9              # one object pixel (soft edge above 0.5)
+  masks[1, 2, 0, 0] = 0.4              # below 0.5: background
+  idx = np.asarray(sample_pixels(jax.random.key(0), jnp.asarray(masks), 4000, 0.75))
+  assert idx.shape == (2, 3, 4000) and idx.min() >= 0 and idx.max() < 64
+  fg = idx[..., 1000:]
+  assert set(np.unique(fg[0, 0])) == {19, 20, 27, 28}
+  counts = np.bincount(fg[0, 0], minlength=64)[[19, 20, 27, 28]]
+  assert np.all(np.abs(counts - 750) < 5 * np.sqrt(750))
+  assert set(np.unique(fg[1, 2])) == {63}
+  assert len(np.unique(fg[0, 1])) == 64                    # empty view: uniform fallback
+  uniform = idx[..., :1000]
+  assert len(np.unique(uniform[0, 0])) == 64
+  plain = np.asarray(sample_pixels(jax.random.key(0), jnp.asarray(masks), 4000))
+  np.testing.assert_array_equal(plain, np.asarray(jax.random.randint(jax.random.key(0),
+                                                                     (2, 3, 4000), 0, 64)))
+  with pytest.raises(ValueError, match="foreground_fraction must be in"):
+    sample_pixels(jax.random.key(0), jnp.asarray(masks), 10, 1.5)
+
+
+def test_demo_uses_one_cpu_device_per_core():
+  """The demo's device count: the largest divisor of the global batch <= the usable cores, and
+  an XLA_FLAGS that already sets a count is left alone (checked in a fresh interpreter, since
+  JAX reads the flag once)."""
+  code = (
+      "import os, sys\n"
+      "os.sched_getaffinity = lambda pid: set(range(int(sys.argv[1])))\n"
+      "from instant3d_jax.demo import cpu_devices_per_core\n"
+      "from configs import lrm\n"
+      "c = lrm.get_config('tiny'); c.train.global_batch_size = int(sys.argv[2])\n"
+      "n = cpu_devices_per_core(c)\n"
+      "import jax\n"
+      "print(n, jax.device_count(), os.environ.get('XLA_FLAGS'))\n")
+  env = {k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"}
+
+  def run(cores, batch, flags=None):
+    e = dict(env, **({"XLA_FLAGS": flags} if flags else {}))
+    out = subprocess.run([sys.executable, "-c", code, str(cores), str(batch)], cwd=ROOT, env=e,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return int(out[0]), int(out[1])
+
+  assert run(2, 4) == (2, 2)
+  assert run(8, 12) == (6, 6)
+  assert run(3, 4) == (2, 2)
+  assert run(2, 4, "--xla_force_host_platform_device_count=3") == (0, 3)

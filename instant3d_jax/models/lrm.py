@@ -11,7 +11,7 @@
       │  (pre-norm; ModLN = LN(x)·(1 + γ) + β from the camera embedding when decoder modulation is
       │   on, plain LN otherwise; optional learned cross-attention bias per token pair)
       ▼
-    LayerNorm → ConvTranspose 2×2 stride 2 per plane              → planes [B, 3, 2T, 2T, C]
+    LayerNorm → ConvTranspose u×u stride u per plane (u = 2)     → planes [B, 3, uT, uT, C]
 
 Rendering (`render_rays`, `render_views`): `rendering.volume_render` with the field
 `NeRFMLP(sample_triplane(planes, x))`, vmapped over the batch. The NeRF MLP is shared by all
@@ -87,8 +87,13 @@ def tokens_per_view(mcfg) -> int:
   return 1 + mcfg.encoder.num_register_tokens + grid * grid
 
 
+def plane_upsample(mcfg) -> int:
+  """Factor u of the token-to-plane transposed convolution (kernel u × u, stride u)."""
+  return int(mcfg.triplane.get("upsample", 2))
+
+
 def plane_resolution(mcfg) -> int:
-  return 2 * mcfg.triplane.token_resolution
+  return plane_upsample(mcfg) * mcfg.triplane.token_resolution
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +131,54 @@ def triplane_position_code(token_resolution: int, dim: int) -> np.ndarray:
   return out
 
 
+def rig_attention_bias(mcfg, *, num_points: int = 64) -> np.ndarray:
+  """Geometric initial value `[3·T·T, V·(1 + R + N)]` of the decoder's cross-attention bias.
+
+  Triplane token (plane p, row r, col c) stands for the segment of 3-D points whose two plane
+  coordinates are its texel centre and whose third coordinate spans [-box, box] (planes and axes
+  as `rendering.PLANE_AXES`). Projected into input view v of the fixed rig (Instant3D, az
+  0/90/180/270 at `input_resolution`), it is a 2-D segment; the bias of (token, patch token of
+  view v) is −d²/(2σ²), d = the distance in patches from the patch centre to that segment
+  (`num_points` samples along it), σ = `decoder.attention_bias_sigma` patches, floored at
+  `decoder.attention_bias_floor`. CLS and register tokens get 0. So from step 0 each triplane
+  token attends mostly to the image patches that see its points: the routing a zero-initialised
+  bias has to learn.
+  """
+  m = mcfg
+  if m.num_views != 4:
+    raise ValueError(f"rig_attention_bias: the Instant3D rig has 4 views, model.num_views is "
+                     f"{m.num_views}")
+  T, box = m.triplane.token_resolution, float(m.render.box)
+  res, patch = m.input_resolution, m.encoder.patch_size
+  grid = res // patch
+  sigma = float(m.decoder.get("attention_bias_sigma", 1.0))
+  floor = float(m.decoder.get("attention_bias_floor", -8.0))
+  with jax.ensure_compile_time_eval():   # concrete values also when called under jit (init)
+    rig = cameras_lib.instant3d_rig(res)
+    w2c = np.linalg.inv(np.asarray(rig.c2w, np.float64))                   # [V, 4, 4]
+    K = np.asarray(rig.K, np.float64)
+  centres = ((np.arange(T) + 0.5) / T * 2 - 1) * box
+  along = np.linspace(-box, box, num_points)
+  pts = np.zeros((3, T, T, num_points, 3))
+  for p, (col_axis, row_axis) in enumerate(rendering.PLANE_AXES):
+    pts[p, :, :, :, row_axis] = centres[:, None, None]
+    pts[p, :, :, :, col_axis] = centres[None, :, None]
+    pts[p, :, :, :, 3 - col_axis - row_axis] = along
+  pts = pts.reshape(-1, num_points, 3)                                         # [Lq, P, 3]
+  # Patch centres in patch units: patch (i, j) covers pixels [j·p, (j+1)·p) × [i·p, (i+1)·p).
+  pi, pj = np.meshgrid(np.arange(grid) + 0.5, np.arange(grid) + 0.5, indexing="ij")
+  centre = np.stack([pj.reshape(-1), pi.reshape(-1)], -1)                     # [N, 2] (u, v)
+  extra = 1 + m.encoder.num_register_tokens
+  out = []
+  for v in range(4):
+    cam = pts @ w2c[v, :3, :3].T + w2c[v, :3, 3]
+    uvw = cam @ K[v].T
+    uv = uvw[..., :2] / uvw[..., 2:3] / patch                                  # [Lq, P, 2]
+    d2 = np.min(np.sum((uv[:, None] - centre[None, :, None]) ** 2, -1), -1)    # [Lq, N]
+    out += [np.zeros((pts.shape[0], extra)), np.maximum(-d2 / (2 * sigma ** 2), floor)]
+  return np.concatenate(out, -1).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # Modules
 
@@ -156,6 +209,7 @@ class DecoderBlock(nn.Module):
   layer_norm_eps: float = 1e-6
   modulated: bool = False
   attention_bias_shape: tuple[int, int] | None = None   # (Lq, Lk) of the learned bias
+  attention_bias_init: Any = None   # initializer of the bias (None: zeros)
   dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
 
@@ -194,8 +248,9 @@ class DecoderBlock(nn.Module):
             f"the learned cross-attention bias was built for {self.attention_bias_shape[1]} image "
             f"tokens and {self.attention_bias_shape[0]} triplane tokens, got {lk} and {lq}: it "
             "needs the fixed input rig (views, resolution) the model was configured with")
-      bias = self.param("cross_attn_bias", layers.partitioned(nn.initializers.zeros,
-                                                              ("planes", None)),
+      bias = self.param("cross_attn_bias",
+                        layers.partitioned(self.attention_bias_init or nn.initializers.zeros,
+                                           ("planes", None)),
                         self.attention_bias_shape, jnp.float32)
       bias = bias.astype(self.dtype)[None, None]
     y = layers.dot_product_attention(heads(y, "cross_q", lq), heads(ctx, "cross_k", lk),
@@ -222,7 +277,7 @@ class DecoderBlock(nn.Module):
 
 
 class TriplaneTransformer(nn.Module):
-  """Image tokens `[B, Lk, De]` (+ cond `[B, E]`) → planes `[B, 3, 2T, 2T, C]`."""
+  """Image tokens `[B, Lk, De]` (+ cond `[B, E]`) → planes `[B, 3, uT, uT, C]` (u = upsample)."""
   mcfg: Any   # frozen model config
 
   @nn.compact
@@ -247,22 +302,33 @@ class TriplaneTransformer(nn.Module):
     if policy is not None:
       block = nn.remat(DecoderBlock, policy=policy)
     bias_shape = (lq, context.shape[1]) if dc.attention_bias else None
+    bias_init = None
+    if dc.attention_bias and dc.get("attention_bias_init", "zeros") == "rig":
+      bias_value = rig_attention_bias(m)
+      if bias_value.shape != bias_shape:
+        raise ValueError(f"decoder.attention_bias_init='rig' built a bias of shape "
+                         f"{bias_value.shape} for {bias_shape[1]} image tokens")
+      bias_init = lambda key, shape, dtype=jnp.float32: jnp.asarray(bias_value, dtype)  # noqa
+    elif dc.attention_bias and dc.get("attention_bias_init", "zeros") != "zeros":
+      raise ValueError(f"decoder.attention_bias_init must be 'zeros' or 'rig', got "
+                       f"{dc.attention_bias_init!r}")
     for i in range(dc.num_layers):
       x = block(D, dc.num_heads, dc.mlp_ratio, dc.qkv_bias, dc.layer_norm_eps,
-                m.decoder_modulation, bias_shape, dtype, m.attention_impl,
+                m.decoder_modulation, bias_shape, bias_init, dtype, m.attention_impl,
                 name=f"block_{i}")(x, context, cond)
     x = layers.layer_norm(epsilon=dc.layer_norm_eps, name="norm_out")(x).astype(dtype)
     x = x.reshape(b * 3, T, T, D)
+    u = plane_upsample(m)
     x = nn.ConvTranspose(
-        tc.channels, (2, 2), strides=(2, 2), padding="VALID", dtype=dtype,
+        tc.channels, (u, u), strides=(u, u), padding="VALID", dtype=dtype,
         param_dtype=jnp.float32,
-        # Spatial axes unnamed: flax rejects a repeated logical name, and a 2×2 kernel is
+        # Spatial axes unnamed: flax rejects a repeated logical name, and a u×u kernel is
         # never sharded anyway.
         kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
                                        (None, None, "embed", "planes")),
         bias_init=layers.partitioned(nn.initializers.zeros, ("planes",)),
         name="upsampler")(x)
-    planes = x.reshape(b, 3, 2 * T, 2 * T, tc.channels)
+    planes = x.reshape(b, 3, u * T, u * T, tc.channels)
     return layers.constrain(planes, ("batch", None, "height", "width", None))
 
 
@@ -310,7 +376,7 @@ def nerf_mlp(mcfg) -> NeRFMLP:
 
 class LRM(nn.Module):
   """The reconstructor. `__call__(images [B, V, H, W, 3] in [0, 1], cameras (batch [B, V]))`
-  → planes `[B, 3, R, R, C]` (R = 2·token_resolution). Build with `LRM(model_config(cfg))`.
+  → planes `[B, 3, R, R, C]` (R = upsample·token_resolution). Build with `LRM(model_config(cfg))`.
 
   Parameters: `camera_embedder`, `encoder` (ViTEncoder; the transformers layout via
   convert/transformers_vit.py), `decoder` (TriplaneTransformer), `nerf` (NeRFMLP, used by the
@@ -459,4 +525,5 @@ def count_params(tree) -> int:
 __all__ = ["LRM", "CameraEmbedder", "DecoderBlock", "TriplaneTransformer", "NeRFMLP",
            "model_config", "vit_config", "plucker_rays", "triplane_position_code", "init_params",
            "abstract_params", "dummy_inputs", "field_fn", "render_rays", "render_views",
-           "count_params", "tokens_per_view", "plane_resolution"]
+           "count_params", "tokens_per_view", "plane_resolution", "plane_upsample",
+           "rig_attention_bias"]
