@@ -65,19 +65,23 @@ def time_step(config, num_devices: int, steps: int) -> dict:
   host["target_K"] = np.asarray(trig.K)[np.arange(T) % 4][None].repeat(B, 0)
   batch = {k: jax.device_put(v, batch_sh[k]) for k, v in host.items()}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  constants = None
+  if float(config.loss.lpips_weight) > 0:   # the LPIPS-VGG weights the loss needs (small+)
+    from instant3d_jax.models import lpips as lpips_lib
+    constants = jax.device_put({"lpips": lpips_lib.load_lpips()[1]}, replicated)
   t0 = time.time()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     compiled = jax.jit(make_train_step(task.loss_fn, tx, schedule),
                        in_shardings=(state_sh, batch_sh, replicated),
                        out_shardings=(state_sh, replicated), donate_argnums=(0,)
-                       ).lower(abstract, abstract_batch, None).compile()
+                       ).lower(abstract, abstract_batch, constants).compile()
   compile_s = time.time() - t0
-  state, m = compiled(state, batch, None)
+  state, m = compiled(state, batch, constants)
   jax.block_until_ready(m)
   times = []
   for _ in range(steps):
     t = time.time()
-    state, m = compiled(state, batch, None)
+    state, m = compiled(state, batch, constants)
     jax.block_until_ready(m)
     times.append(time.time() - t)
   s = float(np.median(times))
@@ -145,6 +149,9 @@ def main():
   ap.add_argument("--data_dir", default="")
   ap.add_argument("--out", default="bench/results/train.md")
   ap.add_argument("--note", default="")
+  ap.add_argument("--set", default="", help="per-variant config overrides, e.g. "
+                  "'small:train.global_batch_size=2,small:model.render.remat_field=True' (the "
+                  "`small` step at its batch of 16 needs ~120 GB on CPU)")
   ap.add_argument("--breakdown", action="store_true",
                   help="CPU-time split model vs rendering for tiny and cheaper decoders")
   args = ap.parse_args()
@@ -156,8 +163,19 @@ def main():
         "tiny, triplane tokens 8² (planes 16²)":
             lambda c: setattr(c.model.triplane, "token_resolution", 8),
         "tiny, 2 decoder layers": lambda c: setattr(c.model.decoder, "num_layers", 2)})
+  overrides = {}
+  for item in [x for x in args.set.split(",") if x]:
+    variant, assignment = item.split(":", 1)
+    key, value = assignment.split("=", 1)
+    overrides.setdefault(variant, []).append((key, value))
   for v in [x for x in args.variants.split(",") if x]:
     cfg = lrm.get_config(v)
+    for key, value in overrides.get(v, []):
+      *parents, leaf = key.split(".")
+      node = cfg
+      for p in parents:
+        node = node[p]
+      node[leaf] = type(node[leaf])(value == "True" if isinstance(node[leaf], bool) else value)
     r = time_step(cfg, 1, args.steps)
     rows.append((v, cfg, r))
     print(v, r, flush=True)
@@ -175,7 +193,8 @@ def main():
   lines = ["## Reconstructor training step (CPU)", "",
            f"Command: `python -m bench.bench_train --variants {args.variants} --devices "
            f"{args.devices} --steps {args.steps}" + (f" --data_dir {args.data_dir}" if
-                                                     args.data_dir else "") + "`  ",
+                                                     args.data_dir else "")
+           + (f" --set '{args.set}'" if args.set else "") + "`  ",
            f"Machine: {_cpu_name()}, {os.cpu_count()} cores; {date}. {args.note}", "",
            "| variant | global batch | rays/object | compile (s) | s/step | examples/s | "
            "analytic GFLOP/s |", "|---|---:|---:|---:|---:|---:|---:|"]
