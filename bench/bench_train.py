@@ -17,6 +17,7 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import argparse  # noqa: E402
+import ast  # noqa: E402
 import datetime  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -170,12 +171,7 @@ def main():
     overrides.setdefault(variant, []).append((key, value))
   for v in [x for x in args.variants.split(",") if x]:
     cfg = lrm.get_config(v)
-    for key, value in overrides.get(v, []):
-      *parents, leaf = key.split(".")
-      node = cfg
-      for p in parents:
-        node = node[p]
-      node[leaf] = type(node[leaf])(value == "True" if isinstance(node[leaf], bool) else value)
+    cfg.update_from_flattened_dict({k: ast.literal_eval(x) for k, x in overrides.get(v, [])})
     r = time_step(cfg, 1, args.steps)
     rows.append((v, cfg, r))
     print(v, r, flush=True)

@@ -153,10 +153,6 @@ def rig_attention_bias(mcfg, *, num_points: int = 64) -> np.ndarray:
   grid = res // patch
   sigma = float(m.decoder.get("attention_bias_sigma", 1.0))
   floor = float(m.decoder.get("attention_bias_floor", -8.0))
-  with jax.ensure_compile_time_eval():   # concrete values also when called under jit (init)
-    rig = cameras_lib.instant3d_rig(res)
-    w2c = np.linalg.inv(np.asarray(rig.c2w, np.float64))                   # [V, 4, 4]
-    K = np.asarray(rig.K, np.float64)
   centres = ((np.arange(T) + 0.5) / T * 2 - 1) * box
   along = np.linspace(-box, box, num_points)
   pts = np.zeros((3, T, T, num_points, 3))
@@ -170,10 +166,12 @@ def rig_attention_bias(mcfg, *, num_points: int = 64) -> np.ndarray:
   centre = np.stack([pj.reshape(-1), pi.reshape(-1)], -1)                     # [N, 2] (u, v)
   extra = 1 + m.encoder.num_register_tokens
   out = []
-  for v in range(4):
-    cam = pts @ w2c[v, :3, :3].T + w2c[v, :3, 3]
-    uvw = cam @ K[v].T
-    uv = uvw[..., :2] / uvw[..., 2:3] / patch                                  # [Lq, P, 2]
+  with jax.ensure_compile_time_eval():   # concrete values also when called under jit (init)
+    rig = cameras_lib.instant3d_rig(res)
+    uvs = [np.asarray(cameras_lib.project_points(rig[v], jnp.asarray(pts, jnp.float32))[0])
+           for v in range(4)]
+  for uv in uvs:
+    uv = uv.astype(np.float64) / patch                                         # [Lq, P, 2]
     d2 = np.min(np.sum((uv[:, None] - centre[None, :, None]) ** 2, -1), -1)    # [Lq, N]
     out += [np.zeros((pts.shape[0], extra)), np.maximum(-d2 / (2 * sigma ** 2), floor)]
   return np.concatenate(out, -1).astype(np.float32)
@@ -303,15 +301,17 @@ class TriplaneTransformer(nn.Module):
       block = nn.remat(DecoderBlock, policy=policy)
     bias_shape = (lq, context.shape[1]) if dc.attention_bias else None
     bias_init = None
-    if dc.attention_bias and dc.get("attention_bias_init", "zeros") == "rig":
-      bias_value = rig_attention_bias(m)
-      if bias_value.shape != bias_shape:
-        raise ValueError(f"decoder.attention_bias_init='rig' built a bias of shape "
-                         f"{bias_value.shape} for {bias_shape[1]} image tokens")
-      bias_init = lambda key, shape, dtype=jnp.float32: jnp.asarray(bias_value, dtype)  # noqa
-    elif dc.attention_bias and dc.get("attention_bias_init", "zeros") != "zeros":
-      raise ValueError(f"decoder.attention_bias_init must be 'zeros' or 'rig', got "
-                       f"{dc.attention_bias_init!r}")
+    init_kind = dc.get("attention_bias_init", "zeros")
+    if dc.attention_bias and init_kind == "rig":
+      def bias_init(key, shape, dtype=jnp.float32):   # runs at init only, not in every apply
+        del key
+        value = rig_attention_bias(m)
+        if value.shape != tuple(shape):
+          raise ValueError(f"decoder.attention_bias_init='rig' built a bias of shape "
+                           f"{value.shape} for {shape[1]} image tokens")
+        return jnp.asarray(value, dtype)
+    elif dc.attention_bias and init_kind != "zeros":
+      raise ValueError(f"decoder.attention_bias_init must be 'zeros' or 'rig', got {init_kind!r}")
     for i in range(dc.num_layers):
       x = block(D, dc.num_heads, dc.mlp_ratio, dc.qkv_bias, dc.layer_norm_eps,
                 m.decoder_modulation, bias_shape, bias_init, dtype, m.attention_impl,

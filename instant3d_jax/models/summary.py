@@ -78,7 +78,7 @@ def lrm_forward_flops(config, batch: int = 1, breakdown: bool = False):
   mlp = 2 * 2 * lq * D * D * dc.mlp_ratio
   mod = 2 * E * 6 * D if m.decoder_modulation else 0
   decoder = dc.num_layers * (cross + self_attn + mlp + mod)
-  u = int(tc.get("upsample", 2))
+  u = lrm_lib.plane_upsample(m)
   upsampler = 2 * lq * D * u * u * C
   parts = OrderedDict(camera_embedder=camera, encoder=encoder, decoder=decoder,
                       upsampler=upsampler)
