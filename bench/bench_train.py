@@ -36,8 +36,7 @@ def _cpu_name() -> str:
 
 def time_step(config, num_devices: int, steps: int) -> dict:
   from instant3d_jax import train_lrm
-  from instant3d_jax.train import loop, optimizer as opt_lib, sharding as shard_lib
-  from instant3d_jax.train.step import make_train_step
+  from instant3d_jax.train import loop, optimizer as opt_lib
   config.mesh.num_devices = num_devices
   config.mesh.data = -1
   mesh, rules = loop.setup_mesh(config)
@@ -48,9 +47,6 @@ def time_step(config, num_devices: int, steps: int) -> dict:
   init_jit, key, abstract, state_sh = loop.build_state(config, task, mesh, rules, tx)
   state = init_jit(key)
   spec = task.batch_spec
-  batch_sh = {k: shard_lib.batch_sharding(mesh, rules, len(v.shape)) for k, v in spec.items()}
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k])
-                    for k, v in spec.items()}
   rng = np.random.default_rng(0)
   host = {k: (rng.uniform(size=v.shape).astype(v.dtype) if v.dtype == np.float32
               else np.zeros(v.shape, v.dtype)) for k, v in spec.items()}
@@ -64,19 +60,16 @@ def time_step(config, num_devices: int, steps: int) -> dict:
   trig = C.resize_camera(rig, h, h)
   host["target_c2w"] = np.asarray(trig.c2w)[np.arange(T) % 4][None].repeat(B, 0)
   host["target_K"] = np.asarray(trig.K)[np.arange(T) % 4][None].repeat(B, 0)
-  batch = {k: jax.device_put(v, batch_sh[k]) for k, v in host.items()}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   constants = None
   if float(config.loss.lpips_weight) > 0:   # the LPIPS-VGG weights the loss needs (small+)
     from instant3d_jax.models import lpips as lpips_lib
     constants = jax.device_put({"lpips": lpips_lib.load_lpips()[1]}, replicated)
   t0 = time.time()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    compiled = jax.jit(make_train_step(task.loss_fn, tx, schedule),
-                       in_shardings=(state_sh, batch_sh, replicated),
-                       out_shardings=(state_sh, replicated), donate_argnums=(0,)
-                       ).lower(abstract, abstract_batch, constants).compile()
+  compiled, batch_sh = loop.compile_train_step(config, task, mesh, rules, tx, schedule, abstract,
+                                               state_sh, constants)
   compile_s = time.time() - t0
+  batch = {k: jax.device_put(v, batch_sh[k]) for k, v in host.items()}
   state, m = compiled(state, batch, constants)
   jax.block_until_ready(m)
   times = []

@@ -130,6 +130,30 @@ def build_state(config, task: Task, mesh, rules, tx):
   return init_jit, key, abstract, shardings
 
 
+def compile_train_step(config, task: Task, mesh, rules, tx, schedule, abstract_state, state_sh,
+                       constants):
+  """The jitted update step lowered on abstract inputs and compiled: `(compiled, batch_shardings)`.
+
+  `constants` may be arrays or `ShapeDtypeStruct`s (only their shapes are used), so callers can
+  compile without allocating anything (bench/bench_memory_plan.py reads the compiled step's
+  `memory_analysis()`). Inputs: `(state, batch, constants)`, state donated.
+  """
+  batch_sh = {k: shard_lib.batch_sharding(mesh, rules, len(v.shape))
+              for k, v in task.batch_spec.items()}
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k])
+                    for k, v in task.batch_spec.items()}
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  abstract_constants = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), constants)
+  step_fn = make_train_step(task.loss_fn, tx, schedule,
+                            int(config.train.get("accum_steps", 1)))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    compiled = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, replicated),
+                       out_shardings=(state_sh, replicated), donate_argnums=(0,)
+                       ).lower(abstract_state, abstract_batch, abstract_constants).compile()
+  return compiled, batch_sh
+
+
 def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] = print
         ) -> RunResult:
   """Trains `task` under `config` in `workdir` (resuming if it holds a checkpoint)."""
@@ -173,21 +197,11 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
   say(f"parameters: {n_params / 1e6:.3f}M")
 
   # Update step, compiled ahead of time on abstract inputs (shape / memory errors surface here).
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                            sharding=shard_lib.batch_sharding(mesh, rules,
-                                                                              len(v.shape)))
-                    for k, v in task.batch_spec.items()}
-  batch_sh = {k: v.sharding for k, v in abstract_batch.items()}
-  step_fn = make_train_step(task.loss_fn, tx, schedule, int(tcfg.get("accum_steps", 1)))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   constants = jax.device_put(task.constants, replicated)
-  abstract_constants = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), constants)
   t0 = time.time()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    compiled = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, replicated),
-                       out_shardings=(state_sh, replicated), donate_argnums=(0,)
-                       ).lower(abstract_state, abstract_batch, abstract_constants).compile()
+  compiled, batch_sh = compile_train_step(config, task, mesh, rules, tx, schedule,
+                                          abstract_state, state_sh, constants)
   compile_s = time.time() - t0
   say(f"compiled train step in {compile_s:.1f}s")
 
@@ -205,8 +219,18 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
   stop_reason = "total_steps"
   last_eval = None
 
+  # The input pipeline runs one batch ahead: the next batch is read while the device runs the
+  # current step. A checkpoint holds the iterator state right after the last batch trained on
+  # (not the one read ahead), so a resumed run sees the same batches as an uninterrupted one.
+  data_state = iterator.get_state()
+  upcoming = None
+
+  def fetch():
+    local = next(iterator)
+    return local, iterator.get_state()
+
   def checkpoint(s):
-    checkpointer.save(s, state, iterator.get_state(), config)
+    checkpointer.save(s, state, data_state, config)
 
   with _StopFlag() as stop:
     while step < total_steps:
@@ -219,9 +243,13 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
       if halt_at and step >= halt_at:
         stop_reason = "halt_at_step"
         break
-      local = next(iterator)
+      local, data_after = upcoming if upcoming is not None else fetch()
+      upcoming = None
       batch = shard_lib.global_batch(local, mesh, rules, gbs)
-      state, m = compiled(state, batch, constants)
+      state, m = compiled(state, batch, constants)   # dispatched asynchronously
+      data_state = data_after
+      if step + 1 < total_steps and not (halt_at and step + 1 >= halt_at):
+        upcoming = fetch()                           # overlaps the step on the device
       m = jax.device_get(m)
       step += 1
       now = time.time()
