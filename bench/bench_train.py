@@ -146,6 +146,8 @@ def main():
   ap.add_argument("--set", default="", help="per-variant config overrides, e.g. "
                   "'small:train.global_batch_size=2,small:model.render.remat_field=True' (the "
                   "`small` step at its batch of 16 needs ~120 GB on CPU)")
+  ap.add_argument("--scaling_batch", type=int, default=8,
+                  help="global batch of the data-parallel tiny rows (divisible by every --devices)")
   ap.add_argument("--breakdown", action="store_true",
                   help="CPU-time split model vs rendering for tiny and cheaper decoders")
   args = ap.parse_args()
@@ -169,9 +171,13 @@ def main():
     rows.append((v, cfg, r))
     print(v, r, flush=True)
   cfg = lrm.get_config("tiny")
+  # One global batch for every device count (each must divide it), so the rows do equal work.
+  cfg.train.global_batch_size = cfg.data.loader.batch_size = args.scaling_batch
   for n in [int(x) for x in args.devices.split(",") if x]:
     if n > jax.device_count():
       continue
+    if args.scaling_batch % n:
+      raise SystemExit(f"--devices {n} does not divide --scaling_batch {args.scaling_batch}")
     r = time_step(cfg, n, args.steps)
     scaling.append(r)
     print("tiny dp", n, r, flush=True)
@@ -181,8 +187,8 @@ def main():
   date = datetime.date.today().isoformat()
   lines = ["## Reconstructor training step (CPU)", "",
            f"Command: `python -m bench.bench_train --variants {args.variants} --devices "
-           f"{args.devices} --steps {args.steps}" + (f" --data_dir {args.data_dir}" if
-                                                     args.data_dir else "")
+           f"{args.devices} --steps {args.steps} --scaling_batch {args.scaling_batch}"
+           + (f" --data_dir {args.data_dir}" if args.data_dir else "")
            + (f" --set '{args.set}'" if args.set else "") + "`  ",
            f"Machine: {_cpu_name()}, {os.cpu_count()} cores; {date}. {args.note}", "",
            "| variant | global batch | rays/object | compile (s) | s/step | examples/s | "
@@ -194,8 +200,9 @@ def main():
                  f"{r['s_per_step']:.3f} | {r['examples_per_s']:.2f} | "
                  f"{r['gflops_per_s']:.1f} |")
   if scaling:
-    lines += ["", "Data-parallel `tiny` on N fake CPU devices (same 2 cores: shows the sharded "
-              "step runs and what partitioning costs, not a speed-up):", "",
+    lines += ["", f"Data-parallel `tiny` at global batch {args.scaling_batch} on N fake CPU "
+              "devices (same 2 cores: shows the sharded step runs and what partitioning costs, "
+              "not a speed-up):", "",
               "| devices | s/step | examples/s | loss (same batch) |", "|---:|---:|---:|---:|"]
     for r in scaling:
       lines.append(f"| {r['devices']} | {r['s_per_step']:.3f} | {r['examples_per_s']:.2f} | "
