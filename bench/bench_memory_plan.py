@@ -114,21 +114,14 @@ def state_bytes(abstract_state, state_sh) -> dict:
 
 def plan(devices: int, objects_per_device: int) -> dict:
   from instant3d_jax import train_lrm
-  from instant3d_jax.models import lpips as lpips_lib
-  from instant3d_jax.models import lrm as lrm_lib
   from instant3d_jax.train import loop, optimizer as opt_lib
   label, mesh_over, what = PLANS[devices]
   cfg = large_config(devices, mesh_over, objects_per_device)
   mesh, rules = loop.setup_mesh(cfg)
   tx, schedule = opt_lib.make_optimizer(cfg.optimizer, int(cfg.train.total_steps))
-  task = loop.Task(init_params=lambda k: lrm_lib.init_params(cfg, k),
-                   loss_fn=train_lrm.make_loss_fn(cfg), make_iterator=None,
-                   batch_spec=train_lrm.batch_spec(cfg))
+  task = train_lrm.make_task(cfg, data_dir="")   # only its loss, init and batch shapes are used
   _, _, abstract, state_sh = loop.build_state(cfg, task, mesh, rules, tx)
-  constants = None
-  if float(cfg.loss.lpips_weight) > 0:
-    constants = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                             {"lpips": lpips_lib.load_lpips()[1]})
+  constants = task.constants   # LPIPS-VGG weights (replicated); the compile reads their shapes
   t0 = time.time()
   compiled, _ = loop.compile_train_step(cfg, task, mesh, rules, tx, schedule, abstract, state_sh,
                                         constants)

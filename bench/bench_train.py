@@ -41,9 +41,7 @@ def time_step(config, num_devices: int, steps: int) -> dict:
   config.mesh.data = -1
   mesh, rules = loop.setup_mesh(config)
   tx, schedule = opt_lib.make_optimizer(config.optimizer, int(config.train.total_steps))
-  task = loop.Task(init_params=lambda r: __import__("instant3d_jax.models.lrm", fromlist=["x"])
-                   .init_params(config, r), loss_fn=train_lrm.make_loss_fn(config),
-                   make_iterator=None, batch_spec=train_lrm.batch_spec(config))
+  task = train_lrm.make_task(config, data_dir="")   # the iterator is never made: random batches
   init_jit, key, abstract, state_sh = loop.build_state(config, task, mesh, rules, tx)
   state = init_jit(key)
   spec = task.batch_spec
@@ -61,10 +59,7 @@ def time_step(config, num_devices: int, steps: int) -> dict:
   host["target_c2w"] = np.asarray(trig.c2w)[np.arange(T) % 4][None].repeat(B, 0)
   host["target_K"] = np.asarray(trig.K)[np.arange(T) % 4][None].repeat(B, 0)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  constants = None
-  if float(config.loss.lpips_weight) > 0:   # the LPIPS-VGG weights the loss needs (small+)
-    from instant3d_jax.models import lpips as lpips_lib
-    constants = jax.device_put({"lpips": lpips_lib.load_lpips()[1]}, replicated)
+  constants = jax.device_put(task.constants, replicated)   # LPIPS-VGG weights (small+) or None
   t0 = time.time()
   compiled, batch_sh = loop.compile_train_step(config, task, mesh, rules, tx, schedule, abstract,
                                                state_sh, constants)

@@ -11,7 +11,7 @@ rig, as `eval_lrm`):
   * the same PSNR with the render's sample counts changed (16 + 0 … 64 + 64): a field that is
     smooth at the sample spacing hardly changes;
 and with `--overfit_steps N`, the training PSNR of a fresh model trained N steps on one fixed
-batch of the checkpoint's config (the trainer's loss and optimizer).
+batch of the checkpoint's config (the trainer's init, loss and update step).
 """
 from __future__ import annotations
 
@@ -54,34 +54,25 @@ def input_probes(config, params, data_dir: str, objects: int) -> dict:
 
 
 def overfit(config, data_dir: str, steps: int) -> list[tuple[int, float]]:
-  import optax
   from data_pipeline import lrm_input
   from instant3d_jax import train_lrm
-  from instant3d_jax.models import lrm as lrm_lib
   from instant3d_jax.train import optimizer as opt_lib
   from instant3d_jax.train.sharding import unbox
-  spec = train_lrm.batch_spec(config)
+  from instant3d_jax.train.step import make_init_fn, make_train_step
+  task = train_lrm.make_task(config, data_dir)
   batch = next(lrm_input.train_iterator(data_dir, train_lrm.loader_config(config)))
-  batch = {k: jnp.asarray(v) for k, v in batch.items() if k in spec}
-  params = unbox(lrm_lib.init_params(config, jax.random.PRNGKey(0)))
-  tx, _ = opt_lib.make_optimizer(config.optimizer, steps)
-  opt = tx.init(params)
-  loss_fn = train_lrm.make_loss_fn(config)
-
-  @jax.jit
-  def step(params, opt, i):
-    (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, batch, jax.random.fold_in(jax.random.PRNGKey(1), i), i, None)
-    updates, opt = tx.update(g, opt, params)
-    return optax.apply_updates(params, updates), opt, metrics["psnr"]
-
+  batch = {k: jnp.asarray(v) for k, v in batch.items() if k in task.batch_spec}
+  tx, schedule = opt_lib.make_optimizer(config.optimizer, steps)
+  state = jax.jit(lambda k: unbox(make_init_fn(task.init_params, tx)(k)))(
+      jax.random.PRNGKey(int(config.seed)))
+  step = jax.jit(make_train_step(task.loss_fn, tx, schedule), donate_argnums=(0,))
   curve, t0 = [], time.time()
   for i in range(steps):
-    params, opt, p = step(params, opt, i)
+    state, metrics = step(state, batch, task.constants)
     if i % 50 == 0 or i == steps - 1:
-      curve.append((i, float(p)))
-      print(f"overfit step {i}: training PSNR {float(p):.2f} dB ({time.time() - t0:.0f} s)",
-            flush=True)
+      p = float(metrics["psnr"])
+      curve.append((i, p))
+      print(f"overfit step {i}: training PSNR {p:.2f} dB ({time.time() - t0:.0f} s)", flush=True)
   return curve
 
 
