@@ -23,6 +23,8 @@ and "eval_inputs" (4 GSO inputs at az 45/135/225/315).
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import io
 import json
 import os
@@ -37,7 +39,7 @@ SPLITS = ("train", "val", "test")
 GROUPS = ("rig", "sup", "eval", "eval_inputs")
 
 
-class DataError(ValueError):
+class DataError(errors.Instant3DError, ValueError):
   """Bad data on disk or bad input files; the message names the file and the problem."""
 
 

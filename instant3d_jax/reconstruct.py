@@ -34,6 +34,8 @@ midpoints, no jitter); the seed only picks the novel viewpoints.
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import importlib.metadata
 import json
 import os
@@ -66,7 +68,7 @@ PACKAGES = ("jax", "jaxlib", "flax", "numpy", "ml_collections", "safetensors", "
             "scikit-image", "trimesh", "imageio", "imageio-ffmpeg", "orbax-checkpoint")
 
 
-class InputError(ValueError):
+class InputError(errors.Instant3DError, ValueError):
   """Bad user input (images, cameras, flags); the message names the input."""
 
 

@@ -6,6 +6,8 @@ they name the file (and key) that was wanted and what was found. Nothing here un
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import json
 import os
 from pathlib import Path
@@ -18,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
 
 
-class WeightsError(ValueError):
+class WeightsError(errors.Instant3DError, ValueError):
   """A weights file or folder is missing, malformed, or does not match the model."""
 
 

@@ -15,6 +15,8 @@ current mesh, so a checkpoint written on 4 devices restores onto 1 (or 64) uncha
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import json
 import os
 from pathlib import Path
@@ -28,7 +30,7 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(errors.Instant3DError, ValueError):
   """The workdir holds a run with a different config; nothing was written."""
 
 

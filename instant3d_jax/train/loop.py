@@ -20,6 +20,8 @@ checkpoint on disk is the last good state).
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import dataclasses
 import signal
 import time
@@ -43,8 +45,9 @@ from instant3d_jax.train.step import LossFn, TrainState, make_init_fn, make_trai
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(errors.Instant3DError, RuntimeError):
   """Too many non-finite losses / gradients in a row."""
+  exit_code = 3
 
 
 class DataIterator(Protocol):

@@ -1,0 +1,38 @@
+"""What every command shares: an absl app whose project errors print as one line.
+
+    if __name__ == "__main__":
+      _define_flags()
+      cli.run(main)
+
+`run` starts `absl.app.run(main)`; an `Instant3DError` (DataError, ConfigMismatchError,
+CheckpointError, InputError, NonFiniteError, …) raised by `main` is printed to stderr as
+`error: <message on one line>` and the process exits with the error's `exit_code` (2 unless the
+class says otherwise), without a traceback. Other exceptions are bugs and keep theirs.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+from instant3d_jax import errors
+
+
+def guarded(main: Callable[[Sequence[str]], object]) -> Callable[[Sequence[str]], object]:
+  """`main` with project errors turned into one stderr line and a non-zero exit."""
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except errors.Instant3DError as e:
+      print(f"error: {errors.one_line(e)}", file=sys.stderr)
+      sys.exit(getattr(e, "exit_code", 2))
+
+  wrapped.__name__ = getattr(main, "__name__", "main")
+  wrapped.__doc__ = main.__doc__
+  return wrapped
+
+
+def run(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None = None) -> None:
+  """`absl.app.run(main)` with project errors as one line (see module docstring)."""
+  from absl import app
+  app.run(guarded(main), argv=argv)
