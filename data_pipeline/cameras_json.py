@@ -45,6 +45,20 @@ def _require(obj: dict, key: str, where: str, path: str, expected: str):
   return obj[key]
 
 
+def _positive_int(obj: dict, key: str, path: str, expected: str) -> int:
+  value = _require(obj, key, "the file", path, expected)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+      or value < 1:
+    raise DataError(f"{path}: {key!r} must be a positive integer ({expected}), found {value!r}")
+  return int(value)
+
+
+def _fov_deg(value, what: str, path: str) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 180:
+    raise DataError(f"{path}: {what} 'fov_deg' must be a number in (0, 180), found {value!r}")
+  return float(value)
+
+
 def _matrix(value, shape, what: str, path: str) -> np.ndarray:
   try:
     m = np.asarray(value, np.float32)
@@ -60,7 +74,7 @@ def _intrinsics(obj: dict, default, width: int, height: int, what: str, path: st
   if "K" in obj:
     return _matrix(obj["K"], (3, 3), f"{what} K", path)
   if "fov_deg" in obj:
-    fy = (height / 2.0) / np.tan(np.deg2rad(float(obj["fov_deg"])) / 2.0)
+    fy = (height / 2.0) / np.tan(np.deg2rad(_fov_deg(obj["fov_deg"], what, path)) / 2.0)
     return np.array([[fy, 0, width / 2.0], [0, fy, height / 2.0], [0, 0, 1]], np.float32)
   return default
 
@@ -72,20 +86,22 @@ def read_cameras_json(path: str) -> tuple[dict, list[dict]]:
   K [3, 3]}] in file order. Errors name the file, the frame and the missing/bad key.
   """
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       doc = json.load(f)
   except FileNotFoundError:
     raise DataError(f"{path}: cameras JSON not found") from None
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataError(f"{path}: not valid JSON ({e})") from e
+  except OSError as e:
+    raise DataError(f"{path}: cameras JSON cannot be read ({type(e).__name__}: {e})") from e
   if not isinstance(doc, dict):
     raise DataError(f"{path}: expected a JSON object with 'width', 'height' and 'frames', found "
                     f"{type(doc).__name__}")
   version = doc.get("version", VERSION)
   if version != VERSION:
     raise DataError(f"{path}: cameras JSON version {version!r} is not supported (expected {VERSION})")
-  width = int(_require(doc, "width", "the file", path, "image width in pixels"))
-  height = int(_require(doc, "height", "the file", path, "image height in pixels"))
+  width = _positive_int(doc, "width", path, "image width in pixels")
+  height = _positive_int(doc, "height", path, "image height in pixels")
   convention = doc.get("convention", "opencv")
   if convention not in CONVENTIONS:
     raise DataError(f"{path}: 'convention' must be one of {CONVENTIONS}, found {convention!r}")
@@ -96,7 +112,12 @@ def read_cameras_json(path: str) -> tuple[dict, list[dict]]:
   frames = []
   for i, fr in enumerate(frames_in):
     where = f"frame {i}"
+    if not isinstance(fr, dict):
+      raise DataError(f"{path}: {where} must be a JSON object with 'file' and 'c2w', found "
+                      f"{type(fr).__name__}")
     file = _require(fr, "file", where, path, "the image file name")
+    if not isinstance(file, str) or not file:
+      raise DataError(f"{path}: {where} 'file' must be an image file name, found {file!r}")
     c2w = _matrix(_require(fr, "c2w", where, path, "a 4x4 camera-to-world matrix"), (4, 4),
                   f"{where} c2w", path)
     if convention == "blender":

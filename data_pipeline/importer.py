@@ -1,7 +1,7 @@
 """Imports real multi-view renders into the record format of `data_pipeline/records.py`.
 
   python -m data_pipeline.importer --src RENDERS --out DATA [--split_fractions 0.9,0.05,0.05]
-      [--seed 0] [--records_per_shard 500]
+      [--seed 0] [--records_per_shard 500] [--overwrite]
 
 RENDERS holds one folder per object (the folder name becomes the object id), each with a
 `cameras.json` (schema in `data_pipeline/cameras_json.py`) and the RGBA PNGs it lists. Every object
@@ -12,19 +12,19 @@ supervision pool; held-out objects evaluated on the GSO protocol also need "eval
 Objects are assigned to train/val/test by a seeded permutation of the sorted folder names (so
 folders sorted by category still give mixed splits); record `index` is the position in that
 sorted list. The layout and a Blender command line that produces it: data_pipeline/README.md.
+A DATA directory that already holds a data set is never replaced unless `--overwrite` is given.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 from typing import Sequence
 
 import numpy as np
 
 from data_pipeline import cameras_json, records
-from data_pipeline.synthetic import split_counts
+from data_pipeline.synthetic import parse_fractions, split_counts
+from instant3d_jax import errors
 
 CAMERAS_FILE = "cameras.json"
 
@@ -50,6 +50,9 @@ def object_record(folder: str, index: int, split: str) -> tuple[bytes, int]:
           data = f.read()
       except FileNotFoundError:
         raise records.DataError(f"{img_path}: image listed in {CAMERAS_FILE} not found") from None
+      except OSError as e:
+        raise records.DataError(f"{img_path}: image listed in {CAMERAS_FILE} cannot be read "
+                                f"({type(e).__name__}: {e})") from e
       rgba = records.decode_png(data, img_path)
       if rgba.shape[:2] != (H, W):
         raise records.DataError(f"{img_path}: image is {rgba.shape[1]}x{rgba.shape[0]} but "
@@ -89,11 +92,20 @@ def write_object_folder(rec: dict, folder: str, convention: str = "opencv") -> N
 
 
 def import_renders(src: str, out_dir: str, *, split_fractions=(0.9, 0.05, 0.05), seed: int = 0,
-                   records_per_shard: int = 500, progress: bool = True) -> dict:
-  """Imports every object folder under `src` into a data set at `out_dir`; returns metadata."""
+                   records_per_shard: int = 500, progress: bool = True,
+                   overwrite: bool = False) -> dict:
+  """Imports every object folder under `src` into a data set at `out_dir`; returns metadata.
+
+  A directory that already holds a data set (or shards of unknown origin) raises `DataError` and
+  is left untouched unless `overwrite`; what an interrupted import left is replaced
+  (`records.prepare_output_dir`). Other files in `out_dir` are never touched.
+  """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(src):
     raise records.DataError(f"{src}: source directory of object folders not found")
+  if not isinstance(records_per_shard, (int, np.integer)) or records_per_shard < 1:
+    raise errors.ConfigError(f"records_per_shard must be a positive integer, found "
+                             f"{records_per_shard!r}")
   names = sorted(d for d in os.listdir(src) if os.path.isfile(os.path.join(src, d, CAMERAS_FILE)))
   if not names:
     raise records.DataError(f"{src}: no object folders with a {CAMERAS_FILE} found")
@@ -102,13 +114,7 @@ def import_renders(src: str, out_dir: str, *, split_fractions=(0.9, 0.05, 0.05),
   bounds = np.cumsum([0] + [counts[s] for s in records.SPLITS])
   assignment = {s: sorted(perm[bounds[k]:bounds[k + 1]].tolist())
                 for k, s in enumerate(records.SPLITS)}
-  os.makedirs(out_dir, exist_ok=True)
-  meta_path = os.path.join(out_dir, records.METADATA_FILE)
-  if os.path.exists(meta_path):
-    os.remove(meta_path)
-  for name in os.listdir(out_dir):
-    if ".array_record-" in name:
-      os.remove(os.path.join(out_dir, name))
+  records.prepare_output_dir(out_dir, writer="data_pipeline.importer", overwrite=overwrite)
   resolutions: dict[int, str] = {}
   bar = tqdm(total=len(names), desc=f"importing {src}", unit="obj", disable=not progress)
   t0 = time.perf_counter()
@@ -142,27 +148,31 @@ def import_renders(src: str, out_dir: str, *, split_fractions=(0.9, 0.05, 0.05),
   return records.read_metadata(out_dir)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m data_pipeline.importer", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--src", required=True, help="folder of object folders")
-  ap.add_argument("--out", required=True, help="output data set directory")
-  ap.add_argument("--split_fractions", default="0.9,0.05,0.05", help="train,val,test")
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--records_per_shard", type=int, default=500)
-  args = ap.parse_args(argv)
-  fractions = tuple(float(v) for v in args.split_fractions.split(","))
-  try:
-    meta = import_renders(args.src, args.out, split_fractions=fractions, seed=args.seed,
-                          records_per_shard=args.records_per_shard)
-  except records.DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+def main(argv: Sequence[str]) -> None:
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  FLAGS = flags.FLAGS
+  fractions = parse_fractions(FLAGS.split_fractions)
+  meta = import_renders(FLAGS.src, FLAGS.out, split_fractions=fractions, seed=FLAGS.seed,
+                        records_per_shard=FLAGS.records_per_shard, overwrite=FLAGS.overwrite)
   counts = ", ".join(f"{k}: {v['num_objects']}" for k, v in meta["splits"].items())
-  print(f"imported {meta['num_objects']} objects at {meta['resolution']}² into {args.out} "
+  print(f"imported {meta['num_objects']} objects at {meta['resolution']}² into {FLAGS.out} "
         f"({counts})")
-  return 0
+
+
+def _define_flags() -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("src", None, "folder of object folders (one per object, with cameras.json)")
+  flags.DEFINE_string("out", None, "output data set directory")
+  flags.DEFINE_list("split_fractions", ["0.9", "0.05", "0.05"], "train,val,test fractions")
+  flags.DEFINE_integer("seed", 0, "seed of the permutation that assigns objects to splits")
+  flags.DEFINE_integer("records_per_shard", 500, "objects per ArrayRecord shard")
+  flags.DEFINE_bool("overwrite", False, "replace a data set already in --out")
+  flags.mark_flags_as_required(["src", "out"])
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from instant3d_jax import cli
+  _define_flags()
+  cli.run(main)

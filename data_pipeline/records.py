@@ -6,6 +6,11 @@ A data set directory holds
                                          the data set is complete
   <split>.array_record-00000-of-00003    shards, one record per object
   ...
+  in_progress.json                       only while a writer runs (or after it was interrupted)
+
+Writers never replace what is there unless asked: `prepare_output_dir` refuses a directory that
+holds a data set (metadata.json) or shards of unknown origin, except with `overwrite=True`;
+shards left by an interrupted writer (in_progress.json present, no metadata.json) are replaced.
 
 Record (schema version `SCHEMA_VERSION`), a msgpack map (flax.serialization, numpy-aware):
 
@@ -25,9 +30,11 @@ from __future__ import annotations
 
 from instant3d_jax import errors
 
+import bisect
 import io
 import json
 import os
+import time
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -35,6 +42,10 @@ from PIL import Image
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"
+# Written before the first shard and removed after metadata.json: marks the shards of an
+# unfinished write as the writer's own (the next run may replace them without --overwrite).
+IN_PROGRESS_FILE = "in_progress.json"
+SHARD_MARK = ".array_record-"  # in every shard file name (and its temporary name)
 SPLITS = ("train", "val", "test")
 GROUPS = ("rig", "sup", "eval", "eval_inputs")
 
@@ -61,9 +72,9 @@ def decode_png(data: bytes, name: str = "<png>") -> np.ndarray:
   try:
     img = Image.open(io.BytesIO(data))
     img.load()
+    return np.asarray(img.convert("RGBA"))
   except Exception as e:  # PIL raises several types for corrupt data
     raise DataError(f"{name}: not a decodable PNG image ({type(e).__name__}: {e})") from e
-  return np.asarray(img.convert("RGBA"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -103,7 +114,32 @@ def decode_record(data: bytes, name: str = "<record>") -> dict:
   if not isinstance(rec, dict) or rec.get("schema_version") != SCHEMA_VERSION:
     found = rec.get("schema_version") if isinstance(rec, dict) else type(rec).__name__
     raise DataError(f"{name}: expected a record of schema version {SCHEMA_VERSION}, found {found!r}")
+  _check_record(rec, name)
   return rec
+
+
+def _check_record(rec: dict, name: str) -> None:
+  """The record's keys and view groups have the schema's types and shapes (module docstring)."""
+  missing = [k for k in ("object_id", "index", "split", "caption", "groups") if k not in rec]
+  if missing:
+    raise DataError(f"{name}: record lacks {missing} (expected object_id, index, split, caption, "
+                    "groups)")
+  groups = rec["groups"]
+  if not isinstance(groups, dict) or "rig" not in groups:
+    found = sorted(groups) if isinstance(groups, dict) else type(groups).__name__
+    raise DataError(f"{name}: record 'groups' must map view group names (with 'rig') to views, "
+                    f"found {found}")
+  for g, grp in groups.items():
+    try:
+      n = len(grp["images"])
+      shapes = (np.shape(grp["c2w"]), np.shape(grp["K"]))
+      int(grp["width"]), int(grp["height"])
+    except Exception as e:  # a missing key or a value of the wrong type
+      raise DataError(f"{name}: view group {g!r} must hold images, c2w, K, width and height "
+                      f"({type(e).__name__}: {e})") from e
+    if shapes != ((n, 4, 4), (n, 3, 3)):
+      raise DataError(f"{name}: view group {g!r} has {n} images, expected c2w [{n}, 4, 4] and K "
+                      f"[{n}, 3, 3], found {list(shapes[0])} and {list(shapes[1])}")
 
 
 def group_rgba(rec: dict, group: str, views: Sequence[int] | None = None) -> np.ndarray:
@@ -115,6 +151,43 @@ def group_rgba(rec: dict, group: str, views: Sequence[int] | None = None) -> np.
 
 # ------------------------------------------------------------------------------------------------
 # Shards.
+
+
+def prepare_output_dir(out_dir: str, *, writer: str, overwrite: bool = False) -> None:
+  """Makes `out_dir` ready for a new data set without deleting anything it was not asked to.
+
+  Refuses (`DataError`, nothing touched) a directory that holds a complete data set
+  (metadata.json) or shards of unknown origin, unless `overwrite`. Shards left by an interrupted
+  writer (in_progress.json, no metadata.json) are removed. Then writes in_progress.json (naming
+  `writer`), removes the data set files there (metadata.json first, so the directory never looks
+  complete meanwhile) and leaves every other file alone.
+  """
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise DataError(f"{out_dir}: output directory is an existing file; choose a directory")
+  os.makedirs(out_dir, exist_ok=True)
+  names = sorted(os.listdir(out_dir))
+  shards = [n for n in names if SHARD_MARK in n]
+  if not overwrite:
+    if METADATA_FILE in names:
+      try:
+        meta = read_metadata(out_dir)
+        what = f"{meta.get('generator', '?')}, {meta.get('num_objects', '?')} objects"
+      except DataError:
+        what = f"an unreadable {METADATA_FILE}"
+      raise DataError(f"{out_dir}: already holds a data set ({what}); pass --overwrite "
+                      "(overwrite=True) to replace it, or choose another directory")
+    if shards and IN_PROGRESS_FILE not in names:
+      raise DataError(f"{out_dir}: holds data set shards ({shards[0]}"
+                      f"{f' and {len(shards) - 1} more' if len(shards) > 1 else ''}) but no "
+                      f"{METADATA_FILE}, and no unfinished run of this project wrote them; pass "
+                      "--overwrite (overwrite=True) to replace them, or choose another directory")
+  marker = os.path.join(out_dir, IN_PROGRESS_FILE)
+  with open(marker + ".tmp", "w") as f:
+    json.dump({"writer": writer, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f)
+  os.replace(marker + ".tmp", marker)
+  for name in [METADATA_FILE, METADATA_FILE + ".tmp"] + shards:
+    if os.path.exists(os.path.join(out_dir, name)):
+      os.remove(os.path.join(out_dir, name))
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -130,6 +203,9 @@ def write_shards(out_dir: str, split: str, records: Iterable[bytes], num_records
   """
   from array_record.python import array_record_module  # heavy import, only when writing
 
+  if not isinstance(records_per_shard, (int, np.integer)) or records_per_shard < 1:
+    raise errors.ConfigError(f"records_per_shard must be a positive integer, found "
+                             f"{records_per_shard!r}")
   num_shards = max(1, -(-num_records // records_per_shard))
   names = [shard_name(split, s, num_shards) for s in range(num_shards)]
   it = iter(records)
@@ -167,11 +243,16 @@ def _num_records(path: str) -> int:
 
 
 def write_metadata(out_dir: str, meta: dict) -> None:
+  """Writes metadata.json (temp name → rename), which completes the data set, then removes the
+  in-progress marker of `prepare_output_dir`."""
   path = os.path.join(out_dir, METADATA_FILE)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump({"schema_version": SCHEMA_VERSION, **meta}, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+  marker = os.path.join(out_dir, IN_PROGRESS_FILE)
+  if os.path.exists(marker):
+    os.remove(marker)
 
 
 def read_metadata(data_dir: str) -> dict:
@@ -180,53 +261,100 @@ def read_metadata(data_dir: str) -> dict:
     raise DataError(f"{data_dir}: no {METADATA_FILE}; not a data set directory, or its generation "
                     "did not finish (metadata is written last)")
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       meta = json.load(f)
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataError(f"{path}: not valid JSON ({e})") from e
+  except OSError as e:
+    raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+  if not isinstance(meta, dict):
+    raise DataError(f"{path}: expected a JSON object (the data set's metadata), found "
+                    f"{type(meta).__name__}")
   if meta.get("schema_version") != SCHEMA_VERSION:
     raise DataError(f"{path}: expected schema_version {SCHEMA_VERSION}, "
                     f"found {meta.get('schema_version')!r}")
+  splits = meta.get("splits")
+  if not isinstance(splits, dict):
+    raise DataError(f"{path}: expected a 'splits' map (split name → shards and num_objects), "
+                    f"found {type(splits).__name__}")
+  for name, info in splits.items():
+    ok = (isinstance(info, dict) and isinstance(info.get("shards"), list)
+          and all(isinstance(n, str) for n in info["shards"])
+          and isinstance(info.get("num_objects"), int) and info["num_objects"] >= 0)
+    if not ok:
+      raise DataError(f"{path}: split {name!r} needs 'shards' (a list of file names) and "
+                      f"'num_objects' (an integer ≥ 0), found {json.dumps(info)[:200]}")
   return meta
 
 
 def split_paths(data_dir: str, split: str, *, check: bool = True) -> list[str]:
   """Shard paths of a split, validated against metadata.json (existence, format, record count)."""
+  if check:
+    return _split_shards(data_dir, split)[0]
+  return [os.path.join(data_dir, n) for n in _split_info(data_dir, split)["shards"]]
+
+
+def _split_info(data_dir: str, split: str) -> dict:
   meta = read_metadata(data_dir)
   if split not in meta["splits"]:
     raise DataError(f"{data_dir}: no split {split!r}; the data set has {sorted(meta['splits'])}")
-  info = meta["splits"][split]
+  return meta["splits"][split]
+
+
+def _split_shards(data_dir: str, split: str) -> tuple[list[str], list[int]]:
+  """(shard paths, records per shard) of a split, checked against metadata.json."""
+  info = _split_info(data_dir, split)
   paths = [os.path.join(data_dir, n) for n in info["shards"]]
-  if check:
-    total = 0
-    for p in paths:
-      total += _num_records(p)
-    if total != info["num_objects"]:
-      raise DataError(f"{data_dir}: split {split!r} should hold {info['num_objects']} records "
-                      f"({METADATA_FILE}) but its shards hold {total}")
-  return paths
+  counts = [_num_records(p) for p in paths]
+  if sum(counts) != info["num_objects"]:
+    raise DataError(f"{data_dir}: split {split!r} should hold {info['num_objects']} records "
+                    f"({METADATA_FILE}) but its shards hold {sum(counts)}")
+  return paths, counts
 
 
 class RecordSource:
   """Random access to decoded records of one split (grain `RandomAccessDataSource` protocol).
 
   Wraps `grain.sources.ArrayRecordDataSource`; picklable, so grain worker processes can use it.
+  Every read error is a `DataError` naming the shard file, the record's position in it and in
+  the split: a damaged shard (e.g. a chunk hash mismatch) or a record that is not of the schema.
   """
 
   def __init__(self, data_dir: str, split: str):
     import grain  # pylint: disable=g-import-not-at-top
     self.data_dir, self.split = data_dir, split
-    self.paths = split_paths(data_dir, split)
-    self._source = grain.sources.ArrayRecordDataSource(self.paths)
+    self.paths, counts = _split_shards(data_dir, split)
+    self._starts = np.cumsum([0] + counts[:-1]).tolist()  # first split index of each shard
+    self._len = int(sum(counts))
+    try:
+      self._source = grain.sources.ArrayRecordDataSource(self.paths)
+    except Exception as e:  # the readers open the files: same faults as in _num_records
+      raise DataError(f"{data_dir}: shards of split {split!r} cannot be opened "
+                      f"({type(e).__name__}: {e})") from e
 
   def __len__(self) -> int:
-    return len(self._source)
+    return self._len
+
+  def where(self, index: int) -> str:
+    """'<shard path>: record k of the shard (record index of split s)' for messages."""
+    shard = bisect.bisect_right(self._starts, index) - 1
+    return (f"{self.paths[shard]}: record {index - self._starts[shard]} of the shard "
+            f"(record {index} of split {self.split!r})")
 
   def raw(self, index: int) -> bytes:
-    return self._source[index]
+    index = int(index)
+    if not 0 <= index < self._len:
+      raise IndexError(f"{self.data_dir}: record {index} outside split {self.split!r} "
+                       f"[0, {self._len})")
+    try:
+      return self._source[index]
+    except Exception as e:  # riegeli's RuntimeError ("chunk data hash mismatch", …) and kin
+      raise DataError(f"{self.where(index)} cannot be read: expected an intact ArrayRecord "
+                      f"record, found {type(e).__name__}: {e}; the shard is damaged, write the "
+                      "data set again") from e
 
   def __getitem__(self, index: int) -> dict:
-    return decode_record(self._source[index], f"{self.data_dir}:{self.split}[{index}]")
+    return decode_record(self.raw(index), self.where(int(index)))
 
   def __iter__(self) -> Iterator[dict]:
     for i in range(len(self)):

@@ -1,8 +1,11 @@
 """Generates the procedural multi-view world: random primitive scenes rendered by exact ray casting.
 
-  python -m data_pipeline.synthetic --out DIR --num_objects N --resolution R --views V \
-      [--seed S] [--split_fractions 0.9,0.05,0.05] [--supersample 2] [--workers 2]
+  python -m data_pipeline.synthetic --out DIR --num_objects N --resolution R --views V
+      [--seed S] [--split_fractions 0.9,0.05,0.05] [--supersample 2] [--workers 2] [--overwrite]
   python -m data_pipeline.synthetic --config configs/data.py:demo --out outputs/demo/data
+  python -m data_pipeline.synthetic --config configs/data.py:tiny --config.world.ambient=0.5 ...
+
+A directory that already holds a data set is never replaced unless `--overwrite` is given.
 
 Object i is a pure function of (seed, i): its scene and random supervision cameras come from
 `np.random.default_rng([seed, i])`, so data sets of different sizes share their first objects and
@@ -13,10 +16,8 @@ Output format: `data_pipeline/records.py`.
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
-import sys
 import time
 from typing import Sequence
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from data_pipeline import primitives as P
 from data_pipeline import records
+from instant3d_jax import errors
 
 GENERATOR = "synthetic"
 # Bumped whenever the code changes what gets generated, so cached data sets are not silently
@@ -60,8 +62,8 @@ def _jsonable(x):
 def split_counts(num_objects: int, fractions: Sequence[float]) -> dict[str, int]:
   """Objects per split: train and val rounded from the fractions, test takes the rest."""
   if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-    raise ValueError(f"split_fractions must be 3 non-negative numbers summing to 1 "
-                     f"(train, val, test), found {tuple(fractions)}")
+    raise errors.ConfigError(f"split_fractions must be 3 non-negative numbers summing to 1 "
+                             f"(train, val, test), found {tuple(fractions)}")
   n_train = int(round(num_objects * fractions[0]))
   n_val = min(int(round(num_objects * fractions[1])), num_objects - n_train)
   return {"train": n_train, "val": n_val, "test": num_objects - n_train - n_val}
@@ -137,18 +139,32 @@ def _jobs(cfg, split: str, indices: Sequence[int], rigs):
            tuple(cfg.world.light_direction), cfg.world.ambient)
 
 
-def generate(cfg: ml_collections.ConfigDict, out_dir: str, *, progress: bool = True) -> dict:
-  """Writes the whole data set to `out_dir` (shards, then metadata.json last); returns metadata."""
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  os.makedirs(out_dir, exist_ok=True)
-  meta_path = os.path.join(out_dir, records.METADATA_FILE)
-  if os.path.exists(meta_path):
-    os.remove(meta_path)  # the directory is incomplete until the new metadata is written
-  for name in os.listdir(out_dir):  # stale shards of an earlier run with other shard counts
-    if ".array_record-" in name:
-      os.remove(os.path.join(out_dir, name))
+def _check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Rejects settings that cannot give a data set (before anything is written)."""
+  for key, low in (("num_objects", 1), ("resolution", 1), ("supersample", 1),
+                   ("num_sup_views", 0), ("records_per_shard", 1)):
+    v = cfg[key]
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+      raise errors.ConfigError(f"data config: {key} must be an integer ≥ {low}, found {v!r}")
+  bad = sorted(set(cfg.eval_rig_splits) - set(records.SPLITS))
+  if bad:
+    raise errors.ConfigError(f"data config: eval_rig_splits must be among {records.SPLITS}, "
+                             f"found {bad}")
 
+
+def generate(cfg: ml_collections.ConfigDict, out_dir: str, *, progress: bool = True,
+             overwrite: bool = False) -> dict:
+  """Writes the whole data set to `out_dir` (shards, then metadata.json last); returns metadata.
+
+  A directory that already holds a data set (or shards of unknown origin) raises `DataError`
+  and is left untouched unless `overwrite`; what an interrupted run left is replaced
+  (`records.prepare_output_dir`). Other files in `out_dir` are never touched.
+  """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  _check_config(cfg)
   counts = split_counts(cfg.num_objects, tuple(cfg.split_fractions))
+  records.prepare_output_dir(out_dir, writer="data_pipeline.synthetic", overwrite=overwrite)
+
   rigs = _fixed_rigs(cfg)
   workers = max(1, int(cfg.num_workers))
   pool = (multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None)
@@ -196,20 +212,29 @@ def generate(cfg: ml_collections.ConfigDict, out_dir: str, *, progress: bool = T
 def ensure_dataset(cfg: ml_collections.ConfigDict, out_dir: str, *, progress: bool = True) -> dict:
   """Generates the data set into `out_dir` unless a complete one with the same config is there.
 
-  A complete data set generated from a different config is not touched: that raises an error
-  naming the differing entries (delete the directory or choose another one).
+  A complete data set generated from a different config, or an imported one, is not touched:
+  that raises `DataError` naming the differing entries (choose another directory, or replace it
+  with `generate(..., overwrite=True)` / `python -m data_pipeline.synthetic --overwrite`).
+  Shards of unknown origin without metadata.json are refused the same way (`generate`).
   """
   meta_path = os.path.join(out_dir, records.METADATA_FILE)
   if os.path.exists(meta_path):
     meta = records.read_metadata(out_dir)
+    generator = meta.get("generator")
+    if generator != GENERATOR:
+      what = ("an imported data set" if generator == "import" else
+              f"a data set of generator {generator!r}")
+      raise records.DataError(
+          f"{out_dir}: holds {what}, not the procedural world (generator {GENERATOR!r}) this "
+          "config asks for; choose another directory for the procedural data")
     want = generation_config(cfg)
     have = meta.get("config", {})
     diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
     if diff:
       raise records.DataError(
           f"{out_dir}: holds a data set generated with a different config (differs in {diff}: "
-          f"found {[have.get(k) for k in diff]}, wanted {[want.get(k) for k in diff]}); "
-          "delete it or choose another directory")
+          f"found {[have.get(k) for k in diff]}, wanted {[want.get(k) for k in diff]}); choose "
+          "another directory, or replace it with `python -m data_pipeline.synthetic --overwrite`")
     for split in meta["splits"]:
       records.split_paths(out_dir, split)  # validates the shards
     return meta
@@ -217,72 +242,71 @@ def ensure_dataset(cfg: ml_collections.ConfigDict, out_dir: str, *, progress: bo
 
 
 # ------------------------------------------------------------------------------------------------
-# Command line.
+# Command line (absl flags; defined only when run as a command, see `_define_flags`).
+
+# Flags that override one config entry each: flag name → config key.
+_OVERRIDES = (("num_objects", "num_objects"), ("resolution", "resolution"),
+              ("views", "num_sup_views"), ("seed", "seed"), ("supersample", "supersample"),
+              ("workers", "num_workers"))
 
 
-def _parse_fractions(text: str) -> tuple[float, float, float]:
-  vals = tuple(float(v) for v in text.split(","))
+def parse_fractions(values: Sequence[str], flag: str = "--split_fractions") -> tuple[float, ...]:
+  """A comma-separated flag value (absl list) → 3 floats, else a one-line `ConfigError`."""
+  try:
+    vals = tuple(float(v) for v in values)
+  except ValueError:
+    vals = ()
   if len(vals) != 3:
-    raise argparse.ArgumentTypeError(f"--split_fractions wants 3 comma-separated numbers "
-                                     f"(train,val,test), found {text!r}")
+    raise errors.ConfigError(f"{flag} wants 3 comma-separated numbers (train,val,test), found "
+                             f"{','.join(values)!r}")
   return vals
 
 
-def config_from_args(argv: Sequence[str] | None = None) -> tuple[ml_collections.ConfigDict, argparse.Namespace]:
-  ap = argparse.ArgumentParser(prog="python -m data_pipeline.synthetic", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--out", required=True, help="output directory")
-  ap.add_argument("--config", default="configs/data.py:default",
-                  help="config file[:variant] (default configs/data.py:default)")
-  ap.add_argument("--num_objects", type=int)
-  ap.add_argument("--resolution", type=int)
-  ap.add_argument("--views", type=int, help="random supervision views per object")
-  ap.add_argument("--seed", type=int)
-  ap.add_argument("--split_fractions", type=_parse_fractions, help="train,val,test")
-  ap.add_argument("--supersample", type=int)
-  ap.add_argument("--workers", type=int, help="generation processes")
-  ap.add_argument("--overwrite", action="store_true", help="replace an existing data set")
-  args = ap.parse_args(argv)
-  cfg = load_config(args.config)
-  for flag, key in (("num_objects", "num_objects"), ("resolution", "resolution"),
-                    ("views", "num_sup_views"), ("seed", "seed"),
-                    ("split_fractions", "split_fractions"), ("supersample", "supersample"),
-                    ("workers", "num_workers")):
-    v = getattr(args, flag)
-    if v is not None:
-      cfg[key] = v
-  return cfg, args
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """`path/to/config.py[:variant]` → ConfigDict (the `get_config(arg)` convention)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"config file {path!r} not found (from {spec!r})")
-  mod_spec = importlib.util.spec_from_file_location("_data_config", path)
-  mod = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(mod)
-  return mod.get_config(arg or None)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  cfg, args = config_from_args(argv)
-  if os.path.exists(os.path.join(args.out, records.METADATA_FILE)) and not args.overwrite:
-    print(f"{args.out} already holds a data set (metadata.json); pass --overwrite to replace it",
-          file=sys.stderr)
-    return 1
-  meta = generate(cfg, args.out)
+def main(argv: Sequence[str]) -> None:
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  FLAGS = flags.FLAGS
+  cfg = FLAGS.config
+  for flag, key in _OVERRIDES:
+    if FLAGS[flag].value is not None:
+      cfg[key] = FLAGS[flag].value
+  if FLAGS.split_fractions is not None:
+    cfg.split_fractions = parse_fractions(FLAGS.split_fractions)
+  out = FLAGS.out
+  meta = generate(cfg, out, overwrite=FLAGS.overwrite)
   n_views = sum(meta["splits"][s]["num_objects"] * (4 + cfg.num_sup_views +
                                                     (68 if s in cfg.eval_rig_splits else 0))
                 for s in meta["splits"])
-  secs = meta["generation_seconds"]
+  secs = max(meta["generation_seconds"], 1e-3)
   counts = ", ".join(f"{k}: {v['num_objects']}" for k, v in meta["splits"].items())
-  print(f"wrote {cfg.num_objects} objects ({n_views} views at {cfg.resolution}²) to {args.out} "
+  print(f"wrote {cfg.num_objects} objects ({n_views} views at {cfg.resolution}²) to {out} "
         f"in {secs:.1f} s: {cfg.num_objects / secs:.1f} objects/s, {n_views / secs:.0f} views/s; "
         f"splits {{{counts}}}")
-  return 0
+
+
+def _define_flags() -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from configs import data as data_config  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("out", None, "output data set directory")
+  config_flags.DEFINE_config_file(
+      "config", f"{data_config.__file__}:default",
+      "configs/data.py[:tiny|demo|default]; single entries as --config.KEY=VALUE",
+      lock_config=False)
+  flags.DEFINE_integer("num_objects", None, "objects in all splits (config: num_objects)")
+  flags.DEFINE_integer("resolution", None, "image side in pixels (config: resolution)")
+  flags.DEFINE_integer("views", None, "random supervision views per object (config: "
+                       "num_sup_views)")
+  flags.DEFINE_integer("seed", None, "world seed (config: seed)")
+  flags.DEFINE_list("split_fractions", None, "train,val,test fractions (config: split_fractions)")
+  flags.DEFINE_integer("supersample", None, "rays per pixel per axis (config: supersample)")
+  flags.DEFINE_integer("workers", None, "generation processes (config: num_workers)")
+  flags.DEFINE_bool("overwrite", False, "replace a data set already in --out")
+  flags.mark_flag_as_required("out")
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from instant3d_jax import cli
+  _define_flags()
+  cli.run(main)

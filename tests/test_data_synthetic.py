@@ -1,5 +1,4 @@
 """The procedural world: exact ray casting against independent oracles, determinism, splits."""
-import json
 import os
 
 import numpy as np
@@ -214,18 +213,6 @@ def test_ensure_dataset_reuses_and_refuses_other_config(tiny):
   other.resolution = 32
   with pytest.raises(records.DataError, match=r"different config \(differs in \['resolution'\]"):
     synthetic.ensure_dataset(other, out, progress=False)
-
-
-def test_command_line_writes_metadata(tmp_path, capsys):
-  out = str(tmp_path / "cli")
-  rc = synthetic.main(["--out", out, "--config", "configs/data.py:tiny", "--num_objects", "3",
-                       "--resolution", "8", "--views", "2", "--seed", "5",
-                       "--split_fractions", "0.34,0.33,0.33", "--supersample", "1"])
-  assert rc == 0
-  meta = json.load(open(os.path.join(out, "metadata.json")))
-  assert meta["config"]["seed"] == 5 and meta["resolution"] == 8 and meta["views"]["sup"] == 2
-  assert "objects/s" in capsys.readouterr().out
-  assert synthetic.main(["--out", out, "--config", "configs/data.py:tiny"]) == 1  # no overwrite
 
 
 def test_contact_sheet_of_one_object(tiny, tmp_path):
