@@ -32,7 +32,22 @@ def guarded(main: Callable[[Sequence[str]], object]) -> Callable[[Sequence[str]]
   return wrapped
 
 
+_HELP_FLAGS = ("--help", "-help", "--helpshort", "-helpshort", "--helpfull", "-helpfull", "-?",
+               "--helpxml", "-helpxml")
+
+
 def run(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None = None) -> None:
-  """`absl.app.run(main)` with project errors as one line (see module docstring)."""
+  """`absl.app.run(main)` with project errors as one line (see module docstring).
+
+  absl prints the usage for `--help` and then exits 1; a help request is not a failure, so it
+  exits 0 here (a flag error still exits 1).
+  """
   from absl import app
-  app.run(guarded(main), argv=argv)
+  args = list(sys.argv if argv is None else argv)
+  words = args[1:args.index("--")] if "--" in args[1:] else args[1:]
+  try:
+    app.run(guarded(main), argv=argv)
+  except SystemExit as e:
+    if e.code == 1 and any(w.split("=", 1)[0] in _HELP_FLAGS for w in words):
+      sys.exit(0)
+    raise
