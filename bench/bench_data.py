@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from configs import data as data_config
-from data_pipeline import lrm_input, synthetic
+from data_pipeline import lrm_input, procedural
 
 
 def cpu_name() -> str:
@@ -39,7 +39,7 @@ def bench_generation(root: str, resolution: int, num_objects: int, workers: int)
   cfg.num_workers = workers
   out = os.path.join(root, f"gen{resolution}_{workers}")
   t0, c0 = time.perf_counter(), _cpu_seconds()
-  synthetic.generate(cfg, out, progress=False)
+  procedural.generate(cfg, out, progress=False)
   secs, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
   views = num_objects * (4 + cfg.num_sup_views)
   return {"resolution": resolution, "workers": workers, "objects": num_objects, "seconds": secs,

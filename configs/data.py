@@ -2,6 +2,7 @@
 
 Generate:  python -m data_pipeline.synthetic --config configs/data.py:demo --out outputs/demo/data
      or:   python -m data_pipeline.synthetic --out DIR --num_objects N --resolution R --views V
+In code:   data_pipeline.procedural.generate(cfg, out_dir) / ensure_dataset(cfg, out_dir)
 
 Variants: `tiny` (unit tests: a dozen objects at 16²), `demo` (the CPU training demo: 3000 objects
 at 64², 4 rig + 8 supervision views, 150 held-out test objects on the GSO rig), `default` (128²).

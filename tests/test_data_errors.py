@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from configs import data as data_config
-from data_pipeline import cameras_json, importer
+from data_pipeline import cameras_json
 from data_pipeline import lrm_input as L
-from data_pipeline import records, synthetic
+from data_pipeline import procedural, records, render_import
 from instant3d_jax import errors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def _small_cfg():
 def small(tmp_path_factory):
   cfg = _small_cfg()
   out = str(tmp_path_factory.mktemp("errors") / "data")
-  synthetic.generate(cfg, out, progress=False)
+  procedural.generate(cfg, out, progress=False)
   return cfg, out
 
 
@@ -52,7 +52,7 @@ def _renders(small, dst):
   """Object folders (importer input) made from the small data set's records."""
   _, out = small
   for rec in records.RecordSource(out, "train"):
-    importer.write_object_folder(rec, os.path.join(dst, rec["object_id"]))
+    render_import.write_object_folder(rec, os.path.join(dst, rec["object_id"]))
   return dst
 
 
@@ -63,17 +63,17 @@ def _renders(small, dst):
 def test_importer_refuses_to_replace_a_data_set(small, tmp_path):
   src = _renders(small, str(tmp_path / "renders"))
   out = str(tmp_path / "imported")
-  importer.import_renders(src, out, split_fractions=(1.0, 0.0, 0.0), records_per_shard=2,
-                          progress=False)
+  render_import.import_renders(src, out, split_fractions=(1.0, 0.0, 0.0), records_per_shard=2,
+                               progress=False)
   before = _snapshot(out)
   # Another import into the same folder (here: other shard counts) must not touch it.
   with pytest.raises(records.DataError, match=r"imported: already holds a data set .*"
                      r"pass --overwrite \(overwrite=True\) to replace it"):
-    importer.import_renders(src, out, split_fractions=(1.0, 0.0, 0.0), records_per_shard=4,
-                            progress=False)
+    render_import.import_renders(src, out, split_fractions=(1.0, 0.0, 0.0), records_per_shard=4,
+                                 progress=False)
   assert _snapshot(out) == before
-  meta = importer.import_renders(src, out, split_fractions=(1.0, 0.0, 0.0), records_per_shard=4,
-                                 progress=False, overwrite=True)
+  meta = render_import.import_renders(src, out, split_fractions=(1.0, 0.0, 0.0),
+                                      records_per_shard=4, progress=False, overwrite=True)
   assert meta["splits"]["train"]["shards"] == ["train.array_record-00000-of-00001"]
   assert sorted(os.listdir(out)) == _files_of(meta)  # the old shards are gone
   assert len(records.RecordSource(out, "train")) == 4
@@ -90,13 +90,13 @@ def test_shards_without_metadata_are_not_deleted(small, tmp_path):
   before = _snapshot(mine)
   with pytest.raises(records.DataError, match=r"mine: holds data set shards "
                      r"\(train\.array_record-00000-of-00002\) but no metadata\.json.*--overwrite"):
-    importer.import_renders(src, str(mine), progress=False)
+    render_import.import_renders(src, str(mine), progress=False)
   with pytest.raises(records.DataError, match=r"mine: holds data set shards"):
-    synthetic.generate(cfg, str(mine), progress=False)
+    procedural.generate(cfg, str(mine), progress=False)
   with pytest.raises(records.DataError, match=r"mine: holds data set shards"):
-    synthetic.ensure_dataset(cfg, str(mine), progress=False)
+    procedural.ensure_dataset(cfg, str(mine), progress=False)
   assert _snapshot(mine) == before
-  synthetic.generate(cfg, str(mine), progress=False, overwrite=True)
+  procedural.generate(cfg, str(mine), progress=False, overwrite=True)
   assert (mine / "notes.txt").read_text() == "keep me"  # only data set files are replaced
   assert len(records.RecordSource(str(mine), "train")) == 4
 
@@ -107,19 +107,19 @@ def test_generator_refuses_to_replace_a_data_set(small, tmp_path):
   shutil.copytree(out, other)
   before = _snapshot(other)
   with pytest.raises(records.DataError, match=r"other: already holds a data set .*--overwrite"):
-    synthetic.generate(cfg, other, progress=False)
+    procedural.generate(cfg, other, progress=False)
   changed = _small_cfg()
   changed.seed = 3
   with pytest.raises(records.DataError, match=r"different config \(differs in \['seed'\]"):
-    synthetic.ensure_dataset(changed, other, progress=False)
+    procedural.ensure_dataset(changed, other, progress=False)
   assert _snapshot(other) == before
   # An imported data set is never taken for a procedural one.
   src = _renders(small, str(tmp_path / "renders"))
   imported = str(tmp_path / "imported")
-  importer.import_renders(src, imported, split_fractions=(1.0, 0.0, 0.0), progress=False)
+  render_import.import_renders(src, imported, split_fractions=(1.0, 0.0, 0.0), progress=False)
   before = _snapshot(imported)
   with pytest.raises(records.DataError, match=r"imported: holds an imported data set"):
-    synthetic.ensure_dataset(cfg, imported, progress=False)
+    procedural.ensure_dataset(cfg, imported, progress=False)
   assert _snapshot(imported) == before
 
 
@@ -132,13 +132,13 @@ def test_interrupted_run_is_resumed_without_overwrite(small, tmp_path):
   Path(bad).write_bytes(b"not an image")
   dst = str(tmp_path / "imported")
   with pytest.raises(records.DataError, match=r"sup_000\.png: not a decodable PNG"):
-    importer.import_renders(src, dst, split_fractions=(1.0, 0.0, 0.0), records_per_shard=2,
-                            progress=False)
+    render_import.import_renders(src, dst, split_fractions=(1.0, 0.0, 0.0), records_per_shard=2,
+                                 progress=False)
   assert "train.array_record-00000-of-00002" in os.listdir(dst)  # first shard was finished
   assert "metadata.json" not in os.listdir(dst)
   Path(bad).write_bytes(good)
-  meta = importer.import_renders(src, dst, split_fractions=(1.0, 0.0, 0.0), records_per_shard=2,
-                                 progress=False)
+  meta = render_import.import_renders(src, dst, split_fractions=(1.0, 0.0, 0.0),
+                                      records_per_shard=2, progress=False)
   assert meta["num_objects"] == 4
   assert sorted(os.listdir(dst)) == _files_of(meta)  # the in-progress marker is gone
   # The procedural cache resumes the same way.
@@ -146,7 +146,7 @@ def test_interrupted_run_is_resumed_without_overwrite(small, tmp_path):
   shutil.copytree(dst, gen)
   os.remove(gen / "metadata.json")
   (gen / records.IN_PROGRESS_FILE).write_text("{}")
-  synthetic.ensure_dataset(cfg, str(gen), progress=False)
+  procedural.ensure_dataset(cfg, str(gen), progress=False)
   shards = lambda d: {n: b for n, b in _snapshot(d).items() if ".array_record-" in n}  # noqa: E731
   assert shards(gen) == shards(out) and records.read_metadata(str(gen))["generator"] == "synthetic"
   assert not (gen / records.IN_PROGRESS_FILE).exists()
@@ -269,20 +269,21 @@ def test_unreadable_image_is_named(small, tmp_path):
   os.mkdir(os.path.join(folder, "rig_001.png"))  # a folder where an image should be
   with pytest.raises(records.DataError, match=r"rig_001\.png: image listed in cameras\.json "
                      r"cannot be read \(IsADirectoryError"):
-    importer.import_renders(src, str(tmp_path / "out"), progress=False)
+    render_import.import_renders(src, str(tmp_path / "out"), progress=False)
 
 
 def test_bad_settings_are_config_errors(small, tmp_path):
   cfg, _ = small
   src = _renders(small, str(tmp_path / "renders"))
   with pytest.raises(errors.ConfigError, match=r"split_fractions must be 3 non-negative"):
-    importer.import_renders(src, str(tmp_path / "o"), split_fractions=(0.5, 0.5), progress=False)
+    render_import.import_renders(src, str(tmp_path / "o"), split_fractions=(0.5, 0.5),
+                                 progress=False)
   with pytest.raises(errors.ConfigError, match=r"records_per_shard must be a positive integer, "
                      r"found 0"):
-    importer.import_renders(src, str(tmp_path / "o"), records_per_shard=0, progress=False)
+    render_import.import_renders(src, str(tmp_path / "o"), records_per_shard=0, progress=False)
   with pytest.raises(records.DataError, match=r"renders/.*: output directory is an existing file"):
-    importer.import_renders(src, os.path.join(src, sorted(os.listdir(src))[0], "cameras.json"),
-                            progress=False)
+    render_import.import_renders(
+        src, os.path.join(src, sorted(os.listdir(src))[0], "cameras.json"), progress=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -304,8 +305,6 @@ def _assert_one_line_error(r, pattern):
   assert __import__("re").search(pattern, lines[0]), lines[0]
 
 
-@pytest.mark.xfail(strict=False, reason="absl's --help exits 1 (absl.app.HelpFlag); passes once "
-                   "cli.run maps a help request to exit 0 (instant3d_jax/cli.py, not this branch)")
 @pytest.mark.parametrize("module", ["data_pipeline.importer", "data_pipeline.synthetic"])
 def test_command_help(module):
   r = _run(module, "--help")

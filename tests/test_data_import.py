@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import data as data_config
-from data_pipeline import cameras_json, importer, records, synthetic
+from data_pipeline import cameras_json, procedural, records, render_import
 from instant3d_jax import cameras as C
 
 
@@ -15,7 +15,7 @@ def data(tmp_path_factory):
   cfg = data_config.get_config("tiny")
   root = tmp_path_factory.mktemp("import")
   out = str(root / "data")
-  synthetic.generate(cfg, out, progress=False)
+  procedural.generate(cfg, out, progress=False)
   return cfg, out, root
 
 
@@ -78,9 +78,10 @@ def test_import_reproduces_records(data, tmp_path):
   originals = _all_records(out)
   src = tmp_path / "renders"
   for k, (oid, rec) in enumerate(sorted(originals.items())):
-    importer.write_object_folder(rec, str(src / oid), "blender" if k % 2 else "opencv")
-  meta = importer.import_renders(str(src), str(tmp_path / "imported"),
-                                 split_fractions=(0.5, 0.25, 0.25), progress=False)
+    render_import.write_object_folder(rec, str(src / oid),
+                                      "blender" if k % 2 else "opencv")
+  meta = render_import.import_renders(str(src), str(tmp_path / "imported"),
+                                      split_fractions=(0.5, 0.25, 0.25), progress=False)
   assert meta["resolution"] == 16 and meta["num_objects"] == 12
   imported = _all_records(str(tmp_path / "imported"))
   assert set(imported) == set(originals)
@@ -101,28 +102,28 @@ def test_import_errors_name_the_file(data, tmp_path):
   rec = records.RecordSource(out, "train")[0]
   src = tmp_path / "renders"
   folder = src / "thing"
-  importer.write_object_folder(rec, str(folder))
+  render_import.write_object_folder(rec, str(folder))
   # An image of the wrong size.
   (folder / "sup_001.png").write_bytes(records.encode_png(np.zeros((12, 16, 4), np.uint8)))
   with pytest.raises(records.DataError, match=r"thing/sup_001\.png: image is 16x12 but "
                      r"cameras\.json says 16x16"):
-    importer.import_renders(str(src), str(tmp_path / "o1"), progress=False)
+    render_import.import_renders(str(src), str(tmp_path / "o1"), progress=False)
   assert not os.path.exists(tmp_path / "o1" / "metadata.json")
   assert not [n for n in os.listdir(tmp_path / "o1") if "array_record" in n]  # no partial shards
   # A missing image.
-  importer.write_object_folder(rec, str(folder))
+  render_import.write_object_folder(rec, str(folder))
   os.remove(folder / "rig_002.png")
   with pytest.raises(records.DataError, match=r"thing/rig_002\.png: image listed in "
                      r"cameras\.json not found"):
-    importer.import_renders(str(src), str(tmp_path / "o2"), progress=False)
+    render_import.import_renders(str(src), str(tmp_path / "o2"), progress=False)
   # A cameras JSON missing a key.
-  importer.write_object_folder(rec, str(folder))
+  render_import.write_object_folder(rec, str(folder))
   doc = json.load(open(folder / "cameras.json"))
   del doc["frames"][3]["c2w"]
   json.dump(doc, open(folder / "cameras.json", "w"))
   with pytest.raises(records.DataError, match=r"thing/cameras\.json: frame 3 is missing the key "
                      r"'c2w'"):
-    importer.import_renders(str(src), str(tmp_path / "o3"), progress=False)
+    render_import.import_renders(str(src), str(tmp_path / "o3"), progress=False)
 
 
 def test_tfds_data_source_serves_the_same_data(data):

@@ -9,7 +9,7 @@ import pytest
 from configs import data as data_config
 from data_pipeline import lrm_input as L
 from data_pipeline import primitives as P
-from data_pipeline import records, synthetic
+from data_pipeline import procedural, records
 from instant3d_jax import cameras as C
 
 
@@ -17,7 +17,7 @@ from instant3d_jax import cameras as C
 def data(tmp_path_factory):
   cfg = data_config.get_config("tiny")
   out = str(tmp_path_factory.mktemp("loader") / "data")
-  synthetic.generate(cfg, out, progress=False)
+  procedural.generate(cfg, out, progress=False)
   return cfg, out
 
 

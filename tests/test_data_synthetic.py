@@ -6,7 +6,7 @@ import pytest
 
 from configs import data as data_config
 from data_pipeline import primitives as P
-from data_pipeline import records, synthetic
+from data_pipeline import procedural, records
 from instant3d_jax import cameras as C
 
 PARAMS = {"sphere": (0.6,), "box": (0.5, 0.3, 0.7), "cylinder": (0.4, 0.6), "cone": (0.5, 0.7),
@@ -145,7 +145,7 @@ def test_scene_stays_in_frame_from_the_closest_views():
   cam = C.orbit_camera(np.array([-10.0, 30.0, 65.0]), np.array([0.0, 130.0, 250.0]),
                        cfg.sup_distance_range[0], cfg.fov_deg, 32, 32)
   for i in range(100):
-    scene, _ = synthetic.sample_object(cfg, i)
+    scene, _ = procedural.sample_object(cfg, i)
     a = P.render_rgba(scene, np.asarray(cam.c2w), np.asarray(cam.K), 32, 32)[..., 3]
     border = np.concatenate([a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1]], -1)
     assert border.max() == 0.0, f"object {i} touches the image border"
@@ -155,7 +155,7 @@ def test_scene_stays_in_frame_from_the_closest_views():
 def tiny(tmp_path_factory):
   cfg = data_config.get_config("tiny")
   out = str(tmp_path_factory.mktemp("synthetic") / "data")
-  meta = synthetic.generate(cfg, out, progress=False)
+  meta = procedural.generate(cfg, out, progress=False)
   return cfg, out, meta
 
 
@@ -168,7 +168,7 @@ def test_dataset_layout_splits_and_groups(tiny):
     src = records.RecordSource(out, split)
     for rec in src:
       seen.append(rec["index"])
-      assert rec["split"] == split and rec["object_id"] == synthetic.object_id(rec["index"])
+      assert rec["split"] == split and rec["object_id"] == procedural.object_id(rec["index"])
       groups = rec["groups"]
       want = {"rig": 4, "sup": cfg.num_sup_views}
       if split in ("val", "test"):
@@ -193,7 +193,7 @@ def test_generation_is_deterministic_and_prefix_stable(tiny, tmp_path):
   small = data_config.get_config("tiny")
   small.num_objects = 4
   small.split_fractions = (1.0, 0.0, 0.0)
-  synthetic.generate(small, str(tmp_path / "small"), progress=False)
+  procedural.generate(small, str(tmp_path / "small"), progress=False)
   a = records.RecordSource(out, "train")
   b = records.RecordSource(str(tmp_path / "small"), "train")
   for i in range(4):  # object i does not depend on the data set size
@@ -201,18 +201,18 @@ def test_generation_is_deterministic_and_prefix_stable(tiny, tmp_path):
   # Another seed gives other scenes.
   other = data_config.get_config("tiny")
   other.seed = 1
-  assert synthetic.sample_object(other, 0)[0] != synthetic.sample_object(cfg, 0)[0]
+  assert procedural.sample_object(other, 0)[0] != procedural.sample_object(cfg, 0)[0]
 
 
 def test_ensure_dataset_reuses_and_refuses_other_config(tiny):
   cfg, out, meta = tiny
   before = os.path.getmtime(os.path.join(out, records.METADATA_FILE))
-  assert synthetic.ensure_dataset(cfg, out, progress=False) == meta
+  assert procedural.ensure_dataset(cfg, out, progress=False) == meta
   assert os.path.getmtime(os.path.join(out, records.METADATA_FILE)) == before
   other = data_config.get_config("tiny")
   other.resolution = 32
   with pytest.raises(records.DataError, match=r"different config \(differs in \['resolution'\]"):
-    synthetic.ensure_dataset(other, out, progress=False)
+    procedural.ensure_dataset(other, out, progress=False)
 
 
 def test_contact_sheet_of_one_object(tiny, tmp_path):
