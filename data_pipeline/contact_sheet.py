@@ -25,7 +25,7 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], path: str | None = None,
                   pad: int = 4) -> np.ndarray:
   """Lays out `rows` of images (`[H, W, 3|4]` float in [0, 1] or uint8; RGBA is put over white)
   on a light-grey sheet, one text line per row label and an optional title; nearest-neighbour
-  upscaled by `scale`. Writes a PNG to `path` (temp name, then rename) when given; returns the
+  upscaled by `scale`. Writes a PNG to `path` (`export.images.save_png`) when given; returns the
   sheet `[H', W', 3]` uint8."""
   rows = [[_to_uint8(im) for im in row] for row in rows]
   if not rows or not all(rows):
@@ -54,10 +54,8 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], path: str | None = None,
     y += h + pad
   out = np.asarray(sheet)
   if path:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    sheet.save(tmp)
-    os.replace(tmp, path)
+    from instant3d_jax.export import images  # the project's one PNG writer (local or gs://)
+    images.save_png(path, out)
   return out
 
 

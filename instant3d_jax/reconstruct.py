@@ -5,8 +5,9 @@
         [--seed N] [--num_novel N] --out OUT
 
 PATH is a training workdir (latest step), a step directory, or an exported `.safetensors`
-(`python -m instant3d_jax.export`); the config travels with every checkpoint, `--config`
-overrides it (its model must match the checkpoint's shapes, else the mismatches are listed).
+(`python -m instant3d_jax.export`), local or `gs://…` (read by `train.checkpoint.load`); the
+config travels with every checkpoint, `--config` overrides it (its model must match the
+checkpoint's shapes, else the mismatches are listed). OUT may be local or `gs://…` too.
 
 Inputs
   --grid     one image holding the 2×2 grid of stage 1 (top-left az 0°, top-right 90°,
@@ -22,26 +23,26 @@ them. Errors (exit status 2, message naming the file): a wrong number of views, 
 odd-sized views, views of different sizes, grayscale images, unreadable files, a cameras file
 whose count or size disagrees with the views, and a config that does not match the checkpoint.
 
-Outputs in OUT (each file written atomically; `run.json` last, so its presence marks a complete
-run): `triplane.npz` (planes [3, R, R, C] in the renderer's XY/XZ/YZ order, and the model
-config), `inputs/view_K.png` (the preprocessed inputs), `renders/input_K.png` (the inputs
-re-rendered from their cameras), `renders/inputs_vs_renders.png`, `novel/novel_KK.png` with
-`novel/cameras.json` (random viewpoints from `--seed`: elevation U[-10°, 50°], azimuth U[0, 360°),
-rig distance and FOV), `turntable.gif` and `turntable.mp4`, `mesh.glb` / `mesh.obj` / `mesh.ply`
-(marching cubes on the density field, vertex colours from the field; GLB y-up), and `run.json`
-(config, checkpoint, seed, flags, package versions, timings). Rendering is deterministic (bin
-midpoints, no jitter); the seed only picks the novel viewpoints.
+Outputs in OUT (each file written all-or-nothing, see instant3d_jax/fileio.py; `run.json` last,
+so its presence marks a complete run): `triplane.npz` (planes [3, R, R, C] in the renderer's
+XY/XZ/YZ order, and the model config), `inputs/view_K.png` (the preprocessed inputs),
+`renders/input_K.png` (the inputs re-rendered from their cameras), `renders/inputs_vs_renders.png`,
+`novel/novel_KK.png` with `novel/cameras.json` (random viewpoints from `--seed`: elevation
+U[-10°, 50°], azimuth U[0, 360°), rig distance and FOV), `turntable.gif` and `turntable.mp4`,
+`mesh.glb` / `mesh.obj` / `mesh.ply` (marching cubes on the density field, vertex colours from
+the field; GLB y-up), and `run.json` (config, checkpoint, seed, flags, package versions, timings).
+Rendering is deterministic (bin midpoints, no jitter); the seed only picks the novel viewpoints.
 """
 from __future__ import annotations
 
 from instant3d_jax import errors
 
 import importlib.metadata
+import io
 import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -53,12 +54,15 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from instant3d_jax import cameras as cameras_lib
+from instant3d_jax import cli
+from instant3d_jax import fileio
 from instant3d_jax import rendering
-from instant3d_jax.convert.safetensors_io import WeightsError, check_tree_shapes, write_json
+from instant3d_jax.convert.safetensors_io import WeightsError, check_tree_shapes
 from instant3d_jax.export import images as images_lib
 from instant3d_jax.export import mesh as mesh_lib
 from instant3d_jax.export import video as video_lib
 from instant3d_jax.models import lrm as lrm_lib
+from instant3d_jax.train import checkpoint as ckpt_lib
 
 import flax.linen as nn
 
@@ -77,21 +81,9 @@ class InputError(errors.Instant3DError, ValueError):
 
 
 def load_checkpoint(path: str | os.PathLike, config=None):
-  """(config, params) from a workdir / step directory / `.safetensors`; shapes checked."""
-  path = Path(path)
-  if not path.exists():
-    raise InputError(f"--checkpoint {path} does not exist (expected a training workdir, a step "
-                     "directory or an exported .safetensors file)")
-  if path.suffix == ".safetensors":
-    from instant3d_jax.convert import lrm as convert_lrm
-    config, params = convert_lrm.load_lrm(path, config)
-  else:
-    try:
-      from instant3d_jax.train.checkpoint import load_for_inference
-    except ImportError as e:
-      raise InputError(f"--checkpoint {path} is a directory, which needs the trainer's "
-                       f"instant3d_jax.train.checkpoint ({e}); export it to .safetensors") from e
-    config, params = load_for_inference(path, config)
+  """(config, params) from any form `train.checkpoint.load` accepts; shapes checked against the
+  reconstructor the config builds (`errors.CheckpointError` for a missing / incomplete path)."""
+  config, params, _ = ckpt_lib.load(path, config)
   if "model" not in config:
     raise WeightsError(f"checkpoint {path}: its config has no 'model' section")
   params = nn.meta.unbox(params)
@@ -106,11 +98,11 @@ def load_checkpoint(path: str | os.PathLike, config=None):
 
 def read_image(path: str | os.PathLike, what: str, background, notes: list[str]) -> np.ndarray:
   """An image file → `[H, W, 3]` float32 in [0, 1] (alpha composited onto `background`)."""
-  path = Path(path)
+  path = fileio.path(path)
   if not path.is_file():
     raise InputError(f"{what} {path} does not exist")
   try:
-    with Image.open(path) as im:
+    with path.open("rb") as f, Image.open(f) as im:
       im.load()
       mode = im.mode
       if mode == "P" and "transparency" in im.info:
@@ -247,12 +239,11 @@ def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=
     cams = cameras_lib.resize_camera(cams, res, res)
   for n in notes:
     log(f"note: {n}")
-  out = Path(out)
-  out.mkdir(parents=True, exist_ok=True)
+  out = fileio.makedirs(out)
   stale = out / "run.json"
   if stale.exists():
     stale.unlink()  # a previous run's marker must not vouch for this run's partial files
-  written: dict[str, Path] = {}
+  written: dict[str, os.PathLike] = {}
 
   # Images → triplane.
   t = time.time()
@@ -263,11 +254,10 @@ def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=
   planes = np.asarray(jax.device_get(planes[0]), np.float32)
   timings["images_to_triplane_s"] = time.time() - t
   log(f"triplane {planes.shape} in {timings['images_to_triplane_s']:.2f} s (compile included)")
-  tmp = out / "triplane.tmp.npz"
-  np.savez(tmp, planes=planes, plane_order=np.array(["XY", "XZ", "YZ"]),
+  buf = io.BytesIO()
+  np.savez(buf, planes=planes, plane_order=np.array(["XY", "XZ", "YZ"]),
            config=np.array(config.to_json()))
-  os.replace(tmp, out / "triplane.npz")
-  written["triplane"] = out / "triplane.npz"
+  written["triplane"] = fileio.write_bytes(out / "triplane.npz", buf.getvalue())
   for i, v in enumerate(views_np):
     written[f"input_{i}"] = images_lib.save_png(out / "inputs" / f"view_{i}.png", v)
 
@@ -302,8 +292,9 @@ def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=
     for i, r in enumerate(novel):
       written[f"novel_{i}"] = images_lib.save_png(out / "novel" / f"novel_{i:02d}.png", r)
     from data_pipeline import cameras_json
-    cameras_json.write_cameras_json(str(out / "novel" / "cameras.json"), nov_cams,
-                                    files=[f"novel_{i:02d}.png" for i in range(num_novel)])
+    with fileio.staged_output(out / "novel" / "cameras.json") as tmp:  # a local-file writer
+      cameras_json.write_cameras_json(str(tmp), nov_cams,
+                                      files=[f"novel_{i:02d}.png" for i in range(num_novel)])
     written["novel_cameras"] = out / "novel" / "cameras.json"
   frames = render_all(video_lib.turntable_cameras(turntable_frames, render_res), "turntable")
   written["turntable_gif"] = video_lib.save_gif(out / "turntable.gif", frames, fps)
@@ -343,7 +334,7 @@ def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=
   log(f"mesh: {len(verts)} vertices, {len(faces)} faces at density level {level:.4g}")
 
   run = {
-      "checkpoint": str(Path(checkpoint).resolve()),
+      "checkpoint": fileio.display(checkpoint),
       "config": json.loads(config.to_json()),
       "seed": seed,
       "inputs": {"grid": grid, "views": list(views) if views else None, "cameras": cameras},
@@ -357,8 +348,7 @@ def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=
       "versions": _versions(),
       "outputs": sorted(str(p.relative_to(out)) for p in written.values()),
   }
-  write_json(out / "run.json", run)
-  written["run"] = out / "run.json"
+  written["run"] = fileio.write_text(out / "run.json", json.dumps(run, indent=2, sort_keys=True))
   log(f"wrote {len(written)} files to {out} in {timings['total_s']:.1f} s")
   return written
 
@@ -370,28 +360,27 @@ def main(argv):
   del argv
   if not _CHECKPOINT.value or not _OUT.value:
     raise app.UsageError("--checkpoint and --out are required")
-  try:
-    reconstruct(_CHECKPOINT.value, _OUT.value, grid=_GRID.value, views=_VIEWS.value,
-                cameras=_CAMERAS.value, config=_CONFIG.value, seed=_SEED.value,
-                num_novel=_NUM_NOVEL.value, resolution=_RESOLUTION.value,
-                turntable_frames=_FRAMES.value, fps=_FPS.value,
-                mesh_resolution=_MESH_RES.value, mesh_threshold=_MESH_THRESHOLD.value,
-                chunk=_CHUNK.value)
-  except (ValueError, FileNotFoundError) as e:  # InputError, WeightsError, DataError, …
-    print(f"reconstruct: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  # Project errors (InputError, WeightsError, CheckpointError, DataError, …) print as one line
+  # with exit status 2 (cli.run).
+  reconstruct(_CHECKPOINT.value, _OUT.value, grid=_GRID.value, views=_VIEWS.value,
+              cameras=_CAMERAS.value, config=_CONFIG.value, seed=_SEED.value,
+              num_novel=_NUM_NOVEL.value, resolution=_RESOLUTION.value,
+              turntable_frames=_FRAMES.value, fps=_FPS.value,
+              mesh_resolution=_MESH_RES.value, mesh_threshold=_MESH_THRESHOLD.value,
+              chunk=_CHUNK.value)
 
 
 if __name__ == "__main__":
   # Flags are defined only when run as a command: library users (the trainer, tests) import
   # this module next to other commands that define flags of the same names.
-  _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "workdir, step directory or .safetensors")
+  _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "workdir, step directory or .safetensors "
+                                    "(local or gs://)")
   _GRID = flags.DEFINE_string("grid", None, "a 2×2 grid image of the 4 views")
   _VIEWS = flags.DEFINE_list("views", None, "the views as separate image files, camera order")
   _CAMERAS = flags.DEFINE_string("cameras", None, "cameras JSON; default: the Instant3D rig")
   _SEED = flags.DEFINE_integer("seed", 0, "picks the novel viewpoints")
   _NUM_NOVEL = flags.DEFINE_integer("num_novel", 8, "novel views to render")
-  _OUT = flags.DEFINE_string("out", None, "output folder")
+  _OUT = flags.DEFINE_string("out", None, "output folder (local or gs://)")
   _RESOLUTION = flags.DEFINE_integer("resolution", 0, "render resolution (0: model input size)")
   _FRAMES = flags.DEFINE_integer("turntable_frames", 36, "turntable frames")
   _FPS = flags.DEFINE_float("fps", 12.0, "turntable frames per second")
@@ -402,4 +391,4 @@ if __name__ == "__main__":
   _CHUNK = flags.DEFINE_integer("chunk", 0, "rays per render chunk (0: model.render.chunk)")
   _CONFIG = config_flags.DEFINE_config_file("config", None, "override the checkpoint's config",
                                             lock_config=False)
-  app.run(main)
+  cli.run(main)

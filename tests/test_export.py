@@ -1,4 +1,6 @@
-"""Image grids / PNG writing, videos and mesh export (instant3d_jax/export/)."""
+"""Image grids / PNG writing, videos and mesh export (instant3d_jax/export/), local and gs://."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +8,7 @@ import pytest
 from PIL import Image
 
 from instant3d_jax.export import images
+from tests.fake_gcs import fake_gcs  # noqa: F401  (fixture)
 
 
 def test_make_grid_layout_and_padding():
@@ -98,3 +101,45 @@ def test_mesh_sphere_with_colours(tmp_path):
   with pytest.raises(ValueError, match=r"never crosses the level 50.0 \(its range is"):
     mesh.extract_mesh(dens, 50.0)
 
+
+
+def test_writers_take_gs_paths(fake_gcs, tmp_path, monkeypatch):
+  """PNG, GIF, MP4 and mesh files written to a (fake) bucket: the encoders write local
+  temporaries that are uploaded, nothing is left behind locally."""
+  from instant3d_jax import fileio
+  from instant3d_jax.export import mesh, video
+  monkeypatch.chdir(tmp_path)
+  img = np.random.default_rng(0).uniform(size=(6, 8, 3)).astype(np.float32)
+  p = images.save_png("gs://bkt/out/a.png", img)
+  assert str(p) == "gs://bkt/out/a.png"
+  back = np.asarray(Image.open(p.open("rb")))
+  assert np.array_equal(back, np.round(img * 255).astype(np.uint8))
+  frames = img * np.linspace(0.2, 1.0, 3, dtype=np.float32)[:, None, None, None]
+  assert str(video.save_gif("gs://bkt/out/t.gif", frames)) == "gs://bkt/out/t.gif"
+  assert str(video.save_mp4("gs://bkt/out/t.mp4", frames)) == "gs://bkt/out/t.mp4"
+  v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+  f = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+  paths = mesh.save_mesh("gs://bkt/out/m", v, f)
+  assert {k: str(x) for k, x in paths.items()} == {
+      k: f"gs://bkt/out/m.{k}" for k in ("glb", "obj", "ply")}
+  assert fake_gcs.files() == [f"gs://bkt/out/{n}" for n in
+                              ("a.png", "m.glb", "m.obj", "m.ply", "t.gif", "t.mp4")]
+  with fileio.local_file("gs://bkt/out/t.gif") as local:
+    import imageio.v2 as imageio
+    assert np.stack(list(imageio.mimread(local))).shape[:3] == (3, 6, 8)
+  obj = fileio.path("gs://bkt/out/m.obj").read_text().splitlines()
+  assert sum(line.startswith("f ") for line in obj) == 4
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow  # a fresh interpreter (JAX import)
+def test_export_command_reports_a_missing_checkpoint(tmp_path):
+  import subprocess
+  import sys
+  r = subprocess.run([sys.executable, "-m", "instant3d_jax.export",
+                      f"--checkpoint={tmp_path / 'nope'}", f"--out={tmp_path / 'm.safetensors'}"],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.strip().splitlines()[-1].startswith(
+      f"error: checkpoint '{tmp_path / 'nope'}' does not exist; expected a training workdir")
+  assert "Traceback" not in r.stderr and not (tmp_path / "m.safetensors").exists()

@@ -158,7 +158,9 @@ def test_bad_inputs_fail_with_clear_messages(checkpoint, tmp_path):
     rec.load_cameras(cams_path, 4, 32)
   np.testing.assert_allclose(rec.load_cameras(None, 4, 32).c2w, cam_lib.instant3d_rig(32).c2w)
   # Checkpoint problems.
-  with pytest.raises(rec.InputError, match=r"--checkpoint .*nope.safetensors does not exist"):
+  from instant3d_jax import errors
+  with pytest.raises(errors.CheckpointError, match=r"checkpoint '.*nope.safetensors' does not "
+                                                   r"exist; expected a training workdir"):
     rec.load_checkpoint(tmp_path / "nope.safetensors")
   other = micro_config()
   other.model.triplane.channels = 4
@@ -178,5 +180,8 @@ def test_cli_reports_bad_input_with_exit_status_2(checkpoint, tmp_path):
                       "--views=" + ",".join(views[:2]), f"--out={tmp_path / 'o'}"],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2
-  assert "reconstruct: error: --views lists 2 files; the model takes 4 views" in r.stderr
+  # One line, no traceback (cli.run).
+  assert r.stderr.strip().splitlines()[-1] == (
+      f"error: --views lists 2 files; the model takes 4 views (got {views[:2]!r})")
+  assert "Traceback" not in r.stderr
   assert not (tmp_path / "o" / "run.json").exists()

@@ -15,7 +15,8 @@ by `python -m instant3d_jax.reconstruct --checkpoint model.safetensors`:
       decoder.norm_out.*, decoder.upsampler.{kernel [2, 2, D, C], bias}
       nerf.dense_{i}.{kernel,bias}
   * metadata: `format` = "instant3d_jax.lrm", `format_version` = "1", `config` = the full run
-    config as JSON (ml_collections `to_json`), so the file alone rebuilds the model.
+    config as JSON (ml_collections `to_json`), so the file alone rebuilds the model, and `step`
+    (decimal) = the training step of the weights, when known.
 
 Loading checks every path and shape against the model the config builds and fails with the
 list of mismatches (both shapes) — never a silent partial load.
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -38,10 +38,12 @@ import jax
 import ml_collections
 import numpy as np
 from safetensors import safe_open
+from safetensors.numpy import save_file
 
+from instant3d_jax import fileio
 from instant3d_jax.convert import transformers_vit
 from instant3d_jax.convert.safetensors_io import (WeightsError, check_tree_shapes, flatten,
-                                                  read_safetensors, unflatten, write_safetensors)
+                                                  read_safetensors, unflatten)
 from instant3d_jax.models import lrm as lrm_lib
 
 FORMAT = "instant3d_jax.lrm"
@@ -56,25 +58,36 @@ def _full_config(config) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({"model": ml_collections.ConfigDict(config)})
 
 
-def save_lrm(path: str | os.PathLike, params: Mapping[str, Any], config) -> Path:
-  """Writes the reconstructor's params (boxed or not) and `config` into one safetensors file."""
+def save_lrm(path: str | os.PathLike, params: Mapping[str, Any], config,
+             step: int | None = None) -> fileio.OutPath:
+  """Writes the reconstructor's params (boxed or not) and `config` into one safetensors file;
+  `step` (the training step the params come from) is recorded in the metadata when given.
+
+  `path` may be local or `gs://…`; the file appears complete or not at all (a local temporary
+  file, then rename or upload: `fileio.staged_output`)."""
   flat = flatten(nn.meta.unbox(params), SEP)
-  tensors = {k: np.asarray(jax.device_get(v), np.float32) for k, v in flat.items()}
+  tensors = {k: np.ascontiguousarray(np.asarray(jax.device_get(v), np.float32))
+             for k, v in flat.items()}
   metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
               "config": _full_config(config).to_json()}
-  write_safetensors(path, tensors, metadata)
-  return Path(path)
+  if step is not None:
+    metadata["step"] = str(int(step))
+  with fileio.staged_output(path) as tmp:
+    save_file(tensors, str(tmp), metadata=metadata)
+  return fileio.native(path)
 
 
-def read_lrm_metadata(path: str | os.PathLike) -> dict[str, str]:
-  path = Path(path)
-  if not path.is_file():
-    raise WeightsError(f"checkpoint {path} does not exist")
+def read_lrm_metadata(path: str | os.PathLike, name: str | os.PathLike | None = None
+                      ) -> dict[str, str]:
+  """The metadata of a local safetensors file (`name`: how to call it in errors)."""
+  name = path if name is None else name
+  if not os.path.isfile(path):
+    raise WeightsError(f"checkpoint {name} does not exist")
   try:
     with safe_open(str(path), framework="np") as f:
       return dict(f.metadata() or {})
   except Exception as e:  # corrupt header: several exception types
-    raise WeightsError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
+    raise WeightsError(f"checkpoint {name} is not a readable safetensors file: {e}") from e
 
 
 def config_from_json(text: str) -> ml_collections.ConfigDict:
@@ -82,24 +95,36 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(text))
 
 
-def load_lrm(path: str | os.PathLike, config=None) -> tuple[ml_collections.ConfigDict, dict]:
-  """(config, params) of a file written by `save_lrm`; params are numpy fp32, unboxed.
+def read_lrm(path: str | os.PathLike, config=None
+             ) -> tuple[ml_collections.ConfigDict, dict, int | None]:
+  """(config, params, step) of a file written by `save_lrm` (local or `gs://…`, fetched once);
+  params are numpy fp32, unboxed; `step` is None for files that record none.
 
   `config` overrides the embedded one (its model must still match the tensors' shapes).
   """
-  path = Path(path)
-  meta = read_lrm_metadata(path)
-  if meta.get("format") != FORMAT:
-    raise WeightsError(f"checkpoint {path}: metadata format is {meta.get('format')!r}, expected "
-                       f"{FORMAT!r} (a file written by instant3d_jax.export / convert.lrm.save_lrm)")
-  if config is None:
-    if "config" not in meta:
-      raise WeightsError(f"checkpoint {path} carries no config; pass one explicitly")
-    config = config_from_json(meta["config"])
-  config = _full_config(config)
-  tensors = read_safetensors(path)
+  if not fileio.path(path).is_file():
+    raise WeightsError(f"checkpoint {path} does not exist")
+  with fileio.local_file(path) as local:
+    meta = read_lrm_metadata(local, path)
+    if meta.get("format") != FORMAT:
+      raise WeightsError(f"checkpoint {path}: metadata format is {meta.get('format')!r}, "
+                         f"expected {FORMAT!r} (a file written by instant3d_jax.export / "
+                         "convert.lrm.save_lrm)")
+    if config is None:
+      if "config" not in meta:
+        raise WeightsError(f"checkpoint {path} carries no config; pass one explicitly")
+      config = config_from_json(meta["config"])
+    config = _full_config(config)
+    tensors = read_safetensors(local)
   params = unflatten(tensors, SEP)
   check_tree_shapes(nn.meta.unbox(lrm_lib.abstract_params(config)), params, f"checkpoint {path}")
+  step = int(meta["step"]) if meta.get("step", "").lstrip("-").isdigit() else None
+  return config, params, step
+
+
+def load_lrm(path: str | os.PathLike, config=None) -> tuple[ml_collections.ConfigDict, dict]:
+  """(config, params) of `read_lrm`."""
+  config, params, _ = read_lrm(path, config)
   return config, params
 
 
@@ -135,5 +160,5 @@ def export_dino_encoder(params: Mapping[str, Any], config, folder: str | os.Path
   transformers_vit.save_vit(folder, nn.meta.unbox(params)["encoder"], lrm_lib.vit_config(m))
 
 
-__all__ = ["FORMAT", "save_lrm", "load_lrm", "read_lrm_metadata", "config_from_json",
+__all__ = ["FORMAT", "save_lrm", "read_lrm", "load_lrm", "read_lrm_metadata", "config_from_json",
            "import_dino_encoder", "init_params_with_pretrained", "export_dino_encoder"]

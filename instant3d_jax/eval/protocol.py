@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from instant3d_jax import fileio
 from instant3d_jax.eval import metrics as metrics_lib
 
 METRICS = ("psnr", "ssim", "lpips")
@@ -164,20 +164,16 @@ def markdown_table(results: dict, *, title: str = "Held-out evaluation", extra: 
 
 
 def write_results(results: dict, out_dir: str | os.PathLike, *, extra: dict | None = None,
-                  name: str = "eval") -> tuple[Path, Path]:
+                  name: str = "eval") -> tuple[fileio.OutPath, fileio.OutPath]:
   """`out_dir/{name}.json` (summary + per-object values) and `out_dir/{name}.md` (the table);
-  temp name then rename. Returns both paths."""
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  `out_dir` local or `gs://…`, each file written all-or-nothing (instant3d_jax/fileio.py).
+  Returns both paths."""
+  out_dir = fileio.path(out_dir)
   data = {k: v for k, v in results.items() if k != "examples"}
   if extra:
     data["run"] = extra
   paths = []
   for suffix, text in ((".json", json.dumps(data, indent=2)),
                        (".md", markdown_table(results, extra=extra))):
-    p = out_dir / f"{name}{suffix}"
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p)
-    paths.append(p)
+    paths.append(fileio.write_text(out_dir / f"{name}{suffix}", text))
   return paths[0], paths[1]

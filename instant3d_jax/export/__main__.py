@@ -2,42 +2,37 @@
 
     python -m instant3d_jax.export --checkpoint PATH --out model.safetensors
 
-`PATH`: a training workdir (latest complete step), its `checkpoints/` directory or one step
-directory. Parameters are gathered to the host (any mesh, any device count), written fp32 in the
-documented key layout of `convert/lrm.py` (temp name, then rename), with the run config as JSON
-metadata, so `reconstruct --checkpoint model.safetensors` needs nothing else.
+`PATH`: a training workdir (latest complete step), its `checkpoints/` directory, one step
+directory or an exported `.safetensors`, local or `gs://…` (`train.checkpoint.load`). Parameters
+are gathered to the host (any mesh, any device count) and written fp32 in the documented key
+layout of `convert/lrm.py`, with the run config and the step as metadata, so
+`reconstruct --checkpoint model.safetensors` needs nothing else. `--out` may be local or
+`gs://…`; the file appears complete or not at all.
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
+from absl import flags
+
+from instant3d_jax import cli
+
+FLAGS = flags.FLAGS
 
 
-def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m instant3d_jax.export", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--checkpoint", required=True, help="workdir, checkpoints/ dir or step dir")
-  ap.add_argument("--out", required=True, help="output .safetensors file")
-  args = ap.parse_args(argv)
-  out = Path(args.out)
-  if out.suffix != ".safetensors":
-    print(f"error: --out must end in .safetensors, got {str(out)!r}", file=sys.stderr)
-    return 2
-  from instant3d_jax.convert import lrm as convert_lrm
+def _define_flags() -> None:
+  # Defined only when run as a command, so importing this module defines no flags.
+  flags.DEFINE_string("checkpoint", None, "training workdir, checkpoints/ dir, step dir or "
+                      ".safetensors (local or gs://)")
+  flags.DEFINE_string("out", None, "output .safetensors file (local or gs://)")
+  flags.mark_flags_as_required(["checkpoint", "out"])
+
+
+def main(argv) -> None:
+  del argv
   from instant3d_jax.train import checkpoint as ckpt_lib
-  try:
-    config, params, step = ckpt_lib.load_params(args.checkpoint)
-  except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  import ml_collections
-  out.parent.mkdir(parents=True, exist_ok=True)
-  convert_lrm.save_lrm(out, params, ml_collections.ConfigDict(config))
-  n = sum(int(v.size) for v in __import__("jax").tree.leaves(params))
+  out, step, n = ckpt_lib.export_safetensors(FLAGS.checkpoint, FLAGS.out)
   print(f"wrote {out} ({n / 1e6:.3f}M parameters, step {step})")
-  return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  _define_flags()
+  cli.run(main)

@@ -1,18 +1,23 @@
-"""Image grids and PNG files.
+"""Image grids and PNG files: the project's one PNG writer.
 
 `make_grid(images [N, H, W, 3], ncols, pad)` tiles images row-major into one array;
-`save_png(path, image)` writes atomically (temp file + rename), so a crash never leaves a
-truncated PNG under the final name; `make_labelled_grid` adds a text strip above each tile (the
-trainer's "inputs | predictions | targets" grids). Images are float in [0, 1] (clipped) or uint8.
+`save_png(path, image)` writes a PNG to a local or `gs://…` path all-or-nothing (locally a temp
+name then rename; on a bucket one object upload), so a crash never leaves a truncated PNG under
+the final name; `make_labelled_grid` adds a text strip above each tile (the trainer's
+"inputs | predictions | targets" grids). Images are float in [0, 1] (clipped) or uint8.
+The trainer's image logs, the reconstruct/generate outputs and the data pipeline's contact sheets
+all write through `save_png`.
 """
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from instant3d_jax import fileio
 
 
 def to_uint8(image) -> np.ndarray:
@@ -80,20 +85,23 @@ def make_labelled_grid(images, labels: Sequence[str], ncols: int | None = None, 
   return make_grid(tiles, ncols, pad, 1.0)
 
 
-def save_png(path: str | os.PathLike, image) -> Path:
-  """Writes `image [H, W, C]` (C = 1, 3, 4; float [0, 1] or uint8) as PNG, atomically."""
+def png_bytes(image) -> bytes:
+  """`image [H, W, C]` (C = 1, 3, 4; float [0, 1] or uint8) encoded as PNG."""
   a = to_uint8(image)
   if a.ndim == 3 and a.shape[-1] == 1:
     a = a[..., 0]
   if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
     raise ValueError(f"save_png expects an image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got "
                      f"shape {a.shape}")
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  Image.fromarray(a).save(tmp, format="PNG")
-  os.replace(tmp, path)
-  return path
+  buf = io.BytesIO()
+  Image.fromarray(a).save(buf, format="PNG")
+  return buf.getvalue()
 
 
-__all__ = ["to_uint8", "make_grid", "make_labelled_grid", "save_png"]
+def save_png(path: str | os.PathLike, image) -> fileio.OutPath:
+  """Writes `image [H, W, C]` (C = 1, 3, 4; float [0, 1] or uint8) as a PNG file at `path`
+  (local or `gs://…`), all-or-nothing; parent folders are created. Returns the path."""
+  return fileio.write_bytes(path, png_bytes(image))
+
+
+__all__ = ["to_uint8", "make_grid", "make_labelled_grid", "png_bytes", "save_png"]

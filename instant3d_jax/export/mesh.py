@@ -2,7 +2,8 @@
 
 `density_grid` samples a field on a regular grid over the box [-box, box]³ (chunked, jitted),
 `extract_mesh` runs `skimage.measure.marching_cubes` at a density level, and `save_mesh` writes
-the coloured mesh with trimesh. Each file is written to a temporary name and renamed, so a crash
+the coloured mesh with trimesh. Each file is encoded in memory and written all-or-nothing to a
+local or `gs://…` path (`fileio.write_bytes`: temp name then rename, or one upload), so a crash
 never leaves a half-written mesh that looks complete.
 
 Coordinate frames: OBJ and PLY keep the project's world frame (z up, design.md §3). glTF
@@ -14,7 +15,6 @@ material's base colour (white here), i.e. show as is.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable
 
 import jax
@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import trimesh
 from skimage import measure
+
+from instant3d_jax import fileio
 
 # z-up world → y-up glTF.
 Z_UP_TO_Y_UP = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], np.float32)
@@ -71,14 +73,6 @@ def extract_mesh(density: np.ndarray, level: float, box: float = 1.0):
   return (verts - box).astype(np.float32), faces[:, ::-1].astype(np.int64)
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp" + path.suffix)
-  write(tmp)
-  os.replace(tmp, path)
-  return path
-
-
 def to_trimesh(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None):
   """A trimesh with RGBA uint8 vertex colours (`colors [V, 3]` float in [0, 1] or uint8)."""
   vc = None
@@ -91,25 +85,26 @@ def to_trimesh(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | Non
 
 
 def save_mesh(stem: str | os.PathLike, vertices, faces, colors=None,
-              formats=("glb", "obj", "ply")) -> dict[str, Path]:
-  """Writes `<stem>.glb/.obj/.ply` (world frame; the GLB y-up, see module docstring)."""
-  stem = Path(stem)
+              formats=("glb", "obj", "ply")) -> dict[str, fileio.OutPath]:
+  """Writes `<stem>.glb/.obj/.ply` (world frame; the GLB y-up, see module docstring); `stem`
+  may be local or `gs://…`."""
+  bad = [f for f in formats if f not in ("glb", "obj", "ply")]
+  if bad:
+    raise ValueError(f"save_mesh: format must be glb, obj or ply, got {bad[0]!r}")
+  stem = fileio.path(stem)
   mesh = to_trimesh(vertices, faces, colors)
   out = {}
   for fmt in formats:
-    path = stem.with_name(stem.name + "." + fmt)
     if fmt == "glb":
       m = mesh.copy()
       m.vertices = np.asarray(mesh.vertices) @ Z_UP_TO_Y_UP.T
-      out[fmt] = _atomic(path, lambda p, m=m: p.write_bytes(m.export(file_type="glb")))
+      data = m.export(file_type="glb")
     elif fmt == "obj":
-      out[fmt] = _atomic(path, lambda p: p.write_text(
-          trimesh.exchange.obj.export_obj(mesh, include_color=True, include_normals=False,
-                                          include_texture=False)))
-    elif fmt == "ply":
-      out[fmt] = _atomic(path, lambda p: p.write_bytes(mesh.export(file_type="ply")))
+      data = trimesh.exchange.obj.export_obj(mesh, include_color=True, include_normals=False,
+                                             include_texture=False).encode("utf-8")
     else:
-      raise ValueError(f"save_mesh: format must be glb, obj or ply, got {fmt!r}")
+      data = mesh.export(file_type="ply")
+    out[fmt] = fileio.write_bytes(stem.with_name(stem.name + "." + fmt), data)
   return out
 
 

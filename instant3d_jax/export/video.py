@@ -1,18 +1,19 @@
 """Turntable cameras and GIF / MP4 writing (imageio; MP4 through imageio-ffmpeg, H.264).
 
-Frames are `[T, H, W, 3]` float in [0, 1] or uint8. Files are written under a temporary name and
-renamed when complete.
+Frames are `[T, H, W, 3]` float in [0, 1] or uint8. Files are written to a local temporary
+file (the encoders write local files only) that is renamed, or uploaded when the destination is
+`gs://…`, once complete (`fileio.staged_output`).
 """
 from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 
 from instant3d_jax import cameras as cameras_lib
+from instant3d_jax import fileio
 from instant3d_jax.export.images import to_uint8
 
 
@@ -33,26 +34,20 @@ def _frames(frames) -> np.ndarray:
   return f
 
 
-def save_gif(path: str | os.PathLike, frames, fps: float = 12.0) -> Path:
+def save_gif(path: str | os.PathLike, frames, fps: float = 12.0) -> fileio.OutPath:
   f = _frames(frames)
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.gif")
-  imageio.mimsave(tmp, list(f), format="GIF", duration=1000.0 / fps, loop=0)
-  os.replace(tmp, path)
-  return path
+  with fileio.staged_output(path) as tmp:
+    imageio.mimsave(tmp, list(f), format="GIF", duration=1000.0 / fps, loop=0)
+  return fileio.native(path)
 
 
-def save_mp4(path: str | os.PathLike, frames, fps: float = 24.0) -> Path:
+def save_mp4(path: str | os.PathLike, frames, fps: float = 24.0) -> fileio.OutPath:
   """H.264 / yuv420p (plays in browsers); odd sizes are padded by edge replication to even."""
   f = _frames(frames)
   ph, pw = f.shape[1] % 2, f.shape[2] % 2
   if ph or pw:
     f = np.pad(f, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.mp4")
-  with warnings.catch_warnings():
+  with fileio.staged_output(path) as tmp, warnings.catch_warnings():
     # imageio-ffmpeg starts ffmpeg with subprocess (fork + exec at once): Python's warning about
     # forking a multithreaded (JAX) process does not apply to an immediate exec.
     warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
@@ -61,8 +56,7 @@ def save_mp4(path: str | os.PathLike, frames, fps: float = 24.0) -> Path:
                             output_params=["-crf", "18"]) as w:
       for frame in f:
         w.append_data(frame)
-  os.replace(tmp, path)
-  return path
+  return fileio.native(path)
 
 
 __all__ = ["turntable_cameras", "save_gif", "save_mp4"]

@@ -12,6 +12,12 @@ complete step as `latest_step()`; the stale temporary is ignored (and cleaned up
 
 Restore: the state is read *into* an abstract target whose leaves carry the shardings of the
 current mesh, so a checkpoint written on 4 devices restores onto 1 (or 64) unchanged.
+
+The workdir may be local or `gs://…` (instant3d_jax/fileio.py): config.json goes through
+`etils.epath`, orbax gets the URI string unchanged (a local path made absolute).
+
+Reading for inference, export and evaluation: `load(path)` → `(config, params, step)` for every
+checkpoint form the commands accept (see `FORMS`).
 """
 from __future__ import annotations
 
@@ -19,12 +25,15 @@ from instant3d_jax import errors
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from instant3d_jax import fileio
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -64,7 +73,7 @@ def check_or_write_config(workdir: str | os.PathLike, config, must_match: tuple[
 
   Only process 0 writes; every process checks.
   """
-  workdir = Path(workdir)
+  workdir = fileio.path(workdir)
   path = workdir / CONFIG_FILE
   new = config_to_dict(config)
   if path.exists():
@@ -79,10 +88,7 @@ def check_or_write_config(workdir: str | os.PathLike, config, must_match: tuple[
           + "\n  ".join(diffs[:40]) + "\nUse another --workdir, or the saved config.")
     return
   if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(new, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    fileio.write_text(path, json.dumps(new, indent=2, sort_keys=True))
 
 
 class Checkpointer:
@@ -93,13 +99,14 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, use_async: bool = True):
-    self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    # orbax gets the URI unchanged (`gs://…`), a local path absolute (fileio.for_orbax).
+    self.directory = epath.Path(fileio.for_orbax(workdir)) / CHECKPOINT_DIR
     # cleanup_tmp_directories: a save cut short by kill -9 leaves a temporary directory; the
     # next run removes it (it was never a complete checkpoint).
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=use_async,
         cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
+    self.manager = ocp.CheckpointManager(str(self.directory), options=options,
                                          item_names=("state", "data", "config"))
 
   def latest_step(self) -> int | None:
@@ -133,71 +140,133 @@ class Checkpointer:
     self.manager.close()
 
 
-# Restoring for inference (no optimizer, no mesh needed).
+# Reading for inference, export and evaluation (no optimizer, no mesh needed).
 
-def _resolve_step_dir(path: Path) -> Path:
-  """Workdir → latest step dir; `workdir/checkpoints` → latest; a step dir → itself."""
+FORMS = ("a training workdir (its latest complete step), its checkpoints/ directory, a step "
+         "directory (checkpoints/<step>, holding state/), or an exported .safetensors file; "
+         "local or gs://")
+
+
+def _is_complete(step_dir: epath.Path) -> bool:
+  """orbax's own test of a finished save: a local step is complete once renamed from its
+  temporary name (`<step>.orbax-checkpoint-tmp-…`); on GCS, which has no atomic rename, once its
+  `commit_success.txt` is written."""
+  return ocp.utils.is_checkpoint_finalized(fileio.for_orbax(step_dir))
+
+
+def _resolve_step_dir(path: str | os.PathLike) -> epath.Path:
+  """Workdir → latest complete step dir; `workdir/checkpoints` → latest; a step dir → itself.
+
+  Raises `CheckpointError` when there is no complete step (or the step directory given is an
+  unfinished save).
+  """
+  path = fileio.path(path)
   if (path / "state").is_dir():
+    if not _is_complete(path):
+      raise errors.CheckpointError(f"checkpoint {str(path)!r} is an unfinished save (orbax never "
+                                   f"marked it complete); pick another step; expected {FORMS}")
     return path
   ckpt_dir = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
-  steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.is_dir() and p.name.isdigit()
-                 and (p / "state").is_dir()) if ckpt_dir.is_dir() else []
+  steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()
+                 and (p / "state").is_dir() and _is_complete(p)) if ckpt_dir.is_dir() else []
   if not steps:
-    raise FileNotFoundError(f"checkpoint {str(path)!r}: expected a training workdir (with "
-                            f"{CHECKPOINT_DIR}/<step>/state), a step directory (with state/) or a "
-                            f".safetensors file; found no complete checkpoint there")
+    raise errors.CheckpointError(f"checkpoint {str(path)!r}: found no complete checkpoint there; "
+                                 f"expected {FORMS}")
   return ckpt_dir / str(steps[-1])
 
 
-def load_params(path: str | os.PathLike) -> tuple[dict, Any, int]:
-  """`(config_dict, params, step)` from a workdir, a `checkpoints/` dir or a step dir.
-
-  Params come back as host numpy arrays (no devices or mesh involved), read with the shapes the
-  checkpoint records; the optimizer state is not read.
-  """
-  # Absolute: orbax's OCDBT reader rejects relative paths (and reports it only as missing
-  # metadata), and commands take relative workdirs such as the demo's `outputs/demo`.
-  step_dir = _resolve_step_dir(Path(path).absolute())
+def _read_step_config(step_dir: epath.Path) -> dict:
+  """The config saved in the step (orbax JsonSave item), else the workdir's config.json."""
   config_path = step_dir / "config"
-  cfg = None
   for cand in (config_path / "metadata", config_path):
     if cand.is_file():
-      cfg = json.loads(cand.read_text())
-      break
-  if cfg is None:
-    saved = step_dir.parent.parent / CONFIG_FILE
-    if not saved.is_file():
-      raise FileNotFoundError(f"checkpoint {str(step_dir)!r}: no config saved in the step "
-                              f"({config_path}) or beside it ({saved})")
-    cfg = json.loads(saved.read_text())
-  ckptr = ocp.PyTreeCheckpointer()
-  meta = ckptr.metadata(step_dir / "state")
-  tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
-  tree = getattr(tree, "tree", tree)
+      return json.loads(cand.read_text())
+  saved = step_dir.parent.parent / CONFIG_FILE
+  if not saved.is_file():
+    raise errors.CheckpointError(f"checkpoint {str(step_dir)!r}: no config saved in the step "
+                                 f"({config_path}) or in its workdir ({saved})")
+  return json.loads(saved.read_text())
+
+
+def _read_params(state_dir: epath.Path) -> Any:
+  """The `params` subtree of a TrainState item, as host numpy arrays with the recorded shapes."""
+  directory = fileio.for_orbax(state_dir)
+  # The item's tree metadata comes from the handler itself. `Checkpointer.metadata(state_dir)`
+  # would also look for the step-level `_CHECKPOINT_METADATA` inside the item directory, where
+  # the CheckpointManager never writes it (it lives one level up, in the step directory), and log
+  # "Metadata file does not exist" on every load although nothing is wrong.
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    meta = handler.metadata(epath.Path(directory))
+  finally:
+    handler.close()
+  tree = getattr(meta, "tree", meta)
+  if not isinstance(tree, dict) or "params" not in tree:
+    raise errors.CheckpointError(f"checkpoint {str(state_dir)!r}: the state holds no 'params' "
+                                 f"(found {sorted(tree) if isinstance(tree, dict) else tree!r})")
   params_meta = tree["params"]
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)
-  out = ckptr.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
-      item={"params": params_meta}, restore_args={"params": restore_args}, partial_restore=True))
-  return cfg, out["params"], int(step_dir.name)
+  ckptr = ocp.PyTreeCheckpointer()
+  try:
+    out = ckptr.restore(directory, args=ocp.args.PyTreeRestore(
+        item={"params": params_meta}, restore_args={"params": restore_args},
+        partial_restore=True))
+  finally:
+    ckptr.close()
+  return out["params"]
+
+
+def load(path: str | os.PathLike, config=None
+         ) -> tuple[ml_collections.ConfigDict, Any, int | None]:
+  """`(config, params, step)` from any checkpoint form the commands accept (`FORMS`):
+
+  * a training workdir (its latest complete step), its `checkpoints/` directory or one step
+    directory (orbax; config from the step, else the workdir's config.json);
+  * an exported `.safetensors` file (`python -m instant3d_jax.export`; config embedded; read by
+    `convert/lrm.py`, which checks every shape against the config's model; `step` is None if
+    the file records none);
+
+  each local or `gs://…`. `config` (optional) replaces the saved one. Params are host numpy
+  arrays (no devices or mesh involved); the optimizer state is not read. A missing or
+  incomplete path raises `errors.CheckpointError` naming it and the accepted forms.
+  """
+  p = fileio.path(path)
+  if p.name.endswith(".safetensors"):
+    if not p.is_file():
+      raise errors.CheckpointError(f"checkpoint {str(path)!r} does not exist; expected {FORMS}")
+    from instant3d_jax.convert import lrm as convert_lrm
+    return convert_lrm.read_lrm(p, config)
+  if not p.exists():
+    raise errors.CheckpointError(f"checkpoint {str(path)!r} does not exist; expected {FORMS}")
+  step_dir = _resolve_step_dir(p)
+  saved = _read_step_config(step_dir)
+  params = _read_params(step_dir / "state")
+  if config is None:
+    config = ml_collections.ConfigDict(saved)
+  step = int(step_dir.name) if step_dir.name.isdigit() else None
+  return config, params, step
+
+
+def load_params(path: str | os.PathLike) -> tuple[dict, Any, int | None]:
+  """`load` with the config as a plain dict (JSON types)."""
+  config, params, step = load(path)
+  return config_to_dict(config), params, step
 
 
 def load_for_inference(path: str | os.PathLike, config=None):
-  """`(config, params)` for inference from any checkpoint form the commands accept:
+  """`(config, params)` of `load`."""
+  config, params, _ = load(path, config)
+  return config, params
 
-  * a training workdir (its latest complete step), a `checkpoints/` dir or a step directory
-    (orbax; config from the step, else the workdir's config.json);
-  * an exported `.safetensors` file (`python -m instant3d_jax.export`; config embedded; read by
-    `convert/lrm.py`, which checks every shape against the config's model).
 
-  `config` (optional) overrides the saved one. Params are host numpy arrays.
-  """
-  import ml_collections
-  path = Path(path)
-  if path.suffix == ".safetensors":
-    from instant3d_jax.convert import lrm as convert_lrm
-    return convert_lrm.load_lrm(path, config)
-  if not path.exists():
-    raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (expected a workdir, a step "
-                            f"directory or a .safetensors file)")
-  saved, params, _ = load_params(path)
-  return (config if config is not None else ml_collections.ConfigDict(saved)), params
+def export_safetensors(path: str | os.PathLike, out: str | os.PathLike
+                       ) -> tuple[fileio.OutPath, int | None, int]:
+  """Any checkpoint form `load` accepts → one `.safetensors` file (fp32, config and step in the
+  metadata; layout of `convert/lrm.py`). Returns `(out, step, number of parameters)`."""
+  if not fileio.path(out).name.endswith(".safetensors"):
+    raise errors.ConfigError(f"--out must end in .safetensors, got {str(out)!r}")
+  from instant3d_jax.convert import lrm as convert_lrm
+  config, params, step = load(path)
+  written = convert_lrm.save_lrm(out, params, config, step=step)
+  n = sum(int(np.size(v)) for v in jax.tree.leaves(params))
+  return written, step, n

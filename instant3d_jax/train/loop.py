@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from instant3d_jax import fileio
 from instant3d_jax.train import checkpoint as ckpt_lib
 from instant3d_jax.train import mesh as mesh_lib
 from instant3d_jax.train import metrics as metrics_lib
@@ -162,7 +163,7 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
   """Trains `task` under `config` in `workdir` (resuming if it holds a checkpoint)."""
   t_start = time.time()
   tcfg = config.train
-  workdir = Path(workdir)
+  workdir = fileio.path(workdir)  # local or gs://… (instant3d_jax/fileio.py)
   primary = multihost.is_primary()
   say = log if primary else (lambda *_: None)
   total_steps = int(tcfg.total_steps)

@@ -1,20 +1,30 @@
 """Training logs: TensorBoard events (tensorboardX, no TensorFlow), a JSONL file, a console
-progress bar with ETA, image grids and a loss-curve PNG; throughput and MFU arithmetic.
+progress bar with ETA, image logs (PNGs through export/images.py) and a loss-curve PNG; throughput
+and MFU arithmetic.
 
 Only process 0 writes (`MetricWriter(active=jax.process_index() == 0)`); other processes get a
 writer whose methods do nothing, so call sites need no `if`.
+
+The workdir may be local or `gs://…` (instant3d_jax/fileio.py): tensorboardX gets the URI string
+unchanged (it uploads `gs://` event files itself through google-cloud-storage); the JSONL file,
+PNGs and the loss curve go through `etils.epath`. Bucket objects cannot be appended to, so on a
+bucket the JSONL file is rewritten whole (at most every `remote_flush_s` seconds, and on
+`flush`/`close`); locally it is appended line by line.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from instant3d_jax import fileio
+from instant3d_jax.export import images as images_lib
 
 JSONL_FILE = "metrics.jsonl"
 
@@ -23,18 +33,44 @@ class MetricWriter:
   """Scalars → `workdir/tb/` events + `workdir/metrics.jsonl` (one JSON object per line:
   `{"step": s, "time": unix, "name": value, ...}`); images → events + PNG files."""
 
-  def __init__(self, workdir: str | os.PathLike, *, active: bool = True, tensorboard: bool = True):
-    self.workdir = Path(workdir)
+  def __init__(self, workdir: str | os.PathLike, *, active: bool = True, tensorboard: bool = True,
+               remote_flush_s: float = 30.0):
+    self.workdir = fileio.path(workdir)
     self.active = active
     self._tb = None
     self._jsonl = None
+    self._remote = fileio.is_remote(self.workdir)
+    self._remote_lines: list[str] = []
+    self._remote_dirty = False
+    self._remote_flush_s = remote_flush_s
+    self._last_upload = time.time()
     if not active:
       return
-    self.workdir.mkdir(parents=True, exist_ok=True)
+    fileio.makedirs(self.workdir)
     if tensorboard:
-      from tensorboardX import SummaryWriter  # lazy: tensorboardX pulls protobuf
-      self._tb = SummaryWriter(str(self.workdir / "tb"))
-    self._jsonl = open(self.workdir / JSONL_FILE, "a", buffering=1)
+      import tensorboardX  # lazy: tensorboardX pulls protobuf
+      self._tb = tensorboardX.SummaryWriter(str(self.workdir / "tb"))
+    jsonl = self.workdir / JSONL_FILE
+    if self._remote:
+      # A resumed run keeps the rows already in the bucket.
+      self._remote_lines = jsonl.read_text().splitlines(keepends=True) if jsonl.exists() else []
+    else:
+      self._jsonl = open(jsonl, "a", buffering=1)
+
+  def _write_line(self, line: str) -> None:
+    if not self._remote:
+      self._jsonl.write(line)
+      return
+    self._remote_lines.append(line)
+    self._remote_dirty = True
+    if time.time() - self._last_upload >= self._remote_flush_s:
+      self._upload_jsonl()
+
+  def _upload_jsonl(self) -> None:
+    if self._remote and self._remote_dirty:
+      fileio.write_text(self.workdir / JSONL_FILE, "".join(self._remote_lines))
+      self._remote_dirty = False
+      self._last_upload = time.time()
 
   def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
     if not self.active:
@@ -45,7 +81,7 @@ class MetricWriter:
       row[prefix + k] = v if math.isfinite(v) else str(v)
       if self._tb is not None:
         self._tb.add_scalar(prefix + k, v, int(step))
-    self._jsonl.write(json.dumps(row) + "\n")
+    self._write_line(json.dumps(row) + "\n")
 
   def image(self, step: int, name: str, image: np.ndarray, png_dir: str | None = None) -> None:
     """`image: [H, W, 3]` float in [0, 1]; also written as `png_dir/name_step.png`."""
@@ -55,31 +91,25 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.add_image(name, image, int(step), dataformats="HWC")
     if png_dir is not None:
-      write_png(self.workdir / png_dir / f"{name.replace('/', '_')}_{int(step):07d}.png", image)
+      images_lib.save_png(
+          self.workdir / png_dir / f"{name.replace('/', '_')}_{int(step):07d}.png", image)
 
   def flush(self) -> None:
     if self._tb is not None:
       self._tb.flush()
+    self._upload_jsonl()
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
     if self._jsonl is not None:
       self._jsonl.close()
-
-
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-  """`image: [H, W, 3]` float in [0, 1] → PNG (temp name, then rename)."""
-  from PIL import Image
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")
-  os.replace(tmp, path)
+    self._upload_jsonl()
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-  path = Path(path)
+  """The rows of a metrics JSONL file (local or `gs://…`); [] when it does not exist."""
+  path = fileio.path(path)
   if not path.exists():
     return []
   rows = []
@@ -93,7 +123,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 def plot_loss_curve(jsonl_path: str | os.PathLike, out_png: str | os.PathLike,
                     keys: tuple[str, ...] = ("train/loss", "eval/psnr")) -> None:
-  """Loss (log scale) and, when logged, eval PSNR against step, from the JSONL file."""
+  """Loss (log scale) and, when logged, eval PSNR against step, from the JSONL file; both paths
+  local or `gs://…` (the PNG written all-or-nothing)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -114,12 +145,10 @@ def plot_loss_curve(jsonl_path: str | os.PathLike, out_png: str | os.PathLike,
       ax.set_yscale("log")
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  out_png = Path(out_png)
-  out_png.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out_png.with_name(out_png.name + ".tmp.png")
-  fig.savefig(tmp, dpi=100)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
   plt.close(fig)
-  os.replace(tmp, out_png)
+  fileio.write_bytes(out_png, buf.getvalue())
 
 
 class Progress:
@@ -183,18 +212,3 @@ def peak_flops_for(device_kind: str, table: Mapping[str, float]) -> float | None
     if key.lower() in kind and (best is None or len(key) > len(best[0])):
       best = (key, tflops)
   return None if best is None else float(best[1]) * 1e12
-
-
-def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
-  """Stacks `rows` (each `[N, H, W, 3]`, images of one row) into one `[H', W', 3]` canvas on a
-  white background; rows may hold different counts and sizes (each image top-left aligned)."""
-  rows = [np.asarray(r, np.float32) for r in rows]
-  h = max(r.shape[1] for r in rows)
-  w = max(r.shape[2] for r in rows)
-  n = max(r.shape[0] for r in rows)
-  canvas = np.ones((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), np.float32)
-  for i, r in enumerate(rows):
-    for j, img in enumerate(r):
-      y, x = pad + i * (h + pad), pad + j * (w + pad)
-      canvas[y:y + img.shape[0], x:x + img.shape[1]] = np.clip(img, 0, 1)
-  return canvas
