@@ -12,7 +12,7 @@ import transformers
 
 from instant3d_jax.convert import transformers_vit as tv
 from instant3d_jax.convert.safetensors_io import WeightsError, read_folder_weights
-from instant3d_jax.models import vit
+from instant3d_jax.models import layers, vit
 
 
 def rel_err(a, b):
@@ -263,7 +263,7 @@ def _torch_count(model_cls, config):
 @pytest.mark.parametrize("preset", ["dino_vitb16", "dinov2_vitb14", "dinov2_vitb14_reg"])
 def test_full_size_parameter_counts(preset):
   config = vit.PRESETS[preset]()
-  ours = vit.count_params(tv.expected_param_shapes(config))
+  ours = layers.count_params(tv.expected_param_shapes(config))
   tcfg = config.to_transformers()
   d = config.hidden_size
   if preset == "dino_vitb16":
@@ -285,5 +285,5 @@ def test_full_size_parameter_counts(preset):
                           transformers.Dinov2WithRegistersConfig(**tcfg))
     assert ours == theirs - d == 86_582_784
   # With camera modulation: 12 blocks × (D_mod·4D + 4D).
-  mod = vit.count_params(tv.expected_param_shapes(config, modulation_dim=1024))
+  mod = layers.count_params(tv.expected_param_shapes(config, modulation_dim=1024))
   assert mod - ours == config.num_hidden_layers * (1024 * 4 * d + 4 * d)
