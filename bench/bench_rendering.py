@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instant3d_jax import cameras, rendering
+from instant3d_jax.models import lrm as lrm_lib
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rendering.md"
 
@@ -176,16 +177,16 @@ def bench_lookups(runs: int, num_points: int) -> list[dict]:
   return rows
 
 
-# --- MLP (mirrors rendering.TriplaneDecoder, so the first layer can be folded) -----------------
+# --- MLP (the model's lrm.NeRFMLP, mirrored so the first layer can be folded) -----------------
 
 def make_decoder(num_layers: int, features: int, seed: int = 0):
-  decoder = rendering.TriplaneDecoder(hidden=64, num_layers=num_layers, activation="silu")
+  decoder = lrm_lib.NeRFMLP(hidden=64, num_layers=num_layers, activation="silu")
   variables = jax.jit(decoder.init)(jax.random.PRNGKey(seed), jnp.zeros((1, features)))
   return decoder, nn.unbox(variables)
 
 
 def decoder_head(variables, h, num_layers: int):
-  """TriplaneDecoder after the first layer's pre-activation `h [..., 64]`."""
+  """NeRFMLP after the first layer's pre-activation `h [..., 64]`."""
   params = variables["params"]
   x = jax.nn.silu(h)
   for i in range(1, num_layers):

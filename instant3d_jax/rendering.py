@@ -40,12 +40,10 @@ from __future__ import annotations
 import functools
 from typing import Callable, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from instant3d_jax import cameras as cameras_lib
-from instant3d_jax.models import layers
 
 FieldFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 TRIPLANE_PADDINGS = ("zeros", "border")
@@ -416,46 +414,15 @@ def render_image(field_fn: FieldFn, camera: cameras_lib.Camera, *, chunk: int = 
 
 
 # ---------------------------------------------------------------------------------------------
-# A tiny triplane field for tests and benchmarks (the LRM's NeRF MLP lives in models/lrm.py)
+# Triplane fields (the decoder is the caller's: the LRM's NeRF MLP lives in models/lrm.py)
 # ---------------------------------------------------------------------------------------------
-
-
-class TriplaneDecoder(nn.Module):
-  """Point-wise MLP: plane features `[..., F]` → (density `[...]` >= 0, rgb `[...]×3` in [0,1]).
-
-  OpenLRM's `OSGDecoder` head: rgb = sigmoid·(1 + 2e-3) - 1e-3; density = softplus(x + bias)
-  (OpenLRM: bias -1) or exp(x + bias) ('exp', Instant3D/MeshLRM-style). Kernels are replicated
-  (logical axes None): the MLP is tiny and evaluated at every sample.
-  """
-  hidden: int = 64
-  num_layers: int = 4            # dense layers including the output layer
-  activation: str = "relu"       # 'relu' (OpenLRM) or 'silu'
-  density_activation: str = "softplus"
-  density_bias: float = -1.0
-
-  @nn.compact
-  def __call__(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
-    act = {"relu": nn.relu, "silu": nn.silu}[self.activation]
-    x = features
-    for i in range(self.num_layers - 1):
-      x = act(layers.dense(self.hidden, (None, None), name=f"dense_{i}")(x))
-    x = layers.dense(4, (None, None), name=f"dense_{self.num_layers - 1}")(x)
-    raw = x[..., 0] + self.density_bias
-    if self.density_activation == "softplus":
-      density = nn.softplus(raw)
-    elif self.density_activation == "exp":
-      density = jnp.exp(raw)
-    else:
-      raise ValueError(f"TriplaneDecoder: density_activation must be 'softplus' or 'exp', "
-                       f"got {self.density_activation!r}")
-    rgb = nn.sigmoid(x[..., 1:]) * (1 + 2e-3) - 1e-3
-    return density, rgb
 
 
 def make_triplane_field(planes: jax.Array, decode_fn: Callable[[jax.Array], tuple], *, box=1.0,
                         padding: str = "zeros") -> FieldFn:
   """`field_fn` for `volume_render`: concatenated triplane features → `decode_fn` (view-independent
-  as in LRM; directions are ignored). E.g. `decode_fn = lambda f: decoder.apply(variables, f)`.
+  as in LRM; directions are ignored). E.g. `decode_fn = lambda f: mlp.apply(variables, f)` with
+  `mlp` the model's `lrm.NeRFMLP`.
   """
   def field_fn(points, directions):
     del directions

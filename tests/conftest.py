@@ -2,6 +2,8 @@
 
 Four fake CPU devices so sharding tests can build real meshes; everything else runs on device 0.
 The flag must be set before JAX initialises its backends, hence at import time here.
+The tiny model configs the tests share are in tests/tiny_configs.py (`from tests import
+tiny_configs`).
 """
 import os
 

@@ -12,33 +12,19 @@ from instant3d_jax import cameras as cam_lib
 from instant3d_jax import rendering
 from instant3d_jax.convert.safetensors_io import flatten, unflatten
 from instant3d_jax.models import lrm
+from tests import tiny_configs
+
+
+# Every optional part switched on, so the micro model (tests/tiny_configs.py) exercises them all.
+FEATURES = {"encoder_modulation": True, "decoder_modulation": True, "plucker_rays": True,
+            "triplane.position_code": True, "decoder.attention_bias": True,
+            "decoder.attention_bias_init": "zeros", "render.num_samples": 8,
+            "render.num_importance": 8}
 
 
 def micro_config(**knobs):
-  """A few-thousand-parameter LRM (16² views, patch 8, one block each) that compiles fast."""
-  cfg = lrm_configs.get_config("tiny")
-  m = cfg.model
-  m.input_resolution = 16
-  e = m.encoder
-  e.hidden_size, e.num_layers, e.num_heads, e.mlp_dim, e.patch_size, e.image_size = \
-      32, 1, 2, 64, 8, 16
-  m.camera_embed_dim = 32
-  d = m.decoder
-  d.num_layers, d.hidden_size, d.num_heads, d.mlp_ratio = 1, 32, 2, 2
-  m.triplane.token_resolution, m.triplane.channels = 4, 8
-  m.nerf.num_layers, m.nerf.hidden = 3, 16
-  m.render.num_samples, m.render.num_importance = 8, 8
-  m.encoder_modulation = m.decoder_modulation = True
-  m.plucker_rays = m.triplane.position_code = d.attention_bias = True
-  d.attention_bias_init = "zeros"
-  m.triplane.upsample = 2
-  for k, v in knobs.items():
-    node = m
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return lrm.model_config(m)
+  """The shared micro LRM with `FEATURES` (then `knobs`) applied; frozen model section."""
+  return tiny_configs.micro_lrm_model(**{**FEATURES, **knobs})
 
 
 def rel_err(a, b):

@@ -24,6 +24,7 @@ import pytest
 from scipy import ndimage
 
 from instant3d_jax import cameras, rendering
+from instant3d_jax.models import lrm
 
 DENSE = 1e4  # "very high density": any chord longer than ~1e-3 is opaque
 SPHERE_CENTER = np.array([0.1, -0.05, 0.05], np.float32)
@@ -343,7 +344,7 @@ def test_sample_triplane_vmap_over_planes_and_bad_input():
 @pytest.fixture(scope="module")
 def tiny_field():
   R, C = 8, 4
-  decoder = rendering.TriplaneDecoder(hidden=16, num_layers=3)
+  decoder = lrm.NeRFMLP(hidden=16, num_layers=3, activation="relu")
   # Parameters and planes from numpy: every jax.random call site costs ~1 s of XLA compile.
   rng = np.random.default_rng(0)
   shapes = jax.eval_shape(decoder.init, jax.random.PRNGKey(0), jnp.zeros((1, 3 * C)))

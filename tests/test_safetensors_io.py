@@ -56,3 +56,15 @@ def test_take_names_source_and_key():
     io.take({}, "conv_in.weight", "unet.safetensors")
   with pytest.raises(io.WeightsError, match="has shape \\(2,\\), expected \\(3,\\)"):
     io.take({"k": np.zeros(2)}, "k", "f", shape=(3,))
+
+
+def test_flatten_unflatten_round_trip():
+  from flax.core import FrozenDict
+  tree = {"enc": FrozenDict({"layer_0": {"kernel": np.zeros((2, 3)), "bias": np.ones(3)}}),
+          "tokens": np.arange(4), "empty": {}}
+  flat = io.flatten(tree)
+  assert sorted(flat) == ["enc/layer_0/bias", "enc/layer_0/kernel", "tokens"]
+  assert sorted(io.flatten(tree, ".")) == ["enc.layer_0.bias", "enc.layer_0.kernel", "tokens"]
+  back = io.unflatten(flat)
+  assert sorted(back) == ["enc", "tokens"] and isinstance(back["enc"]["layer_0"], dict)
+  np.testing.assert_array_equal(back["enc"]["layer_0"]["bias"], np.ones(3))

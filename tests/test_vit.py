@@ -12,7 +12,8 @@ import transformers
 
 from instant3d_jax.convert import transformers_vit as tv
 from instant3d_jax.convert.safetensors_io import WeightsError, read_folder_weights
-from instant3d_jax.models import vit
+from instant3d_jax.models import layers, vit
+from tests import tiny_configs
 
 
 def rel_err(a, b):
@@ -20,21 +21,9 @@ def rel_err(a, b):
   return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-# Tiny configs; the inputs differ from the pretraining size so position embeddings are resampled
-# (ViT: grid 4 -> 6x5, non-square; DINOv2: grid 4 -> 5x5, registers: grid 4 -> 3x6 (down on one
-# axis, which the antialiased kernel treats differently).
-TINY = {
-    "vit": (transformers.ViTConfig, transformers.ViTModel,
-            dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=64, image_size=32, patch_size=8), (48, 40)),
-    "dinov2": (transformers.Dinov2Config, transformers.Dinov2Model,
-               dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
-                    image_size=28, patch_size=7, use_swiglu_ffn=True), (35, 35)),
-    "dinov2_with_registers": (
-        transformers.Dinov2WithRegistersConfig, transformers.Dinov2WithRegistersModel,
-        dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4,
-             image_size=28, patch_size=7, num_register_tokens=3), (21, 42)),
-}
+# The tiny configs live in tests/tiny_configs.py; here with their transformers classes.
+TINY = {kind: (getattr(transformers, c), getattr(transformers, m), kw, hw)
+        for kind, (c, m, kw, hw) in tiny_configs.VIT_TINY.items()}
 
 
 def _randomize(model, seed):
@@ -263,7 +252,7 @@ def _torch_count(model_cls, config):
 @pytest.mark.parametrize("preset", ["dino_vitb16", "dinov2_vitb14", "dinov2_vitb14_reg"])
 def test_full_size_parameter_counts(preset):
   config = vit.PRESETS[preset]()
-  ours = vit.count_params(tv.expected_param_shapes(config))
+  ours = layers.count_params(tv.expected_param_shapes(config))
   tcfg = config.to_transformers()
   d = config.hidden_size
   if preset == "dino_vitb16":
@@ -285,5 +274,5 @@ def test_full_size_parameter_counts(preset):
                           transformers.Dinov2WithRegistersConfig(**tcfg))
     assert ours == theirs - d == 86_582_784
   # With camera modulation: 12 blocks × (D_mod·4D + 4D).
-  mod = vit.count_params(tv.expected_param_shapes(config, modulation_dim=1024))
+  mod = layers.count_params(tv.expected_param_shapes(config, modulation_dim=1024))
   assert mod - ours == config.num_hidden_layers * (1024 * 4 * d + 4 * d)

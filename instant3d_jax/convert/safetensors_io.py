@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 # Weight file names as written by `save_pretrained`, in the order they are looked for.
@@ -116,26 +117,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def flatten(tree: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
-  """{'a': {'b': x}} → {'a/b': x} (Flax param dicts; boxed params must be unboxed first)."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      for k2, v2 in flatten(v, sep).items():
-        out[f"{k}{sep}{k2}"] = v2
-    else:
-      out[k] = v
-  return out
+  """{'a': {'b': x}} → {'a/b': x} (Flax param dicts; boxed params must be unboxed first).
+
+  `flax.traverse_util.flatten_dict` with `sep` (nested dicts or FrozenDicts); empty sub-dicts are
+  dropped.
+  """
+  return traverse_util.flatten_dict(dict(tree), sep=sep)
 
 
 def unflatten(flat: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for k, v in flat.items():
-    node = out
-    *parents, leaf = k.split(sep)
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
+  """{'a/b': x} → {'a': {'b': x}}; the inverse of `flatten` (`flax.traverse_util.unflatten_dict`)."""
+  return traverse_util.unflatten_dict(dict(flat), sep=sep)
 
 
 def check_tree_shapes(expected: Mapping[str, Any], got: Mapping[str, Any], source: str) -> None:

@@ -48,7 +48,6 @@ from instant3d_jax.models import vit as vit_lib
 
 Dtype = Any
 PLUCKER_CHANNELS = 6
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,9 +62,8 @@ def model_config(cfg) -> ml_collections.FrozenConfigDict:
 
 
 def compute_dtype(mcfg) -> Dtype:
-  if mcfg.dtype not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {mcfg.dtype!r}")
-  return DTYPES[mcfg.dtype]
+  """The compute dtype named by `model.dtype` (`layers.DTYPES`)."""
+  return layers.compute_dtype(mcfg.dtype, "model.dtype")
 
 
 def vit_config(mcfg) -> vit_lib.ViTConfig:
@@ -193,11 +191,6 @@ class CameraEmbedder(nn.Module):
     return layers.dense(self.dim, ("modulation", None), dtype=self.dtype, name="fc2")(nn.silu(x))
 
 
-def _modulate(x, shift, scale):
-  """`x [B, L, D]`, `shift/scale [B, D]` → `x·(1 + scale) + shift`."""
-  return x * (1 + scale[:, None, :]) + shift[:, None, :]
-
-
 class DecoderBlock(nn.Module):
   """Pre-norm: x += CrossAttn(ModLN(x), context); x += SelfAttn(ModLN(x)); x += MLP(ModLN(x))."""
   hidden: int
@@ -228,7 +221,7 @@ class DecoderBlock(nn.Module):
     def norm(y, i):
       y = layers.layer_norm(epsilon=self.layer_norm_eps, name=f"norm{i + 1}")(y)
       if self.modulated:
-        y = _modulate(y, mods[2 * i], mods[2 * i + 1])
+        y = layers.modulate(y, mods[2 * i], mods[2 * i + 1])
       return y.astype(self.dtype)
 
     def heads(y, name, length):
@@ -295,10 +288,7 @@ class TriplaneTransformer(nn.Module):
       x = x + jnp.asarray(triplane_position_code(T, D))
     x = jnp.broadcast_to(x.astype(dtype), (b, lq, D))
     x = layers.constrain(x, ("batch", "length", "act_embed"))
-    block = DecoderBlock
-    policy = vit_lib.remat_policy(m.remat)
-    if policy is not None:
-      block = nn.remat(DecoderBlock, policy=policy)
+    block = layers.maybe_remat(DecoderBlock, m.remat)
     bias_shape = (lq, context.shape[1]) if dc.attention_bias else None
     bias_init = None
     init_kind = dc.get("attention_bias_init", "zeros")
@@ -518,12 +508,8 @@ def render_views(mcfg, params, planes: jax.Array, cameras: cameras_lib.Camera, *
   return jax.vmap(one)(planes, cameras, keys)
 
 
-def count_params(tree) -> int:
-  return vit_lib.count_params(tree)
-
-
 __all__ = ["LRM", "CameraEmbedder", "DecoderBlock", "TriplaneTransformer", "NeRFMLP",
            "model_config", "vit_config", "plucker_rays", "triplane_position_code", "init_params",
            "abstract_params", "dummy_inputs", "field_fn", "render_rays", "render_views",
-           "count_params", "tokens_per_view", "plane_resolution", "plane_upsample",
+           "tokens_per_view", "plane_resolution", "plane_upsample",
            "rig_attention_bias"]

@@ -19,19 +19,18 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 
+import flax.linen as nn
 import numpy as np
 from absl import app, flags
+from flax import traverse_util
 from ml_collections import config_flags
 
-from instant3d_jax.convert.safetensors_io import flatten
 from instant3d_jax.models import lrm as lrm_lib
-
-import flax.linen as nn
 
 
 def param_table(mcfg) -> "OrderedDict[str, tuple[int, int]]":
   """Rows `group -> (number of tensors, parameters)`; blocks of a stack are merged (`layer_*`)."""
-  shapes = flatten(nn.meta.unbox(lrm_lib.abstract_params(mcfg)))
+  shapes = traverse_util.flatten_dict(nn.meta.unbox(lrm_lib.abstract_params(mcfg)), sep="/")
   rows: OrderedDict[str, list[int]] = OrderedDict()
   for path, leaf in shapes.items():
     parts = re.sub(r"(layer|block)_\d+", r"\1_*", path).split("/")

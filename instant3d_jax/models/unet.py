@@ -11,22 +11,24 @@ Layout: NHWC inside and at the interface — `sample: [B, h, w, C]` (diffusers i
 Precision: parameters fp32, convs/matmuls in `dtype`, GroupNorm/LayerNorm and the attention
 softmax in fp32 (design.md §3).
 
-Speed (XLA:CPU, bench/bench_unet.py): GroupNorm and the 'xla' attention path have their own
-formulations here (`GroupNorm`, `attention`), same parameters and math as `layers.group_norm` /
-`layers.dot_product_attention`, measured faster; 'cudnn' still goes through layers.py.
+Speed (XLA:CPU, bench/bench_unet.py): GroupNorm is `layers.GroupNorm` (a formulation measured
+~2× faster than `nn.GroupNorm`, same parameters); the 'xla' attention path has its own formulation
+here (`attention`), same math as `layers.dot_product_attention`, measured faster; 'cudnn' still
+goes through layers.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from instant3d_jax.models import layers
+from instant3d_jax.models.layers import group_norm, maybe_remat
 
 Dtype = Any
 CONV_AXES = layers.CONV_KERNEL_AXES  # spatial dims unnamed: see layers.py
@@ -179,41 +181,6 @@ def conv2d(features: int, kernel: int = 3, stride: int = 1, padding: Any = "SAME
                  bias_init=layers.partitioned(nn.initializers.zeros, ("conv_out",)), name=name)
 
 
-class GroupNorm(nn.Module):
-  """`torch.nn.GroupNorm` over the channel (last) axis in fp32; same parameters (`scale`, `bias`
-  on the `norm` axis) as `layers.group_norm`, faster formulation for NHWC on XLA:CPU.
-
-  Statistics are per-channel sums over the contiguous spatial axis, combined per group, and the
-  normalisation is folded into one per-(image, channel) multiply-add; `nn.GroupNorm` reduces over
-  a [B, HW, G, C/G] view and normalises in two steps, which measured ~2× slower at 32²×64
-  (fp32 result within 2e-6 of it; both use the one-pass E[x²] − E[x]² variance).
-  """
-  num_groups: int
-  epsilon: float = 1e-5
-
-  @nn.compact
-  def __call__(self, x):
-    c = x.shape[-1]
-    if c % self.num_groups:
-      raise ValueError(f"GroupNorm: {c} channels are not divisible into {self.num_groups} groups")
-    scale = self.param("scale", layers.partitioned(nn.initializers.ones, ("norm",)), (c,),
-                       jnp.float32)
-    bias = self.param("bias", layers.partitioned(nn.initializers.zeros, ("norm",)), (c,),
-                      jnp.float32)
-    b, g = x.shape[0], self.num_groups
-    xf = x.astype(jnp.float32).reshape(b, -1, c)
-    n = xf.shape[1] * (c // g)
-    mean = xf.sum(1).reshape(b, g, -1).sum(-1) / n                        # [B, G]
-    var = jnp.maximum(jnp.square(xf).sum(1).reshape(b, g, -1).sum(-1) / n - mean * mean, 0.0)
-    a = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), c // g, axis=1) * scale    # [B, C]
-    shift = bias - jnp.repeat(mean, c // g, axis=1) * a
-    return (xf * a[:, None, :] + shift[:, None, :]).reshape(x.shape)
-
-
-def group_norm(num_groups: int, *, epsilon: float = 1e-5, name: str | None = None) -> GroupNorm:
-  return GroupNorm(num_groups, epsilon, name=name)
-
-
 def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool,
                        freq_shift: float, max_period: float = 10000.0) -> jax.Array:
   """diffusers `get_timestep_embedding`: `timesteps [N]` → `[N, dim]` float32 sinusoids."""
@@ -226,22 +193,6 @@ def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool,
   if dim % 2:
     emb = jnp.pad(emb, ((0, 0), (0, 1)))
   return emb
-
-
-def remat_policy(name: str) -> Callable | None:
-  """'full' → recompute everything; any `jax.checkpoint_policies` attribute name works too."""
-  if name == "full":
-    return jax.checkpoint_policies.nothing_saveable
-  if not hasattr(jax.checkpoint_policies, name):
-    raise ValueError(f"remat policy must be 'none', 'full' or a jax.checkpoint_policies name, "
-                     f"got {name!r}")
-  return getattr(jax.checkpoint_policies, name)
-
-
-def maybe_remat(cls, remat: str):
-  if remat == "none":
-    return cls
-  return nn.remat(cls, policy=remat_policy(remat))
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "xla") -> jax.Array:

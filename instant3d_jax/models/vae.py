@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from instant3d_jax.models import layers
-from instant3d_jax.models.unet import (ACT_AXES, ResnetBlock2D, Upsample2D, attention, conv2d,
-                                       group_norm, maybe_remat)
+from instant3d_jax.models.layers import group_norm, maybe_remat
+from instant3d_jax.models.unet import ACT_AXES, ResnetBlock2D, Upsample2D, attention, conv2d
 
 Dtype = Any
 

@@ -309,25 +309,6 @@ _ACTIVATIONS = {
 }
 
 
-def remat_policy(name: str | None):
-  """A `jax.checkpoint_policies` entry by name; None/'none' = no remat, 'full' = recompute all."""
-  if name in (None, "none"):
-    return None
-  if name == "full":
-    return jax.checkpoint_policies.nothing_saveable
-  policy = getattr(jax.checkpoint_policies, name, None)
-  if policy is None:
-    raise ValueError(f"remat policy {name!r} is not 'none', 'full' or a name in "
-                     "jax.checkpoint_policies (e.g. 'nothing_saveable', "
-                     "'dots_with_no_batch_dims_saveable')")
-  return policy
-
-
-def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-  """adaLN: `x [B, L, D]`, `shift/scale [B, D]` -> `x·(1 + scale) + shift`."""
-  return x * (1 + scale[:, None, :]) + shift[:, None, :]
-
-
 class LayerScale(nn.Module):
   """DINOv2's per-channel residual-branch scale (`lambda1` in transformers)."""
   init_value: float = 1.0
@@ -362,7 +343,7 @@ class ViTBlock(nn.Module):
     # Self-attention branch.
     y = layers.layer_norm(epsilon=cfg.layer_norm_eps, name="norm1")(x)
     if self.modulation_dim is not None:
-      y = _modulate(y, shift_msa, scale_msa)
+      y = layers.modulate(y, shift_msa, scale_msa)
     y = y.astype(self.dtype)
     qkv = [layers.dense(d, ("embed", "heads"), use_bias=cfg.qkv_bias, dtype=self.dtype,
                         name=n)(y).reshape(b, length, h, hd) for n in ("query", "key", "value")]
@@ -377,7 +358,7 @@ class ViTBlock(nn.Module):
     # MLP branch.
     y = layers.layer_norm(epsilon=cfg.layer_norm_eps, name="norm2")(x)
     if self.modulation_dim is not None:
-      y = _modulate(y, shift_mlp, scale_mlp)
+      y = layers.modulate(y, shift_mlp, scale_mlp)
     y = y.astype(self.dtype)
     if cfg.use_swiglu_ffn:
       hid = cfg.swiglu_hidden
@@ -406,7 +387,7 @@ class ViTEncoder(nn.Module):
   config: ViTConfig
   dtype: Dtype = jnp.float32          # compute dtype; params fp32, norms/softmax fp32
   attention_impl: str = "xla"         # layers.dot_product_attention implementation
-  remat: str | None = None            # per-block remat policy name (see `remat_policy`)
+  remat: str | None = None            # per-block remat policy name (see `layers.remat_policy`)
   modulation_dim: int | None = None   # camera-embedding width; None = no modulation
 
   @nn.compact
@@ -457,10 +438,7 @@ class ViTEncoder(nn.Module):
            x[:, 1:]], 1)
     x = layers.constrain(x, ("batch", "length", "act_embed"))
 
-    block_cls = ViTBlock
-    policy = remat_policy(self.remat)
-    if policy is not None:
-      block_cls = nn.remat(ViTBlock, policy=policy)
+    block_cls = layers.maybe_remat(ViTBlock, self.remat)
     hidden_states = [x]
     for i in range(cfg.num_hidden_layers):
       x = block_cls(cfg, self.dtype, self.attention_impl, self.modulation_dim,
@@ -472,7 +450,3 @@ class ViTEncoder(nn.Module):
       return out, tuple(hidden_states)
     return out
 
-
-def count_params(tree) -> int:
-  """Total number of parameters of a (possibly boxed, possibly abstract) parameter tree."""
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(tree))))

@@ -1,0 +1,64 @@
+"""The tiny model configs the tests share (one home, so a shape change is made once).
+
+- `micro_lrm(**knobs)`: a full LRM config (configs/lrm.py `tiny` with a few-thousand-parameter
+  model: 16² views, patch 8, one encoder and one decoder block, 4² triplane tokens of 8 channels
+  upsampled ×2, a 3-layer NeRF MLP); `knobs` set `model` fields by dotted name
+  (`micro_lrm(**{"decoder.num_layers": 2})`).
+- `micro_lrm_model(**knobs)`: its frozen `model` section (`lrm.model_config`).
+- `VIT_TINY`: transformers keyword arguments of a tiny ViT / DINOv2 / DINOv2-with-registers
+  and an input size that differs from the pre-training grid (position embeddings resampled).
+
+Plain data and config builders only: importing this module imports neither torch nor
+transformers.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+import configs.lrm as lrm_configs
+from instant3d_jax.models import lrm
+
+
+def micro_lrm(**knobs) -> ml_collections.ConfigDict:
+  """Full config (data, train, model sections) with the micro model (see module docstring)."""
+  cfg = lrm_configs.get_config("tiny")
+  m = cfg.model
+  m.input_resolution = 16
+  e = m.encoder
+  e.hidden_size, e.num_layers, e.num_heads, e.mlp_dim, e.patch_size, e.image_size = \
+      32, 1, 2, 64, 8, 16
+  m.camera_embed_dim = 32
+  d = m.decoder
+  d.num_layers, d.hidden_size, d.num_heads, d.mlp_ratio = 1, 32, 2, 2
+  m.triplane.token_resolution, m.triplane.channels, m.triplane.upsample = 4, 8, 2
+  m.nerf.num_layers, m.nerf.hidden = 3, 16
+  for k, v in knobs.items():
+    node = m
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return cfg
+
+
+def micro_lrm_model(**knobs) -> ml_collections.FrozenConfigDict:
+  """The frozen `model` section of `micro_lrm(**knobs)`."""
+  return lrm.model_config(micro_lrm(**knobs))
+
+
+# name → (transformers config class name, model class name, config kwargs, input (H, W)).
+# Inputs differ from the pre-training size so position embeddings are resampled (ViT: grid 4 ->
+# 6x5, non-square; DINOv2: grid 4 -> 5x5; registers: grid 4 -> 3x6, down on one axis, which the
+# antialiased kernel treats differently).
+VIT_TINY = {
+    "vit": ("ViTConfig", "ViTModel",
+            dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, image_size=32, patch_size=8), (48, 40)),
+    "dinov2": ("Dinov2Config", "Dinov2Model",
+               dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
+                    image_size=28, patch_size=7, use_swiglu_ffn=True), (35, 35)),
+    "dinov2_with_registers": (
+        "Dinov2WithRegistersConfig", "Dinov2WithRegistersModel",
+        dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4,
+             image_size=28, patch_size=7, num_register_tokens=3), (21, 42)),
+}
