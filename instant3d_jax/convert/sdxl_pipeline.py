@@ -159,8 +159,8 @@ def load_single_file_pipeline(path: str | os.PathLike, config_folder: str | os.P
 def save_pipeline(folder: str | os.PathLike, pipeline: Pipeline,
                   scheduler_config: Mapping[str, Any] | None = None) -> None:
   """Writes the diffusers layout (fp32 tensors; `model_index.json` last, so a folder without it
-  is an interrupted export). `scheduler_config`: the JSON dict to write (default: the SDXL one
-  with this pipeline's fields)."""
+  is an interrupted export). `scheduler_config`: the JSON dict to write (default: the fields
+  this pipeline's scheduler config was given)."""
   root = Path(folder)
   p = pipeline.params
   diffusers_sdxl.save_unet(root / "unet", pipeline.unet.config, p["unet"])
@@ -170,10 +170,9 @@ def save_pipeline(folder: str | os.PathLike, pipeline: Pipeline,
                        p["text_encoder_2"])
   pipeline.tokenizer.save_pretrained(str(root / "tokenizer"))
   pipeline.tokenizer_2.save_pretrained(str(root / "tokenizer_2"))
-  sched = dict(schedulers.SDXL_SCHEDULER_CONFIG)
-  sched.update(scheduler_config or {
-      k: getattr(pipeline.scheduler_config, k)
-      for k in schedulers.SchedulerConfig.__dataclass_fields__})
+  # The keys the pipeline's config was given, no more: a missing key must stay missing, so that
+  # each sampler class reads its own default again (schedulers.SchedulerConfig.for_kind).
+  sched = dict(scheduler_config or pipeline.scheduler_config.to_diffusers())
   sched.setdefault("_class_name", "EulerDiscreteScheduler")
   sio.write_json(root / "scheduler" / "scheduler_config.json", sched)
   sio.write_json(root / "model_index.json", {
