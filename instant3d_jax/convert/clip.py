@@ -16,6 +16,7 @@ Params are returned without the `{'params': ...}` wrapper, fp32 unless the calle
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,10 +38,18 @@ _IGNORED_SUFFIXES = ("position_ids",)  # a non-persistent buffer some old export
 # ----------------------------------------------------------------------------------------------
 # Shapes of the Flax params (for checking a checkpoint against a config)
 # ----------------------------------------------------------------------------------------------
-def text_param_shapes(config: CLIPTextConfig) -> dict:
+def text_param_shapes(config: CLIPTextConfig, boxed: bool = False) -> dict:
+  """The text tower's `params` as `jax.ShapeDtypeStruct`s; `boxed=True` keeps the logical axis
+  names (`nn.LogicallyPartitioned`), for shardings."""
+  params = _text_boxed(config)
+  return params if boxed else nn.unbox(params)
+
+
+@functools.lru_cache(maxsize=8)
+def _text_boxed(config: CLIPTextConfig) -> dict:
   model = CLIPTextModel(config)
   ids = jax.ShapeDtypeStruct((1, config.max_position_embeddings), jnp.int32)
-  return nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), ids))["params"]
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0), ids)["params"]
 
 
 def vision_param_shapes(config: CLIPVisionConfig) -> dict:

@@ -46,9 +46,15 @@ def _unbox(tree):
   return nn.unbox(tree)
 
 
+def unet_abstract_params(config: UNetConfig, boxed: bool = False) -> dict[str, Any]:
+  """The UNet `params` tree as `jax.ShapeDtypeStruct`s (via `jax.eval_shape`, nothing allocated).
+  `boxed=True` keeps the `nn.LogicallyPartitioned` boxes (logical axis names, for shardings)."""
+  params = _unet_boxed(config)
+  return params if boxed else _unbox(params)
+
+
 @functools.lru_cache(maxsize=8)
-def unet_abstract_params(config: UNetConfig) -> dict[str, Any]:
-  """The UNet `params` tree as `jax.ShapeDtypeStruct`s (via `jax.eval_shape`, nothing allocated)."""
+def _unet_boxed(config: UNetConfig) -> dict[str, Any]:
   model = UNet2DConditionModel(config)
   f = 2 ** (len(config.block_out_channels) - 1)
   sample = jax.ShapeDtypeStruct((1, f, f, config.in_channels), jnp.float32)
@@ -67,17 +73,23 @@ def unet_abstract_params(config: UNetConfig) -> dict[str, Any]:
   variables = jax.eval_shape(
       lambda s, tt, c, **kw: model.init(jax.random.PRNGKey(0), s, tt, c, **kw), sample, t, ctx,
       **extra)
-  return _unbox(variables["params"])
+  return variables["params"]
+
+
+def vae_abstract_params(config: VAEConfig, boxed: bool = False) -> dict[str, Any]:
+  """The VAE `params` tree as `jax.ShapeDtypeStruct`s (encoder and decoder); `boxed` as for
+  `unet_abstract_params`."""
+  params = _vae_boxed(config)
+  return params if boxed else _unbox(params)
 
 
 @functools.lru_cache(maxsize=8)
-def vae_abstract_params(config: VAEConfig) -> dict[str, Any]:
-  """The VAE `params` tree as `jax.ShapeDtypeStruct`s (encoder and decoder)."""
+def _vae_boxed(config: VAEConfig) -> dict[str, Any]:
   model = AutoencoderKL(config)
   f = config.downsample_factor
   x = jax.ShapeDtypeStruct((1, f, f, config.in_channels), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
-  return _unbox(variables["params"])
+  return variables["params"]
 
 
 def count_params(abstract: Mapping[str, Any]) -> int:
