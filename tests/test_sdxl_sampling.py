@@ -1,6 +1,10 @@
 """SDXL four-view sampling on a tiny random pipeline: grid/view layout, the jitted CFG loop vs a
 step-by-step reference with diffusers' scheduler, batching/mesh invariance, pipeline folders
-(diffusers layout and single file), and the generate_views command end to end."""
+(diffusers layout and single file), stage 1 end to end (diffusion.generate, which the
+generate_views command runs) and the command's own start-up and errors."""
+import subprocess
+import sys
+
 import json
 
 import jax
@@ -10,11 +14,12 @@ import pytest
 import torch
 
 from configs import sdxl as sdxl_config
-from instant3d_jax import generate_views as cli
+from instant3d_jax import errors
 from instant3d_jax.convert import clip as cclip
 from instant3d_jax.convert import diffusers_sdxl
 from instant3d_jax.convert import safetensors_io as sio
 from instant3d_jax.convert import sdxl_pipeline
+from instant3d_jax.diffusion import generate
 from instant3d_jax.diffusion import sampling
 
 STEPS = 3
@@ -215,14 +220,15 @@ def test_missing_component_is_named(saved, tmp_path):
     diffusers_sdxl.load_vae(broken / "vae")
 
 
-def test_cli_end_to_end(saved, result, tmp_path):
+def test_generate_to_folder_end_to_end(cfg, saved, result, tmp_path):
   out = tmp_path / "out"
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("a red cat\n\na blue dog\n")
-  argv = ["generate_views", "--config", "configs/sdxl.py:tiny", "--weights", str(saved),
-          "--prompts_file", str(prompts), "--num_samples", "1", "--steps", str(STEPS),
-          "--seed", "7", "--out", str(out)]
-  assert cli.main(argv) == 0
+  pipeline = generate.load_pipeline(cfg, saved)
+  generate.generate_to_folder(
+      cfg, pipeline, generate.read_prompts(None, prompts), out, weights=str(saved),
+      options=generate.Options(num_samples=1, steps=STEPS, seed=7),
+      placement=sampling.Placement(data_mesh()))
   run = json.loads((out / "run.json").read_text())
   assert run["prompts"] == PROMPTS and run["seed"] == 7 and run["steps"] == STEPS
   assert run["versions"]["jax"] == jax.__version__
@@ -237,22 +243,44 @@ def test_cli_end_to_end(saved, result, tmp_path):
   assert np.abs(grid.astype(int) - to_uint8(result[0].grid[1]).astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--weights", "/nonexistent/sdxl", "--prompt", "a cat"], "does not exist"),
-    (["--weights", "{saved}", "--prompts_file", "{empty}"], "has no prompts"),
-    (["--weights", "{saved}", "--prompt", "a cat", "--scheduler", "plms"],
-     "--scheduler must be one of"),
-    (["--weights", "{saved}", "--prompt", "   "], "--prompt is empty"),
+@pytest.mark.parametrize("kind,arg,message", [
+    ("prompts", (None, "{empty}"), "has no prompts"),
+    ("prompts", ("   ", None), "--prompt is empty"),
+    ("prompts", ("a", "{empty}"), "exactly one of --prompt or --prompts_file"),
+    ("options", dict(scheduler="plms"), "--scheduler must be one of"),
+    ("options", dict(steps=-2), "--steps must be >= 1"),
+    ("weights", "/nonexistent/sdxl", "does not exist"),
 ])
-def test_cli_bad_inputs(saved, tmp_path, capsys, extra, message):
+def test_generate_bad_inputs_are_named(cfg, tmp_path, kind, arg, message):
   empty = tmp_path / "empty.txt"
   empty.write_text("\n  \n")
-  extra = [e.format(saved=saved, empty=empty) for e in extra]
-  argv = ["generate_views", "--config", "configs/sdxl.py:tiny", "--out", str(tmp_path / "o"),
-          "--noprogress"] + extra
-  assert cli.main(argv) == 2
-  assert message in capsys.readouterr().err
-  assert not (tmp_path / "o" / "run.json").exists()
+  with pytest.raises(errors.Instant3DError, match=message):
+    if kind == "prompts":
+      generate.read_prompts(*[a.format(empty=empty) if a else a for a in arg])
+    elif kind == "options":
+      generate.Options(**arg).resolve(cfg)
+    else:
+      generate.load_pipeline(cfg, arg)
+
+
+def _command(*args):
+  return subprocess.run([sys.executable, "-m", "instant3d_jax.generate_views", *args],
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_command_help_and_bad_weights_exit(tmp_path):
+  """`--help` works (absl flags on the global FlagValues); a bad `--weights` prints one
+  `error:` line, no traceback, exit ≠ 0, and writes nothing."""
+  r = _command("--help")
+  assert r.returncode == 0, r.stderr
+  assert "--weights" in r.stdout + r.stderr and "--prompts_file" in r.stdout + r.stderr
+  r = _command("--config", "configs/sdxl.py:tiny", "--weights", "/nonexistent/sdxl", "--prompt",
+               "a cat", "--out", str(tmp_path / "o"), "--noprogress")
+  assert r.returncode != 0
+  err_lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert len(err_lines) == 1 and "/nonexistent/sdxl does not exist" in err_lines[0], r.stderr
+  assert "Traceback" not in r.stderr
+  assert not (tmp_path / "o").exists()
 
 
 def test_matches_diffusers_sdxl_pipeline_end_to_end(pipe, ref_pipe, cfg):
