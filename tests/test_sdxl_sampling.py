@@ -193,19 +193,45 @@ def test_pipeline_folder_round_trip_and_single_file(pipe, saved, tmp_path):
     a, b = sio.read_safetensors(f1, None), sio.read_safetensors(f2, None)
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a), comp
   # Single-file layout: the same params from one file + the folder's configs/tokenizers.
-  state = diffusers_sdxl.diffusers_to_single_file_state(
-      diffusers_sdxl.flax_to_diffusers_state(pipe.params["unet"]), pipe.unet.config,
-      diffusers_sdxl.flax_to_diffusers_state(pipe.params["vae"]), pipe.vae.config)
-  state.update({cclip.SDXL_CLIP_L_PREFIX + k: v for k, v in cclip.text_from_flax(
-      pipe.params["text_encoder"], pipe.text_encoder.config, prefix="text_model.").items()})
-  state.update(cclip.transformers_to_openclip(
-      cclip.text_from_flax(pipe.params["text_encoder_2"], pipe.text_encoder_2.config),
-      pipe.text_encoder_2.config))
-  sio.write_safetensors(tmp_path / "sdxl.safetensors", state)
+  sdxl_pipeline.save_single_file(tmp_path / "sdxl.safetensors", pipe)
   single = sdxl_pipeline.load_single_file_pipeline(tmp_path / "sdxl.safetensors", saved)
   for comp in sampling.COMPONENTS:
     a, b = sio.flatten(pipe.params[comp]), sio.flatten(single.params[comp])
     assert all(np.array_equal(a[k], b[k]) for k in a), comp
+
+
+def _run_module(module, *args):
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                        timeout=180)
+
+
+def test_single_file_export_command_round_trips_through_diffusers(pipe, saved, tmp_path):
+  """`python -m instant3d_jax.convert --weights FOLDER --out X.safetensors` writes the original
+  single-file layout; diffusers' own `StableDiffusionXLPipeline.from_single_file` (offline, with a
+  config folder that holds no weights) reads back every tensor of every component exactly, and
+  so does our loader. The command refuses to replace an existing file."""
+  import shutil
+  import diffusers
+  out = tmp_path / "sdxl.safetensors"
+  r = _run_module("instant3d_jax.convert", "--weights", str(saved), "--out", str(out))
+  assert r.returncode == 0, r.stderr
+  configs = tmp_path / "configs"  # configs, tokenizers, scheduler: no weights at all
+  shutil.copytree(saved, configs, ignore=shutil.ignore_patterns("*.safetensors"))
+  ref = diffusers.StableDiffusionXLPipeline.from_pretrained(str(saved))
+  got = diffusers.StableDiffusionXLPipeline.from_single_file(str(out), config=str(configs),
+                                                              local_files_only=True)
+  for comp in sampling.COMPONENTS:
+    a, b = getattr(ref, comp).state_dict(), getattr(got, comp).state_dict()
+    assert sorted(a) == sorted(b), comp
+    assert all(torch.equal(a[k], b[k]) for k in a), comp
+  ours = sdxl_pipeline.load_single_file_pipeline(out, configs)
+  for comp in sampling.COMPONENTS:
+    fa, fb = sio.flatten(pipe.params[comp]), sio.flatten(ours.params[comp])
+    assert sorted(fa) == sorted(fb) and all(np.array_equal(fa[k], fb[k]) for k in fa), comp
+  before = out.read_bytes()
+  r = _run_module("instant3d_jax.convert", "--weights", str(saved), "--out", str(out))
+  assert r.returncode != 0 and "already exists" in r.stderr and "Traceback" not in r.stderr
+  assert out.read_bytes() == before
 
 
 def test_missing_component_is_named(saved, tmp_path):

@@ -156,6 +156,23 @@ def load_single_file_pipeline(path: str | os.PathLike, config_folder: str | os.P
       **module_kw)
 
 
+def load_any(weights: str | os.PathLike, config_folder: str | os.PathLike | None = None,
+             **module_kw) -> Pipeline:
+  """A diffusers folder, or a single-file `.safetensors` with `config_folder` (the component
+  configs, tokenizers and scheduler config) → `Pipeline`. `module_kw` as for `load_pipeline`."""
+  path = Path(weights)
+  if path.is_file():
+    if not config_folder:
+      raise sio.WeightsError(f"--weights {path} is a single file: also give a folder with the "
+                             "component configs (unet/config.json, ...) and tokenizers "
+                             "(--config_folder, or --config.single_file_config_folder)")
+    return load_single_file_pipeline(path, config_folder, **module_kw)
+  if not path.exists():
+    raise sio.WeightsError(f"--weights {path} does not exist; expected an SDXL diffusers folder "
+                           "or a single-file .safetensors")
+  return load_pipeline(path, **module_kw)
+
+
 def save_pipeline(folder: str | os.PathLike, pipeline: Pipeline,
                   scheduler_config: Mapping[str, Any] | None = None) -> None:
   """Writes the diffusers layout (fp32 tensors; `model_index.json` last, so a folder without it
@@ -184,6 +201,38 @@ def save_pipeline(folder: str | os.PathLike, pipeline: Pipeline,
                         ("text_encoder_2", "CLIPTextModelWithProjection"),
                         ("tokenizer", "CLIPTokenizer"), ("tokenizer_2", "CLIPTokenizer"),
                         ("scheduler", "EulerDiscreteScheduler"))}})
+
+
+def single_file_state(pipeline: Pipeline, dtype=None) -> dict[str, np.ndarray]:
+  """The pipeline's weights in the original single-file SDXL key layout (what
+  `load_single_file_pipeline` and diffusers' `StableDiffusionXLPipeline.from_single_file` read):
+  UNet `model.diffusion_model.*`, VAE `first_stage_model.*` (attention as 1×1 convs), CLIP-L
+  `conditioner.embedders.0.transformer.text_model.*`, OpenCLIP bigG
+  `conditioner.embedders.1.model.*` (fused q/k/v). `dtype=None` keeps the stored dtypes."""
+  p = pipeline.params
+  state = diffusers_sdxl.diffusers_to_single_file_state(
+      diffusers_sdxl.flax_to_diffusers_state(p["unet"], dtype), pipeline.unet.config,
+      diffusers_sdxl.flax_to_diffusers_state(p["vae"], dtype), pipeline.vae.config)
+  state.update({cclip.SDXL_CLIP_L_PREFIX + k: v for k, v in cclip.text_from_flax(
+      p["text_encoder"], pipeline.text_encoder.config, prefix="text_model.",
+      dtype=dtype).items()})
+  state.update(cclip.transformers_to_openclip(
+      cclip.text_from_flax(p["text_encoder_2"], pipeline.text_encoder_2.config, dtype=dtype),
+      pipeline.text_encoder_2.config))
+  return state
+
+
+def save_single_file(path: str | os.PathLike, pipeline: Pipeline, dtype=None) -> Path:
+  """Writes `single_file_state(pipeline)` to one `.safetensors` (atomically; refuses another
+  suffix). Tokenizers, configs and the scheduler are not in the file: a loader takes them from
+  a diffusers folder (`load_single_file_pipeline(path, folder)`, diffusers'
+  `from_single_file(path, config=folder)`)."""
+  path = Path(path)
+  if path.suffix != ".safetensors":
+    raise sio.WeightsError(f"single-file export {path}: expected a path ending in "
+                           f".safetensors, got suffix {path.suffix!r}")
+  sio.write_safetensors(path, single_file_state(pipeline, dtype), {"format": "pt"})
+  return path
 
 
 def write_toy_tokenizer(folder: str | os.PathLike, max_length: int):

@@ -54,20 +54,10 @@ def load_pipeline(cfg, weights: str | os.PathLike) -> sampling.Pipeline:
   """The SDXL pipeline of `weights` (a diffusers folder, or a single-file `.safetensors` with
   `cfg.single_file_config_folder`) with the module runtime of `cfg.model`."""
   from instant3d_jax.convert import sdxl_pipeline
-  kw = dict(dtype=cfg.model.dtype, attention_impl=cfg.model.attention_impl,
-            remat=cfg.model.remat, vae_decode_chunk=cfg.model.vae_decode_chunk,
-            vae_tiled=cfg.model.vae_tiled)
-  path = Path(weights)
-  if path.is_file():
-    if not cfg.single_file_config_folder:
-      raise sio.WeightsError(f"--weights {path} is a single file: also set "
-                             "--config.single_file_config_folder to a folder with the component "
-                             "configs (unet/config.json, ...) and tokenizers")
-    return sdxl_pipeline.load_single_file_pipeline(path, cfg.single_file_config_folder, **kw)
-  if not path.exists():
-    raise sio.WeightsError(f"--weights {path} does not exist; expected an SDXL diffusers folder "
-                           "or a single-file .safetensors")
-  return sdxl_pipeline.load_pipeline(path, **kw)
+  return sdxl_pipeline.load_any(
+      weights, cfg.single_file_config_folder or None, dtype=cfg.model.dtype,
+      attention_impl=cfg.model.attention_impl, remat=cfg.model.remat,
+      vae_decode_chunk=cfg.model.vae_decode_chunk, vae_tiled=cfg.model.vae_tiled)
 
 
 def placement_from_config(cfg) -> sampling.Placement | None:
