@@ -86,9 +86,10 @@ def get_config(arg=None):
   # (the default) every parameter is replicated; `--config.mesh.fsdp=N` FSDP-shards the UNet,
   # VAE and text encoders over N devices (diffusion/sampling.py `Placement`).
   cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  # Logical → mesh axes for SDXL parameters (docs/design.md §3), used by sampling (above). Unlike the
-  # reconstructor, most UNet weight sits in 3×3 ResNet convs, so their output channels are
-  # split over `fsdp` too; spatial kernel dims stay unnamed (layers.CONV_KERNEL_AXES).
+  # Logical → mesh axes for SDXL parameters (docs/design.md §3), used by sampling (above).
+  # Unlike the reconstructor, most UNet weight sits in 3×3 ResNet convs, so their output
+  # channels are split over `fsdp` too; spatial kernel dims stay unnamed
+  # (layers.CONV_KERNEL_AXES).
   cfg.logical_axis_rules = (
       ("batch", ("data", "fsdp")), ("act_heads", "tensor"), ("act_embed", None),
       ("length", None), ("height", None), ("width", None),

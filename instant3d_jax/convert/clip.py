@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,7 +139,7 @@ def _convert_to_flax(tensors, pairs, expected_shapes, source, projection=None):
   if unexpected:
     raise sio.WeightsError(f"{source}: unexpected keys for this config (wrong num_hidden_layers "
                            f"or model class?): {unexpected[:10]}")
-  params = sio.unflatten(flat)
+  params = traverse_util.unflatten_dict(flat, sep="/")
   sio.check_tree_shapes(expected_shapes, params, source)
   return params
 
@@ -164,7 +165,7 @@ def vision_to_flax(tensors: Mapping[str, np.ndarray], config: CLIPVisionConfig,
 
 
 def _from_flax(params, pairs, prefix, projection, dtype):
-  flat = sio.flatten(nn.unbox(params))
+  flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
   out = {}
   for tkey, fpath, kind in pairs:
     out[prefix + tkey] = _to_torch(np.asarray(flat[fpath]), kind)

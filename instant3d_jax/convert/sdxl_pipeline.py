@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from instant3d_jax.convert import clip as cclip
 from instant3d_jax.convert import diffusers_sdxl
@@ -269,7 +270,7 @@ def random_params(abstract: Mapping[str, Any], seed: int) -> dict[str, Any]:
   only for tests, demos and benchmarks, where the statistics, not the draws, matter."""
   rng = np.random.default_rng(seed)
   flat = {}
-  for path, leaf in sio.flatten(abstract).items():
+  for path, leaf in traverse_util.flatten_dict(abstract, sep="/").items():
     shape, name = tuple(leaf.shape), path.rsplit("/", 1)[-1]
     x = rng.standard_normal(shape).astype(np.float32)
     if name == "kernel":
@@ -279,7 +280,7 @@ def random_params(abstract: Mapping[str, Any], seed: int) -> dict[str, Any]:
     else:
       x *= 0.02
     flat[path] = x
-  return sio.unflatten(flat)
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def init_random_pipeline(model_cfg: Mapping[str, Any], tokenizer, tokenizer_2, seed: int = 0,
