@@ -2,20 +2,19 @@
 step-by-step reference with diffusers' scheduler, batching/mesh invariance, pipeline folders
 (diffusers layout and single file), stage 1 end to end (diffusion.generate, which the
 generate_views command runs) and the command's own start-up and errors."""
+import json
 import subprocess
 import sys
-
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax.traverse_util import flatten_dict
 
 from configs import sdxl as sdxl_config
 from instant3d_jax import errors
-from instant3d_jax.convert import clip as cclip
 from instant3d_jax.convert import diffusers_sdxl
 from instant3d_jax.convert import safetensors_io as sio
 from instant3d_jax.convert import sdxl_pipeline
@@ -179,7 +178,7 @@ def test_jitted_sharded_loop_matches_step_by_step_reference(pipe, ref_pipe, resu
 def test_pipeline_folder_round_trip_and_single_file(pipe, saved, tmp_path):
   loaded = sdxl_pipeline.load_pipeline(saved)
   for comp in sampling.COMPONENTS:
-    a, b = sio.flatten(pipe.params[comp]), sio.flatten(loaded.params[comp])
+    a, b = flatten_dict(pipe.params[comp], sep="/"), flatten_dict(loaded.params[comp], sep="/")
     assert sorted(a) == sorted(b), comp
     assert all(np.array_equal(a[k], b[k]) for k in a), comp
   assert loaded.scheduler_config == pipe.scheduler_config
@@ -196,7 +195,7 @@ def test_pipeline_folder_round_trip_and_single_file(pipe, saved, tmp_path):
   sdxl_pipeline.save_single_file(tmp_path / "sdxl.safetensors", pipe)
   single = sdxl_pipeline.load_single_file_pipeline(tmp_path / "sdxl.safetensors", saved)
   for comp in sampling.COMPONENTS:
-    a, b = sio.flatten(pipe.params[comp]), sio.flatten(single.params[comp])
+    a, b = flatten_dict(pipe.params[comp], sep="/"), flatten_dict(single.params[comp], sep="/")
     assert all(np.array_equal(a[k], b[k]) for k in a), comp
 
 
@@ -226,7 +225,7 @@ def test_single_file_export_command_round_trips_through_diffusers(pipe, saved, t
     assert all(torch.equal(a[k], b[k]) for k in a), comp
   ours = sdxl_pipeline.load_single_file_pipeline(out, configs)
   for comp in sampling.COMPONENTS:
-    fa, fb = sio.flatten(pipe.params[comp]), sio.flatten(ours.params[comp])
+    fa, fb = flatten_dict(pipe.params[comp], sep="/"), flatten_dict(ours.params[comp], sep="/")
     assert sorted(fa) == sorted(fb) and all(np.array_equal(fa[k], fb[k]) for k in fa), comp
   before = out.read_bytes()
   r = _run_module("instant3d_jax.convert", "--weights", str(saved), "--out", str(out))

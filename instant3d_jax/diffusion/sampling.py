@@ -10,6 +10,11 @@ the compiled code; compiled once per shape):
    [unconditional; conditional] batch (2B) and mixes ε = ε_u + g (ε_c − ε_u);
 4. `decode`: latents / scaling_factor → VAE decoder → grid in [0, 1].
 
+On a mesh (`Placement`: mesh + logical axis rules, docs/design.md §3) the prompts go on the
+logical `batch` axis and every component's params where their logical names map (FSDP under
+configs/sdxl.py's rules); without rules the params are replicated and the batch split over
+`data`.
+
 The unconditional branch uses zero embeddings (SDXL's `force_zeros_for_empty_prompt`) unless a
 negative prompt is given. Views come out in rig order: top-left az 0°, top-right 90°,
 bottom-left 180°, bottom-right 270° (`split_grid`/`make_grid`).
@@ -338,13 +343,13 @@ class _Sampled(NamedTuple):
 
 
 def _sample(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
-                   num_steps: int = 100, guidance_scale: float = 5.0, scheduler: str = "ddim",
-                   init: str = "blob", init_strength: float | None = None, height: int = 1024,
-                   width: int = 1024, negative_prompt: str | Sequence[str] | None = None,
-                   mesh: Mesh | None = None, logical_axis_rules=None, eta: float = 0.0,
-                   blob: blob_lib.BlobConfig | None = None, original_size=None,
-                   crops_coords_top_left=(0, 0), target_size=None, first_sample_index: int = 0,
-                   progress: Callable[[int], None] | None = None) -> _Sampled:
+           num_steps: int = 100, guidance_scale: float = 5.0, scheduler: str = "ddim",
+           init: str = "blob", init_strength: float | None = None, height: int = 1024,
+           width: int = 1024, negative_prompt: str | Sequence[str] | None = None,
+           mesh: Mesh | None = None, logical_axis_rules=None, eta: float = 0.0,
+           blob: blob_lib.BlobConfig | None = None, original_size=None,
+           crops_coords_top_left=(0, 0), target_size=None, first_sample_index: int = 0,
+           progress: Callable[[int], None] | None = None) -> _Sampled:
   """The denoising half of `generate_views` (same arguments; see there)."""
   prompts = [prompts] if isinstance(prompts, str) else list(prompts)
   if not prompts:
