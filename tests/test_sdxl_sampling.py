@@ -233,6 +233,23 @@ def test_single_file_export_command_round_trips_through_diffusers(pipe, saved, t
   assert out.read_bytes() == before
 
 
+def test_sparse_scheduler_config_survives_save_and_load(pipe, tmp_path):
+  """A scheduler config without clip_sample/set_alpha_to_one (as diffusers' Euler writes it)
+  is saved without them, so DDIM keeps reading its class defaults after a reload."""
+  import dataclasses
+  from instant3d_jax.diffusion import schedulers
+  sparse = {k: v for k, v in schedulers.SDXL_SCHEDULER_CONFIG.items()
+            if k not in ("clip_sample", "set_alpha_to_one")}
+  p = dataclasses.replace(pipe, scheduler_config=schedulers.SchedulerConfig.from_diffusers(sparse))
+  sdxl_pipeline.save_pipeline(tmp_path / "p", p)
+  written = json.loads((tmp_path / "p" / "scheduler" / "scheduler_config.json").read_text())
+  assert "clip_sample" not in written and "set_alpha_to_one" not in written
+  loaded = sdxl_pipeline.load_scheduler_config(tmp_path / "p" / "scheduler")
+  assert loaded == p.scheduler_config
+  ddim = loaded.for_kind("ddim")
+  assert ddim.clip_sample and ddim.set_alpha_to_one and ddim.beta_schedule == "scaled_linear"
+
+
 def test_missing_component_is_named(saved, tmp_path):
   import shutil
   broken = tmp_path / "broken"
