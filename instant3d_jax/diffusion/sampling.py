@@ -452,9 +452,11 @@ def generate_views(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Ar
   """
   latents, params, placement, b = _sample(pipeline, prompts, key, mesh=mesh,
                                           logical_axis_rules=logical_axis_rules, **kwargs)
-  rules = placement.rules if placement is not None else ()
+  # The decoder runs in batch chunks (`vae_decode_chunk` grids, default 1) smaller than the
+  # batch split, so no activation rules there: a chunk's batch cannot be sharded over
+  # data × fsdp, and XLA places the chunks from the sharded input instead.
   with (jax.set_mesh(placement.mesh) if placement is not None else contextlib.nullcontext()):
-    grid = _decode(pipeline.vae, pipeline.vae_decode_chunk, pipeline.vae_tiled, rules,
+    grid = _decode(pipeline.vae, pipeline.vae_decode_chunk, pipeline.vae_tiled, (),
                    params["vae"], latents)
   grid = np.asarray(grid)[:b]
   return GeneratedViews(grid=grid, views=np.asarray(split_grid(grid)))
