@@ -81,12 +81,15 @@ def get_config(arg=None):
   b.init_strength = 1.0           # fraction of the steps run (1.0: from the first timestep)
 
   # ------------------------------------------------------------------------------------------
-  # Mesh: prompts are sharded over `data`; the pipeline is replicated.
+  # Mesh: prompts are sharded over the logical `batch` axis (data × fsdp, the batch padded to a
+  # multiple of it); parameters where the rules below map their logical names. With fsdp=1
+  # (the default) every parameter is replicated; `--config.mesh.fsdp=N` FSDP-shards the UNet,
+  # VAE and text encoders over N devices (diffusion/sampling.py `Placement`).
   cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  # Logical → mesh axes for SDXL parameters (design.md §3), used when the UNet is sharded (FSDP
-  # training of the 2.57 B-parameter UNet, or sampling with `mesh.fsdp > 1`). Unlike the
-  # reconstructor, most UNet weight sits in 3×3 ResNet convs, so their output channels are
-  # split over `fsdp` too; spatial kernel dims stay unnamed (layers.CONV_KERNEL_AXES).
+  # Logical → mesh axes for SDXL parameters (docs/design.md §3), used by sampling (above).
+  # Unlike the reconstructor, most UNet weight sits in 3×3 ResNet convs, so their output
+  # channels are split over `fsdp` too; spatial kernel dims stay unnamed
+  # (layers.CONV_KERNEL_AXES).
   cfg.logical_axis_rules = (
       ("batch", ("data", "fsdp")), ("act_heads", "tensor"), ("act_embed", None),
       ("length", None), ("height", None), ("width", None),

@@ -151,3 +151,45 @@ def test_bad_scheduler_inputs():
     S.SchedulerConfig.from_diffusers(dict(S.SDXL_SCHEDULER_CONFIG, timestep_spacing="even"))
   with pytest.raises(ValueError, match=r"num_steps must be in \[1, 1000\], got 0"):
     S.make_schedule("ddim", S.SchedulerConfig(), 0)
+
+
+# Configs that lack keys: what diffusers' own `save_config` of an Euler scheduler writes (no
+# clip_sample / set_alpha_to_one), a bare config, and one that names `_use_default_values`.
+_EULER_WRITTEN = {k: v for k, v in S.SDXL_SCHEDULER_CONFIG.items()
+                  if k not in ("clip_sample", "set_alpha_to_one")}
+_SPARSE = [
+    ("euler_written", dict(_EULER_WRITTEN, _class_name="EulerDiscreteScheduler")),
+    ("bare", {"beta_schedule": "scaled_linear"}),
+    ("empty", {}),
+    ("use_default_values", dict(S.SDXL_SCHEDULER_CONFIG,
+                                _use_default_values=["timestep_spacing", "steps_offset"])),
+]
+
+
+@pytest.mark.parametrize("kind", list(REFS))
+@pytest.mark.parametrize("name,cfg_dict", _SPARSE, ids=[n for n, _ in _SPARSE])
+def test_config_missing_keys_gets_the_class_defaults(kind, name, cfg_dict, monkeypatch):
+  """A config without some keys samples as diffusers' `<Class>.from_config` of that config:
+  each missing key takes the default of the class the sampler is (DDIM: clip_sample and
+  set_alpha_to_one True, steps_offset 0; Euler/DPM: linspace spacing, ...)."""
+  if kind == "euler_ancestral":  # the same (zero) ancestral noise on both sides
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as mod
+    monkeypatch.setattr(mod, "randn_tensor", lambda shape, **k: torch.zeros(shape))
+  ref = reference(kind, cfg_dict)
+  ref.set_timesteps(10)
+  sched = S.make_schedule(kind, S.SchedulerConfig.from_diffusers(cfg_dict), 10)
+  np.testing.assert_array_equal(np.asarray(sched.timesteps), ref.timesteps.numpy())
+  assert rel_err(S.alphas_cumprod(S.SchedulerConfig.from_diffusers(cfg_dict).for_kind(kind)),
+                 ref.alphas_cumprod.numpy()) <= 1e-6
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=SHAPE).astype(np.float32) * float(ref.init_noise_sigma)
+  xt, xj, state = torch.from_numpy(x), jnp.asarray(x), S.init_state(jnp.asarray(x))
+  worst = 0.0
+  for i, t in enumerate(ref.timesteps):
+    out = rng.normal(size=SHAPE).astype(np.float32) * 3  # large: DDIM's clip_sample matters
+    xt = ref.step(torch.from_numpy(out), t, xt).prev_sample
+    xj, state, _ = _step(sched, state, i, jnp.asarray(out), xj, jnp.zeros(SHAPE, jnp.float32))
+    worst = max(worst, rel_err(xj, xt))
+  assert worst <= TOL, (kind, name, worst)
+  if kind == "ddim" and name == "euler_written":
+    assert ref.config.clip_sample and ref.config.set_alpha_to_one  # the case this guards

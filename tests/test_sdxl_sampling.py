@@ -1,20 +1,24 @@
 """SDXL four-view sampling on a tiny random pipeline: grid/view layout, the jitted CFG loop vs a
 step-by-step reference with diffusers' scheduler, batching/mesh invariance, pipeline folders
-(diffusers layout and single file), and the generate_views command end to end."""
+(diffusers layout and single file), stage 1 end to end (diffusion.generate, which the
+generate_views command runs) and the command's own start-up and errors."""
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax.traverse_util import flatten_dict
 
 from configs import sdxl as sdxl_config
-from instant3d_jax import generate_views as cli
-from instant3d_jax.convert import clip as cclip
+from instant3d_jax import errors
 from instant3d_jax.convert import diffusers_sdxl
 from instant3d_jax.convert import safetensors_io as sio
 from instant3d_jax.convert import sdxl_pipeline
+from instant3d_jax.diffusion import generate
 from instant3d_jax.diffusion import sampling
 
 STEPS = 3
@@ -56,6 +60,34 @@ def result(pipe, cfg):
                                 height=cfg.sampler.height, width=cfg.sampler.width,
                                 mesh=data_mesh(), progress=seen.append)
   return res, seen
+
+
+@pytest.mark.slow  # ~25 s: XLA:CPU compiles the FSDP-partitioned loop slowly
+def test_fsdp_sharded_sampling_matches_replicated(pipe, cfg):
+  """configs/sdxl.py's logical rules on a data 2 × fsdp 2 mesh: the UNet, VAE and text encoders
+  are FSDP-sharded (derived from their logical names), two prompts are padded to 4 = data ×
+  fsdp, and the latents equal the replicated (data-only) run's within 1e-5 relative. (The
+  replicated run has the `result` fixture's arguments, so it shares its compiled loop.)"""
+  from jax.sharding import Mesh
+  mesh = Mesh(np.array(jax.devices()[:4]).reshape(2, 2, 1), ("data", "fsdp", "tensor"))
+  rules = cfg.logical_axis_rules
+  placement = sampling.Placement(mesh, tuple((k, v) for k, v in rules))
+  assert placement.batch_shards == 4
+  sharded = sampling.shard_params(pipe, placement)
+  for comp in sampling.COMPONENTS:
+    specs = [leaf.sharding.spec for leaf in jax.tree.leaves(sharded[comp])]
+    assert any("fsdp" in str(sp) for sp in specs), comp  # really split over fsdp
+    a, b = jax.tree.leaves(pipe.params[comp]), jax.tree.leaves(sharded[comp])
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)), comp
+  kw = dict(num_steps=STEPS, height=cfg.sampler.height, width=cfg.sampler.width,
+            progress=lambda i: None)
+  want = sampling.sample_latents(pipe, PROMPTS, jax.random.PRNGKey(7), mesh=data_mesh(), **kw)
+  got = sampling.sample_latents(pipe, PROMPTS, jax.random.PRNGKey(7), mesh=mesh,
+                                logical_axis_rules=rules, **kw)
+  assert got.shape == want.shape == (2, 16, 16, 4)
+  err = float(np.abs(np.asarray(got) - np.asarray(want)).max() / np.abs(np.asarray(want)).max())
+  print(f"fsdp 2 × data 2 vs replicated latents: rel err {err:.2e}")
+  assert err <= 1e-5
 
 
 def test_grid_and_views_round_trip_in_rig_order():
@@ -146,7 +178,7 @@ def test_jitted_sharded_loop_matches_step_by_step_reference(pipe, ref_pipe, resu
 def test_pipeline_folder_round_trip_and_single_file(pipe, saved, tmp_path):
   loaded = sdxl_pipeline.load_pipeline(saved)
   for comp in sampling.COMPONENTS:
-    a, b = sio.flatten(pipe.params[comp]), sio.flatten(loaded.params[comp])
+    a, b = flatten_dict(pipe.params[comp], sep="/"), flatten_dict(loaded.params[comp], sep="/")
     assert sorted(a) == sorted(b), comp
     assert all(np.array_equal(a[k], b[k]) for k in a), comp
   assert loaded.scheduler_config == pipe.scheduler_config
@@ -160,19 +192,62 @@ def test_pipeline_folder_round_trip_and_single_file(pipe, saved, tmp_path):
     a, b = sio.read_safetensors(f1, None), sio.read_safetensors(f2, None)
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a), comp
   # Single-file layout: the same params from one file + the folder's configs/tokenizers.
-  state = diffusers_sdxl.diffusers_to_single_file_state(
-      diffusers_sdxl.flax_to_diffusers_state(pipe.params["unet"]), pipe.unet.config,
-      diffusers_sdxl.flax_to_diffusers_state(pipe.params["vae"]), pipe.vae.config)
-  state.update({cclip.SDXL_CLIP_L_PREFIX + k: v for k, v in cclip.text_from_flax(
-      pipe.params["text_encoder"], pipe.text_encoder.config, prefix="text_model.").items()})
-  state.update(cclip.transformers_to_openclip(
-      cclip.text_from_flax(pipe.params["text_encoder_2"], pipe.text_encoder_2.config),
-      pipe.text_encoder_2.config))
-  sio.write_safetensors(tmp_path / "sdxl.safetensors", state)
+  sdxl_pipeline.save_single_file(tmp_path / "sdxl.safetensors", pipe)
   single = sdxl_pipeline.load_single_file_pipeline(tmp_path / "sdxl.safetensors", saved)
   for comp in sampling.COMPONENTS:
-    a, b = sio.flatten(pipe.params[comp]), sio.flatten(single.params[comp])
+    a, b = flatten_dict(pipe.params[comp], sep="/"), flatten_dict(single.params[comp], sep="/")
     assert all(np.array_equal(a[k], b[k]) for k in a), comp
+
+
+def _run_module(module, *args):
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                        timeout=180)
+
+
+def test_single_file_export_command_round_trips_through_diffusers(pipe, saved, tmp_path):
+  """`python -m instant3d_jax.convert --weights FOLDER --out X.safetensors` writes the original
+  single-file layout; diffusers' own `StableDiffusionXLPipeline.from_single_file` (offline, with a
+  config folder that holds no weights) reads back every tensor of every component exactly, and
+  so does our loader. The command refuses to replace an existing file."""
+  import shutil
+  import diffusers
+  out = tmp_path / "sdxl.safetensors"
+  r = _run_module("instant3d_jax.convert", "--weights", str(saved), "--out", str(out))
+  assert r.returncode == 0, r.stderr
+  configs = tmp_path / "configs"  # configs, tokenizers, scheduler: no weights at all
+  shutil.copytree(saved, configs, ignore=shutil.ignore_patterns("*.safetensors"))
+  ref = diffusers.StableDiffusionXLPipeline.from_pretrained(str(saved))
+  got = diffusers.StableDiffusionXLPipeline.from_single_file(str(out), config=str(configs),
+                                                              local_files_only=True)
+  for comp in sampling.COMPONENTS:
+    a, b = getattr(ref, comp).state_dict(), getattr(got, comp).state_dict()
+    assert sorted(a) == sorted(b), comp
+    assert all(torch.equal(a[k], b[k]) for k in a), comp
+  ours = sdxl_pipeline.load_single_file_pipeline(out, configs)
+  for comp in sampling.COMPONENTS:
+    fa, fb = flatten_dict(pipe.params[comp], sep="/"), flatten_dict(ours.params[comp], sep="/")
+    assert sorted(fa) == sorted(fb) and all(np.array_equal(fa[k], fb[k]) for k in fa), comp
+  before = out.read_bytes()
+  r = _run_module("instant3d_jax.convert", "--weights", str(saved), "--out", str(out))
+  assert r.returncode != 0 and "already exists" in r.stderr and "Traceback" not in r.stderr
+  assert out.read_bytes() == before
+
+
+def test_sparse_scheduler_config_survives_save_and_load(pipe, tmp_path):
+  """A scheduler config without clip_sample/set_alpha_to_one (as diffusers' Euler writes it)
+  is saved without them, so DDIM keeps reading its class defaults after a reload."""
+  import dataclasses
+  from instant3d_jax.diffusion import schedulers
+  sparse = {k: v for k, v in schedulers.SDXL_SCHEDULER_CONFIG.items()
+            if k not in ("clip_sample", "set_alpha_to_one")}
+  p = dataclasses.replace(pipe, scheduler_config=schedulers.SchedulerConfig.from_diffusers(sparse))
+  sdxl_pipeline.save_pipeline(tmp_path / "p", p)
+  written = json.loads((tmp_path / "p" / "scheduler" / "scheduler_config.json").read_text())
+  assert "clip_sample" not in written and "set_alpha_to_one" not in written
+  loaded = sdxl_pipeline.load_scheduler_config(tmp_path / "p" / "scheduler")
+  assert loaded == p.scheduler_config
+  ddim = loaded.for_kind("ddim")
+  assert ddim.clip_sample and ddim.set_alpha_to_one and ddim.beta_schedule == "scaled_linear"
 
 
 def test_missing_component_is_named(saved, tmp_path):
@@ -187,14 +262,15 @@ def test_missing_component_is_named(saved, tmp_path):
     diffusers_sdxl.load_vae(broken / "vae")
 
 
-def test_cli_end_to_end(saved, result, tmp_path):
+def test_generate_to_folder_end_to_end(cfg, saved, result, tmp_path):
   out = tmp_path / "out"
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("a red cat\n\na blue dog\n")
-  argv = ["generate_views", "--config", "configs/sdxl.py:tiny", "--weights", str(saved),
-          "--prompts_file", str(prompts), "--num_samples", "1", "--steps", str(STEPS),
-          "--seed", "7", "--out", str(out)]
-  assert cli.main(argv) == 0
+  pipeline = generate.load_pipeline(cfg, saved)
+  generate.generate_to_folder(
+      cfg, pipeline, generate.read_prompts(None, prompts), out, weights=str(saved),
+      options=generate.Options(num_samples=1, steps=STEPS, seed=7),
+      placement=sampling.Placement(data_mesh()))
   run = json.loads((out / "run.json").read_text())
   assert run["prompts"] == PROMPTS and run["seed"] == 7 and run["steps"] == STEPS
   assert run["versions"]["jax"] == jax.__version__
@@ -209,22 +285,44 @@ def test_cli_end_to_end(saved, result, tmp_path):
   assert np.abs(grid.astype(int) - to_uint8(result[0].grid[1]).astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--weights", "/nonexistent/sdxl", "--prompt", "a cat"], "does not exist"),
-    (["--weights", "{saved}", "--prompts_file", "{empty}"], "has no prompts"),
-    (["--weights", "{saved}", "--prompt", "a cat", "--scheduler", "plms"],
-     "--scheduler must be one of"),
-    (["--weights", "{saved}", "--prompt", "   "], "--prompt is empty"),
+@pytest.mark.parametrize("kind,arg,message", [
+    ("prompts", (None, "{empty}"), "has no prompts"),
+    ("prompts", ("   ", None), "--prompt is empty"),
+    ("prompts", ("a", "{empty}"), "exactly one of --prompt or --prompts_file"),
+    ("options", dict(scheduler="plms"), "--scheduler must be one of"),
+    ("options", dict(steps=-2), "--steps must be >= 1"),
+    ("weights", "/nonexistent/sdxl", "does not exist"),
 ])
-def test_cli_bad_inputs(saved, tmp_path, capsys, extra, message):
+def test_generate_bad_inputs_are_named(cfg, tmp_path, kind, arg, message):
   empty = tmp_path / "empty.txt"
   empty.write_text("\n  \n")
-  extra = [e.format(saved=saved, empty=empty) for e in extra]
-  argv = ["generate_views", "--config", "configs/sdxl.py:tiny", "--out", str(tmp_path / "o"),
-          "--noprogress"] + extra
-  assert cli.main(argv) == 2
-  assert message in capsys.readouterr().err
-  assert not (tmp_path / "o" / "run.json").exists()
+  with pytest.raises(errors.Instant3DError, match=message):
+    if kind == "prompts":
+      generate.read_prompts(*[a.format(empty=empty) if a else a for a in arg])
+    elif kind == "options":
+      generate.Options(**arg).resolve(cfg)
+    else:
+      generate.load_pipeline(cfg, arg)
+
+
+def _command(*args):
+  return subprocess.run([sys.executable, "-m", "instant3d_jax.generate_views", *args],
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_command_help_and_bad_weights_exit(tmp_path):
+  """`--help` works (absl flags on the global FlagValues); a bad `--weights` prints one
+  `error:` line, no traceback, exit ≠ 0, and writes nothing."""
+  r = _command("--help")
+  assert r.returncode == 0, r.stderr
+  assert "--weights" in r.stdout + r.stderr and "--prompts_file" in r.stdout + r.stderr
+  r = _command("--config", "configs/sdxl.py:tiny", "--weights", "/nonexistent/sdxl", "--prompt",
+               "a cat", "--out", str(tmp_path / "o"), "--noprogress")
+  assert r.returncode != 0
+  err_lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert len(err_lines) == 1 and "/nonexistent/sdxl does not exist" in err_lines[0], r.stderr
+  assert "Traceback" not in r.stderr
+  assert not (tmp_path / "o").exists()
 
 
 def test_matches_diffusers_sdxl_pipeline_end_to_end(pipe, ref_pipe, cfg):

@@ -16,11 +16,13 @@ Params are returned without the `{'params': ...}` wrapper, fp32 unless the calle
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,10 +39,18 @@ _IGNORED_SUFFIXES = ("position_ids",)  # a non-persistent buffer some old export
 # ----------------------------------------------------------------------------------------------
 # Shapes of the Flax params (for checking a checkpoint against a config)
 # ----------------------------------------------------------------------------------------------
-def text_param_shapes(config: CLIPTextConfig) -> dict:
+def text_param_shapes(config: CLIPTextConfig, boxed: bool = False) -> dict:
+  """The text tower's `params` as `jax.ShapeDtypeStruct`s; `boxed=True` keeps the logical axis
+  names (`nn.LogicallyPartitioned`), for shardings."""
+  params = _text_boxed(config)
+  return params if boxed else nn.unbox(params)
+
+
+@functools.lru_cache(maxsize=8)
+def _text_boxed(config: CLIPTextConfig) -> dict:
   model = CLIPTextModel(config)
   ids = jax.ShapeDtypeStruct((1, config.max_position_embeddings), jnp.int32)
-  return nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), ids))["params"]
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0), ids)["params"]
 
 
 def vision_param_shapes(config: CLIPVisionConfig) -> dict:
@@ -129,7 +139,7 @@ def _convert_to_flax(tensors, pairs, expected_shapes, source, projection=None):
   if unexpected:
     raise sio.WeightsError(f"{source}: unexpected keys for this config (wrong num_hidden_layers "
                            f"or model class?): {unexpected[:10]}")
-  params = sio.unflatten(flat)
+  params = traverse_util.unflatten_dict(flat, sep="/")
   sio.check_tree_shapes(expected_shapes, params, source)
   return params
 
@@ -155,7 +165,7 @@ def vision_to_flax(tensors: Mapping[str, np.ndarray], config: CLIPVisionConfig,
 
 
 def _from_flax(params, pairs, prefix, projection, dtype):
-  flat = sio.flatten(nn.unbox(params))
+  flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
   out = {}
   for tkey, fpath, kind in pairs:
     out[prefix + tkey] = _to_torch(np.asarray(flat[fpath]), kind)

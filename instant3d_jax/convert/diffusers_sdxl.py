@@ -21,11 +21,11 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from safetensors import safe_open
 
-from instant3d_jax.convert.safetensors_io import (WeightsError, find_weights, flatten, read_config,
-                                                  read_safetensors, unflatten, write_json,
-                                                  write_safetensors)
+from instant3d_jax.convert.safetensors_io import (WeightsError, find_weights, read_config,
+                                                  read_safetensors, write_json, write_safetensors)
 from instant3d_jax.models.unet import UNet2DConditionModel, UNetConfig
 from instant3d_jax.models.vae import AutoencoderKL, VAEConfig
 
@@ -46,9 +46,15 @@ def _unbox(tree):
   return nn.unbox(tree)
 
 
+def unet_abstract_params(config: UNetConfig, boxed: bool = False) -> dict[str, Any]:
+  """The UNet `params` tree as `jax.ShapeDtypeStruct`s (via `jax.eval_shape`, nothing allocated).
+  `boxed=True` keeps the `nn.LogicallyPartitioned` boxes (logical axis names, for shardings)."""
+  params = _unet_boxed(config)
+  return params if boxed else _unbox(params)
+
+
 @functools.lru_cache(maxsize=8)
-def unet_abstract_params(config: UNetConfig) -> dict[str, Any]:
-  """The UNet `params` tree as `jax.ShapeDtypeStruct`s (via `jax.eval_shape`, nothing allocated)."""
+def _unet_boxed(config: UNetConfig) -> dict[str, Any]:
   model = UNet2DConditionModel(config)
   f = 2 ** (len(config.block_out_channels) - 1)
   sample = jax.ShapeDtypeStruct((1, f, f, config.in_channels), jnp.float32)
@@ -67,17 +73,23 @@ def unet_abstract_params(config: UNetConfig) -> dict[str, Any]:
   variables = jax.eval_shape(
       lambda s, tt, c, **kw: model.init(jax.random.PRNGKey(0), s, tt, c, **kw), sample, t, ctx,
       **extra)
-  return _unbox(variables["params"])
+  return variables["params"]
+
+
+def vae_abstract_params(config: VAEConfig, boxed: bool = False) -> dict[str, Any]:
+  """The VAE `params` tree as `jax.ShapeDtypeStruct`s (encoder and decoder); `boxed` as for
+  `unet_abstract_params`."""
+  params = _vae_boxed(config)
+  return params if boxed else _unbox(params)
 
 
 @functools.lru_cache(maxsize=8)
-def vae_abstract_params(config: VAEConfig) -> dict[str, Any]:
-  """The VAE `params` tree as `jax.ShapeDtypeStruct`s (encoder and decoder)."""
+def _vae_boxed(config: VAEConfig) -> dict[str, Any]:
   model = AutoencoderKL(config)
   f = config.downsample_factor
   x = jax.ShapeDtypeStruct((1, f, f, config.in_channels), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
-  return _unbox(variables["params"])
+  return variables["params"]
 
 
 def count_params(abstract: Mapping[str, Any]) -> int:
@@ -163,7 +175,7 @@ def _state_to_flax(get, has, keys_source: str, abstract: Mapping[str, Any],
   errors name `where(key)` (the file) or `keys_source`.
   """
   out = {}
-  for path, spec in flatten(abstract).items():
+  for path, spec in traverse_util.flatten_dict(abstract, sep="/").items():
     dkey = flax_path_to_diffusers(path)
     skey = key_map(dkey)
     if not has(skey):
@@ -179,7 +191,7 @@ def _state_to_flax(get, has, keys_source: str, abstract: Mapping[str, Any],
                          f"(Flax parameter {path} {tuple(spec.shape)})")
     y = to_flax_layout(x)
     out[path] = y.astype(dtype) if dtype is not None else y
-  return unflatten(out)
+  return traverse_util.unflatten_dict(out, sep="/")
 
 
 def _load_component(folder, variant, abstract, dtype) -> dict[str, Any]:
@@ -188,7 +200,7 @@ def _load_component(folder, variant, abstract, dtype) -> dict[str, Any]:
   source = str(files[0]) if len(files) == 1 else f"{folder} ({len(files)} shards)"
   params = _state_to_flax(t.get, lambda k: k in t.where, source, abstract, dtype=dtype,
                           where=lambda k: str(t.where[k]) if k in t.where else None)
-  expected = {flax_path_to_diffusers(p) for p, s in flatten(abstract).items()}
+  expected = {flax_path_to_diffusers(p) for p in traverse_util.flatten_dict(abstract, sep="/")}
   extra = sorted(set(t.where) - expected)
   if extra:
     raise WeightsError(f"{source}: {len(extra)} unexpected keys not in the model config, e.g. "
@@ -225,7 +237,7 @@ def load_vae(folder: str | os.PathLike, variant: str | None = None, dtype=np.flo
 def flax_to_diffusers_state(params: Mapping[str, Any], dtype=None) -> dict[str, np.ndarray]:
   """Flax `params` tree → diffusers state dict (numpy, torch layout). `dtype=None` keeps dtypes."""
   out = {}
-  for path, x in flatten(_unbox(dict(params))).items():
+  for path, x in traverse_util.flatten_dict(_unbox(dict(params)), sep="/").items():
     x = np.asarray(x)
     y = to_torch_layout(x)
     out[flax_path_to_diffusers(path)] = y.astype(dtype) if dtype is not None else y

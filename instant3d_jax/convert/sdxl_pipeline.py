@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from instant3d_jax.convert import clip as cclip
 from instant3d_jax.convert import diffusers_sdxl
@@ -156,11 +157,28 @@ def load_single_file_pipeline(path: str | os.PathLike, config_folder: str | os.P
       **module_kw)
 
 
+def load_any(weights: str | os.PathLike, config_folder: str | os.PathLike | None = None,
+             **module_kw) -> Pipeline:
+  """A diffusers folder, or a single-file `.safetensors` with `config_folder` (the component
+  configs, tokenizers and scheduler config) → `Pipeline`. `module_kw` as for `load_pipeline`."""
+  path = Path(weights)
+  if path.is_file():
+    if not config_folder:
+      raise sio.WeightsError(f"--weights {path} is a single file: also give a folder with the "
+                             "component configs (unet/config.json, ...) and tokenizers "
+                             "(--config_folder, or --config.single_file_config_folder)")
+    return load_single_file_pipeline(path, config_folder, **module_kw)
+  if not path.exists():
+    raise sio.WeightsError(f"--weights {path} does not exist; expected an SDXL diffusers folder "
+                           "or a single-file .safetensors")
+  return load_pipeline(path, **module_kw)
+
+
 def save_pipeline(folder: str | os.PathLike, pipeline: Pipeline,
                   scheduler_config: Mapping[str, Any] | None = None) -> None:
   """Writes the diffusers layout (fp32 tensors; `model_index.json` last, so a folder without it
-  is an interrupted export). `scheduler_config`: the JSON dict to write (default: the SDXL one
-  with this pipeline's fields)."""
+  is an interrupted export). `scheduler_config`: the JSON dict to write (default: the fields
+  this pipeline's scheduler config was given)."""
   root = Path(folder)
   p = pipeline.params
   diffusers_sdxl.save_unet(root / "unet", pipeline.unet.config, p["unet"])
@@ -170,10 +188,9 @@ def save_pipeline(folder: str | os.PathLike, pipeline: Pipeline,
                        p["text_encoder_2"])
   pipeline.tokenizer.save_pretrained(str(root / "tokenizer"))
   pipeline.tokenizer_2.save_pretrained(str(root / "tokenizer_2"))
-  sched = dict(schedulers.SDXL_SCHEDULER_CONFIG)
-  sched.update(scheduler_config or {
-      k: getattr(pipeline.scheduler_config, k)
-      for k in schedulers.SchedulerConfig.__dataclass_fields__})
+  # The keys the pipeline's config was given, no more: a missing key must stay missing, so that
+  # each sampler class reads its own default again (schedulers.SchedulerConfig.for_kind).
+  sched = dict(scheduler_config or pipeline.scheduler_config.to_diffusers())
   sched.setdefault("_class_name", "EulerDiscreteScheduler")
   sio.write_json(root / "scheduler" / "scheduler_config.json", sched)
   sio.write_json(root / "model_index.json", {
@@ -185,6 +202,38 @@ def save_pipeline(folder: str | os.PathLike, pipeline: Pipeline,
                         ("text_encoder_2", "CLIPTextModelWithProjection"),
                         ("tokenizer", "CLIPTokenizer"), ("tokenizer_2", "CLIPTokenizer"),
                         ("scheduler", "EulerDiscreteScheduler"))}})
+
+
+def single_file_state(pipeline: Pipeline, dtype=None) -> dict[str, np.ndarray]:
+  """The pipeline's weights in the original single-file SDXL key layout (what
+  `load_single_file_pipeline` and diffusers' `StableDiffusionXLPipeline.from_single_file` read):
+  UNet `model.diffusion_model.*`, VAE `first_stage_model.*` (attention as 1×1 convs), CLIP-L
+  `conditioner.embedders.0.transformer.text_model.*`, OpenCLIP bigG
+  `conditioner.embedders.1.model.*` (fused q/k/v). `dtype=None` keeps the stored dtypes."""
+  p = pipeline.params
+  state = diffusers_sdxl.diffusers_to_single_file_state(
+      diffusers_sdxl.flax_to_diffusers_state(p["unet"], dtype), pipeline.unet.config,
+      diffusers_sdxl.flax_to_diffusers_state(p["vae"], dtype), pipeline.vae.config)
+  state.update({cclip.SDXL_CLIP_L_PREFIX + k: v for k, v in cclip.text_from_flax(
+      p["text_encoder"], pipeline.text_encoder.config, prefix="text_model.",
+      dtype=dtype).items()})
+  state.update(cclip.transformers_to_openclip(
+      cclip.text_from_flax(p["text_encoder_2"], pipeline.text_encoder_2.config, dtype=dtype),
+      pipeline.text_encoder_2.config))
+  return state
+
+
+def save_single_file(path: str | os.PathLike, pipeline: Pipeline, dtype=None) -> Path:
+  """Writes `single_file_state(pipeline)` to one `.safetensors` (atomically; refuses another
+  suffix). Tokenizers, configs and the scheduler are not in the file: a loader takes them from
+  a diffusers folder (`load_single_file_pipeline(path, folder)`, diffusers'
+  `from_single_file(path, config=folder)`)."""
+  path = Path(path)
+  if path.suffix != ".safetensors":
+    raise sio.WeightsError(f"single-file export {path}: expected a path ending in "
+                           f".safetensors, got suffix {path.suffix!r}")
+  sio.write_safetensors(path, single_file_state(pipeline, dtype), {"format": "pt"})
+  return path
 
 
 def write_toy_tokenizer(folder: str | os.PathLike, max_length: int):
@@ -221,7 +270,7 @@ def random_params(abstract: Mapping[str, Any], seed: int) -> dict[str, Any]:
   only for tests, demos and benchmarks, where the statistics, not the draws, matter."""
   rng = np.random.default_rng(seed)
   flat = {}
-  for path, leaf in sio.flatten(abstract).items():
+  for path, leaf in traverse_util.flatten_dict(abstract, sep="/").items():
     shape, name = tuple(leaf.shape), path.rsplit("/", 1)[-1]
     x = rng.standard_normal(shape).astype(np.float32)
     if name == "kernel":
@@ -231,7 +280,7 @@ def random_params(abstract: Mapping[str, Any], seed: int) -> dict[str, Any]:
     else:
       x *= 0.02
     flat[path] = x
-  return sio.unflatten(flat)
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def init_random_pipeline(model_cfg: Mapping[str, Any], tokenizer, tokenizer_2, seed: int = 0,

@@ -10,16 +10,23 @@ the compiled code; compiled once per shape):
    [unconditional; conditional] batch (2B) and mixes ε = ε_u + g (ε_c − ε_u);
 4. `decode`: latents / scaling_factor → VAE decoder → grid in [0, 1].
 
+On a mesh (`Placement`: mesh + logical axis rules, docs/design.md §3) the prompts go on the
+logical `batch` axis and every component's params where their logical names map (FSDP under
+configs/sdxl.py's rules); without rules the params are replicated and the batch split over
+`data`.
+
 The unconditional branch uses zero embeddings (SDXL's `force_zeros_for_empty_prompt`) unless a
 negative prompt is given. Views come out in rig order: top-left az 0°, top-right 90°,
 bottom-left 180°, bottom-right 270° (`split_grid`/`make_grid`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +37,7 @@ from instant3d_jax.diffusion import schedulers
 from instant3d_jax.models.clip import CLIPTextModel
 from instant3d_jax.models.unet import UNet2DConditionModel
 from instant3d_jax.models.vae import AutoencoderKL, decode_chunked
+from instant3d_jax.train import sharding as shard_lib
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 INIT_MODES = ("blob", "noise")
@@ -113,21 +121,28 @@ def tokenize(pipeline: Pipeline, prompts: Sequence[str]) -> tuple[np.ndarray, np
   return out[0], out[1]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _encode(te1: CLIPTextModel, te2: CLIPTextModel, p1, p2, ids1, ids2):
-  o1 = te1.apply({"params": p1}, ids1)
-  o2 = te2.apply({"params": p2}, ids2)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _encode(te1: CLIPTextModel, te2: CLIPTextModel, rules, p1, p2, ids1, ids2):
+  with nn.logical_axis_rules(rules):
+    o1 = te1.apply({"params": p1}, ids1)
+    o2 = te2.apply({"params": p2}, ids2)
   # SDXL conditions on the penultimate layers (before the final layer norm) of both encoders.
   ctx = jnp.concatenate([o1.hidden_states[-2].astype(jnp.float32),
                          o2.hidden_states[-2].astype(jnp.float32)], axis=-1)
   return ctx, o2.text_embeds.astype(jnp.float32)
 
 
-def encode_prompts(pipeline: Pipeline, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
-  """Prompts → (context `[B, L, D1 + D2]`, pooled `[B, P]`), float32."""
+def encode_prompts(pipeline: Pipeline, prompts: Sequence[str], params=None,
+                   placement: "Placement | None" = None) -> tuple[jax.Array, jax.Array]:
+  """Prompts → (context `[B, L, D1 + D2]`, pooled `[B, P]`), float32. `params`: the pipeline's
+  (or a sharded copy, `shard_params`); `placement`: the token ids go on its batch sharding."""
+  params = pipeline.params if params is None else params
   ids1, ids2 = tokenize(pipeline, prompts)
-  return _encode(pipeline.text_encoder, pipeline.text_encoder_2,
-                 pipeline.params["text_encoder"], pipeline.params["text_encoder_2"], ids1, ids2)
+  rules = ()
+  if placement is not None:
+    ids1, ids2, rules = placement.batch(ids1), placement.batch(ids2), placement.rules
+  return _encode(pipeline.text_encoder, pipeline.text_encoder_2, rules,
+                 params["text_encoder"], params["text_encoder_2"], ids1, ids2)
 
 
 def micro_conditioning(batch: int, height: int, width: int, original_size=None,
@@ -157,9 +172,9 @@ def _report(i):
     hook(int(i))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _denoise(unet: UNet2DConditionModel, with_progress: bool, unet_params, latents, ctx, pooled,
-             time_ids, schedule, keys, guidance_scale):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _denoise(unet: UNet2DConditionModel, with_progress: bool, rules, unet_params, latents, ctx,
+             pooled, time_ids, schedule, keys, guidance_scale):
   """latents/keys `[B, ...]`; ctx/pooled/time_ids `[B, 2, ...]` = (uncond, cond) per sample.
 
   The CFG pair of a sample stays adjacent in the 2B model batch (interleaved), so with the
@@ -173,7 +188,8 @@ def _denoise(unet: UNet2DConditionModel, with_progress: bool, unet_params, laten
     xin = schedulers.scale_model_input(schedule, i, x)
     t = jnp.full((2 * b,), schedule.timesteps[i])
     x2 = flat(jnp.stack([xin, xin], axis=1))
-    out = unet.apply({"params": unet_params}, x2, t, ctx, pooled, time_ids)
+    with nn.logical_axis_rules(rules):
+      out = unet.apply({"params": unet_params}, x2, t, ctx, pooled, time_ids)
     out = out.astype(jnp.float32).reshape((b, 2) + out.shape[1:])
     uncond, cond = out[:, 0], out[:, 1]
     guided = uncond + guidance_scale * (cond - uncond)
@@ -191,11 +207,12 @@ def _denoise(unet: UNet2DConditionModel, with_progress: bool, unet_params, laten
   return x
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _decode(vae: AutoencoderKL, chunk: int | None, tiled: bool, vae_params, latents):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _decode(vae: AutoencoderKL, chunk: int | None, tiled: bool, rules, vae_params, latents):
   cfg = vae.config
   z = latents / cfg.scaling_factor + (cfg.shift_factor or 0.0)
-  x = decode_chunked(vae, vae_params, z, batch_chunk=chunk, tiled=tiled)
+  with nn.logical_axis_rules(rules):
+    x = decode_chunked(vae, vae_params, z, batch_chunk=chunk, tiled=tiled)
   return jnp.clip(x.astype(jnp.float32) / 2 + 0.5, 0.0, 1.0)
 
 
@@ -228,26 +245,112 @@ def initial_noise(key: jax.Array, first: int, count: int, latent_shape) -> tuple
 
 
 # ----------------------------------------------------------------------------------------------
+# Placement on a mesh
+# ----------------------------------------------------------------------------------------------
+DEFAULT_RULES: shard_lib.LogicalRules = (("batch", "data"),)  # prompts over `data`, rest replicated
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where sampling runs: a `('data', 'fsdp', 'tensor')` mesh and the logical axis rules
+  (docs/design.md §3, Sharding). Prompts go on the logical `batch` axis, parameters on what
+  their logical names map to (configs/sdxl.py `logical_axis_rules`: FSDP over `fsdp`)."""
+  mesh: Mesh
+  rules: shard_lib.LogicalRules = DEFAULT_RULES
+
+  @property
+  def batch_shards(self) -> int:
+    """How many ways the batch is split (the prompt batch is padded to a multiple of it)."""
+    return shard_lib.num_batch_shards(self.mesh, self.rules)
+
+  def batch(self, x):
+    """`x [B, ...]` placed with its leading axis on the logical `batch` axis."""
+    x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
+    return jax.device_put(x, shard_lib.batch_sharding(self.mesh, self.rules, x.ndim))
+
+
+def _fit(sharding: NamedSharding, shape) -> NamedSharding:
+  """`sharding` with the mesh axes of each dimension they do not divide dropped (replicated):
+  a tiny config's 4 channels, or an odd vocabulary, stay whole instead of failing."""
+  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+  out = []
+  for dim, axes in zip(shape, spec):
+    names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    size = int(np.prod([sharding.mesh.shape[n] for n in names])) if names else 1
+    out.append(axes if dim % size == 0 else None)
+  return NamedSharding(sharding.mesh, P(*out))
+
+
+def param_shardings(pipeline: Pipeline, placement: Placement) -> dict[str, Any]:
+  """`NamedSharding` trees of every component's params, derived from the modules' logical axis
+  names (`jax.eval_shape` + `nn.get_partition_spec` + `nn.logical_to_mesh_sharding`, via
+  `train.sharding.derive_shardings`); nothing written by hand."""
+  from instant3d_jax.convert import clip as cclip
+  from instant3d_jax.convert import diffusers_sdxl
+  boxed = {
+      "unet": lambda: diffusers_sdxl.unet_abstract_params(pipeline.unet.config, boxed=True),
+      "vae": lambda: diffusers_sdxl.vae_abstract_params(pipeline.vae.config, boxed=True),
+      "text_encoder": lambda: cclip.text_param_shapes(pipeline.text_encoder.config, boxed=True),
+      "text_encoder_2": lambda: cclip.text_param_shapes(pipeline.text_encoder_2.config,
+                                                        boxed=True),
+  }
+  out = {}
+  for comp, init in boxed.items():
+    abstract, shardings = shard_lib.derive_shardings(init, mesh=placement.mesh,
+                                                     rules=placement.rules)
+    out[comp] = jax.tree.map(lambda a, sh: _fit(sh, a.shape), abstract, shardings)
+  return out
+
+
+def shard_params(pipeline: Pipeline, placement: Placement) -> dict[str, Any]:
+  """The pipeline's params placed as `param_shardings` says (a no-op for params already there,
+  e.g. after `shard_pipeline`)."""
+  shardings = param_shardings(pipeline, placement)
+
+  def put(x, sh):
+    if isinstance(x, jax.Array) and x.sharding == sh:
+      return x
+    # Through the host: a device-to-device reshard compiles one program per shape.
+    return jax.device_put(np.asarray(x), sh)
+
+  return {c: jax.tree.map(put, pipeline.params[c], shardings[c]) for c in COMPONENTS}
+
+
+def shard_pipeline(pipeline: Pipeline, placement: Placement) -> Pipeline:
+  """The pipeline with its params moved onto the mesh once (FSDP-sharded under the config's
+  rules), so that each `generate_views` call finds them in place."""
+  return dataclasses.replace(pipeline, params=shard_params(pipeline, placement), _cache={})
+
+
+# ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
-def generate_views(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
-                   num_steps: int = 100, guidance_scale: float = 5.0, scheduler: str = "ddim",
-                   init: str = "blob", init_strength: float | None = None, height: int = 1024,
-                   width: int = 1024, negative_prompt: str | Sequence[str] | None = None,
-                   mesh: Mesh | None = None, eta: float = 0.0,
-                   blob: blob_lib.BlobConfig | None = None, original_size=None,
-                   crops_coords_top_left=(0, 0), target_size=None, first_sample_index: int = 0,
-                   progress: Callable[[int], None] | None = None) -> GeneratedViews:
-  """Samples one 2×2 four-view grid per prompt.
+def _placement(mesh: Mesh | None, logical_axis_rules) -> Placement | None:
+  if mesh is None:
+    if logical_axis_rules is not None:
+      raise ValueError("generate_views: logical_axis_rules given without a mesh")
+    return None
+  if logical_axis_rules is None:
+    return Placement(mesh)
+  return Placement(mesh, shard_lib.logical_rules(logical_axis_rules))
 
-  `key`: a PRNG key; sample b uses `fold_in(key, first_sample_index + b)`, so a prompt's grid
-  does not depend on its batch-mates or on how a long prompt list is cut into batches.
-  `init="blob"` starts from the Gaussian-blob grid noised to step
-  `blob.start_step(num_steps, init_strength)` (`blob`: the blob knobs, default `BlobConfig()`;
-  `init_strength`, when given, overrides `blob.init_strength`); `init="noise"` from pure noise. `mesh`: prompts are sharded over its `data` axis
-  (padded to a multiple of it), params replicated. `progress(i)` is called after step i.
-  Returns `GeneratedViews(grid [B, H, W, 3], views [B, 4, H/2, W/2, 3])`, float32 in [0, 1].
-  """
+
+class _Sampled(NamedTuple):
+  latents: jax.Array  # [padded B, h, w, C], on the placement's batch sharding
+  params: dict[str, Any]  # the params used (sharded copies on a mesh)
+  placement: Placement | None
+  batch: int  # real prompts (the rest is padding)
+
+
+def _sample(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
+           num_steps: int = 100, guidance_scale: float = 5.0, scheduler: str = "ddim",
+           init: str = "blob", init_strength: float | None = None, height: int = 1024,
+           width: int = 1024, negative_prompt: str | Sequence[str] | None = None,
+           mesh: Mesh | None = None, logical_axis_rules=None, eta: float = 0.0,
+           blob: blob_lib.BlobConfig | None = None, original_size=None,
+           crops_coords_top_left=(0, 0), target_size=None, first_sample_index: int = 0,
+           progress: Callable[[int], None] | None = None) -> _Sampled:
+  """The denoising half of `generate_views` (same arguments; see there)."""
   prompts = [prompts] if isinstance(prompts, str) else list(prompts)
   if not prompts:
     raise ValueError("generate_views: prompts is empty; expected at least one prompt")
@@ -262,20 +365,25 @@ def generate_views(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Ar
     negative_prompt = [negative_prompt] * b
   if negative_prompt is not None and len(negative_prompt) != b:
     raise ValueError(f"generate_views: {len(negative_prompt)} negative prompts for {b} prompts")
+  placement = _placement(mesh, logical_axis_rules)
+  rules = placement.rules if placement is not None else ()
 
-  # Pad the batch to a multiple of the mesh's data axis (the padding rows are dropped at the end).
-  n_data = mesh.shape["data"] if mesh is not None else 1
-  padded = -(-b // n_data) * n_data
+  # Pad the batch to a multiple of the ways the mesh splits it (data × fsdp under the config's
+  # rules); the padding rows are dropped at the end.
+  n_shards = placement.batch_shards if placement is not None else 1
+  padded = -(-b // n_shards) * n_shards
   prompts_p = prompts + [prompts[-1]] * (padded - b)
   neg_p = None if negative_prompt is None else (list(negative_prompt)
                                                 + [negative_prompt[-1]] * (padded - b))
+  params = pipeline.params if placement is None else shard_params(pipeline, placement)
 
   # Text conditioning: cond half, then the unconditional half (zeros unless a negative prompt).
-  ctx, pooled = encode_prompts(pipeline, prompts_p)
+  ctx, pooled = encode_prompts(pipeline, prompts_p, params, placement)
   if neg_p is None and pipeline.force_zeros_for_empty_prompt:
     ctx_u, pooled_u = jnp.zeros_like(ctx), jnp.zeros_like(pooled)
   else:
-    ctx_u, pooled_u = encode_prompts(pipeline, neg_p if neg_p is not None else [""] * padded)
+    ctx_u, pooled_u = encode_prompts(pipeline, neg_p if neg_p is not None else [""] * padded,
+                                     params, placement)
   time_ids = micro_conditioning(padded, height, width, original_size, crops_coords_top_left,
                                 target_size)
   ctx2 = jnp.stack([ctx_u, ctx], axis=1)  # [B, 2, L, D]: (uncond, cond) per sample
@@ -295,22 +403,60 @@ def generate_views(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Ar
   else:
     latents = noise * sched.init_noise_sigma
 
-  params_unet, params_vae = pipeline.params["unet"], pipeline.params["vae"]
-  if mesh is not None:
-    batch = NamedSharding(mesh, P("data"))
-    rep = NamedSharding(mesh, P())
-    put = lambda x, s: jax.device_put(x, s)
-    latents, noise_keys = put(latents, batch), put(noise_keys, batch)
-    ctx2, pooled2, time_ids2 = put(ctx2, batch), put(pooled2, batch), put(time_ids2, batch)
-    params_unet, params_vae = put(params_unet, rep), put(params_vae, rep)
+  if placement is not None:
+    latents, noise_keys = placement.batch(latents), placement.batch(noise_keys)
+    ctx2, pooled2, time_ids2 = (placement.batch(ctx2), placement.batch(pooled2),
+                                placement.batch(time_ids2))
 
   _progress_hook[0] = progress
   try:
-    latents = _denoise(pipeline.unet, progress is not None, params_unet, latents, ctx2, pooled2,
-                       time_ids2, sched, noise_keys, jnp.float32(guidance_scale))
+    with (jax.set_mesh(placement.mesh) if placement is not None
+          else contextlib.nullcontext()):
+      latents = _denoise(pipeline.unet, progress is not None, rules, params["unet"], latents,
+                         ctx2, pooled2, time_ids2, sched, noise_keys,
+                         jnp.float32(guidance_scale))
     latents.block_until_ready()
   finally:
     _progress_hook[0] = None
-  grid = np.asarray(_decode(pipeline.vae, pipeline.vae_decode_chunk, pipeline.vae_tiled,
-                            params_vae, latents))[:b]
+  return _Sampled(latents, params, placement, b)
+
+
+def sample_latents(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array,
+                   **kwargs) -> jax.Array:
+  """The denoised latents `[B, H/f, W/f, C]` of `generate_views` (same arguments), before the
+  VAE decoder."""
+  out = _sample(pipeline, prompts, key, **kwargs)
+  return out.latents[:out.batch]
+
+
+def generate_views(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
+                   mesh: Mesh | None = None, logical_axis_rules=None,
+                   **kwargs) -> GeneratedViews:
+  """Samples one 2×2 four-view grid per prompt.
+
+  Keyword arguments: `num_steps=100`, `guidance_scale=5.0`, `scheduler='ddim'`, `init='blob'`,
+  `init_strength=None`, `height=width=1024`, `negative_prompt=None`, `eta=0.0`, `blob=None`,
+  `original_size=None`, `crops_coords_top_left=(0, 0)`, `target_size=None`,
+  `first_sample_index=0`, `progress=None`.
+
+  `key`: a PRNG key; sample b uses `fold_in(key, first_sample_index + b)`, so a prompt's grid
+  does not depend on its batch-mates or on how a long prompt list is cut into batches.
+  `init="blob"` starts from the Gaussian-blob grid noised to step
+  `blob.start_step(num_steps, init_strength)` (`blob`: the blob knobs, default `BlobConfig()`;
+  `init_strength`, when given, overrides `blob.init_strength`); `init="noise"` from pure noise.
+  `mesh`: prompts are sharded over the mesh; without `logical_axis_rules` over its `data` axis
+  with the params replicated; with them (configs/sdxl.py) the batch goes where `batch` maps
+  (data × fsdp) and every component's params where their logical names map (FSDP over
+  `fsdp`); the batch is padded to a multiple of the split. `progress(i)` is called after step i.
+  Returns `GeneratedViews(grid [B, H, W, 3], views [B, 4, H/2, W/2, 3])`, float32 in [0, 1].
+  """
+  latents, params, placement, b = _sample(pipeline, prompts, key, mesh=mesh,
+                                          logical_axis_rules=logical_axis_rules, **kwargs)
+  # The decoder runs in batch chunks (`vae_decode_chunk` grids, default 1) smaller than the
+  # batch split, so no activation rules there: a chunk's batch cannot be sharded over
+  # data × fsdp, and XLA places the chunks from the sharded input instead.
+  with (jax.set_mesh(placement.mesh) if placement is not None else contextlib.nullcontext()):
+    grid = _decode(pipeline.vae, pipeline.vae_decode_chunk, pipeline.vae_tiled, (),
+                   params["vae"], latents)
+  grid = np.asarray(grid)[:b]
   return GeneratedViews(grid=grid, views=np.asarray(split_grid(grid)))

@@ -49,9 +49,29 @@ _FIXED_OPTIONS = {
 }
 
 
+# What each diffusers scheduler class takes for a key its config lacks: the defaults of its
+# `__init__` (diffusers 0.42.1, scheduling_ddim.py, scheduling_euler_discrete.py,
+# scheduling_euler_ancestral_discrete.py, scheduling_dpmsolver_multistep.py), which is what
+# `<Class>.from_config(cfg)` gives. A key the class does not take is not read by that sampler.
+_COMMON_DEFAULTS = {
+    "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
+    "beta_schedule": "linear", "prediction_type": "epsilon", "steps_offset": 0,
+}
+CLASS_DEFAULTS = {
+    "ddim": dict(_COMMON_DEFAULTS, timestep_spacing="leading", set_alpha_to_one=True,
+                 clip_sample=True, clip_sample_range=1.0),
+    "euler": dict(_COMMON_DEFAULTS, timestep_spacing="linspace"),
+    "euler_ancestral": dict(_COMMON_DEFAULTS, timestep_spacing="linspace"),
+    "dpmpp_2m": dict(_COMMON_DEFAULTS, timestep_spacing="linspace"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class SchedulerConfig:
-  """The diffusers scheduler config fields that change the numbers (defaults: SDXL)."""
+  """The diffusers scheduler config fields that change the numbers (defaults: SDXL).
+
+  `given`: the fields the source config set (`None`: all of them). A sampler resolves the
+  others to its own diffusers class's defaults (`for_kind`), as `<Class>.from_config` does."""
   num_train_timesteps: int = 1000
   beta_start: float = 0.00085
   beta_end: float = 0.012
@@ -62,18 +82,35 @@ class SchedulerConfig:
   set_alpha_to_one: bool = False  # DDIM: ᾱ used after the last step (False: ᾱ_0)
   clip_sample: bool = False  # DDIM only
   clip_sample_range: float = 1.0
+  given: frozenset[str] | None = None
 
   @classmethod
   def from_diffusers(cls, cfg: Mapping[str, Any] | None = None) -> "SchedulerConfig":
     """From a `scheduler_config.json` dict (any diffusers scheduler class). Options this module
-    does not implement raise instead of being silently ignored."""
+    does not implement raise instead of being silently ignored. Keys listed in the config's
+    `_use_default_values` count as missing (diffusers' `extract_init_dict` does the same)."""
     cfg = dict(SDXL_SCHEDULER_CONFIG if cfg is None else cfg)
+    for k in cfg.pop("_use_default_values", None) or ():
+      cfg.pop(k, None)
     for key, ok in _FIXED_OPTIONS.items():
       value = cfg.get(key)
       if value is not None and value != ok:
         raise ValueError(f"scheduler config {key}={value!r} is not supported (only {ok!r})")
-    names = {f.name for f in dataclasses.fields(cls)}
-    out = cls(**{k: v for k, v in cfg.items() if k in names})
+    names = {f.name for f in dataclasses.fields(cls)} - {"given"}
+    present = {k: v for k, v in cfg.items() if k in names}
+    out = cls(**present, given=None if set(present) == names else frozenset(present))
+    for kind in SCHEDULERS:  # validate what any sampler would read
+      out.for_kind(kind)
+    return out
+
+  def for_kind(self, kind: str) -> "SchedulerConfig":
+    """This config as sampler `kind` reads it: missing fields take that diffusers class's
+    defaults (`CLASS_DEFAULTS`). The result has every field given."""
+    if kind not in SCHEDULERS:
+      raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {kind!r}")
+    fill = {} if self.given is None else {k: v for k, v in CLASS_DEFAULTS[kind].items()
+                                          if k not in self.given}
+    out = dataclasses.replace(self, given=None, **fill)
     if out.beta_schedule not in ("scaled_linear", "linear"):
       raise ValueError(f"scheduler config beta_schedule must be 'scaled_linear' or 'linear', got "
                        f"{out.beta_schedule!r}")
@@ -84,6 +121,11 @@ class SchedulerConfig:
       raise ValueError(f"scheduler config timestep_spacing must be one of {TIMESTEP_SPACINGS}, "
                        f"got {out.timestep_spacing!r}")
     return out
+
+  def to_diffusers(self) -> dict[str, Any]:
+    """The given fields as a `scheduler_config.json` dict (missing ones stay missing)."""
+    names = [f.name for f in dataclasses.fields(self) if f.name != "given"]
+    return {k: getattr(self, k) for k in names if self.given is None or k in self.given}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,8 +217,7 @@ class Schedule:
 def make_schedule(kind: str, config: SchedulerConfig, num_steps: int, *, eta: float = 0.0
                   ) -> Schedule:
   """Lays out the `num_steps` sampling steps of `kind` (one of `SCHEDULERS`) on the host."""
-  if kind not in SCHEDULERS:
-    raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {kind!r}")
+  config = config.for_kind(kind)
   ac = alphas_cumprod(config)
   all_sigmas = np.sqrt((1 - ac) / ac)
   n = num_steps

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from instant3d_jax.models import layers
 from instant3d_jax.models.layers import group_norm, maybe_remat
@@ -366,15 +367,29 @@ class Downsample2D(nn.Module):
     return conv2d(self.out_channels, 3, 2, dtype=self.dtype, name="conv")(x)
 
 
+def _nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+  """PyTorch `interpolate(size=..., mode='nearest')` source rows: min(floor(i · in/out), in − 1)
+  with the scale in float32, as ATen's `nearest_idx` computes it."""
+  scale = np.float32(size_in) / np.float32(size_out)
+  idx = np.floor(np.arange(size_out, dtype=np.float32) * scale).astype(np.int64)
+  return np.minimum(idx, size_in - 1)
+
+
 class Upsample2D(nn.Module):
-  """Nearest ×2 then 3×3 conv (diffusers `Upsample2D`)."""
+  """Nearest ×2 (or to `output_size`, as diffusers passes the skip's size when the latent sides
+  are not divisible by 2^(levels−1)) then 3×3 conv (diffusers `Upsample2D`)."""
   out_channels: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, output_size: tuple[int, int] | None = None):
     b, h, w, c = x.shape
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+    if output_size is None or tuple(output_size) == (2 * h, 2 * w):
+      x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(
+          b, 2 * h, 2 * w, c)
+    else:
+      oh, ow = output_size
+      x = jnp.take(jnp.take(x, _nearest_indices(h, oh), axis=1), _nearest_indices(w, ow), axis=2)
     return conv2d(self.out_channels, 3, dtype=self.dtype, name="conv")(x)
 
 
@@ -432,7 +447,7 @@ class UpBlock(nn.Module):
   remat: str = "none"
 
   @nn.compact
-  def __call__(self, h, skips, emb, context):
+  def __call__(self, h, skips, emb, context, upsample_size: tuple[int, int] | None = None):
     resnet_cls = maybe_remat(ResnetBlock2D, self.remat)
     for j in range(self.num_layers):
       # diffusers concatenates [hidden, skip] on channels, skips taken last-in first-out.
@@ -445,7 +460,7 @@ class UpBlock(nn.Module):
                                name=f"attentions_{j}")(h, context)
       h = layers.constrain(h, ACT_AXES)
     if self.add_upsample:
-      h = Upsample2D(self.out_channels, self.dtype, name="upsamplers_0")(h)
+      h = Upsample2D(self.out_channels, self.dtype, name="upsamplers_0")(h, upsample_size)
     return h
 
 
@@ -526,7 +541,11 @@ class UNet2DConditionModel(nn.Module):
     for i, kind in enumerate(cfg.up_block_types):
       k = cfg.up_layers[i]
       block_skips, skips = skips[-k:], skips[:-k]
+      # Upsample to the next skip's size (diffusers' `upsample_size`): odd sides round up going
+      # down, so ×2 alone would overshoot them.
+      up_size = tuple(skips[-1].shape[1:3]) if skips else None
       h = UpBlock(rev[i], k, kind == "CrossAttnUpBlock2D", i < n - 1, cfg.up_heads[i],
-                  cfg.up_depths[i], name=f"up_blocks_{i}", **common)(h, block_skips, emb, context)
+                  cfg.up_depths[i], name=f"up_blocks_{i}", **common)(h, block_skips, emb, context,
+                                                                      up_size)
     h = group_norm(cfg.norm_num_groups, epsilon=cfg.norm_eps, name="conv_norm_out")(h)
     return conv2d(cfg.out_channels, dtype=dt, name="conv_out")(nn.silu(h).astype(dt))
