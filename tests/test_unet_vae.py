@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import diffusers
 
 from instant3d_jax.convert import diffusers_sdxl as conv
+from instant3d_jax.models import layers
 from instant3d_jax.models.unet import UNet2DConditionModel, UNetConfig
 from instant3d_jax.models.vae import AutoencoderKL, VAEConfig, decode_chunked
 
@@ -203,11 +204,11 @@ def torch_meta_count(cls, cfg):
 @pytest.mark.parametrize("name", ["sdxl_unet", "sd15_unet", "sdxl_vae"])
 def test_full_parameter_counts(name):
   if name == "sdxl_vae":
-    ours = conv.count_params(conv.vae_abstract_params(VAEConfig.from_diffusers(SDXL_VAE)))
+    ours = layers.count_params(conv.vae_abstract_params(VAEConfig.from_diffusers(SDXL_VAE)))
     ref = torch_meta_count(diffusers.AutoencoderKL, SDXL_VAE)
   else:
     cfg = SDXL_UNET if name == "sdxl_unet" else SD15_UNET
-    ours = conv.count_params(conv.unet_abstract_params(UNetConfig.from_diffusers(cfg)))
+    ours = layers.count_params(conv.unet_abstract_params(UNetConfig.from_diffusers(cfg)))
     ref = torch_meta_count(diffusers.UNet2DConditionModel, cfg)
   print(f"{name}: {ours:,} params (PyTorch {ref:,})")
   assert ours == ref

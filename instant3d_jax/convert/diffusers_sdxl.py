@@ -92,8 +92,6 @@ def _vae_boxed(config: VAEConfig) -> dict[str, Any]:
   return variables["params"]
 
 
-def count_params(abstract: Mapping[str, Any]) -> int:
-  return int(sum(np.prod(v.shape) for v in jax.tree_util.tree_leaves(abstract)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,19 +25,17 @@ from instant3d_jax.convert import diffusers_sdxl
 from instant3d_jax.convert import safetensors_io as sio
 from instant3d_jax.diffusion import schedulers
 from instant3d_jax.diffusion.sampling import Pipeline
+from instant3d_jax.models import layers
 from instant3d_jax.models.clip import CLIPTextConfig, CLIPTextModel
 from instant3d_jax.models.unet import UNet2DConditionModel, UNetConfig
 from instant3d_jax.models.vae import AutoencoderKL, VAEConfig
 
 FOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
            "scheduler")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def compute_dtype(name: str):
-  if name not in _DTYPES:
-    raise ValueError(f"compute dtype must be one of {sorted(_DTYPES)}, got {name!r}")
-  return _DTYPES[name]
+  return layers.compute_dtype(name, "compute dtype")
 
 
 def check_layout(root: Path, names=FOLDERS) -> None:
