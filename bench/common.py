@@ -66,7 +66,8 @@ def _jax_backend() -> str:
     return ""
   try:
     d = jax.devices()[0]
-    return f"JAX {jax.__version__}, {jax.device_count()} × {d.platform} ({d.device_kind})"
+    kind = "" if d.device_kind == d.platform else f" ({d.device_kind})"
+    return f"JAX {jax.__version__}, {jax.device_count()} × {d.platform}{kind}"
   except Exception:  # noqa: BLE001 — provenance must never fail the benchmark
     return f"JAX {jax.__version__}"
 
