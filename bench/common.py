@@ -40,12 +40,14 @@ def cpu_model() -> str:
 
 
 def git_commit(root: Path = ROOT) -> str:
-  """Short commit of the checkout, `+dirty` if tracked files differ from it; 'unknown' outside
-  git."""
+  """Short commit of the checkout, `+dirty` if tracked files (other than the benchmark results)
+  differ from it; 'unknown' outside git."""
   try:
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                           capture_output=True, text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+    # The result files and BENCHMARKS.md are what benchmarks write: they do not make it dirty.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)bench/results", ":(exclude)BENCHMARKS.md"], cwd=root,
                            capture_output=True, text=True, check=True).stdout.strip()
     return head + ("+dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
