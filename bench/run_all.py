@@ -76,7 +76,7 @@ the PyTorch reference are measured side by side in one run and reported as ratio
 """
 
 SECTIONS = {
-    MEASURED: "## Measured on this machine\n",
+    MEASURED: "## Measured (each section names its machine and load)\n",
     MEMORY: ("## Memory: compiler reports and analytic estimates\n\n"
              "Nothing here ran on an accelerator: the figures are XLA's compile-time memory "
              "analysis on CPU and, in the tables marked **Estimates**, analytic counts.\n"),
