@@ -9,7 +9,8 @@ DEV_STAMP     := $(VENV)/.dev-installed
 PYTEST_ARGS   ?=
 DEMO_ARGS     ?=
 
-.PHONY: install install-dev install-gpu test test-all demo bench clean
+.PHONY: install install-dev install-gpu install-tpu install-gcs test test-all demo bench bench-long \
+        clean
 
 install: $(RUNTIME_STAMP)
 
@@ -26,9 +27,19 @@ $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $@
 
+JAX_VERSION = $(shell grep '^jax==' requirements.txt | cut -d= -f3)
+
 # JAX's CUDA 12 build at the pinned JAX version (GPU machines only).
 install-gpu: $(RUNTIME_STAMP)
-	$(BIN)/python -m pip install -q "jax[cuda12]==$$(grep '^jax==' requirements.txt | cut -d= -f3)"
+	$(BIN)/python -m pip install -q "jax[cuda12]==$(JAX_VERSION)"
+
+# JAX's TPU build at the pinned JAX version (Cloud TPU VMs: adds libtpu).
+install-tpu: $(RUNTIME_STAMP)
+	$(BIN)/python -m pip install -q "jax[tpu]==$(JAX_VERSION)"
+
+# gs:// workdirs and data sets: the optional `gcs` extra of pyproject.toml.
+install-gcs: $(RUNTIME_STAMP)
+	$(BIN)/python -m pip install -q -e ".[gcs]"
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -39,8 +50,13 @@ test-all: $(DEV_STAMP)
 demo: $(RUNTIME_STAMP)
 	$(BIN)/python -m instant3d_jax.demo $(DEMO_ARGS)
 
+# Every benchmark table that takes minutes; rebuilds BENCHMARKS.md from bench/results/.
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.run_all
+
+# The runs that take hours (the main job's held-out quality after its time budget).
+bench-long: $(DEV_STAMP)
+	$(BIN)/python -m bench.run_all --long
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -13,22 +13,14 @@ batches (workers started). Writes bench/results/data.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import shutil
 import tempfile
 import time
-from pathlib import Path
 
+from bench import common
 from configs import data as data_config
 from data_pipeline import lrm_input, procedural
-
-
-def cpu_name() -> str:
-  for line in Path("/proc/cpuinfo").read_text().splitlines():
-    if line.startswith("model name"):
-      return line.split(":", 1)[1].strip()
-  return "unknown CPU"
 
 
 def bench_generation(root: str, resolution: int, num_objects: int, workers: int) -> dict:
@@ -80,6 +72,7 @@ def main():
   ap.add_argument("--batches", type=int, default=100)
   ap.add_argument("--out", default="bench/results/data.md")
   args = ap.parse_args()
+  prov = common.Provenance.start()
   from absl import flags  # grain workers read absl flags; use their defaults here
   flags.FLAGS.mark_as_parsed()
   root = tempfile.mkdtemp(prefix="bench_data_")
@@ -102,14 +95,8 @@ def main():
   finally:
     shutil.rmtree(root, ignore_errors=True)
 
-  load_avg = os.getloadavg()[0]
   lines = [
       "## Procedural world: generation and grain loader (`bench/bench_data.py`)",
-      "",
-      f"Command: `python -m bench.bench_data --objects64 {args.objects64} --objects128 "
-      f"{args.objects128} --batches {args.batches}`. Machine: {cpu_name()}, {os.cpu_count()} "
-      f"cores, {datetime.date.today().isoformat()}; the machine was shared with other jobs "
-      f"(1-minute load average {load_avg:.1f} at the end), so figures are lower bounds.",
       "",
       "Generation (training objects: 4 rig + 8 supervision views, supersample 2, exact ray "
       "casting, PNG + ArrayRecord; held-out objects add the 68 GSO-rig views):",
@@ -134,12 +121,10 @@ def main():
                  f"{r['cpu_ms_per_example']:.1f} |")
   lines += [
       "",
-      "CPU time per view/example is the load-robust figure on a shared machine: on two idle "
-      "cores, views/s ≈ processes × 1000 / (CPU ms/view).",
+      "CPU time per view/example is the figure least affected by other load: with a core per "
+      "process, views/s ≈ processes × 1000 / (CPU ms/view).",
   ]
-  Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  Path(args.out).write_text("\n".join(lines) + "\n")
-  print(f"wrote {args.out}")
+  print(f"wrote {common.write_result(args.out, lines, prov)}")
 
 
 if __name__ == "__main__":

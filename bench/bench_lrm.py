@@ -1,7 +1,7 @@
 """Reconstructor benchmarks: images → triplane forward and full-image render times (CPU: `tiny`,
 `small`), and compiled memory estimates of the `large` forward and training step.
 
-    python -m bench.bench_lrm [--variants tiny,small] [--repeats 5] [--skip_memory]
+    python -m bench.bench_lrm [--variants tiny,small] [--repeats 5] [--skip_memory|--skip_timing]
 
 Times: median of `--repeats` calls after one warm-up (compile excluded), `block_until_ready`.
 Achieved GFLOP/s use the analytic FLOPs of models/summary.py (matmuls only). Memory: XLA's
@@ -11,16 +11,12 @@ The training step is `value_and_grad` of an MSE on rendered rays (4 target views
 16,384 rays, 64 + 64 samples) with bf16 compute and full remat, at batch 1, without and with
 `model.render.remat_field`; the optimizer state
 (AdamW: 2 × fp32 params) comes on top and is listed separately.
-Writes bench/results/lrm.md.
+Writes bench/results/lrm.md (times) and bench/results/lrm_memory.md (`large` compile estimates).
 """
 from __future__ import annotations
 
-import datetime
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -29,23 +25,17 @@ import numpy as np
 from absl import app, flags
 
 import configs.lrm as lrm_configs
+from bench import common
 from instant3d_jax import cameras as cam_lib
 from instant3d_jax.models import lrm, summary
 
 _VARIANTS = flags.DEFINE_list("variants", ["tiny", "small"], "variants timed on this machine")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per figure")
 _SKIP_MEMORY = flags.DEFINE_bool("skip_memory", False, "skip the large compile estimates")
-_OUT = flags.DEFINE_string("out", "bench/results/lrm.md", "Markdown snippet")
-
-
-def _cpu_name() -> str:
-  try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
+_SKIP_TIMING = flags.DEFINE_bool("skip_timing", False, "only the large compile estimates")
+_OUT = flags.DEFINE_string("out", "bench/results/lrm.md", "Markdown snippet of the timings")
+_MEMORY_OUT = flags.DEFINE_string("memory_out", "bench/results/lrm_memory.md",
+                                  "Markdown snippet of the `large` compile estimates")
 
 
 def _time(fn, *args, repeats: int) -> float:
@@ -141,33 +131,35 @@ def _gb(x) -> str:
 
 def main(argv):
   del argv
-  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-  load = os.getloadavg()
-  lines = ["## Reconstructor (LRM)", "",
-           f"Machine: {_cpu_name()}, {os.cpu_count()} cores, JAX {jax.__version__} "
-           f"({jax.devices()[0].platform}); {now}. Load average at start "
-           f"{load[0]:.1f} (the machine was shared with other jobs: times are pessimistic).",
-           "Command: `python -m bench.bench_lrm`", ""]
-  rows = []
-  for v in _VARIANTS.value:
-    r = time_variant(v, _REPEATS.value)
-    rows.append(r)
-    print(r)
-  lines += ["| variant | params | input | images→triplane (1 object, 4 views) | GFLOP | GFLOP/s "
-            "| one full render | samples/ray | GFLOP (MLP) |",
-            "|---|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {r['variant']} | {r['params'] / 1e6:.2f}M | 4 × {r['res']}² | "
-                 f"{r['fwd_s'] * 1e3:.1f} ms | {r['fwd_gflop']:.2f} | "
-                 f"{r['fwd_gflop'] / r['fwd_s']:.1f} | {r['render_s'] * 1e3:.0f} ms "
-                 f"({r['res']}²) | {r['samples']} | {r['render_gflop']:.2f} |")
-  lines.append("")
+  if not _SKIP_TIMING.value:
+    prov = common.Provenance.start()
+    lines = ["## Reconstructor (LRM): forward and render times", "",
+             f"JAX {jax.__version__} ({jax.devices()[0].platform}).", ""]
+    rows = []
+    for v in _VARIANTS.value:
+      r = time_variant(v, _REPEATS.value)
+      rows.append(r)
+      print(r)
+    lines += ["| variant | params | input | images→triplane (1 object, 4 views) | GFLOP "
+              "| GFLOP/s "
+              "| one full render | samples/ray | GFLOP (MLP) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+      lines.append(f"| {r['variant']} | {r['params'] / 1e6:.2f}M | 4 × {r['res']}² | "
+                   f"{r['fwd_s'] * 1e3:.1f} ms | {r['fwd_gflop']:.2f} | "
+                   f"{r['fwd_gflop'] / r['fwd_s']:.1f} | {r['render_s'] * 1e3:.0f} ms "
+                   f"({r['res']}²) | {r['samples']} | {r['render_gflop']:.2f} |")
+    print(f"wrote {common.write_result(_OUT.value, lines, prov)}")
+    print("\n".join(lines))
   if not _SKIP_MEMORY.value:
+    prov = common.Provenance.start()
     mem = large_memory()
-    lines += ["`large` (489.2M parameters), compiled memory analysis on CPU (estimates; "
-              "abstract inputs, nothing allocated):", "",
-              "| function | arguments GiB | outputs GiB | temporaries GiB | compile s |",
-              "|---|---|---|---|---|"]
+    lines = ["## Reconstructor (LRM): `large` compile memory estimates", "",
+             f"`large` ({mem['param_bytes'] / 4 / 1e6:.1f}M parameters), XLA's compiled memory "
+             "analysis on CPU (estimates from the compiler; abstract inputs, nothing "
+             "allocated):", "",
+             "| function | arguments GiB | outputs GiB | temporaries GiB | compile s |",
+             "|---|---|---|---|---|"]
     for k in ("forward_float32", "forward_bfloat16", "train_step_bf16_remat",
               "train_step_bf16_remat_field_remat"):
       ma, secs = mem[k]
@@ -182,16 +174,16 @@ def main(argv):
     print(mem)
     probe = remat_probe()
     mib = lambda k: probe[k].temp_size_in_bytes / 2**20  # noqa: E731
-    lines += [f"Remat on CPU: a decoder-heavy probe (3072 triplane tokens, 4 blocks × 64, 2 heads) "
+    lines += [f"Remat on CPU: a decoder-heavy probe (3072 triplane tokens, 4 blocks × 64, "
+              "2 heads) "
               f"has {mib('forward_none'):.1f} MiB temporaries in the forward, "
               f"{mib('grad_none'):.1f} MiB for its gradient without remat and "
               f"{mib('grad_full'):.1f} MiB with `remat='full'` (the jaxpr does contain the "
               "checkpoints). The CPU compile shows no saving from remat, so the train-step rows "
               "above are upper bounds (cause not verified: presumably the CPU scheduler is not "
-              "memory-aware); re-measure on a GPU before sizing the sharding plan.", ""]
-  Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
-  Path(_OUT.value).write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+              "memory-aware); re-measure on a GPU before sizing the sharding plan."]
+    print(f"wrote {common.write_result(_MEMORY_OUT.value, lines, prov)}")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -146,32 +146,41 @@ def _g(x) -> str:
   return f"{x / GiB:.2f}"
 
 
-def report(rows: list[dict], objects: int, argv: str) -> str:
-  date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def report(rows: list[dict], objects: int) -> list[str]:
+  """Result lines: exact and compiler-reported figures in one table, analytic estimates apart."""
   lines = [
-      "## `large` per-device memory plan (8 / 64 / 128 devices)", "",
-      f"Command: `python -m bench.bench_memory_plan {argv}`. Machine: the 2-core CPU with fake "
-      f"devices (JAX {jax.__version__}); {date}. `large` as trained (bf16 compute, fp32 master "
+      "## `large` per-device memory plan (" + " / ".join(str(r["devices"]) for r in rows)
+      + " devices)", "",
+      f"Fake CPU devices (JAX {jax.__version__}). `large` as trained (bf16 compute, fp32 master "
       f"weights and AdamW moments, `model.remat='full'`, `model.render.remat_field=True`, LPIPS "
       f"on 4 × 64² crops, 64 + 64 samples), {objects} object(s) per device. GiB per device.",
       "",
-      "| plan | mesh | params + AdamW (exact) | grads | batch + LPIPS weights | activations "
-      "(analytic) | analytic total | compiled arguments | compiled outputs | compiled "
-      "temporaries (CPU) | arguments − (state + batch + LPIPS), bytes | compile s |",
-      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+      "Exact (from the derived shardings) and reported by the compiler "
+      "(`compile().memory_analysis()` of the trainer's update step):", "",
+      "| plan | mesh | params + AdamW (exact) | batch + LPIPS weights (exact) | compiled "
+      "arguments | compiled outputs | compiled temporaries (CPU compiler) | arguments − (state "
+      "+ batch + LPIPS), bytes | compile s |",
+      "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    st = r["state"]["params"] + r["state"]["optimizer"] + r["state"]["other"]
+    inputs = r["batch"] + r["constants"]
+    c = r["compiled"]
+    mesh = " × ".join(f"{k} {v}" for k, v in r["mesh"].items() if v > 1)
+    lines.append(f"| {r['label']}: {r['what']} | {mesh} | {_g(st)} | {_g(inputs)} | "
+                 f"{_g(c['arguments'])} | {_g(c['outputs'])} | {_g(c['temporaries'])} | "
+                 f"{c['arguments'] - st - inputs:,} | {r['compile_s']:.0f} |")
+  lines += ["", "**Estimates** (analytic, not measured): gradients (one more parameter copy "
+            "inside the step), activations under the recommended settings, and the total with "
+            "the exact state and inputs above:", "",
+            "| plan | grads | activations (analytic) | estimated total |", "|---|---:|---:|---:|"]
   for r in rows:
     st = r["state"]["params"] + r["state"]["optimizer"] + r["state"]["other"]
     acts = sum(r["acts"].values())
-    inputs = r["batch"] + r["constants"]
-    total = st + r["grads"] + inputs + acts
-    c = r["compiled"]
-    mesh = " × ".join(f"{k} {v}" for k, v in r["mesh"].items() if v > 1)
-    lines.append(f"| {r['label']}: {r['what']} | {mesh} | {_g(st)} | {_g(r['grads'])} | "
-                 f"{_g(inputs)} | {_g(acts)} | **{_g(total)}** | {_g(c['arguments'])} | "
-                 f"{_g(c['outputs'])} | {_g(c['temporaries'])} | "
-                 f"{c['arguments'] - st - inputs:,} | {r['compile_s']:.0f} |")
+    total = st + r["grads"] + r["batch"] + r["constants"] + acts
+    lines.append(f"| {r['label']} | {_g(r['grads'])} | {_g(acts)} | **{_g(total)}** |")
   r0 = rows[0]
-  lines += ["", f"Parameters: {r0['params']:,}. Activations per device, analytic (GiB):", "",
+  lines += ["", f"Parameters: {r0['params']:,}. Activations per device, analytic estimates "
+            "(GiB):", "",
             "| term | " + " | ".join(r["label"] for r in rows) + " |",
             "|---|" + "---:|" * len(rows)]
   for k in r0["acts"]:
@@ -182,22 +191,24 @@ def report(rows: list[dict], objects: int, argv: str) -> str:
       "replicated LPIPS weights: the cross-check holds when that column equals params + AdamW "
       "+ batch + LPIPS weights (the outputs are the new state). The step does not read the "
       "target masks (no mask loss) or the object index, and `jax.jit` drops unused arguments: "
-      "a difference of −(masks + index) bytes per device (−65,540 at one object per device) "
+      "a difference of −(masks + index) bytes per device in the bytes column "
       "is an exact match. The state shrinks with the FSDP size only "
       "(data-parallel replicas hold a full FSDP shard each), activations with the objects per "
       "device only. The CPU temporaries are an upper bound: XLA CPU does not schedule for "
       "memory and ignores remat (BENCHMARKS.md, LRM section), so on GPU/TPU the activations "
-      "column, not this one, is the estimate to size the batch with; re-measure with "
+      "estimate, not the CPU temporaries, is what to size the batch with; re-measure with "
       "`memory_analysis()` on the accelerator."]
-  return "\n".join(lines) + "\n"
+  return lines
 
 
 def main():
+  from bench import common
   ap = argparse.ArgumentParser()
   ap.add_argument("--plans", default="8,64,128")
   ap.add_argument("--objects_per_device", type=int, default=1)
   ap.add_argument("--out", default="bench/results/memory_plan.md")
   args = ap.parse_args()
+  prov = common.Provenance.start()
   rows = []
   for n in [int(x) for x in args.plans.split(",") if x]:
     if n not in PLANS:
@@ -207,11 +218,9 @@ def main():
                        "(run it as a fresh process: it sets the fake CPU device count)")
     rows.append(plan(n, args.objects_per_device))
     print(rows[-1], flush=True)
-  argv = f"--plans {args.plans} --objects_per_device {args.objects_per_device}"
-  text = report(rows, args.objects_per_device, argv)
-  Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  Path(args.out).write_text(text)
-  print(text)
+  lines = report(rows, args.objects_per_device)
+  print(f"wrote {common.write_result(args.out, lines, prov)}")
+  print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -336,19 +336,18 @@ def bench_training_render(runs: int) -> dict:
   return out
 
 
-def write_results(lookups, image, train, args, arg_str, load_before, load_after) -> None:
-  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def write_results(lookups, image, train, args, prov) -> None:
+  import resource
+  from bench import common
+  peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB
   S = image["samples"]
   res = image["res"]
   lines = [
       "## Renderer (`instant3d_jax/rendering.py`)",
       "",
-      f"Command: `python -m bench.bench_rendering {arg_str}` · machine: {cpu_name()}, "
-      f"{os.cpu_count()} cores, JAX {jax.__version__} CPU · {now}.",
-      f"**The machine was shared with other jobs** (1-min load average {load_before:.1f} before, "
-      f"{load_after:.1f} after, on {os.cpu_count()} cores): wall times are pessimistic and noisy. "
-      "Process CPU time (all threads of this process) is given beside them as the steadier "
-      "measure of cost under contention; rows of one table were measured back to back.",
+      f"JAX {jax.__version__} CPU. Process CPU time (all threads of this process) is given "
+      "beside wall time as the measure least affected by other load (the load average is in "
+      "the provenance line below); rows of one table were measured back to back.",
       "",
       f"### One {res}² image, {S} samples/ray (64 + 64), 64×64×80 triplane, 10 × 64 SiLU MLP",
       "",
@@ -366,8 +365,8 @@ def write_results(lookups, image, train, args, arg_str, load_before, load_after)
                  f"{image[f'image_{label}_cpu']:.1f} | {image[f'image_{label}_first']:.1f} |")
   lines += [
       "",
-      f"Folded vs plain rgb: max |diff| {image['fold_rgb_max_diff']:.1e}. Paper's renderer: 0.5 "
-      "images/s on an A100 (paper_facts.md §B); GPU goal ≥ 30 images/s (not measured: no device).",
+      f"Folded vs plain rgb: max |diff| {image['fold_rgb_max_diff']:.1e}. For scale, not measured "
+      "here: the paper reports 0.5 images/s for its renderer on an A100 (docs/paper_facts.md §B).",
       "",
       f"### Where the time goes: one {image['chunk']}-ray chunk × {S} samples (forward)",
       "",
@@ -407,23 +406,12 @@ def write_results(lookups, image, train, args, arg_str, load_before, load_after)
       "",
       "Reading the tables: parts are compiled and timed alone (the training table's MLP row also "
       "differentiates w.r.t. its input features); in the full graph they share and fuse work differently, so the "
-      "shares need not add up to 100%. On a quiet machine wall ≈ process CPU time: XLA CPU keeps "
-      "about one of the two cores busy here. The peak resident memory of this bench at chunk 4096 "
-      "was 2.2 GB (3.7 GB at chunk 8192, the `large` config's value: prefer 4096 on small "
-      "machines). The renderer's own work (stratified + importance sampling, merge, compositing) "
-      "became ~4× cheaper (8192-ray chunk, 128 samples: 353 → 94 ms CPU in two runs of this bench) "
-      "when the inverse-CDF search moved from an all-pairs comparison to a per-ray unrolled binary "
-      "search and the merge from a 5-operand sort to sort-with-index + gathers. "
-      "The lookup's custom backward (one scatter per plane) replaced autodiff's 12 scatters. "
+      "shares need not add up to 100%. "
+      f"Peak resident memory of this run (chunk {args.chunk}): {peak_gb:.1f} GB. "
       "Folding the first MLP layer into the planes pays when C > hidden (80 > 64: large); it "
       "does not for `tiny` (C = 32 < 64).",
-      "",
   ]
-  RESULTS.parent.mkdir(parents=True, exist_ok=True)
-  tmp = RESULTS.with_suffix(".md.tmp")
-  tmp.write_text("\n".join(lines))
-  tmp.replace(RESULTS)
-  print(f"wrote {RESULTS}")
+  print(f"wrote {common.write_result(RESULTS, lines, prov)}")
 
 
 def main() -> None:
@@ -448,16 +436,13 @@ def main() -> None:
      "image": lambda: bench_image(args.runs, args.image_runs, args.folded_image_runs, args.res,
                                         args.chunk)}[args.only]()
     return
-  load_before = os.getloadavg()[0]
+  from bench import common
+  prov = common.Provenance.start()
   lookups = bench_lookups(args.runs, args.num_points)
   train = bench_training_render(args.runs)
   image = bench_image(args.runs, args.image_runs, args.folded_image_runs, args.res,
                                         args.chunk)
-  load_after = os.getloadavg()[0]
-  arg_str = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k not in ("quick", "only"))
-  if args.quick:
-    arg_str = "--quick"
-  write_results(lookups, image, train, args, arg_str, load_before, load_after)
+  write_results(lookups, image, train, args, prov)
 
 
 if __name__ == "__main__":

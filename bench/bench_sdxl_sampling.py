@@ -19,7 +19,6 @@ PyTorch's two OpenMP threads spin against other jobs and ran ~20× slower than s
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -37,7 +36,8 @@ import numpy as np
 import torch
 
 import diffusers
-from bench.bench_unet import CONFIG as UNET_CONFIG, cpu_name
+from bench import common
+from bench.bench_unet import CONFIG as UNET_CONFIG
 from instant3d_jax.convert import sdxl_pipeline
 from instant3d_jax.diffusion import sampling
 
@@ -64,6 +64,7 @@ def main():
                   help="1 = both single-threaded (default), 0 = framework defaults")
   ap.add_argument("--out", default="bench/results/sdxl_sampling.md")
   args = ap.parse_args()
+  prov = common.Provenance.start()
   if args.threads == 1:
     torch.set_num_threads(1)
   size, steps = args.size, args.steps
@@ -112,7 +113,6 @@ def main():
       fn()
       times[name].append(time.perf_counter() - t0)
   med = {k: statistics.median(v) for k, v in times.items()}
-  load = os.getloadavg()
   lines = [
       f"### CPU: end-to-end four-view sampling, one {size}² grid, {steps} DDIM steps with CFG",
       "",
@@ -132,25 +132,16 @@ def main():
       f"First JAX call incl. compilation: {first_jax:.1f} s. Output agreement: max abs err "
       f"{err:.1e} (images in [0, 1]).",
       "",
-      f"Command: `python -m bench.bench_sdxl_sampling --rounds {args.rounds} --steps {steps} "
-      f"--size {size} --threads {args.threads}` (interleaved rounds, order alternating).",
-      f"Machine: {cpu_name()}, {os.cpu_count()} cores; "
+      "Threads: "
       + ("both single-threaded (torch.set_num_threads(1); XLA_FLAGS "
          "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1)"
          if args.threads == 1 else f"torch threads {torch.get_num_threads()}, XLA default")
-      + ". Date: "
-      f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. The machine was "
-      f"shared with other jobs (load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}): "
-      "absolute times are noisy; the ratio is the figure.",
-      "",
+      + "; interleaved rounds, order alternating. Absolute times move with the load (below); "
+      "the ratio is the figure.",
   ]
   text = "\n".join(lines)
   print(text)
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_name(out.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, out)
+  common.write_result(args.out, lines, prov)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,6 @@ def main():
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--data_dir", default="")
   ap.add_argument("--out", default="bench/results/train.md")
-  ap.add_argument("--note", default="")
   ap.add_argument("--set", default="", help="per-variant config overrides, e.g. "
                   "'small:train.global_batch_size=2,small:model.render.remat_field=True' (the "
                   "`small` step at its batch of 16 needs ~120 GB on CPU)")
@@ -146,6 +145,8 @@ def main():
   ap.add_argument("--breakdown", action="store_true",
                   help="CPU-time split model vs rendering for tiny and cheaper decoders")
   args = ap.parse_args()
+  from bench import common
+  prov = common.Provenance.start()
   from configs import lrm
   rows, scaling, loader, breakdown = [], [], None, None
   if args.breakdown:
@@ -179,13 +180,8 @@ def main():
   if args.data_dir:
     loader = loader_rate(lrm.get_config("tiny"), args.data_dir, 10)
     print("loader examples/s", loader)
-  date = datetime.date.today().isoformat()
   lines = ["## Reconstructor training step (CPU)", "",
-           f"Command: `python -m bench.bench_train --variants {args.variants} --devices "
-           f"{args.devices} --steps {args.steps} --scaling_batch {args.scaling_batch}"
-           + (f" --data_dir {args.data_dir}" if args.data_dir else "")
-           + (f" --set '{args.set}'" if args.set else "") + "`  ",
-           f"Machine: {_cpu_name()}, {os.cpu_count()} cores; {date}. {args.note}", "",
+           f"JAX {jax.__version__}, {jax.device_count()} fake CPU devices available.", "",
            "| variant | global batch | rays/object | compile (s) | s/step | examples/s | "
            "analytic GFLOP/s |", "|---|---:|---:|---:|---:|---:|---:|"]
   for v, c, r in rows:
@@ -196,8 +192,8 @@ def main():
                  f"{r['gflops_per_s']:.1f} |")
   if scaling:
     lines += ["", f"Data-parallel `tiny` at global batch {args.scaling_batch} on N fake CPU "
-              "devices (same 2 cores: shows the sharded step runs and what partitioning costs, "
-              "not a speed-up):", "",
+              f"devices (all on the same {os.cpu_count()} cores: shows the sharded step runs "
+              "and what partitioning costs, not a speed-up):", "",
               "| devices | s/step | examples/s | loss (same batch) |", "|---:|---:|---:|---:|"]
     for r in scaling:
       lines.append(f"| {r['devices']} | {r['s_per_step']:.3f} | {r['examples_per_s']:.2f} | "
@@ -213,8 +209,7 @@ def main():
               "| model | images→planes | rendering |", "|---|---:|---:|"]
     for k, r in breakdown.items():
       lines.append(f"| {k} | {r['model']:.3f} | {r['render']:.3f} |")
-  Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  Path(args.out).write_text("\n".join(lines) + "\n")
+  common.write_result(args.out, lines, prov)
   print("\n".join(lines))
 
 

@@ -16,9 +16,7 @@ shared machine; by default each framework uses its own default threading.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -47,6 +45,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import diffusers  # noqa: E402
 
+from bench import common  # noqa: E402
 from instant3d_jax.convert import diffusers_sdxl as conv  # noqa: E402
 from instant3d_jax.models.unet import UNet2DConditionModel  # noqa: E402
 
@@ -59,14 +58,8 @@ CONFIG = dict(
 BATCH, SIZE, CTX_LEN = 2, 32, 77
 
 
-def cpu_name() -> str:
-  for line in Path("/proc/cpuinfo").read_text().splitlines():
-    if line.startswith("model name"):
-      return line.split(":", 1)[1].strip()
-  return platform.processor()
-
-
 def main(args):
+  prov = common.Provenance.start()
   if args.threads:
     torch.set_num_threads(args.threads)
 
@@ -126,7 +119,6 @@ def main(args):
   med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
   ratio = med["torch"] / med["jax"]
   ratio_cpu = med_cpu["torch"] / med_cpu["jax"]
-  load = os.getloadavg()
   threads = ("both single-threaded (torch.set_num_threads(1), XLA_FLAGS "
              "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1)"
              if args.threads == 1 else "framework default threading")
@@ -149,21 +141,15 @@ def main(args):
       f"**Speed-up JAX vs PyTorch (wall time): {ratio:.2f}×**; by process CPU time "
       f"{ratio_cpu:.2f}× (torch / jax). Output agreement: rel. err {rel:.1e}.",
       "",
-      f"Command: `python -m bench.bench_unet --rounds {args.rounds} --iters {args.iters}"
-      f"{' --threads %d' % args.threads if args.threads else ''}` "
-      f"({args.rounds} interleaved rounds of {args.iters} steps each, order alternating).",
-      f"Machine: {cpu_name()}, {os.cpu_count()} cores; torch.get_num_threads() = "
-      f"{torch.get_num_threads()}; XLA: "
-      f"{'single-threaded' if args.threads == 1 else 'default threading'}. Date: "
-      f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-      f"The machine was shared with other jobs during the run (load average {load[0]:.1f} / "
-      f"{load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores), so wall times are noisy; with "
-      "more runnable threads than cores, PyTorch's default OpenMP threads (which spin while "
-      "waiting) suffer far more than XLA's pool, so the single-threaded table is the fair one, "
-      "and its CPU-time ratio the least load-sensitive figure.",
-      "",
+      f"{args.rounds} interleaved rounds of {args.iters} steps each, order alternating; "
+      f"torch.get_num_threads() = {torch.get_num_threads()}; XLA: "
+      f"{'single-threaded' if args.threads == 1 else 'default threading'}. With more runnable "
+      "threads than cores, PyTorch's default OpenMP threads (which spin while waiting) suffer "
+      "more than XLA's pool, so under load (see the load average below) the single-threaded "
+      "table is the fairer one, and its CPU-time ratio the least load-sensitive figure.",
   ]
-  text = "\n".join(lines)
+  lines += common.provenance_block(prov)
+  text = "\n".join(lines) + "\n"
   print(text)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

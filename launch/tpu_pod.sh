@@ -6,9 +6,10 @@
 #
 # Cloud TPU needs no coordinator flags: jax.distributed.initialize() reads the pod's metadata
 # (instant3d_jax.train.multihost takes the "cloud tpu" path). The repository must already be
-# checked out at the same path on every worker (e.g. `gcloud ... ssh --worker=all --command=
-# "git clone ... && make install"`). The workdir should be a GCS bucket (orbax writes there from
-# every worker). Multi-slice (several pod slices over DCN): set mesh.dcn_data = number of slices.
+# checked out at $REPO_DIR (default ~/instant3d-jax) on every worker with `make install-tpu
+# install-gcs` run there (launch/README.md: the slice from creation to the first log line). The
+# workdir should be a GCS bucket (orbax writes there from every worker). Multi-slice (several
+# pod slices over DCN): set mesh.dcn_data = number of slices.
 set -euo pipefail
 if [[ $# -lt 3 ]]; then sed -n '2,12p' "$0"; exit 2; fi
 TPU="$1"; ZONE="$2"; shift 2
