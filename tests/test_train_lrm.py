@@ -1,5 +1,6 @@
-"""The reconstructor trainer end to end on the tiny world: a few steps of `train_lrm`, then
-export to safetensors, `load_for_inference` on every checkpoint form, and `eval_lrm`'s tables."""
+"""The reconstructor trainer end to end on the tiny world: a few steps of the trainer
+(`train/lrm_task.py`, the library side of `train_lrm`), then export to safetensors,
+`load_for_inference` on every checkpoint form, and the eval's tables (`eval/lrm_eval.py`)."""
 import json
 import shutil
 import subprocess
@@ -39,10 +40,10 @@ def tiny_config(data_dir):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  from instant3d_jax import train_lrm
+  from instant3d_jax.train import lrm_task
   base = tmp_path_factory.mktemp("lrm")
   cfg = tiny_config(base / "data")
-  res = train_lrm.train(cfg, base / "run", log=lambda *_: None)
+  res = lrm_task.train(cfg, base / "run", log=lambda *_: None)
   return cfg, base, res
 
 
@@ -88,9 +89,9 @@ def test_export_and_load_for_inference(trained):
 
 
 def test_eval_lrm_writes_tables(trained):
-  from instant3d_jax import eval_lrm
+  from instant3d_jax.eval import lrm_eval
   cfg, base, res = trained
-  results, md = eval_lrm.evaluate_checkpoint(base / "run", log=lambda *_: None)
+  results, md = lrm_eval.evaluate_checkpoint(base / "run", log=lambda *_: None)
   assert md == base / "run" / "eval" / "step_3" / "eval.md"
   data = json.loads(md.with_suffix(".json").read_text())
   assert data["num_objects"] == 2 and data["rotate_deg"] == -45.0
@@ -126,7 +127,8 @@ def test_lpips_and_mask_loss_terms():
   the rendered opacity); gradients are finite and the LPIPS term moves them."""
   import jax.numpy as jnp
   from configs import lrm
-  from instant3d_jax import cameras, train_lrm
+  from instant3d_jax import cameras
+  from instant3d_jax.train import lrm_task
   from instant3d_jax.models import lpips as lpips_lib
   from instant3d_jax.models import lrm as lrm_lib
   from instant3d_jax.train.sharding import unbox
@@ -152,7 +154,7 @@ def test_lpips_and_mask_loss_terms():
   params = unbox(lrm_lib.init_params(lrm_lib.model_config(c), jax.random.key(0)))
   lp_module, lp_params = lpips_lib.load_lpips()
   constants = {"lpips": lp_params}
-  loss_fn = jax.jit(jax.value_and_grad(train_lrm.make_loss_fn(c), has_aux=True))
+  loss_fn = jax.jit(jax.value_and_grad(lrm_task.make_loss_fn(c), has_aux=True))
   key = jax.random.key(3)
   (loss_on, aux_on), g_on = loss_fn(params, batch, key, jnp.int32(5), constants)
   (loss_off, aux_off), g_off = loss_fn(params, batch, key, jnp.int32(4), constants)
@@ -186,7 +188,7 @@ def test_sample_pixels_foreground_fraction():
   """Oracle: the masks themselves. The foreground share lands only on object pixels, uniformly;
   a view without object pixels falls back to uniform; fraction 0 is plain uniform sampling."""
   import jax.numpy as jnp
-  from instant3d_jax.train_lrm import sample_pixels
+  from instant3d_jax.train.lrm_task import sample_pixels
   masks = np.zeros((2, 3, 8, 8), np.float32)
   masks[0, 0, 2:4, 3:5] = 1.0          # 4 object pixels: flat 19, 20, 27, 28
   masks[1, 2, 7, 7] = 0.9              # one object pixel (soft edge above 0.5)
@@ -215,7 +217,7 @@ def test_demo_uses_one_cpu_device_per_core():
   code = (
       "import os, sys\n"
       "os.sched_getaffinity = lambda pid: set(range(int(sys.argv[1])))\n"
-      "from instant3d_jax.demo import cpu_devices_per_core\n"
+      "from instant3d_jax.train.multihost import cpu_devices_per_core\n"
       "from configs import lrm\n"
       "c = lrm.get_config('tiny'); c.train.global_batch_size = int(sys.argv[2])\n"
       "n = cpu_devices_per_core(c)\n"
