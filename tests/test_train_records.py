@@ -179,3 +179,15 @@ def test_missing_eval_views_are_one_line_errors(trained, tmp_path):
   lines = proc.stderr.strip().splitlines()
   assert lines[-1].startswith("error: ") and "eval.split='test'" in lines[-1]
   assert "Traceback" not in proc.stderr
+
+
+def test_train_command_refuses_a_missing_data_set_in_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "instant3d_jax.train_lrm", "--config", "configs/lrm.py:tiny",
+       "--config.data.source=records", f"--config.data_dir={tmp_path / 'none'}",
+       "--workdir", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert proc.returncode == 2, proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: data_dir {tmp_path / 'none'}: no data set there")
+  assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

@@ -204,7 +204,7 @@ def progress_postfix(row: dict, throughput: dict) -> str:
   if "tflops_per_device" in throughput:
     text += f" {throughput['tflops_per_device']:.3g} TFLOP/s/dev"
   if "mfu" in throughput:
-    text += f" MFU {100 * throughput['mfu']:.1f}%"
+    text += f" MFU {100 * throughput['mfu']:.3g}%"
   return text
 
 
@@ -254,21 +254,24 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
   say(f"parameters: {n_params / 1e6:.3f}M")
 
-  # Update step, compiled ahead of time on abstract inputs (shape / memory errors surface here).
+  # Update step, compiled ahead of time on abstract inputs (shape / memory errors surface here);
+  # not at all when no step is left to run (a finished run restarted, `total_steps` 0).
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   constants = jax.device_put(task.constants, replicated)
-  t0 = time.time()
-  compiled, batch_sh = compile_train_step(config, task, mesh, rules, tx, schedule,
-                                          abstract_state, state_sh, constants)
-  compile_s = time.time() - t0
-  say(f"compiled train step in {compile_s:.1f}s")
+  step = int(jax.device_get(state.step))
+  compile_s = 0.0
+  if step < total_steps and not (halt_at and step >= halt_at):
+    t0 = time.time()
+    compiled, batch_sh = compile_train_step(config, task, mesh, rules, tx, schedule,
+                                            abstract_state, state_sh, constants)
+    compile_s = time.time() - t0
+    say(f"compiled train step in {compile_s:.1f}s")
 
   # Loop.
   peak = metrics_lib.peak_flops_for(jax.devices()[0].device_kind,
                                     dict(config.get("hardware", {}).get("peak_tflops", {})))
   flops_step = task.flops_per_example * gbs if task.flops_per_example else None
   writer = metrics_lib.MetricWriter(workdir, active=primary)
-  step = int(jax.device_get(state.step))
   progress = metrics_lib.Progress(total_steps, step, active=primary,
                                   time_budget_s=budget or None, start_time=t_start)
   max_bad = int(tcfg.get("max_nonfinite_in_a_row", 10))
