@@ -59,7 +59,9 @@ def get_config(arg=None):
   m.background = (1.0, 1.0, 1.0)
 
   # Image encoder: a DINO ViT (models/vit.py). `preset` names the public layout it mirrors;
-  # `pretrained` is a transformers folder (config.json + safetensors) loaded at init, '' = random.
+  # `pretrained` is a transformers folder (config.json + safetensors) whose weights replace the
+  # random encoder when training starts at step 0 (train/lrm_task.py; a resume reads its
+  # checkpoint instead, so the folder may have moved), '' = random.
   e = m.encoder = ml_collections.ConfigDict()
   e.preset = "dino_vitb16"
   e.pretrained = ""
