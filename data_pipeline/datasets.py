@@ -121,7 +121,13 @@ def prepare(config, *, progress: bool = True) -> DatasetInfo:
     import jax  # pylint: disable=g-import-not-at-top
     multi = jax.process_count() > 1
     if not multi or jax.process_index() == 0:
-      synthetic.ensure_dataset(config.data, data_dir, progress=progress)
+      try:
+        synthetic.ensure_dataset(config.data, data_dir, progress=progress)
+      except records.DataError as e:
+        if not os.path.exists(meta_path):
+          raise
+        raise records.DataError(f"{e} (or set --config.data.source='records' to read the data "
+                                "set there as it is)") from e
     if multi:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices("data ready")

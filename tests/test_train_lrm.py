@@ -330,6 +330,18 @@ def test_incompatible_data_sets_name_the_field(imported, tmp_path):
   cfg.data.source = "csv"
   with pytest.raises(errors.Instant3DError, match=r"data\.source must be one of"):
     datasets.prepare(cfg, progress=False)
+  # A procedural set generated from another config: kept, and readable as records.
+  w = data_config.get_config("tiny")
+  w.num_objects = 4
+  synthetic.generate(w, str(tmp_path / "world"), progress=False)
+  cfg = tiny_config(tmp_path / "world")
+  cfg.data.source = "procedural"
+  with pytest.raises(errors.Instant3DError, match=r"different config.*data\.source='records'"):
+    datasets.prepare(cfg, progress=False)
+  cfg.data.source = "records"
+  info = datasets.prepare(cfg, progress=False)
+  assert (info.generator, info.resolution, info.splits["train"]) == ("synthetic", 16, 2)
+  assert info.groups["test"] == {"rig": 4, "sup": 3, "eval": 64, "eval_inputs": 4}
 
 
 def test_missing_eval_views_are_one_line_errors(trained, tmp_path):
