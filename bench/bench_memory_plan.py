@@ -61,7 +61,6 @@ def large_config(devices: int, mesh: dict, objects_per_device: int):
   cfg.model.render.remat_field = True
   cfg.mesh.update({**dict(dcn_data=1, dcn_fsdp=1, dcn_tensor=1, num_devices=devices), **mesh})
   cfg.train.global_batch_size = devices * objects_per_device
-  cfg.data.loader.batch_size = cfg.train.global_batch_size
   return cfg
 
 
@@ -113,13 +112,14 @@ def state_bytes(abstract_state, state_sh) -> dict:
 
 
 def plan(devices: int, objects_per_device: int) -> dict:
-  from instant3d_jax import train_lrm
-  from instant3d_jax.train import loop, optimizer as opt_lib
+  from data_pipeline import datasets
+  from instant3d_jax.train import loop, lrm_task, optimizer as opt_lib
   label, mesh_over, what = PLANS[devices]
   cfg = large_config(devices, mesh_over, objects_per_device)
   mesh, rules = loop.setup_mesh(cfg)
   tx, schedule = opt_lib.make_optimizer(cfg.optimizer, int(cfg.train.total_steps))
-  task = train_lrm.make_task(cfg, data_dir="")   # only its loss, init and batch shapes are used
+  # Only its loss, init and batch shapes are used (of the data set the config would generate).
+  task = lrm_task.make_task(cfg, datasets.planned(cfg))
   _, _, abstract, state_sh = loop.build_state(cfg, task, mesh, rules, tx)
   constants = task.constants   # LPIPS-VGG weights (replicated); the compile reads their shapes
   t0 = time.time()

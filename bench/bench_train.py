@@ -35,13 +35,14 @@ def _cpu_name() -> str:
 
 
 def time_step(config, num_devices: int, steps: int) -> dict:
-  from instant3d_jax import train_lrm
-  from instant3d_jax.train import loop, optimizer as opt_lib
+  from data_pipeline import datasets
+  from instant3d_jax.train import loop, lrm_task, optimizer as opt_lib
   config.mesh.num_devices = num_devices
   config.mesh.data = -1
   mesh, rules = loop.setup_mesh(config)
   tx, schedule = opt_lib.make_optimizer(config.optimizer, int(config.train.total_steps))
-  task = train_lrm.make_task(config, data_dir="")   # the iterator is never made: random batches
+  planned = datasets.planned(config)   # shapes only: the iterator is never made, random batches
+  task = lrm_task.make_task(config, planned)
   init_jit, key, abstract, state_sh = loop.build_state(config, task, mesh, rules, tx)
   state = init_jit(key)
   spec = task.batch_spec
@@ -76,8 +77,9 @@ def time_step(config, num_devices: int, steps: int) -> dict:
   s = float(np.median(times))
   gbs = int(config.train.global_batch_size)
   return {"devices": num_devices, "compile_s": compile_s, "s_per_step": s,
-          "examples_per_s": gbs / s, "gflops_per_s": train_lrm.flops_per_example(config) * gbs
-          / s / 1e9, "loss": float(m["loss"])}
+          "examples_per_s": gbs / s,
+          "gflops_per_s": lrm_task.flops_per_example(config, planned) * gbs / s / 1e9,
+          "loss": float(m["loss"])}
 
 
 def cpu_breakdown(config, edits: dict) -> dict:
@@ -120,9 +122,9 @@ def cpu_breakdown(config, edits: dict) -> dict:
 
 
 def loader_rate(config, data_dir: str, batches: int) -> float:
-  from instant3d_jax import train_lrm
-  from data_pipeline import lrm_input
-  it = lrm_input.train_iterator(data_dir, train_lrm.loader_config(config))
+  from data_pipeline import datasets, lrm_input
+  it = lrm_input.train_iterator(
+      data_dir, datasets.loader_config(config, datasets.open_dataset(data_dir)))
   next(it)
   t = time.time()
   for _ in range(batches):
@@ -168,7 +170,7 @@ def main():
     print(v, r, flush=True)
   cfg = lrm.get_config("tiny")
   # One global batch for every device count (each must divide it), so the rows do equal work.
-  cfg.train.global_batch_size = cfg.data.loader.batch_size = args.scaling_batch
+  cfg.train.global_batch_size = args.scaling_batch
   for n in [int(x) for x in args.devices.split(",") if x]:
     if n > jax.device_count():
       continue

@@ -28,11 +28,10 @@ def _psnr(a, b) -> float:
 
 
 def input_probes(config, params, data_dir: str, objects: int) -> dict:
-  from data_pipeline import lrm_input
-  from instant3d_jax import train_lrm
+  from data_pipeline import datasets, lrm_input
   from instant3d_jax.models import lrm as lrm_lib
   m = lrm_lib.model_config(config)
-  ld = train_lrm.loader_config(config)
+  ld = datasets.loader_config(config, datasets.open_dataset(data_dir), purpose="eval")
   ld.eval_batch_size = objects
   batch = next(lrm_input.eval_batches(data_dir, ld, rotate_deg=float(config.eval.rotate_deg)))
   in_cams, tgt_cams = lrm_input.batch_to_cameras(batch)
@@ -54,13 +53,14 @@ def input_probes(config, params, data_dir: str, objects: int) -> dict:
 
 
 def overfit(config, data_dir: str, steps: int) -> list[tuple[int, float]]:
-  from data_pipeline import lrm_input
-  from instant3d_jax import train_lrm
+  from data_pipeline import datasets, lrm_input
+  from instant3d_jax.train import lrm_task
   from instant3d_jax.train import optimizer as opt_lib
   from instant3d_jax.train.sharding import unbox
   from instant3d_jax.train.step import make_init_fn, make_train_step
-  task = train_lrm.make_task(config, data_dir)
-  batch = next(lrm_input.train_iterator(data_dir, train_lrm.loader_config(config)))
+  dataset = datasets.open_dataset(data_dir)
+  task = lrm_task.make_task(config, dataset)
+  batch = next(lrm_input.train_iterator(data_dir, datasets.loader_config(config, dataset)))
   batch = {k: jnp.asarray(v) for k, v in batch.items() if k in task.batch_spec}
   tx, schedule = opt_lib.make_optimizer(config.optimizer, steps)
   state = jax.jit(lambda k: unbox(make_init_fn(task.init_params, tx)(k)))(
@@ -84,8 +84,10 @@ def main():
   ap.add_argument("--objects", type=int, default=8)
   ap.add_argument("--overfit_steps", type=int, default=0)
   args = ap.parse_args()
-  from instant3d_jax import reconstruct
-  config, params = reconstruct.load_checkpoint(args.checkpoint)
+  import flax.linen as nn
+  from instant3d_jax.train import checkpoint as ckpt_lib
+  config, params = ckpt_lib.load_for_inference(args.checkpoint)
+  params = nn.meta.unbox(params)
   for k, v in input_probes(config, params, args.data_dir, args.objects).items():
     print(f"{k}: {v:.2f} dB", flush=True)
   if args.overfit_steps:

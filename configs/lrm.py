@@ -1,6 +1,10 @@
 """The sparse-view reconstructor (Instant3D stage 2, "Triplane-LRM"): model and training config.
 
 Train:        python -m instant3d_jax.train_lrm --config configs/lrm.py:tiny --workdir outputs/lrm_tiny
+On renders:   python -m data_pipeline.importer --src renders --out data/real
+              python -m instant3d_jax.train_lrm --config configs/lrm.py:small --workdir outputs/lrm \
+                  --config.data.source=records --config.data_dir=data/real
+Evaluate:     python -m instant3d_jax.eval_lrm --workdir outputs/lrm_tiny
 Summary:      python -m instant3d_jax.models.summary --config configs/lrm.py:large
 Reconstruct:  python -m instant3d_jax.reconstruct --checkpoint outputs/lrm_tiny \
                   --grid grid.png --out outputs/recon
@@ -55,7 +59,9 @@ def get_config(arg=None):
   m.background = (1.0, 1.0, 1.0)
 
   # Image encoder: a DINO ViT (models/vit.py). `preset` names the public layout it mirrors;
-  # `pretrained` is a transformers folder (config.json + safetensors) loaded at init, '' = random.
+  # `pretrained` is a transformers folder (config.json + safetensors) whose weights replace the
+  # random encoder when training starts at step 0 (train/lrm_task.py; a resume reads its
+  # checkpoint instead, so the folder may have moved), '' = random.
   e = m.encoder = ml_collections.ConfigDict()
   e.preset = "dino_vitb16"
   e.pretrained = ""
@@ -191,15 +197,25 @@ def get_config(arg=None):
 
 
 def _training_sections(cfg, variant):
-  """Training, data, evaluation and checkpoint sections (instant3d_jax/train_lrm.py reads them;
-  instant3d_jax/train/loop.py documents each knob)."""
+  """Training, data, evaluation and checkpoint sections (instant3d_jax/train/lrm_task.py reads
+  them; instant3d_jax/train/loop.py documents each knob)."""
   from configs import data as data_config  # pylint: disable=g-import-not-at-top
 
-  # Data: the procedural world (configs/data.py), generated into `data_dir` if absent.
+  # Data (data_pipeline/datasets.py). `source`: 'procedural' generates the procedural world of
+  # this section (configs/data.py) into `data_dir` if absent; 'records' reads the data set
+  # already in `data_dir` (e.g. renders imported with `python -m data_pipeline.importer`) and
+  # never writes there. Either way the shapes (resolution, views) come from the data set's
+  # metadata; the generator entries below matter only for 'procedural'.
   cfg.data = data_config.get_config("demo" if variant == "tiny" else "default")
+  cfg.data.source = "procedural"
   cfg.data_dir = f"outputs/data/{cfg.data.variant}"
   ld = cfg.data.loader
-  ld.input_resolution = cfg.model.input_resolution
+  # Derived, not set here (datasets.loader_config, the one place): the global batch from
+  # train.global_batch_size, input_resolution from model.input_resolution, target_resolution 0
+  # → the data set's resolution, and the eval loader fields from the `eval` section.
+  for derived in ("batch_size", "input_resolution", "eval_num_targets", "eval_seed",
+                  "eval_batch_size"):
+    del ld[derived]
   ld.num_targets = 4
   ld.crop_size = 0 if variant == "tiny" else 64   # tiny: whole views, random rays (below)
   ld.worker_count = 0 if variant == "tiny" else 4
@@ -234,7 +250,9 @@ def _training_sections(cfg, variant):
   cfg.train = ml_collections.ConfigDict(dict(
       total_steps=100_000, time_budget_s=0.0, global_batch_size=8, accum_steps=1,
       log_every=50, image_every=1000, eval_every=5000, max_nonfinite_in_a_row=20,
-      halt_at_step=0, checkpoint_must_match=("model", "optimizer", "loss")))
+      halt_at_step=0, checkpoint_must_match=("model", "optimizer", "loss"),
+      # Read only when a run starts at step 0: a resume may find the folder moved.
+      checkpoint_may_differ=("model.encoder.pretrained",)))
   cfg.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
   cfg.checkpoint["async"] = True
 
@@ -273,7 +291,3 @@ def _training_sections(cfg, variant):
   elif variant == "small":
     cfg.optimizer.warmup_steps = 1000
     cfg.train.global_batch_size = 16
-  cfg.data.loader.batch_size = cfg.train.global_batch_size
-  cfg.data.loader.eval_num_targets = cfg.eval.num_targets
-  cfg.data.loader.eval_seed = cfg.eval.seed
-  cfg.data.loader.eval_batch_size = cfg.eval.batch_size

@@ -21,6 +21,10 @@ construction). The iterator supports `get_state()` / `set_state()`; a restored i
 with exactly the batches the original would have produced.
 
 The evaluation loader (`eval_batches`) walks a held-out split in order on the GSO-style rig.
+
+`cfg` below is a loader section; for a run, `data_pipeline.datasets.loader_config(config,
+dataset)` derives it (global batch, resolutions, eval settings) from the run config and the data
+set.
 """
 from __future__ import annotations
 
@@ -282,9 +286,13 @@ def eval_batches(data_dir: str, cfg: ml_collections.ConfigDict, *, split: str = 
     examples = []
     for i in rows:
       rec = source[i]
-      if "eval" not in rec["groups"]:
-        raise records.DataError(f"{data_dir}: object {rec['object_id']} of split {split!r} has no "
-                                "GSO eval rig views (generate with this split in eval_rig_splits)")
+      for group, want in (("eval", 64), ("eval_inputs", 4)):
+        have = len(rec["groups"][group]["images"]) if group in rec["groups"] else 0
+        if have != want:
+          raise records.DataError(
+              f"{data_dir}: object {rec['object_id']} of split {split!r} has {have} views of "
+              f"group {group!r}, the GSO-style eval rig needs {want} (generate with this split "
+              "in eval_rig_splits, or import the object with its eval views)")
       in_rgb, _, in_K = _decode_views(rec, "eval_inputs", range(4), int(cfg.input_resolution))
       views = eval_target_views(rec["index"], int(cfg.eval_num_targets), int(cfg.eval_seed))
       t_rgb, t_a, t_K = _decode_views(rec, "eval", views, res)

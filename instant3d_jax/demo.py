@@ -24,11 +24,10 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from data_pipeline import records, synthetic
-from data_pipeline.contact_sheet import object_contact_sheet
+from instant3d_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", "outputs/demo", "where data and outputs go")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -38,44 +37,29 @@ _RETRAIN = flags.DEFINE_bool("retrain", False, "train again even if WORKDIR/lrm 
                              "finished run (a new run needs an empty WORKDIR/lrm)")
 _SKIP_TRAIN = flags.DEFINE_bool("data_only", False, "stop after the data set and contact sheet")
 
-def cpu_devices_per_core(cfg) -> int:
-  """On CPU, one XLA device per core: sets `--xla_force_host_platform_device_count` to the
-  largest count <= the cores this process may use that divides the global batch, unless
-  XLA_FLAGS already sets it. The data-parallel step over 2 devices on 2 cores measured ~15 %
-  faster than one device using both cores (bench/results/train.md). Must run before JAX starts
-  its CPU backend; GPU/TPU runs are unaffected (the mesh takes the accelerator devices).
-  Returns the count (0: left as set)."""
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" in flags:
-    return 0
-  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-           else os.cpu_count() or 1)
-  batch = int(cfg.train.global_batch_size)
-  n = max(d for d in range(1, cores + 1) if batch % d == 0)
-  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-  return n
 
-
-def data_step(cfg, workdir: str) -> str:
+def _data_step(cfg, workdir: str) -> str:
   """Step 1: the cached data set and a contact sheet. Returns the data directory."""
-  data_dir = os.path.join(workdir, "data")
+  from data_pipeline import datasets, records
+  from data_pipeline.contact_sheet import object_contact_sheet
+  data_dir = str(cfg.data_dir)
   t0 = time.perf_counter()
   cached = os.path.exists(os.path.join(data_dir, records.METADATA_FILE))
-  meta = synthetic.ensure_dataset(cfg.data, data_dir)
-  counts = ", ".join(f"{k} {v['num_objects']}" for k, v in meta["splits"].items())
+  info = datasets.prepare(cfg)
+  counts = ", ".join(f"{k} {v}" for k, v in info.splits.items())
   print(f"data set: {data_dir} ({'cached' if cached else 'generated'} in "
-        f"{time.perf_counter() - t0:.1f} s; {meta['num_objects']} objects at "
-        f"{meta['resolution']}²: {counts})")
+        f"{time.perf_counter() - t0:.1f} s; {sum(info.splits.values())} objects at "
+        f"{info.resolution}²: {counts})")
   sheet = os.path.join(workdir, "contact_sheet.png")
-  split = "test" if meta["splits"]["test"]["num_objects"] else "train"
+  split = "test" if info.splits.get("test") else "train"
   rec = object_contact_sheet(data_dir, sheet, split=split)
   print(f"contact sheet of {rec['object_id']} (\"{rec['caption']}\"): {sheet}")
   return data_dir
 
 
-def train_step(cfg, run_dir: str, retrain: bool) -> dict:
+def _train_step(cfg, run_dir: str, retrain: bool) -> dict:
   """Step 2: train (or reuse a finished run). Returns the run summary."""
-  from instant3d_jax import train_lrm
+  from instant3d_jax.train import lrm_task
   summary_path = os.path.join(run_dir, "train_summary.json")
   if os.path.exists(summary_path) and not retrain:
     summary = json.load(open(summary_path))
@@ -84,7 +68,7 @@ def train_step(cfg, run_dir: str, retrain: bool) -> dict:
     return summary
   print(f"training {cfg.variant} for at most {cfg.train.time_budget_s:.0f} s / "
         f"{cfg.train.total_steps} steps into {run_dir}")
-  res = train_lrm.train(cfg, run_dir)
+  res = lrm_task.train(cfg, run_dir)
   last = res.history[-10:]
   summary = {"step": res.step, "stop_reason": res.stop_reason, "wall_s": round(res.wall_s, 1),
              "compile_s": round(res.compile_s, 1),
@@ -98,8 +82,9 @@ def train_step(cfg, run_dir: str, retrain: bool) -> dict:
   return summary
 
 
-def turntable_step(cfg, data_dir: str, run_dir: str, out_dir: str) -> dict:
+def _turntable_step(cfg, data_dir: str, run_dir: str, out_dir: str) -> dict:
   """Step 4: reconstruct the first held-out object from its 4 Instant3D-rig views."""
+  from data_pipeline import records
   from instant3d_jax import reconstruct
   from instant3d_jax.export.images import save_png
   rec = records.RecordSource(data_dir, "test")[0]
@@ -121,20 +106,21 @@ def turntable_step(cfg, data_dir: str, run_dir: str, out_dir: str) -> dict:
 def main(argv):
   del argv
   from absl import logging
+  from instant3d_jax.train import multihost
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   cfg = _CONFIG.value
   workdir = _WORKDIR.value
-  cpu_devices_per_core(cfg)
+  multihost.cpu_devices_per_core(cfg)
   cfg.data_dir = os.path.join(workdir, "data")
-  data_dir = data_step(cfg, workdir)
+  data_dir = _data_step(cfg, workdir)
   if _SKIP_TRAIN.value:
     return
   run_dir = os.path.join(workdir, "lrm")
-  summary = train_step(cfg, run_dir, _RETRAIN.value)
+  summary = _train_step(cfg, run_dir, _RETRAIN.value)
 
-  from instant3d_jax import eval_lrm
-  results, md_path = eval_lrm.evaluate_checkpoint(run_dir, config=cfg, log=lambda *_: None)
-  written = turntable_step(cfg, data_dir, run_dir, os.path.join(workdir, "reconstruct"))
+  from instant3d_jax.eval import lrm_eval
+  results, md_path = lrm_eval.evaluate_checkpoint(run_dir, config=cfg, log=lambda *_: None)
+  written = _turntable_step(cfg, data_dir, run_dir, os.path.join(workdir, "reconstruct"))
 
   s = results["summary"]
   print()
@@ -151,4 +137,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -172,6 +172,10 @@ def test_eval_batches_gso_rig(data):
   assert [len(x) for x in parts] == [1, 1]
   got = [i for part in parts for b in part for i, v in zip(b["object_index"], b["valid"]) if v]
   assert got == [9, 10, 11]
+  # Objects without the GSO-style views (here the train split) are named, with the group.
+  with pytest.raises(records.DataError, match=r"object obj000000 of split 'train' has 0 views "
+                     r"of group 'eval', the GSO-style eval rig needs 64"):
+    next(L.eval_batches(out, lc, split="train", process_index=0, process_count=1))
 
 
 def test_corrupt_and_foreign_shards_are_named(data, tmp_path):

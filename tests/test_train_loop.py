@@ -123,3 +123,45 @@ def test_logs_written(straight):
   assert train_rows[1]["train/lr"] == pytest.approx(0.005)
   assert (wd / "loss_curve.png").stat().st_size > 1000
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tb"))
+
+
+def test_initial_params_hook_at_step_0_only(tmp_path):
+  """`Task.initial_params` sees the initialised host params once, when the run starts at step 0;
+  its result is placed with the derived shardings (fsdp 2 splits `embed`); a resume restores
+  the checkpoint instead and never calls it."""
+  calls = []
+
+  def hook(params):
+    calls.append(jax.tree.map(lambda x: (type(x).__name__, x.shape), params))
+    return jax.tree.map(lambda x: np.full(x.shape, 0.01, x.dtype), params)
+
+  cfg = train_toy.get_config()
+  cfg.train.update(total_steps=4, halt_at_step=1)
+  cfg.mesh.update(data=2, fsdp=2)
+  task = train_toy.make_task(cfg)
+  task.initial_params = hook
+  first = loop.run(cfg, tmp_path, task, log=lambda *_: None)
+  assert len(calls) == 1 and calls[0]["fc1"]["kernel"] == ("ndarray", (train_toy.DIM,
+                                                                       train_toy.HIDDEN))
+  # The warm-up starts at lr 0, so step 1 leaves the hook's params as they were.
+  kernel = first.state.params["fc1"]["kernel"]
+  np.testing.assert_array_equal(np.asarray(kernel), np.float32(0.01))
+  assert kernel.addressable_shards[0].data.shape == (train_toy.DIM // 2, train_toy.HIDDEN)
+  cfg.train.halt_at_step = 0
+  second = loop.run(cfg, tmp_path, task, log=lambda *_: None)
+  assert second.step == 4 and len(calls) == 1
+  # A hook that changes the tree is refused before anything trains.
+  task.initial_params = lambda p: {"fc1": p["fc1"]}
+  with pytest.raises(ValueError, match=r"\['fc2'\]\['bias'\]: missing"):
+    loop.run(cfg, tmp_path / "other", task, log=lambda *_: None)
+
+
+def test_console_line_shows_throughput(tmp_path, capsys):
+  res = _run(tmp_path, train__total_steps=3, checkpoint__every_steps=0)
+  assert res.step == 3
+  out = capsys.readouterr().out
+  assert "loss " in out and "s/step" in out and "TFLOP/s/dev" in out and "MFU " in out
+  line = loop.progress_postfix({"loss": 0.5, "psnr": 20.0},
+                               {"s_per_step": 2.0, "tflops_per_device": 1.5, "mfu": 0.25})
+  assert line == "loss 0.5 psnr 20.00 2.00s/step 1.5 TFLOP/s/dev MFU 25%"
+  assert loop.progress_postfix({"loss": 0.5}, {"s_per_step": 2.0}) == "loss 0.5 2.00s/step"

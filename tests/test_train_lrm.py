@@ -1,6 +1,12 @@
-"""The reconstructor trainer end to end on the tiny world: a few steps of `train_lrm`, then
-export to safetensors, `load_for_inference` on every checkpoint form, and `eval_lrm`'s tables."""
+"""The reconstructor trainer end to end on renders in the importer's folder layout (cameras.json
++ RGBA PNGs, written from the tiny procedural world, imported with
+`data_pipeline.render_import.import_renders`): a few steps of the trainer (`train/lrm_task.py`, the
+library side of `train_lrm`), then export to safetensors, `load_for_inference` on every checkpoint
+form, and the eval's tables (`eval/lrm_eval.py`, the library side of `eval_lrm`). Shapes come from
+the data set's metadata, and a data set the model, loader or evaluation cannot use fails with one
+line naming the field that differs."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,15 +16,46 @@ import jax
 import numpy as np
 import pytest
 
+from configs import data as data_config
+from data_pipeline import procedural, records, render_import
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def write_folders(world_cfg, base: Path) -> Path:
+  """Renders `world_cfg` and writes every object as an importer folder under base/renders."""
+  world = base / "world"
+  procedural.generate(world_cfg, str(world), progress=False)
+  src = base / "renders"
+  for s in records.SPLITS:
+    for rec in records.RecordSource(str(world), s):
+      render_import.write_object_folder(rec, str(src / f"thing_{rec['object_id']}"))
+  return src
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+  """8 objects at 16² (every one with its GSO eval views), imported 4 / 2 / 2."""
+  base = tmp_path_factory.mktemp("lrm")
+  w = data_config.get_config("tiny")
+  w.num_objects = 8
+  w.eval_rig_splits = ("train", "val", "test")
+  src = write_folders(w, base)
+  out = base / "imported"
+  meta = render_import.import_renders(str(src), str(out), split_fractions=(0.5, 0.25, 0.25),
+                                 progress=False)
+  assert meta["generator"] == "import" and meta["resolution"] == 16
+  return base, out
+
+
 def tiny_config(data_dir):
+  """The tiny run config pointed at an existing data set (`data.source='records'`). Its `data`
+  section still describes the 64² procedural demo world: nothing may take shapes from it."""
   from configs import lrm
   c = lrm.get_config("tiny")
-  from configs import data
-  c.data = data.get_config("tiny")        # 12 objects at 16², generated in seconds
+  c.data.source = "records"
   c.data_dir = str(data_dir)
+  assert c.data.resolution == 64
   c.data.loader.num_targets = 2
   # Fewer layers than `tiny`: the compile, not the math, dominates a 3-step test.
   c.model.encoder.num_layers = 1
@@ -38,11 +75,11 @@ def tiny_config(data_dir):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  from instant3d_jax import train_lrm
-  base = tmp_path_factory.mktemp("lrm")
-  cfg = tiny_config(base / "data")
-  res = train_lrm.train(cfg, base / "run", log=lambda *_: None)
+def trained(imported):
+  from instant3d_jax.train import lrm_task
+  base, data_dir = imported
+  cfg = tiny_config(data_dir)
+  res = lrm_task.train(cfg, base / "run", log=lambda *_: None)
   return cfg, base, res
 
 
@@ -83,22 +120,23 @@ def test_export_and_load_for_inference(trained):
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
       np.testing.assert_array_equal(np.asarray(a), b)
   with pytest.raises(FileNotFoundError, match="expected a training workdir"):
-    ckpt_lib.load_for_inference(base / "data")
+    ckpt_lib.load_for_inference(base / "imported")
 
 
 def test_eval_lrm_writes_tables(trained):
-  from instant3d_jax import eval_lrm
+  from instant3d_jax.eval import lrm_eval
   cfg, base, res = trained
-  results, md = eval_lrm.evaluate_checkpoint(base / "run", log=lambda *_: None)
+  results, md = lrm_eval.evaluate_checkpoint(base / "run", log=lambda *_: None)
   assert md == base / "run" / "eval" / "step_3" / "eval.md"
   data = json.loads(md.with_suffix(".json").read_text())
-  assert data["num_objects"] == 2 and data["rotate_deg"] == -45.0
+  assert data["num_objects"] == 2 and data["rotate_deg"] == -45.0 and data["resolution"] == 16
   assert len(data["per_object"]["psnr"]) == 2
   s = data["summary"]
   assert 0 < s["psnr"] < 60 and 0 < s["ssim"] <= 1 and s["background_psnr"] > 0
   table = md.read_text()
   assert "| model |" in table and f"{s['psnr']:.2f}" in table and "−45" not in table
   assert "rotated about z by -45°" in table
+  assert "2 held-out objects (test split), 2 views each at 16²" in table
 
 
 def test_trained_checkpoint_drives_reconstruct(trained, tmp_path):
@@ -125,7 +163,8 @@ def test_lpips_and_mask_loss_terms():
   the rendered opacity); gradients are finite and the LPIPS term moves them."""
   import jax.numpy as jnp
   from configs import lrm
-  from instant3d_jax import cameras, train_lrm
+  from instant3d_jax import cameras
+  from instant3d_jax.train import lrm_task
   from instant3d_jax.models import lpips as lpips_lib
   from instant3d_jax.models import lrm as lrm_lib
   from instant3d_jax.train.sharding import unbox
@@ -151,7 +190,7 @@ def test_lpips_and_mask_loss_terms():
   params = unbox(lrm_lib.init_params(lrm_lib.model_config(c), jax.random.key(0)))
   lp_module, lp_params = lpips_lib.load_lpips()
   constants = {"lpips": lp_params}
-  loss_fn = jax.jit(jax.value_and_grad(train_lrm.make_loss_fn(c), has_aux=True))
+  loss_fn = jax.jit(jax.value_and_grad(lrm_task.make_loss_fn(c), has_aux=True))
   key = jax.random.key(3)
   (loss_on, aux_on), g_on = loss_fn(params, batch, key, jnp.int32(5), constants)
   (loss_off, aux_off), g_off = loss_fn(params, batch, key, jnp.int32(4), constants)
@@ -185,7 +224,7 @@ def test_sample_pixels_foreground_fraction():
   """Oracle: the masks themselves. The foreground share lands only on object pixels, uniformly;
   a view without object pixels falls back to uniform; fraction 0 is plain uniform sampling."""
   import jax.numpy as jnp
-  from instant3d_jax.train_lrm import sample_pixels
+  from instant3d_jax.train.lrm_task import sample_pixels
   masks = np.zeros((2, 3, 8, 8), np.float32)
   masks[0, 0, 2:4, 3:5] = 1.0          # 4 object pixels: flat 19, 20, 27, 28
   masks[1, 2, 7, 7] = 0.9              # one object pixel (soft edge above 0.5)
@@ -214,7 +253,7 @@ def test_demo_uses_one_cpu_device_per_core():
   code = (
       "import os, sys\n"
       "os.sched_getaffinity = lambda pid: set(range(int(sys.argv[1])))\n"
-      "from instant3d_jax.demo import cpu_devices_per_core\n"
+      "from instant3d_jax.train.multihost import cpu_devices_per_core\n"
       "from configs import lrm\n"
       "c = lrm.get_config('tiny'); c.train.global_batch_size = int(sys.argv[2])\n"
       "n = cpu_devices_per_core(c)\n"
@@ -232,3 +271,114 @@ def test_demo_uses_one_cpu_device_per_core():
   assert run(8, 12) == (6, 6)
   assert run(3, 4) == (2, 2)
   assert run(2, 4, "--xla_force_host_platform_device_count=3") == (0, 3)
+
+
+def test_batch_shapes_come_from_the_data_set(imported):
+  from data_pipeline import datasets
+  from instant3d_jax.train import lrm_task
+  _, data_dir = imported
+  cfg = tiny_config(data_dir)
+  info = datasets.prepare(cfg, progress=False)
+  assert (info.generator, info.resolution) == ("import", 16)
+  assert info.splits == {"train": 4, "val": 2, "test": 2}
+  assert info.groups["test"]["eval"] == 64 and info.groups["train"]["rig"] == 4
+  spec = lrm_task.batch_spec(cfg, info)
+  assert spec["target_images"].shape == (4, 2, 16, 16, 3)   # stored 16², not data.resolution
+  assert spec["input_images"].shape == (4, 4, 64, 64, 3)    # model.input_resolution
+  ld = datasets.loader_config(cfg, info)
+  assert (ld.batch_size, ld.input_resolution, ld.target_resolution) == (4, 64, 16)
+  ev = datasets.loader_config(cfg, info, purpose="eval")
+  assert (ev.eval_batch_size, ev.eval_num_targets, ev.target_resolution) == (2, 2, 16)
+  # The global batch follows train.global_batch_size at the time of the call (one derivation).
+  cfg.train.global_batch_size = 2
+  assert datasets.loader_config(cfg, info).batch_size == 2
+
+
+def test_incompatible_data_sets_name_the_field(imported, tmp_path):
+  from data_pipeline import datasets
+  from instant3d_jax import errors
+  _, data_dir = imported
+  info = datasets.open_dataset(str(data_dir))
+  cfg = tiny_config(data_dir)
+  cfg.data.loader.crop_size = 32
+  with pytest.raises(errors.Instant3DError, match=r"data\.loader\.crop_size=32 .* 16"):
+    datasets.check_train(info, cfg)
+  cfg = tiny_config(data_dir)
+  cfg.model.num_views = 3
+  with pytest.raises(errors.Instant3DError, match=r"model\.num_views=3 .*4 'rig' views"):
+    datasets.check_train(info, cfg)
+  cfg = tiny_config(data_dir)
+  cfg.eval.num_targets = 61
+  with pytest.raises(errors.Instant3DError, match=r"eval\.num_targets=61"):
+    datasets.check_eval(info, cfg)
+  cfg = tiny_config(data_dir)
+  cfg.eval.split = "nope"
+  with pytest.raises(errors.Instant3DError, match=r"eval\.split='nope'"):
+    datasets.check_eval(info, cfg)
+  # The generator never runs over (or trusts) a data set it did not write.
+  cfg = tiny_config(data_dir)
+  cfg.data.source = "procedural"
+  before = sorted(os.listdir(data_dir))
+  with pytest.raises(errors.Instant3DError, match=r"data\.source='records'"):
+    datasets.prepare(cfg, progress=False)
+  assert sorted(os.listdir(data_dir)) == before
+  # records: nothing there.
+  cfg = tiny_config(tmp_path / "empty")
+  with pytest.raises(errors.Instant3DError, match=r"empty.*no data set.*data\.source='records'"):
+    datasets.prepare(cfg, progress=False)
+  cfg.data.source = "csv"
+  with pytest.raises(errors.Instant3DError, match=r"data\.source must be one of"):
+    datasets.prepare(cfg, progress=False)
+  # A procedural set generated from another config: kept, and readable as records.
+  w = data_config.get_config("tiny")
+  w.num_objects = 4
+  procedural.generate(w, str(tmp_path / "world"), progress=False)
+  cfg = tiny_config(tmp_path / "world")
+  cfg.data.source = "procedural"
+  with pytest.raises(errors.Instant3DError, match=r"different config.*data\.source='records'"):
+    datasets.prepare(cfg, progress=False)
+  cfg.data.source = "records"
+  info = datasets.prepare(cfg, progress=False)
+  assert (info.generator, info.resolution, info.splits["train"]) == ("synthetic", 16, 2)
+  assert info.groups["test"] == {"rig": 4, "sup": 3, "eval": 64, "eval_inputs": 4}
+
+
+def test_missing_eval_views_are_one_line_errors(trained, tmp_path):
+  """Held-out objects imported without their `eval`/`eval_inputs` groups: the eval entry point
+  and the command refuse them with one line naming the split and the group."""
+  from data_pipeline import datasets
+  from instant3d_jax import errors
+  from instant3d_jax.eval import lrm_eval
+  _, base, _ = trained
+  w = data_config.get_config("tiny")
+  w.num_objects = 4
+  w.eval_rig_splits = ()
+  src = write_folders(w, tmp_path)
+  out = tmp_path / "no_eval"
+  render_import.import_renders(str(src), str(out), split_fractions=(0.5, 0.25, 0.25), progress=False)
+  cfg = tiny_config(out)
+  info = datasets.open_dataset(str(out))
+  datasets.check_train(info, cfg)   # fine for training
+  with pytest.raises(errors.Instant3DError, match=r"eval\.split='test'.*'eval'"):
+    lrm_eval.evaluate_checkpoint(base / "run", config=cfg, log=lambda *_: None)
+  proc = subprocess.run(
+      [sys.executable, "-m", "instant3d_jax.eval_lrm", "--workdir", str(base / "run"),
+       "--config", "configs/lrm.py:tiny", "--config.data.source=records",
+       f"--config.data_dir={out}"], cwd=ROOT, capture_output=True, text=True,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-1].startswith("error: ") and "eval.split='test'" in lines[-1]
+  assert "Traceback" not in proc.stderr
+
+
+def test_train_command_refuses_a_missing_data_set_in_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "instant3d_jax.train_lrm", "--config", "configs/lrm.py:tiny",
+       "--config.data.source=records", f"--config.data_dir={tmp_path / 'none'}",
+       "--workdir", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert proc.returncode == 2, proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: data_dir {tmp_path / 'none'}: no data set there")
+  assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

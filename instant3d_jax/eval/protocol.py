@@ -31,21 +31,12 @@ from instant3d_jax.eval import metrics as metrics_lib
 METRICS = ("psnr", "ssim", "lpips")
 
 
-def _eval_loader_cfg(config):
-  ld = config.data.loader.copy_and_resolve_references()
-  ev = config.eval
-  ld.eval_num_targets = int(ev.num_targets)
-  ld.eval_seed = int(ev.seed)
-  ld.eval_batch_size = int(ev.batch_size)
-  ld.input_resolution = int(config.model.input_resolution)
-  ld.target_resolution = 0  # full stored resolution
-  return ld
-
-
 class Evaluator:
   """Compiles the reconstruct+render function once and scores held-out batches.
 
-  `Evaluator(config)(params, data_dir, num_objects)` → results dict (see `evaluate`).
+  `Evaluator(config)(params, dataset, num_objects)` → results dict; `dataset` is a
+  `data_pipeline.datasets.DatasetInfo` (or a data set directory, opened here) whose
+  `eval.split` holds the GSO-style rig views (`datasets.check_eval`).
   """
 
   def __init__(self, config, *, with_lpips: bool | None = None):
@@ -84,15 +75,18 @@ class Evaluator:
       out["lpips"] = np.asarray(self.lpips(pred, target))
     return out
 
-  def __call__(self, params, data_dir: str, num_objects: int | None = None,
+  def __call__(self, params, dataset, num_objects: int | None = None,
                keep_predictions: int = 0) -> dict:
-    from data_pipeline import lrm_input
+    from data_pipeline import datasets, lrm_input
+    if not isinstance(dataset, datasets.DatasetInfo):
+      dataset = datasets.open_dataset(dataset)
     ev = self.config.eval
     t0 = time.time()
     per_obj: dict[str, list] = {k: [] for k in METRICS}
     per_obj.update({f"background_{k}": [] for k in METRICS}, object_index=[])
     shown = []
-    for batch in lrm_input.eval_batches(data_dir, _eval_loader_cfg(self.config),
+    loader = datasets.loader_config(self.config, dataset, purpose="eval")
+    for batch in lrm_input.eval_batches(dataset.data_dir, loader,
                                         split=str(ev.split), rotate_deg=float(ev.rotate_deg),
                                         max_objects=num_objects):
       pred = self.predict(params, batch)
@@ -115,7 +109,7 @@ class Evaluator:
     summary = {k: float(np.mean(v)) for k, v in per_obj.items() if k != "object_index" and v}
     return {"summary": summary, "num_objects": n, "num_views_per_object": int(ev.num_targets),
             "split": str(ev.split), "rotate_deg": float(ev.rotate_deg),
-            "resolution": int(self.config.data.resolution), "seed": int(ev.seed),
+            "resolution": int(loader.target_resolution), "seed": int(ev.seed),
             "seconds": time.time() - t0,
             "per_object": {k: [float(x) for x in v] for k, v in per_obj.items()},
             "examples": shown}

@@ -65,11 +65,12 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
   return [] if a == b else [f"{prefix}: {a!r} vs {b!r}"]
 
 
-def check_or_write_config(workdir: str | os.PathLike, config, must_match: tuple[str, ...]
-                          ) -> None:
+def check_or_write_config(workdir: str | os.PathLike, config, must_match: tuple[str, ...],
+                          ignore: tuple[str, ...] = ()) -> None:
   """First run: writes `workdir/config.json`. Later runs: the sections `must_match` (those that
   shape the checkpoint: model, optimizer, …) must equal the saved ones, else
-  `ConfigMismatchError` listing the differences; other sections (steps, logging) may change.
+  `ConfigMismatchError` listing the differences; other sections (steps, logging) may change, and
+  so may the dotted keys in `ignore` (e.g. `model.encoder.pretrained`, read only at step 0).
 
   Only process 0 writes; every process checks.
   """
@@ -81,6 +82,8 @@ def check_or_write_config(workdir: str | os.PathLike, config, must_match: tuple[
     diffs = []
     for section in must_match:
       diffs += _diff(old.get(section), new.get(section), section)
+    diffs = [d for d in diffs if not any(d == k or d.startswith(k + ":") or d.startswith(k + ".")
+                                         for k in ignore)]
     if diffs:
       raise ConfigMismatchError(
           f"workdir {str(workdir)!r} holds a run with a different config ({path}); "

@@ -9,6 +9,8 @@ log, images, eval, checkpoint) → final checkpoint. Config sections read here:
   train: total_steps, time_budget_s (0 = none; wall clock since `run` started, compile
          included), global_batch_size, accum_steps, log_every, image_every, eval_every,
          max_nonfinite_in_a_row, checkpoint_must_match (config sections a resume must match),
+         checkpoint_may_differ (dotted keys inside those sections a resume may change, e.g.
+         `model.encoder.pretrained`: read only at step 0, so a moved folder does not block it),
          halt_at_step (0 = off; stop and save at this step as a preemption would: tests, smoke
          runs — unlike total_steps it leaves the learning-rate schedule alone)
   checkpoint: every_steps, keep, async
@@ -64,6 +66,10 @@ class Task:
   """A training job for `run`.
 
   init_params: `rng -> boxed params` (e.g. `lambda r: model.init(r, *dummy)['params']`).
+  initial_params: optional host-side hook `params -> params` on the freshly initialised, unboxed
+    params as numpy arrays (e.g. pretrained weights read from disk); applied once when a run
+    starts at step 0, never on resume. It must return the same tree (paths, shapes); the result
+    is placed with the derived state shardings and the optimizer state is initialised from it.
   loss_fn: `(params, global_batch, rng, step, constants) -> (loss, metrics)` (traced inside
     the step).
   constants: frozen arrays the loss needs (e.g. LPIPS weights), replicated, passed each step.
@@ -81,6 +87,7 @@ class Task:
   constants: Any = None
   eval_fn: Callable[[Any, int], dict] | None = None
   image_fn: Callable[[Any, Any, int], np.ndarray] | None = None
+  initial_params: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass
@@ -134,6 +141,38 @@ def build_state(config, task: Task, mesh, rules, tx):
   return init_jit, key, abstract, shardings
 
 
+def _host_params(params) -> Any:
+  """The params as host numpy arrays (gathered from every process when sharded across hosts)."""
+  if all(x.is_fully_addressable for x in jax.tree.leaves(params)):
+    return jax.tree.map(np.asarray, jax.device_get(params))
+  from jax.experimental import multihost_utils
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
+
+
+def apply_initial_params(state, fn: Callable[[Any], Any], state_shardings, tx):
+  """`state` with params `fn(host params)` placed with `state_shardings.params` and the optimizer
+  state initialised from them (see `Task.initial_params`). Every process computes the same host
+  tree and contributes its own shards."""
+  host = _host_params(state.params)
+  new = fn(host)
+  want = dict(jax.tree_util.tree_flatten_with_path(host)[0])
+  got = dict(jax.tree_util.tree_flatten_with_path(new)[0])
+  problems = [f"{jax.tree_util.keystr(k)}: {'missing' if k not in got else np.shape(got[k])}"
+              f" (expected {np.shape(v)})" for k, v in want.items()
+              if k not in got or np.shape(got[k]) != np.shape(v)]
+  problems += [f"{jax.tree_util.keystr(k)}: unexpected" for k in got if k not in want]
+  if problems:
+    raise ValueError("Task.initial_params returned params that do not match the initialised "
+                     "tree: " + "; ".join(problems[:20]))
+  new = jax.tree.unflatten(jax.tree.structure(host),
+                           [np.asarray(got[k], np.asarray(v).dtype) for k, v in want.items()])
+  params = jax.tree.map(
+      lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda idx, x=x: x[idx]),
+      new, state_shardings.params)
+  opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
+  return state.replace(params=params, opt_state=opt_state)
+
+
 def compile_train_step(config, task: Task, mesh, rules, tx, schedule, abstract_state, state_sh,
                        constants):
   """The jitted update step lowered on abstract inputs and compiled: `(compiled, batch_shardings)`.
@@ -158,6 +197,18 @@ def compile_train_step(config, task: Task, mesh, rules, tx, schedule, abstract_s
   return compiled, batch_sh
 
 
+def progress_postfix(row: dict, throughput: dict) -> str:
+  """The console training line: loss (and PSNR when the task reports it), seconds per step, and
+  TFLOP/s per device and MFU when the task's FLOPs (and the chip's peak) are known."""
+  text = f"loss {row['loss']:.4g}" + (f" psnr {row['psnr']:.2f}" if "psnr" in row else "")
+  text += f" {throughput['s_per_step']:.2f}s/step"
+  if "tflops_per_device" in throughput:
+    text += f" {throughput['tflops_per_device']:.3g} TFLOP/s/dev"
+  if "mfu" in throughput:
+    text += f" MFU {100 * throughput['mfu']:.3g}%"
+  return text
+
+
 def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] = print
         ) -> RunResult:
   """Trains `task` under `config` in `workdir` (resuming if it holds a checkpoint)."""
@@ -173,7 +224,8 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
 
   # Refuse a workdir of another run before anything is written.
   ckpt_lib.check_or_write_config(workdir, config,
-                                 tuple(tcfg.get("checkpoint_must_match", ("model",))))
+                                 tuple(tcfg.get("checkpoint_must_match", ("model",))),
+                                 ignore=tuple(tcfg.get("checkpoint_may_differ", ())))
 
   # Set up mesh.
   mesh, rules = setup_mesh(config)
@@ -197,24 +249,30 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
     say(f"resumed from step {latest} ({checkpointer.directory})")
   else:
     state = init_jit(key)
+    if task.initial_params is not None:
+      state = apply_initial_params(state, task.initial_params, state_sh, tx)
+      say("initial parameters: applied the task's initial_params hook (step 0)")
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
   say(f"parameters: {n_params / 1e6:.3f}M")
 
-  # Update step, compiled ahead of time on abstract inputs (shape / memory errors surface here).
+  # Update step, compiled ahead of time on abstract inputs (shape / memory errors surface here);
+  # not at all when no step is left to run (a finished run restarted, `total_steps` 0).
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   constants = jax.device_put(task.constants, replicated)
-  t0 = time.time()
-  compiled, batch_sh = compile_train_step(config, task, mesh, rules, tx, schedule,
-                                          abstract_state, state_sh, constants)
-  compile_s = time.time() - t0
-  say(f"compiled train step in {compile_s:.1f}s")
+  step = int(jax.device_get(state.step))
+  compile_s = 0.0
+  if step < total_steps and not (halt_at and step >= halt_at):
+    t0 = time.time()
+    compiled, batch_sh = compile_train_step(config, task, mesh, rules, tx, schedule,
+                                            abstract_state, state_sh, constants)
+    compile_s = time.time() - t0
+    say(f"compiled train step in {compile_s:.1f}s")
 
   # Loop.
   peak = metrics_lib.peak_flops_for(jax.devices()[0].device_kind,
                                     dict(config.get("hardware", {}).get("peak_tflops", {})))
   flops_step = task.flops_per_example * gbs if task.flops_per_example else None
   writer = metrics_lib.MetricWriter(workdir, active=primary)
-  step = int(jax.device_get(state.step))
   progress = metrics_lib.Progress(total_steps, step, active=primary,
                                   time_budget_s=budget or None, start_time=t_start)
   max_bad = int(tcfg.get("max_nonfinite_in_a_row", 10))
@@ -280,8 +338,7 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
         scal.pop("step")
         writer.scalars(step, scal, prefix="train/")
         window = []
-        progress.update(step, f"loss {row['loss']:.4g}" + (
-            f" psnr {row['psnr']:.2f}" if "psnr" in row else "") + f" {sps:.2f}s/step")
+        progress.update(step, progress_postfix(row, tp))
       if task.image_fn is not None and every(tcfg.get("image_every", 0), step) and primary:
         writer.image(step, "train/inputs_predictions_targets",
                      task.image_fn(state.params, batch, step), png_dir="images")
