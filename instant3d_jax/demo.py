@@ -85,7 +85,7 @@ def _train_step(cfg, run_dir: str, retrain: bool) -> dict:
 def _turntable_step(cfg, data_dir: str, run_dir: str, out_dir: str) -> dict:
   """Step 4: reconstruct the first held-out object from its 4 Instant3D-rig views."""
   from data_pipeline import records
-  from instant3d_jax import reconstruct
+  from instant3d_jax import reconstruction
   from instant3d_jax.export.images import save_png
   rec = records.RecordSource(data_dir, "test")[0]
   rgba = records.group_rgba(rec, "rig")
@@ -95,7 +95,7 @@ def _turntable_step(cfg, data_dir: str, run_dir: str, out_dir: str) -> dict:
     p = os.path.join(views_dir, f"view_{i}.png")
     save_png(p, v)  # RGBA: reconstruct composites it onto the training background
     paths.append(p)
-  written = reconstruct.reconstruct(run_dir, out_dir, views=paths, num_novel=4,
+  written = reconstruction.reconstruct(run_dir, out_dir, views=paths, num_novel=4,
                                     turntable_frames=24, mesh_resolution=64, mesh_threshold="auto",
                                     progress=False,
                                     log=lambda *_: None)

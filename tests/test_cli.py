@@ -37,30 +37,6 @@ COMMANDS = [
     "data_pipeline.importer",
 ]
 
-# Fixed on other branches of issue 11 (absl flags / cli.run, the convert command); the lead
-# removes these marks after merging them.
-_AFTER_MERGE = {
-    "instant3d_jax.generate_views": "generate_views --help ('Unknown command line flag') is fixed "
-                                    "on another branch (absl flags, cli.run); passes after merge",
-    "instant3d_jax.convert": "the `python -m instant3d_jax.convert` command is added on another "
-                             "branch; passes after merge",
-}
-# absl's --help prints the usage and exits 1 (absl.app.HelpFlag); cli.run must turn that into 0.
-# The lead removes these marks with that fix in instant3d_jax/cli.py.
-_ABSL_HELP_EXIT = ("absl's --help exits 1; passes after cli.run maps a help request to exit 0 "
-                   "(instant3d_jax/cli.py)")
-_ABSL_COMMANDS = ("instant3d_jax.train_lrm", "instant3d_jax.eval_lrm", "instant3d_jax.reconstruct",
-                  "instant3d_jax.demo", "instant3d_jax.models.summary")
-
-
-def _param(module: str):
-  if module in _AFTER_MERGE:
-    return pytest.param(module, marks=pytest.mark.xfail(strict=False, reason=_AFTER_MERGE[module]))
-  if module in _ABSL_COMMANDS:
-    return pytest.param(module, marks=pytest.mark.xfail(strict=False, reason=_ABSL_HELP_EXIT))
-  return module
-
-
 def _hidden(name: str) -> bool:
   base = name.split("-")[0].split(".")[0].lower()
   return base in _HIDDEN or name.startswith("__editable__")
@@ -110,7 +86,7 @@ def test_torch_and_diffusers_are_really_absent(no_torch_site):
   assert Path(r.stdout.strip()).resolve().is_relative_to(ROOT), r.stdout
 
 
-@pytest.mark.parametrize("module", [_param(m) for m in COMMANDS])
+@pytest.mark.parametrize("module", COMMANDS)
 def test_command_help_without_torch(no_torch_site, module):
   r = _run(no_torch_site, (
       "import runpy, sys\n"

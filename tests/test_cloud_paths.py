@@ -259,7 +259,7 @@ def test_export_and_reconstruct_on_gs(fake_gcs, tmp_path, monkeypatch):
   """An orbax workdir in the bucket → export to a gs:// .safetensors (step recorded) → reconstruct
   from it into a gs:// output folder: every output lands in the bucket, nothing local."""
   import flax.linen as nn
-  from instant3d_jax import reconstruct as rec
+  from instant3d_jax import reconstruction as rec
   from instant3d_jax.models import lrm
   from tests.test_reconstruct import micro_config
   cfg = micro_config()

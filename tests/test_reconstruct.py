@@ -10,7 +10,7 @@ from PIL import Image
 
 import configs.lrm as lrm_configs
 from instant3d_jax import cameras as cam_lib
-from instant3d_jax import reconstruct as rec
+from instant3d_jax import reconstruction as rec
 from instant3d_jax.convert import lrm as convert_lrm
 from instant3d_jax.convert.safetensors_io import WeightsError
 from instant3d_jax.models import lrm

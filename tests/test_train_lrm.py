@@ -142,14 +142,14 @@ def test_eval_lrm_writes_tables(trained):
 def test_trained_checkpoint_drives_reconstruct(trained, tmp_path):
   """The trainer's workdir is a valid `reconstruct --checkpoint` (views of a held-out object)."""
   from data_pipeline import records
-  from instant3d_jax import reconstruct
+  from instant3d_jax import reconstruction
   from instant3d_jax.export.images import save_png
   cfg, base, res = trained
   rec = records.RecordSource(cfg.data_dir, "test")[0]
   paths = []
   for i, v in enumerate(records.group_rgba(rec, "rig")):
     paths.append(save_png(tmp_path / f"v{i}.png", v))
-  written = reconstruct.reconstruct(base / "run", tmp_path / "out", views=[str(p) for p in paths],
+  written = reconstruction.reconstruct(base / "run", tmp_path / "out", views=[str(p) for p in paths],
                                     num_novel=1, turntable_frames=2, mesh_resolution=16,
                                     mesh_threshold="auto", progress=False, log=lambda *_: None)
   run = json.loads(Path(written["run"]).read_text())

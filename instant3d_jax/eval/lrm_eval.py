@@ -10,29 +10,16 @@ and writes `eval.json` and `eval.md`.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from instant3d_jax import errors
+from instant3d_jax import fileio
 
 
-def _load(checkpoint: Path):
-  """`(config dict, params, step label)` of any checkpoint form the commands accept."""
+def default_out_dir(checkpoint: str | os.PathLike, step: str):
+  """`<run>/eval/step_<step>`: beside the run, never inside an orbax step directory (local or
+  `gs://`)."""
   from instant3d_jax.train import checkpoint as ckpt_lib
-  if checkpoint.suffix == ".safetensors":
-    cfg, params = ckpt_lib.load_for_inference(checkpoint)
-    return cfg, params, "final"
-  if not checkpoint.exists():
-    raise errors.CheckpointError(f"checkpoint {str(checkpoint)!r} does not exist (expected a "
-                                 "training workdir, a step directory or a .safetensors file)")
-  cfg, params, step = ckpt_lib.load_params(checkpoint)
-  return cfg, params, str(step)
-
-
-def default_out_dir(checkpoint: str | os.PathLike, step: str) -> Path:
-  """`<run>/eval/step_<step>`: beside the run, never inside an orbax step directory."""
-  from instant3d_jax.train import checkpoint as ckpt_lib
-  p = Path(checkpoint)
-  if p.suffix == ".safetensors":
+  p = fileio.path(checkpoint)
+  if p.name.endswith(".safetensors"):
     base = p.parent
   elif (p / ckpt_lib.CHECKPOINT_DIR).is_dir():
     base = p
@@ -45,7 +32,7 @@ def default_out_dir(checkpoint: str | os.PathLike, step: str) -> Path:
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, *, config=None,
                         num_objects: int | None = None, out: str | os.PathLike | None = None,
-                        log=print) -> tuple[dict, Path]:
+                        log=print) -> tuple[dict, os.PathLike]:
   """Evaluates `checkpoint` on `num_objects` (default `eval.num_objects`) held-out objects and
   writes the tables into `out` (default `default_out_dir`). Returns `(results, markdown_path)`.
 
@@ -53,12 +40,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, config=None,
   `data` sections and `data_dir` (the model must match the checkpoint).
   """
   import jax
-  import ml_collections
   from data_pipeline import datasets
   from instant3d_jax.eval import protocol
-  p = Path(checkpoint)
-  saved_cfg, params, step = _load(p)
-  cfg = ml_collections.ConfigDict(saved_cfg)
+  from instant3d_jax.train import checkpoint as ckpt_lib
+  cfg, params, step_num = ckpt_lib.load(checkpoint)
+  step = "final" if step_num is None else str(step_num)
   if config is not None:
     for section in ("eval", "data", "data_dir"):
       if section in config:
@@ -69,7 +55,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, config=None,
   log(f"evaluating {checkpoint} (step {step}) on {n} held-out objects of {dataset.data_dir}")
   params = jax.tree.map(jax.numpy.asarray, params)
   results = protocol.Evaluator(cfg)(params, dataset, n)
-  out = Path(out) if out else default_out_dir(p, step)
+  out = fileio.path(out) if out else default_out_dir(checkpoint, step)
   extra = {"checkpoint": str(checkpoint), "step": step, "variant": cfg.get("variant", "?")}
   md_path = out / "eval.md"
   if jax.process_index() == 0:

@@ -148,4 +148,5 @@ if __name__ == "__main__":
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/lrm.py:VARIANT",
                                             lock_config=False)
   _BATCH = flags.DEFINE_integer("batch", 1, "objects per forward for the FLOP count")
-  app.run(main)
+  from instant3d_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)
