@@ -32,7 +32,7 @@ def get_config(arg=None):
   cfg.num_sup_views = 8
   cfg.sup_elevation_range = (-10.0, 65.0)
   cfg.sup_distance_range = (2.4, 3.0)
-  cfg.fov_deg = 50.0  # vertical FOV of every view (Instant3D rig value, paper_facts.md §A)
+  cfg.fov_deg = 50.0  # vertical FOV of every view (Instant3D rig value, docs/paper_facts.md §A)
   cfg.rig_distance = 2.7
 
   # Scene sampling.
@@ -66,7 +66,7 @@ def get_config(arg=None):
   cfg.loader.prefetch_batches = 4
   cfg.loader.seed = 0
   # Evaluation loader (test split, GSO rig): inputs = the 4 GSO inputs, targets = this many random
-  # other eval views per object, chosen with a fixed seed (paper_facts.md §C protocol).
+  # other eval views per object, chosen with a fixed seed (docs/paper_facts.md §C protocol).
   cfg.loader.eval_num_targets = 10
   cfg.loader.eval_seed = 0
   cfg.loader.eval_batch_size = 8

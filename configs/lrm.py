@@ -17,7 +17,7 @@ Variants (`arg`):
          cross-attention bias; held-out PSNR 18–20 dB vs 14–17 dB after 5–15 min, see issue 5).
   small  a ViT-S/16-sized encoder and a 6 × 512 decoder at 128² (a single-GPU smoke scale).
   base   DINO ViT-B/16 encoder, 12 × 768 decoder, 256² inputs, 48-channel planes.
-  large  the paper's scale (paper_facts.md §B, §D): DINO ViT-B/16 with per-block camera adaLN,
+  large  the paper's scale (docs/paper_facts.md §B, §D): DINO ViT-B/16 with per-block camera adaLN,
          512² inputs (32×32 tokens per view), decoder 16 × 1024 × 16 heads, triplane tokens
          3×32×32 → transposed conv ×2 → 3 planes 64×64×80, NeRF MLP 10 × 64, 64 + 64 samples.
 
@@ -220,7 +220,7 @@ def _training_sections(cfg, variant):
   ld.crop_size = 0 if variant == "tiny" else 64   # tiny: whole views, random rays (below)
   ld.worker_count = 0 if variant == "tiny" else 4
 
-  # Sharding: mesh sizes (-1 fills) and logical → mesh axis rules (design.md §3). FSDP shards
+  # Sharding: mesh sizes (-1 fills) and logical → mesh axis rules (docs/design.md §3). FSDP shards
   # the parameters' `embed` dimension (and the batch), tensor parallelism the MLP / head dims.
   cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1,
                                             dcn_tensor=1, num_devices=0))
@@ -256,7 +256,7 @@ def _training_sections(cfg, variant):
   cfg.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
   cfg.checkpoint["async"] = True
 
-  # Evaluation (paper_facts.md §C): held-out objects on the GSO-style rig, inputs at elevation
+  # Evaluation (docs/paper_facts.md §C): held-out objects on the GSO-style rig, inputs at elevation
   # 20°, azimuths 45/135/225/315; metrics on 10 other rig views per object (fixed seed). The
   # model is trained on the Instant3D rig (az 0/90/180/270), so every eval camera is rotated
   # about z by `rotate_deg` = −45° (cameras are relative to the object: the same as turning the

@@ -8,11 +8,11 @@ Generate:  python -m instant3d_jax.generate_views --config configs/sdxl.py:sdxl 
 Variants (`arg`):
   tiny        CPU tests/demo: a random-weight pipeline of the shapes in `random_init` (tiny UNet,
               2× VAE, 2-layer text encoders), 32² grids, 4 steps.
-  sdxl/large  the paper's setting (paper_facts.md §A): 1024² grid of four 512² views, 100 DDIM
+  sdxl/large  the paper's setting (docs/paper_facts.md §A): 1024² grid of four 512² views, 100 DDIM
               steps (eta 0), CFG 5.0, Gaussian-blob start; model shapes come from the weights.
 
 Sampler defaults and where they come from: 100 steps and guidance 5.0 are Instant3D's
-(Carve3D/I3Dit configs, paper_facts.md §A, [M]); DDIM with eta 0 and the timestep spacing of the
+(Carve3D/I3Dit configs, docs/paper_facts.md §A, [M]); DDIM with eta 0 and the timestep spacing of the
 checkpoint's scheduler config (SDXL: "leading", steps_offset 1) is the issue's choice; the blob
 knobs are ours (the paper gives none; see instant3d_jax/diffusion/blob.py for the reasoning).
 """

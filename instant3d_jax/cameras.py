@@ -22,13 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The Instant3D input rig (paper_facts.md §A): elevation 20°, azimuths 0/90/180/270 in 2×2 grid
+# The Instant3D input rig (docs/paper_facts.md §A): elevation 20°, azimuths 0/90/180/270 in 2×2 grid
 # order (top-left, top-right, bottom-left, bottom-right), distance 2.7, vertical FOV 50°.
 INSTANT3D_ELEVATION = 20.0
 INSTANT3D_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
 INSTANT3D_DISTANCE = 2.7
 INSTANT3D_FOV = 50.0
-# GSO evaluation rig (paper_facts.md §C): 4 elevations × 16 azimuths; inputs at elevation 20°,
+# GSO evaluation rig (docs/paper_facts.md §C): 4 elevations × 16 azimuths; inputs at elevation 20°,
 # azimuths 45/135/225/315.
 GSO_ELEVATIONS = (0.0, 20.0, 40.0, 60.0)
 GSO_NUM_AZIMUTHS = 16
@@ -121,7 +121,7 @@ def instant3d_rig(resolution: int = 512, distance: float = INSTANT3D_DISTANCE,
 
 def gso_eval_rig(resolution: int = 512, distance: float = INSTANT3D_DISTANCE,
                  fov_deg: float = INSTANT3D_FOV) -> tuple[Camera, Camera]:
-  """(eval cameras [64], input cameras [4]) of the GSO protocol (paper_facts.md §C).
+  """(eval cameras [64], input cameras [4]) of the GSO protocol (docs/paper_facts.md §C).
 
   Eval cameras are ordered elevation-major: index = 16·i_elevation + i_azimuth, azimuths
   0, 22.5, …, 337.5. The paper does not state distance/FOV for its GSO renders; the Instant3D

@@ -1,7 +1,7 @@
 """Volume rendering of a triplane NeRF: ray–box, sampling, compositing, triplane lookup, images.
 
 Pure functions (no state) so they `jit`, `vmap` (over views and over a batch of triplanes) and
-`grad`. The renderer follows LRM / OpenLRM (paper_facts.md §B, §D):
+`grad`. The renderer follows LRM / OpenLRM (docs/paper_facts.md §B, §D):
 
   * rays are clipped to the box [-box, box]³ (`ray_box`); rays that miss it get the background;
   * `num_samples` stratified samples between near and far (jittered with a key, bin midpoints

@@ -8,7 +8,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-import configs.lrm as lrm_configs
+from tests import tiny_configs
 from instant3d_jax import cameras as cam_lib
 from instant3d_jax import reconstruction as rec
 from instant3d_jax.convert import lrm as convert_lrm
@@ -17,20 +17,10 @@ from instant3d_jax.models import lrm
 
 
 def micro_config():
-  cfg = lrm_configs.get_config("tiny")
-  m = cfg.model
-  m.input_resolution = 16
-  e = m.encoder
-  e.hidden_size, e.num_layers, e.num_heads, e.mlp_dim, e.patch_size, e.image_size = \
-      32, 1, 2, 64, 8, 16
-  m.camera_embed_dim = 32
-  m.decoder.num_layers, m.decoder.hidden_size, m.decoder.num_heads, m.decoder.mlp_ratio = \
-      1, 32, 2, 2
-  m.triplane.token_resolution, m.triplane.channels, m.triplane.upsample = 4, 8, 2
-  m.nerf.num_layers, m.nerf.hidden = 3, 16
-  m.render.num_samples, m.render.num_importance = 4, 4
-  m.background = (1.0, 0.5, 0.0)   # not white: the RGBA composite must use the config's
-  return cfg
+  """The shared micro LRM (tests/tiny_configs.py) with 4 + 4 samples and a non-white background:
+  the RGBA composite must use the config's."""
+  return tiny_configs.micro_lrm(**{"render.num_samples": 4, "render.num_importance": 4,
+                                   "background": (1.0, 0.5, 0.0)})
 
 
 @pytest.fixture(scope="module")

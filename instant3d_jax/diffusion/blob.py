@@ -7,7 +7,7 @@ scaled-linear schedule has a non-zero terminal SNR (√ᾱ ≈ 0.068 at t = 991 
 low frequencies of the start latent survive the noise and fix each object's position, size and
 the clean background the reconstructor expects.
 
-The paper gives no numbers for the blob (paper_facts.md §A: "Blob size/std, gray value, start
+The paper gives no numbers for the blob (docs/paper_facts.md §A: "Blob size/std, gray value, start
 timestep/noise level: NOT FOUND"); the defaults here are our choices, config knobs in
 `configs/sdxl.py` (`blob.*`):
   std = 0.2            Gaussian σ as a fraction of the view side (FWHM ≈ 0.47 view: about the

@@ -1,4 +1,4 @@
-"""The reconstructor's held-out evaluation (paper_facts.md §C, GSO protocol on our world).
+"""The reconstructor's held-out evaluation (docs/paper_facts.md §C, GSO protocol on our world).
 
 Per held-out object: the 4 input views of the GSO-style rig (elevation 20°, azimuths
 45/135/225/315) go in; `eval.num_targets` (10) other views of the 64-view rig, chosen per object

@@ -6,7 +6,7 @@ the coloured mesh with trimesh. Each file is encoded in memory and written all-o
 local or `gs://…` path (`fileio.write_bytes`: temp name then rename, or one upload), so a crash
 never leaves a half-written mesh that looks complete.
 
-Coordinate frames: OBJ and PLY keep the project's world frame (z up, design.md §3). glTF
+Coordinate frames: OBJ and PLY keep the project's world frame (z up, docs/design.md §3). glTF
 mandates y up, so the GLB is rotated by −90° about x ((x, y, z) → (x, z, −y)) and opens
 upright in glTF viewers. Vertex colours go to the GLB as the `COLOR_0` attribute (RGBA uint8),
 which glTF viewers (three.js, Blender, Windows 3D Viewer, model-viewer) multiply into the

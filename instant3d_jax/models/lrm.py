@@ -27,7 +27,7 @@ softplus(x + b) with b = −1 (OpenLRM; no overflow, and ≈0.31 at init so grad
 sample) or exp(x + b) (TripoSR); rgb = sigmoid(x)·(1 + 2ε) − ε with ε = 0.001 (OpenLRM: the
 targets 0 and 1 are reachable with finite logits).
 
-Logical axes (design.md §3): parameters `embed, mlp, heads, planes, modulation, norm` (the NeRF MLP is replicated: `None`); activations `batch, length, act_embed, act_heads`.
+Logical axes (docs/design.md §3): parameters `embed, mlp, heads, planes, modulation, norm` (the NeRF MLP is replicated: `None`); activations `batch, length, act_embed, act_heads`.
 """
 from __future__ import annotations
 

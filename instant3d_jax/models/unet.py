@@ -9,7 +9,7 @@ per-block head counts, no added embedding).
 
 Layout: NHWC inside and at the interface — `sample: [B, h, w, C]` (diffusers is NCHW).
 Precision: parameters fp32, convs/matmuls in `dtype`, GroupNorm/LayerNorm and the attention
-softmax in fp32 (design.md §3).
+softmax in fp32 (docs/design.md §3).
 
 Speed (XLA:CPU, bench/bench_unet.py): GroupNorm is `layers.GroupNorm` (a formulation measured
 ~2× faster than `nn.GroupNorm`, same parameters); the 'xla' attention path has its own formulation
@@ -204,7 +204,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "x
   folded into q, and the softmax normalisation applied after the PV matmul (on [Lq, D], not
   [Lq, Lk]). On XLA:CPU this is ~3.5× faster for the 1024-token self-attention of a 32² latent
   (measured: the [B, H, Lq, Lk] elementwise passes and layout copies of the stock path dominated
-  the whole UNet step); logits, exp and the normaliser stay fp32 (design.md §3).
+  the whole UNet step); logits, exp and the normaliser stay fp32 (docs/design.md §3).
   """
   if implementation != "xla":
     return layers.dot_product_attention(q, k, v, implementation=implementation)

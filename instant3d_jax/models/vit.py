@@ -18,7 +18,7 @@ switches torch to the PIL-style filter, a = -0.5, with weights renormalised at t
 `jax.image.resize` uses neither, so the resampling is a precomputed separable matrix (sizes are
 static). Inputs are always interpolated, as transformers' `interpolate_pos_encoding=True`.
 
-Camera modulation (Instant3D/InstantMesh-style adaLN, design.md): with `modulation_dim` set,
+Camera modulation (Instant3D/InstantMesh-style adaLN, docs/design.md): with `modulation_dim` set,
 every block computes `shift, scale (×2) = Dense(SiLU(modulation))` and replaces `LN(x)` by
 `LN(x)·(1 + scale) + shift` before the attention and the MLP branches. The dense layer is
 zero-initialised, so a pretrained encoder is exactly unchanged at init; there is deliberately no

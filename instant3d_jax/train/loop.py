@@ -1,4 +1,5 @@
-"""The model-agnostic training loop shared by the reconstructor and the diffusion trainers.
+"""The model-agnostic training loop (the reconstructor trains with it; it knows nothing of the model,
+so the stage-1 diffusion trainer, not written yet, can reuse it).
 
 A trainer describes its job as a `Task` (how to init params, the loss, the input iterator, and
 optional eval / image hooks); `run(config, workdir, task)` does the rest in the order the data
