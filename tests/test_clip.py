@@ -15,11 +15,12 @@ import torch
 from instant3d_jax.convert import clip as cclip
 from instant3d_jax.convert import safetensors_io as sio
 from instant3d_jax.models.clip import CLIPTextModel, CLIPVisionModel
+from tests import tiny_configs
 
 transformers = pytest.importorskip("transformers")
 
-VOCAB = 100
-EOS = 98
+VOCAB = tiny_configs.CLIP_TEXT_TINY["vocab_size"]
+EOS = tiny_configs.CLIP_TEXT_TINY["eos_token_id"]
 
 
 def rel_err(a, b):
@@ -28,9 +29,7 @@ def rel_err(a, b):
 
 
 def text_cfg(**kw):
-  base = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-              num_attention_heads=4, max_position_embeddings=12, bos_token_id=97,
-              eos_token_id=EOS, pad_token_id=1)
+  base = dict(tiny_configs.CLIP_TEXT_TINY)
   base.update(kw)
   return transformers.CLIPTextConfig(**base)
 

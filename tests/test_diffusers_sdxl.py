@@ -14,7 +14,8 @@ from safetensors.numpy import load_file, save_file
 from instant3d_jax.convert import diffusers_sdxl as conv
 from instant3d_jax.convert.safetensors_io import WeightsError, flatten
 
-from tests.test_unet_vae import TINY_SD1, TINY_SDXL, TINY_VAE, random_torch
+from tests.test_unet_vae import random_torch
+from tests.tiny_configs import TINY_SD1, TINY_SDXL, TINY_VAE
 
 
 def assert_same_tree(a, b):

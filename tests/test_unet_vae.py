@@ -9,6 +9,7 @@ import diffusers
 
 from instant3d_jax.convert import diffusers_sdxl as conv
 from instant3d_jax.models import layers
+from tests.tiny_configs import TINY_SD1, TINY_SDXL, TINY_VAE
 from instant3d_jax.models.unet import UNet2DConditionModel, UNetConfig
 from instant3d_jax.models.vae import AutoencoderKL, VAEConfig, decode_chunked
 
@@ -52,28 +53,6 @@ SD15_UNET = {
     "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
     "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
 }
-
-# Tiny shapes. SDXL-like: text_time embedding, first block without attention, per-block
-# transformer depths 2, linear projections, per-block heads. SD 1.x-like: conv projections,
-# attention in the first blocks, a plain last block, per-block head counts.
-TINY_SDXL = dict(
-    block_out_channels=(32, 64, 64), layers_per_block=2, transformer_layers_per_block=(0, 2, 2),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=(2, 4, 4), cross_attention_dim=48, use_linear_projection=True,
-    addition_embed_type="text_time", addition_time_embed_dim=8,
-    projection_class_embeddings_input_dim=16 + 6 * 8, norm_num_groups=8, sample_size=16)
-TINY_SD1 = dict(
-    block_out_channels=(32, 48, 64), layers_per_block=1,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    attention_head_dim=(2, 3, 4), cross_attention_dim=24, use_linear_projection=False,
-    norm_num_groups=8, sample_size=16)
-TINY_VAE = dict(block_out_channels=(16, 32), layers_per_block=2, norm_num_groups=8,
-                latent_channels=4, sample_size=32,
-                down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2)
-
 
 def rel_err(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

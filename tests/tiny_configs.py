@@ -5,6 +5,9 @@
   upsampled ×2, a 3-layer NeRF MLP); `knobs` set `model` fields by dotted name
   (`micro_lrm(**{"decoder.num_layers": 2})`).
 - `micro_lrm_model(**knobs)`: its frozen `model` section (`lrm.model_config`).
+- `TINY_SDXL`, `TINY_SD1`, `TINY_VAE`: diffusers `UNet2DConditionModel` / `AutoencoderKL`
+  keyword arguments of 3-level SDXL-like and SD 1.x-like UNets and a 2-level VAE.
+- `CLIP_TEXT_TINY`: transformers `CLIPTextConfig` keyword arguments of a 3-layer text tower.
 - `VIT_TINY`: transformers keyword arguments of a tiny ViT / DINOv2 / DINOv2-with-registers
   and an input size that differs from the pre-training grid (position embeddings resampled).
 
@@ -62,3 +65,30 @@ VIT_TINY = {
         dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4,
              image_size=28, patch_size=7, num_register_tokens=3), (21, 42)),
 }
+
+
+# Tiny shapes. SDXL-like: text_time embedding, first block without attention, per-block
+# transformer depths 2, linear projections, per-block heads. SD 1.x-like: conv projections,
+# attention in the first blocks, a plain last block, per-block head counts.
+TINY_SDXL = dict(
+    block_out_channels=(32, 64, 64), layers_per_block=2, transformer_layers_per_block=(0, 2, 2),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(2, 4, 4), cross_attention_dim=48, use_linear_projection=True,
+    addition_embed_type="text_time", addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=16 + 6 * 8, norm_num_groups=8, sample_size=16)
+TINY_SD1 = dict(
+    block_out_channels=(32, 48, 64), layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    attention_head_dim=(2, 3, 4), cross_attention_dim=24, use_linear_projection=False,
+    norm_num_groups=8, sample_size=16)
+TINY_VAE = dict(block_out_channels=(16, 32), layers_per_block=2, norm_num_groups=8,
+                latent_channels=4, sample_size=32,
+                down_block_types=("DownEncoderBlock2D",) * 2,
+                up_block_types=("UpDecoderBlock2D",) * 2)
+
+# A 3-layer CLIP text tower; BOS 97, EOS 98 (test_clip builds ids around them), pad 1.
+CLIP_TEXT_TINY = dict(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                      num_attention_heads=4, max_position_embeddings=12, bos_token_id=97,
+                      eos_token_id=98, pad_token_id=1)
