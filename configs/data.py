@@ -7,6 +7,7 @@ In code:   data_pipeline.procedural.generate(cfg, out_dir) / ensure_dataset(cfg,
 Variants: `tiny` (unit tests: a dozen objects at 16²), `demo` (the CPU training demo: 3000 objects
 at 64², 4 rig + 8 supervision views, 150 held-out test objects on the GSO rig), `default` (128²).
 """
+from instant3d_jax import errors
 import ml_collections
 
 
@@ -89,5 +90,5 @@ def get_config(arg=None):
     cfg.num_workers = 2
     cfg.loader.batch_size = 4
   elif variant != "default":
-    raise ValueError(f"configs/data.py: unknown variant {variant!r}; expected tiny, demo or default")
+    raise errors.ConfigError(f"configs/data.py: unknown variant {variant!r}; expected tiny, demo or default")
   return cfg

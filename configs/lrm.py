@@ -34,13 +34,14 @@ unreported details such as biases and the camera MLP width), and "view-condition
 image tokens" (the paper's reviewers) says the encoder is conditioned, LRM says the decoder is.
 With 4 views the decoder's modulation vector is the mean of the 4 per-view camera embeddings.
 """
+from instant3d_jax import errors
 import ml_collections
 
 
 def get_config(arg=None):
   variant = arg or "tiny"
   if variant not in ("tiny", "small", "base", "large"):
-    raise ValueError(f"configs/lrm.py: variant must be tiny, small, base or large, got {arg!r}")
+    raise errors.ConfigError(f"configs/lrm.py: variant must be tiny, small, base or large, got {arg!r}")
   cfg = ml_collections.ConfigDict()
   cfg.variant = variant
   cfg.seed = 0

@@ -16,6 +16,7 @@ Sampler defaults and where they come from: 100 steps and guidance 5.0 are Instan
 checkpoint's scheduler config (SDXL: "leading", steps_offset 1) is the issue's choice; the blob
 knobs are ours (the paper gives none; see instant3d_jax/diffusion/blob.py for the reasoning).
 """
+from instant3d_jax import errors
 import ml_collections
 
 # Tiny random shapes: context 16 + 32 = 48 = the UNet's cross-attention width; pooled text 16 +
@@ -38,7 +39,7 @@ _TINY_VAE = dict(block_out_channels=[16, 32], down_block_types=["DownEncoderBloc
 def get_config(arg=None):
   variant = arg or "tiny"
   if variant not in ("tiny", "sdxl", "large"):
-    raise ValueError(f"configs/sdxl.py: variant must be tiny, sdxl or large, got {arg!r}")
+    raise errors.ConfigError(f"configs/sdxl.py: variant must be tiny, sdxl or large, got {arg!r}")
   tiny = variant == "tiny"
   cfg = ml_collections.ConfigDict()
   cfg.variant = variant

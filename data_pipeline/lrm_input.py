@@ -28,6 +28,8 @@ set.
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import dataclasses
 import functools
 import sys
@@ -175,7 +177,7 @@ class _LoadExample:
       h, w = t_rgb.shape[1:3]
       c = self.crop_size
       if c > min(h, w):
-        raise ValueError(f"loader.crop_size {c} exceeds the target views ({w}x{h})")
+        raise errors.ConfigError(f"loader.crop_size {c} exceeds the target views ({w}x{h})")
       tops = rng.integers(0, h - c + 1, size=len(pick))
       lefts = rng.integers(0, w - c + 1, size=len(pick))
       t_rgb = np.stack([im[y:y + c, x:x + c] for im, y, x in zip(t_rgb, tops, lefts)])
@@ -208,7 +210,7 @@ def train_dataset(data_dir: str, cfg: ml_collections.ConfigDict, *, split: str =
   p, P = _process_defaults(process_index, process_count)
   B = int(cfg.batch_size)
   if B % P:
-    raise ValueError(f"loader.batch_size (global) {B} is not divisible by the process count {P}")
+    raise errors.ConfigError(f"loader.batch_size (global) {B} is not divisible by the process count {P}")
   if not 0 <= p < P:
     raise ValueError(f"process_index {p} outside [0, {P})")
   source = records.RecordSource(data_dir, split)

@@ -100,6 +100,18 @@ def test_different_config_is_refused_untouched(straight):
   assert after == before
 
 
+def test_bad_setting_fails_before_the_workdir_is_claimed(tmp_path):
+  """A start that fails on an invalid setting (here the optimizer schedule) raises a one-line
+  project error and writes nothing, so the corrected command is not refused as another run."""
+  from instant3d_jax import errors
+  with pytest.raises(errors.ConfigError, match="decay_steps"):
+    _run(tmp_path, train__total_steps=2, optimizer__warmup_steps=5, optimizer__decay_steps=0)
+  assert not (tmp_path / "config.json").exists()
+  res = _run(tmp_path, train__total_steps=2, optimizer__warmup_steps=1,
+             checkpoint__every_steps=0)
+  assert res.step == 2 and (tmp_path / "config.json").exists()
+
+
 def test_gradient_accumulation_matches_full_batch(tmp_path):
   a = _run(tmp_path / "a", train__total_steps=3, checkpoint__every_steps=0)
   b = _run(tmp_path / "b", train__total_steps=3, train__accum_steps=4,

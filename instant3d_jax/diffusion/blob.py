@@ -20,6 +20,8 @@ timestep/noise level: NOT FOUND"); the defaults here are our choices, config kno
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import dataclasses
 from typing import Callable
 
@@ -41,13 +43,13 @@ class BlobConfig:
 
   def __post_init__(self):
     if not self.std > 0:
-      raise ValueError(f"blob std must be > 0 (fraction of the view side), got {self.std}")
+      raise errors.ConfigError(f"blob std must be > 0 (fraction of the view side), got {self.std}")
     for name in ("value", "background"):
       v = getattr(self, name)
       if not 0.0 <= v <= 1.0:
-        raise ValueError(f"blob {name} must be a grey level in [0, 1], got {v}")
+        raise errors.ConfigError(f"blob {name} must be a grey level in [0, 1], got {v}")
     if not 0.0 < self.init_strength <= 1.0:
-      raise ValueError(f"blob init_strength must be in (0, 1], got {self.init_strength}")
+      raise errors.ConfigError(f"blob init_strength must be in (0, 1], got {self.init_strength}")
 
 
 def blob_image(height: int, width: int, cfg: BlobConfig = BlobConfig()) -> np.ndarray:
@@ -71,7 +73,7 @@ def start_step(num_steps: int, init_strength: float) -> int:
   """Index of the first step that runs (diffusers img2img `get_timesteps`)."""
   run = min(int(num_steps * init_strength), num_steps)
   if run < 1:
-    raise ValueError(f"init_strength {init_strength} with {num_steps} steps runs no step; "
+    raise errors.ConfigError(f"init_strength {init_strength} with {num_steps} steps runs no step; "
                      f"need init_strength >= 1/num_steps = {1 / num_steps:.4f}")
   return num_steps - run
 

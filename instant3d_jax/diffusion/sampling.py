@@ -21,6 +21,8 @@ bottom-left 180°, bottom-right 270° (`split_grid`/`make_grid`).
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import contextlib
 import dataclasses
 import functools
@@ -93,7 +95,7 @@ class Pipeline:
   def __post_init__(self):
     missing = [c for c in COMPONENTS if c not in self.params]
     if missing:
-      raise ValueError(f"Pipeline params lack components {missing}; got {sorted(self.params)}")
+      raise errors.ConfigError(f"Pipeline params lack components {missing}; got {sorted(self.params)}")
     if self.text_encoder_2.config.projection_dim is None:
       raise ValueError("Pipeline text_encoder_2 must have a text projection (SDXL's OpenCLIP "
                        "bigG is CLIPTextModelWithProjection)")
@@ -152,7 +154,7 @@ def micro_conditioning(batch: int, height: int, width: int, original_size=None,
   target = tuple(target_size or (height, width))
   ids = np.array(original + tuple(crops_coords_top_left) + target, np.float32)
   if ids.shape != (6,):
-    raise ValueError(f"micro-conditioning needs 2 + 2 + 2 numbers, got original_size={original}, "
+    raise errors.ConfigError(f"micro-conditioning needs 2 + 2 + 2 numbers, got original_size={original}, "
                      f"crops_coords_top_left={crops_coords_top_left}, target_size={target}")
   return np.tile(ids, (batch, 1))
 
@@ -328,7 +330,7 @@ def shard_pipeline(pipeline: Pipeline, placement: Placement) -> Pipeline:
 def _placement(mesh: Mesh | None, logical_axis_rules) -> Placement | None:
   if mesh is None:
     if logical_axis_rules is not None:
-      raise ValueError("generate_views: logical_axis_rules given without a mesh")
+      raise errors.ConfigError("generate_views: logical_axis_rules given without a mesh")
     return None
   if logical_axis_rules is None:
     return Placement(mesh)
@@ -353,9 +355,9 @@ def _sample(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
   """The denoising half of `generate_views` (same arguments; see there)."""
   prompts = [prompts] if isinstance(prompts, str) else list(prompts)
   if not prompts:
-    raise ValueError("generate_views: prompts is empty; expected at least one prompt")
+    raise errors.ConfigError("generate_views: prompts is empty; expected at least one prompt")
   if init not in INIT_MODES:
-    raise ValueError(f"generate_views: init must be one of {INIT_MODES}, got {init!r}")
+    raise errors.ConfigError(f"generate_views: init must be one of {INIT_MODES}, got {init!r}")
   f = pipeline.vae_scale_factor
   if height % (2 * f) or width % (2 * f):
     raise ValueError(f"generate_views: height and width must be multiples of {2 * f} (2 views × "
@@ -364,7 +366,7 @@ def _sample(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
   if isinstance(negative_prompt, str):
     negative_prompt = [negative_prompt] * b
   if negative_prompt is not None and len(negative_prompt) != b:
-    raise ValueError(f"generate_views: {len(negative_prompt)} negative prompts for {b} prompts")
+    raise errors.ConfigError(f"generate_views: {len(negative_prompt)} negative prompts for {b} prompts")
   placement = _placement(mesh, logical_axis_rules)
   rules = placement.rules if placement is not None else ()
 

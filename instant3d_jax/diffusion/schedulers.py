@@ -15,6 +15,8 @@ Samples are any shape; coefficients broadcast from the batch-free scalars of ste
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import dataclasses
 from typing import Any, Mapping
 
@@ -95,7 +97,7 @@ class SchedulerConfig:
     for key, ok in _FIXED_OPTIONS.items():
       value = cfg.get(key)
       if value is not None and value != ok:
-        raise ValueError(f"scheduler config {key}={value!r} is not supported (only {ok!r})")
+        raise errors.ConfigError(f"scheduler config {key}={value!r} is not supported (only {ok!r})")
     names = {f.name for f in dataclasses.fields(cls)} - {"given"}
     present = {k: v for k, v in cfg.items() if k in names}
     out = cls(**present, given=None if set(present) == names else frozenset(present))
@@ -107,18 +109,18 @@ class SchedulerConfig:
     """This config as sampler `kind` reads it: missing fields take that diffusers class's
     defaults (`CLASS_DEFAULTS`). The result has every field given."""
     if kind not in SCHEDULERS:
-      raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {kind!r}")
+      raise errors.ConfigError(f"scheduler must be one of {SCHEDULERS}, got {kind!r}")
     fill = {} if self.given is None else {k: v for k, v in CLASS_DEFAULTS[kind].items()
                                           if k not in self.given}
     out = dataclasses.replace(self, given=None, **fill)
     if out.beta_schedule not in ("scaled_linear", "linear"):
-      raise ValueError(f"scheduler config beta_schedule must be 'scaled_linear' or 'linear', got "
+      raise errors.ConfigError(f"scheduler config beta_schedule must be 'scaled_linear' or 'linear', got "
                        f"{out.beta_schedule!r}")
     if out.prediction_type not in PREDICTION_TYPES:
-      raise ValueError(f"scheduler config prediction_type must be one of {PREDICTION_TYPES}, got "
+      raise errors.ConfigError(f"scheduler config prediction_type must be one of {PREDICTION_TYPES}, got "
                        f"{out.prediction_type!r}")
     if out.timestep_spacing not in TIMESTEP_SPACINGS:
-      raise ValueError(f"scheduler config timestep_spacing must be one of {TIMESTEP_SPACINGS}, "
+      raise errors.ConfigError(f"scheduler config timestep_spacing must be one of {TIMESTEP_SPACINGS}, "
                        f"got {out.timestep_spacing!r}")
     return out
 
@@ -148,7 +150,7 @@ def spaced_timesteps(config: SchedulerConfig, num_steps: int) -> np.ndarray:
   """Descending timesteps as DDIM/Euler space them (Table 2 of arXiv 2305.08891)."""
   t = config.num_train_timesteps
   if not 0 < num_steps <= t:
-    raise ValueError(f"num_steps must be in [1, {t}], got {num_steps}")
+    raise errors.ConfigError(f"num_steps must be in [1, {t}], got {num_steps}")
   if config.timestep_spacing == "linspace":
     return np.linspace(0, t - 1, num_steps)[::-1].copy()
   if config.timestep_spacing == "leading":
@@ -206,7 +208,7 @@ class Schedule:
   def start_at(self, start: int) -> "Schedule":
     """The schedule from step index `start` on (img2img-style partial denoising)."""
     if not 0 <= start < self.num_steps:
-      raise ValueError(f"start step must be in [0, {self.num_steps}), got {start}")
+      raise errors.ConfigError(f"start step must be in [0, {self.num_steps}), got {start}")
     arrays = {f.name: getattr(self, f.name)[start:] for f in dataclasses.fields(self)
               if f.metadata.get("pytree_node", True)}
     # DPM-Solver++ restarts its multistep history at the new first step.
@@ -400,4 +402,4 @@ def training_target(prediction_type: str, alphas_cumprod_, x0, noise, timesteps)
     return velocity(alphas_cumprod_, x0, noise, timesteps)
   if prediction_type == "sample":
     return x0
-  raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+  raise errors.ConfigError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")

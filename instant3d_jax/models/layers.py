@@ -21,6 +21,8 @@ the remat policies (`remat_policy`, `maybe_remat`), the adaLN `modulate` and `co
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -120,7 +122,7 @@ def remat_policy(name: str | None) -> Callable | None:
     return jax.checkpoint_policies.nothing_saveable
   policy = getattr(jax.checkpoint_policies, name, None)
   if policy is None:
-    raise ValueError(f"remat policy {name!r} is not 'none', 'full' or a name in "
+    raise errors.ConfigError(f"remat policy {name!r} is not 'none', 'full' or a name in "
                      "jax.checkpoint_policies (e.g. 'nothing_saveable', "
                      "'dots_with_no_batch_dims_saveable')")
   return policy
@@ -147,10 +149,10 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   only). `bias` broadcasts to `[B, H, Lq, Lk]`; `mask` is boolean, True = attend.
   """
   if implementation not in ATTENTION_IMPLEMENTATIONS:
-    raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+    raise errors.ConfigError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
                      f"got {implementation!r}")
   if implementation == "cudnn" and query.dtype not in (jnp.bfloat16, jnp.float16):
-    raise ValueError("attention implementation 'cudnn' needs bf16/fp16 inputs, got "
+    raise errors.ConfigError("attention implementation 'cudnn' needs bf16/fp16 inputs, got "
                      f"{query.dtype}; set the model's compute dtype to bfloat16 or use 'xla'")
   return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
                                       implementation=implementation)

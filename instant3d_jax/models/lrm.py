@@ -31,6 +31,8 @@ Logical axes (docs/design.md §3): parameters `embed, mlp, heads, planes, modula
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import dataclasses
 import math
 from typing import Any, Mapping
@@ -117,7 +119,7 @@ def triplane_position_code(token_resolution: int, dim: int) -> np.ndarray:
   T = token_resolution
   n = dim // 6
   if n < 1:
-    raise ValueError(f"triplane position code needs a decoder width >= 6, got {dim}")
+    raise errors.ConfigError(f"triplane position code needs a decoder width >= 6, got {dim}")
   centres = (np.arange(T) + 0.5) / T * 2 - 1
   plane, row, col = np.meshgrid(np.array([-1.0, 0.0, 1.0]), centres, centres, indexing="ij")
   coords = np.stack([plane, row, col], -1).reshape(3 * T * T, 3)
@@ -144,7 +146,7 @@ def rig_attention_bias(mcfg, *, num_points: int = 64) -> np.ndarray:
   """
   m = mcfg
   if m.num_views != 4:
-    raise ValueError(f"rig_attention_bias: the Instant3D rig has 4 views, model.num_views is "
+    raise errors.ConfigError(f"rig_attention_bias: the Instant3D rig has 4 views, model.num_views is "
                      f"{m.num_views}")
   T, box = m.triplane.token_resolution, float(m.render.box)
   res, patch = m.input_resolution, m.encoder.patch_size
@@ -297,11 +299,11 @@ class TriplaneTransformer(nn.Module):
         del key
         value = rig_attention_bias(m)
         if value.shape != tuple(shape):
-          raise ValueError(f"decoder.attention_bias_init='rig' built a bias of shape "
+          raise errors.ConfigError(f"decoder.attention_bias_init='rig' built a bias of shape "
                            f"{value.shape} for {shape[1]} image tokens")
         return jnp.asarray(value, dtype)
     elif dc.attention_bias and init_kind != "zeros":
-      raise ValueError(f"decoder.attention_bias_init must be 'zeros' or 'rig', got {init_kind!r}")
+      raise errors.ConfigError(f"decoder.attention_bias_init must be 'zeros' or 'rig', got {init_kind!r}")
     for i in range(dc.num_layers):
       x = block(D, dc.num_heads, dc.mlp_ratio, dc.qkv_bias, dc.layer_norm_eps,
                 m.decoder_modulation, bias_shape, bias_init, dtype, m.attention_impl,
@@ -339,7 +341,7 @@ class NeRFMLP(nn.Module):
   def __call__(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
     acts = {"relu": nn.relu, "silu": nn.silu}
     if self.activation not in acts:
-      raise ValueError(f"model.nerf.activation must be 'relu' or 'silu', got {self.activation!r}")
+      raise errors.ConfigError(f"model.nerf.activation must be 'relu' or 'silu', got {self.activation!r}")
     x = features.astype(jnp.float32)
     for i in range(self.num_layers - 1):
       x = acts[self.activation](layers.dense(self.hidden, (None, None), name=f"dense_{i}")(x))
@@ -351,7 +353,7 @@ class NeRFMLP(nn.Module):
       # Clamped exponent: exp overflows fp32 above ~88 and one such sample poisons the batch.
       density = jnp.exp(jnp.minimum(raw, 15.0))
     else:
-      raise ValueError("model.nerf.density_activation must be 'softplus' or 'exp', got "
+      raise errors.ConfigError("model.nerf.density_activation must be 'softplus' or 'exp', got "
                        f"{self.density_activation!r}")
     eps = self.rgb_padding
     rgb = nn.sigmoid(x[..., 1:]) * (1 + 2 * eps) - eps
@@ -385,11 +387,11 @@ class LRM(nn.Module):
       raise ValueError(f"LRM cameras must have batch shape (B, V) = {(b, v)}, got "
                        f"{cameras.batch_shape}")
     if (cameras.height, cameras.width) != (h, w):
-      raise ValueError(f"LRM cameras are {cameras.width}x{cameras.height} pixels but the images "
+      raise errors.ConfigError(f"LRM cameras are {cameras.width}x{cameras.height} pixels but the images "
                        f"are {w}x{h}")
     if m.decoder.attention_bias and (v, h, w) != (m.num_views, m.input_resolution,
                                                   m.input_resolution):
-      raise ValueError(
+      raise errors.ConfigError(
           f"LRM with decoder.attention_bias needs the fixed input rig it was built for: "
           f"{m.num_views} views of {m.input_resolution}², got {v} views of {w}x{h}")
 

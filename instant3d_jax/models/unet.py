@@ -18,6 +18,8 @@ goes through layers.py.
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import dataclasses
 import json
 import math
@@ -57,7 +59,7 @@ _UNSUPPORTED_DEFAULTS = {
 def _per_block(value, n: int, name: str) -> tuple:
   if isinstance(value, (list, tuple)):
     if len(value) != n:
-      raise ValueError(f"UNet config {name!r} has {len(value)} entries, expected one per block "
+      raise errors.ConfigError(f"UNet config {name!r} has {len(value)} entries, expected one per block "
                        f"({n})")
     return tuple(value)
   return (value,) * n
@@ -108,24 +110,24 @@ class UNetConfig:
     c = dict(config)
     for key, default in _UNSUPPORTED_DEFAULTS.items():
       if key in c and c[key] != default:
-        raise ValueError(f"UNet config {key}={c[key]!r} is not supported (only {default!r})")
+        raise errors.ConfigError(f"UNet config {key}={c[key]!r} is not supported (only {default!r})")
     down = tuple(c.get("down_block_types", ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)))
     up = tuple(c.get("up_block_types", ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3))
     mid = c.get("mid_block_type", "UNetMidBlock2DCrossAttn")
     for t in down:
       if t not in DOWN_BLOCKS:
-        raise ValueError(f"UNet config down block type {t!r} not supported; expected {DOWN_BLOCKS}")
+        raise errors.ConfigError(f"UNet config down block type {t!r} not supported; expected {DOWN_BLOCKS}")
     for t in up:
       if t not in UP_BLOCKS:
-        raise ValueError(f"UNet config up block type {t!r} not supported; expected {UP_BLOCKS}")
+        raise errors.ConfigError(f"UNet config up block type {t!r} not supported; expected {UP_BLOCKS}")
     if mid not in MID_BLOCKS:
-      raise ValueError(f"UNet config mid_block_type {mid!r} not supported; expected {MID_BLOCKS}")
+      raise errors.ConfigError(f"UNet config mid_block_type {mid!r} not supported; expected {MID_BLOCKS}")
     n = len(down)
     if len(up) != n:
-      raise ValueError(f"UNet config has {n} down blocks but {len(up)} up blocks")
+      raise errors.ConfigError(f"UNet config has {n} down blocks but {len(up)} up blocks")
     boc = tuple(c.get("block_out_channels", (320, 640, 1280, 1280)))
     if len(boc) != n:
-      raise ValueError(f"UNet config block_out_channels has {len(boc)} entries, expected {n}")
+      raise errors.ConfigError(f"UNet config block_out_channels has {len(boc)} entries, expected {n}")
     layers_pb = _per_block(c.get("layers_per_block", 2), n, "layers_per_block")
     # diffusers' historical naming: `attention_head_dim` holds the number of heads when
     # `num_attention_heads` is absent (SD 1.x/2.x and SDXL configs all rely on this).
@@ -133,24 +135,24 @@ class UNetConfig:
     heads = _per_block(heads, n, "num_attention_heads")
     depths = c.get("transformer_layers_per_block", 1)
     if isinstance(depths, (list, tuple)) and any(isinstance(d, (list, tuple)) for d in depths):
-      raise ValueError("UNet config transformer_layers_per_block with per-layer lists is not "
+      raise errors.ConfigError("UNet config transformer_layers_per_block with per-layer lists is not "
                        "supported; expected an int or one int per block")
     depths = _per_block(depths, n, "transformer_layers_per_block")
     if c.get("reverse_transformer_layers_per_block") is not None:
-      raise ValueError("UNet config reverse_transformer_layers_per_block is not supported")
+      raise errors.ConfigError("UNet config reverse_transformer_layers_per_block is not supported")
     cross = c.get("cross_attention_dim", 1280)
     if isinstance(cross, (list, tuple)):
       if len(set(cross)) != 1:
-        raise ValueError(f"UNet config cross_attention_dim {cross} differs per block; expected "
+        raise errors.ConfigError(f"UNet config cross_attention_dim {cross} differs per block; expected "
                          "one context width")
       cross = cross[0]
     add = c.get("addition_embed_type")
     if add not in (None, "text_time"):
-      raise ValueError(f"UNet config addition_embed_type {add!r} not supported; expected None or "
+      raise errors.ConfigError(f"UNet config addition_embed_type {add!r} not supported; expected None or "
                        "'text_time'")
     groups = c.get("norm_num_groups", 32)
     if groups is None:
-      raise ValueError("UNet config norm_num_groups=None is not supported")
+      raise errors.ConfigError("UNet config norm_num_groups=None is not supported")
     return cls(
         in_channels=c.get("in_channels", 4), out_channels=c.get("out_channels", 4),
         block_out_channels=boc, down_block_types=down, up_block_types=up, mid_block_type=mid,
@@ -513,7 +515,7 @@ class UNet2DConditionModel(nn.Module):
     emb = TimestepEmbedding(cfg.time_embed_dim, dt, name="time_embedding")(t_emb.astype(dt))
     if cfg.addition_embed_type == "text_time":
       if text_embeds is None or time_ids is None:
-        raise ValueError("UNet config has addition_embed_type='text_time': text_embeds [B, D] "
+        raise errors.ConfigError("UNet config has addition_embed_type='text_time': text_embeds [B, D] "
                          "and time_ids [B, 6] are required, got "
                          f"text_embeds={None if text_embeds is None else text_embeds.shape}, "
                          f"time_ids={None if time_ids is None else time_ids.shape}")

@@ -7,6 +7,8 @@ config and is applied by the sampler, as in diffusers pipelines.
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import dataclasses
 import json
 from typing import Any, Mapping
@@ -54,13 +56,13 @@ class VAEConfig:
     down = tuple(c.get("down_block_types", ("DownEncoderBlock2D",) * n))
     up = tuple(c.get("up_block_types", ("UpDecoderBlock2D",) * n))
     if set(down) != {"DownEncoderBlock2D"} or len(down) != n:
-      raise ValueError(f"VAE config down_block_types {down} not supported; expected "
+      raise errors.ConfigError(f"VAE config down_block_types {down} not supported; expected "
                        f"{n} x 'DownEncoderBlock2D'")
     if set(up) != {"UpDecoderBlock2D"} or len(up) != n:
-      raise ValueError(f"VAE config up_block_types {up} not supported; expected "
+      raise errors.ConfigError(f"VAE config up_block_types {up} not supported; expected "
                        f"{n} x 'UpDecoderBlock2D'")
     if c.get("act_fn", "silu") != "silu":
-      raise ValueError(f"VAE config act_fn {c['act_fn']!r} not supported; expected 'silu'")
+      raise errors.ConfigError(f"VAE config act_fn {c['act_fn']!r} not supported; expected 'silu'")
     size = c.get("sample_size", 32)
     if isinstance(size, (list, tuple)):
       size = size[0]

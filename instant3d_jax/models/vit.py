@@ -26,6 +26,8 @@ zero-initialised residual gate (DiT's adaLN-Zero), which would switch the pretra
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import dataclasses
 import functools
 import math
@@ -82,18 +84,18 @@ class ViTConfig:
 
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
-      raise ValueError(f"ViTConfig.model_type must be one of {MODEL_TYPES}, got "
+      raise errors.ConfigError(f"ViTConfig.model_type must be one of {MODEL_TYPES}, got "
                        f"{self.model_type!r}")
     if self.hidden_size % self.num_attention_heads:
-      raise ValueError(f"ViTConfig.hidden_size {self.hidden_size} is not divisible by "
+      raise errors.ConfigError(f"ViTConfig.hidden_size {self.hidden_size} is not divisible by "
                        f"num_attention_heads {self.num_attention_heads}")
     if self.image_size % self.patch_size:
       # transformers floors the grid; a pretraining size that is not a multiple would make the
       # stored grid ambiguous, and no public checkpoint has one.
-      raise ValueError(f"ViTConfig.image_size {self.image_size} is not a multiple of "
+      raise errors.ConfigError(f"ViTConfig.image_size {self.image_size} is not a multiple of "
                        f"patch_size {self.patch_size}")
     if self.hidden_act not in _ACTIVATIONS:
-      raise ValueError(f"ViTConfig.hidden_act must be one of {sorted(_ACTIVATIONS)}, got "
+      raise errors.ConfigError(f"ViTConfig.hidden_act must be one of {sorted(_ACTIVATIONS)}, got "
                        f"{self.hidden_act!r}")
 
   @property
@@ -120,14 +122,14 @@ class ViTConfig:
     """From a transformers `config.json` dict (`vit`, `dinov2`, `dinov2_with_registers`)."""
     model_type = cfg.get("model_type")
     if model_type not in MODEL_TYPES:
-      raise ValueError(f"transformers config model_type must be one of {MODEL_TYPES}, got "
+      raise errors.ConfigError(f"transformers config model_type must be one of {MODEL_TYPES}, got "
                        f"{model_type!r}")
 
     def square(name):
       v = cfg.get(name, 224 if name == "image_size" else (16 if model_type == "vit" else 14))
       if isinstance(v, (list, tuple)):
         if len(v) != 2 or v[0] != v[1]:
-          raise ValueError(f"transformers config {name} must be square, got {v}")
+          raise errors.ConfigError(f"transformers config {name} must be square, got {v}")
         v = v[0]
       return int(v)
 
@@ -160,7 +162,7 @@ class ViTConfig:
     if self.model_type == "vit":
       return dict(common, architectures=["ViTModel"], intermediate_size=self.mlp_dim)
     if self.mlp_dim % self.hidden_size:
-      raise ValueError(f"DINOv2 layouts need mlp_dim a multiple of hidden_size, got "
+      raise errors.ConfigError(f"DINOv2 layouts need mlp_dim a multiple of hidden_size, got "
                        f"{self.mlp_dim} and {self.hidden_size}")
     out = dict(common, mlp_ratio=self.mlp_dim // self.hidden_size,
                layerscale_value=self.layerscale_value, use_swiglu_ffn=self.use_swiglu_ffn)

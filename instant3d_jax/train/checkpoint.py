@@ -66,13 +66,14 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def check_or_write_config(workdir: str | os.PathLike, config, must_match: tuple[str, ...],
-                          ignore: tuple[str, ...] = ()) -> None:
+                          ignore: tuple[str, ...] = (), *, write: bool = True) -> None:
   """First run: writes `workdir/config.json`. Later runs: the sections `must_match` (those that
   shape the checkpoint: model, optimizer, …) must equal the saved ones, else
   `ConfigMismatchError` listing the differences; other sections (steps, logging) may change, and
   so may the dotted keys in `ignore` (e.g. `model.encoder.pretrained`, read only at step 0).
 
-  Only process 0 writes; every process checks.
+  Only process 0 writes; every process checks. `write=False` only checks (the trainer checks
+  first and writes once the run's settings are validated).
   """
   workdir = fileio.path(workdir)
   path = workdir / CONFIG_FILE
@@ -90,7 +91,7 @@ def check_or_write_config(workdir: str | os.PathLike, config, must_match: tuple[
           f"refusing to resume or overwrite it. Differences (saved vs requested):\n  "
           + "\n  ".join(diffs[:40]) + "\nUse another --workdir, or the saved config.")
     return
-  if jax.process_index() == 0:
+  if write and jax.process_index() == 0:
     fileio.write_text(path, json.dumps(new, indent=2, sort_keys=True))
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from instant3d_jax import errors
 
 import dataclasses
+import functools
 import signal
 import time
 import warnings
@@ -223,21 +224,26 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
   gbs = int(tcfg.global_batch_size)
   halt_at = int(tcfg.get("halt_at_step", 0) or 0)
 
-  # Refuse a workdir of another run before anything is written.
-  ckpt_lib.check_or_write_config(workdir, config,
-                                 tuple(tcfg.get("checkpoint_must_match", ("model",))),
-                                 ignore=tuple(tcfg.get("checkpoint_may_differ", ())))
+  # Refuse a workdir of another run before anything is written; write this run's config only
+  # once the mesh, batch and optimizer settings are known to be valid (a start that fails on a
+  # bad setting leaves no config.json behind to block the corrected command).
+  config_check = functools.partial(
+      ckpt_lib.check_or_write_config, workdir, config,
+      tuple(tcfg.get("checkpoint_must_match", ("model",))),
+      ignore=tuple(tcfg.get("checkpoint_may_differ", ())))
+  config_check(write=False)
 
   # Set up mesh.
   mesh, rules = setup_mesh(config)
   say(f"mesh: {mesh_lib.describe(mesh)}; processes: {jax.process_count()}")
   shards = shard_lib.num_batch_shards(mesh, rules)
   if gbs % shards or gbs % jax.process_count():
-    raise ValueError(f"train.global_batch_size={gbs} must be divisible by the batch shards "
-                     f"({shards}) and the process count ({jax.process_count()})")
+    raise errors.ConfigError(f"train.global_batch_size={gbs} must be divisible by the batch "
+                             f"shards ({shards}) and the process count ({jax.process_count()})")
 
   # Train state: shardings derived from eval_shape, restored or initialised.
   tx, schedule = opt_lib.make_optimizer(config.optimizer, total_steps)
+  config_check(write=True)
   init_jit, key, abstract_state, state_sh = build_state(config, task, mesh, rules, tx)
   ckpt_cfg = config.checkpoint
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(ckpt_cfg.keep),

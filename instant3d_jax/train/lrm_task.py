@@ -17,6 +17,8 @@ run continues from its checkpoint and never reads the folder again.
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import functools
 import os
 
@@ -89,7 +91,7 @@ def sample_pixels(key: jax.Array, masks: jax.Array, n: int, foreground_fraction:
   *lead, h, w = masks.shape
   n_fg = int(round(foreground_fraction * n))
   if not 0 <= n_fg <= n:
-    raise ValueError(f"loss.foreground_fraction must be in [0, 1], got {foreground_fraction}")
+    raise errors.ConfigError(f"loss.foreground_fraction must be in [0, 1], got {foreground_fraction}")
   if not n_fg:
     return jax.random.randint(key, (*lead, n), 0, h * w)
   uni_key, fg_key = jax.random.split(key)
@@ -112,12 +114,12 @@ def make_loss_fn(config):
   lpips_module = None
   if float(lc.lpips_weight) > 0:
     if lc.ray_sampling != "crop":
-      raise ValueError(f"loss.lpips_weight={lc.lpips_weight} needs loss.ray_sampling='crop' "
+      raise errors.ConfigError(f"loss.lpips_weight={lc.lpips_weight} needs loss.ray_sampling='crop' "
                        f"(LPIPS compares image patches), got {lc.ray_sampling!r}")
     from instant3d_jax.models import lpips as lpips_lib
     lpips_module = lpips_lib.LPIPS()
   if lc.ray_sampling not in ("crop", "random"):
-    raise ValueError(f"loss.ray_sampling must be 'crop' or 'random', got {lc.ray_sampling!r}")
+    raise errors.ConfigError(f"loss.ray_sampling must be 'crop' or 'random', got {lc.ray_sampling!r}")
 
   def loss_fn(params, batch, rng, step, constants):
     in_cams, tgt_cams = _cameras(batch)

@@ -15,6 +15,8 @@ process feeds is decided by the batch sharding, not here.
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import math
 from typing import Sequence
 
@@ -33,17 +35,17 @@ def resolve_axis_sizes(sizes: Sequence[int], total: int, what: str = "mesh") -> 
   """
   sizes = [int(s) for s in sizes]
   if sum(s == -1 for s in sizes) > 1:
-    raise ValueError(f"{what}: at most one axis may be -1, got sizes {sizes}")
+    raise errors.ConfigError(f"{what}: at most one axis may be -1, got sizes {sizes}")
   if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"{what}: axis sizes must be ≥ 1 or -1, got {sizes}")
+    raise errors.ConfigError(f"{what}: axis sizes must be ≥ 1 or -1, got {sizes}")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if total % known:
-      raise ValueError(f"{what}: {total} devices are not divisible by the fixed axes "
+      raise errors.ConfigError(f"{what}: {total} devices are not divisible by the fixed axes "
                        f"{dict(zip(MESH_AXES, sizes))} (product {known})")
     sizes[sizes.index(-1)] = total // known
   if math.prod(sizes) != total:
-    raise ValueError(f"{what}: axis sizes {dict(zip(MESH_AXES, sizes))} multiply to "
+    raise errors.ConfigError(f"{what}: axis sizes {dict(zip(MESH_AXES, sizes))} multiply to "
                      f"{math.prod(sizes)}, but there are {total} devices")
   return tuple(sizes)
 
@@ -60,7 +62,7 @@ def create_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   dcn = tuple(int(mesh_cfg.get(f"dcn_{a}", 1)) for a in MESH_AXES)
   num_slices = math.prod(dcn)
   if len(devices) % num_slices:
-    raise ValueError(f"mesh: {len(devices)} devices cannot be split into {num_slices} DCN "
+    raise errors.ConfigError(f"mesh: {len(devices)} devices cannot be split into {num_slices} DCN "
                      f"groups (dcn sizes {dict(zip(MESH_AXES, dcn))})")
   ici = resolve_axis_sizes([mesh_cfg.get(a, 1) for a in MESH_AXES], len(devices) // num_slices,
                            "mesh (per slice)")

@@ -13,6 +13,8 @@ number of CPU devices per process comes from `JAX_NUM_CPU_DEVICES` / `--num_cpu_
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import os
 
 import jax
@@ -49,7 +51,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   how = "single process"
   if coordinator_address and (num_processes or 1) > 1:
     if process_id is None:
-      raise ValueError("multi-process start: coordinator address and num_processes "
+      raise errors.ConfigError("multi-process start: coordinator address and num_processes "
                        f"({num_processes}) given but no process id (--process_id or "
                        "JAX_PROCESS_ID)")
     if platform == "cpu":

@@ -8,6 +8,8 @@ and conv kernels, not biases, norm scales or embeddings' 1-D vectors — OpenLRM
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 import jax
 import optax
 
@@ -18,7 +20,7 @@ def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
   warmup = int(opt_cfg.warmup_steps)
   decay_steps = int(opt_cfg.get("decay_steps", 0)) or int(total_steps)
   if decay_steps <= warmup:
-    raise ValueError(f"optimizer: decay_steps ({decay_steps}, 0 means total_steps) must exceed "
+    raise errors.ConfigError(f"optimizer: decay_steps ({decay_steps}, 0 means total_steps) must exceed "
                      f"warmup_steps ({warmup})")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=decay_steps,

@@ -9,6 +9,8 @@ moment it is named.
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -24,7 +26,7 @@ def logical_rules(rules_cfg) -> LogicalRules:
   out = []
   for rule in rules_cfg:
     if len(rule) != 2:
-      raise ValueError(f"logical_axis_rules: each rule must be (logical_name, mesh_axes), got "
+      raise errors.ConfigError(f"logical_axis_rules: each rule must be (logical_name, mesh_axes), got "
                        f"{rule!r}")
     name, axes = rule
     out.append((str(name), tuple(axes) if isinstance(axes, (list, tuple)) else axes))

@@ -12,6 +12,8 @@ a literal); this module turns it into one sharded, jitted update:
 """
 from __future__ import annotations
 
+from instant3d_jax import errors
+
 from typing import Any, Callable
 
 import flax.struct
@@ -61,7 +63,7 @@ def _split_micro(batch: Any, accum_steps: int) -> Any:
   def one(x):
     b = x.shape[0]
     if b % accum_steps:
-      raise ValueError(f"gradient accumulation: batch of {b} rows is not divisible by "
+      raise errors.ConfigError(f"gradient accumulation: batch of {b} rows is not divisible by "
                        f"accum_steps={accum_steps}")
     x = x.reshape((b // accum_steps, accum_steps) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1)
