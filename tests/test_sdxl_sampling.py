@@ -62,7 +62,8 @@ def result(pipe, cfg):
   return res, seen
 
 
-@pytest.mark.slow  # ~25 s: XLA:CPU compiles the FSDP-partitioned loop slowly
+# 12–25 s (XLA:CPU compiles the FSDP-partitioned loop slowly); kept in `make test` so the sharded
+# sampling path runs on every CI run.
 def test_fsdp_sharded_sampling_matches_replicated(pipe, cfg):
   """configs/sdxl.py's logical rules on a data 2 × fsdp 2 mesh: the UNet, VAE and text encoders
   are FSDP-sharded (derived from their logical names), two prompts are padded to 4 = data ×
