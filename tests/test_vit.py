@@ -234,8 +234,9 @@ def test_fresh_init_remat_grads_and_bf16():
   (l_remat, _), g_remat = loss_and_grad(vit.ViTEncoder(config, remat="full", modulation_dim=3))
   assert ref.shape == (1, 1 + 2 + 36, 32)
   assert float(l_ref) > 0 and abs(float(l_remat) - float(l_ref)) <= 1e-6 * float(l_ref)
-  # (atol: the key bias has an analytically zero gradient, so its values are pure rounding.)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), g_remat,
+  # (atol: the key bias has an analytically zero gradient, so its values are pure rounding;
+  # with transformers' N(0, 0.02) init the gradients are ~1e-4, where rounding reaches 2e-9.)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), g_remat,
                g_ref)
   out = jax.jit(vit.ViTEncoder(config, dtype=jnp.bfloat16, modulation_dim=3).apply)(
       {"params": params}, x, cam)

@@ -5,9 +5,11 @@
   upsampled ×2, a 3-layer NeRF MLP); `knobs` set `model` fields by dotted name
   (`micro_lrm(**{"decoder.num_layers": 2})`).
 - `micro_lrm_model(**knobs)`: its frozen `model` section (`lrm.model_config`).
-- `TINY_SDXL`, `TINY_SD1`, `TINY_VAE`: diffusers `UNet2DConditionModel` / `AutoencoderKL`
-  keyword arguments of 3-level SDXL-like and SD 1.x-like UNets and a 2-level VAE.
-- `CLIP_TEXT_TINY`: transformers `CLIPTextConfig` keyword arguments of a 3-layer text tower.
+- `TINY_SDXL`, `TINY_SD1`, `TINY_VAE`, `TINY_UNET_EPS`: diffusers `UNet2DConditionModel` /
+  `AutoencoderKL` keyword arguments of 3-level SDXL-like and SD 1.x-like UNets, a 2-level VAE and the 2-level
+  UNet of the from-scratch learning check (issue 17).
+- `CLIP_TEXT_TINY`, `CLIP_VISION_TINY`: transformers `CLIPTextConfig` / `CLIPVisionConfig`
+  keyword arguments of a 3-layer text tower and a 2-layer vision tower.
 - `VIT_TINY`: transformers keyword arguments of a tiny ViT / DINOv2 / DINOv2-with-registers
   and an input size that differs from the pre-training grid (position embeddings resampled).
 
@@ -92,3 +94,16 @@ TINY_VAE = dict(block_out_channels=(16, 32), layers_per_block=2, norm_num_groups
 CLIP_TEXT_TINY = dict(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
                       num_attention_heads=4, max_position_embeddings=12, bos_token_id=97,
                       eos_token_id=98, pad_token_id=1)
+
+# A 2-layer CLIP vision tower (16² images, patch 4) for the fresh-init comparison.
+CLIP_VISION_TINY = dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                        num_attention_heads=4, image_size=16, patch_size=4,
+                        hidden_act="quick_gelu")
+
+# The UNet of issue 17's learning check: in/out 48 channels, blocks 32/64, one cross-attention
+# down and up block, GroupNorm 16 (8² inputs).
+TINY_UNET_EPS = dict(
+    in_channels=48, out_channels=48, block_out_channels=(32, 64), layers_per_block=1,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=8,
+    cross_attention_dim=32, norm_num_groups=16, sample_size=8)

@@ -12,6 +12,12 @@ Parameter names mirror the transformers module tree (`layers_3/self_attn/q_proj/
 `encoder.layers.3.self_attn.q_proj.weight`), so `convert/clip.py` is a key-by-key map.
 Inputs: `input_ids [B, L] int32` (L ≤ max_position_embeddings); `pixel_values [B, H, W, 3]`
 normalised with the CLIP mean/std (NHWC; `preprocess_images` does that from [0, 1] images).
+
+Fresh parameters follow transformers' `CLIPPreTrainedModel._init_weights` (what
+`CLIPTextModel(config)` holds after `post_init()`): token/position embeddings
+N(0, 0.02·factor) (vision: class embedding N(0, D^-½·factor), patch and position embeddings
+N(0, initializer_range·factor)), the per-layer scales of `CLIPAttention`/`CLIPMLP`, projections
+N(0, D^-½·factor), zero biases, LayerNorms ones/zeros (tests/test_init.py compares them).
 """
 from __future__ import annotations
 
@@ -63,6 +69,8 @@ class CLIPTextConfig:
   layer_norm_eps: float = 1e-5
   projection_dim: int | None = None  # None: no text_projection (CLIPTextModel)
   eos_token_id: int = 2  # 2 = legacy rule "EOS = argmax of the ids" (what SDXL's configs carry)
+  initializer_range: float = 0.02   # fresh-init scales (transformers `_init_weights`; weights
+  initializer_factor: float = 1.0   # read from a checkpoint replace them)
 
   @classmethod
   def from_transformers(cls, cfg: Mapping[str, Any], with_projection: bool | None = None
@@ -93,6 +101,8 @@ class CLIPVisionConfig:
   hidden_act: str = "quick_gelu"
   layer_norm_eps: float = 1e-5
   projection_dim: int | None = None  # None: no visual_projection (CLIPVisionModel)
+  initializer_range: float = 0.02   # fresh-init scales (transformers `_init_weights`)
+  initializer_factor: float = 1.0
 
   @classmethod
   def from_transformers(cls, cfg: Mapping[str, Any], with_projection: bool | None = None
@@ -121,39 +131,60 @@ class CLIPVisionOutput(NamedTuple):
   image_embeds: jax.Array | None  # [B, P] (WithProjection only)
 
 
+def _normal(std: float) -> dict:
+  """`layers.dense` initialiser kwargs N(0, std) / zeros (transformers' CLIP `_init_weights`)."""
+  kernel_init, bias_init = layers.normal_init(std)
+  return dict(kernel_init=kernel_init, bias_init=bias_init)
+
+
 class CLIPAttention(nn.Module):
-  """Multi-head self-attention with separate q/k/v/out projections (transformers layout)."""
+  """Multi-head self-attention with separate q/k/v/out projections (transformers layout).
+
+  Fresh init as transformers' `CLIPPreTrainedModel._init_weights`: q/k/v weights
+  N(0, D^-½·(2·num_layers)^-½·factor), out N(0, D^-½·factor), biases zero."""
   hidden_size: int
   num_heads: int
   dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
+  num_layers: int = 1                # of the tower (scales the init only)
+  init_factor: float = 1.0           # config `initializer_factor`
 
   @nn.compact
   def __call__(self, x, mask=None):
     b, l, d = x.shape
     head_dim = d // self.num_heads
-    proj = lambda name: layers.dense(d, ("embed", "heads"), dtype=self.dtype, name=name)
+    in_std = d ** -0.5 * (2 * self.num_layers) ** -0.5 * self.init_factor
+    proj = lambda name: layers.dense(d, ("embed", "heads"), dtype=self.dtype, name=name,
+                                     **_normal(in_std))
     q, k, v = (proj(n)(x).reshape(b, l, self.num_heads, head_dim)
                for n in ("q_proj", "k_proj", "v_proj"))
     q = layers.constrain(q, ("batch", "length", "act_heads", None))
     out = layers.dot_product_attention(q, k, v, mask=mask, scale=head_dim ** -0.5,
                                        implementation=self.attention_impl)
     out = out.reshape(b, l, d)
-    return layers.dense(d, ("heads", "embed"), dtype=self.dtype, name="out_proj")(out)
+    return layers.dense(d, ("heads", "embed"), dtype=self.dtype, name="out_proj",
+                        **_normal(d ** -0.5 * self.init_factor))(out)
 
 
 class CLIPMLP(nn.Module):
+  """fc1 → activation → fc2. Fresh init (transformers): fc1 N(0, (2D)^-½·factor), fc2
+  N(0, D^-½·(2·num_layers)^-½·factor), biases zero."""
   hidden_size: int
   intermediate_size: int
   hidden_act: str
   dtype: Dtype = jnp.float32
+  num_layers: int = 1
+  init_factor: float = 1.0
 
   @nn.compact
   def __call__(self, x):
-    h = layers.dense(self.intermediate_size, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+    d, f = self.hidden_size, self.init_factor
+    h = layers.dense(self.intermediate_size, ("embed", "mlp"), dtype=self.dtype, name="fc1",
+                     **_normal((2 * d) ** -0.5 * f))(x)
     h = _activation(self.hidden_act)(h)
     h = layers.constrain(h, ("batch", "length", "mlp"))
-    return layers.dense(self.hidden_size, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+    return layers.dense(self.hidden_size, ("mlp", "embed"), dtype=self.dtype, name="fc2",
+                        **_normal(d ** -0.5 * (2 * self.num_layers) ** -0.5 * f))(h)
 
 
 class CLIPEncoderLayer(nn.Module):
@@ -165,15 +196,17 @@ class CLIPEncoderLayer(nn.Module):
   layer_norm_eps: float
   dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
+  num_layers: int = 1                # of the tower (init scales only)
+  init_factor: float = 1.0
 
   @nn.compact
   def __call__(self, x, mask=None):
     h = layers.layer_norm(epsilon=self.layer_norm_eps, name="layer_norm1")(x).astype(self.dtype)
     x = x + CLIPAttention(self.hidden_size, self.num_heads, self.dtype, self.attention_impl,
-                          name="self_attn")(h, mask)
+                          self.num_layers, self.init_factor, name="self_attn")(h, mask)
     h = layers.layer_norm(epsilon=self.layer_norm_eps, name="layer_norm2")(x).astype(self.dtype)
     x = x + CLIPMLP(self.hidden_size, self.intermediate_size, self.hidden_act, self.dtype,
-                    name="mlp")(h)
+                    self.num_layers, self.init_factor, name="mlp")(h)
     return layers.constrain(x, ("batch", "length", "act_embed"))
 
 
@@ -188,6 +221,7 @@ class CLIPEncoder(nn.Module):
   dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
   remat: bool = False
+  init_factor: float = 1.0
 
   @nn.compact
   def __call__(self, x, mask=None):
@@ -195,7 +229,8 @@ class CLIPEncoder(nn.Module):
     hidden = [x]
     for i in range(self.num_layers):
       x = block(self.hidden_size, self.num_heads, self.intermediate_size, self.hidden_act,
-                self.layer_norm_eps, self.dtype, self.attention_impl, name=f"layers_{i}")(x, mask)
+                self.layer_norm_eps, self.dtype, self.attention_impl, self.num_layers,
+                self.init_factor, name=f"layers_{i}")(x, mask)
       hidden.append(x)
     return tuple(hidden)
 
@@ -230,24 +265,26 @@ class CLIPTextModel(nn.Module):
                        f"{cfg.max_position_embeddings}")
     d = cfg.hidden_size
     tok = nn.Embed(cfg.vocab_size, d, param_dtype=jnp.float32,
-                   embedding_init=layers.partitioned(nn.initializers.normal(0.02),
-                                                     ("vocab", "embed")),
+                   embedding_init=layers.partitioned(
+                       nn.initializers.normal(0.02 * cfg.initializer_factor), ("vocab", "embed")),
                    name="token_embedding")
     pos = self.param("position_embedding",
-                     layers.partitioned(nn.initializers.normal(0.01), (None, "embed")),
+                     layers.partitioned(nn.initializers.normal(0.02 * cfg.initializer_factor),
+                                        (None, "embed")),
                      (cfg.max_position_embeddings, d), jnp.float32)
     x = (tok(input_ids) + pos[None, :l]).astype(self.dtype)
     x = layers.constrain(x, ("batch", "length", "act_embed"))
     causal = jnp.tril(jnp.ones((l, l), bool))[None, None]
     hidden = CLIPEncoder(d, cfg.num_attention_heads, cfg.intermediate_size, cfg.num_hidden_layers,
                          cfg.hidden_act, cfg.layer_norm_eps, self.dtype, self.attention_impl,
-                         self.remat, name="encoder")(x, causal)
+                         self.remat, cfg.initializer_factor, name="encoder")(x, causal)
     last = layers.layer_norm(epsilon=cfg.layer_norm_eps, name="final_layer_norm")(hidden[-1])
     pooled = last[jnp.arange(b), _eos_positions(input_ids, cfg.eos_token_id)]
     text_embeds = None
     if cfg.projection_dim is not None:
       text_embeds = layers.dense(cfg.projection_dim, ("embed", None), use_bias=False,
-                                 dtype=self.dtype, name="text_projection")(pooled.astype(self.dtype))
+                                 dtype=self.dtype, name="text_projection",
+                                 **_normal(d ** -0.5 * cfg.initializer_factor))(pooled.astype(self.dtype))
     return CLIPTextOutput(last, pooled, hidden, text_embeds)
 
 
@@ -269,29 +306,33 @@ class CLIPVisionModel(nn.Module):
     d, p = cfg.hidden_size, cfg.patch_size
     patches = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", use_bias=False,
                       dtype=self.dtype, param_dtype=jnp.float32,
-                      kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                                     (None, None, "conv_in", "embed")),
+                      kernel_init=layers.partitioned(
+                          nn.initializers.normal(cfg.initializer_range * cfg.initializer_factor),
+                          (None, None, "conv_in", "embed")),
                       name="patch_embedding")(pixel_values.astype(self.dtype))
     patches = patches.reshape(b, -1, d)
-    cls = self.param("class_embedding", layers.partitioned(nn.initializers.normal(1.0),
-                                                            ("embed",)), (d,), jnp.float32)
+    cls = self.param("class_embedding",
+                     layers.partitioned(nn.initializers.normal(d ** -0.5 * cfg.initializer_factor),
+                                        ("embed",)), (d,), jnp.float32)
     num_pos = (cfg.image_size // p) ** 2 + 1
     pos = self.param("position_embedding",
-                     layers.partitioned(nn.initializers.normal(0.02), (None, "embed")),
-                     (num_pos, d), jnp.float32)
+                     layers.partitioned(
+                         nn.initializers.normal(cfg.initializer_range * cfg.initializer_factor),
+                         (None, "embed")), (num_pos, d), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d)), patches], axis=1)
     x = (x + pos[None].astype(self.dtype))
     x = layers.layer_norm(epsilon=cfg.layer_norm_eps, name="pre_layrnorm")(x).astype(self.dtype)
     x = layers.constrain(x, ("batch", "length", "act_embed"))
     hidden = CLIPEncoder(d, cfg.num_attention_heads, cfg.intermediate_size, cfg.num_hidden_layers,
                          cfg.hidden_act, cfg.layer_norm_eps, self.dtype, self.attention_impl,
-                         self.remat, name="encoder")(x)
+                         self.remat, cfg.initializer_factor, name="encoder")(x)
     last = hidden[-1]
     pooled = layers.layer_norm(epsilon=cfg.layer_norm_eps, name="post_layernorm")(last[:, 0])
     image_embeds = None
     if cfg.projection_dim is not None:
       image_embeds = layers.dense(cfg.projection_dim, ("embed", None), use_bias=False,
-                                  dtype=self.dtype, name="visual_projection")(
+                                  dtype=self.dtype, name="visual_projection",
+                                  **_normal(d ** -0.5 * cfg.initializer_factor))(
                                       pooled.astype(self.dtype))
     return CLIPVisionOutput(last, pooled, hidden, image_embeds)
 

@@ -16,6 +16,12 @@ Precision: parameters are created in `param_dtype` (fp32), compute runs in `dtyp
 accelerators); norms and the attention softmax run in fp32. `DTYPES` maps the config's dtype
 names to JAX dtypes (`compute_dtype`).
 
+Initialisers (issue 17): every module initialises as the PyTorch module it mirrors does when
+built fresh. `torch_linear_init` / `torch_conv_init` / `torch_conv_transpose_init` give torch's
+`nn.Linear` / `nn.Conv2d` / `nn.ConvTranspose2d` defaults (kernel and bias uniform in
+±1/√fan_in) and are `dense`'s default; `normal_init` is transformers' Linear scheme and
+`xavier_uniform_init` torch `nn.MultiheadAttention`'s projections. Norms start at ones/zeros.
+
 Also here, so every model family uses the same one: `GroupNorm` (the fast NHWC formulation),
 the remat policies (`remat_policy`, `maybe_remat`), the adaLN `modulate` and `count_params`.
 """
@@ -56,10 +62,84 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   return nn.with_logical_constraint(x, tuple(axes))
 
 
+def _torch_uniform_pair(fan_in_of: Callable[[tuple], int]) -> tuple[Callable, Callable]:
+  """(kernel_init, bias_init): kernel and bias uniform in ±1/√fan_in, fan_in from the kernel.
+
+  torch's `reset_parameters` of `nn.Linear`/`nn.Conv2d`/`nn.ConvTranspose2d`: the kernel is
+  `kaiming_uniform_(a=√5)`, i.e. bound = gain·√(3/fan_in) with gain = √(2/(1 + a²)) = √(1/3),
+  so bound = 1/√fan_in; the bias is uniform in ±1/√fan_in with the same fan_in. A flax bias
+  initialiser only sees the bias shape `[out]`, so the kernel initialiser records the fan-in it
+  computed and the bias initialiser of the same pair reads it: use a pair on one layer only
+  (flax's Dense/Conv/ConvTranspose create the kernel before the bias).
+  """
+  fan = {}
+
+  def kernel_init(key, shape, dtype=jnp.float32):
+    fan["in"] = fan_in_of(tuple(shape))
+    bound = 1.0 / np.sqrt(fan["in"])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  def bias_init(key, shape, dtype=jnp.float32):
+    if "in" not in fan:
+      raise RuntimeError("torch-style bias_init ran before its kernel_init: the pair must be "
+                         "used on one layer that creates its kernel first (nn.Dense, nn.Conv)")
+    bound = 1.0 / np.sqrt(fan["in"])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return kernel_init, bias_init
+
+
+def torch_linear_init() -> tuple[Callable, Callable]:
+  """(kernel_init, bias_init) of a fresh `torch.nn.Linear` for a flax `nn.Dense` kernel
+  `[in, out]`: kernel and bias uniform in ±1/√in_features (see `_torch_uniform_pair`)."""
+  return _torch_uniform_pair(lambda shape: int(np.prod(shape[:-1])))
+
+
+def torch_conv_init() -> tuple[Callable, Callable]:
+  """(kernel_init, bias_init) of a fresh `torch.nn.Conv2d` for a flax `nn.Conv` kernel
+  `[kh, kw, in, out]`: kernel and bias uniform in ±1/√(in·kh·kw)."""
+  return _torch_uniform_pair(lambda shape: int(np.prod(shape[:-1])))
+
+
+def torch_conv_transpose_init() -> tuple[Callable, Callable]:
+  """(kernel_init, bias_init) of a fresh `torch.nn.ConvTranspose2d` for a flax `nn.ConvTranspose`
+  kernel `[kh, kw, in, out]`. torch computes the fan-in from its weight `[in, out, kh, kw]` as
+  `weight.size(1)·kh·kw`, i.e. from the *output* channels (a torch quirk, kept): bound
+  1/√(out·kh·kw)."""
+  return _torch_uniform_pair(lambda shape: int(np.prod(shape[:-2])) * int(shape[-1]))
+
+
+def normal_init(std: float) -> tuple[Callable, Callable]:
+  """(kernel_init, bias_init) = (normal(std), zeros): transformers' `_init_weights` for
+  Linear/Conv (`normal_(std)` on the weight, `zeros_` on the bias)."""
+  return nn.initializers.normal(std), nn.initializers.zeros
+
+
+def xavier_uniform_init(fan_in: int, fan_out: int) -> Callable:
+  """`torch.nn.init.xavier_uniform_` of a tensor whose fans are (fan_in, fan_out): uniform in
+  ±√(6/(fan_in + fan_out)). The fans are explicit because torch's `nn.MultiheadAttention` draws
+  the packed `in_proj_weight [3D, D]` (fan_out 3D) when the q/k/v projections are one tensor."""
+  bound = float(np.sqrt(6.0 / (fan_in + fan_out)))
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
 def dense(features: int, axes: Sequence[str | None], *, use_bias: bool = True,
-          dtype: Dtype = jnp.float32, kernel_init: Callable = nn.initializers.lecun_normal(),
-          bias_init: Callable = nn.initializers.zeros, name: str | None = None) -> nn.Dense:
-  """`nn.Dense` whose kernel has logical axes `axes` (in, out) and bias `(axes[-1],)`."""
+          dtype: Dtype = jnp.float32, kernel_init: Callable | None = None,
+          bias_init: Callable | None = None, name: str | None = None) -> nn.Dense:
+  """`nn.Dense` whose kernel has logical axes `axes` (in, out) and bias `(axes[-1],)`.
+
+  Initialisers default to a fresh `torch.nn.Linear`'s (`torch_linear_init`: the project mirrors
+  PyTorch modules, whose default init is what their training recipes assume); a model family
+  with its own scheme (transformers' `_init_weights`) passes both."""
+  if (kernel_init is None) != (bias_init is None):
+    raise ValueError("layers.dense takes both kernel_init and bias_init or neither (the "
+                     "default pair is torch_linear_init())")
+  if kernel_init is None:
+    kernel_init, bias_init = torch_linear_init()
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
                   kernel_init=partitioned(kernel_init, axes),
                   bias_init=partitioned(bias_init, (axes[-1],)), name=name)

@@ -182,7 +182,8 @@ def rig_attention_bias(mcfg, *, num_points: int = 64) -> np.ndarray:
 
 
 class CameraEmbedder(nn.Module):
-  """16-D camera vector → MLP(16 → E, SiLU, E → E) (InstantMesh / OpenLRM `CameraEmbedder`)."""
+  """16-D camera vector → MLP(16 → E, SiLU, E → E) (InstantMesh / OpenLRM `CameraEmbedder`);
+  torch `nn.Linear` init (`layers.dense`'s default)."""
   dim: int
   dtype: Dtype = jnp.float32
 
@@ -193,8 +194,18 @@ class CameraEmbedder(nn.Module):
     return layers.dense(self.dim, ("modulation", None), dtype=self.dtype, name="fc2")(nn.silu(x))
 
 
+def _mha_out_init() -> dict:
+  """torch `nn.MultiheadAttention`'s out_proj: a `Linear`'s kernel init, bias zeroed by
+  `_reset_parameters` (OpenLRM's attention has no bias at all; ours is kept, starting at 0)."""
+  return dict(kernel_init=layers.torch_linear_init()[0], bias_init=nn.initializers.zeros)
+
+
 class DecoderBlock(nn.Module):
-  """Pre-norm: x += CrossAttn(ModLN(x), context); x += SelfAttn(ModLN(x)); x += MLP(ModLN(x))."""
+  """Pre-norm: x += CrossAttn(ModLN(x), context); x += SelfAttn(ModLN(x)); x += MLP(ModLN(x)).
+
+  Fresh init as OpenLRM's `ConditionModulationBlock` (torch): attention as
+  `nn.MultiheadAttention` (xavier-uniform q/k/v, zero biases, out_proj a `Linear` kernel), the
+  MLP `nn.Linear` defaults, LayerNorms ones/zeros; the ModLN projection is zero (see below)."""
   hidden: int
   num_heads: int
   mlp_ratio: int
@@ -214,9 +225,12 @@ class DecoderBlock(nn.Module):
     lk = context.shape[1]
     act = ("batch", "length", "act_embed")
     if self.modulated:
-      # LRM's ModLN, one projection for the 3 norms (shift, scale each); zero init = plain LN.
+      # LRM's ModLN, one projection for the 3 norms (shift, scale each); zero init (kernel and
+      # bias) = plain LN. A deliberate deviation from OpenLRM (torch Linear default there), as
+      # DiT's adaLN: the kernel still trains (its gradient is SiLU(cond) ⊗ ∂L/∂mod ≠ 0).
       mod = layers.dense(6 * d, ("modulation", "embed"), dtype=self.dtype,
-                         kernel_init=nn.initializers.zeros, name="modulation")(
+                         kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
+                         name="modulation")(
                              nn.silu(cond.astype(self.dtype)))
       mods = jnp.split(mod.astype(jnp.float32), 6, -1)
 
@@ -227,8 +241,15 @@ class DecoderBlock(nn.Module):
       return y.astype(self.dtype)
 
     def heads(y, name, length):
+      # torch `nn.MultiheadAttention._reset_parameters`: xavier_uniform_ on the projection
+      # weight, zero bias. Its fans are those of the tensor torch draws: the packed
+      # `in_proj_weight [3D, D]` when the input width is D (self-attention; cross-attention when
+      # the image tokens are D wide too), else the separate `[D, kdim]` weights.
+      fan_in = y.shape[-1]
+      fan_out = 3 * d if (fan_in == d and context.shape[-1] == d) or name.startswith("self") else d
       y = layers.dense(d, ("embed", "heads"), use_bias=self.qkv_bias, dtype=self.dtype,
-                       name=name)(y).reshape(b, length, h, hd)
+                       kernel_init=layers.xavier_uniform_init(fan_in, fan_out),
+                       bias_init=nn.initializers.zeros, name=name)(y).reshape(b, length, h, hd)
       return layers.constrain(y, ("batch", "length", "act_heads", None))
 
     # Cross-attention to the image tokens of all views.
@@ -249,7 +270,8 @@ class DecoderBlock(nn.Module):
     y = layers.dot_product_attention(heads(y, "cross_q", lq), heads(ctx, "cross_k", lk),
                                      heads(ctx, "cross_v", lk), bias=bias,
                                      implementation=self.attention_impl)
-    y = layers.dense(d, ("heads", "embed"), dtype=self.dtype, name="cross_out")(
+    y = layers.dense(d, ("heads", "embed"), dtype=self.dtype, name="cross_out",
+                     **_mha_out_init())(
         y.reshape(b, lq, d))
     x = layers.constrain(x + y.astype(x.dtype), act)
 
@@ -257,7 +279,8 @@ class DecoderBlock(nn.Module):
     y = norm(x, 1)
     y = layers.dot_product_attention(heads(y, "self_q", lq), heads(y, "self_k", lq),
                                      heads(y, "self_v", lq), implementation=self.attention_impl)
-    y = layers.dense(d, ("heads", "embed"), dtype=self.dtype, name="self_out")(
+    y = layers.dense(d, ("heads", "embed"), dtype=self.dtype, name="self_out",
+                     **_mha_out_init())(
         y.reshape(b, lq, d))
     x = layers.constrain(x + y.astype(x.dtype), act)
 
@@ -311,17 +334,24 @@ class TriplaneTransformer(nn.Module):
     x = layers.layer_norm(epsilon=dc.layer_norm_eps, name="norm_out")(x).astype(dtype)
     x = x.reshape(b * 3, T, T, D)
     u = plane_upsample(m)
+    # OpenLRM's upsampler is a fresh `nn.ConvTranspose2d` (torch default init, fan-in quirk
+    # included: see `layers.torch_conv_transpose_init`).
+    up_kernel_init, up_bias_init = layers.torch_conv_transpose_init()
     x = nn.ConvTranspose(
         tc.channels, (u, u), strides=(u, u), padding="VALID", dtype=dtype,
         param_dtype=jnp.float32,
         # Spatial axes unnamed: flax rejects a repeated logical name, and a u×u kernel is
         # never sharded anyway.
-        kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                       (None, None, "embed", "planes")),
-        bias_init=layers.partitioned(nn.initializers.zeros, ("planes",)),
+        kernel_init=layers.partitioned(up_kernel_init, (None, None, "embed", "planes")),
+        bias_init=layers.partitioned(up_bias_init, ("planes",)),
         name="upsampler")(x)
     planes = x.reshape(b, 3, u * T, u * T, tc.channels)
     return layers.constrain(planes, ("batch", None, "height", "width", None))
+
+
+def _osg_init() -> dict:
+  """OpenLRM `OSGDecoder` layer init: torch `nn.Linear` kernel, bias zeroed."""
+  return dict(kernel_init=layers.torch_linear_init()[0], bias_init=nn.initializers.zeros)
 
 
 class NeRFMLP(nn.Module):
@@ -329,6 +359,7 @@ class NeRFMLP(nn.Module):
 
   `num_layers` dense layers (`num_layers − 1` hidden of width `hidden`, then 4 outputs); fp32.
   Kernels are replicated (logical axes None): ~50k parameters evaluated at every sample.
+  Fresh init as OpenLRM's `OSGDecoder`: torch `nn.Linear` kernels, all biases zeroed.
   """
   hidden: int = 64
   num_layers: int = 10
@@ -344,8 +375,9 @@ class NeRFMLP(nn.Module):
       raise errors.ConfigError(f"model.nerf.activation must be 'relu' or 'silu', got {self.activation!r}")
     x = features.astype(jnp.float32)
     for i in range(self.num_layers - 1):
-      x = acts[self.activation](layers.dense(self.hidden, (None, None), name=f"dense_{i}")(x))
-    x = layers.dense(4, (None, None), name=f"dense_{self.num_layers - 1}")(x)
+      x = acts[self.activation](layers.dense(self.hidden, (None, None), name=f"dense_{i}",
+                                             **_osg_init())(x))
+    x = layers.dense(4, (None, None), name=f"dense_{self.num_layers - 1}", **_osg_init())(x)
     raw = x[..., 0] + self.density_bias
     if self.density_activation == "softplus":
       density = nn.softplus(raw)

@@ -175,13 +175,18 @@ class UNetConfig:
 
 def conv2d(features: int, kernel: int = 3, stride: int = 1, padding: Any = "SAME_TORCH", *,
            dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
-  """`torch.nn.Conv2d(k, stride, padding=k//2)` in NHWC with HWIO kernel on the conv axes."""
+  """`torch.nn.Conv2d(k, stride, padding=k//2)` in NHWC with HWIO kernel on the conv axes.
+
+  Initialised as a fresh torch `Conv2d` (`layers.torch_conv_init`): diffusers' UNet and VAE keep
+  torch's module defaults (no `_init_weights`), as do their `nn.Linear`s (`layers.dense`'s
+  default) and norms (ones/zeros)."""
   if padding == "SAME_TORCH":
     padding = ((kernel // 2, kernel // 2),) * 2
+  kernel_init, bias_init = layers.torch_conv_init()
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
                  dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=layers.partitioned(nn.initializers.lecun_normal(), CONV_AXES),
-                 bias_init=layers.partitioned(nn.initializers.zeros, ("conv_out",)), name=name)
+                 kernel_init=layers.partitioned(kernel_init, CONV_AXES),
+                 bias_init=layers.partitioned(bias_init, ("conv_out",)), name=name)
 
 
 def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool,

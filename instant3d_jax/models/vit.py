@@ -81,6 +81,7 @@ class ViTConfig:
   layerscale_value: float = 1.0     # init value of the layer scale (checkpoints overwrite it)
   use_swiglu_ffn: bool = False      # DINOv2 giant: SwiGLU MLP instead of GELU
   num_register_tokens: int = 0      # Dinov2WithRegistersModel: tokens after CLS
+  initializer_range: float = 0.02   # fresh-init std (transformers `_init_weights`)
 
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
@@ -140,7 +141,8 @@ class ViTConfig:
         num_attention_heads=int(cfg.get("num_attention_heads", 12)),
         patch_size=square("patch_size"), image_size=square("image_size"),
         num_channels=int(cfg.get("num_channels", 3)),
-        qkv_bias=bool(cfg.get("qkv_bias", True)), hidden_act=cfg.get("hidden_act", "gelu"))
+        qkv_bias=bool(cfg.get("qkv_bias", True)), hidden_act=cfg.get("hidden_act", "gelu"),
+        initializer_range=float(cfg.get("initializer_range", 0.02)))
     if model_type == "vit":
       return cls(**common, mlp_dim=int(cfg.get("intermediate_size", 3072)),
                  layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)))
@@ -158,7 +160,7 @@ class ViTConfig:
         num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
         patch_size=self.patch_size, image_size=self.image_size, num_channels=self.num_channels,
         qkv_bias=self.qkv_bias, hidden_act=self.hidden_act, layer_norm_eps=self.layer_norm_eps,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        initializer_range=self.initializer_range, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     if self.model_type == "vit":
       return dict(common, architectures=["ViTModel"], intermediate_size=self.mlp_dim)
     if self.mlp_dim % self.hidden_size:
@@ -335,10 +337,16 @@ class ViTBlock(nn.Module):
     d, h, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
     b, length, _ = x.shape
     act = ("batch", "length", "act_embed")
+    # Fresh init as transformers' `_init_weights` (ViT and DINOv2 alike): Linear weights
+    # N(0, initializer_range) (DINOv2: trunc_normal_ at ±2, i.e. 100σ: the same normal), biases 0.
+    init = dict(zip(("kernel_init", "bias_init"), layers.normal_init(cfg.initializer_range)))
     if self.modulation_dim is not None:
-      # Zero init: the pretrained block is reproduced exactly until training moves it.
+      # Zero init (kernel and bias; no torch/transformers counterpart): the pretrained block is
+      # reproduced exactly until training moves it. Kept for from-scratch encoders too: the
+      # kernel's gradient is SiLU(modulation) ⊗ ∂L/∂(shift, scale) ≠ 0, so it trains.
       mod = layers.dense(4 * d, ("modulation", "embed"), dtype=self.dtype,
-                         kernel_init=nn.initializers.zeros, name="adaLN_modulation")(
+                         kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
+                         name="adaLN_modulation")(
                              nn.silu(modulation.astype(self.dtype)))
       shift_msa, scale_msa, shift_mlp, scale_mlp = jnp.split(mod.astype(jnp.float32), 4, -1)
 
@@ -348,10 +356,10 @@ class ViTBlock(nn.Module):
       y = layers.modulate(y, shift_msa, scale_msa)
     y = y.astype(self.dtype)
     qkv = [layers.dense(d, ("embed", "heads"), use_bias=cfg.qkv_bias, dtype=self.dtype,
-                        name=n)(y).reshape(b, length, h, hd) for n in ("query", "key", "value")]
+                        name=n, **init)(y).reshape(b, length, h, hd) for n in ("query", "key", "value")]
     qkv = [layers.constrain(t, ("batch", "length", "act_heads", None)) for t in qkv]
     y = layers.dot_product_attention(*qkv, implementation=self.attention_impl)
-    y = layers.dense(d, ("heads", "embed"), dtype=self.dtype, name="out")(
+    y = layers.dense(d, ("heads", "embed"), dtype=self.dtype, name="out", **init)(
         y.reshape(b, length, d))
     if cfg.layer_scale:
       y = LayerScale(cfg.layerscale_value, name="layer_scale1")(y)
@@ -364,13 +372,14 @@ class ViTBlock(nn.Module):
     y = y.astype(self.dtype)
     if cfg.use_swiglu_ffn:
       hid = cfg.swiglu_hidden
-      gate = layers.dense(hid, ("embed", "mlp"), dtype=self.dtype, name="gate")(y)
-      up = layers.dense(hid, ("embed", "mlp"), dtype=self.dtype, name="up")(y)
-      y = layers.dense(d, ("mlp", "embed"), dtype=self.dtype, name="down")(nn.silu(gate) * up)
+      gate = layers.dense(hid, ("embed", "mlp"), dtype=self.dtype, name="gate", **init)(y)
+      up = layers.dense(hid, ("embed", "mlp"), dtype=self.dtype, name="up", **init)(y)
+      y = layers.dense(d, ("mlp", "embed"), dtype=self.dtype, name="down", **init)(
+          nn.silu(gate) * up)
     else:
-      y = layers.dense(cfg.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")(y)
+      y = layers.dense(cfg.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1", **init)(y)
       y = _ACTIVATIONS[cfg.hidden_act](y)
-      y = layers.dense(d, ("mlp", "embed"), dtype=self.dtype, name="fc2")(y)
+      y = layers.dense(d, ("mlp", "embed"), dtype=self.dtype, name="fc2", **init)(y)
     if cfg.layer_scale:
       y = LayerScale(cfg.layerscale_value, name="layer_scale2")(y)
     return layers.constrain(x + y.astype(x.dtype), act)
@@ -415,16 +424,18 @@ class ViTEncoder(nn.Module):
     d = cfg.hidden_size
     # Spatial kernel dims unnamed: flax's logical_to_mesh rejects a name used twice in one array
     # ('conv_kernel', 'conv_kernel'), and they are never sharded anyway.
+    # Fresh init as transformers' `_init_weights`: every Linear/Conv weight, the CLS token and
+    # the position embeddings N(0, initializer_range) (DINOv2 and the CLS/position embeddings of
+    # both: `trunc_normal_` cut at ±2, i.e. 100σ, so the same normal), biases zero.
+    init = nn.initializers.normal(cfg.initializer_range)
     x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                 param_dtype=jnp.float32,
-                kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                               (None, None, "conv_in", "embed")),
+                kernel_init=layers.partitioned(init, (None, None, "conv_in", "embed")),
                 bias_init=layers.partitioned(nn.initializers.zeros, ("embed",)),
                 name="patch_embed")(pixel_values.astype(self.dtype))
     gh, gw = hgt // p, wid // p
     x = x.reshape(b, gh * gw, d)
 
-    init = nn.initializers.truncated_normal(0.02)
     cls_token = self.param("cls_token", layers.partitioned(init, (None, None, "embed")),
                            (1, 1, d), jnp.float32)
     pos = self.param("position_embeddings", layers.partitioned(init, (None, None, "embed")),
@@ -433,6 +444,9 @@ class ViTEncoder(nn.Module):
     x = x + interpolate_pos_embed(pos, (gh, gw), cfg.pos_embed_antialias).astype(x.dtype)
     if cfg.num_register_tokens:
       # Registers carry no position embedding: inserted after it is added, as DINOv2-reg does.
+      # Init N(0, initializer_range), not transformers' zeros: identical zero registers would
+      # receive identical gradients and stay identical forever (facebookresearch/dinov2 draws
+      # them from a normal too).
       reg = self.param("register_tokens", layers.partitioned(init, (None, None, "embed")),
                        (1, cfg.num_register_tokens, d), jnp.float32)
       x = jnp.concatenate(
