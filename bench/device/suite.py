@@ -50,11 +50,11 @@ class Item:
 
 ITEMS = (
     Item("roofline", 30, ("matmul_bf16", "hbm_copy")),
-    Item("unet_jax", 95, ("unet_xla", "unet_cudnn")),
-    Item("unet_torch", 85, ("unet_torch_eager", "unet_torch_compile")),
+    Item("unet_jax", 90, ("unet_xla", "unet_cudnn")),
+    Item("unet_torch", 80, ("unet_torch_eager", "unet_torch_compile")),
     Item("vae_jax", 35, ("vae_xla",)),
     Item("vae_torch", 25, ("vae_torch_eager",)),
-    Item("stage1", 80, ("stage1",)),
+    Item("stage1", 75, ("stage1",)),
     Item("lrm", 55, ("lrm_forward_xla", "lrm_forward_cudnn", "render_512")),
     Item("train", 75, ("train_step",)),
 )
