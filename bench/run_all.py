@@ -131,6 +131,10 @@ def merge(out: Path = OUT) -> Path:
                        f"(`python -m bench.run_all --only {b.name}`).\n")
           continue
         text = path.read_text().strip()
+        if section == DEVICE and "DRY RUN" in text:
+          text += ("\n\n**This is a CPU dry run, not a device measurement** (`bash "
+                   "bench/device/run.sh --dry_run` writes to a temporary folder; copy only a "
+                   "device run's `device.md` here).")
         if common.read_provenance(text) is None:
           text += ("\n\n**No provenance recorded** (written before the benchmarks recorded "
                    "their command, commit and load average): rerun with `python -m "
