@@ -72,7 +72,7 @@ class Row:
 ROWS = (
     Row("matmul_bf16", "bf16 matmul 8192³ (JAX)", "788 TFLOP/s (PyTorch, an H200 here, "
         "2026-10-28); datasheet 989", "—", "tflops"),
-    Row("hbm_copy", "HBM copy, 4 GiB read + write (JAX)", "4.3 TB/s (PyTorch, an H200 here); "
+    Row("hbm_copy", "HBM copy: 2 GiB read + 2 GiB written (JAX)", "4.3 TB/s (PyTorch, an H200 here); "
         "datasheet 4.8", "—", "tb_per_s"),
     Row("unet_xla", "SDXL UNet step, batch 2, 128², bf16, JAX + XLA attention",
         "PyTorch eager 89.4 ms, compiled 49.1 ms (H100, earlier)", "≤ 35 ms"),
@@ -166,6 +166,8 @@ def run_item(item: Item, budget: float, args, scratch_dir: Path, log) -> dict:
     except json.JSONDecodeError:
       data = {}
   meas = data.get("measurements", {})
+  if data.get("error"):
+    why = f"not run: {data['error']}"
   for k in item.keys:
     if k not in meas:
       meas[k] = {"status": why or "not run: the item ended without measuring it"}
