@@ -65,12 +65,17 @@ DEVICE_WHEEL_PKGS := diffusers ml_collections importlib_metadata lazy-importer s
 DEVICE_WHEELS     := device-wheels
 pin = $(shell grep -ihE '^$(1)==' requirements.txt requirements-dev.txt | head -1)
 
+DEVICE_WHEEL_PINS := $(foreach p,$(DEVICE_WHEEL_PKGS),$(call pin,$(p)))
+
 device-wheels:
+	@test $(words $(DEVICE_WHEEL_PINS)) -eq $(words $(DEVICE_WHEEL_PKGS)) || { echo "device-wheels:\
+	  each of $(DEVICE_WHEEL_PKGS) needs an exact pin in requirements*.txt, found:\
+	  $(DEVICE_WHEEL_PINS)"; exit 1; }
 	rm -rf $(DEVICE_WHEELS) && mkdir -p $(DEVICE_WHEELS)
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 	    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 	    --platform manylinux2014_x86_64 -d $(DEVICE_WHEELS) \
-	    $(foreach p,$(DEVICE_WHEEL_PKGS),$(call pin,$(p)))
+	    $(DEVICE_WHEEL_PINS)
 	@ls $(DEVICE_WHEELS) && du -sh $(DEVICE_WHEELS)
 
 clean:
