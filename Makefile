@@ -10,7 +10,7 @@ PYTEST_ARGS   ?=
 DEMO_ARGS     ?=
 
 .PHONY: install install-dev install-gpu install-tpu install-gcs test test-all demo bench bench-long \
-        clean
+        device-wheels clean
 
 install: $(RUNTIME_STAMP)
 
@@ -57,6 +57,26 @@ bench: $(DEV_STAMP)
 # The runs that take hours (the main job's held-out quality after its time budget).
 bench-long: $(DEV_STAMP)
 	$(BIN)/python -m bench.run_all --long
+
+# The packages the GPU machine's image lacks and the accelerator suite imports (bench/device/
+# README.md), as Python 3.12 wheels at this project's pins, into device-wheels/ (git-ignored; the
+# device `run` carries it). Needs the network; the suite installs them there offline.
+DEVICE_WHEEL_PKGS := diffusers ml_collections importlib_metadata lazy-importer safetensors
+DEVICE_WHEELS     := device-wheels
+pin = $(shell grep -ihE '^$(1)==' requirements.txt requirements-dev.txt | head -1)
+
+DEVICE_WHEEL_PINS := $(foreach p,$(DEVICE_WHEEL_PKGS),$(call pin,$(p)))
+
+device-wheels:
+	@test $(words $(DEVICE_WHEEL_PINS)) -eq $(words $(DEVICE_WHEEL_PKGS)) || { echo "device-wheels:\
+	  each of $(DEVICE_WHEEL_PKGS) needs an exact pin in requirements*.txt, found:\
+	  $(DEVICE_WHEEL_PINS)"; exit 1; }
+	rm -rf $(DEVICE_WHEELS) && mkdir -p $(DEVICE_WHEELS)
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	    --platform manylinux2014_x86_64 -d $(DEVICE_WHEELS) \
+	    $(DEVICE_WHEEL_PINS)
+	@ls $(DEVICE_WHEELS) && du -sh $(DEVICE_WHEELS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 OUT = ROOT / "BENCHMARKS.md"
 
-MEASURED, MEMORY, LONG = "measured", "memory", "long"
+MEASURED, MEMORY, LONG, DEVICE = "measured", "memory", "long", "device"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +60,9 @@ BENCHES = (
           ("memory_plan.md",), MEMORY),
     Bench("bench_lrm_memory", (), ("lrm_memory.md",), MEMORY),  # written by bench_lrm (below)
     Bench("bench_demo", ((),), ("demo.md",), LONG, long=True),
+    # Written on a GPU machine by `bash bench/device/run.sh` and copied here (bench/device/
+    # README.md); `make bench` never runs it (no runs), it only folds the table in.
+    Bench("device", (), ("device.md",), DEVICE),
 )
 # bench_lrm's `large` compile estimates are its own run (minutes of compiling), same module.
 _MODULE = {"bench_lrm_memory": "bench_lrm"}
@@ -81,7 +84,13 @@ SECTIONS = {
              "Nothing here ran on an accelerator: the figures are XLA's compile-time memory "
              "analysis on CPU and, in the tables marked **Estimates**, analytic counts.\n"),
     LONG: "## Long runs (`make bench-long`)\n",
+    DEVICE: "## Accelerator (`bash bench/device/run.sh` on a GPU machine)\n",
 }
+# What the device section says until a device run's table has been copied to bench/results/.
+DEVICE_NOT_MEASURED = (
+    "Not measured yet: no accelerator run has been folded in. `bash bench/device/run.sh` on a "
+    "GPU machine (bench/device/README.md) writes `device.md`; copy it to `bench/results/` and "
+    "run `python -m bench.run_all --merge_only`.\n")
 
 
 def _runs(b: Bench) -> tuple[tuple[str, ...], ...]:
@@ -107,18 +116,25 @@ def _demote(text: str) -> str:
 
 def merge(out: Path = OUT) -> Path:
   parts = [HEADER]
-  for section in (MEASURED, MEMORY, LONG):
+  for section in (DEVICE, MEASURED, MEMORY, LONG):
     parts.append(SECTIONS[section])
     for b in BENCHES:
       if b.section != section:
         continue
       for name in b.results:
         path = RESULTS / name
+        if not path.exists() and section == DEVICE:
+          parts.append(DEVICE_NOT_MEASURED)
+          continue
         if not path.exists():
           parts.append(f"`bench/results/{name}`: not run yet "
                        f"(`python -m bench.run_all --only {b.name}`).\n")
           continue
         text = path.read_text().strip()
+        if section == DEVICE and "DRY RUN" in text:
+          text += ("\n\n**This is a CPU dry run, not a device measurement** (`bash "
+                   "bench/device/run.sh --dry_run` writes to a temporary folder; copy only a "
+                   "device run's `device.md` here).")
         if common.read_provenance(text) is None:
           text += ("\n\n**No provenance recorded** (written before the benchmarks recorded "
                    "their command, commit and load average): rerun with `python -m "

@@ -219,6 +219,16 @@ def count_params(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(tree))))
 
 
+def check_cudnn_backend(backend: str | None = None) -> None:
+  """Raises `ConfigError` unless `backend` (default: JAX's default backend) is a CUDA GPU, the
+  only one with cuDNN flash attention; there is no silent fallback to 'xla'."""
+  backend = jax.default_backend() if backend is None else backend
+  if backend not in ("gpu", "cuda"):
+    raise errors.ConfigError(f"attention implementation 'cudnn' needs a CUDA GPU backend (cuDNN "
+                             f"flash attention), but JAX's backend is {backend!r}; set the "
+                             "model's attention_impl to 'xla' on this machine")
+
+
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                           bias: jax.Array | None = None, mask: jax.Array | None = None,
                           scale: float | None = None, implementation: str = "xla") -> jax.Array:
@@ -231,8 +241,10 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   if implementation not in ATTENTION_IMPLEMENTATIONS:
     raise errors.ConfigError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
                      f"got {implementation!r}")
-  if implementation == "cudnn" and query.dtype not in (jnp.bfloat16, jnp.float16):
-    raise errors.ConfigError("attention implementation 'cudnn' needs bf16/fp16 inputs, got "
-                     f"{query.dtype}; set the model's compute dtype to bfloat16 or use 'xla'")
+  if implementation == "cudnn":
+    check_cudnn_backend()
+    if query.dtype not in (jnp.bfloat16, jnp.float16):
+      raise errors.ConfigError("attention implementation 'cudnn' needs bf16/fp16 inputs, got "
+                       f"{query.dtype}; set the model's compute dtype to bfloat16 or use 'xla'")
   return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
                                       implementation=implementation)

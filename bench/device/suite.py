@@ -1,0 +1,356 @@
+"""The accelerator suite: every GPU figure beside its anchor in one run of at most eight minutes.
+
+    bash bench/device/run.sh [--dry_run]        # the entry point (installs, then this)
+    python -m bench.device.suite [--dry_run] [--out DIR] [--only unet_jax,lrm] [--budget_s 460]
+
+Runs the items of bench/device/items.py one process each, in order, each under its own time
+limit (`ITEMS`: seconds on the H200, sized in bench/device/README.md from FLOPs and bandwidth;
+the suite's remaining budget caps the last ones). A process that overruns is killed; what it
+had finished is kept, the rest is reported "not run: <why>", and the suite goes on. After
+every item it rewrites `DIR/device.json` (all measurements, versions, card) and
+`DIR/device.md` (one table, each figure beside its anchor and goal, ending with the run's
+provenance), so a run cut short still returns what it measured. `DIR` defaults to `$OUT`.
+
+`--dry_run` runs every item on CPU with tiny shapes through the same code (bench/device/items.py)
+and then checks the run: every JAX measurement ran with finite outputs, cuDNN attention was
+refused with the project's one-line error naming the CPU backend, the torch.compile anchor was
+skipped, and no package missing on the device was imported. Exit status 1 when a check fails.
+Figures of a dry run are not device figures: run.sh writes them to a temporary folder.
+
+Fold a device run into BENCHMARKS.md: copy `device.md` and `device.json` to `bench/results/`,
+then `python -m bench.run_all --merge_only`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from bench import common
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE_BUDGET_S = 460      # of the 8 minutes; pip installs and process starts take the rest
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  name: str
+  budget_s: float           # on the H200, process start, compiles and timing included
+  keys: tuple[str, ...]     # the measurements it writes
+  dry_budget_s: float = 60  # on this 2-core CPU
+
+
+ITEMS = (
+    Item("roofline", 30, ("matmul_bf16", "hbm_copy")),
+    Item("unet_jax", 90, ("unet_xla", "unet_cudnn")),
+    Item("unet_torch", 80, ("unet_torch_eager", "unet_torch_compile")),
+    Item("vae_jax", 35, ("vae_xla",)),
+    Item("vae_torch", 25, ("vae_torch_eager",)),
+    Item("stage1", 75, ("stage1",)),
+    Item("lrm", 55, ("lrm_forward_xla", "lrm_forward_cudnn", "render_512")),
+    Item("train", 75, ("train_step",)),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  key: str
+  label: str
+  anchor: str
+  goal: str
+  figure: str = "ms"        # ms | s | tflops | tb_per_s | images_per_s | train
+
+
+ROWS = (
+    Row("matmul_bf16", "bf16 matmul 8192³ (JAX)", "788 TFLOP/s (PyTorch, an H200 here, "
+        "2026-10-28); datasheet 989", "—", "tflops"),
+    Row("hbm_copy", "HBM copy: 2 GiB read + 2 GiB written (JAX)", "4.3 TB/s (PyTorch, an H200 here); "
+        "datasheet 4.8", "—", "tb_per_s"),
+    Row("unet_xla", "SDXL UNet step, batch 2, 128², bf16, JAX + XLA attention",
+        "PyTorch eager 89.4 ms, compiled 49.1 ms (H100, earlier)", "≤ 35 ms"),
+    Row("unet_cudnn", "SDXL UNet step, JAX + cuDNN flash attention",
+        "PyTorch eager 89.4 ms, compiled 49.1 ms (H100, earlier)", "≤ 35 ms"),
+    Row("unet_torch_eager", "SDXL UNet step, diffusers PyTorch eager (this run)",
+        "89.4 ms (H100, earlier)", "anchor"),
+    Row("unet_torch_compile", "SDXL UNet step, diffusers + torch.compile (this run)",
+        "49.1 ms (H100, earlier)", "anchor"),
+    Row("vae_xla", "SDXL VAE decode, 1024² grid, bf16, JAX", "91.3 ms PyTorch eager (earlier)",
+        "≤ 45 ms"),
+    Row("vae_torch_eager", "SDXL VAE decode, diffusers PyTorch eager (this run)",
+        "91.3 ms (earlier)", "anchor"),
+    Row("stage1", "Stage 1 end to end: 100 DDIM steps, CFG 5, blob start, + decode, 1024²",
+        "—", "≤ 3.5 s", "s"),
+    Row("lrm_forward_xla", "LRM `large` images→triplane, 4 × 512², bf16, XLA attention",
+        "70 ms (LRM family, A100)", "≤ 20 ms"),
+    Row("lrm_forward_cudnn", "LRM `large` images→triplane, cuDNN attention",
+        "70 ms (LRM family, A100)", "≤ 20 ms"),
+    Row("render_512", "512² image from a triplane, 64 + 64 samples/ray",
+        "0.5 images/s (LRM family)", "≥ 30 images/s", "images_per_s"),
+    Row("train_step", "LRM `large` train step, bf16, remat, 1 object/device, no LPIPS",
+        "—", "MFU ≥ 40%", "train"),
+)
+
+VERSIONS = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "optax",
+            "orbax-checkpoint", "numpy", "torch", "diffusers", "transformers", "huggingface-hub",
+            "safetensors", "ml_collections")
+
+
+def versions() -> dict:
+  out = {}
+  for name in VERSIONS:
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      pass
+  out["python"] = sys.version.split()[0]
+  return out
+
+
+def card() -> dict:
+  """The GPU as nvidia-smi names it (name, driver, memory, clocks), or 'none'."""
+  q = "name,driver_version,memory.total,clocks.max.sm,clocks.max.mem"
+  try:
+    out = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
+                         capture_output=True, text=True, timeout=20)
+    if out.returncode == 0 and out.stdout.strip():
+      f = [x.strip() for x in out.stdout.strip().splitlines()[0].split(",")]
+      return dict(zip(q.split(","), f), count=len(out.stdout.strip().splitlines()))
+  except (OSError, subprocess.SubprocessError):
+    pass
+  return {"name": "none (no nvidia-smi)"}
+
+
+def run_item(item: Item, budget: float, args, scratch_dir: Path, log) -> dict:
+  """One item in its own process group, killed at `budget` seconds; its measurements, with
+  "not run: why" for each it did not finish."""
+  scratch = scratch_dir / f"{item.name}.json"
+  cmd = [sys.executable, "-m", "bench.device.items", "--item", item.name, "--scratch",
+         str(scratch), "--budget_s", f"{budget:.0f}"]
+  if args.dry_run:
+    cmd.append("--dry_run")
+  if item.name == "stage1":
+    cmd += ["--attention", args.stage1_attention]
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  if args.dry_run:
+    env["JAX_PLATFORMS"] = "cpu"
+    env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    # Tiny shapes: XLA:CPU's LLVM optimisation, not the work, dominates (the UNet's random init
+    # compiled 1.5-2.5x faster at level 0); only the dry run's figures are affected.
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+  t0 = time.monotonic()
+  log.write(f"== {' '.join(cmd[1:])}\n")
+  log.flush()
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                          start_new_session=True)
+  why = None
+  try:
+    rc = proc.wait(timeout=budget)
+    if rc:
+      why = f"not run: the item's process exited with status {rc} (see the log)"
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    why = f"not run: the item overran its {budget:.0f} s budget and was stopped"
+  data = {}
+  if scratch.exists():
+    try:
+      data = json.loads(scratch.read_text())
+    except json.JSONDecodeError:
+      data = {}
+  meas = data.get("measurements", {})
+  if data.get("error"):
+    why = f"not run: {data['error']}"
+  for k in item.keys:
+    if k not in meas:
+      meas[k] = {"status": why or "not run: the item ended without measuring it"}
+  data["measurements"] = meas
+  data["budget_s"] = round(budget)
+  data["process_s"] = round(time.monotonic() - t0, 1)
+  return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _pct(x: float | None) -> str:
+  return "—" if x is None else f"{100 * x:.0f}%"
+
+
+def figure(row: Row, r: dict, limits: dict) -> tuple[str, str]:
+  """(result text, fraction of the measured limits) of one measurement."""
+  if r.get("status") != "ok":
+    return r.get("status", "not run"), ""
+  tf, bw = limits.get("tflops"), limits.get("tb_per_s")
+  if row.figure == "tflops":
+    return f"{r['tflops']:.0f} TFLOP/s ({r['ms']:.2f} ms)", ""
+  if row.figure == "tb_per_s":
+    return f"{r['tb_per_s']:.2f} TB/s ({r['ms']:.2f} ms)", ""
+  if row.figure == "train":
+    mfu = r.get("mfu_datasheet")
+    frac = f"{r['tflops'] / tf:.0%} of the measured matmul" if tf else ""
+    peak = r.get("peak_gib")
+    return (f"{r['s_per_step']:.3f} s/step, {r['tflops']:.0f} TFLOP/s, MFU {_pct(mfu)} "
+            f"(datasheet peak), peak memory "
+            f"{'%.1f GiB' % peak if peak is not None else 'n/a'}"), frac
+  if row.figure == "s":
+    return f"{r['s']:.2f} s (first call incl. compile {r['first_call_s']:.0f} s)", ""
+  sec = r["ms"] * 1e-3
+  parts = []
+  flops = r.get("analytic_flops") or r.get("xla_flops")
+  if tf and flops:
+    parts.append(f"{flops / sec / 1e12 / tf:.0%} of matmul")
+  if bw and r.get("xla_bytes"):
+    parts.append(f"{r['xla_bytes'] / sec / 1e12 / bw:.0%} of copy BW")
+  if row.figure == "images_per_s":
+    return f"{r['images_per_s']:.1f} images/s ({r['ms']:.0f} ms)", ", ".join(parts)
+  return f"{r['ms']:.1f} ms", ", ".join(parts)
+
+
+def report(results: dict, meta: dict, prov: common.Provenance, dry_run: bool) -> list[str]:
+  meas = {k: v for item in results.values() for k, v in item.get("measurements", {}).items()}
+  limits = {}
+  if meas.get("matmul_bf16", {}).get("status") == "ok":
+    limits["tflops"] = meas["matmul_bf16"]["tflops"]
+  if meas.get("hbm_copy", {}).get("status") == "ok":
+    limits["tb_per_s"] = meas["hbm_copy"]["tb_per_s"]
+  c, v = meta["card"], meta["versions"]
+  title = ("## Accelerator suite — DRY RUN on CPU, tiny shapes (not device figures)" if dry_run
+           else f"## Accelerator suite: {c.get('name', '?')}")
+  lines = [title, "",
+           f"Card: {c.get('name', '?')}, driver {c.get('driver_version', '?')}, "
+           f"{c.get('memory.total', '?')}. Versions: "
+           + ", ".join(f"{k} {x}" for k, x in v.items()) + ".", "",
+           "`bash bench/device/run.sh` (bench/device/README.md): random weights drawn on the "
+           "device, bf16; times are medians after a warm-up, compile excluded and listed in "
+           "bench/results/device.json. Fractions: FLOP/s (analytic where the model has a "
+           "count, else XLA's cost analysis) over the matmul row, bytes (XLA's count) over the "
+           "copy row.", "",
+           "| measurement | result | anchor | goal | fraction of measured limits |",
+           "|---|---|---|---|---|"]
+  for row in ROWS:
+    r = meas.get(row.key, {"status": "not run: item not selected"})
+    text, frac = figure(row, r, limits)
+    lines.append(f"| {row.label} | {text} | {row.anchor} | {row.goal} | {frac} |")
+  lines += ["", f"Suite wall time {meta['wall_s']:.0f} s of its {meta['budget_s']:.0f} s "
+            "budget; per item: " + ", ".join(
+                f"{n} {r.get('process_s', 0):.0f}/{r.get('budget_s', 0)} s"
+                for n, r in results.items()) + "."]
+  return lines
+
+
+def write(out: Path, results: dict, meta: dict, prov: common.Provenance, dry_run: bool):
+  out.mkdir(parents=True, exist_ok=True)
+  prov.load_after = None
+  lines = report(results, meta, prov, dry_run)
+  common.write_result(out / "device.md", lines, prov)
+  tmp = out / "device.json.tmp"
+  tmp.write_text(json.dumps(dict(meta, provenance=prov.as_dict(), items=results), indent=1,
+                            default=str))
+  tmp.replace(out / "device.json")
+
+
+def dry_run_problems(results: dict) -> list[str]:
+  """What a dry run must show; empty when the GPU code paths all ran on CPU."""
+  problems = []
+  for name, item in results.items():
+    for k, r in item.get("measurements", {}).items():
+      st = r.get("status", "")
+      if k.endswith("_cudnn"):
+        if "ConfigError" not in st or "'cpu'" not in st:
+          problems.append(f"{k}: expected the one-line cuDNN error naming the 'cpu' backend, "
+                          f"got {st!r}")
+      elif k == "unet_torch_compile":
+        if "skipped on CPU" not in st:
+          problems.append(f"{k}: expected 'skipped on CPU', got {st!r}")
+      elif st != "ok":
+        problems.append(f"{k}: {st}")
+      elif r.get("finite") is False:
+        problems.append(f"{k}: non-finite output")
+    if item.get("absent_imported"):
+      problems.append(f"{name}: imported packages the device lacks: {item['absent_imported']}")
+  return problems
+
+
+def main() -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--dry_run", action="store_true", help="CPU, tiny shapes, same code")
+  ap.add_argument("--out", default=os.environ.get("OUT", ""),
+                  help="folder for device.json / device.md / device.log (default: $OUT)")
+  ap.add_argument("--only", default="", help="comma-separated item names")
+  ap.add_argument("--budget_s", type=float, default=0,
+                  help=f"whole-suite budget (default {SUITE_BUDGET_S} s; dry run 240 s)")
+  ap.add_argument("--stage1_attention", default="auto",
+                  help="'xla', 'cudnn' or 'auto' (the faster UNet of this run)")
+  args = ap.parse_args()
+  if not args.out:
+    args.out = tempfile.mkdtemp(prefix="device_suite_")
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  names = [i.name for i in ITEMS]
+  only = [x for x in args.only.split(",") if x]
+  unknown = sorted(set(only) - set(names))
+  if unknown:
+    ap.error(f"--only: unknown items {unknown}; available: {names}")
+  budget_total = args.budget_s or (240 if args.dry_run else SUITE_BUDGET_S)
+  prov = common.Provenance.start()
+  if os.environ.get("INSTANT3D_COMMIT"):   # the device copy has no .git: the caller names it
+    prov.commit = os.environ["INSTANT3D_COMMIT"]
+  meta = dict(card=card(), versions=versions(), dry_run=args.dry_run, budget_s=budget_total,
+              wall_s=0.0)
+  print(f"card: {meta['card']}\nversions: {meta['versions']}\nout: {out}", flush=True)
+  t0 = time.monotonic()
+  results: dict = {}
+  with tempfile.TemporaryDirectory() as scratch, open(out / "device.log", "a") as log:
+    for item in ITEMS:
+      if only and item.name not in only:
+        continue
+      left = budget_total - (time.monotonic() - t0)
+      budget = min(item.dry_budget_s if args.dry_run else item.budget_s, left)
+      if item.name == "stage1" and args.stage1_attention == "auto":
+        args.stage1_attention = _faster_unet(results)
+      if budget < 10:
+        results[item.name] = {"measurements": {k: {"status": f"not run: the suite's "
+                              f"{budget_total:.0f} s budget was spent"} for k in item.keys}}
+      else:
+        print(f"== {item.name} (budget {budget:.0f} s)", flush=True)
+        results[item.name] = run_item(item, budget, args, Path(scratch), log)
+        for k, r in results[item.name]["measurements"].items():
+          print(f"   {k}: {r.get('status')}"
+                + (f" {_short(r)}" if r.get("status") == "ok" else ""), flush=True)
+      meta["wall_s"] = time.monotonic() - t0
+      write(out, results, meta, prov, args.dry_run)
+  print((out / "device.md").read_text())
+  if args.dry_run:
+    problems = dry_run_problems(results)
+    if problems:
+      print("DRY RUN FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
+      return 1
+    print(f"dry run ok: {len(results)} items in {meta['wall_s']:.0f} s")
+  return 0
+
+
+def _short(r: dict) -> str:
+  for k in ("ms", "s", "s_per_step", "tflops", "tb_per_s"):
+    if k in r:
+      return f"{k}={r[k]:.4g}"
+  return ""
+
+
+def _faster_unet(results: dict) -> str:
+  m = results.get("unet_jax", {}).get("measurements", {})
+  ok = {impl: m[f"unet_{impl}"]["ms"] for impl in ("xla", "cudnn")
+        if m.get(f"unet_{impl}", {}).get("status") == "ok"}
+  return min(ok, key=ok.get) if ok else "xla"
+
+
+if __name__ == "__main__":
+  sys.exit(main())
