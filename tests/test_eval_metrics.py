@@ -72,3 +72,82 @@ def test_ssim_rejects_small_or_mismatched():
     metrics.ssim(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)))
   with pytest.raises(ValueError, match="equal shapes"):
     metrics.ssim(np.zeros((16, 16, 3)), np.zeros((16, 17, 3)))
+
+
+def _object_on_white(seed=0, shape=(2, 3, 16, 16)):
+  """Targets `[..., H, W, 3]` with a square object (mask 1) on white, and the mask `[..., H, W]`."""
+  rng = np.random.default_rng(seed)
+  mask = np.zeros(shape, np.float32)
+  mask[..., 4:10, 5:12] = 1.0                      # 42 object pixels per view
+  colour = rng.uniform(0.2, 0.8, size=shape + (3,)).astype(np.float32)
+  target = np.where(mask[..., None] > 0, colour, 1.0).astype(np.float32)
+  return target, mask
+
+
+def test_colour_error_of_a_known_offset():
+  # Off by exactly 10/255 in every channel inside the mask, arbitrary outside: 10.0 in 0–255 units.
+  target, mask = _object_on_white()
+  pred = np.where(mask[..., None] > 0, target + 10 / 255, 0.0).astype(np.float32)
+  np.testing.assert_allclose(metrics.colour_error(pred, target, mask), np.full((2, 3), 10.0),
+                             rtol=1e-4)
+  # Only one channel off by 30/255 → mean over channels 10.0; soft mask ≤ 0.5 is background.
+  pred = target.copy()
+  pred[..., 0] = np.where(mask > 0, target[..., 0] - 30 / 255, target[..., 0])
+  soft = mask.copy()
+  soft[..., 0, :] = 0.5                            # a row at exactly 0.5 is not foreground
+  np.testing.assert_allclose(metrics.colour_error(pred, target, soft), np.full((2, 3), 10.0),
+                             rtol=1e-4)
+  assert np.all(np.asarray(metrics.colour_error(target, target, mask)) == 0)
+
+
+def test_foreground_psnr_of_a_known_masked_error():
+  target, mask = _object_on_white(1)
+  # Error 0.1 on every object pixel, huge error outside which must not count: masked MSE 0.01.
+  pred = np.where(mask[..., None] > 0, target + 0.1, 0.0).astype(np.float32)
+  none = np.zeros_like(mask)
+  np.testing.assert_allclose(metrics.foreground_psnr(pred, target, mask, none),
+                             np.full((2, 3), 20.0), rtol=1e-5)
+  # Whole-image PSNR of the same prediction is far lower: the background error dominates.
+  assert np.all(np.asarray(metrics.psnr(pred, target)) < 5.0)
+
+
+def test_foreground_psnr_counts_the_union_of_mask_and_opacity():
+  target, mask = _object_on_white(2, shape=(1, 16, 16))
+  pred = target.copy()
+  pred[0, 4:10, 5:12] += 0.1                       # 42 mask pixels, squared error 0.01 each
+  opacity = np.zeros_like(mask)
+  opacity[0, 12:14, 0:7] = 0.9                     # 14 extra pixels the model says are opaque …
+  pred[0, 12:14, 0:7] = 1.0 - 0.2                  # … painted 0.2 off the white (0.04 each)
+  opacity[0, 4:6, 5:12] = 0.7                      # inside the mask: no double counting
+  want_mse = (42 * 0.01 + 14 * 0.04) / 56
+  np.testing.assert_allclose(metrics.foreground_psnr(pred, target, mask, opacity),
+                             [10 * np.log10(1 / want_mse)], rtol=1e-5)
+  # At threshold 0.95 the opacity (0.9) no longer counts, the mask (1.0) still does: only its 42
+  # pixels remain.
+  np.testing.assert_allclose(metrics.foreground_psnr(pred, target, mask, opacity, thr=0.95),
+                             [20.0], rtol=1e-5)
+
+
+def test_views_without_foreground_are_nan():
+  # A view with no pixel above the threshold has no foreground metric: NaN (the protocol skips it
+  # in its averages and counts it), not 0 or inf.
+  target, mask = _object_on_white(3)
+  mask[0, 1] = 0.0
+  pred = np.clip(target - 0.05, 0, 1).astype(np.float32)
+  ce = np.asarray(metrics.colour_error(pred, target, mask))
+  fp = np.asarray(metrics.foreground_psnr(pred, target, mask, np.zeros_like(mask)))
+  assert np.isnan(ce[0, 1]) and np.isnan(fp[0, 1])
+  assert np.isfinite(np.delete(ce.ravel(), 1)).all() and np.isfinite(np.delete(fp.ravel(), 1)).all()
+  # An opaque prediction on the empty view makes it count for foreground PSNR (the union).
+  opacity = np.zeros_like(mask)
+  opacity[0, 1, :2] = 1.0
+  fp = np.asarray(metrics.foreground_psnr(pred, target, mask, opacity))
+  np.testing.assert_allclose(fp[0, 1], 20 * np.log10(1 / 0.05), rtol=1e-4)
+
+
+def test_foreground_metrics_reject_mismatched_shapes():
+  target, mask = _object_on_white()
+  with pytest.raises(ValueError, match="mask"):
+    metrics.colour_error(target, target, mask[..., :8])
+  with pytest.raises(ValueError, match="opacity"):
+    metrics.foreground_psnr(target, target, mask, mask[0])
