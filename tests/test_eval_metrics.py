@@ -151,3 +151,25 @@ def test_foreground_metrics_reject_mismatched_shapes():
     metrics.colour_error(target, target, mask[..., :8])
   with pytest.raises(ValueError, match="opacity"):
     metrics.foreground_psnr(target, target, mask, mask[0])
+
+
+def test_protocol_leaves_views_without_foreground_out():
+  # eval/protocol.py's averaging: NaN views (no foreground) are left out and counted; an object
+  # with no foreground view is NaN per object and left out of the summary; the table says so.
+  from instant3d_jax.eval import protocol
+  v = np.array([[10.0, np.nan, 20.0], [np.nan, np.nan, np.nan], [1.0, 2.0, 3.0]])
+  means, left_out = protocol.object_means(v, skip_nan=True)
+  np.testing.assert_array_equal(means, [15.0, np.nan, 2.0])
+  np.testing.assert_array_equal(left_out, [1, 3, 0])
+  np.testing.assert_array_equal(protocol.object_means(v[2:], skip_nan=False)[0], [2.0])
+  results = {"summary": {"psnr": 20.5, "foreground_psnr": 15.25, "colour_error": 12.34,
+                         "background_psnr": 10.0, "background_colour_error": 150.0},
+             "num_objects": 2, "num_views_per_object": 3, "split": "test", "rotate_deg": -45.0,
+             "resolution": 16, "seed": 0, "mean_colour": [0.5, 0.25, 0.125],
+             "views_without_foreground": {"colour_error": 4, "foreground_psnr": 0}}
+  table = protocol.markdown_table(results)
+  assert "| model | 20.50 | – | – | 15.25 | 12.3 |" in table
+  assert "| background only | 10.00 | – | – | – | 150.0 |" in table
+  assert "mean colour |" not in table                   # no values, no row
+  assert "RGB (0.500, 0.250, 0.125)" in table
+  assert "left out of that metric's averages: colour_error 4." in table

@@ -137,6 +137,34 @@ def test_eval_lrm_writes_tables(trained):
   assert "| model |" in table and f"{s['psnr']:.2f}" in table and "−45" not in table
   assert "rotated about z by -45°" in table
   assert "2 held-out objects (test split), 2 views each at 16²" in table
+  # The foreground metrics and the mean-colour baseline (eval/protocol.py), every metric per row.
+  for row in ("", "background_", "mean_colour_"):
+    for k in ("psnr", "ssim", "foreground_psnr", "colour_error"):
+      assert np.isfinite(s[row + k]), row + k
+  assert "| mean colour |" in table and "colour error" in table
+  assert f"{s['colour_error']:.1f}" in table and f"{s['mean_colour_colour_error']:.1f}" in table
+  # Oracle: the mean-colour baseline's colour error recomputed in numpy on the same targets.
+  from data_pipeline import datasets, lrm_input
+  dataset = datasets.open_dataset(cfg.data_dir)
+  loader = datasets.loader_config(cfg, dataset, purpose="eval")
+  batches = [b for b in lrm_input.eval_batches(str(cfg.data_dir), loader, split="test",
+                                                max_objects=2)]
+  rgb = np.concatenate([b["target_images"][b["valid"]] for b in batches])    # [2, T, h, w, 3]
+  alpha = np.concatenate([b["target_masks"][b["valid"]] for b in batches])   # [2, T, h, w]
+  fg = alpha > 0.5
+  colour = rgb[fg].mean(axis=0)
+  np.testing.assert_allclose(data["mean_colour"], colour, rtol=1e-5)
+  painted = alpha[..., None] * colour + (1 - alpha[..., None]) * 1.0         # white background
+  err = np.abs(painted - rgb).mean(-1)
+  per_view = 255 * np.array([[err[o, v][fg[o, v]].mean() for v in range(fg.shape[1])]
+                             for o in range(fg.shape[0])])
+  np.testing.assert_allclose(s["mean_colour_colour_error"], per_view.mean(1).mean(), rtol=1e-4)
+  assert data["per_object"]["mean_colour_colour_error"] == pytest.approx(list(per_view.mean(1)),
+                                                                         rel=1e-4)
+  # The train-time periodic eval keeps the model's metrics, no reference rows.
+  from instant3d_jax.train import lrm_task
+  periodic = lrm_task.make_eval_fn(cfg, dataset)(res.state.params, 3)
+  assert set(periodic) == {"psnr", "ssim", "foreground_psnr", "colour_error"}
 
 
 def test_trained_checkpoint_drives_reconstruct(trained, tmp_path):

@@ -3,7 +3,12 @@
 Per held-out object: the 4 input views of the GSO-style rig (elevation 20°, azimuths
 45/135/225/315) go in; `eval.num_targets` (10) other views of the 64-view rig, chosen per object
 with a fixed seed (`data_pipeline.lrm_input.eval_target_views`), are rendered at full resolution
-and scored with PSNR, SSIM and LPIPS; metrics are averaged over views, then over objects.
+and scored with PSNR, SSIM and LPIPS, and two foreground metrics (`eval/metrics.py`):
+foreground PSNR over the pixels where the ground-truth mask or the predicted opacity exceeds 0.5,
+and the colour error, mean |prediction − truth| over the ground-truth-mask pixels (mask > 0.5) in
+0–255 units. Metrics are averaged over views, then over objects. A view without foreground pixels
+has no foreground value: it is left out of its object's average (an object without any is left
+out of the summary) and counted in `views_without_foreground` of the results.
 
 Rig alignment: the model is trained on the Instant3D rig (azimuths 0/90/180/270). Every eval
 camera is rotated about z by `eval.rotate_deg` (−45°): cameras are relative to the object, so
@@ -11,8 +16,15 @@ this equals turning the object by +45°, and the 4 inputs land exactly on the tr
 model trained with `data.loader.random_rig_azimuth` may use `rotate_deg = 0` instead; the
 choice is written into the table.
 
-A reference row "background only" (predict the white background everywhere) is reported beside
-the model, so a number can be judged against the floor it must beat.
+Two reference rows are reported beside the model, every metric each, so a number can be judged
+against the floors it must beat: "background only" (the white background everywhere, opacity 0)
+and "mean colour": the data set's mean object colour, the mean RGB over all ground-truth-mask
+pixels (mask > 0.5) of the evaluated held-out targets (all processes together), composited
+inside the true mask, `alpha·colour + (1 − alpha)·background`, with opacity = the mask. It is the
+render of a model with perfect silhouettes and one colour: a colour error at or above it means no
+colour was learned. (The training split's supervision views would be the cleaner source of the
+mean, but reading them costs a pass over the whole training set; the evaluated targets cost one
+extra decode of the eval views, and the colour is written into the results as `mean_colour`.)
 """
 from __future__ import annotations
 
@@ -28,7 +40,10 @@ import numpy as np
 from instant3d_jax import fileio
 from instant3d_jax.eval import metrics as metrics_lib
 
-METRICS = ("psnr", "ssim", "lpips")
+METRICS = ("psnr", "ssim", "lpips", "foreground_psnr", "colour_error")
+FOREGROUND_METRICS = ("foreground_psnr", "colour_error")
+# Reference rows: results key prefix → table label.
+BASELINES = {"background_": "background only", "mean_colour_": "mean colour"}
 
 
 class Evaluator:
@@ -36,10 +51,11 @@ class Evaluator:
 
   `Evaluator(config)(params, dataset, num_objects)` → results dict; `dataset` is a
   `data_pipeline.datasets.DatasetInfo` (or a data set directory, opened here) whose
-  `eval.split` holds the GSO-style rig views (`datasets.check_eval`).
+  `eval.split` holds the GSO-style rig views (`datasets.check_eval`). `baselines=False` skips the
+  reference rows (and the mean colour's extra pass over the targets).
   """
 
-  def __init__(self, config, *, with_lpips: bool | None = None):
+  def __init__(self, config, *, with_lpips: bool | None = None, baselines: bool = True):
     from instant3d_jax.models import lrm as lrm_lib  # eval → models, never models → eval
     self.config = config
     self.mcfg = lrm_lib.model_config(config)
@@ -53,24 +69,33 @@ class Evaluator:
       cams = Camera(c2w=c2w, K=K, width=w, height=h)
       planes = model.apply({"params": params}, images, cams)
       tcams = Camera(c2w=t_c2w, K=t_K, width=t_hw[1], height=t_hw[0])
-      out = lrm_lib.render_views(mcfg, params, planes, tcams, chunk=chunk, outputs=("rgb",))
-      return jnp.clip(out["rgb"], 0.0, 1.0)
+      out = lrm_lib.render_views(mcfg, params, planes, tcams, chunk=chunk,
+                                 outputs=("rgb", "opacity"))
+      return jnp.clip(out["rgb"], 0.0, 1.0), out["opacity"]
+
+    def scores(p, t, mask, opacity):
+      return {"psnr": metrics_lib.psnr(p, t), "ssim": metrics_lib.ssim(p, t),
+              "foreground_psnr": metrics_lib.foreground_psnr(p, t, mask, opacity),
+              "colour_error": metrics_lib.colour_error(p, t, mask)}
 
     self._predict = jax.jit(predict, static_argnums=(6,))
-    self._scores = jax.jit(lambda p, t: (metrics_lib.psnr(p, t), metrics_lib.ssim(p, t)))
+    self._scores = jax.jit(scores)
+    self.baselines = baselines
     use_lpips = bool(config.eval.get("lpips", True)) if with_lpips is None else with_lpips
     self.lpips = metrics_lib.LPIPSMetric() if use_lpips else None
 
-  def predict(self, params, batch) -> jax.Array:
-    """Rendered target views `[b, T, h, w, 3]` of an eval batch."""
+  def predict(self, params, batch) -> tuple[jax.Array, jax.Array]:
+    """Rendered target views of an eval batch: `(rgb [b, T, h, w, 3] in [0, 1],
+    opacity [b, T, h, w])`."""
     th, tw = batch["target_images"].shape[2:4]
     return self._predict(params, batch["input_images"], batch["input_c2w"], batch["input_K"],
                          batch["target_c2w"], batch["target_K"], (int(th), int(tw)))
 
-  def score(self, pred, target) -> dict[str, np.ndarray]:
-    """Per-view metrics `{name: [b, T]}`."""
-    p, s = self._scores(pred, target)
-    out = {"psnr": np.asarray(p), "ssim": np.asarray(s)}
+  def score(self, pred, target, mask, opacity) -> dict[str, np.ndarray]:
+    """Per-view metrics `{name: [b, T]}` of `pred` against `target` (`[b, T, h, w, 3]`), with the
+    ground-truth `mask` and the predicted `opacity` (`[b, T, h, w]`) for the foreground metrics
+    (NaN for a view without foreground)."""
+    out = {k: np.asarray(v) for k, v in self._scores(pred, target, mask, opacity).items()}
     if self.lpips is not None:
       out["lpips"] = np.asarray(self.lpips(pred, target))
     return out
@@ -82,37 +107,101 @@ class Evaluator:
       dataset = datasets.open_dataset(dataset)
     ev = self.config.eval
     t0 = time.time()
-    per_obj: dict[str, list] = {k: [] for k in METRICS}
-    per_obj.update({f"background_{k}": [] for k in METRICS}, object_index=[])
-    shown = []
     loader = datasets.loader_config(self.config, dataset, purpose="eval")
-    for batch in lrm_input.eval_batches(dataset.data_dir, loader,
-                                        split=str(ev.split), rotate_deg=float(ev.rotate_deg),
-                                        max_objects=num_objects):
-      pred = self.predict(params, batch)
+    batches = lambda: lrm_input.eval_batches(dataset.data_dir, loader, split=str(ev.split),
+                                             rotate_deg=float(ev.rotate_deg),
+                                             max_objects=num_objects)
+    rows = {"": None}
+    mean_colour = None
+    if self.baselines:
+      rows["background_"] = None
+      mean_colour = mean_object_colour(batches())
+      if mean_colour is not None:
+        rows["mean_colour_"] = None
+    per_obj: dict[str, list] = {r + k: [] for r in rows for k in METRICS}
+    per_obj["object_index"] = []
+    # Per object: how many of its views had no foreground pixel, per foreground metric and row.
+    skipped: dict[str, list] = {r + k: [] for r in rows for k in FOREGROUND_METRICS}
+    skipped["object_index"] = []
+    shown = []
+    bg_colour = jnp.asarray(self.mcfg.background, jnp.float32)
+    for batch in batches():
+      pred, opacity = self.predict(params, batch)
       target = jnp.asarray(batch["target_images"])
-      scores = self.score(pred, target)
-      bg = jnp.broadcast_to(jnp.asarray(self.mcfg.background, jnp.float32), target.shape)
-      bg_scores = self.score(bg, target)
+      mask = jnp.asarray(batch["target_masks"])
+      rows[""] = (pred, opacity)
+      if "background_" in rows:
+        rows["background_"] = (jnp.broadcast_to(bg_colour, target.shape), jnp.zeros_like(mask))
+      if "mean_colour_" in rows:
+        rows["mean_colour_"] = (mask[..., None] * jnp.asarray(mean_colour, jnp.float32)
+                                + (1.0 - mask[..., None]) * bg_colour, mask)
       valid = np.asarray(batch["valid"])
-      for k, v in scores.items():
-        per_obj[k] += list(v.mean(axis=1)[valid])
-      for k, v in bg_scores.items():
-        per_obj[f"background_{k}"] += list(v.mean(axis=1)[valid])
+      for r, (image, alpha) in rows.items():
+        for k, v in self.score(image, target, mask, alpha).items():
+          means, empty = object_means(v[valid], skip_nan=k in FOREGROUND_METRICS)
+          per_obj[r + k] += list(means)
+          if k in FOREGROUND_METRICS:
+            skipped[r + k] += list(empty.astype(float))
       per_obj["object_index"] += [int(i) for i in batch["object_index"][valid]]
+      skipped["object_index"] += [int(i) for i in batch["object_index"][valid]]
       if len(shown) < keep_predictions:
         for i in np.nonzero(valid)[0][:keep_predictions - len(shown)]:
           shown.append((np.asarray(batch["input_images"][i]), np.asarray(pred[i]),
                         np.asarray(batch["target_images"][i])))
     per_obj = _gather_processes(per_obj)
+    skipped = _gather_processes(skipped)
     n = len(per_obj["object_index"])
-    summary = {k: float(np.mean(v)) for k, v in per_obj.items() if k != "object_index" and v}
-    return {"summary": summary, "num_objects": n, "num_views_per_object": int(ev.num_targets),
-            "split": str(ev.split), "rotate_deg": float(ev.rotate_deg),
-            "resolution": int(loader.target_resolution), "seed": int(ev.seed),
-            "seconds": time.time() - t0,
-            "per_object": {k: [float(x) for x in v] for k, v in per_obj.items()},
-            "examples": shown}
+    summary = {}
+    for k, v in per_obj.items():
+      v = np.asarray(v, np.float64)
+      if k != "object_index" and (~np.isnan(v)).any():
+        summary[k] = float(np.mean(v[~np.isnan(v)]))   # objects without foreground left out
+    out = {"summary": summary, "num_objects": n, "num_views_per_object": int(ev.num_targets),
+           "split": str(ev.split), "rotate_deg": float(ev.rotate_deg),
+           "resolution": int(loader.target_resolution), "seed": int(ev.seed),
+           "seconds": time.time() - t0,
+           "per_object": {k: [_json_float(x) for x in v] for k, v in per_obj.items()},
+           "views_without_foreground": {k: int(sum(v)) for k, v in skipped.items()
+                                        if k != "object_index"},
+           "examples": shown}
+    if mean_colour is not None:
+      out["mean_colour"] = [float(c) for c in mean_colour]
+    return out
+
+
+def object_means(values: np.ndarray, *, skip_nan: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Per-view values `[b, T]` → (per-object means `[b]`, views left out `[b]`). With `skip_nan`
+  (the foreground metrics) NaN views (no foreground) are left out of the mean, and an object
+  without any gets NaN; otherwise the plain mean."""
+  values = np.asarray(values, np.float64)
+  if not skip_nan:
+    return values.mean(axis=1), np.zeros(values.shape[0], np.int64)
+  has = ~np.isnan(values)
+  n = has.sum(axis=1)
+  means = np.where(n > 0, np.where(has, values, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
+  return means, values.shape[1] - n
+
+
+def _json_float(x) -> float | None:
+  """A per-object value for the JSON: NaN (no foreground in any view) → None (JSON null)."""
+  x = float(x)
+  return None if np.isnan(x) else x
+
+
+def mean_object_colour(batches, thr: float = 0.5) -> np.ndarray | None:
+  """Mean RGB `[3]` over the target pixels whose ground-truth mask exceeds `thr`, over the valid
+  rows of eval `batches` and all processes; None when no pixel is foreground."""
+  total, count = np.zeros(3, np.float64), np.zeros(1, np.float64)
+  for batch in batches:
+    valid = np.asarray(batch["valid"])
+    fg = np.asarray(batch["target_masks"])[valid] > thr
+    total += np.asarray(batch["target_images"], np.float64)[valid][fg].sum(axis=0)
+    count += fg.sum()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    both = np.asarray(multihost_utils.process_allgather(np.concatenate([total, count])))
+    total, count = both.reshape(-1, 4).sum(axis=0)[:3], both.reshape(-1, 4).sum(axis=0)[3:]
+  return None if count[0] == 0 else total / count[0]
 
 
 def _gather_processes(per_obj: dict) -> dict:
@@ -149,12 +238,27 @@ def markdown_table(results: dict, *, title: str = "Held-out evaluation", extra: 
     rows.append(f"- {k}: {v}")
   if extra:
     rows.append("")
-  rows += ["| | PSNR (dB) ↑ | SSIM ↑ | LPIPS ↓ |", "|---|---:|---:|---:|"]
+  rows += ["| | PSNR (dB) ↑ | SSIM ↑ | LPIPS ↓ | foreground PSNR (dB) ↑ | colour error (0–255) ↓ |",
+           "|---|---:|---:|---:|---:|---:|"]
   fmt = lambda k, d: f"{s[k]:.{d}f}" if k in s else "–"
-  rows.append(f"| model | {fmt('psnr', 2)} | {fmt('ssim', 4)} | {fmt('lpips', 4)} |")
-  rows.append(f"| background only | {fmt('background_psnr', 2)} | {fmt('background_ssim', 4)} | "
-              f"{fmt('background_lpips', 4)} |")
-  return "\n".join(rows) + "\n"
+  for prefix, label in {"": "model", **BASELINES}.items():
+    if prefix and not any(prefix + k in s for k in METRICS):
+      continue
+    rows.append(f"| {label} | {fmt(prefix + 'psnr', 2)} | {fmt(prefix + 'ssim', 4)} | "
+                f"{fmt(prefix + 'lpips', 4)} | {fmt(prefix + 'foreground_psnr', 2)} | "
+                f"{fmt(prefix + 'colour_error', 1)} |")
+  notes = ["", "Foreground PSNR: over the pixels where the ground-truth mask or the predicted "
+           "opacity exceeds 0.5; colour error: mean |prediction − truth| over the ground-truth-mask "
+           "pixels (mask > 0.5), 0–255 units."]
+  if "mean_colour" in results:
+    rgb = ", ".join(f"{c:.3f}" for c in results["mean_colour"])
+    notes.append(f"Mean colour: RGB ({rgb}), the mean over the ground-truth-mask pixels of the "
+                 "evaluated targets, painted inside the true mask over the background.")
+  skipped = {k: v for k, v in results.get("views_without_foreground", {}).items() if v}
+  if skipped:
+    notes.append("Views without foreground pixels, left out of that metric's averages: "
+                 + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) + ".")
+  return "\n".join(rows + notes) + "\n"
 
 
 def write_results(results: dict, out_dir: str | os.PathLike, *, extra: dict | None = None,

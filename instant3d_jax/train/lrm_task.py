@@ -212,15 +212,17 @@ def make_image_fn(config):
 
 def make_eval_fn(config, dataset: datasets.DatasetInfo):
   """`(params, step) -> {metric: value}`: the held-out protocol on `eval.periodic_num_objects`
-  objects, without LPIPS (cheap enough to run during training)."""
+  objects, without LPIPS and without the reference rows (cheap enough to run during training):
+  the model's PSNR, SSIM, foreground PSNR and colour error (eval/protocol.py)."""
   from instant3d_jax.eval import protocol
   evaluator = {}
 
   def eval_fn(params, step):
     if "e" not in evaluator:
-      evaluator["e"] = protocol.Evaluator(config, with_lpips=False)
+      evaluator["e"] = protocol.Evaluator(config, with_lpips=False, baselines=False)
     res = evaluator["e"](params, dataset, int(config.eval.periodic_num_objects))
-    return {k: v for k, v in res["summary"].items() if not k.startswith("background")}
+    return {k: v for k, v in res["summary"].items()
+            if not k.startswith(tuple(protocol.BASELINES))}
 
   return eval_fn
 
