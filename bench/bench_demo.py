@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from bench import common
+from instant3d_jax.eval import protocol
 
 
 def main() -> int:
@@ -43,8 +44,6 @@ def main() -> int:
     print(f"error: no eval/step_*/eval.json under {run_dir}", file=sys.stderr)
     return 1
   result = json.loads(evals[-1].read_text())
-  s = result["summary"]
-  fmt = lambda k, d: f"{s[k]:.{d}f}" if k in s else "–"  # noqa: E731
   lines = [
       "### `make demo` as is: held-out quality after the time budget",
       "",
@@ -54,12 +53,11 @@ def main() -> int:
       f"s, stop: {summary['stop_reason']}, budget {summary['time_budget_s']:.0f} s); evaluated on "
       f"{result['num_objects']} held-out objects × {result['num_views_per_object']} views.",
       "",
-      "| | PSNR (dB) ↑ | SSIM ↑ | LPIPS ↓ |",
-      "|---|---:|---:|---:|",
-      f"| model | {fmt('psnr', 2)} | {fmt('ssim', 4)} | {fmt('lpips', 4)} |",
-      f"| background only | {fmt('background_psnr', 2)} | {fmt('background_ssim', 4)} | "
-      f"{fmt('background_lpips', 4)} |",
   ]
+  # The eval's own table (model, background-only and mean-colour rows; foreground PSNR and colour
+  # error beside PSNR/SSIM/LPIPS), without its title and protocol paragraph.
+  table = protocol.markdown_table(result).splitlines()
+  lines += table[next(i for i, l in enumerate(table) if l.startswith("| |")):]
   print(f"wrote {common.write_result(args.out, lines, prov)}")
   return 0
 
