@@ -1,6 +1,6 @@
 """Model shapes of the device suite: the full SDXL components (stabilityai/stable-diffusion-xl-
 base-1.0's unet/, vae/, text_encoder/, text_encoder_2/ configs, minus bookkeeping keys) and the
-tiny shapes the CPU dry run pushes through the same code.
+tiny shapes the CPU dry run pushes through the same code (configs/sdxl.py's `tiny`).
 
 The UNet and VAE dicts are the ones tests/test_unet_vae.py checks parameter counts against
 (2,567,463,684 UNet parameters); the text towers are tests/test_clip.py's FULL_TEXT_L/G.
@@ -35,31 +35,15 @@ SDXL_TEXT_G = dict(_TEXT, hidden_size=1280, intermediate_size=5120, num_hidden_l
                    num_attention_heads=20, hidden_act="gelu", projection_dim=1280,
                    architectures=["CLIPTextModelWithProjection"])
 
-# Dry run: configs/sdxl.py's tiny UNet at a smaller head count; a 3-block VAE (×4).
-TINY_UNET = dict(
-    sample_size=16, in_channels=4, out_channels=4, block_out_channels=[32, 64],
-    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], layers_per_block=1,
-    transformer_layers_per_block=[1, 1], attention_head_dim=[2, 4], cross_attention_dim=48,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-    projection_class_embeddings_input_dim=64, norm_num_groups=8)
-TINY_VAE = dict(block_out_channels=[16, 32], down_block_types=["DownEncoderBlock2D"] * 2,
-                up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1, latent_channels=4,
-                norm_num_groups=8, sample_size=32, scaling_factor=0.13025)
-_TINY_TEXT = dict(vocab_size=100, max_position_embeddings=16, intermediate_size=32,
-                  num_hidden_layers=2, num_attention_heads=2, eos_token_id=2, bos_token_id=0,
-                  pad_token_id=1)
-TINY_TEXT_L = dict(_TINY_TEXT, hidden_size=16, hidden_act="quick_gelu",
-                   architectures=["CLIPTextModel"])
-TINY_TEXT_G = dict(_TINY_TEXT, hidden_size=32, hidden_act="gelu", projection_dim=16,
-                   architectures=["CLIPTextModelWithProjection"])
-
-
 def sdxl(dry_run: bool) -> dict:
   """`{unet, vae, text_encoder, text_encoder_2}` config dicts (diffusers / transformers form)
   plus the step shapes: latent side, batch, context length."""
   if dry_run:
-    return dict(unet=TINY_UNET, vae=TINY_VAE, text_encoder=TINY_TEXT_L,
-                text_encoder_2=TINY_TEXT_G, latent=16, ctx_len=16, grid=32, steps=2)
+    # configs/sdxl.py's tiny random-weight shapes (one home; ml_collections travels with the
+    # device wheels).
+    from configs import sdxl as sdxl_configs  # pylint: disable=g-import-not-at-top
+    r = sdxl_configs.get_config("tiny").random_init.to_dict()
+    return dict(unet=r["unet"], vae=r["vae"], text_encoder=r["text_encoder"],
+                text_encoder_2=r["text_encoder_2"], latent=16, ctx_len=16, grid=32, steps=2)
   return dict(unet=SDXL_UNET, vae=SDXL_VAE, text_encoder=SDXL_TEXT_L,
               text_encoder_2=SDXL_TEXT_G, latent=128, ctx_len=77, grid=1024, steps=100)
