@@ -72,21 +72,29 @@ def makedirs(p: PathLike) -> OutPath:
   return p
 
 
+@contextlib.contextmanager
+def _replaced_locally(p: pathlib.Path) -> Iterator[pathlib.Path]:
+  """Yields `p`'s temporary sibling; when the block succeeds it replaces `p` in one rename, when
+  it fails it is removed (a local `p` appears complete or not at all)."""
+  makedirs(p.parent)
+  tmp = p.with_name(p.name + ".tmp")
+  try:
+    yield tmp
+    os.replace(tmp, p)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+
+
 def write_bytes(p: PathLike, data: bytes) -> OutPath:
   """Writes `data` to `p` all-or-nothing (local: temp name, then rename; bucket: one upload)."""
   p = native(p)
   if is_remote(p):
     p.write_bytes(data)
     return p
-  makedirs(p.parent)
-  tmp = p.with_name(p.name + ".tmp")
-  try:
+  with _replaced_locally(p) as tmp:
     tmp.write_bytes(data)
-    os.replace(tmp, p)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
   return p
 
 
@@ -103,16 +111,8 @@ def copy_file(src: PathLike, dst: PathLike) -> OutPath:
     with src.open("rb") as fin, dst.open("wb") as fout:
       shutil.copyfileobj(fin, fout, _COPY_CHUNK)
     return dst
-  makedirs(dst.parent)
-  tmp = dst.with_name(dst.name + ".tmp")
-  try:
-    with src.open("rb") as fin, open(tmp, "wb") as fout:
-      shutil.copyfileobj(fin, fout, _COPY_CHUNK)
-    os.replace(tmp, dst)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
+  with _replaced_locally(dst) as tmp, src.open("rb") as fin, open(tmp, "wb") as fout:
+    shutil.copyfileobj(fin, fout, _COPY_CHUNK)
   return dst
 
 
