@@ -111,6 +111,12 @@ def get_config(arg=None):
   t.upsample = 2                  # planes are upsample·T square: a transposed conv, kernel =
                                   # stride = upsample (LRM/OpenLRM: 2)
   t.position_code = False         # add a fixed sine/cosine code of (plane, row, col) to tokens
+  # Input-view lifting (models/lrm.py:lift_views), NOT in the paper: 'hull' projects every plane
+  # texel's 3-D grid column into the input views and adds a parameter-free visual hull and the
+  # views' colours (8 channels per plane) to the triplane tokens (pooled, one linear map) and to
+  # the planes (one linear map per plane). The output is still a plain triplane NeRF. 'none' =
+  # the paper's model (images reach the planes only through cross-attention).
+  t.lift = "none"
 
   # Shared NeRF MLP on the concatenated features of the 3 planes (OpenLRM's OSGDecoder layout).
   n = m.nerf = ml_collections.ConfigDict()

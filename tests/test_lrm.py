@@ -18,7 +18,8 @@ from tests import tiny_configs
 # Every optional part switched on, so the micro model (tests/tiny_configs.py) exercises them all.
 FEATURES = {"encoder_modulation": True, "decoder_modulation": True, "plucker_rays": True,
             "triplane.position_code": True, "decoder.attention_bias": True,
-            "decoder.attention_bias_init": "zeros", "render.num_samples": 8,
+            "decoder.attention_bias_init": "zeros", "triplane.lift": "hull",
+            "render.num_samples": 8,
             "render.num_importance": 8}
 
 
@@ -299,16 +300,18 @@ def test_safetensors_roundtrip_and_mismatch(micro, tmp_path):
   assert "decoder/block_0/cross_attn_bias" in a
   # A config that builds other shapes: the error lists each path with both shapes.
   other = lrm_configs.get_config("tiny")
-  other.model = micro_config(**{"triplane.channels": 4, "decoder.attention_bias": False})
+  other.model = micro_config(**{"triplane.channels": 4, "decoder.attention_bias": False,
+                                "triplane.lift": "none"})
   with pytest.raises(WeightsError) as e:
     convert_lrm.load_lrm(path, other)
   msg = str(e.value)
-  assert f"checkpoint {path} does not match the model config (4 problems)" in msg
+  assert f"checkpoint {path} does not match the model config (8 problems)" in msg
   assert "decoder/upsampler/kernel: config expects (2, 2, 32, 4), checkpoint has (2, 2, 32, 8)" \
       in msg
   assert "unexpected decoder/block_0/cross_attn_bias: shape (48, 20)" in msg
   assert "decoder/upsampler/bias: config expects (4,), checkpoint has (8,)" in msg
   assert "nerf/dense_0/kernel: config expects (12, 16), checkpoint has (24, 16)" in msg
+  assert "unexpected decoder/lift_planes_kernel: shape (3, 8, 8)" in msg
   # Not an LRM file.
   from instant3d_jax.convert.safetensors_io import write_safetensors
   write_safetensors(tmp_path / "x.safetensors", {"a": np.zeros(2, np.float32)})
@@ -346,3 +349,47 @@ def test_dino_import_keeps_pretrained_features(micro, tmp_path):
     theirs = ref(pixel_values=torch.from_numpy(np.array(x).transpose(0, 3, 1, 2).copy()),
                  interpolate_pos_encoding=True).last_hidden_state.numpy()
   assert rel_err(ours, theirs) < 1e-4
+
+
+def _sphere_views(centre, radius, colour, res=64):
+  """The Instant3D rig's views of a flat-coloured sphere on white (exact per-pixel hit test)."""
+  cams = cam_lib.instant3d_rig(res)
+  o, d = cam_lib.camera_rays(cams)
+  oc = np.asarray(o) - np.asarray(centre, np.float32)
+  b = np.sum(oc * np.asarray(d), -1)
+  hit = b * b - (np.sum(oc * oc, -1) - radius ** 2) > 0
+  images = np.where(hit[..., None], np.asarray(colour, np.float32), 1.0).astype(np.float32)
+  return jnp.asarray(images), cams
+
+
+def test_lift_views_is_the_visual_hull_in_the_triplane_convention():
+  """A red sphere at (0.4, 0, 0): the lifted planes, read with `sample_triplane`, see it at its
+  own (x, y), (x, z), (y, z) and nowhere else: a swapped or transposed plane would fail."""
+  images, cams = _sphere_views((0.4, 0.0, 0.0), 0.3, (0.8, 0.1, 0.1))
+  lifted = lrm.lift_views(images, cams, 32, 1.0, (1.0, 1.0, 1.0))
+  assert lifted.shape == (3, 32, 32, lrm.LIFT_CHANNELS)
+  read = lambda p: np.asarray(rendering.sample_triplane(  # noqa: E731
+      lifted, jnp.asarray(p, jnp.float32), 1.0, combine="stack"))
+  centre = read((0.4, 0.0, 0.0))
+  np.testing.assert_allclose(centre[:, 0], 1.0, atol=1e-3)               # hull max, every plane
+  np.testing.assert_allclose(centre[:, 2:5], [[0.8, 0.1, 0.1]] * 3, atol=0.02)  # its colour
+  np.testing.assert_allclose(read((0.0, 0.4, 0.0))[:, 0], 0.0, atol=1e-3)  # (y, x) swapped
+  # mirrored in x: only the YZ plane (which integrates along x) sees the sphere
+  np.testing.assert_allclose(read((-0.4, 0.0, 0.0))[:, 0], [0.0, 0.0, 1.0], atol=1e-3)
+  off = read((0.4, 0.55, 0.0))[:, 0]    # XY (0.4, 0.55): out; XZ (0.4, 0): in; YZ (0.55, 0): out
+  np.testing.assert_allclose(off, [0.0, 1.0, 0.0], atol=1e-3)
+  above = read((0.4, 0.0, 0.55))[:, 0]  # XY in; XZ (0.4, 0.55) out; YZ (0, 0.55) out
+  np.testing.assert_allclose(above, [1.0, 0.0, 0.0], atol=1e-3)
+
+
+def test_lift_reaches_the_planes(micro):
+  """With `triplane.lift='hull'` the planes change with the images' colours even when the
+  decoder's cross-attention sees nothing else (the skip path), and a bad name is one line."""
+  m, params, plain, apply = micro
+  assert set(nn.meta.unbox(params)["decoder"]) >= {"lift_tokens", "lift_planes_kernel",
+                                                   "lift_planes_bias"}
+  images, cams = _inputs(m, 1)
+  tweak = images.at[..., 0].multiply(0.5)
+  assert rel_err(apply(plain, tweak, cams), apply(plain, images, cams)) > 1e-3
+  with pytest.raises(Exception, match="model.triplane.lift must be 'none' or 'hull'"):
+    lrm.init_params(micro_config(**{"triplane.lift": "voxels"}), jax.random.key(0))

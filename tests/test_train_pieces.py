@@ -77,3 +77,16 @@ def test_weight_decay_skips_vectors_and_clip_applies():
   clip = optax.clip_by_global_norm(1.0)
   clipped, _ = clip.update(big, clip.init(params))
   np.testing.assert_allclose(optax.global_norm(clipped), 1.0, rtol=1e-6)
+
+
+def test_progress_total_is_the_steps_that_will_run():
+  """Without a budget the bar's total is `total_steps`; with one it is projected from the step
+  rate (here 10 steps/s with 20 s of a 30 s budget left → 100 + 200 = 300 of 2700)."""
+  from instant3d_jax.train import metrics
+  p = metrics.Progress(2700, active=False, time_budget_s=30.0, start_time=0.0)
+  assert p.projected_total(0, 0.0) == 2700            # first update: no rate yet
+  assert p.projected_total(100, 10.0) == 300
+  assert p.projected_total(100, 40.0) == 100           # budget spent
+  assert metrics.Progress(500, active=False, time_budget_s=1e6, start_time=0.0
+                          ).projected_total(0, 0.0) == 500
+  assert metrics.Progress(50, active=False).projected_total(10, 5.0) == 50

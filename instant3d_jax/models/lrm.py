@@ -181,6 +181,67 @@ def rig_attention_bias(mcfg, *, num_points: int = 64) -> np.ndarray:
 # Modules
 
 
+# ---------------------------------------------------------------------------------------------
+# Input-view lifting (optional, `triplane.lift`): a parameter-free visual hull of the inputs
+
+
+LIFT_CHANNELS = 8   # per plane: hull max, hull mean, hull-weighted colour (3), mean colour (3)
+
+
+def foreground(images: jax.Array, background) -> jax.Array:
+  """Soft foreground `[..., H, W]` of images composited on `background`: the largest channel
+  difference from the background, scaled so that a 0.1 difference counts as fully foreground."""
+  bg = jnp.asarray(background, jnp.float32)
+  return jnp.clip(jnp.max(jnp.abs(images.astype(jnp.float32) - bg), axis=-1) / 0.1, 0.0, 1.0)
+
+
+def _bilinear_image(image: jax.Array, uv: jax.Array) -> jax.Array:
+  """`image [H, W, c]` at pixel coordinates `uv [..., 2]` (centres at +0.5); zero outside."""
+  h, w = image.shape[:2]
+  coords = (uv[..., 1] - 0.5, uv[..., 0] - 0.5)
+  return jnp.stack([jax.scipy.ndimage.map_coordinates(image[..., c], coords, order=1,
+                                                      mode="constant", cval=0.0)
+                    for c in range(image.shape[-1])], -1)
+
+
+def lift_views(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, box: float,
+               background) -> jax.Array:
+  """Parameter-free triplane features of ONE object's input views (a visual hull).
+
+  Every texel centre of an R³ grid over [-box, box]³ (R = `resolution`, the planes' own texel
+  centres) is projected into the V views `images [V, H, W, 3]`; per point, the hull value is the
+  product over views of the soft foreground at its projection (0 outside a view or behind it) and
+  its colour is the mean of the V view colours. Each plane reduces the grid along its normal
+  axis: hull max, hull mean, hull-weighted mean colour and plain mean colour along the axis.
+  Returns `[3, R, R, LIFT_CHANNELS]` in the triplane convention of `rendering.sample_triplane`
+  (XY: row y, col x; XZ: row z, col x; YZ: row z, col y). No gradient flows to the images.
+  """
+  images = jax.lax.stop_gradient(images.astype(jnp.float32))
+  c = -box + (jnp.arange(resolution, dtype=jnp.float32) + 0.5) * (2.0 * box / resolution)
+  pts = jnp.stack(jnp.meshgrid(c, c, c, indexing="ij"), -1)               # [x, y, z, 3]
+  fg = foreground(images, background)[..., None]
+  rgbm = jnp.concatenate([images, fg], -1)                                 # [V, H, W, 4]
+
+  def one_view(img, cam):
+    uv, depth = cameras_lib.project_points(cam, pts)
+    s = _bilinear_image(img, uv)
+    return jnp.where((depth > 0)[..., None], s, 0.0)
+
+  samples = jax.vmap(one_view)(rgbm, cameras)                              # [V, x, y, z, 4]
+  hull = jnp.prod(samples[..., 3], axis=0)                                 # [x, y, z]
+  colour = jnp.mean(samples[..., :3], axis=0)                              # [x, y, z, 3]
+  planes = []
+  for axis, perm in ((2, (1, 0, 2)), (1, (1, 0, 2)), (0, (1, 0, 2))):    # XY, XZ, YZ
+    h = hull[..., None]
+    weight = jnp.sum(h, axis=axis)
+    feats = jnp.concatenate([
+        jnp.max(h, axis=axis), jnp.mean(h, axis=axis),
+        jnp.sum(h * colour, axis=axis) / (weight + 1e-3),
+        jnp.mean(colour, axis=axis)], -1)                                  # [a, b, 8] (a < b)
+    planes.append(jnp.transpose(feats, perm))                              # [row b, col a, 8]
+  return jnp.stack(planes)
+
+
 class CameraEmbedder(nn.Module):
   """16-D camera vector → MLP(16 → E, SiLU, E → E) (InstantMesh / OpenLRM `CameraEmbedder`);
   torch `nn.Linear` init (`layers.dense`'s default)."""
@@ -297,7 +358,8 @@ class TriplaneTransformer(nn.Module):
   mcfg: Any   # frozen model config
 
   @nn.compact
-  def __call__(self, context: jax.Array, cond: jax.Array | None) -> jax.Array:
+  def __call__(self, context: jax.Array, cond: jax.Array | None,
+               lifted: jax.Array | None = None) -> jax.Array:
     m = self.mcfg
     dc, tc = m.decoder, m.triplane
     dtype = compute_dtype(m)
@@ -312,6 +374,16 @@ class TriplaneTransformer(nn.Module):
     if tc.position_code:
       x = x + jnp.asarray(triplane_position_code(T, D))
     x = jnp.broadcast_to(x.astype(dtype), (b, lq, D))
+    u = plane_upsample(m)
+    if lifted is not None:
+      # The lifted planes [B, 3, uT, uT, F], average-pooled to the token grid, enter the tokens.
+      f = lifted.shape[-1]
+      pooled = lifted.reshape(b, 3, T, u, T, u, f).mean(axis=(3, 5)).reshape(b, lq, f)
+      k_init, b_init = layers.torch_linear_init()
+      x = x + nn.Dense(D, dtype=dtype, param_dtype=jnp.float32,
+                       kernel_init=layers.partitioned(k_init, (None, "embed")),
+                       bias_init=layers.partitioned(b_init, ("embed",)),
+                       name="lift_tokens")(pooled)
     x = layers.constrain(x, ("batch", "length", "act_embed"))
     block = layers.maybe_remat(DecoderBlock, m.remat)
     bias_shape = (lq, context.shape[1]) if dc.attention_bias else None
@@ -333,7 +405,6 @@ class TriplaneTransformer(nn.Module):
                 name=f"block_{i}")(x, context, cond)
     x = layers.layer_norm(epsilon=dc.layer_norm_eps, name="norm_out")(x).astype(dtype)
     x = x.reshape(b * 3, T, T, D)
-    u = plane_upsample(m)
     # OpenLRM's upsampler is a fresh `nn.ConvTranspose2d` (torch default init, fan-in quirk
     # included: see `layers.torch_conv_transpose_init`).
     up_kernel_init, up_bias_init = layers.torch_conv_transpose_init()
@@ -346,6 +417,17 @@ class TriplaneTransformer(nn.Module):
         bias_init=layers.partitioned(up_bias_init, ("planes",)),
         name="upsampler")(x)
     planes = x.reshape(b, 3, u * T, u * T, tc.channels)
+    if lifted is not None:
+      # ... and, through one linear map per plane, the planes themselves (a skip path).
+      bound = 1.0 / math.sqrt(f)
+      uniform = lambda k, shape, dtype=jnp.float32: jax.random.uniform(  # noqa: E731
+          k, shape, dtype, -bound, bound)
+      w = self.param("lift_planes_kernel", layers.partitioned(uniform, (None, None, "planes")),
+                     (3, f, tc.channels), jnp.float32)
+      bias = self.param("lift_planes_bias", layers.partitioned(uniform, (None, "planes")),
+                        (3, tc.channels), jnp.float32)
+      planes = planes + (jnp.einsum("bprsf,pfc->bprsc", lifted.astype(dtype), w.astype(dtype))
+                         + bias[:, None, None, :].astype(dtype))
     return layers.constrain(planes, ("batch", None, "height", "width", None))
 
 
@@ -441,7 +523,15 @@ class LRM(nn.Module):
     context = tokens.reshape(b, v * tokens.shape[1], tokens.shape[2])
     context = layers.constrain(context, ("batch", "length", "act_embed"))
     cond = jnp.mean(cam_embed, axis=1) if m.decoder_modulation else None
-    planes = TriplaneTransformer(m, name="decoder")(context, cond)
+    lifted = None
+    lift = m.triplane.get("lift", "none")
+    if lift == "hull":
+      res = plane_resolution(m)
+      lifted = jax.vmap(lambda im, cam: lift_views(im, cam, res, m.render.box, m.background))(
+          images, cameras)
+    elif lift != "none":
+      raise errors.ConfigError(f"model.triplane.lift must be 'none' or 'hull', got {lift!r}")
+    planes = TriplaneTransformer(m, name="decoder")(context, cond, lifted)
     if self.is_initializing():
       nerf_mlp(m).copy(name="nerf")(jnp.zeros((1, 3 * m.triplane.channels), jnp.float32))
     return planes

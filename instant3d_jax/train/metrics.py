@@ -154,8 +154,9 @@ def plot_loss_curve(jsonl_path: str | os.PathLike, out_png: str | os.PathLike,
 class Progress:
   """Console progress bar with ETA (tqdm on a TTY-like stream; plain lines otherwise).
 
-  The run ends at `total_steps` or at the wall-clock budget, whichever comes first, so the ETA is
-  the smaller of the two estimates.
+  The run ends at `total_steps` or, when a wall-clock budget is set, at the budget, whichever comes
+  first: with a budget the bar's total is the number of steps that will run, projected from the
+  step rate so far (never more than `total_steps`), so its count and ETA end where the run does.
   """
 
   def __init__(self, total_steps: int, initial: int = 0, *, active: bool = True,
@@ -163,7 +164,8 @@ class Progress:
     self.active = active
     self.total = total_steps
     self.budget = time_budget_s
-    self.start = start_time or time.time()
+    self.start = time.time() if start_time is None else start_time
+    self._first: tuple[int, float] | None = None   # (step, time) of the first update
     self._bar = None
     if active:
       from tqdm import tqdm
@@ -177,10 +179,25 @@ class Progress:
       return
     self._bar.n = step
     if self.budget:
-      left = self.budget - (time.time() - self.start)
+      now = time.time()
+      left = self.budget - (now - self.start)
       postfix = f"{postfix} budget left {max(left, 0):.0f}s"
+      self._bar.total = self.projected_total(step, now)
     self._bar.set_postfix_str(postfix, refresh=False)
     self._bar.refresh()
+
+  def projected_total(self, step: int, now: float) -> int:
+    """Steps the run will have done when it stops: `total_steps`, or fewer when the budget ends
+    first at the step rate measured since the first update."""
+    if not self.budget:
+      return self.total
+    if self._first is None or step <= self._first[0]:
+      self._first = self._first or (step, now)
+      return self.total
+    s0, t0 = self._first
+    rate = (step - s0) / max(now - t0, 1e-9)
+    left = max(self.budget - (now - self.start), 0.0)
+    return int(min(self.total, step + int(left * rate)))
 
   def close(self) -> None:
     if self._bar is not None:
