@@ -268,6 +268,10 @@ def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=
   frames = render_all(video_lib.turntable_cameras(turntable_frames, render_res), "turntable")
   written["turntable_gif"] = video_lib.save_gif(out / "turntable.gif", frames, fps)
   written["turntable_mp4"] = video_lib.save_mp4(out / "turntable.mp4", frames, fps)
+  # The turntable at a glance (a still picture for pages and READMEs): 8 evenly spaced frames.
+  pick = np.linspace(0, len(frames), num=min(8, len(frames)), endpoint=False).astype(int)
+  written["turntable_strip"] = images_lib.save_png(
+      out / "turntable_strip.png", images_lib.make_grid(frames[pick], ncols=len(pick)))
   timings["render_s"] = time.time() - t
 
   # Mesh: density on a grid → marching cubes → colours at the vertices.

@@ -65,7 +65,8 @@ def test_full_run_writes_every_output(checkpoint, tmp_path):
                             log=logs.append)
   names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
   assert names == sorted(
-      ["triplane.npz", "run.json", "turntable.gif", "turntable.mp4", "mesh.glb", "mesh.obj",
+      ["triplane.npz", "run.json", "turntable.gif", "turntable.mp4", "turntable_strip.png",
+       "mesh.glb", "mesh.obj",
        "mesh.ply", "renders/inputs_vs_renders.png", "novel/cameras.json",
        "novel/novel_00.png", "novel/novel_01.png"]
       + [f"inputs/view_{i}.png" for i in range(4)] + [f"renders/input_{i}.png" for i in range(4)])
@@ -76,6 +77,8 @@ def test_full_run_writes_every_output(checkpoint, tmp_path):
   # The transparent bottom half of view 0 became the background colour.
   v0 = np.asarray(Image.open(out / "inputs" / "view_0.png"))
   np.testing.assert_allclose(v0[12:, :].reshape(-1, 3).mean(0), [255, 128, 0], atol=2)
+  strip = np.asarray(Image.open(out / "turntable_strip.png"))   # 4 frames of 16² in one row
+  assert strip.shape[:2] == (16 + 2 * 2, 4 * 16 + 5 * 2)
   tri = np.load(out / "triplane.npz")
   assert tri["planes"].shape == (3, 8, 8, 8)
   assert list(tri["plane_order"]) == ["XY", "XZ", "YZ"]
