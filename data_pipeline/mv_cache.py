@@ -130,7 +130,10 @@ def load_encoders(spec: str, config, weights: str | None) -> FrozenEncoders:
     raise errors.ConfigError(f"--encoders {spec!r}: cannot import it ({type(e).__name__}: {e})"
                              ) from e
   enc = fn(config, weights)
-  if not isinstance(enc, FrozenEncoders):
+  # Checked by its fields, not isinstance: run as `python -m`, this module is `__main__` and
+  # its FrozenEncoders is another class than the one `function` imported.
+  if not all(hasattr(enc, k) for k in ("encode_images", "encode_prompts", "scaling_factor",
+                                       "shift_factor", "description")):
     raise errors.ConfigError(f"--encoders {spec!r} returned {type(enc).__name__}, expected "
                              "data_pipeline.mv_cache.FrozenEncoders")
   return enc

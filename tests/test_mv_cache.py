@@ -112,13 +112,6 @@ def test_existing_output_is_refused_and_kept(world, cache, pipe, tmp_path):
     MC.write_cache(world, world, enc, overwrite=True, progress=False)
   with pytest.raises(records.DataError, match="not a latent cache"):
     MC.make_latent_loader(world, "train", batch_size=1, seed=0, process_index=0, process_count=1)
-  # The command: one line on stderr, exit 2, nothing touched.
-  r = subprocess.run([sys.executable, "-m", "data_pipeline.mv_cache", "--data_dir", world,
-                      "--out", cache], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                     env={**os.environ, "PYTHONPATH": str(ROOT)})
-  assert r.returncode == 2, r.stderr[-2000:]
-  lines = r.stderr.strip().splitlines()
-  assert lines[-1].startswith("error: ") and "pass --overwrite" in lines[-1], r.stderr[-2000:]
   assert {n: os.path.getmtime(os.path.join(cache, n)) for n in os.listdir(cache)} == before
   # --overwrite replaces it (only the train split this time).
   out = str(tmp_path / "c2")
@@ -136,3 +129,37 @@ def test_encoders_flag_is_checked():
     MC.load_encoders("data_pipeline.mv_cache:no_such_function", None, None)
   with pytest.raises(Exception, match="--weights is required"):
     MC.load_encoders("data_pipeline.mv_cache:sdxl_encoders", None, None)
+
+
+def _command(*args):
+  return subprocess.run([sys.executable, "-m", "data_pipeline.mv_cache", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_command_writes_the_same_cache_and_refuses_to_overwrite(world, pipe, cache, tmp_path):
+  """The command on the tiny pipeline saved as a diffusers folder (the default --encoders)."""
+  from instant3d_jax.convert import sdxl_pipeline
+  weights = tmp_path / "sdxl"
+  sdxl_pipeline.save_pipeline(weights, pipe)
+  out = str(tmp_path / "cache")
+  r = _command("--data_dir", world, "--out", out, "--config", "configs/sdxl.py:tiny",
+               "--weights", str(weights), "--batch_size", "4", "--splits", "train")
+  assert r.returncode == 0, r.stderr[-3000:]
+  kw = dict(batch_size=6, seed=0, shuffle=False, num_epochs=1, with_std=True, process_index=0,
+            process_count=1)
+  a = next(MC.make_latent_loader(out, "train", **kw))
+  b = next(MC.make_latent_loader(cache, "train", **kw))
+  for k in a:
+    if a[k].dtype.kind == "f":
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7)
+    else:
+      np.testing.assert_array_equal(a[k], b[k])
+  assert MC.read_cache_metadata(out)["encoders"]["weights"] == str(weights)
+  # Again without --overwrite: one line on stderr, exit 2, nothing touched.
+  before = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)}
+  r = _command("--data_dir", world, "--out", out, "--weights", str(weights))
+  assert r.returncode == 2, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "already holds a data set (mv_cache" in last, last
+  assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)} == before
