@@ -35,6 +35,8 @@ COMMANDS = [
     "instant3d_jax.models.summary",
     "data_pipeline.synthetic",
     "data_pipeline.importer",
+    "data_pipeline.mv_cache",
+    "data_pipeline.curation",
 ]
 
 def _hidden(name: str) -> bool:
