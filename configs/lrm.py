@@ -117,6 +117,8 @@ def get_config(arg=None):
   # the planes (one linear map per plane). The output is still a plain triplane NeRF. 'none' =
   # the paper's model (images reach the planes only through cross-attention).
   t.lift = "none"
+  t.lift_concat = False           # 'hull' only: also append the raw 8 lifted channels to every
+                                  # plane (the planes then have channels + 8)
 
   # Shared NeRF MLP on the concatenated features of the 3 planes (OpenLRM's OSGDecoder layout).
   n = m.nerf = ml_collections.ConfigDict()

@@ -391,5 +391,15 @@ def test_lift_reaches_the_planes(micro):
   images, cams = _inputs(m, 1)
   tweak = images.at[..., 0].multiply(0.5)
   assert rel_err(apply(plain, tweak, cams), apply(plain, images, cams)) > 1e-3
+  # lift_concat: the raw lifted channels are the planes' last LIFT_CHANNELS, and the NeRF MLP
+  # reads channels + LIFT_CHANNELS per plane.
+  mc = micro_config(**{"triplane.lift_concat": True})
+  pc = lrm.init_params(mc, jax.random.key(0))
+  planes = lrm.LRM(mc).apply({"params": pc}, images, cams)
+  assert lrm.plane_channels(mc) == m.triplane.channels + lrm.LIFT_CHANNELS == planes.shape[-1]
+  want = lrm.lift_views(images[0], cams[0], lrm.plane_resolution(mc), mc.render.box,
+                        mc.background)
+  np.testing.assert_allclose(planes[0, ..., -lrm.LIFT_CHANNELS:], want, rtol=1e-6, atol=1e-6)
+  assert nn.meta.unbox(pc)["nerf"]["dense_0"]["kernel"].shape[0] == 3 * lrm.plane_channels(mc)
   with pytest.raises(Exception, match="model.triplane.lift must be 'none' or 'hull'"):
     lrm.init_params(micro_config(**{"triplane.lift": "voxels"}), jax.random.key(0))

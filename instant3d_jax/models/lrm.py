@@ -92,6 +92,14 @@ def plane_upsample(mcfg) -> int:
   return int(mcfg.triplane.get("upsample", 2))
 
 
+def plane_channels(mcfg) -> int:
+  """Channels per plane of the output triplane: `triplane.channels`, plus the raw lifted
+  channels when `triplane.lift='hull'` with `lift_concat`."""
+  tc = mcfg.triplane
+  extra = LIFT_CHANNELS if tc.get("lift", "none") == "hull" and tc.get("lift_concat", False) else 0
+  return int(tc.channels) + extra
+
+
 def plane_resolution(mcfg) -> int:
   return plane_upsample(mcfg) * mcfg.triplane.token_resolution
 
@@ -428,6 +436,10 @@ class TriplaneTransformer(nn.Module):
                         (3, tc.channels), jnp.float32)
       planes = planes + (jnp.einsum("bprsf,pfc->bprsc", lifted.astype(dtype), w.astype(dtype))
                          + bias[:, None, None, :].astype(dtype))
+      if tc.get("lift_concat", False):
+        # The raw lifted channels ride along as the last LIFT_CHANNELS plane channels, so the
+        # NeRF MLP reads the hull and the view colours at each sample point unmixed.
+        planes = jnp.concatenate([planes, lifted.astype(planes.dtype)], -1)
     return layers.constrain(planes, ("batch", None, "height", "width", None))
 
 
@@ -533,7 +545,7 @@ class LRM(nn.Module):
       raise errors.ConfigError(f"model.triplane.lift must be 'none' or 'hull', got {lift!r}")
     planes = TriplaneTransformer(m, name="decoder")(context, cond, lifted)
     if self.is_initializing():
-      nerf_mlp(m).copy(name="nerf")(jnp.zeros((1, 3 * m.triplane.channels), jnp.float32))
+      nerf_mlp(m).copy(name="nerf")(jnp.zeros((1, 3 * plane_channels(m)), jnp.float32))
     return planes
 
 
@@ -635,5 +647,5 @@ def render_views(mcfg, params, planes: jax.Array, cameras: cameras_lib.Camera, *
 __all__ = ["LRM", "CameraEmbedder", "DecoderBlock", "TriplaneTransformer", "NeRFMLP",
            "model_config", "vit_config", "plucker_rays", "triplane_position_code", "init_params",
            "abstract_params", "dummy_inputs", "field_fn", "render_rays", "render_views",
-           "tokens_per_view", "plane_resolution", "plane_upsample",
+           "tokens_per_view", "plane_resolution", "plane_upsample", "plane_channels", "lift_views",
            "rig_attention_bias"]

@@ -89,7 +89,7 @@ def lrm_forward_flops(config, batch: int = 1, breakdown: bool = False):
 def nerf_flops_per_sample(config) -> int:
   """NeRF MLP FLOPs for one sample point (3C → hidden → … → 4)."""
   m = lrm_lib.model_config(config)
-  n, C = m.nerf, m.triplane.channels
+  n, C = m.nerf, lrm_lib.plane_channels(m)
   h = n.hidden
   return 2 * (3 * C * h + (n.num_layers - 2) * h * h + h * 4)
 
