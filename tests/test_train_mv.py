@@ -16,7 +16,8 @@ from instant3d_jax.models.pixel_ae import PixelAEConfig, PixelUnshuffleAE
 from instant3d_jax.train import checkpoint as ckpt_lib
 from instant3d_jax.train import loop, mv_task
 from instant3d_jax.train import step as step_lib
-from tests.tiny_configs import TINY_SDXL, TINY_VAE
+from tests.test_mv_parity import PARITY_UNET
+from tests.tiny_configs import TINY_VAE
 
 # A micro UNet of the tiny variant's layout (48 = 3 · 4² pixel-unshuffled channels; context
 # 32 + 32; pooled 32 + 6 · 8 time ids).
@@ -160,6 +161,33 @@ def test_config_errors_name_the_setting():
 # ----------------------------------------------------------------------------------------------
 # The tiny variant
 # ----------------------------------------------------------------------------------------------
+def test_grid_loader_batches_reach_the_step_in_pixels_form(tmp_path):
+  """The procedural world through mv_grids' loader (caption-level held-out part excluded) and
+  `CaptionBatches`: the keys, shapes and dtypes of `batch_spec`, captions tokenised."""
+  from data_pipeline import captions as captions_lib
+  from data_pipeline import datasets
+  cfg = micro_config()
+  cfg.data = data_config.get_config("tiny")
+  cfg.data_dir = str(tmp_path / "data")
+  cfg.grid.heldout = "train"
+  cfg.grid.num_heldout = 2
+  comps = mv_task.build_components(cfg)
+  info = datasets.prepare(cfg, progress=False)
+  it = mv_task.grid_loader_factory(cfg, info.data_dir)()
+  raw = next(it)
+  split = captions_lib.caption_split("heldout", seed=0, num_heldout=2)
+  assert not [c for c in raw["caption"] if split.is_heldout(str(c))]
+  it.set_state(it.get_state())
+  batches = mv_task.CaptionBatches(mv_task.grid_loader_factory(cfg, info.data_dir)(), comps)
+  b = next(batches)
+  spec = mv_task.batch_spec(cfg, comps)
+  assert {k: (v.shape, v.dtype) for k, v in b.items()} == {
+      k: (v.shape, np.dtype(v.dtype)) for k, v in spec.items()}
+  np.testing.assert_array_equal(b["grid"], raw["grid"])
+  np.testing.assert_array_equal(b["input_ids"], comps.tokenizer(list(raw["caption"]))["input_ids"])
+
+
+@pytest.mark.slow
 def test_tiny_trains_on_the_grid_loader_and_samples_with_ema(tmp_path):
   """Two steps on the procedural world through mv_grids' loader (caption-level held-out part
   excluded); the EMA differs from the raw weights and drew the sample grids."""
@@ -239,12 +267,14 @@ def test_tiny_stop_and_resume_is_bit_identical_with_ema(tmp_path):
 @pytest.mark.slow
 def test_sdxl_variant_compiles_on_fake_devices_and_takes_a_step(tmp_path):
   """configs/mv_sdxl.py:sdxl (bf16, remat 'full', FSDP) with SDXL's block layout at tiny size
-  (tests/tiny_configs.TINY_SDXL), its tiny VAE and text encoders, FSDP over 4 fake devices: the
-  AOT-compiled step runs once, the UNet's weights are sharded over `fsdp`."""
+  (tests/tiny_configs.TINY_SDXL at one resnet and transformer layer per block, as the parity
+  test), a tiny VAE and text encoders, FSDP over 4 fake devices: the AOT-compiled step runs once
+  on pixel batches (frozen encoders inside the step), the UNet's weights are sharded over
+  `fsdp`."""
   cfg = mv_sdxl.get_config("sdxl")
   text = mv_sdxl._tiny_text(24)  # pylint: disable=protected-access
   r = cfg.model.random_init
-  r.unet = dict(TINY_SDXL)
+  r.unet = dict(PARITY_UNET)
   r.text_encoder = dict(text, hidden_size=16, architectures=["CLIPTextModel"])
   r.text_encoder_2 = dict(text, hidden_size=32, hidden_act="gelu", projection_dim=16,
                           architectures=["CLIPTextModelWithProjection"])
@@ -262,3 +292,34 @@ def test_sdxl_variant_compiles_on_fake_devices_and_takes_a_step(tmp_path):
   assert res.step == 1 and np.isfinite(res.history[0]["loss"])
   kernel = res.state.params["unet"]["conv_in"]["kernel"]
   assert "fsdp" in str(kernel.sharding.spec) and len(kernel.sharding.device_set) == 4
+
+
+@pytest.mark.slow
+def test_sdxl_weights_folder_initialises_the_unet_and_ema(tmp_path):
+  """`model.pretrained` (a diffusers SDXL folder, through convert/sdxl_pipeline.py): at step 0
+  the trained UNet and its EMA are the folder's weights, the frozen text encoders and VAE come
+  from it too, and its CLIP tokenizers are used."""
+  from configs import sdxl as sdxl_config
+  from instant3d_jax.convert import sdxl_pipeline
+  scfg = sdxl_config.get_config("tiny")
+  tok = sdxl_pipeline.write_toy_tokenizer(tmp_path / "tok", int(scfg.random_init.tokenizer_max_length))
+  pipe = sdxl_pipeline.init_random_pipeline(scfg.random_init, tok, tok, seed=3)
+  sdxl_pipeline.save_pipeline(tmp_path / "sdxl", pipe)
+  cfg = mv_sdxl.get_config("sdxl")
+  cfg.model.pretrained = str(tmp_path / "sdxl")
+  cfg.model.update(dict(dtype="float32", remat="none"))
+  cfg.grid.view_resolution = 16
+  cfg.train.update(dict(total_steps=0, global_batch_size=4, image_every=0))
+  cfg.optimizer.update(dict(warmup_steps=1, decay_steps=10))
+  comps = mv_task.build_components(cfg)
+  assert comps.tokenizer.model_max_length == 16 and sorted(comps.frozen) == [
+      "text_encoder", "text_encoder_2", "vae"]
+  res = loop.run(cfg, tmp_path / "wd", mv_task.make_task(cfg, comps, MemoryGrids,
+                                                         with_flops=False), log=lambda *_: None)
+  want = host(pipe.params["unet"])
+  for tree in (res.state.params["unet"], res.state.ema["unet"]):
+    for x, y in zip(jax.tree.leaves(host(tree)), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(x, y)
+  for x, y in zip(jax.tree.leaves(comps.frozen["text_encoder_2"]),
+                  jax.tree.leaves(host(pipe.params["text_encoder_2"]))):
+    np.testing.assert_array_equal(x, y)

@@ -106,8 +106,11 @@ def _check_tokenizer(tok, te_config, name: str) -> None:
                              f"text encoder's eos_token_id {te_config.eos_token_id}")
 
 
-def build_components(config) -> Components:
-  """The modules, tokenizers and frozen/pretrained weights `config.model` describes."""
+def build_components(config, *, abstract: bool = False) -> Components:
+  """The modules, tokenizers and frozen/pretrained weights `config.model` describes.
+
+  `abstract=True` (random weights only): the frozen params as `jax.ShapeDtypeStruct`s, nothing
+  drawn (memory plans compile the step from shapes alone)."""
   from instant3d_jax.convert import clip as cclip
   from instant3d_jax.convert import diffusers_sdxl
   from instant3d_jax.convert import sdxl_pipeline
@@ -129,6 +132,9 @@ def build_components(config) -> Components:
     pixel_ae = PixelUnshuffleAE(PixelAEConfig(factor=int(m.pixel_ae_factor),
                                               scaling_factor=float(m.pixel_ae_scaling_factor)))
   pretrained = str(m.get("pretrained", "") or "")
+  if pretrained and abstract:
+    raise errors.ConfigError("build_components(abstract=True) plans from model.random_init "
+                             "shapes; clear model.pretrained")
   if pretrained:
     pipe = sdxl_pipeline.load_any(pretrained, str(m.single_file_config_folder or "") or None)
     unet_cfg, te_cfg = pipe.unet.config, pipe.text_encoder.config
@@ -153,14 +159,13 @@ def build_components(config) -> Components:
     te_cfg = CLIPTextConfig.from_transformers(as_dict(r.text_encoder), False)
     te2_cfg = CLIPTextConfig.from_transformers(as_dict(r.text_encoder_2), True)
     seed = int(m.random_init_seed)
-    host = {"text_encoder": sdxl_pipeline.random_params(cclip.text_param_shapes(te_cfg), seed),
-            "text_encoder_2": sdxl_pipeline.random_params(cclip.text_param_shapes(te2_cfg),
-                                                          seed + 1)}
+    draw = ((lambda shapes, _: shapes) if abstract else sdxl_pipeline.random_params)
+    host = {"text_encoder": draw(cclip.text_param_shapes(te_cfg), seed),
+            "text_encoder_2": draw(cclip.text_param_shapes(te2_cfg), seed + 1)}
     if pixel_ae is None:
       vae_cfg = VAEConfig.from_diffusers(as_dict(r.vae))
       vae = AutoencoderKL(vae_cfg, dtype=dt, **kw)
-      host["vae"] = sdxl_pipeline.random_params(diffusers_sdxl.vae_abstract_params(vae_cfg),
-                                                seed + 2)
+      host["vae"] = draw(diffusers_sdxl.vae_abstract_params(vae_cfg), seed + 2)
     else:
       vae, host["vae"] = pixel_ae, {}
     toks = _tokenizers(config)
