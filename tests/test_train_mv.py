@@ -323,3 +323,22 @@ def test_sdxl_weights_folder_initialises_the_unet_and_ema(tmp_path):
   for x, y in zip(jax.tree.leaves(comps.frozen["text_encoder_2"]),
                   jax.tree.leaves(host(pipe.params["text_encoder_2"]))):
     np.testing.assert_array_equal(x, y)
+
+
+def test_command_reports_a_bad_setting_in_one_line(tmp_path):
+  """`python -m instant3d_jax.train_mvdiffusion` (absl + cli.run): a bad config value exits
+  non-zero with one `error:` line naming it, and leaves the workdir unclaimed."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-m", "instant3d_jax.train_mvdiffusion",
+                      "--config", os.path.join(root, "configs/mv_sdxl.py:tiny"),
+                      "--workdir", str(tmp_path / "wd"),
+                      "--config.diffusion.prediction_type=sample"],
+                     cwd=root, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "diffusion.prediction_type" in lines[0], r.stderr[-2000:]
+  assert not (tmp_path / "wd").exists()
