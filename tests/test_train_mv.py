@@ -342,3 +342,15 @@ def test_command_reports_a_bad_setting_in_one_line(tmp_path):
   lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "diffusion.prediction_type" in lines[0], r.stderr[-2000:]
   assert not (tmp_path / "wd").exists()
+
+
+def test_state_shardings_keep_indivisible_dimensions_whole():
+  """SDXL's 4-channel conv_out bias under an 8-way fsdp rule: the derived state sharding keeps
+  that dimension whole (it cannot be split 8 ways); divisible ones stay sharded."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from instant3d_jax.train import sharding as shard_lib
+  mesh = jax.make_mesh((1, 4), ("data", "fsdp"))
+  fit = lambda spec, shape: shard_lib.fit_sharding(NamedSharding(mesh, spec), shape).spec
+  assert fit(P("fsdp"), (6,)) == P(None)
+  assert fit(P(None, "fsdp"), (3, 8)) == P(None, "fsdp")
+  assert fit(P(("data", "fsdp")), (2,)) == P(None)
