@@ -173,37 +173,44 @@ def select_objects(data_dir: str, split: str, *, object_list=None,
   An object list id that is in no split of the data set is a `DataError` (a typo or another
   data set's list); ids of other splits are skipped. An empty selection is a `DataError`.
   """
+  if object_list is None and heldout is None:
+    n = len(records.RecordSource(data_dir, split))
+    if n == 0:
+      raise records.DataError(f"{data_dir}: split {split!r} is empty")
+    return np.arange(n)
+  splits = records.read_metadata(data_dir)["splits"]
+  return select_from_table(
+      object_table(data_dir, split), object_list=object_list, heldout=heldout,
+      where=f"{data_dir}: split {split!r}",
+      all_ids=lambda: {oid for s in splits for _, oid, _ in object_table(data_dir, s)})
+
+
+def select_from_table(table: Sequence[tuple[int, str, str]], *, object_list, heldout, where: str,
+                      all_ids) -> np.ndarray:
+  """Positions in `table` ((index, object_id, caption) per split position) that `object_list` and
+  `heldout` keep; `all_ids()` → every object_id of the data set (only called for ids not in the
+  table)."""
   split_part = captions_lib.as_caption_split(heldout)
-  n = len(records.RecordSource(data_dir, split))
-  if object_list is None and split_part is None:
-    keep = np.arange(n)
-  else:
-    table = object_table(data_dir, split)
-    mask = np.ones(len(table), bool)
-    if object_list is not None:
-      ids = read_object_list(object_list) if isinstance(object_list, (str, os.PathLike)) else [
-          str(o) for o in object_list]
-      wanted = set(ids)
-      have = {oid for _, oid, _ in table}
-      missing = wanted - have
-      if missing:
-        meta = records.read_metadata(data_dir)
-        for other in meta["splits"]:
-          if other != split and missing:
-            missing -= {oid for _, oid, _ in object_table(data_dir, other)}
-      if missing:
-        shown = sorted(missing)[:5]
-        raise records.DataError(
-            f"{object_list if isinstance(object_list, (str, os.PathLike)) else 'object_list'}: "
-            f"{len(missing)} object id(s) are in no split of {data_dir} (e.g. {shown}); expected "
-            "the data set's record object_ids")
-      mask &= np.array([oid in wanted for _, oid, _ in table], bool)
-    if split_part is not None:
-      mask &= np.array([split_part.keeps(cap) for _, _, cap in table], bool)
-    keep = np.flatnonzero(mask)
+  mask = np.ones(len(table), bool)
+  if object_list is not None:
+    is_file = isinstance(object_list, (str, os.PathLike))
+    ids = read_object_list(object_list) if is_file else [str(o) for o in object_list]
+    wanted = set(ids)
+    missing = wanted - {oid for _, oid, _ in table}
+    if missing:
+      missing -= all_ids()
+    if missing:
+      raise records.DataError(
+          f"{object_list if is_file else 'object_list'}: {len(missing)} object id(s) are in no "
+          f"split of the data set (e.g. {sorted(missing)[:5]}); expected the data set's record "
+          "object_ids")
+    mask &= np.array([oid in wanted for _, oid, _ in table], bool)
+  if split_part is not None:
+    mask &= np.array([split_part.keeps(cap) for _, _, cap in table], bool)
+  keep = np.flatnonzero(mask)
   if len(keep) == 0:
-    raise records.DataError(f"{data_dir}: no objects of split {split!r} are left to load "
-                            f"(object_list={object_list!r}, heldout={heldout!r})")
+    raise records.DataError(f"{where}: no objects are left to load (of {len(table)}; "
+                            f"object_list={object_list!r}, heldout={heldout!r})")
   return keep
 
 
@@ -250,6 +257,21 @@ def grid_dataset(data_dir: str, split: str, *, batch_size: int, seed: int, shuff
                  read_threads: int = 2, prefetch_batches: int = 4,
                  worker_buffer_size: int = 2) -> grain.IterDataset:
   """The grain data set behind `make_grid_loader` (same arguments)."""
+  positions = select_objects(data_dir, split, object_list=object_list, heldout=heldout)
+  source = records.RecordSource(data_dir, split)
+  return stream(positions, lambda order: _LoadGrid(source, order, resolution),
+                batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                worker_count=worker_count, process_index=process_index,
+                process_count=process_count, read_threads=read_threads,
+                prefetch_batches=prefetch_batches, worker_buffer_size=worker_buffer_size)
+
+
+def stream(positions: Sequence[int], make_load, *, batch_size: int, seed: int, shuffle: bool,
+           num_epochs: int | None, worker_count: int, process_index: int | None,
+           process_count: int | None, read_threads: int, prefetch_batches: int,
+           worker_buffer_size: int) -> grain.IterDataset:
+  """Batches of `make_load(order)(stream position)` over the split `positions` (module
+  docstring: order, processes, epochs); shared with data_pipeline/mv_cache.py."""
   p, P = lrm_input._process_defaults(process_index, process_count)  # pylint: disable=protected-access
   B = int(batch_size)
   if B < 1 or B % P:
@@ -259,8 +281,6 @@ def grid_dataset(data_dir: str, split: str, *, batch_size: int, seed: int, shuff
     raise errors.ConfigError(f"process_index {p} outside [0, {P})")
   if num_epochs is not None and int(num_epochs) < 1:
     raise errors.ConfigError(f"num_epochs must be None (endless) or ≥ 1, found {num_epochs}")
-  positions = select_objects(data_dir, split, object_list=object_list, heldout=heldout)
-  source = records.RecordSource(data_dir, split)
   order = _Order(tuple(int(x) for x in positions), int(seed), bool(shuffle))
   b = B // P
   if num_epochs is None:
@@ -270,7 +290,7 @@ def grid_dataset(data_dir: str, split: str, *, batch_size: int, seed: int, shuff
     num_local = total if P == 1 else (total // B) * b
   ds = (grain.MapDataset.range(num_local)
         .map(lrm_input._LocalToPosition(B, p, P))  # pylint: disable=protected-access
-        .map(_LoadGrid(source, order, resolution))
+        .map(make_load(order))
         .batch(b, drop_remainder=False))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(read_threads),
                                             prefetch_buffer_size=int(prefetch_batches)))

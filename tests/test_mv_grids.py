@@ -46,6 +46,10 @@ def test_tile_untile_round_trip_and_layout():
   np.testing.assert_array_equal(grid[:, 5:, 5:], views[:, 3])   # bottom-right: az 270
   np.testing.assert_array_equal(G.untile_grid(grid), views)
   np.testing.assert_array_equal(G.tile_grid(G.untile_grid(grid[0])), grid[0])
+  # The sampler's grid helpers (diffusion/sampling.py) use the same layout.
+  from instant3d_jax.diffusion import sampling
+  np.testing.assert_array_equal(sampling.make_grid(views), grid)
+  np.testing.assert_array_equal(sampling.split_grid(grid), views)
   with pytest.raises(records.DataError, match="expected views"):
     G.tile_grid(views[:, :3])
   with pytest.raises(records.DataError, match="even sides"):
@@ -161,7 +165,7 @@ def test_finite_epochs_in_order_and_object_list(world, tmp_path):
   with pytest.raises(records.DataError, match=r"1 object id\(s\) are in no split.*obj999999"):
     G.make_grid_loader(out, "train", batch_size=2, seed=0, object_list=["obj000001", "obj999999"],
                        process_index=0, process_count=1)
-  with pytest.raises(records.DataError, match="no objects of split 'train' are left"):
+  with pytest.raises(records.DataError, match="split 'train': no objects are left"):
     G.make_grid_loader(out, "train", batch_size=2, seed=0, object_list=["obj000010"],
                        process_index=0, process_count=1)
 
