@@ -143,6 +143,9 @@ def get_config(arg=None):
   g.heldout_seed = 0              # data_pipeline/captions.py caption_split
   g.num_heldout = 6
   g.object_list = ""              # curated object list file ('' = all)
+  # A frozen-encoder cache (python -m data_pipeline.mv_cache; latents + prompt embeddings) to
+  # train from instead of the grids ('' = encode grids and captions inside the step).
+  g.cache_dir = ""
   g.seed = 0
   g.worker_count = 0
   g.read_threads = 2

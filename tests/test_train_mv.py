@@ -354,3 +354,31 @@ def test_state_shardings_keep_indivisible_dimensions_whole():
   assert fit(P("fsdp"), (6,)) == P(None)
   assert fit(P(None, "fsdp"), (3, 8)) == P(None, "fsdp")
   assert fit(P(("data", "fsdp")), (2,)) == P(None)
+
+
+def test_latent_cache_batches_reach_the_step_in_cached_form(tmp_path):
+  """A frozen-encoder cache (data_pipeline/mv_cache.py) written with the run's own autoencoder
+  and text encoders, read through `grid.cache_dir`: the keys and shapes of the cached
+  `batch_spec`, and the context equals the step's own encoding of the caption."""
+  from data_pipeline import datasets
+  from data_pipeline import mv_cache
+  cfg = micro_config()
+  cfg.data = data_config.get_config("tiny")
+  cfg.data_dir = str(tmp_path / "data")
+  comps = mv_task.build_components(cfg)
+  info = datasets.prepare(cfg, progress=False)
+  pipe = mv_task.sampling_pipeline(comps, {"unet": {}})
+  mv_cache.write_cache(info.data_dir, str(tmp_path / "cache"), mv_cache.encoders_from_pipeline(pipe),
+                       splits=["train"], batch_size=4, resolution=8, progress=False)
+  cfg.grid.cache_dir = str(tmp_path / "cache")
+  b = next(mv_task.cache_loader_factory(cfg, comps)())
+  spec = mv_task.batch_spec(cfg, comps, cached=True)
+  assert sorted(spec) == ["context", "latents", "latents_std", "pooled"]
+  assert {k: (v.shape, v.dtype) for k, v in b.items()} == {
+      k: (v.shape, np.dtype(v.dtype)) for k, v in spec.items()}
+  grids = next(mv_task.grid_loader_factory(cfg, info.data_dir)())  # same seed → same objects
+  ids1, ids2 = mv_task.tokenize(comps, grids["caption"])
+  ctx, pooled = mv_task.encode_text(comps, comps.frozen["text_encoder"],
+                                    comps.frozen["text_encoder_2"], ids1, ids2)
+  np.testing.assert_allclose(b["context"], ctx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(b["pooled"], pooled, rtol=1e-5, atol=1e-5)

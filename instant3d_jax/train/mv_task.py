@@ -13,12 +13,15 @@ other part is frozen and travels as a replicated constant of the step.
 Batches the step takes (process-local rows, numpy; `batch_spec`):
   pixels form   grid uint8 [B, 2R, 2R, 3], input_ids int32 [B, L1], input_ids_2 int32 [B, L2]
                 (the frozen autoencoder and text encoders run inside the step);
-  cached form   latents float32 [B, h, w, C] (already × scaling_factor), context float32
-                [B, L, D1 + D2], pooled float32 [B, P] (a cache of frozen-encoder outputs;
+  cached form   latents float32 [B, h, w, C] (already (mean − shift) × scaling_factor),
+                latents_std (the posterior's std × scaling_factor; only with
+                `diffusion.latent_sample`), context float32 [B, L, D1 + D2], pooled float32
+                [B, P]: the frozen-encoder cache of data_pipeline/mv_cache.py (`grid.cache_dir`;
                 `make_task(..., cached=True)`).
 The iterator adapter `CaptionBatches` turns the grid loader's {"grid", "caption", "object_id"}
 batches (data_pipeline/mv_grids.py `make_grid_loader`, or any factory with that interface) into
-the pixels form by tokenising the captions on the host.
+the pixels form by tokenising the captions on the host; `CachedBatches` renames the cache
+loader's keys (`make_latent_loader`: prompt_embeds → context, pooled_prompt_embeds → pooled).
 
 Loss (diffusion/training.py): uniform timesteps, DDPM forward noising, ε (or v) target, MSE in
 fp32, caption dropout zeroing context and pooled together, SDXL add_time_ids from the config.
@@ -209,10 +212,13 @@ def batch_spec(config, comps: Components, cached: bool = False) -> dict:
     h, w, c = latent_shape(config, comps)
     l = comps.tokenizer.model_max_length
     d = comps.text_encoder.config.hidden_size + comps.text_encoder_2.config.hidden_size
-    return {"latents": jax.ShapeDtypeStruct((b, h, w, c), jnp.float32),
-            "context": jax.ShapeDtypeStruct((b, l, d), jnp.float32),
-            "pooled": jax.ShapeDtypeStruct((b, comps.text_encoder_2.config.projection_dim),
-                                           jnp.float32)}
+    out = {"latents": jax.ShapeDtypeStruct((b, h, w, c), jnp.float32),
+           "context": jax.ShapeDtypeStruct((b, l, d), jnp.float32),
+           "pooled": jax.ShapeDtypeStruct((b, comps.text_encoder_2.config.projection_dim),
+                                          jnp.float32)}
+    if bool(config.diffusion.latent_sample):
+      out["latents_std"] = jax.ShapeDtypeStruct((b, h, w, c), jnp.float32)
+    return out
   return {"grid": jax.ShapeDtypeStruct((b, s, s, 3), jnp.uint8),
           "input_ids": jax.ShapeDtypeStruct((b, comps.tokenizer.model_max_length), jnp.int32),
           "input_ids_2": jax.ShapeDtypeStruct((b, comps.tokenizer_2.model_max_length),
@@ -251,6 +257,30 @@ class CaptionBatches:
     self.it.set_state(state)
 
 
+class CachedBatches:
+  """The cache loader's batches (data_pipeline/mv_cache.py `make_latent_loader`) → the cached
+  form (`keys`: the names `batch_spec` asks for)."""
+  RENAME = {"latents": "latents", "latents_std": "latents_std", "context": "prompt_embeds",
+            "pooled": "pooled_prompt_embeds"}
+
+  def __init__(self, it, keys):
+    self.it, self.keys = it, tuple(keys)
+
+  def __next__(self) -> dict:
+    b = next(self.it)
+    missing = [self.RENAME[k] for k in self.keys if self.RENAME[k] not in b]
+    if missing:
+      raise errors.DataError(f"latent cache batch lacks {missing} (has {sorted(b)}); "
+                             "diffusion.latent_sample needs a cache read with_std=True")
+    return {k: np.asarray(b[self.RENAME[k]], np.float32) for k in self.keys}
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, state):
+    self.it.set_state(state)
+
+
 # ----------------------------------------------------------------------------------------------
 # Loss
 # ----------------------------------------------------------------------------------------------
@@ -281,6 +311,8 @@ def make_loss_fn(config, comps: Components):
     k_lat, k_draw = jax.random.split(rng)
     if "latents" in batch:
       x0 = batch["latents"].astype(jnp.float32)
+      if sample_posterior and "latents_std" in batch:
+        x0 = x0 + batch["latents_std"] * jax.random.normal(k_lat, x0.shape)
     else:
       pixels = training.pixels_to_model_range(batch["grid"])
       mean, logvar = comps.vae.apply({"params": p["vae"]}, pixels, method="encode")
@@ -420,6 +452,28 @@ def make_image_fn(config, comps: Components, workdir: str | os.PathLike | None =
 # ----------------------------------------------------------------------------------------------
 # Task assembly
 # ----------------------------------------------------------------------------------------------
+def cache_loader_factory(config, comps: Components) -> Callable[[], Any]:
+  """`() -> iterator` of the frozen-encoder cache in `config.grid.cache_dir` (data_pipeline/
+  mv_cache.py), in the cached form, with the grid loader's order and selection settings."""
+  from data_pipeline import captions as captions_lib
+  from data_pipeline import mv_cache
+  g = config.grid
+  heldout = str(g.heldout or "")
+  split_part = (captions_lib.caption_split(heldout, seed=int(g.heldout_seed),
+                                           num_heldout=int(g.num_heldout)) if heldout else None)
+  keys = batch_spec(config, comps, cached=True).keys()
+
+  def make():
+    return CachedBatches(mv_cache.make_latent_loader(
+        str(g.cache_dir), str(g.split), batch_size=int(config.train.global_batch_size),
+        seed=int(g.seed), shuffle=True, object_list=str(g.object_list) or None,
+        heldout=split_part, worker_count=int(g.worker_count),
+        with_std=bool(config.diffusion.latent_sample), read_threads=int(g.read_threads),
+        prefetch_batches=int(g.prefetch_batches)), keys)
+
+  return make
+
+
 def grid_loader_factory(config, data_dir: str) -> Callable[[], Any]:
   """`() -> iterator` of the grid loader (data_pipeline/mv_grids.py) for `config.grid`."""
   from data_pipeline import captions as captions_lib
@@ -476,9 +530,13 @@ def make_task(config, comps: Components | None = None,
 
 def train(config, workdir: str | os.PathLike, *, make_iterator=None, log=print
           ) -> loop.RunResult:
-  """Builds the components, opens the data (the grid loader on `config.data_dir`, generating the
-  procedural world first when `data.source` is 'procedural'), and runs the loop."""
+  """Builds the components, opens the data (the frozen-encoder cache of `grid.cache_dir` when
+  set; else the grid loader on `config.data_dir`, generating the procedural world first when
+  `data.source` is 'procedural'), and runs the loop."""
   comps = build_components(config)
+  if make_iterator is None and str(config.grid.get("cache_dir", "") or ""):
+    return loop.run(config, workdir, make_task(config, comps, cache_loader_factory(config, comps),
+                                               cached=True, workdir=workdir), log=log)
   if make_iterator is None:
     from data_pipeline import datasets
     info = datasets.prepare(config, progress=jax.process_index() == 0)
