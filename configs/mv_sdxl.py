@@ -180,7 +180,8 @@ def get_config(arg=None):
       halt_at_step=0,
       checkpoint_must_match=("model", "diffusion", "ema", "grid", "optimizer"),
       # Read only when a run starts at step 0 (the weights' location may move between resumes).
-      checkpoint_may_differ=("model.pretrained", "model.single_file_config_folder")))
+      checkpoint_may_differ=("model.pretrained", "model.single_file_config_folder",
+                             "grid.cache_dir")))
   cfg.checkpoint = ml_collections.ConfigDict(dict(every_steps=500 if tiny else 1000, keep=3))
   cfg.checkpoint["async"] = True
   cfg.hardware = ml_collections.ConfigDict(dict(peak_tflops={
