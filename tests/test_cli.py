@@ -26,6 +26,7 @@ _HIDDEN = ("torch", "functorch", "torchgen", "diffusers", "__editable__", "insta
 
 COMMANDS = [
     "instant3d_jax.train_lrm",
+    "instant3d_jax.train_mvdiffusion",
     "instant3d_jax.eval_lrm",
     "instant3d_jax.reconstruct",
     "instant3d_jax.generate_views",

@@ -220,7 +220,7 @@ def _decode(vae: AutoencoderKL, chunk: int | None, tiled: bool, rules, vae_param
 
 @functools.partial(jax.jit, static_argnums=0)
 def _vae_mean(vae: AutoencoderKL, vae_params, x):
-  return vae.apply({"params": vae_params}, x, method=AutoencoderKL.encode)[0]
+  return vae.apply({"params": vae_params}, x, method="encode")[0]
 
 
 def blob_latent(pipeline: Pipeline, height: int, width: int, cfg: blob_lib.BlobConfig

@@ -266,7 +266,7 @@ def _tiled_decode(vae: AutoencoderKL, params, z: jax.Array, overlap: float) -> j
   stride = int(tile * (1 - overlap))
   blend = int(cfg.sample_size * overlap)
   limit = cfg.sample_size - blend
-  dec = lambda t: vae.apply({"params": params}, t, method=AutoencoderKL.decode)
+  dec = lambda t: vae.apply({"params": params}, t, method="decode")
   h, w = z.shape[1], z.shape[2]
   rows = [[dec(z[:, i:i + tile, j:j + tile]) for j in range(0, w, stride)]
           for i in range(0, h, stride)]
@@ -298,7 +298,7 @@ def decode_chunked(vae: AutoencoderKL, params, z: jax.Array, *, batch_chunk: int
   def decode_one(zc):
     if tiled and (zc.shape[1] > tile or zc.shape[2] > tile):
       return _tiled_decode(vae, params, zc, tile_overlap)
-    return vae.apply({"params": params}, zc, method=AutoencoderKL.decode)
+    return vae.apply({"params": params}, zc, method="decode")
 
   b = z.shape[0]
   if batch_chunk is None or batch_chunk >= b:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from instant3d_jax import fileio
@@ -79,7 +80,12 @@ class Task:
   batch_spec: `{name: jax.ShapeDtypeStruct}` of the *global* batch (shapes for AOT compile).
   flops_per_example: analytic forward+backward FLOPs per example (for TFLOP/s and MFU).
   eval_fn: `(params, step) -> {name: float}`, called every `train.eval_every` steps and at the end.
-  image_fn: `(params, global_batch, step) -> [H, W, 3]` grid, every `train.image_every` steps.
+  image_fn: `(params, global_batch, step) -> [H, W, 3]` grid, every `train.image_every` steps,
+    written as `image_name` (TensorBoard tag; PNGs under workdir/images).
+  ema_decay: > 0 keeps an exponential moving average of the params in the train state
+    (`TrainState.ema`, step.py), updated after every kept step with this maximum decay; the
+    image and eval hooks then receive the EMA params instead of the raw ones. 0: no EMA (the
+    state's tree, hence its checkpoints, as before).
   """
   init_params: Callable[[jax.Array], Any]
   loss_fn: LossFn
@@ -90,6 +96,8 @@ class Task:
   eval_fn: Callable[[Any, int], dict] | None = None
   image_fn: Callable[[Any, Any, int], np.ndarray] | None = None
   initial_params: Callable[[Any], Any] | None = None
+  ema_decay: float = 0.0
+  image_name: str = "train/inputs_predictions_targets"
 
 
 @dataclasses.dataclass
@@ -135,7 +143,7 @@ def setup_mesh(config):
 
 def build_state(config, task: Task, mesh, rules, tx):
   """`(init_jit, abstract_state, state_shardings)` (init compiled lazily, only if needed)."""
-  init_fn = make_init_fn(task.init_params, tx)
+  init_fn = make_init_fn(task.init_params, tx, ema=task.ema_decay > 0)
   key = jax.random.PRNGKey(int(config.seed))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, shardings = shard_lib.derive_shardings(init_fn, key, mesh=mesh, rules=rules)
@@ -153,8 +161,9 @@ def _host_params(params) -> Any:
 
 def apply_initial_params(state, fn: Callable[[Any], Any], state_shardings, tx):
   """`state` with params `fn(host params)` placed with `state_shardings.params` and the optimizer
-  state initialised from them (see `Task.initial_params`). Every process computes the same host
-  tree and contributes its own shards."""
+  state initialised from them (see `Task.initial_params`); an EMA, if the state keeps one,
+  restarts as a copy of them. Every process computes the same host tree and contributes its own
+  shards."""
   host = _host_params(state.params)
   new = fn(host)
   want = dict(jax.tree_util.tree_flatten_with_path(host)[0])
@@ -172,6 +181,9 @@ def apply_initial_params(state, fn: Callable[[Any], Any], state_shardings, tx):
       lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda idx, x=x: x[idx]),
       new, state_shardings.params)
   opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
+  if state.ema is not None:
+    ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=state_shardings.ema)(params)
+    return state.replace(params=params, opt_state=opt_state, ema=ema)
   return state.replace(params=params, opt_state=opt_state)
 
 
@@ -191,7 +203,7 @@ def compile_train_step(config, task: Task, mesh, rules, tx, schedule, abstract_s
   abstract_constants = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), constants)
   step_fn = make_train_step(task.loss_fn, tx, schedule,
-                            int(config.train.get("accum_steps", 1)))
+                            int(config.train.get("accum_steps", 1)), ema_decay=task.ema_decay)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     compiled = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, replicated),
                        out_shardings=(state_sh, replicated), donate_argnums=(0,)
@@ -346,11 +358,12 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
         writer.scalars(step, scal, prefix="train/")
         window = []
         progress.update(step, progress_postfix(row, tp))
+      shown = state.ema if state.ema is not None else state.params  # Task.ema_decay
       if task.image_fn is not None and every(tcfg.get("image_every", 0), step) and primary:
-        writer.image(step, "train/inputs_predictions_targets",
-                     task.image_fn(state.params, batch, step), png_dir="images")
+        writer.image(step, task.image_name,
+                     task.image_fn(shown, batch, step), png_dir="images")
       if task.eval_fn is not None and every(tcfg.get("eval_every", 0), step):
-        last_eval = task.eval_fn(state.params, step)
+        last_eval = task.eval_fn(shown, step)
         writer.scalars(step, last_eval, prefix="eval/")
       if every(ckpt_cfg.every_steps, step):
         checkpoint(step)

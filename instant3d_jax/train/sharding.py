@@ -39,15 +39,32 @@ def derive_shardings(init_fn: Callable[..., Any], *args, mesh: Mesh,
 
   Returns `(abstract, shardings)`: `abstract` is the *unboxed* `jax.ShapeDtypeStruct` tree (with
   the shardings attached, ready for AOT lowering and orbax restore) and `shardings` the matching
-  `NamedSharding` tree. Leaves without logical names (step counters, RNG) are replicated.
+  `NamedSharding` tree. Leaves without logical names (step counters, RNG) are replicated, and a
+  dimension its mesh axes do not divide stays whole (`fit_sharding`).
   """
   boxed = jax.eval_shape(init_fn, *args)
   specs = nn.get_partition_spec(boxed)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
   unboxed = unbox(boxed)
+  shardings = jax.tree.map(lambda x, s: fit_sharding(s, x.shape), unboxed, shardings)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           unboxed, shardings)
   return abstract, shardings
+
+
+def fit_sharding(sharding: NamedSharding, shape) -> NamedSharding:
+  """`sharding` with the mesh axes of each dimension they do not divide dropped (that dimension
+  replicated): e.g. SDXL's 4-channel `conv_out` bias under an 8-way `fsdp` rule stays whole
+  instead of failing to shard. Dimensions they divide keep their axes."""
+  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+  out = []
+  for dim, axes in zip(shape, spec):
+    names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    size = int(np.prod([sharding.mesh.shape[n] for n in names])) if names else 1
+    out.append(axes if dim % size == 0 else None)
+  if out == list(sharding.spec) + [None] * (len(shape) - len(sharding.spec)):
+    return sharding
+  return NamedSharding(sharding.mesh, P(*out))
 
 
 def unbox(tree: Any) -> Any:

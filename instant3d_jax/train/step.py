@@ -8,7 +8,10 @@ a literal); this module turns it into one sharded, jitted update:
     (interleaved rows, so every micro-batch stays spread over all data shards) and scanned;
   * non-finite loss or gradients → the update is skipped (params and optimizer state kept),
     `nonfinite_total` / `nonfinite_in_a_row` count it; the host loop decides when to stop;
-  * the RNG of step s is `fold_in(state.rng, s)`: a resumed run draws the same numbers.
+  * the RNG of step s is `fold_in(state.rng, s)`: a resumed run draws the same numbers;
+  * optional EMA of the parameters (`ema_decay` > 0): `state.ema` follows every kept update
+    with diffusers' `EMAModel` decay (`ema_decay_at`); without it `state.ema` is None and the
+    state's tree (hence every checkpoint written before the field existed) is unchanged.
 """
 from __future__ import annotations
 
@@ -30,7 +33,9 @@ class TrainState:
 
   `step`: int32 [] updates attempted so far; `params`: fp32 master weights; `opt_state`: optax
   state; `rng`: uint32 [2] base key (fixed; per-step keys are folded in); `nonfinite_total`,
-  `nonfinite_in_a_row`: int32 [] skipped-update counters.
+  `nonfinite_in_a_row`: int32 [] skipped-update counters; `ema`: an exponential moving
+  average of `params` (same tree) or None (no leaves: states without an EMA checkpoint and
+  restore exactly as before).
   """
   step: jax.Array
   params: Any
@@ -38,15 +43,32 @@ class TrainState:
   rng: jax.Array
   nonfinite_total: jax.Array
   nonfinite_in_a_row: jax.Array
+  ema: Any = None
+
+
+def ema_decay_at(step: jax.Array, max_decay: float) -> jax.Array:
+  """The EMA decay used by update number `step` (0-based): diffusers `EMAModel.get_decay`
+  without warm-up power (its default), `min(max_decay, (1 + n) / (10 + n))` with n = `step`,
+  and 0 for the first update (the EMA starts as a copy of the first updated weights)."""
+  n = jnp.asarray(step, jnp.float32)
+  d = jnp.minimum(jnp.float32(max_decay), (1.0 + n) / (10.0 + n))
+  return jnp.where(n <= 0, 0.0, d)
+
+
+def ema_update(ema: Any, params: Any, decay: jax.Array) -> Any:
+  """`decay · ema + (1 − decay) · params`, leaf by leaf, in the EMA's dtype (fp32)."""
+  return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p.astype(e.dtype)).astype(e.dtype),
+                      ema, params)
 
 
 def make_init_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                 ) -> Callable[[jax.Array], TrainState]:
+                 ema: bool = False) -> Callable[[jax.Array], TrainState]:
   """`init(rng) -> TrainState` with *boxed* params (logical names kept for sharding derivation).
 
   `rng`: a raw uint32 [2] key (`jax.random.PRNGKey(seed)`), so it checkpoints as a plain array.
 
   `init_params(rng)` returns the model's (boxed) parameter tree, e.g. `model.init(...)['params']`.
+  `ema=True`: the state carries an EMA of the params, initialised as a copy of them.
   """
   def init(rng):
     param_rng, state_rng = jax.random.split(rng)
@@ -54,7 +76,8 @@ def make_init_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
     zero = jnp.zeros((), jnp.int32)
     return TrainState(step=zero, params=params, opt_state=tx.init(params),
                       rng=state_rng,
-                      nonfinite_total=zero, nonfinite_in_a_row=zero)
+                      nonfinite_total=zero, nonfinite_in_a_row=zero,
+                      ema=jax.tree.map(lambda x: x, params) if ema else None)
   return init
 
 
@@ -72,9 +95,11 @@ def _split_micro(batch: Any, accum_steps: int) -> Any:
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
                     schedule: optax.Schedule | None = None, accum_steps: int = 1,
+                    ema_decay: float = 0.0,
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
   """`train_step(state, batch, constants) -> (state, metrics)`; metrics add `grad_norm`, `lr`,
-  `finite`."""
+  `finite` (and `ema_decay` when the state keeps an EMA: `ema_decay` > 0 is its maximum decay,
+  `ema_decay_at`)."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state: TrainState, batch: Any, constants: Any = None):
@@ -114,6 +139,14 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
         nonfinite_total=state.nonfinite_total + jnp.where(finite, 0, one),
         nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1))
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+    if state.ema is not None:
+      if not ema_decay > 0:
+        raise errors.ConfigError(f"the train state keeps an EMA but ema_decay={ema_decay}; "
+                                 "expected a decay in (0, 1)")
+      decay = ema_decay_at(state.step, ema_decay)
+      new_state = new_state.replace(ema=keep(ema_update(state.ema, new_state.params, decay),
+                                             state.ema))
+      metrics["ema_decay"] = decay
     if schedule is not None:
       metrics["lr"] = schedule(state.step)
     return new_state, metrics

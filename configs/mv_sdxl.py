@@ -1,0 +1,190 @@
+"""Instant3D stage 1 training: a text-to-image diffusion UNet fine-tuned (or, `tiny`, trained from
+scratch) to paint the four rig views of an object as one 2×2 grid (top-left azimuth 0°, top-right
+90°, bottom-left 180°, bottom-right 270°, elevation 20°; docs/design.md §3).
+
+Train:   python -m instant3d_jax.train_mvdiffusion --config configs/mv_sdxl.py:tiny \
+             --workdir outputs/mv_tiny [--config.train.total_steps=200]
+SDXL:    python -m instant3d_jax.train_mvdiffusion --config configs/mv_sdxl.py:sdxl \
+             --workdir outputs/mv_sdxl --config.model.pretrained=/path/to/sdxl_folder \
+             --config.data.source=records --config.data_dir=data/real
+         (`model.pretrained`: a diffusers SDXL folder, or a single-file `.safetensors` together
+         with `--config.model.single_file_config_folder=/path/with/component/configs`)
+Memory:  python -m bench.bench_mv_memory  (the SDXL step per device at 8 and 64 devices)
+
+Variants (`arg`):
+  tiny  from scratch on the procedural world (data_pipeline/procedural.py, the `demo` set resized
+        to 32² views: 64² grids), 2 CPU cores: a small SDXL-layout UNet (text_time added
+        embedding, cross-attention), frozen random 2-layer text encoders fed by a word-level
+        tokenizer (diffusion/word_tokenizer.py), and a parameter-free pixel-unshuffle
+        autoencoder (models/pixel_ae.py, factor 4: 16²×48 latents) in place of the VAE (a random
+        VAE cannot decode its own latents).
+  sdxl  SDXL base 1.0 weights by path (`model.pretrained`), 1024² grids of four 512² views, the
+        UNet fine-tuned with FSDP over the mesh, VAE and both text encoders frozen.
+
+Defaults and where they come from. The paper (docs/paper_facts.md §A) gives ~10K curated objects,
+CFG 5 and 100 sampling steps. ε-prediction on SDXL's 1000-step DDPM schedule, micro-conditioning
+at 1024² with crop (0, 0) and lr 1e-5 come from an Instant3D-derived training config (low
+confidence): defaults, not facts. Caption dropout 10%, AdamW (0.9, 0.999, wd 1e-2, eps 1e-8),
+gradient clipping at 1.0, a constant learning rate after warm-up and an EMA with diffusers'
+`EMAModel` decay rule are diffusers' `train_text_to_image_sdxl.py` defaults (our choice).
+"""
+import ml_collections
+
+from configs import data as data_config
+from configs import sdxl as sdxl_config
+from instant3d_jax import errors
+
+# diffusers scheduler config of SDXL base (schedulers.SDXL_SCHEDULER_CONFIG): the DDPM training
+# schedule (scaled_linear β 0.00085 → 0.012, 1000 steps); the sampler reads spacing from it too.
+_SDXL_SCHEDULER = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "timestep_spacing": "leading",
+    "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False,
+}
+
+# `tiny` shapes. Text: the word tokenizer's vocabulary and ids (`_tiny_text`), 24 positions.
+# Context 32 + 32 = 64 = the UNet's cross-attention width; pooled 32 + 6 micro-conditioning
+# numbers × 8 = 80 = its added-embedding input. UNet latents: 16² × 48 (pixel unshuffle ×4 of a
+# 64² grid).
+def _tiny_text(max_length: int) -> dict:
+  from instant3d_jax.diffusion.word_tokenizer import WordTokenizer
+  tok = WordTokenizer(model_max_length=max_length)
+  return dict(vocab_size=tok.vocab_size, max_position_embeddings=max_length, hidden_size=32,
+              intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+              hidden_act="quick_gelu", bos_token_id=tok.bos_token_id,
+              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+_TINY_UNET = dict(
+    sample_size=16, in_channels=48, out_channels=48, block_out_channels=[64, 128],
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], layers_per_block=1,
+    transformer_layers_per_block=[1, 1], attention_head_dim=[4, 4], cross_attention_dim=64,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=16)
+
+
+def heldout_sample_captions(num: int, seed: int = 0, num_heldout: int = 6) -> tuple[str, ...]:
+  """Fixed single-object captions of held-out (colour, shape) combinations (captions the model
+  never trained on: data_pipeline/captions.py), `num` of them, cycling sizes."""
+  from data_pipeline import captions
+  combos = sorted(captions.heldout_combinations(seed, num_heldout))
+  nouns = {"torus": "ring"}
+  out = []
+  sizes = ("", "small ", "large ")
+  for i in range(num):
+    colour, shape = combos[i % len(combos)]
+    phrase = f"{sizes[(i // len(combos)) % 3]}{colour} {nouns.get(shape, shape)}"
+    out.append(("an " if phrase[0] in "aeiou" else "a ") + phrase)
+  return tuple(out)
+
+
+def get_config(arg=None):
+  variant = arg or "tiny"
+  if variant not in ("tiny", "sdxl"):
+    raise errors.ConfigError(f"configs/mv_sdxl.py: variant must be tiny or sdxl, got {arg!r}")
+  tiny = variant == "tiny"
+  cfg = ml_collections.ConfigDict()
+  cfg.variant = variant
+  cfg.seed = 0
+
+  # ------------------------------------------------------------------------------------------
+  # Model (instant3d_jax/train/mv_task.py builds it).
+  m = cfg.model = ml_collections.ConfigDict()
+  m.pretrained = ""               # SDXL diffusers folder or single-file .safetensors (sdxl)
+  m.single_file_config_folder = ""  # component configs + tokenizers for single-file weights
+  m.dtype = "float32" if tiny else "bfloat16"  # compute dtype; master params stay fp32
+  m.attention_impl = "xla"        # 'xla' or 'cudnn' (GPU flash attention, bf16 only)
+  m.remat = "none" if tiny else "full"  # UNet per-block remat: 'none', 'full' or a policy name
+  m.train_parts = ("unet",)       # trained components (⊆ unet, text_encoder, text_encoder_2);
+                                  # the others (and the autoencoder) are frozen
+  m.autoencoder = "pixel_unshuffle" if tiny else "vae"  # 'vae' (from the weights) | 'pixel_unshuffle'
+  m.pixel_ae_factor = 4           # pixel_unshuffle: latent side = grid side / factor
+  m.pixel_ae_scaling_factor = 1.0  # pixels in [-1, 1] are already unit scale
+  m.tokenizer = "word" if tiny else "clip"  # 'clip' (the weights' tokenizers) | 'word'
+  m.tokenizer_max_length = 24     # 'word' only (≥ the longest caption: 16 tokens)
+  # Random weights when `pretrained` is empty: diffusers / transformers config.json dicts of
+  # `unet`, `text_encoder`, `text_encoder_2` and (autoencoder 'vae') `vae`; frozen parts draw
+  # their weights from `random_init_seed` (numpy, the same on every start and resume).
+  m.random_init = ml_collections.ConfigDict()
+  m.random_init_seed = 1
+  if tiny:
+    m.random_init.unet = _TINY_UNET
+    text = _tiny_text(int(m.tokenizer_max_length))
+    m.random_init.text_encoder = dict(text, architectures=["CLIPTextModel"])
+    m.random_init.text_encoder_2 = dict(text, hidden_act="gelu", projection_dim=32,
+                                        architectures=["CLIPTextModelWithProjection"])
+
+  # ------------------------------------------------------------------------------------------
+  # Diffusion training (instant3d_jax/diffusion/training.py).
+  d = cfg.diffusion = ml_collections.ConfigDict()
+  d.scheduler = dict(_SDXL_SCHEDULER)   # training schedule + sampler spacing (diffusers form)
+  d.prediction_type = "epsilon"         # 'epsilon' | 'v_prediction'
+  d.caption_dropout = 0.1               # zero context and pooled embedding (the uncond. branch)
+  d.latent_sample = True                # sample the VAE posterior (False: its mean)
+  # SDXL micro-conditioning (original size, crop top-left, target size); (0, 0) = the grid size.
+  d.original_size = (0, 0) if tiny else (1024, 1024)
+  d.crops_coords_top_left = (0, 0)
+  d.target_size = (0, 0) if tiny else (1024, 1024)
+
+  # ------------------------------------------------------------------------------------------
+  # EMA of the trained weights, in the train state (train/step.py `ema_decay_at`: diffusers'
+  # EMAModel rule, min(decay, (1 + n) / (10 + n))). 0 disables it.
+  cfg.ema = ml_collections.ConfigDict(dict(decay=0.999 if tiny else 0.9999))
+
+  # ------------------------------------------------------------------------------------------
+  # Data: captioned 2×2 grids of the rig views (data_pipeline/mv_grids.py) from the data set in
+  # `data_dir` ('procedural': generated from `data` if absent; 'records': an existing one).
+  cfg.data = data_config.get_config("demo" if tiny else "default")
+  cfg.data.source = "procedural" if tiny else "records"
+  cfg.data_dir = f"outputs/data/{cfg.data.variant}"
+  g = cfg.grid = ml_collections.ConfigDict()
+  g.view_resolution = 32 if tiny else 512  # each view R² (area-resized), the grid (2R)²
+  g.split = "train"
+  g.heldout = "train"             # caption-level split part trained on ('' = every object)
+  g.heldout_seed = 0              # data_pipeline/captions.py caption_split
+  g.num_heldout = 6
+  g.object_list = ""              # curated object list file ('' = all)
+  # A frozen-encoder cache (python -m data_pipeline.mv_cache; latents + prompt embeddings) to
+  # train from instead of the grids ('' = encode grids and captions inside the step).
+  g.cache_dir = ""
+  g.seed = 0
+  g.worker_count = 0
+  g.read_threads = 2
+  g.prefetch_batches = 4
+
+  # ------------------------------------------------------------------------------------------
+  # Sample grids during training (EMA weights, the jitted sampler of diffusion/sampling.py),
+  # every `train.image_every` steps, to TensorBoard and workdir/images.
+  s = cfg.sample = ml_collections.ConfigDict()
+  s.captions = heldout_sample_captions(4 if tiny else 4)
+  s.per_caption = 2 if tiny else 1
+  s.num_steps = 25 if tiny else 50
+  s.guidance_scale = 5.0          # docs/paper_facts.md §A
+  s.scheduler = "ddim"
+  s.init = "noise"                # 'noise' | 'blob' (diffusion/blob.py)
+  s.seed = 0
+
+  # ------------------------------------------------------------------------------------------
+  # Mesh and sharding: configs/sdxl.py's rules (FSDP of UNet weights over `fsdp`).
+  cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  cfg.logical_axis_rules = sdxl_config.get_config("sdxl").logical_axis_rules
+
+  cfg.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=2e-4 if tiny else 1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2,
+      warmup_steps=100 if tiny else 500, decay_steps=0, final_lr_ratio=1.0,
+      grad_clip_norm=1.0, decay_min_ndim=2))
+
+  cfg.train = ml_collections.ConfigDict(dict(
+      total_steps=4000 if tiny else 20_000, time_budget_s=2400.0 if tiny else 0.0,
+      global_batch_size=8 if tiny else 64, accum_steps=1, log_every=20 if tiny else 50,
+      image_every=500 if tiny else 1000, eval_every=0, max_nonfinite_in_a_row=20,
+      halt_at_step=0,
+      checkpoint_must_match=("model", "diffusion", "ema", "grid", "optimizer"),
+      # Read only when a run starts at step 0 (the weights' location may move between resumes).
+      checkpoint_may_differ=("model.pretrained", "model.single_file_config_folder",
+                             "grid.cache_dir")))
+  cfg.checkpoint = ml_collections.ConfigDict(dict(every_steps=500 if tiny else 1000, keep=3))
+  cfg.checkpoint["async"] = True
+  cfg.hardware = ml_collections.ConfigDict(dict(peak_tflops={
+      "H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0,
+      "TPU v4": 275.0, "TPU v6 lite": 918.0}))
+  return cfg
