@@ -162,7 +162,8 @@ def _branch(src: Path, dst: Path, step: int) -> None:
   step_dir = dst / ckpt_lib.CHECKPOINT_DIR / str(step)
   if step_dir.exists():
     return
-  if dst.exists() and any(dst.iterdir()):
+  ckpt_dir = dst / ckpt_lib.CHECKPOINT_DIR
+  if ckpt_dir.exists() and any(not p.name.endswith(".copying") for p in ckpt_dir.iterdir()):
     raise errors.Instant3DError(f"bench.scaling: {dst} exists without the step {step} it "
                                 f"branches from; remove it or use another --workdir")
   dst.mkdir(parents=True, exist_ok=True)
@@ -230,7 +231,7 @@ def evaluate(run_dir: str, cfg, num_objects: int, evaluators: dict, log=print) -
   key = json.dumps(ckpt_lib.config_to_dict(ev.model), sort_keys=True)
   if key not in evaluators:
     evaluators[key] = protocol.Evaluator(ev)
-  dataset = lrm_task_dataset(ev)
+  dataset = _eval_dataset(ev)
   results = evaluators[key](jax.tree.map(jax.numpy.asarray, params), dataset, num_objects)
   protocol.write_results(results, out, extra={"checkpoint": str(run_dir), "step": str(step),
                                               "variant": ev.get("variant", "?")})
@@ -239,7 +240,7 @@ def evaluate(run_dir: str, cfg, num_objects: int, evaluators: dict, log=print) -
   return results["summary"]
 
 
-def lrm_task_dataset(cfg):
+def _eval_dataset(cfg):
   """The run's data set, checked to hold the held-out rig views (`datasets.check_eval`)."""
   from data_pipeline import datasets
   dataset = datasets.prepare(cfg, progress=False)
@@ -317,16 +318,24 @@ def _run_study(base, sizes, budgets, *, decay_fraction, eval_objects, workdir, l
                                                         "final_lr_ratio")}}
 
 
+def _by_size(study: dict) -> list[str]:
+  """The study's sizes, smallest (parameters) first."""
+  params = {r["size"]: r["params"] for r in study["rows"]}
+  return sorted(study["sizes"], key=lambda n: params.get(n, 0))
+
+
 def plot(study: dict, out_png: Path) -> Path:
   """Two panels, held-out PSNR against training FLOPs and against wall seconds (log x), one line
   per size; the background-only baseline dashed."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
+  import numpy as np
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, key, label in ((axes[0], "flops", "training FLOPs (analytic)"),
                          (axes[1], "wall_s", "wall seconds here (Σ step times)")):
-    for name in study["sizes"]:
+    for name in _by_size(study):
       pts = sorted((r[key], r["psnr"], r["budget"]) for r in study["rows"]
                    if r["size"] == name)
       if not pts:
@@ -340,6 +349,13 @@ def plot(study: dict, out_png: Path) -> Path:
       ax.axhline(study["baselines"]["background_psnr"], ls="--", c="grey", lw=1,
                  label="background only")
     ax.set_xscale("log")
+    xs = [r[key] for r in study["rows"] if r[key] and r[key] > 0]
+    if xs:   # ticks at 1, 2, 5 × each decade in range, labelled plainly
+      lo, hi = np.floor(np.log10(min(xs))), np.ceil(np.log10(max(xs)))
+      ticks = [m * 10.0 ** e for e in np.arange(lo, hi + 1) for m in (1, 2, 5)
+               if min(xs) / 1.5 <= m * 10.0 ** e <= max(xs) * 1.5]
+      ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+      ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(label)
     ax.set_ylabel("held-out PSNR (dB)")
     ax.grid(alpha=0.3, which="both")
@@ -370,7 +386,8 @@ def markdown(study: dict, png_name: str) -> list[str]:
       "forward + backward of the encoder, decoder and NeRF MLP (`lrm_task.flops_per_example` "
       "× batch × steps). Wall: the sum of the logged step times here (stable part + branch; "
       "no compile, start-up or checkpoint writes). Sizes (model overrides of the config):", ""]
-  for name, ov in study["sizes"].items():
+  for name in _by_size(study):
+    ov = study["sizes"][name]
     desc = ", ".join(f"`{k}={v}`" for k, v in ov.items()) or "the config as is"
     lines.append(f"- `{name}`: {desc}")
   lines += ["", "| size | params | steps | batch | training FLOPs | wall (s) | PSNR (dB) ↑ | "
@@ -389,6 +406,14 @@ def markdown(study: dict, png_name: str) -> list[str]:
               f"{f(b.get('mean_colour_psnr'), 2)} dB (foreground "
               f"{f(b.get('mean_colour_foreground_psnr'), 2)} dB, colour error "
               f"{f(b.get('mean_colour_colour_error'), 1)})."]
+  best = []
+  for bud in study["budgets"]:
+    at = [r for r in study["rows"] if r["budget"] == bud and r["psnr"] is not None]
+    if at:
+      top = max(at, key=lambda r: r["psnr"])
+      best.append(f"{bud} steps: `{top['size']}` ({top['psnr']:.2f} dB)")
+  if best:
+    lines += ["", "Best held-out PSNR per step budget: " + "; ".join(best) + "."]
   lines += ["", f"![held-out PSNR against training FLOPs and wall seconds]({png_name})"]
   return lines
 
@@ -404,7 +429,16 @@ def main(argv=None) -> int:
   ap.add_argument("--data_dir", default="", help="data set folder (default: the config's)")
   ap.add_argument("--out", default="bench/results/scaling.md",
                   help="the table; the JSON and PNG are written beside it")
+  ap.add_argument("--replot", action="store_true",
+                  help="only rewrite the table and plot from the JSON beside --out (its "
+                       "measurement's provenance kept); trains nothing")
   args = ap.parse_args(argv)
+  if args.replot:
+    saved = json.loads(Path(args.out).with_suffix(".json").read_text())
+    prov = common.Provenance(**{k: tuple(v) if k.startswith("load_") else v
+                                for k, v in saved.pop("provenance").items()})
+    write_outputs(saved, Path(args.out), prov, config_note=saved.pop("config"))
+    return 0
   from instant3d_jax import cli
   return cli.guarded(lambda _: _main(args, ap))(sys.argv)
 
@@ -442,7 +476,7 @@ def write_outputs(study: dict, out_md: Path, prov, *, config_note: str) -> tuple
                "line below).\n")
   md = common.write_result(out_md, lines, prov)
   js.write_text(json.dumps(dict(study, provenance=prov.as_dict(), config=config_note),
-                           indent=1, sort_keys=True) + "\n")
+                           indent=1) + "\n")
   print(f"wrote {md}, {js} and {png}")
   return md, js, png
 

@@ -133,3 +133,12 @@ def test_micro_study_writes_table_json_and_plot(tmp_path):
   assert "| a | " in text and "](scaling.png)" in text and common.read_provenance(text)
   assert len(json.loads(js.read_text())["rows"]) == 4
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmarks_md_links_snippet_images_from_the_root():
+  """A snippet's `](scaling.png)` (beside it in bench/results/) points there from BENCHMARKS.md;
+  links elsewhere are left alone."""
+  from bench import run_all
+  text = "# T\n![plot](scaling.png) and [x](https://a.b/c.png) and ![y](bench/results/y.png)"
+  assert run_all._demote(text) == ("## T\n![plot](bench/results/scaling.png) and "
+                                   "[x](https://a.b/c.png) and ![y](bench/results/y.png)")
