@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,7 @@ BENCHES = (
           ("memory_plan.md",), MEMORY),
     Bench("bench_lrm_memory", (), ("lrm_memory.md",), MEMORY),  # written by bench_lrm (below)
     Bench("bench_demo", ((),), ("demo.md",), LONG, long=True),
+    Bench("scaling", ((),), ("scaling.md",), LONG, long=True),   # writes scaling.png too
     # Written on a GPU machine by `bash bench/device/run.sh` and copied here (bench/device/
     # README.md); `make bench` never runs it (no runs), it only folds the table in.
     Bench("device", (), ("device.md",), DEVICE),
@@ -107,9 +109,11 @@ def run(b: Bench) -> bool:
 
 
 def _demote(text: str) -> str:
-  """Headings of a snippet one level down (sections are `##` here)."""
+  """Headings of a snippet one level down (sections are `##` here); images the snippet links
+  beside itself (`](x.png)`) relinked to `bench/results/` from BENCHMARKS.md."""
   out = []
   for line in text.splitlines():
+    line = re.sub(r"\]\(([\w.-]+\.(?:png|jpg|svg))\)", r"](bench/results/\1)", line)
     out.append("#" + line if line.startswith("#") and not line.startswith("#!") else line)
   return "\n".join(out)
 
