@@ -60,6 +60,7 @@ BENCHES = (
     Bench("bench_memory_plan", (("--plans", "8,64,128", "--objects_per_device", "1"),),
           ("memory_plan.md",), MEMORY),
     Bench("bench_lrm_memory", (), ("lrm_memory.md",), MEMORY),  # written by bench_lrm (below)
+    Bench("bench_mv_memory", (("--plans", "8,64"),), ("mv_memory_plan.md",), MEMORY),
     Bench("bench_demo", ((),), ("demo.md",), LONG, long=True),
     Bench("scaling", ((),), ("scaling.md",), LONG, long=True),   # writes scaling.png too
     # Written on a GPU machine by `bash bench/device/run.sh` and copied here (bench/device/

@@ -51,3 +51,29 @@ def run(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None = No
     if e.code == 1 and any(w.split("=", 1)[0] in _HELP_FLAGS for w in words):
       sys.exit(0)
     raise
+
+
+def define_train_flags(config_hint: str) -> None:
+  """The flags every trainer command takes: `--config` (`config_hint`, e.g. 'configs/lrm.py:VARIANT'),
+  `--workdir` and the multi-process ones (launch/README.md)."""
+  from absl import flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, config_hint, lock_config=False)
+  flags.DEFINE_string("workdir", None, "output directory (checkpoints, logs, images)")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process)")
+  flags.DEFINE_integer("num_processes", None, "number of processes (multi-process)")
+  flags.DEFINE_integer("process_id", None, "this process's index (multi-process)")
+  flags.DEFINE_string("platform", None, "'cpu' selects gloo collectives for CPU processes")
+  flags.DEFINE_integer("num_cpu_devices", None, "CPU devices per process (CPU runs)")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def train_main(train: Callable[[object, str], object]) -> None:
+  """Body of a trainer command's `main`: joins the processes, then `train(config, workdir)`."""
+  from absl import flags
+  from instant3d_jax.train import multihost
+  FLAGS = flags.FLAGS
+  multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                       platform=FLAGS.platform, num_cpu_devices=FLAGS.num_cpu_devices)
+  res = train(FLAGS.config, FLAGS.workdir)
+  print(f"done: step {res.step} ({res.stop_reason}), {res.wall_s:.0f}s, workdir {FLAGS.workdir}")

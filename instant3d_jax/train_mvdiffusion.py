@@ -25,30 +25,12 @@ from __future__ import annotations
 from instant3d_jax import cli
 
 
-def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "configs/mv_sdxl.py:VARIANT", lock_config=False)
-  flags.DEFINE_string("workdir", None, "output directory (checkpoints, logs, sample grids)")
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process)")
-  flags.DEFINE_integer("num_processes", None, "number of processes (multi-process)")
-  flags.DEFINE_integer("process_id", None, "this process's index (multi-process)")
-  flags.DEFINE_string("platform", None, "'cpu' selects gloo collectives for CPU processes")
-  flags.DEFINE_integer("num_cpu_devices", None, "CPU devices per process (CPU runs)")
-  flags.mark_flags_as_required(["config", "workdir"])
-
-
 def main(argv):
   del argv
-  from absl import flags
-  from instant3d_jax.train import multihost, mv_task
-  FLAGS = flags.FLAGS
-  multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                       platform=FLAGS.platform, num_cpu_devices=FLAGS.num_cpu_devices)
-  res = mv_task.train(FLAGS.config, FLAGS.workdir)
-  print(f"done: step {res.step} ({res.stop_reason}), {res.wall_s:.0f}s, workdir {FLAGS.workdir}")
+  from instant3d_jax.train import mv_task
+  cli.train_main(mv_task.train)
 
 
 if __name__ == "__main__":
-  _define_flags()
+  cli.define_train_flags("configs/mv_sdxl.py:VARIANT")
   cli.run(main)
