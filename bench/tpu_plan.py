@@ -3,7 +3,7 @@ machine and report what the TPU compiler allocates per chip, the batch that fits
 step-time estimate.
 
     python -m bench.tpu_plan --topology v5p:4x4x8 --job lrm_train [--per_chip_batch N|auto]
-        [--variant large] [--mesh data=8,fsdp=16,tensor=1] [--no_cache]
+        [--hint N] [--variant large] [--mesh data=8,fsdp=16,tensor=1] [--no_cache]
 
 How: `jax.experimental.topologies.get_topology_desc(platform="tpu", topology_name=...)` (libtpu
 from PyPI, `make install-aot`) returns the slice's TPU devices with no TPU attached; the job
@@ -19,8 +19,9 @@ counts a loop body once (a `lax.scan` over layers or samples is undercounted; th
 the task, where known, are shown beside the compiled ones).
 
 `--per_chip_batch auto`: the largest per-chip batch that fits, by a bisection over compiles
-bracketed by doubling (each probe placed by a linear fit of the bytes of the two nearest probes,
-clamped inside the bracket). A batch fits when the compile succeeds (the TPU compiler rejects
+bracketed by doubling from 1 (each probe placed by a linear fit of the bytes of the two nearest
+probes, clamped inside the bracket); `--hint N` probes N first, then N + 1 (two compiles when the
+hint is right, e.g. from a smaller slice's bytes per object). A batch fits when the compile succeeds (the TPU compiler rejects
 programs over HBM) and the sum above is within the chip's HBM. Every compile's result is cached
 in bench/results/tpu_plan_cache.json, keyed by topology, job, variant, batch, mesh, config hash
 and the jax/libtpu versions, so a rerun is cheap.
@@ -37,6 +38,7 @@ bench/results/tpu_plan.md (the table of all plans, folded into BENCHMARKS.md by 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import hashlib
 import importlib.util
@@ -244,12 +246,14 @@ def sdxl_sample(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: di
   import jax.numpy as jnp
   from configs import sdxl as sdxl_configs
   from instant3d_jax.diffusion import generate, sampling, schedulers
+  from instant3d_jax.train import mesh as mesh_lib
   from instant3d_jax.train import sharding as shard_lib
   cfg = cfg if cfg is not None else sdxl_configs.get_config(variant)
   if mesh:
     cfg.mesh.update(mesh)
   pipe, ctx_len = _sdxl_pipeline(cfg.variant, cfg)
-  placement = generate.placement_from_config(cfg, devices)
+  placement = generate.placement_from_config(cfg, devices) or sampling.Placement(
+      mesh_lib.create_mesh(cfg.mesh, devices), shard_lib.logical_rules(cfg.logical_axis_rules))
   sh = sampling.param_shardings(pipe, placement)["unet"]
   unet_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                              pipe.params["unet"], sh)
@@ -401,8 +405,20 @@ def _default_variant(job_name: str) -> str:
   return {"lrm_train": "large", "sdxl_sample": "sdxl"}.get(job_name, "")
 
 
+def _code(source: str) -> bytes:
+  """`source`'s syntax tree without docstrings: comment and docstring edits keep the cache."""
+  tree = ast.parse(source)
+  for node in ast.walk(tree):
+    body = getattr(node, "body", None)
+    if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+      node.body = body[1:] or [ast.Pass()]
+  return ast.dump(tree).encode()
+
+
 def _job_source_hash(job_name: str) -> str:
-  """The job's code and the model/config sources it compiles: an edit invalidates the cache."""
+  """The job's code and the model/config sources it compiles: a code edit invalidates the
+  cache."""
   import inspect
   files = [ROOT / p for p in (
       "configs/lrm.py", "configs/sdxl.py", "bench/bench_memory_plan.py",
@@ -410,37 +426,35 @@ def _job_source_hash(job_name: str) -> str:
       "instant3d_jax/diffusion/sampling.py", "instant3d_jax/train/loop.py",
       "instant3d_jax/train/lrm_task.py", "instant3d_jax/rendering.py")]
   h = hashlib.sha256(job_name.encode())
-  fn = JOBS[job_name][0]
-  h.update(inspect.getsource(fn).encode())
+  h.update(_code(inspect.getsource(JOBS[job_name][0])))
   if job_name == "sdxl_sample":
-    h.update(inspect.getsource(_sdxl_pipeline).encode())
+    h.update(_code(inspect.getsource(_sdxl_pipeline)))
   for f in files:
     if f.exists():
-      h.update(f.read_bytes())
+      h.update(_code(f.read_text()))
   return h.hexdigest()[:12]
 
 
 def auto_batch(topology: str, job_name: str, *, variant=None, mesh=None, cache=None,
-               max_batch: int = 1024, log=print) -> tuple[dict | None, list[dict]]:
-  """The largest per-chip batch that fits: `(its row or None, every probe's row)`."""
+               max_batch: int = 1024, hint: int | None = None, log=print
+               ) -> tuple[dict | None, list[dict]]:
+  """The largest per-chip batch that fits: `(its row or None, every probe's row)`.
+
+  `hint`: the first probe (e.g. what the bytes of a smaller slice predict); when it fits, the
+  next probe is `hint + 1`, so a good hint settles the search in two compiles."""
   rows: dict[int, dict] = {}
 
   def probe(b):
     rows[b] = compile_once(topology, job_name, b, variant=variant, mesh=mesh, cache=cache, log=log)
     return rows[b]["fits"]
 
-  if not probe(1):
-    return None, [rows[1]]
-  lo, hi = 1, None
-  while hi is None:
-    nxt = min(max_batch, _guess(rows, lo, None, topology) or 2 * lo)
-    nxt = max(nxt, lo + 1)
-    if nxt > max_batch:
-      break
+  first = min(max(int(hint or 1), 1), max_batch)
+  lo, hi = (first, None) if probe(first) else (0, first)
+  while hi is None and lo < max_batch:
+    nxt = lo + 1 if lo == first and hint else (_guess(rows, lo, None, topology) or 2 * lo)
+    nxt = min(max(nxt, lo + 1), max_batch)
     if probe(nxt):
       lo = nxt
-      if lo >= max_batch:
-        break
     else:
       hi = nxt
   while hi is not None and hi - lo > 1:
@@ -450,7 +464,7 @@ def auto_batch(topology: str, job_name: str, *, variant=None, mesh=None, cache=N
       lo = mid
     else:
       hi = mid
-  return rows[lo], [rows[b] for b in sorted(rows)]
+  return (rows[lo] if lo else None), [rows[b] for b in sorted(rows)]
 
 
 def _guess(rows: dict[int, dict], lo: int, hi: int | None, topology: str) -> int | None:
@@ -549,6 +563,8 @@ def main(argv=None) -> int:
   ap.add_argument("--mesh", default="", help="data=A,fsdp=B,tensor=C (default: FSDP over up "
                   "to 16 chips, data over the rest; sdxl_sample: configs/sdxl.py's mesh)")
   ap.add_argument("--max_batch", type=int, default=256)
+  ap.add_argument("--hint", type=int, default=None, help="auto: the first per-chip batch to "
+                  "probe (then hint + 1); default 1, then doubling")
   ap.add_argument("--no_cache", action="store_true")
   args = ap.parse_args(argv)
   try:
@@ -575,7 +591,7 @@ def main(argv=None) -> int:
   variant = args.variant or _default_variant(args.job)
   if auto:
     row, probes = auto_batch(args.topology, args.job, variant=variant, mesh=mesh, cache=cache,
-                             max_batch=args.max_batch)
+                             max_batch=args.max_batch, hint=args.hint)
     row = row or probes[0]
   else:
     row, probes = compile_once(args.topology, args.job, int(args.per_chip_batch),

@@ -148,3 +148,13 @@ def test_roofline_is_the_slower_of_compute_and_memory():
                   model_flops=chip.bf16_tflops * 1e12 / 2)
   assert r["bound"] == "HBM" and math.isclose(r["est_s"], 2.0) and math.isclose(
       r["mfu_ceiling"], 0.25)
+
+
+def test_auto_batch_with_a_good_hint_takes_two_compiles(monkeypatch):
+  calls = []
+  _fake_job(monkeypatch, 3 * tp.GiB, 2 * tp.GiB, calls)   # largest fitting batch: 4
+  best, _ = tp.auto_batch("v5e:2x2", "fake", variant="x", hint=4, log=lambda *_: None)
+  assert best["batch"] == 4 and calls == [4, 5]
+  calls.clear()   # a hint too large still ends at 4, searching down
+  best, _ = tp.auto_batch("v5e:2x2", "fake", variant="x", hint=9, log=lambda *_: None)
+  assert best["batch"] == 4 and calls[0] == 9 and 5 in calls
