@@ -370,9 +370,7 @@ def compile_once(topology: str, job_name: str, batch: int, *, variant: str | Non
   variant = variant or _default_variant(job_name)
   # The config hash comes from a cheap build of the config alone: the job's own config record
   # is only known after building; the key uses the job's source + options instead.
-  chash = config_hash(dict(job=job_name, variant=variant, mesh=mesh, batch=batch,
-                           src=_job_source_hash(job_name)))
-  key = _key(topology, job_name, variant, batch, mesh, chash)
+  key = _plan_key(topology, job_name, variant, batch, mesh)
   if cache is not None and (hit := cache.get(key)) is not None:
     log(f"cached: {key}")
     return hit
@@ -399,6 +397,13 @@ def compile_once(topology: str, job_name: str, batch: int, *, variant: str | Non
   if cache is not None:
     cache.put(key, row)
   return row
+
+
+def _plan_key(topology, job_name, variant, batch, mesh) -> str:
+  """The cache key of one compile (the job's code hash covers what it compiles)."""
+  chash = config_hash(dict(job=job_name, variant=variant, mesh=mesh, batch=batch,
+                           src=_job_source_hash(job_name)))
+  return _key(topology, job_name, variant, batch, mesh, chash)
 
 
 def _default_variant(job_name: str) -> str:
@@ -436,34 +441,67 @@ def _job_source_hash(job_name: str) -> str:
 
 
 def auto_batch(topology: str, job_name: str, *, variant=None, mesh=None, cache=None,
-               max_batch: int = 1024, hint: int | None = None, log=print
-               ) -> tuple[dict | None, list[dict]]:
+               max_batch: int = 1024, hint: int | None = None, max_compiles: int | None = None,
+               log=print) -> tuple[dict | None, list[dict]]:
   """The largest per-chip batch that fits: `(its row or None, every probe's row)`.
 
-  `hint`: the first probe (e.g. what the bytes of a smaller slice predict); when it fits, the
-  next probe is `hint + 1`, so a good hint settles the search in two compiles."""
+  Cached compiles of the same plan (topology, job, variant, mesh, code) at any batch seed the
+  bracket and the line that places the probes, so a rerun continues where a run stopped.
+  `hint`: the first probe without a cached bracket (e.g. what the bytes of a smaller slice
+  predict); when it fits, the next probe is `hint + 1`. `max_compiles`: stop after that many new
+  compiles; the returned row then carries `auto_open: (lo, hi)`, the bracket left open."""
+  variant = variant or _default_variant(job_name)
   rows: dict[int, dict] = {}
+  if cache is not None:
+    for row in cache.data.values():
+      if (row.get("topology"), row.get("job"), row.get("variant")) == (topology, job_name, variant) \
+          and row.get("key") == _plan_key(topology, job_name, variant, row["batch"], mesh):
+        rows[row["batch"]] = row
+  compiles = [0]
+
+  class Budget(Exception):
+    pass
 
   def probe(b):
-    rows[b] = compile_once(topology, job_name, b, variant=variant, mesh=mesh, cache=cache, log=log)
+    if b not in rows:
+      if max_compiles is not None and compiles[0] >= max_compiles:
+        raise Budget
+      compiles[0] += 1
+      rows[b] = compile_once(topology, job_name, b, variant=variant, mesh=mesh, cache=cache,
+                             log=log)
     return rows[b]["fits"]
 
-  first = min(max(int(hint or 1), 1), max_batch)
-  lo, hi = (first, None) if probe(first) else (0, first)
-  while hi is None and lo < max_batch:
-    nxt = lo + 1 if lo == first and hint else (_guess(rows, lo, None, topology) or 2 * lo)
-    nxt = min(max(nxt, lo + 1), max_batch)
-    if probe(nxt):
-      lo = nxt
-    else:
-      hi = nxt
-  while hi is not None and hi - lo > 1:
-    mid = _guess(rows, lo, hi, topology) or (lo + hi) // 2
-    mid = min(max(mid, lo + 1), hi - 1)
-    if probe(mid):
-      lo = mid
-    else:
-      hi = mid
+  fit = [b for b, r in rows.items() if r["fits"]]
+  over = [b for b, r in rows.items() if not r["fits"]]
+  lo, hi = max(fit, default=0), min(over, default=None)
+  try:
+    if not rows:
+      first = min(max(int(hint or 1), 1), max_batch)
+      lo, hi = (first, None) if probe(first) else (0, first)
+    while hi is None and lo < max_batch:
+      if lo == 0:
+        nxt = 1
+      elif len(rows) == 1 and hint and lo == hint:
+        nxt = lo + 1
+      else:
+        nxt = _guess(rows, lo, None, topology) or 2 * lo
+      nxt = min(max(nxt, lo + 1), max_batch)
+      if probe(nxt):
+        lo = nxt
+      else:
+        hi = nxt
+    while hi is not None and hi - lo > 1:
+      mid = _guess(rows, lo, hi, topology) or (lo + hi) // 2
+      mid = min(max(mid, lo + 1), hi - 1)
+      if probe(mid):
+        lo = mid
+      else:
+        hi = mid
+  except Budget:
+    log(f"stopped after {max_compiles} new compiles: largest fitting {lo or 'none'}, smallest "
+        f"not fitting {hi or 'not found'} (rerun to continue from the cache)")
+    best = dict(rows[lo], auto_open=(lo, hi)) if lo else None
+    return best, [rows[b] for b in sorted(rows)]
   return (rows[lo] if lo else None), [rows[b] for b in sorted(rows)]
 
 
@@ -517,6 +555,10 @@ def table(plans: list[dict]) -> list[str]:
     topo = f"{p['topology']} ({math.prod(shape)}; {cloud_name(p['topology'])})"
     mesh = " × ".join(f"{k} {v}" for k, v in r.get("mesh", {}).items() if v > 1) or "—"
     batch = f"{r['batch']}" + (" (auto)" if p["auto"] else "")
+    if r.get("auto_open"):
+      lo, hi = r["auto_open"]
+      batch = (f"≥ {lo} (auto, search not finished: {lo} fits, "
+               + (f"{hi} does not)" if hi else "no failing batch found yet)"))
     if "memory" not in r:
       lines.append(f"| {topo} | {p['job']} | — | {batch} | — | — | — | — | does not fit: "
                    f"{r['error'][:120]} | | | | | | | {r['compile_s']:.0f} |")
@@ -563,6 +605,8 @@ def main(argv=None) -> int:
   ap.add_argument("--mesh", default="", help="data=A,fsdp=B,tensor=C (default: FSDP over up "
                   "to 16 chips, data over the rest; sdxl_sample: configs/sdxl.py's mesh)")
   ap.add_argument("--max_batch", type=int, default=256)
+  ap.add_argument("--max_compiles", type=int, default=None, help="auto: stop after this many "
+                  "new compiles and report the open bracket (a rerun continues from the cache)")
   ap.add_argument("--hint", type=int, default=None, help="auto: the first per-chip batch to "
                   "probe (then hint + 1); default 1, then doubling")
   ap.add_argument("--no_cache", action="store_true")
@@ -591,7 +635,8 @@ def main(argv=None) -> int:
   variant = args.variant or _default_variant(args.job)
   if auto:
     row, probes = auto_batch(args.topology, args.job, variant=variant, mesh=mesh, cache=cache,
-                             max_batch=args.max_batch, hint=args.hint)
+                             max_batch=args.max_batch, hint=args.hint,
+                             max_compiles=args.max_compiles)
     row = row or probes[0]
   else:
     row, probes = compile_once(args.topology, args.job, int(args.per_chip_batch),
