@@ -9,7 +9,7 @@ DEV_STAMP     := $(VENV)/.dev-installed
 PYTEST_ARGS   ?=
 DEMO_ARGS     ?=
 
-.PHONY: install install-dev install-gpu install-tpu install-gcs test test-all demo bench bench-long \
+.PHONY: install install-dev install-gpu install-tpu install-aot install-gcs test test-all demo bench bench-long \
         device-wheels clean
 
 install: $(RUNTIME_STAMP)
@@ -36,6 +36,12 @@ install-gpu: $(RUNTIME_STAMP)
 # JAX's TPU build at the pinned JAX version (Cloud TPU VMs: adds libtpu).
 install-tpu: $(RUNTIME_STAMP)
 	$(BIN)/python -m pip install -q "jax[tpu]==$(JAX_VERSION)"
+
+# The TPU compiler alone, for ahead-of-time plans of pod runs on a CPU machine (bench/tpu_plan.py;
+# Linux x86-64): the libtpu pinned in requirements-dev.txt (what jax[tpu] at the pinned JAX
+# resolves). `make install-dev` brings it too.
+install-aot: $(RUNTIME_STAMP)
+	$(BIN)/python -m pip install -q "$$(grep -E '^libtpu==' requirements-dev.txt)"
 
 # gs:// workdirs and data sets: the optional `gcs` extra of pyproject.toml.
 install-gcs: $(RUNTIME_STAMP)

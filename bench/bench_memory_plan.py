@@ -20,7 +20,8 @@ N fake CPU devices (nothing is allocated). Its argument and output bytes are the
 per-device state + batch, so they must agree with the exact state sum; its temporaries are the
 CPU compiler's figure, which does not schedule for memory (remat shows no saving on CPU:
 BENCHMARKS.md, LRM section), so it is an upper bound labelled as a CPU estimate, not a GPU/TPU
-figure. TPU ahead-of-time topologies need libtpu, which this machine does not have.
+figure. The TPU compiler's own figures for TPU topologies (libtpu, `make install-aot`):
+bench/tpu_plan.py, which compiles this same step through `compile_step`.
 Writes bench/results/memory_plan.md.
 """
 from __future__ import annotations
@@ -111,22 +112,35 @@ def state_bytes(abstract_state, state_sh) -> dict:
   return out
 
 
-def plan(devices: int, objects_per_device: int) -> dict:
+def compile_step(cfg, devices=None) -> dict:
+  """Builds the trainer's abstract state and compiles its update step for `cfg` (nothing is
+  allocated) on `devices` (default `jax.devices()`; a TPU topology's devices in bench/tpu_plan.py).
+
+  Returns `mesh`, `task`, `abstract` (state), `state_sh`, `batch_sh`, `constants`, `compiled`,
+  `compile_s`."""
   from data_pipeline import datasets
   from instant3d_jax.train import loop, lrm_task, optimizer as opt_lib
-  label, mesh_over, what = PLANS[devices]
-  cfg = large_config(devices, mesh_over, objects_per_device)
-  mesh, rules = loop.setup_mesh(cfg)
+  mesh, rules = loop.setup_mesh(cfg, devices)
   tx, schedule = opt_lib.make_optimizer(cfg.optimizer, int(cfg.train.total_steps))
   # Only its loss, init and batch shapes are used (of the data set the config would generate).
   task = lrm_task.make_task(cfg, datasets.planned(cfg))
   _, _, abstract, state_sh = loop.build_state(cfg, task, mesh, rules, tx)
   constants = task.constants   # LPIPS-VGG weights (replicated); the compile reads their shapes
   t0 = time.time()
-  compiled, _ = loop.compile_train_step(cfg, task, mesh, rules, tx, schedule, abstract, state_sh,
-                                        constants)
-  compile_s = time.time() - t0
-  mem = compiled.memory_analysis()
+  compiled, batch_sh = loop.compile_train_step(cfg, task, mesh, rules, tx, schedule, abstract,
+                                               state_sh, constants)
+  return dict(mesh=mesh, task=task, abstract=abstract, state_sh=state_sh, batch_sh=batch_sh,
+              constants=constants, compiled=compiled, compile_s=time.time() - t0)
+
+
+def plan(devices: int, objects_per_device: int) -> dict:
+  label, mesh_over, what = PLANS[devices]
+  cfg = large_config(devices, mesh_over, objects_per_device)
+  c = compile_step(cfg)
+  mesh, task, abstract, state_sh, constants = (c["mesh"], c["task"], c["abstract"],
+                                               c["state_sh"], c["constants"])
+  compile_s = c["compile_s"]
+  mem = c["compiled"].memory_analysis()
   st = state_bytes(abstract, state_sh)
   batch = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
               for v in task.batch_spec.values()) // devices

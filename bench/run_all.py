@@ -47,6 +47,17 @@ def _train_args() -> tuple[str, ...]:
   return args + (("--data_dir", "outputs/demo/data") if data.is_dir() else ())
 
 
+def _tpu_plan_runs() -> tuple[tuple[str, ...], ...]:
+  """bench/tpu_plan.py's table: the reconstructor's `large` train step on the 8/64/128-chip
+  plans and the 256-chip slices, SDXL sampling on the same slices (compiles are cached in
+  bench/results/tpu_plan_cache.json, so a rerun only compiles what changed)."""
+  lrm = (("v5p:2x2x2", "1"), ("v5p:4x4x4", "1"), ("v5p:4x4x8", "auto"), ("v5e:16x16", "auto"),
+         ("v6e:16x16", "auto"))
+  sdxl = (("v5p:4x4x8", "auto"), ("v5e:16x16", "auto"), ("v6e:16x16", "auto"))
+  return tuple(("--topology", t, "--job", job, "--per_chip_batch", b)
+               for job, plans in (("lrm_train", lrm), ("sdxl_sample", sdxl)) for t, b in plans)
+
+
 BENCHES = (
     Bench("bench_lrm", (("--skip_memory",),), ("lrm.md",)),
     Bench("bench_train", (_train_args(),), ("train.md",)),
@@ -63,6 +74,8 @@ BENCHES = (
     Bench("bench_mv_memory", (("--plans", "8,64"),), ("mv_memory_plan.md",), MEMORY),
     Bench("bench_demo", ((),), ("demo.md",), LONG, long=True),
     Bench("scaling", ((),), ("scaling.md",), LONG, long=True),   # writes scaling.png too
+    # The TPU compiler on this CPU machine (libtpu, `make install-aot`): minutes per compile.
+    Bench("tpu_plan", _tpu_plan_runs(), ("tpu_plan.md",), MEMORY, long=True),
     # Written on a GPU machine by `bash bench/device/run.sh` and copied here (bench/device/
     # README.md); `make bench` never runs it (no runs), it only folds the table in.
     Bench("device", (), ("device.md",), DEVICE),
@@ -85,7 +98,8 @@ SECTIONS = {
     MEASURED: "## Measured (each section names its machine and load)\n",
     MEMORY: ("## Memory: compiler reports and analytic estimates\n\n"
              "Nothing here ran on an accelerator: the figures are XLA's compile-time memory "
-             "analysis on CPU and, in the tables marked **Estimates**, analytic counts.\n"),
+             "analysis (on CPU; for the TPU plans, the TPU compiler run on this CPU machine) "
+             "and, in the tables marked **Estimates**, analytic counts.\n"),
     LONG: "## Long runs (`make bench-long`)\n",
     DEVICE: "## Accelerator (`bash bench/device/run.sh` on a GPU machine)\n",
 }

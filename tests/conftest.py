@@ -1,13 +1,16 @@
 """Shared test set-up.
 
 Four fake CPU devices so sharding tests can build real meshes; everything else runs on device 0.
-The flag must be set before JAX initialises its backends, hence at import time here.
+The flag must be set before JAX initialises its backends, hence at import time here. JAX stays on
+the CPU backend even where libtpu is installed (`make install-aot`: tests/test_tpu_plan.py
+compiles for TPU topologies without opening a TPU).
 The tiny model configs the tests share are in tests/tiny_configs.py (`from tests import
 tiny_configs`).
 """
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -60,14 +60,14 @@ def load_pipeline(cfg, weights: str | os.PathLike) -> sampling.Pipeline:
       vae_decode_chunk=cfg.model.vae_decode_chunk, vae_tiled=cfg.model.vae_tiled)
 
 
-def placement_from_config(cfg) -> sampling.Placement | None:
-  """The config's `('data', 'fsdp', 'tensor')` mesh over all devices with its logical axis rules;
-  None on one device."""
-  if jax.device_count() == 1:
+def placement_from_config(cfg, devices=None) -> sampling.Placement | None:
+  """The config's `('data', 'fsdp', 'tensor')` mesh over `devices` (default: all devices) with
+  its logical axis rules; None on one device."""
+  if len(jax.devices() if devices is None else devices) == 1:
     return None
   from instant3d_jax.train import mesh as mesh_lib
   from instant3d_jax.train import sharding as shard_lib
-  return sampling.Placement(mesh_lib.create_mesh(cfg.mesh),
+  return sampling.Placement(mesh_lib.create_mesh(cfg.mesh, devices),
                             shard_lib.logical_rules(cfg.logical_axis_rules))
 
 

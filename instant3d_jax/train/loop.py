@@ -135,8 +135,10 @@ class _StopFlag:
       signal.signal(s, h)
 
 
-def setup_mesh(config):
-  mesh = mesh_lib.create_mesh(config.mesh)
+def setup_mesh(config, devices=None):
+  """`(mesh, logical rules)` of `config`; `devices`: defaults to `jax.devices()` (a TPU
+  topology's devices stand in for real ones when compiling ahead of time, bench/tpu_plan.py)."""
+  mesh = mesh_lib.create_mesh(config.mesh, devices)
   rules = shard_lib.logical_rules(config.logical_axis_rules)
   return mesh, rules
 
