@@ -305,7 +305,8 @@ def test_export_and_reconstruct_on_gs(fake_gcs, tmp_path, monkeypatch):
   assert outputs == sorted(str(p) for p in written.values())
   assert sorted(o[len(f"{BUCKET}/rec/"):] for o in outputs) == sorted(
       ["triplane.npz", "run.json", "turntable.gif", "turntable.mp4", "mesh.glb", "mesh.obj",
-       "mesh.ply", "renders/inputs_vs_renders.png", "novel/cameras.json", "novel/novel_00.png"]
+       "mesh.ply", "renders/inputs_vs_renders.png", "novel/cameras.json", "novel/novel_00.png",
+       "turntable_strip.png"]
       + [f"inputs/view_{i}.png" for i in range(4)] + [f"renders/input_{i}.png" for i in range(4)])
   run = json.loads(fileio.path(f"{BUCKET}/rec/run.json").read_text())
   assert run["checkpoint"] == f"{BUCKET}/model.safetensors"
