@@ -59,9 +59,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=int(num_processes), process_id=int(process_id))
     how = "explicit"
-  elif _on_cloud_tpu() or _in_multitask_slurm():
+  elif (_on_cloud_tpu() and platform != "cpu") or _in_multitask_slurm():
+    # A CPU run is never a Cloud TPU run, even where TPU_* variables are set (bench/tpu_plan.py
+    # sets them so libtpu can compile for a topology on this machine).
     jax.distributed.initialize()
-    how = "cloud tpu" if _on_cloud_tpu() else "slurm"
+    how = "slurm" if _in_multitask_slurm() else "cloud tpu"
   return {"mode": how, "process_index": jax.process_index(),
           "process_count": jax.process_count(), "local_devices": jax.local_device_count(),
           "global_devices": jax.device_count()}
