@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from instant3d_jax.diffusion import blob as blob_lib
 from instant3d_jax.diffusion import schedulers
@@ -271,18 +271,6 @@ class Placement:
     return jax.device_put(x, shard_lib.batch_sharding(self.mesh, self.rules, x.ndim))
 
 
-def _fit(sharding: NamedSharding, shape) -> NamedSharding:
-  """`sharding` with the mesh axes of each dimension they do not divide dropped (replicated):
-  a tiny config's 4 channels, or an odd vocabulary, stay whole instead of failing."""
-  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
-  out = []
-  for dim, axes in zip(shape, spec):
-    names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
-    size = int(np.prod([sharding.mesh.shape[n] for n in names])) if names else 1
-    out.append(axes if dim % size == 0 else None)
-  return NamedSharding(sharding.mesh, P(*out))
-
-
 def param_shardings(pipeline: Pipeline, placement: Placement) -> dict[str, Any]:
   """`NamedSharding` trees of every component's params, derived from the modules' logical axis
   names (`jax.eval_shape` + `nn.get_partition_spec` + `nn.logical_to_mesh_sharding`, via
@@ -300,7 +288,8 @@ def param_shardings(pipeline: Pipeline, placement: Placement) -> dict[str, Any]:
   for comp, init in boxed.items():
     abstract, shardings = shard_lib.derive_shardings(init, mesh=placement.mesh,
                                                      rules=placement.rules)
-    out[comp] = jax.tree.map(lambda a, sh: _fit(sh, a.shape), abstract, shardings)
+    out[comp] = jax.tree.map(lambda a, sh: shard_lib.fit_sharding(sh, a.shape), abstract,
+                             shardings)
   return out
 
 
