@@ -9,7 +9,7 @@ DEV_STAMP     := $(VENV)/.dev-installed
 PYTEST_ARGS   ?=
 DEMO_ARGS     ?=
 
-.PHONY: install install-dev install-gpu install-tpu install-aot install-gcs test test-all demo bench bench-long \
+.PHONY: install install-dev install-gpu install-tpu install-aot install-gcs test test-all demo demo-mv bench bench-long \
         device-wheels clean
 
 install: $(RUNTIME_STAMP)
@@ -55,6 +55,12 @@ test-all: $(DEV_STAMP)
 
 demo: $(RUNTIME_STAMP)
 	$(BIN)/python -m instant3d_jax.demo $(DEMO_ARGS)
+
+# Stage 1 on the shapes world: trains the tiny text-to-four-views model from scratch, samples
+# grids of held-out captions and scores them (instant3d_jax/demo_mv.py; the view-consistency
+# check uses `make demo`'s reconstructor when it is there).
+demo-mv: $(RUNTIME_STAMP)
+	$(BIN)/python -m instant3d_jax.demo_mv $(DEMO_ARGS)
 
 # Every benchmark table that takes minutes; rebuilds BENCHMARKS.md from bench/results/.
 bench: $(DEV_STAMP)

@@ -259,6 +259,13 @@ def test_tiny_stop_and_resume_is_bit_identical_with_ema(tmp_path):
   assert data_state == {"pos": 4}
   for x, y in zip(jax.tree.leaves(host(restored.ema)), jax.tree.leaves(host(full.state.ema))):
     np.testing.assert_array_equal(x, y)
+  # The one checkpoint entry point reads it too (what the sampler and the pipeline load).
+  _, ema, step = ckpt_lib.load(tmp_path / "split", item="ema")
+  assert step == 4
+  for x, y in zip(jax.tree.leaves(ema), jax.tree.leaves(host(full.state.ema))):
+    np.testing.assert_array_equal(x, y)
+  with pytest.raises(errors.CheckpointError, match="holds no 'nothing'"):
+    ckpt_lib.load(tmp_path / "split", item="nothing")
 
 
 # ----------------------------------------------------------------------------------------------

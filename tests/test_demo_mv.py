@@ -1,0 +1,60 @@
+"""The shapes-world stage-1 demo's pieces (instant3d_jax/demo_mv.py): which held-out captions it
+samples, the view-consistency score, and the captioned grids picture."""
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from data_pipeline import captions as captions_lib
+from instant3d_jax import demo_mv
+from instant3d_jax.convert import lrm as convert_lrm
+from instant3d_jax.models import lrm
+from tests import tiny_configs
+
+
+def test_heldout_captions_alternate_kinds_and_skip_seen_combinations(monkeypatch):
+  from data_pipeline import mv_grids, records
+  split = captions_lib.CaptionSplit("heldout", frozenset({("red", "sphere"), ("blue", "box")}))
+  table = {
+      "val": [(0, "a", "a red sphere"), (1, "b", "a green cone"),
+              (2, "c", "a red sphere beside a green cone"), (3, "d", "a red sphere")],
+      "test": [(4, "e", "a large blue box"), (5, "f", "a blue box, a red cone and a grey ring"),
+               (6, "g", "a small red sphere")]}
+  monkeypatch.setattr(records, "read_metadata", lambda d: {"splits": {"val": {}, "test": {}}})
+  monkeypatch.setattr(mv_grids, "object_table", lambda d, s: table[s])
+  rows = demo_mv.heldout_captions("DATA", 5, split)
+  assert [r["caption"] for r in rows] == [
+      "a red sphere", "a red sphere beside a green cone", "a large blue box",
+      "a blue box, a red cone and a grey ring", "a small red sphere"]
+  assert [(r["split"], r["position"], r["object_id"]) for r in rows][:3] == [
+      ("val", 0, "a"), ("val", 2, "c"), ("test", 0, "e")]
+  with pytest.raises(records.DataError, match="only 5 distinct held-out captions"):
+    demo_mv.heldout_captions("DATA", 6, split)
+
+
+@pytest.fixture(scope="module")
+def micro_checkpoint(tmp_path_factory):
+  cfg = tiny_configs.micro_lrm(**{"render.num_samples": 4, "render.num_importance": 4})
+  params = nn.meta.unbox(lrm.init_params(cfg, jax.random.key(0)))
+  path = tmp_path_factory.mktemp("ckpt") / "micro.safetensors"
+  convert_lrm.save_lrm(path, params, cfg)
+  return str(path), cfg
+
+
+def test_view_consistency_is_per_grid_and_independent_of_batching(micro_checkpoint):
+  path, cfg = micro_checkpoint
+  res = int(cfg.model.input_resolution)
+  grids = np.random.default_rng(0).uniform(size=(3, 2 * res, 2 * res, 3)).astype(np.float32)
+  whole = demo_mv.view_consistency(path, grids, batch=4)   # one padded batch
+  single = demo_mv.view_consistency(path, grids, batch=1)  # one grid per call
+  assert whole.shape == (3,) and np.isfinite(whole).all()
+  np.testing.assert_allclose(whole, single, rtol=1e-5)
+
+
+def test_captioned_rows_image_has_one_titled_tile_per_caption():
+  grids = np.zeros((6, 8, 8, 3), np.float32)
+  img = demo_mv.captioned_rows_image(grids, ["a red sphere", "a blue box", "a grey ring"],
+                                     per_caption=2, scale=2, ncols=2)
+  assert img.dtype == np.uint8 and img.ndim == 3
+  # 2 columns of tiles (2 grids of 16 px + padding) and 2 rows (title strip + 16 px).
+  assert img.shape[1] > 2 * 2 * 16 and img.shape[0] > 2 * (14 + 16)
