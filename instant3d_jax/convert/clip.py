@@ -7,6 +7,9 @@ Layouts read:
   (`text_model.` / `vision_model.`) and keep `text_projection.weight` / `visual_projection.weight`
   at the top. Older files (every SDXL `text_encoder/`) also prefix `CLIPTextModel` with
   `text_model.`; both are accepted and the unused `position_ids` buffer is ignored.
+- transformers `CLIPModel` (both towers, `text_projection`, `visual_projection`, `logit_scale`):
+  `load_clip_model` splits it into the two towers with projections (CLIP-score evaluation,
+  instant3d_jax/eval/clip_score.py).
 - single-file SDXL: CLIP-L under `conditioner.embedders.0.transformer.` (transformers layout) and
   OpenCLIP bigG under `conditioner.embedders.1.model.` (OpenCLIP layout: fused `in_proj`,
   `c_fc`/`c_proj`, `text_projection` stored as `x @ W`).
@@ -223,6 +226,73 @@ def load_clip_vision(folder: str | os.PathLike, *, with_projection: bool | None 
   files = sio.find_weights(folder, variant)
   tensors = sio.read_folder_weights(folder, variant)
   return config, vision_to_flax(tensors, config, source=", ".join(str(f) for f in files))
+
+
+def clip_model_configs(raw: Mapping[str, Any], source: str = "CLIPModel config.json"
+                       ) -> tuple[CLIPTextConfig, CLIPVisionConfig]:
+  """A transformers `CLIPModel` config.json dict → (text config, vision config), both with the
+  model's `projection_dim` (`text_projection` and `visual_projection` are part of `CLIPModel`).
+
+  Fields the file leaves out take transformers' `CLIPTextConfig` / `CLIPVisionConfig` defaults
+  (files written with `use_diff` omit them), read from transformers' own config classes (no
+  torch needed)."""
+  if "text_config" not in raw or "vision_config" not in raw:
+    raise sio.WeightsError(f"{source}: expected a transformers CLIPModel config (with "
+                           f"text_config and vision_config), found keys {sorted(raw)[:12]}")
+  import transformers  # pylint: disable=g-import-not-at-top  (runtime dep: CLIP tokenizers)
+  proj = raw.get("projection_dim", transformers.CLIPConfig().projection_dim)
+  full = {}
+  for part, cls in (("text_config", transformers.CLIPTextConfig),
+                    ("vision_config", transformers.CLIPVisionConfig)):
+    defaults = cls().to_dict()
+    full[part] = {**defaults, **(raw[part] or {})}
+  text = CLIPTextConfig.from_transformers({**full["text_config"], "projection_dim": proj},
+                                          with_projection=True)
+  vision = CLIPVisionConfig.from_transformers({**full["vision_config"], "projection_dim": proj},
+                                              with_projection=True)
+  return text, vision
+
+
+def clip_model_to_flax(tensors: Mapping[str, np.ndarray], text_config: CLIPTextConfig,
+                       vision_config: CLIPVisionConfig, source: str = "CLIPModel state dict"
+                       ) -> tuple[dict, dict]:
+  """transformers `CLIPModel` tensors → (text params, vision params) of `CLIPTextModel` /
+  `CLIPVisionModel` with projections. `logit_scale` is not used (CLIP similarity is the plain
+  cosine) and dropped; any other key outside the two towers is an error."""
+  text, vision, other = {}, {}, []
+  for k, v in tensors.items():
+    if k.startswith("text_model.") or k == "text_projection.weight":
+      text[k] = v
+    elif k.startswith("vision_model.") or k == "visual_projection.weight":
+      vision[k] = v
+    elif k != "logit_scale" and not k.endswith(_IGNORED_SUFFIXES):
+      other.append(k)
+  if other:
+    raise sio.WeightsError(f"{source}: keys outside a CLIPModel's towers (not a transformers "
+                           f"CLIPModel?): {sorted(other)[:10]}")
+  if not text or not vision:
+    raise sio.WeightsError(f"{source}: expected a transformers CLIPModel (text_model.* and "
+                           f"vision_model.* keys), found {'no text' if not text else 'no vision'}"
+                           f" tower keys")
+  return (text_to_flax(text, text_config, source=f"{source} [text]"),
+          vision_to_flax(vision, vision_config, source=f"{source} [vision]"))
+
+
+def load_clip_model(folder: str | os.PathLike, *, variant: str | None = None
+                    ) -> tuple[CLIPTextConfig, dict, CLIPVisionConfig, dict]:
+  """A transformers `CLIPModel` folder (config.json + safetensors) → (text config, text params,
+  vision config, vision params), fp32, both towers with their projections."""
+  folder = Path(folder)
+  if not folder.is_dir():
+    raise sio.WeightsError(f"CLIP model folder {folder} does not exist (expected a transformers "
+                           "CLIPModel folder: config.json + model.safetensors)")
+  cfg_path = folder / "config.json"
+  text_config, vision_config = clip_model_configs(sio.read_config(folder), str(cfg_path))
+  files = sio.find_weights(folder, variant)
+  tensors = sio.read_folder_weights(folder, variant)
+  text, vision = clip_model_to_flax(tensors, text_config, vision_config,
+                                    source=", ".join(str(f) for f in files))
+  return text_config, text, vision_config, vision
 
 
 def _config_json(config, base: Mapping[str, Any] | None, model_type: str, arch: str) -> dict:
