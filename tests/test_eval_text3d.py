@@ -219,6 +219,14 @@ def test_bad_inputs_name_the_input(generated, clip_folder, tmp_path):
   with pytest.raises(sio.WeightsError, match=r"--clip_l .*missing: CLIP model folder .*missing "
                                              r"does not exist"):
     text3d.load_scorers({"clip_l": str(tmp_path / "missing")})
+  # A CLIP text-tower folder where a whole CLIPModel is expected.
+  tower = tmp_path / "tower"
+  tower.mkdir()
+  (tower / "config.json").write_text(json.dumps({"architectures": ["CLIPTextModel"],
+                                                 "hidden_size": 32}))
+  with pytest.raises(sio.WeightsError, match=r"tower/config.json: expected a transformers "
+                                             r"CLIPModel config .*found keys \['architectures'"):
+    text3d.load_scorers({"clip_bigg": str(tower)})
   with pytest.raises(errors.ConfigError, match=r"--num_pick must be in \[1, "
                                                r"--num_azimuths=4\], got 5"):
     text3d.check_protocol(4, 5, 16, 2.7)

@@ -233,23 +233,22 @@ def clip_model_configs(raw: Mapping[str, Any], source: str = "CLIPModel config.j
   """A transformers `CLIPModel` config.json dict → (text config, vision config), both with the
   model's `projection_dim` (`text_projection` and `visual_projection` are part of `CLIPModel`).
 
-  Fields the file leaves out take transformers' `CLIPTextConfig` / `CLIPVisionConfig` defaults
-  (files written with `use_diff` omit them), read from transformers' own config classes (no
-  torch needed)."""
-  if "text_config" not in raw or "vision_config" not in raw:
+  The dict goes through transformers' own `CLIPConfig` (no torch needed), so fields a file leaves
+  out take transformers' defaults and the legacy `text_config_dict` / `vision_config_dict` keys
+  of older files win over `text_config` / `vision_config` exactly as there."""
+  if "text_config" not in raw and "text_config_dict" not in raw:
     raise sio.WeightsError(f"{source}: expected a transformers CLIPModel config (with "
                            f"text_config and vision_config), found keys {sorted(raw)[:12]}")
   import transformers  # pylint: disable=g-import-not-at-top  (runtime dep: CLIP tokenizers)
-  proj = raw.get("projection_dim", transformers.CLIPConfig().projection_dim)
-  full = {}
-  for part, cls in (("text_config", transformers.CLIPTextConfig),
-                    ("vision_config", transformers.CLIPVisionConfig)):
-    defaults = cls().to_dict()
-    full[part] = {**defaults, **(raw[part] or {})}
-  text = CLIPTextConfig.from_transformers({**full["text_config"], "projection_dim": proj},
+  try:
+    hf = transformers.CLIPConfig.from_dict(dict(raw))
+  except (TypeError, ValueError) as e:
+    raise sio.WeightsError(f"{source}: not a valid CLIPModel config: {e}") from e
+  proj = int(hf.projection_dim)
+  text = CLIPTextConfig.from_transformers({**hf.text_config.to_dict(), "projection_dim": proj},
                                           with_projection=True)
-  vision = CLIPVisionConfig.from_transformers({**full["vision_config"], "projection_dim": proj},
-                                              with_projection=True)
+  vision = CLIPVisionConfig.from_transformers(
+      {**hf.vision_config.to_dict(), "projection_dim": proj}, with_projection=True)
   return text, vision
 
 
