@@ -95,6 +95,36 @@ def test_clip_score_matches_transformers(clip_folder, scorer):
   assert np.array_equal(scorer.scores(images / 255.0, PROMPTS[0]), scorer.scores(images, PROMPTS[0]))
 
 
+def test_clip_model_folder_round_trip(clip_folder, tmp_path):
+  """`load_clip_model` → `save_clip_model` gives back the transformers file, tensor for tensor,
+  and transformers loads the written folder."""
+  folder, model, _, _ = clip_folder
+  text_cfg, text, vision_cfg, vision = cclip.load_clip_model(folder)
+  cclip.save_clip_model(tmp_path, text_cfg, text, vision_cfg, vision,
+                        logit_scale=float(model.logit_scale.detach()))
+  a = sio.read_safetensors(folder / "model.safetensors", dtype=None)
+  b = sio.read_safetensors(tmp_path / "model.safetensors", dtype=None)
+  assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+  again = transformers.CLIPModel.from_pretrained(tmp_path)
+  assert again.config.projection_dim == 24 and again.config.text_config.hidden_act == "gelu"
+  assert cclip.clip_model_configs(json.loads((tmp_path / "config.json").read_text())) == (
+      text_cfg, vision_cfg)
+
+
+def test_toy_clip_model_is_a_transformers_clip_model(tmp_path):
+  """The plumbing model (random weights written without torch) is what transformers reads as a
+  CLIPModel + processor + tokenizer, and scores the same there."""
+  folder = clip_score.write_toy_clip_model(tmp_path, image_size=16, max_length=16)
+  model, info = transformers.CLIPModel.from_pretrained(folder, output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"]
+  proc = transformers.CLIPImageProcessorPil.from_pretrained(folder)
+  tok = transformers.CLIPTokenizer.from_pretrained(folder)
+  images = np.random.default_rng(3).integers(0, 256, (2, 24, 20, 3)).astype(np.uint8)
+  ours = clip_score.CLIPScorer.load(folder, batch_size=2).scores(images, PROMPTS[1])
+  ref, _ = reference_scores((folder, model.eval(), proc, tok), images, PROMPTS[1])
+  assert np.abs(ours - ref).max() <= 1e-4
+
+
 @pytest.mark.parametrize("cfg", [
     {"size": 20, "crop_size": 16, "resample": 3},                      # openai's legacy ints
     {"size": {"height": 18, "width": 30}, "crop_size": {"height": 16, "width": 16}},

@@ -294,6 +294,29 @@ def load_clip_model(folder: str | os.PathLike, *, variant: str | None = None
   return text_config, text, vision_config, vision
 
 
+def save_clip_model(folder: str | os.PathLike, text_config: CLIPTextConfig, text_params,
+                    vision_config: CLIPVisionConfig, vision_params, *,
+                    logit_scale: float = 2.6592, dtype=None) -> None:
+  """Writes a transformers `CLIPModel` folder (`config.json` + `model.safetensors`, atomic) —
+  the inverse of `load_clip_model`; `logit_scale` is transformers' initial value unless given."""
+  if text_config.projection_dim is None or (text_config.projection_dim
+                                            != vision_config.projection_dim):
+    raise ValueError("a CLIPModel needs both towers with the same projection_dim, got text "
+                     f"{text_config.projection_dim}, vision {vision_config.projection_dim}")
+  tensors = {**text_from_flax(text_params, text_config, prefix="text_model.", dtype=dtype),
+             **vision_from_flax(vision_params, vision_config, prefix="vision_model.",
+                                dtype=dtype),
+             "logit_scale": np.asarray(logit_scale, dtype or np.float32)}
+  sio.write_safetensors(Path(folder) / "model.safetensors", tensors, {"format": "pt"})
+  sub = lambda c, t: {**{k: v for k, v in dataclasses.asdict(c).items()
+                         if v is not None and k != "projection_dim"}, "model_type": t}
+  sio.write_json(Path(folder) / "config.json", {
+      "architectures": ["CLIPModel"], "model_type": "clip",
+      "projection_dim": text_config.projection_dim, "logit_scale_init_value": 2.6592,
+      "text_config": sub(text_config, "clip_text_model"),
+      "vision_config": sub(vision_config, "clip_vision_model")})
+
+
 def _config_json(config, base: Mapping[str, Any] | None, model_type: str, arch: str) -> dict:
   out = dict(base or {})
   for k, v in dataclasses.asdict(config).items():

@@ -23,6 +23,7 @@ rounded to uint8 as a saved PNG would be (export/images.py `to_uint8`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -170,6 +171,20 @@ def _center_crop(x: np.ndarray, ch: int, cw: int) -> np.ndarray:
   return out[max(0, top):min(nh, top + ch), max(0, left):min(nw, left + cw)]
 
 
+@functools.lru_cache(maxsize=8)
+def _text_fn(config: clip_lib.CLIPTextConfig):
+  """Jitted `ids → text_embeds`, one per config (scorers of equal configs share compilations)."""
+  model = clip_lib.CLIPTextModel(config)
+  return jax.jit(lambda p, ids: model.apply({"params": p}, ids).text_embeds)
+
+
+@functools.lru_cache(maxsize=8)
+def _vision_fn(config: clip_lib.CLIPVisionConfig):
+  """Jitted `pixel values → image_embeds`, one per config."""
+  model = clip_lib.CLIPVisionModel(config)
+  return jax.jit(lambda p, px: model.apply({"params": p}, px).image_embeds)
+
+
 def _l2_normalise(x) -> np.ndarray:
   x = np.asarray(x, np.float32)
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -196,10 +211,7 @@ class CLIPScorer:
           f"{vision_config.image_size}x{vision_config.image_size} images ({PREPROCESSOR_FILE})")
     self._text_params = jax.device_put(text_params)
     self._vision_params = jax.device_put(vision_params)
-    text_model = clip_lib.CLIPTextModel(text_config)
-    vision_model = clip_lib.CLIPVisionModel(vision_config)
-    self._text = jax.jit(lambda p, ids: text_model.apply({"params": p}, ids).text_embeds)
-    self._vision = jax.jit(lambda p, px: vision_model.apply({"params": p}, px).image_embeds)
+    self._text, self._vision = _text_fn(text_config), _vision_fn(vision_config)
 
   @classmethod
   def load(cls, folder: str | os.PathLike, *, name: str | None = None, variant: str | None = None,
@@ -252,3 +264,32 @@ class CLIPScorer:
     """`[N]` CLIP similarity ×100 of each image with `prompt`."""
     t = self.text_embeds([prompt])[0]
     return 100.0 * (self.image_embeds(images).astype(np.float64) @ t.astype(np.float64))
+
+
+def write_toy_clip_model(folder: str | os.PathLike, *, seed: int = 0, image_size: int = 32,
+                         max_length: int = 77) -> Path:
+  """Writes a small random-weight transformers `CLIPModel` folder (2-layer towers of width 32,
+  projection 24, the toy letter-level tokenizer of convert/sdxl_pipeline.py, a preprocessor
+  config) — for exercising the evaluation's plumbing where no pretrained CLIP is at hand (its
+  scores mean nothing). Weights drawn with numpy (`sdxl_pipeline.random_params`); no torch."""
+  from instant3d_jax.convert import sdxl_pipeline  # pylint: disable=g-import-not-at-top
+  folder = Path(folder)
+  tok = sdxl_pipeline.write_toy_tokenizer(folder, max_length)
+  text = clip_lib.CLIPTextConfig(
+      vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+      num_attention_heads=4, max_position_embeddings=max_length, hidden_act="gelu",
+      projection_dim=24, eos_token_id=tok.eos_token_id)
+  vision = clip_lib.CLIPVisionConfig(
+      hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+      image_size=image_size, patch_size=max(1, image_size // 4), hidden_act="gelu",
+      projection_dim=24)
+  convert_clip.save_clip_model(
+      folder, text, sdxl_pipeline.random_params(convert_clip.text_param_shapes(text), seed),
+      vision, sdxl_pipeline.random_params(convert_clip.vision_param_shapes(vision), seed + 1))
+  sio.write_json(folder / PREPROCESSOR_FILE, {
+      "image_processor_type": "CLIPImageProcessor", "do_resize": True,
+      "size": {"shortest_edge": image_size}, "resample": PIL_BICUBIC, "do_center_crop": True,
+      "crop_size": {"height": image_size, "width": image_size}, "do_rescale": True,
+      "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(clip_lib.CLIP_MEAN),
+      "image_std": list(clip_lib.CLIP_STD), "do_convert_rgb": True})
+  return folder
