@@ -92,7 +92,8 @@ def test_clip_score_matches_transformers(clip_folder, scorer):
   # The preprocessing is the processor's, bit for bit.
   assert np.array_equal(scorer.processor(images), px.numpy().transpose(0, 2, 3, 1))
   # Float images in [0, 1] are scored as their 8-bit PNG would be.
-  assert np.array_equal(scorer.scores(images / 255.0, PROMPTS[0]), scorer.scores(images, PROMPTS[0]))
+  assert np.array_equal(scorer.scores(images / 255.0, PROMPTS[0]),
+                        scorer.scores(images, PROMPTS[0]))
 
 
 def test_clip_model_folder_round_trip(clip_folder, tmp_path):
@@ -264,8 +265,8 @@ def test_bad_inputs_name_the_input(generated, clip_folder, tmp_path):
   bad = tmp_path / "bad"
   _write_run(bad, ["x"], [np.zeros((3, 8, 8, 8), np.float32)], cfg)
   (bad / "0000" / "triplane.npz").unlink()
-  with pytest.raises(text3d.InputError, match=r"bad/run.json lists 1 prompt\(s\) whose "
-                                                r"triplane.npz does not exist: \['.*0000/triplane.npz'\]"):
+  with pytest.raises(text3d.InputError, match=r"bad/run.json lists 1 prompt\(s\) whose triplane.npz "
+                                                r"does not exist: \['.*0000/triplane.npz'\]"):
     text3d.read_run(bad)
   # Planes made by another reconstructor (model config differs) → named, before rendering.
   other = tiny_configs.micro_lrm(**{"render.num_samples": 8, "render.num_importance": 4})

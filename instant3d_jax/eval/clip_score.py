@@ -79,7 +79,7 @@ class ImageProcessor:
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any], source: str = PREPROCESSOR_FILE
                   ) -> "ImageProcessor":
-    """From a `preprocessor_config.json` dict (transformers ≥ 4.26 dict sizes or the older ints)."""
+    """From a `preprocessor_config.json` dict (dict sizes, or the older plain ints)."""
     kw: dict[str, Any] = {}
     size = cfg.get("size", 224)
     if isinstance(size, int):  # CLIP's legacy int: the shortest edge (default_to_square=False)

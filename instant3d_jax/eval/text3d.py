@@ -90,7 +90,8 @@ def read_run(generated: str | os.PathLike) -> list[dict]:
 
 
 def load_triplane(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
-  """`triplane.npz` (reconstruction.py's format) → (`planes [3, R, R, C]` float32, config dict)."""
+  """`triplane.npz` (reconstruction.py's format) → (`planes [3, R, R, C]` float32, config
+  dict)."""
   p = fileio.path(path)
   try:
     with np.load(io.BytesIO(p.read_bytes()), allow_pickle=False) as z:
