@@ -28,6 +28,7 @@ COMMANDS = [
     "instant3d_jax.train_lrm",
     "instant3d_jax.train_mvdiffusion",
     "instant3d_jax.eval_lrm",
+    "instant3d_jax.eval_text3d",
     "instant3d_jax.reconstruct",
     "instant3d_jax.generate_views",
     "instant3d_jax.demo",

@@ -7,6 +7,9 @@ Layouts read:
   (`text_model.` / `vision_model.`) and keep `text_projection.weight` / `visual_projection.weight`
   at the top. Older files (every SDXL `text_encoder/`) also prefix `CLIPTextModel` with
   `text_model.`; both are accepted and the unused `position_ids` buffer is ignored.
+- transformers `CLIPModel` (both towers, `text_projection`, `visual_projection`, `logit_scale`):
+  `load_clip_model` splits it into the two towers with projections (CLIP-score evaluation,
+  instant3d_jax/eval/clip_score.py).
 - single-file SDXL: CLIP-L under `conditioner.embedders.0.transformer.` (transformers layout) and
   OpenCLIP bigG under `conditioner.embedders.1.model.` (OpenCLIP layout: fused `in_proj`,
   `c_fc`/`c_proj`, `text_projection` stored as `x @ W`).
@@ -223,6 +226,95 @@ def load_clip_vision(folder: str | os.PathLike, *, with_projection: bool | None 
   files = sio.find_weights(folder, variant)
   tensors = sio.read_folder_weights(folder, variant)
   return config, vision_to_flax(tensors, config, source=", ".join(str(f) for f in files))
+
+
+def clip_model_configs(raw: Mapping[str, Any], source: str = "CLIPModel config.json"
+                       ) -> tuple[CLIPTextConfig, CLIPVisionConfig]:
+  """A transformers `CLIPModel` config.json dict → (text config, vision config), both with the
+  model's `projection_dim` (`text_projection` and `visual_projection` are part of `CLIPModel`).
+
+  The dict goes through transformers' own `CLIPConfig` (no torch needed), so fields a file leaves
+  out take transformers' defaults and the legacy `text_config_dict` / `vision_config_dict` keys
+  of older files win over `text_config` / `vision_config` exactly as there."""
+  if "text_config" not in raw and "text_config_dict" not in raw:
+    raise sio.WeightsError(f"{source}: expected a transformers CLIPModel config (with "
+                           f"text_config and vision_config), found keys {sorted(raw)[:12]}")
+  import transformers  # pylint: disable=g-import-not-at-top  (runtime dep: CLIP tokenizers)
+  try:
+    hf = transformers.CLIPConfig.from_dict(dict(raw))
+  except (TypeError, ValueError) as e:
+    raise sio.WeightsError(f"{source}: not a valid CLIPModel config: {e}") from e
+  proj = int(hf.projection_dim)
+  text = CLIPTextConfig.from_transformers({**hf.text_config.to_dict(), "projection_dim": proj},
+                                          with_projection=True)
+  vision = CLIPVisionConfig.from_transformers(
+      {**hf.vision_config.to_dict(), "projection_dim": proj}, with_projection=True)
+  return text, vision
+
+
+def clip_model_to_flax(tensors: Mapping[str, np.ndarray], text_config: CLIPTextConfig,
+                       vision_config: CLIPVisionConfig, source: str = "CLIPModel state dict"
+                       ) -> tuple[dict, dict]:
+  """transformers `CLIPModel` tensors → (text params, vision params) of `CLIPTextModel` /
+  `CLIPVisionModel` with projections. `logit_scale` is not used (CLIP similarity is the plain
+  cosine) and dropped; any other key outside the two towers is an error."""
+  text, vision, other = {}, {}, []
+  for k, v in tensors.items():
+    if k.startswith("text_model.") or k == "text_projection.weight":
+      text[k] = v
+    elif k.startswith("vision_model.") or k == "visual_projection.weight":
+      vision[k] = v
+    elif k != "logit_scale" and not k.endswith(_IGNORED_SUFFIXES):
+      other.append(k)
+  if other:
+    raise sio.WeightsError(f"{source}: keys outside a CLIPModel's towers (not a transformers "
+                           f"CLIPModel?): {sorted(other)[:10]}")
+  if not text or not vision:
+    raise sio.WeightsError(f"{source}: expected a transformers CLIPModel (text_model.* and "
+                           f"vision_model.* keys), found {'no text' if not text else 'no vision'}"
+                           f" tower keys")
+  return (text_to_flax(text, text_config, source=f"{source} [text]"),
+          vision_to_flax(vision, vision_config, source=f"{source} [vision]"))
+
+
+def load_clip_model(folder: str | os.PathLike, *, variant: str | None = None
+                    ) -> tuple[CLIPTextConfig, dict, CLIPVisionConfig, dict]:
+  """A transformers `CLIPModel` folder (config.json + safetensors) → (text config, text params,
+  vision config, vision params), fp32, both towers with their projections."""
+  folder = Path(folder)
+  if not folder.is_dir():
+    raise sio.WeightsError(f"CLIP model folder {folder} does not exist (expected a transformers "
+                           "CLIPModel folder: config.json + model.safetensors)")
+  cfg_path = folder / "config.json"
+  text_config, vision_config = clip_model_configs(sio.read_config(folder), str(cfg_path))
+  files = sio.find_weights(folder, variant)
+  tensors = sio.read_folder_weights(folder, variant)
+  text, vision = clip_model_to_flax(tensors, text_config, vision_config,
+                                    source=", ".join(str(f) for f in files))
+  return text_config, text, vision_config, vision
+
+
+def save_clip_model(folder: str | os.PathLike, text_config: CLIPTextConfig, text_params,
+                    vision_config: CLIPVisionConfig, vision_params, *,
+                    logit_scale: float = 2.6592, dtype=None) -> None:
+  """Writes a transformers `CLIPModel` folder (`config.json` + `model.safetensors`, atomic) —
+  the inverse of `load_clip_model`; `logit_scale` is transformers' initial value unless given."""
+  if text_config.projection_dim is None or (text_config.projection_dim
+                                            != vision_config.projection_dim):
+    raise ValueError("a CLIPModel needs both towers with the same projection_dim, got text "
+                     f"{text_config.projection_dim}, vision {vision_config.projection_dim}")
+  tensors = {**text_from_flax(text_params, text_config, prefix="text_model.", dtype=dtype),
+             **vision_from_flax(vision_params, vision_config, prefix="vision_model.",
+                                dtype=dtype),
+             "logit_scale": np.asarray(logit_scale, dtype or np.float32)}
+  sio.write_safetensors(Path(folder) / "model.safetensors", tensors, {"format": "pt"})
+  sub = lambda c, t: {**{k: v for k, v in dataclasses.asdict(c).items()
+                         if v is not None and k != "projection_dim"}, "model_type": t}
+  sio.write_json(Path(folder) / "config.json", {
+      "architectures": ["CLIPModel"], "model_type": "clip",
+      "projection_dim": text_config.projection_dim, "logit_scale_init_value": 2.6592,
+      "text_config": sub(text_config, "clip_text_model"),
+      "vision_config": sub(vision_config, "clip_vision_model")})
 
 
 def _config_json(config, base: Mapping[str, Any] | None, model_type: str, arch: str) -> dict:

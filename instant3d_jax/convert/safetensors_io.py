@@ -103,7 +103,9 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+  # ascontiguousarray makes 0-d arrays 1-d; the reshape keeps scalars (CLIP's logit_scale) 0-d.
+  save_file({k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in tensors.items()},
+            str(tmp),
             metadata=dict(metadata) if metadata else None)
   os.replace(tmp, path)
 
