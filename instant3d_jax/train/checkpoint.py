@@ -192,8 +192,9 @@ def _read_step_config(step_dir: epath.Path) -> dict:
   return json.loads(saved.read_text())
 
 
-def _read_params(state_dir: epath.Path) -> Any:
-  """The `params` subtree of a TrainState item, as host numpy arrays with the recorded shapes."""
+def _read_params(state_dir: epath.Path, item: str = "params") -> Any:
+  """The `item` subtree ('params', or 'ema' for the EMA weights) of a TrainState item, as host
+  numpy arrays with the recorded shapes."""
   directory = fileio.for_orbax(state_dir)
   # The item's tree metadata comes from the handler itself. `Checkpointer.metadata(state_dir)`
   # would also look for the step-level `_CHECKPOINT_METADATA` inside the item directory, where
@@ -205,22 +206,22 @@ def _read_params(state_dir: epath.Path) -> Any:
   finally:
     handler.close()
   tree = getattr(meta, "tree", meta)
-  if not isinstance(tree, dict) or "params" not in tree:
-    raise errors.CheckpointError(f"checkpoint {str(state_dir)!r}: the state holds no 'params' "
+  if not isinstance(tree, dict) or tree.get(item) is None:
+    raise errors.CheckpointError(f"checkpoint {str(state_dir)!r}: the state holds no {item!r} "
                                  f"(found {sorted(tree) if isinstance(tree, dict) else tree!r})")
-  params_meta = tree["params"]
+  params_meta = tree[item]
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)
   ckptr = ocp.PyTreeCheckpointer()
   try:
     out = ckptr.restore(directory, args=ocp.args.PyTreeRestore(
-        item={"params": params_meta}, restore_args={"params": restore_args},
+        item={item: params_meta}, restore_args={item: restore_args},
         partial_restore=True))
   finally:
     ckptr.close()
-  return out["params"]
+  return out[item]
 
 
-def load(path: str | os.PathLike, config=None
+def load(path: str | os.PathLike, config=None, *, item: str = "params"
          ) -> tuple[ml_collections.ConfigDict, Any, int | None]:
   """`(config, params, step)` from any checkpoint form the commands accept (`FORMS`):
 
@@ -233,9 +234,13 @@ def load(path: str | os.PathLike, config=None
   each local or `gs://…`. `config` (optional) replaces the saved one. Params are host numpy
   arrays (no devices or mesh involved); the optimizer state is not read. A missing or
   incomplete path raises `errors.CheckpointError` naming it and the accepted forms.
+  `item="ema"` reads the EMA of the trained weights instead (orbax forms; stage-1 runs keep one).
   """
   p = fileio.path(path)
   if p.name.endswith(".safetensors"):
+    if item != "params":
+      raise errors.CheckpointError(f"checkpoint {str(path)!r}: a .safetensors export holds the "
+                                   f"weights only, not {item!r}; give the training workdir")
     if not p.is_file():
       raise errors.CheckpointError(f"checkpoint {str(path)!r} does not exist; expected {FORMS}")
     from instant3d_jax.convert import lrm as convert_lrm
@@ -244,7 +249,7 @@ def load(path: str | os.PathLike, config=None
     raise errors.CheckpointError(f"checkpoint {str(path)!r} does not exist; expected {FORMS}")
   step_dir = _resolve_step_dir(p)
   saved = _read_step_config(step_dir)
-  params = _read_params(step_dir / "state")
+  params = _read_params(step_dir / "state", item)
   if config is None:
     config = ml_collections.ConfigDict(saved)
   step = int(step_dir.name) if step_dir.name.isdigit() else None
