@@ -265,8 +265,8 @@ def mesh_from_planes(m, params, planes, *, resolution: int, threshold="5.0",
     bar.n = k
     bar.refresh()
 
-  density = mesh_lib.density_grid(lambda p: _query_field(m, 0, nerf, planes_j, p), resolution,
-                                  box, progress=tick)
+  density = mesh_lib.density_grid(functools.partial(_query_field, m, 0, nerf, planes_j),
+                                  resolution, box, progress=tick, jit=False)
   bar.close()
   if str(threshold) == "auto":
     lo, hi = np.percentile(density, [5, 95])
