@@ -116,6 +116,13 @@ def test_eight_prompts_in_one_jitted_batch(one_device_run):
   # Prompts differ → grids differ (each sample has its own noise).
   g = [np.load(out / f"{i:04d}" / "grid.npy") for i in range(8)]
   assert not np.allclose(g[0], g[1])
+  # The trainer's own sample grids (mv_task.sample_grids: EMA weights, config.sample) of the
+  # same prompts, seed and steps are these grids.
+  from instant3d_jax.train import checkpoint as ckpt_lib
+  mv_cfg, ema, _ = ckpt_lib.load(pipe.config.stage1.weights, item="ema")
+  mv_cfg.sample.update(dict(num_steps=2, seed=3, per_caption=1))
+  ref = mv_task.sample_grids(mv_cfg, mv_task.build_components(mv_cfg), ema, PROMPTS)
+  np.testing.assert_allclose(np.stack(g), ref, atol=1e-5)
   page = (out / "index.html").read_text()
   for i in range(8):
     for f in ("grid.png", "turntable.gif", "mesh.glb"):
@@ -199,3 +206,27 @@ def test_command_writes_a_run(text3d_weights, tmp_path):
   assert run["seed"] == 5 and run["batch_size"] == 2 and run["num_samples"] == 2
   assert (tmp_path / "out" / "0001" / "mesh.glb").is_file()
   assert (tmp_path / "out" / "index.html").is_file()
+
+
+def test_stage1_from_a_diffusers_folder(text3d_weights, tmp_path):
+  """Stage 1 from a diffusers SDXL folder (configs/sdxl.py:tiny shapes, written by the project's
+  exporter): grids of `stage1.sample.grid_size`, then the same reconstructor."""
+  from configs import sdxl as sdxl_config
+  from instant3d_jax.convert import sdxl_pipeline
+  scfg = sdxl_config.get_config("tiny")
+  n = scfg.random_init.tokenizer_max_length
+  tok = sdxl_pipeline.write_toy_tokenizer(tmp_path / "tok", n)
+  sdxl_pipeline.save_pipeline(tmp_path / "sdxl",
+                              sdxl_pipeline.init_random_pipeline(scfg.random_init, tok, tok, seed=1))
+  cfg = tiny_config(str(tmp_path / "sdxl"), text3d_weights[1])
+  cfg.batch_size = 2
+  with pytest.raises(errors.ConfigError, match="grid_size is 0"):
+    pipeline_lib.TextTo3D.load(cfg, devices=jax.devices()[:1], log=lambda *_: None)
+  cfg.stage1.sample.grid_size = 32
+  cfg.stage1.weights = ""  # the paths as arguments instead
+  pipe = pipeline_lib.TextTo3D.load(cfg, devices=jax.devices()[:1], stage1=tmp_path / "sdxl",
+                                    stage2=text3d_weights[1], log=lambda *_: None)
+  assert pipe.stage1_kind == "diffusers"
+  (r,) = pipe(["a red cube"], jax.random.PRNGKey(0), with_mesh=True)
+  assert r.grid.shape == (32, 32, 3) and r.views.shape == (4, 16, 16, 3)
+  assert r.planes.shape == (3, 8, 8, 8) and r.mesh is not None and len(r.mesh.faces) > 0
