@@ -55,10 +55,6 @@ def main(argv: Sequence[str]) -> None:
   cfg = FLAGS.config
   if FLAGS.batch_size is not None:
     cfg.batch_size = FLAGS.batch_size
-  if FLAGS.steps is not None and FLAGS.steps < 1:
-    raise errors.ConfigError(f"--steps must be >= 1, got {FLAGS.steps}")
-  if FLAGS.num_samples < 1:
-    raise errors.ConfigError(f"--num_samples must be >= 1, got {FLAGS.num_samples}")
   prompts = gen_lib.read_prompts(FLAGS.prompt, FLAGS.prompts_file)
   pipe = pipeline.TextTo3D.load(cfg)
   out = pipeline.generate_to_folder(pipe, prompts, FLAGS.out, seed=FLAGS.seed,

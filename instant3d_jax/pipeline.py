@@ -321,7 +321,7 @@ class TextTo3D:
     if empty:
       raise errors.ConfigError(f"TextTo3D: prompt {empty[0]} is empty; expected text")
     if num_steps is not None and int(num_steps) < 1:
-      raise errors.ConfigError(f"num_steps must be >= 1, got {num_steps}")
+      raise errors.ConfigError(f"num_steps (--steps) must be >= 1, got {num_steps}")
     if self.sampler.init == "blob":
       from instant3d_jax.diffusion import blob as blob_lib
       blob_lib.start_step(int(num_steps or self.sampler.num_steps),
