@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from instant3d_jax import errors
 
+import functools
 import importlib.metadata
 import io
 import json
@@ -168,6 +169,117 @@ def load_cameras(path: str | None, num_views: int, size: int) -> cameras_lib.Cam
 
 
 # ---------------------------------------------------------------------------------------------
+# Pieces shared with the text-to-3D pipeline (instant3d_jax/pipeline.py): one compiled program per
+# model config and shape, whatever the object.
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _lrm_apply(m, params, images, cams):
+  return lrm_lib.LRM(m).apply({"params": params}, images, cams)
+
+
+def reconstruct_planes(m, params, views, cams: cameras_lib.Camera) -> np.ndarray:
+  """`views [B, V, S, S, 3]` at the model's input size, `cams` (batch [B, V]) → planes
+  `[B, 3, R, R, C]` float32 numpy, the B objects in one jitted call (`m`: `lrm.model_config`)."""
+  planes = _lrm_apply(m, params, jnp.asarray(views, jnp.float32), cams)
+  return np.asarray(jax.device_get(planes), np.float32)
+
+
+def save_triplane(path, planes: np.ndarray, config) -> fileio.OutPath:
+  """`triplane.npz`: planes `[3, R, R, C]` in the renderer's XY/XZ/YZ order and the model config
+  (JSON) that decodes them (`eval_text3d` and other readers rely on these keys)."""
+  buf = io.BytesIO()
+  np.savez(buf, planes=np.asarray(planes, np.float32), plane_order=np.array(["XY", "XZ", "YZ"]),
+           config=np.array(config.to_json()))
+  return fileio.write_bytes(path, buf.getvalue())
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _render_rgb(m, chunk, params, planes, cam):
+  return rendering.render_image(
+      lrm_lib.field_fn(m, params, planes), cam, chunk=chunk, outputs=("rgb",),
+      num_samples=m.render.num_samples, num_importance=m.render.num_importance,
+      background=m.background, box=m.render.box)["rgb"]
+
+
+def render_frames(m, params, planes, cams: cameras_lib.Camera, *, chunk: int = 0,
+                  progress: bool = False, desc: str = "render") -> np.ndarray:
+  """RGB images `[T, H, W, 3]` of one object (`planes [3, R, R, C]`) from the cameras (batch
+  [T]), one jitted single-view renderer looped over them (deterministic: no jitter)."""
+  chunk = chunk or m.render.chunk
+  planes = jnp.asarray(planes)
+  frames = []
+  for k in tqdm(range(cams.batch_shape[0]), desc=desc, disable=not progress, file=sys.stderr):
+    frames.append(np.asarray(_render_rgb(m, chunk, params, planes, cams[k])))
+  return np.stack(frames)
+
+
+def save_input_renders(out, m, params, planes, views: np.ndarray, cams: cameras_lib.Camera,
+                       resolution: int, *, chunk: int = 0, progress: bool = False) -> dict:
+  """`renders/input_K.png` (the object re-rendered from its input cameras at `resolution`) and
+  `renders/inputs_vs_renders.png` (inputs above, renders below)."""
+  out = fileio.path(out)
+  in_cams = cameras_lib.resize_camera(cams, resolution, resolution)
+  renders = render_frames(m, params, planes, in_cams, chunk=chunk, progress=progress,
+                          desc="input views")
+  written = {f"render_input_{i}": images_lib.save_png(out / "renders" / f"input_{i}.png", r)
+             for i, r in enumerate(renders)}
+  shown = resize_views(np.asarray(views), resolution)
+  written["inputs_vs_renders"] = images_lib.save_png(
+      out / "renders" / "inputs_vs_renders.png",
+      images_lib.make_grid(np.concatenate([shown, renders]), ncols=len(renders)))
+  return written
+
+
+def save_turntable(out, frames: np.ndarray, fps: float) -> dict:
+  """`turntable.gif`, `turntable.mp4` and `turntable_strip.png` (8 evenly spaced frames in a row:
+  the turntable at a glance, for pages and READMEs)."""
+  out = fileio.path(out)
+  written = {"turntable_gif": video_lib.save_gif(out / "turntable.gif", frames, fps),
+             "turntable_mp4": video_lib.save_mp4(out / "turntable.mp4", frames, fps)}
+  pick = np.linspace(0, len(frames), num=min(8, len(frames)), endpoint=False).astype(int)
+  written["turntable_strip"] = images_lib.save_png(
+      out / "turntable_strip.png", images_lib.make_grid(frames[pick], ncols=len(pick)))
+  return written
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _query_field(m, which, nerf_params, planes, points):
+  feats = rendering.sample_triplane(planes, points, m.render.box)
+  return lrm_lib.nerf_mlp(m).apply({"params": nerf_params}, feats)[which]
+
+
+def mesh_from_planes(m, params, planes, *, resolution: int, threshold="5.0",
+                     progress: bool = False, log=print):
+  """Marching cubes of one object's density field on a `resolution`³ grid over the render box at
+  the density `threshold` (a number, or 'auto': midway between the grid's 5th and 95th
+  percentiles), colours from the field at the vertices → (vertices `[V, 3]`, faces `[F, 3]`,
+  colours `[V, 3]` in [0, 1], level). ValueError if the field never crosses the level."""
+  box = m.render.box
+  planes_j = jnp.asarray(planes)
+  nerf = params["nerf"]
+  bar = tqdm(total=1, desc="density grid", disable=not progress, file=sys.stderr)
+
+  def tick(k, total):
+    bar.total = total
+    bar.n = k
+    bar.refresh()
+
+  density = mesh_lib.density_grid(functools.partial(_query_field, m, 0, nerf, planes_j),
+                                  resolution, box, progress=tick, jit=False)
+  bar.close()
+  if str(threshold) == "auto":
+    lo, hi = np.percentile(density, [5, 95])
+    level = float(0.5 * (lo + hi))
+    log(f"mesh threshold auto: {level:.4g} (midway between the 5th/95th density percentiles)")
+  else:
+    level = float(threshold)
+  verts, faces = mesh_lib.extract_mesh(density, level, box)
+  colors = np.asarray(_query_field(m, 1, nerf, planes_j, jnp.asarray(verts)))
+  return verts, faces, colors, level
+
+
+# ---------------------------------------------------------------------------------------------
 # Reconstruction
 
 
@@ -216,45 +328,21 @@ def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=
 
   # Images → triplane.
   t = time.time()
-  images = jnp.asarray(views_np)[None]
-  batch_cams = jax.tree.map(lambda a: a[None], cams)
-  planes = jax.jit(lambda p, x, c: lrm_lib.LRM(m).apply({"params": p}, x, c))(
-      params, images, batch_cams)
-  planes = np.asarray(jax.device_get(planes[0]), np.float32)
+  planes = reconstruct_planes(m, params, views_np[None], jax.tree.map(lambda a: a[None], cams))[0]
   timings["images_to_triplane_s"] = time.time() - t
   log(f"triplane {planes.shape} in {timings['images_to_triplane_s']:.2f} s (compile included)")
-  buf = io.BytesIO()
-  np.savez(buf, planes=planes, plane_order=np.array(["XY", "XZ", "YZ"]),
-           config=np.array(config.to_json()))
-  written["triplane"] = fileio.write_bytes(out / "triplane.npz", buf.getvalue())
+  written["triplane"] = save_triplane(out / "triplane.npz", planes, config)
   for i, v in enumerate(views_np):
     written[f"input_{i}"] = images_lib.save_png(out / "inputs" / f"view_{i}.png", v)
 
   # Rendering: one jitted single-view renderer, looped with a progress bar.
   render_res = resolution or res
   chunk = chunk or m.render.chunk
-  planes_j = jnp.asarray(planes)
-  field = jax.jit(lambda p, pl, cam: rendering.render_image(
-      lrm_lib.field_fn(m, p, pl), cam, chunk=chunk, outputs=("rgb",),
-      num_samples=m.render.num_samples, num_importance=m.render.num_importance,
-      background=m.background, box=m.render.box)["rgb"])
-
-  def render_all(cams_batch, desc):
-    frames = []
-    for k in tqdm(range(cams_batch.batch_shape[0]), desc=desc, disable=not progress,
-                  file=sys.stderr):
-      frames.append(np.asarray(field(params, planes_j, cams_batch[k])))
-    return np.stack(frames)
-
+  render_all = lambda cams_batch, desc: render_frames(m, params, planes, cams_batch, chunk=chunk,
+                                                      progress=progress, desc=desc)
   t = time.time()
-  in_cams = cameras_lib.resize_camera(cams, render_res, render_res)
-  renders = render_all(in_cams, "input views")
-  for i, r in enumerate(renders):
-    written[f"render_input_{i}"] = images_lib.save_png(out / "renders" / f"input_{i}.png", r)
-  shown = resize_views(views_np, render_res)
-  written["inputs_vs_renders"] = images_lib.save_png(
-      out / "renders" / "inputs_vs_renders.png",
-      images_lib.make_grid(np.concatenate([shown, renders]), ncols=len(renders)))
+  written.update(save_input_renders(out, m, params, planes, views_np, cams, render_res,
+                                    chunk=chunk, progress=progress))
   if num_novel > 0:
     nov_cams = novel_cameras(seed, num_novel, render_res)
     novel = render_all(nov_cams, "novel views")
@@ -266,40 +354,14 @@ def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=
                                       files=[f"novel_{i:02d}.png" for i in range(num_novel)])
     written["novel_cameras"] = out / "novel" / "cameras.json"
   frames = render_all(video_lib.turntable_cameras(turntable_frames, render_res), "turntable")
-  written["turntable_gif"] = video_lib.save_gif(out / "turntable.gif", frames, fps)
-  written["turntable_mp4"] = video_lib.save_mp4(out / "turntable.mp4", frames, fps)
-  # The turntable at a glance (a still picture for pages and READMEs): 8 evenly spaced frames.
-  pick = np.linspace(0, len(frames), num=min(8, len(frames)), endpoint=False).astype(int)
-  written["turntable_strip"] = images_lib.save_png(
-      out / "turntable_strip.png", images_lib.make_grid(frames[pick], ncols=len(pick)))
+  written.update(save_turntable(out, frames, fps))
   timings["render_s"] = time.time() - t
 
   # Mesh: density on a grid → marching cubes → colours at the vertices.
   t = time.time()
-  mlp = lrm_lib.nerf_mlp(m)
-  box = m.render.box
-
-  def query(points):
-    feats = rendering.sample_triplane(planes_j, points, box)
-    return mlp.apply({"params": params["nerf"]}, feats)
-
-  bar = tqdm(total=1, desc="density grid", disable=not progress, file=sys.stderr)
-
-  def tick(k, total):
-    bar.total = total
-    bar.n = k
-    bar.refresh()
-
-  density = mesh_lib.density_grid(lambda p: query(p)[0], mesh_resolution, box, progress=tick)
-  bar.close()
-  if str(mesh_threshold) == "auto":
-    lo, hi = np.percentile(density, [5, 95])
-    level = float(0.5 * (lo + hi))
-    log(f"mesh threshold auto: {level:.4g} (midway between the 5th/95th density percentiles)")
-  else:
-    level = float(mesh_threshold)
-  verts, faces = mesh_lib.extract_mesh(density, level, box)
-  colors = np.asarray(jax.jit(lambda p: query(p)[1])(jnp.asarray(verts)))
+  verts, faces, colors, level = mesh_from_planes(m, params, planes, resolution=mesh_resolution,
+                                                 threshold=mesh_threshold, progress=progress,
+                                                 log=log)
   written.update({f"mesh_{k}": v for k, v in mesh_lib.save_mesh(out / "mesh", verts, faces,
                                                                 colors).items()})
   timings["mesh_s"] = time.time() - t

@@ -31,6 +31,8 @@ COMMANDS = [
     "instant3d_jax.eval_text3d",
     "instant3d_jax.reconstruct",
     "instant3d_jax.generate_views",
+    "instant3d_jax.generate",
+    "instant3d_jax.app",
     "instant3d_jax.demo",
     "instant3d_jax.export",
     "instant3d_jax.convert",

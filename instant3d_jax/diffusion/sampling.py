@@ -286,6 +286,9 @@ def param_shardings(pipeline: Pipeline, placement: Placement) -> dict[str, Any]:
   }
   out = {}
   for comp, init in boxed.items():
+    if comp == "vae" and not jax.tree.leaves(pipeline.params["vae"]):
+      out[comp] = {}  # a parameter-free autoencoder (models/pixel_ae.py: stage-1 `tiny`)
+      continue
     abstract, shardings = shard_lib.derive_shardings(init, mesh=placement.mesh,
                                                      rules=placement.rules)
     out[comp] = jax.tree.map(lambda a, sh: shard_lib.fit_sharding(sh, a.shape), abstract,

@@ -36,17 +36,20 @@ def grid_points(resolution: int, box: float = 1.0) -> np.ndarray:
 
 
 def density_grid(density_fn: Callable[[jax.Array], jax.Array], resolution: int,
-                 box: float = 1.0, chunk: int = 65536, progress=None) -> np.ndarray:
+                 box: float = 1.0, chunk: int = 65536, progress=None, jit: bool = True
+                 ) -> np.ndarray:
   """`density_fn(points [n, 3]) -> [n]` on the grid of `grid_points` → `[N, N, N]` numpy.
 
   Evaluated in chunks of `chunk` points by one jitted function (the last chunk padded), so
-  memory stays that of one chunk; `progress(k, total)` is called after each chunk.
+  memory stays that of one chunk; `progress(k, total)` is called after each chunk. `jit=False`:
+  `density_fn` is already compiled (e.g. a partial of a module-level jitted function, which
+  then compiles once for many objects).
   """
   pts = grid_points(resolution, box).reshape(-1, 3)
   n = pts.shape[0]
   num = -(-n // chunk)
   pts = np.concatenate([pts, np.zeros((num * chunk - n, 3), np.float32)])
-  fn = jax.jit(density_fn)
+  fn = jax.jit(density_fn) if jit else density_fn
   out = []
   for k in range(num):
     out.append(np.asarray(fn(jnp.asarray(pts[k * chunk:(k + 1) * chunk]))))
