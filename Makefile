@@ -23,8 +23,12 @@ $(RUNTIME_STAMP): requirements.txt pyproject.toml
 
 install-dev: $(DEV_STAMP)
 
-$(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
+# The web app's group (requirements-app.txt: gradio and what it needs beyond requirements.txt)
+# goes in with --no-deps: gradio 6.31 declares pillow<13 while the project pins pillow 13 (the app
+# and its browser test run on pillow 13; tests/test_app.py).
+$(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt requirements-app.txt
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-app.txt
 	touch $@
 
 JAX_VERSION = $(shell grep '^jax==' requirements.txt | cut -d= -f3)

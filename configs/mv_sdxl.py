@@ -119,6 +119,7 @@ def get_config(arg=None):
   d.scheduler = dict(_SDXL_SCHEDULER)   # training schedule + sampler spacing (diffusers form)
   d.prediction_type = "epsilon"         # 'epsilon' | 'v_prediction'
   d.caption_dropout = 0.1               # zero context and pooled embedding (the uncond. branch)
+  d.snr_gamma = 0.0                     # > 0: Min-SNR-γ loss weights (diffusers' --snr_gamma)
   d.latent_sample = True                # sample the VAE posterior (False: its mean)
   # SDXL micro-conditioning (original size, crop top-left, target size); (0, 0) = the grid size.
   d.original_size = (0, 0) if tiny else (1024, 1024)

@@ -151,3 +151,20 @@ def test_ema_equals_diffusers_ema_model():
     ema = step_lib.ema_update(ema, {"w": jnp.asarray(w)}, step_lib.ema_decay_at(n, 0.9))
     np.testing.assert_allclose(np.asarray(ema["w"]), ema_ref.shadow_params[0].numpy(),
                                rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_equal_diffusers_snr_gamma(prediction_type):
+  """`diffusion.snr_gamma`: the per-sample weights of diffusers' train_text_to_image_sdxl.py
+  (`compute_snr`, then min(SNR, γ) / SNR or / (SNR + 1)), on SDXL's schedule and a linear one."""
+  from diffusers.training_utils import compute_snr
+  for beta_schedule, (b0, b1) in (("scaled_linear", (0.00085, 0.012)), ("linear", (1e-4, 0.02))):
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=b0, beta_end=b1,
+                                    beta_schedule=beta_schedule, prediction_type=prediction_type)
+    t = np.array([0, 1, 17, 250, 500, 999])
+    snr = compute_snr(sched, torch.from_numpy(t))
+    ref = torch.stack([snr, 5.0 * torch.ones_like(snr)], dim=1).min(dim=1)[0]
+    ref = ref / snr if prediction_type == "epsilon" else ref / (snr + 1)
+    ours = training.min_snr_weights(jnp.asarray(sched.alphas_cumprod.numpy()), jnp.asarray(t),
+                                    5.0, prediction_type)
+    assert rel_err(ours, ref.numpy()) <= 1e-5

@@ -80,20 +80,37 @@ def add_time_ids(batch: int, height: int, width: int, original_size=None,
                                      size(target_size))
 
 
+def min_snr_weights(alphas_cumprod_: jax.Array, timesteps: jax.Array, gamma: float,
+                    prediction_type: str) -> jax.Array:
+  """Min-SNR-γ loss weights per sample (Hang et al. 2023, "Efficient Diffusion Training via
+  Min-SNR Weighting Strategy"), as diffusers' `train_text_to_image*.py --snr_gamma`:
+  min(SNR_t, γ) / SNR_t for ε-prediction, min(SNR_t, γ) / (SNR_t + 1) for v-prediction, with
+  SNR_t = ᾱ_t / (1 − ᾱ_t)."""
+  a = alphas_cumprod_[timesteps]
+  snr = a / (1.0 - a)
+  w = jnp.minimum(snr, jnp.float32(gamma))
+  return w / snr if prediction_type == "epsilon" else w / (snr + 1.0)
+
+
 def diffusion_loss(denoise: Callable[..., jax.Array], x0: jax.Array, context: jax.Array,
                    pooled: jax.Array, time_ids: jax.Array, draws: Draws,
-                   alphas_cumprod_: jax.Array, prediction_type: str
+                   alphas_cumprod_: jax.Array, prediction_type: str, snr_gamma: float = 0.0
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`(loss, metrics)` of one batch. `denoise(x_t, t, context, pooled, time_ids)` is the UNet
   with its params bound; `x0 [B, h, w, C]` the (scaled) clean latents; context/pooled the text
-  conditioning before dropout; `draws` the step's timesteps, noise and caption-keep mask."""
+  conditioning before dropout; `draws` the step's timesteps, noise and caption-keep mask.
+  `snr_gamma` > 0 weights each sample's MSE by `min_snr_weights` (0: the plain mean)."""
   ctx, pool = drop_captions(draws.keep, context, pooled)
   x_t, target = noisy_and_target(alphas_cumprod_, x0.astype(jnp.float32), draws.noise,
                                  draws.timesteps, prediction_type)
   pred = denoise(x_t, draws.timesteps, ctx, pool, time_ids).astype(jnp.float32)
   per_sample = jnp.mean((pred - target) ** 2, axis=tuple(range(1, pred.ndim)))
-  loss = jnp.mean(per_sample)
-  return loss, {"mse": loss, "dropped_fraction": 1.0 - jnp.mean(draws.keep.astype(jnp.float32)),
+  mse = jnp.mean(per_sample)
+  loss = mse
+  if snr_gamma and snr_gamma > 0:
+    loss = jnp.mean(per_sample * min_snr_weights(alphas_cumprod_, draws.timesteps,
+                                                 float(snr_gamma), prediction_type))
+  return loss, {"mse": mse, "dropped_fraction": 1.0 - jnp.mean(draws.keep.astype(jnp.float32)),
                 "timestep_mean": jnp.mean(draws.timesteps.astype(jnp.float32))}
 
 

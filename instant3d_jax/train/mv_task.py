@@ -331,7 +331,8 @@ def make_loss_fn(config, comps: Components):
     draws = training.draw(k_draw, x0.shape, n_train, p_drop)
     denoise = lambda x, t, c, pl, ti: comps.unet.apply({"params": p["unet"]}, x, t, c, pl, ti)
     return training.diffusion_loss(denoise, x0, ctx, pooled, time_ids, draws,
-                                   constants["alphas_cumprod"], prediction_type)
+                                   constants["alphas_cumprod"], prediction_type,
+                                   float(dc.get("snr_gamma", 0.0) or 0.0))
 
   return loss_fn
 
