@@ -9,7 +9,7 @@ DEV_STAMP     := $(VENV)/.dev-installed
 PYTEST_ARGS   ?=
 DEMO_ARGS     ?=
 
-.PHONY: install install-dev install-gpu install-tpu install-aot install-gcs test test-all demo demo-mv bench bench-long \
+.PHONY: install install-dev install-gpu install-tpu install-aot install-gcs test test-all demo demo-mv demo-text3d bench bench-long \
         device-wheels clean
 
 install: $(RUNTIME_STAMP)
@@ -65,6 +65,11 @@ demo: $(RUNTIME_STAMP)
 # check uses `make demo`'s reconstructor when it is there).
 demo-mv: $(RUNTIME_STAMP)
 	$(BIN)/python -m instant3d_jax.demo_mv $(DEMO_ARGS)
+
+# Text to 3D on the shapes world: both stages (trained first when absent: about an hour here),
+# 20 held-out captions → objects, outputs/text3d/index.html and its screenshot, the scores.
+demo-text3d: $(RUNTIME_STAMP)
+	$(BIN)/python -m instant3d_jax.demo_text3d $(DEMO_ARGS)
 
 # Every benchmark table that takes minutes; rebuilds BENCHMARKS.md from bench/results/.
 bench: $(DEV_STAMP)

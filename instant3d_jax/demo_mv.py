@@ -51,94 +51,6 @@ _RETRAIN = flags.DEFINE_bool("retrain", False, "train again even if WORKDIR/trai
                              "finished run (a new run needs an empty WORKDIR/train)")
 
 
-def heldout_captions(data_dir: str, num: int, heldout) -> list[dict]:
-  """`num` distinct captions of held-out objects of the val and test splits, alternating
-  single-object and multi-object ones while both last (data set order: deterministic). Each
-  {"caption", "split", "position", "object_id"}."""
-  from data_pipeline import captions as captions_lib
-  from data_pipeline import mv_grids, records
-  splits = records.read_metadata(data_dir)["splits"]
-  single, multi, seen = [], [], set()
-  for split in ("val", "test"):
-    if split not in splits:
-      continue
-    for pos, (_, oid, cap) in enumerate(mv_grids.object_table(data_dir, split)):
-      if cap in seen or not heldout.is_heldout(cap):
-        continue
-      seen.add(cap)
-      row = {"caption": cap, "split": split, "position": pos, "object_id": oid}
-      (single if len(captions_lib.parse_caption(cap)) == 1 else multi).append(row)
-  out = []
-  while len(out) < num and (single or multi):
-    for pool in (single, multi):
-      if pool and len(out) < num:
-        out.append(pool.pop(0))
-  if len(out) < num:
-    raise records.DataError(f"{data_dir}: only {len(out)} distinct held-out captions in val + "
-                            f"test, expected --num_captions {num}")
-  return out
-
-
-def real_grids(data_dir: str, rows: list[dict], resolution: int):
-  """The real rig renders `[N, 2R, 2R, 3]` float in [0, 1] of the rows' objects."""
-  import numpy as np
-  from data_pipeline import mv_grids, records
-  sources = {}
-  out = []
-  for r in rows:
-    src = sources.setdefault(r["split"], records.RecordSource(data_dir, r["split"]))
-    out.append(mv_grids.tile_grid(mv_grids.grid_views(src[r["position"]], resolution)))
-  return np.stack(out).astype(np.float32) / 255.0
-
-
-def view_consistency(checkpoint: str, grids, batch: int = 8) -> "np.ndarray":
-  """Per grid, the PSNR (dB) of the reconstructor's re-render of its four views at the rig
-  cameras against the views (resized to the model's input resolution): `[N]`."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from data_pipeline import mv_grids
-  from instant3d_jax import cameras as cameras_lib
-  from instant3d_jax import reconstruction
-  from instant3d_jax.eval import metrics as metrics_lib
-  from instant3d_jax.models import lrm as lrm_lib
-  config, params = reconstruction.load_checkpoint(checkpoint)
-  m = lrm_lib.model_config(config)
-  res = int(m.input_resolution)
-  rig = cameras_lib.instant3d_rig(res)
-
-  @jax.jit
-  def rerender(p, views):
-    b = views.shape[0]
-    cams = jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), rig)
-    planes = lrm_lib.LRM(m).apply({"params": p}, views, cams)
-    out = lrm_lib.render_views(m, p, planes, cams, outputs=("rgb",))["rgb"]
-    return metrics_lib.psnr(jnp.clip(out, 0.0, 1.0), views)  # [b, 4]
-
-  views = np.stack([reconstruction.resize_views(mv_grids.untile_grid(g), res)
-                    for g in np.asarray(grids)]).astype(np.float32)
-  scores = []
-  for i in range(0, len(views), batch):
-    chunk = views[i:i + batch]
-    pad = batch - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-    scores.append(np.asarray(rerender(params, jnp.asarray(chunk)))[:batch - pad])
-  return np.concatenate(scores).mean(-1)
-
-
-def captioned_rows_image(grids, captions, per_caption: int, scale: int = 2, ncols: int = 2):
-  """One tile per caption: its `per_caption` grids side by side (upscaled `scale`×), titled with
-  the caption; `ncols` captions per row."""
-  import numpy as np
-  from instant3d_jax.export import images as images_lib
-  g = np.asarray(grids).repeat(scale, 1).repeat(scale, 2)
-  rows = [images_lib.make_grid(g[i * per_caption:(i + 1) * per_caption], ncols=per_caption)
-          for i in range(len(captions))]
-  return images_lib.make_labelled_grid(np.stack(rows), list(captions), ncols=ncols,
-                                       label_height=14)
-
-
 def _train(cfg, run_dir: str, retrain: bool) -> dict:
   from instant3d_jax.train import mv_task
   path = os.path.join(run_dir, "train_summary.json")
@@ -195,6 +107,7 @@ def main(argv):
   from data_pipeline import captions as captions_lib
   from data_pipeline import datasets
   from instant3d_jax.eval import colour
+  from instant3d_jax.eval import mv_eval
   from instant3d_jax.export import images as images_lib
   from instant3d_jax.train import checkpoint as ckpt_lib
   from instant3d_jax.train import mv_task
@@ -210,7 +123,7 @@ def main(argv):
   g = cfg.grid
   split = captions_lib.caption_split("heldout", seed=int(g.heldout_seed),
                                      num_heldout=int(g.num_heldout))
-  rows = heldout_captions(info.data_dir, _NUM_CAPTIONS.value, split)
+  rows = mv_eval.heldout_captions(info.data_dir, _NUM_CAPTIONS.value, split)
   caps = [r["caption"] for r in rows]
   per = int(_PER_CAPTION.value)
   _, ema, step = ckpt_lib.load(run_dir, item="ema")
@@ -222,7 +135,7 @@ def main(argv):
   print(f"sampled {len(grids)} grids in {sample_s:.1f} s")
   grid_caps = [c for c in caps for _ in range(per)]
   report_gen = colour.grid_colour_report(grids, grid_caps)
-  real = real_grids(info.data_dir, rows, int(g.view_resolution))
+  real = mv_eval.real_grids(info.data_dir, rows, int(g.view_resolution))
   report_real = colour.grid_colour_report(real, caps)
   ok = [it["ok"] for it in report_gen["items"]]
   report = {
@@ -237,8 +150,8 @@ def main(argv):
       "grids": report_gen["items"]}
   recon = _RECON.value
   if recon and os.path.exists(recon):
-    gen_psnr = view_consistency(recon, grids)
-    real_psnr = view_consistency(recon, real)
+    gen_psnr = mv_eval.view_consistency(recon, grids)
+    real_psnr = mv_eval.view_consistency(recon, real)
     report["view_consistency"] = {
         "reconstructor": recon, "generated_psnr": float(np.mean(gen_psnr)),
         "real_psnr": float(np.mean(real_psnr)),
@@ -246,10 +159,10 @@ def main(argv):
   else:
     print(f"note: no reconstructor at {recon!r} (run `make demo` first): view consistency "
           "skipped")
-  img = captioned_rows_image(grids, caps, per)
+  img = mv_eval.captioned_rows_image(grids, caps, per)
   images_lib.save_png(os.path.join(workdir, "heldout_grids.png"), img)
   images_lib.save_png(os.path.join(workdir, "heldout_real_grids.png"),
-                      captioned_rows_image(real, caps, 1))
+                      mv_eval.captioned_rows_image(real, caps, 1))
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(report, f, indent=2, default=float)
   md = _markdown(report)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import captions as captions_lib
-from instant3d_jax import demo_mv
+from instant3d_jax.eval import mv_eval as demo_mv
 from instant3d_jax.convert import lrm as convert_lrm
 from instant3d_jax.models import lrm
 from tests import tiny_configs

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMAND_MODULES = frozenset(
     [f"instant3d_jax.{m}" for m in (
         "train_lrm", "train_mvdiffusion", "eval_lrm", "eval_text3d", "generate_views",
-        "reconstruct", "generate", "app", "demo", "export.__main__", "convert.__main__")]
+        "reconstruct", "generate", "app", "demo", "demo_mv", "demo_text3d", "export.__main__", "convert.__main__")]
     + ["data_pipeline.synthetic", "data_pipeline.importer"])
 
 

@@ -104,4 +104,21 @@ def save_png(path: str | os.PathLike, image) -> fileio.OutPath:
   return fileio.write_bytes(path, png_bytes(image))
 
 
-__all__ = ["to_uint8", "make_grid", "make_labelled_grid", "png_bytes", "save_png"]
+def screenshot_page(page: str, png: str) -> str | None:
+  """Headless Chromium's screenshot of a local HTML file (e.g. the `generate` run's index.html)
+  into `png`; None (and no file) where no Chromium is installed."""
+  import shutil
+  import subprocess
+  exe = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+              if shutil.which(n)), None)
+  if exe is None:
+    return None
+  subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                  "--window-size=1400,2400", "--virtual-time-budget=10000",
+                  f"--screenshot={os.path.abspath(png)}", "file://" + os.path.abspath(page)],
+                 capture_output=True, timeout=120, check=False)
+  return png if os.path.exists(png) else None
+
+
+__all__ = ["to_uint8", "make_grid", "make_labelled_grid", "png_bytes", "save_png",
+           "screenshot_page"]

@@ -1,0 +1,114 @@
+"""Stage-1 evaluation on the shapes world (what `make demo-mv` and `make demo-text3d` score;
+issue "Stage-1 training", "The shapes world"):
+
+* `heldout_captions`: distinct captions of held-out objects (unseen colour–shape combinations of
+  the caption-level split, data_pipeline/captions.py) from the val and test splits;
+* `real_grids`: those objects' real rig renders as 2×2 grids (the classifier's and the
+  reconstructor's reference);
+* `view_consistency`: the reconstructor's re-render PSNR of a grid's four views at the rig
+  cameras (a consistent grid is one a 3D object explains);
+* `captioned_rows_image`: the grids of each caption in a row, titled with the caption.
+"""
+from __future__ import annotations
+
+def heldout_captions(data_dir: str, num: int, heldout) -> list[dict]:
+  """`num` distinct captions of held-out objects of the val and test splits, alternating
+  single-object and multi-object ones while both last (data set order: deterministic). Each
+  {"caption", "split", "position", "object_id"}."""
+  from data_pipeline import captions as captions_lib
+  from data_pipeline import mv_grids, records
+  splits = records.read_metadata(data_dir)["splits"]
+  single, multi, seen = [], [], set()
+  for split in ("val", "test"):
+    if split not in splits:
+      continue
+    for pos, (_, oid, cap) in enumerate(mv_grids.object_table(data_dir, split)):
+      if cap in seen or not heldout.is_heldout(cap):
+        continue
+      seen.add(cap)
+      row = {"caption": cap, "split": split, "position": pos, "object_id": oid}
+      (single if len(captions_lib.parse_caption(cap)) == 1 else multi).append(row)
+  out = []
+  while len(out) < num and (single or multi):
+    for pool in (single, multi):
+      if pool and len(out) < num:
+        out.append(pool.pop(0))
+  if len(out) < num:
+    raise records.DataError(f"{data_dir}: only {len(out)} distinct held-out captions in val + "
+                            f"test, expected --num_captions {num}")
+  return out
+
+
+def real_grids(data_dir: str, rows: list[dict], resolution: int):
+  """The real rig renders `[N, 2R, 2R, 3]` float in [0, 1] of the rows' objects."""
+  import numpy as np
+  from data_pipeline import mv_grids, records
+  sources = {}
+  out = []
+  for r in rows:
+    src = sources.setdefault(r["split"], records.RecordSource(data_dir, r["split"]))
+    out.append(mv_grids.tile_grid(mv_grids.grid_views(src[r["position"]], resolution)))
+  return np.stack(out).astype(np.float32) / 255.0
+
+
+def view_consistency(checkpoint: str, grids, batch: int = 8) -> "np.ndarray":
+  """Per grid, the PSNR (dB) of the reconstructor's re-render of its four views at the rig
+  cameras against the views (resized to the model's input resolution): `[N]`."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from data_pipeline import mv_grids
+  from instant3d_jax import cameras as cameras_lib
+  from instant3d_jax import reconstruction
+  from instant3d_jax.eval import metrics as metrics_lib
+  from instant3d_jax.models import lrm as lrm_lib
+  config, params = reconstruction.load_checkpoint(checkpoint)
+  m = lrm_lib.model_config(config)
+  res = int(m.input_resolution)
+  rig = cameras_lib.instant3d_rig(res)
+
+  @jax.jit
+  def rerender(p, views):
+    b = views.shape[0]
+    cams = jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), rig)
+    planes = lrm_lib.LRM(m).apply({"params": p}, views, cams)
+    out = lrm_lib.render_views(m, p, planes, cams, outputs=("rgb",))["rgb"]
+    return metrics_lib.psnr(jnp.clip(out, 0.0, 1.0), views)  # [b, 4]
+
+  views = np.stack([reconstruction.resize_views(mv_grids.untile_grid(g), res)
+                    for g in np.asarray(grids)]).astype(np.float32)
+  scores = []
+  for i in range(0, len(views), batch):
+    chunk = views[i:i + batch]
+    pad = batch - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+    scores.append(np.asarray(rerender(params, jnp.asarray(chunk)))[:batch - pad])
+  return np.concatenate(scores).mean(-1)
+
+
+def captioned_rows_image(grids, captions, per_caption: int, scale: int = 2, ncols: int = 2):
+  """One tile per caption: its `per_caption` grids side by side (upscaled `scale`×), titled with
+  the caption; `ncols` captions per row."""
+  import numpy as np
+  from instant3d_jax.export import images as images_lib
+  g = np.asarray(grids).repeat(scale, 1).repeat(scale, 2)
+  rows = [images_lib.make_grid(g[i * per_caption:(i + 1) * per_caption], ncols=per_caption)
+          for i in range(len(captions))]
+  return images_lib.make_labelled_grid(np.stack(rows), list(captions), ncols=ncols,
+                                       label_height=14)
+
+
+def object_colours(m, params, planes, frames: int = 8, resolution: int = 64):
+  """The palette colour (eval/colour.py) most of `frames` turntable renders of one reconstructed
+  object show (None: no classified pixel in any), and the per-frame dominant colours. `m`,
+  `params`: the reconstructor's model config and weights; `planes`: the object's triplane."""
+  from collections import Counter
+  from instant3d_jax import reconstruction
+  from instant3d_jax.eval import colour
+  from instant3d_jax.export import video as video_lib
+  imgs = reconstruction.render_frames(m, params, planes,
+                                      video_lib.turntable_cameras(frames, resolution))
+  per = [colour.dominant_colour(f) for f in imgs]
+  named = [c for c in per if c]
+  return (Counter(named).most_common(1)[0][0] if named else None), per
