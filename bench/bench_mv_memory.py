@@ -69,15 +69,31 @@ def state_bytes(abstract_state, state_sh) -> dict:
   return out
 
 
-def plan(devices: int, grids_per_device: int, compile_step: bool) -> dict:
+def build_step(cfg, devices=None, compile_step: bool = True) -> dict:
+  """The stage-1 trainer's abstract state for `cfg` (nothing allocated) and, with
+  `compile_step`, its compiled update step, on `devices` (default `jax.devices()`; a TPU
+  topology's devices in bench/tpu_plan.py). Returns `mesh`, `task`, `abstract`, `state_sh` and
+  (compiled) `compiled`, `batch_sh`, `compile_s`."""
   from instant3d_jax.train import loop, mv_task, optimizer as opt_lib
-  mesh_over, what = PLANS[devices]
-  cfg = sdxl_config(devices, mesh_over, grids_per_device)
   comps = mv_task.build_components(cfg, abstract=True)
   task = mv_task.make_task(cfg, comps, with_flops=False)
-  mesh, rules = loop.setup_mesh(cfg)
+  mesh, rules = loop.setup_mesh(cfg, devices)
   tx, schedule = opt_lib.make_optimizer(cfg.optimizer, int(cfg.train.total_steps))
   _, _, abstract, state_sh = loop.build_state(cfg, task, mesh, rules, tx)
+  out = dict(mesh=mesh, task=task, abstract=abstract, state_sh=state_sh)
+  if compile_step:
+    t0 = time.time()
+    compiled, batch_sh = loop.compile_train_step(cfg, task, mesh, rules, tx, schedule, abstract,
+                                                 state_sh, task.constants)
+    out.update(compiled=compiled, batch_sh=batch_sh, compile_s=time.time() - t0)
+  return out
+
+
+def plan(devices: int, grids_per_device: int, compile_step: bool) -> dict:
+  mesh_over, what = PLANS[devices]
+  cfg = sdxl_config(devices, mesh_over, grids_per_device)
+  c = build_step(cfg, compile_step=compile_step)
+  mesh, task, abstract, state_sh = c["mesh"], c["task"], c["abstract"], c["state_sh"]
   st = state_bytes(abstract, state_sh)
   consts = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
                for x in jax.tree.leaves(task.constants))
@@ -87,11 +103,8 @@ def plan(devices: int, grids_per_device: int, compile_step: bool) -> dict:
              params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params)),
              state=st, constants=consts, batch=batch, grads=st["params"])
   if compile_step:
-    t0 = time.time()
-    compiled, _ = loop.compile_train_step(cfg, task, mesh, rules, tx, schedule, abstract,
-                                          state_sh, task.constants)
-    mem = compiled.memory_analysis()
-    row["compile_s"] = time.time() - t0
+    mem = c["compiled"].memory_analysis()
+    row["compile_s"] = c["compile_s"]
     row["compiled"] = dict(arguments=mem.argument_size_in_bytes,
                            outputs=mem.output_size_in_bytes,
                            temporaries=mem.temp_size_in_bytes)

@@ -68,6 +68,8 @@ BENCHES = (
                          ("--rounds", "6", "--iters", "2", "--append")), ("unet.md",)),
     Bench("bench_sdxl_sampling", (("--rounds", "3", "--steps", "10", "--size", "256",
                                    "--threads", "1"),), ("sdxl_sampling.md",)),
+    # Needs `make demo` and `make demo-mv`'s models (skipped with a message without them).
+    Bench("bench_text3d", ((),), ("text3d.md",)),
     Bench("bench_memory_plan", (("--plans", "8,64,128", "--objects_per_device", "1"),),
           ("memory_plan.md",), MEMORY),
     Bench("bench_lrm_memory", (), ("lrm_memory.md",), MEMORY),  # written by bench_lrm (below)

@@ -26,11 +26,11 @@ programs over HBM) and the sum above is within the chip's HBM. Every compile's r
 in bench/results/tpu_plan_cache.json, keyed by topology, job, variant, batch, mesh, config hash
 and the jax/libtpu versions, so a rerun is cheap.
 
-Jobs (`JOBS`, one small function each; add `sdxl_finetune` / `text3d` with `@job(...)` once they
-exist): `lrm_train` (the reconstructor's train step as bench/bench_memory_plan.py builds it:
-`large`, bf16, full remat, FSDP) and `sdxl_sample` (one SDXL denoising step with CFG for a batch
-of prompts, as diffusion/sampling.py runs it; the batch's time is the step's × the config's
-steps).
+Jobs (`JOBS`, one small function each, registered with `@job(...)`): `lrm_train` (the
+reconstructor's train step as bench/bench_memory_plan.py builds it: `large`, bf16, full remat,
+FSDP), `sdxl_finetune` (stage 1's SDXL fine-tuning step as bench/bench_mv_memory.py builds it)
+and `sdxl_sample` (one SDXL denoising step with CFG for a batch of prompts, as
+diffusion/sampling.py runs it; the batch's time is the step's × the config's steps).
 
 Writes bench/results/tpu_plan.json (one plan per topology × job × variant, the latest run) and
 bench/results/tpu_plan.md (the table of all plans, folded into BENCHMARKS.md by bench/run_all.py).
@@ -204,6 +204,36 @@ def lrm_train(devices, per_chip_batch: int, *, variant: str = "large", mesh: dic
       model_flops=fpe * n * per_chip_batch if fpe else None,
       notes=f"`{variant}`, {cfg.model.dtype}, remat {cfg.model.remat}, remat_field "
             f"{cfg.model.render.get('remat_field', False)}")
+
+
+@job("sdxl_finetune", "the stage-1 SDXL fine-tuning step (per_chip_batch 2×2 grids per chip)")
+def sdxl_finetune(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: dict | None = None,
+                  cfg=None) -> Built:
+  """configs/mv_sdxl.py's train step as bench/bench_mv_memory.py builds it: `sdxl` is SDXL base's
+  shapes (UNet trained, VAE and text encoders frozen, bf16 compute, fp32 masters, full remat,
+  EMA), FSDP over up to 16 chips; another variant (or `cfg`) compiles that config as is."""
+  from bench import bench_mv_memory as bmv
+  n = len(devices)
+  mesh = dict(mesh or default_mesh(n))
+  if cfg is None:
+    if variant == "sdxl":
+      cfg = bmv.sdxl_config(n, mesh, per_chip_batch)
+    else:
+      from configs import mv_sdxl
+      cfg = mv_sdxl.get_config(variant)
+  cfg.mesh.update(dict(mesh, num_devices=n))
+  cfg.train.global_batch_size = n * per_chip_batch
+  cfg.train.image_every = 0
+  c = bmv.build_step(cfg, devices)
+  task = c["task"]
+  return Built(
+      compiled=c["compiled"], mesh=dict(c["mesh"].shape), global_batch=n * per_chip_batch,
+      unit="train step", config=json.loads(cfg.to_json_best_effort()),
+      inputs=[("state", c["abstract"], c["state_sh"]), ("batch", dict(task.batch_spec),
+                                                        c["batch_sh"])],
+      model_flops=None,
+      notes=f"`{cfg.variant}`, {cfg.model.dtype}, remat {cfg.model.remat}, trains "
+            f"{'+'.join(cfg.model.train_parts)}, EMA {cfg.ema.decay:g}")
 
 
 def _sdxl_pipeline(variant: str, cfg):
@@ -407,7 +437,7 @@ def _plan_key(topology, job_name, variant, batch, mesh) -> str:
 
 
 def _default_variant(job_name: str) -> str:
-  return {"lrm_train": "large", "sdxl_sample": "sdxl"}.get(job_name, "")
+  return {"lrm_train": "large", "sdxl_sample": "sdxl", "sdxl_finetune": "sdxl"}.get(job_name, "")
 
 
 def _code(source: str) -> bytes:

@@ -79,6 +79,29 @@ def test_sdxl_sampler_compiles_for_v5e(v5e_2x2):
   assert args[1].spec[0] == ("data", "fsdp")   # prompts over the batch axes
 
 
+@pytest.mark.slow  # ~25–40 s of TPU compiling on 2 cores
+@needs_libtpu
+def test_sdxl_finetune_step_compiles_for_v5e(v5e_2x2):
+  """Stage 1's train step (the micro UNet of tests/test_train_mv.py in the `sdxl` variant's
+  settings: bf16 compute, full remat, EMA) compiled for 4 v5e chips, FSDP over them."""
+  from tests.test_train_mv import MICRO_UNET
+  from configs import mv_sdxl
+  cfg = mv_sdxl.get_config("tiny")
+  cfg.model.random_init.unet = MICRO_UNET
+  cfg.grid.view_resolution = 8
+  cfg.model.update(dict(dtype="bfloat16", remat="full", train_parts=("unet",)))
+  built = tp.sdxl_finetune(v5e_2x2, 1, variant="tiny", cfg=cfg)
+  assert built.mesh == {"data": 1, "fsdp": 4, "tensor": 1} and built.global_batch == 4
+  row = _check_memory(built, tp.CHIPS["v5e"])
+  assert row["memory"]["temporaries"] > 0
+  args, _ = built.compiled.input_shardings
+  for (name, abstract, expected), got in zip(built.inputs, args):
+    _assert_shardings(got, abstract, expected, name)
+  state_sh = dict((n, e) for n, _, e in built.inputs)["state"]
+  assert jax.tree.structure(state_sh.ema) == jax.tree.structure(state_sh.params)
+  assert any("fsdp" in str(s.spec) for s in jax.tree.leaves(state_sh.params))
+
+
 def test_unknown_job_and_bad_flags_are_one_line_errors(capsys):
   assert tp.main(["--topology", "v5e:2x2", "--job", "nope"]) == 2
   err = capsys.readouterr().err.strip()
