@@ -38,6 +38,7 @@ def _stage1_workdir(path):
   from instant3d_jax.train import checkpoint as ckpt_lib
   from instant3d_jax.train import step as step_lib
   cfg = test_train_mv.micro_config(total_steps=0)
+  cfg.model.train_parts = ("unet",)   # the EMA below holds the UNet only (encoders frozen)
   comps = mv_task.build_components(cfg)
   unet = sdxl_pipeline.random_params(diffusers_sdxl.unet_abstract_params(comps.unet.config), 7)
   zero = np.zeros((), np.int32)
@@ -140,14 +141,24 @@ def test_sharded_over_four_devices_matches_one_device(one_device_run, text3d_wei
   assert dict(pipe.placement.mesh.shape)["data"] == 4
   res = pipe(PROMPTS, jax.random.PRNGKey(3))
   assert pipe.batches == 1 and len(res) == 8
-  for r in res:
+  # The same per-device work on one device (batches of 2): XLA:CPU then runs the same kernels
+  # on the same shapes, so the grids are bitwise equal and so are their 8-bit PNGs. (Against
+  # the batch of 8 on one device they agree within 1e-5; rounding to 8 bits can then still
+  # flip a value that lies within 1e-5 of a step.)
+  cfg2 = tiny_config(*text3d_weights)
+  cfg2.batch_size = 2
+  pipe2 = pipeline_lib.TextTo3D.load(cfg2, devices=jax.devices()[:1], log=lambda *_: None)
+  res2 = pipe2(PROMPTS, jax.random.PRNGKey(3))
+  from instant3d_jax.export import images as images_lib
+  for r, r2 in zip(res, res2):
     ref = np.load(out1 / f"{r.index:04d}" / "grid.npy")
     assert float(np.abs(r.grid - ref).max()) <= 1e-5
-    png = np.asarray(Image.open(out1 / f"{r.index:04d}" / "grid.png"))
-    from instant3d_jax.export import images as images_lib
-    np.testing.assert_array_equal(images_lib.to_uint8(r.grid), png)
+    np.testing.assert_array_equal(r.grid, r2.grid)
+    np.testing.assert_array_equal(images_lib.png_bytes(r.grid), images_lib.png_bytes(r2.grid))
+    np.testing.assert_allclose(r.planes, r2.planes, atol=1e-5)
+    # The reconstructor amplifies the grids' ≤ 1e-5 differences of the batch-of-8 run.
     ref_planes = np.load(out1 / f"{r.index:04d}" / "triplane.npz")["planes"]
-    np.testing.assert_allclose(r.planes, ref_planes, atol=1e-4)
+    np.testing.assert_allclose(r.planes, ref_planes, atol=1e-3)
   # Results do not depend on how the prompts are cut into batches: the 9th prompt (a second
   # padded batch) gets the grid it would get alone at index 8.
   more = pipe(PROMPTS + ["a green cube"], jax.random.PRNGKey(3))

@@ -156,6 +156,10 @@ def test_config_errors_name_the_setting():
     mv_task.build_components(cfg)
   with pytest.raises(errors.ConfigError, match="variant"):
     mv_sdxl.get_config("large")
+  cfg = micro_config()   # tiny trains its text encoders: a cache of their embeddings is stale
+  cfg.grid.cache_dir = "CACHE"
+  with pytest.raises(errors.ConfigError, match="grid.cache_dir 'CACHE' .* trains"):
+    mv_task.cache_loader_factory(cfg, mv_task.build_components(cfg))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,6 +374,7 @@ def test_latent_cache_batches_reach_the_step_in_cached_form(tmp_path):
   from data_pipeline import datasets
   from data_pipeline import mv_cache
   cfg = micro_config()
+  cfg.model.train_parts = ("unet",)   # a cache needs frozen text encoders (tiny trains them)
   cfg.data = data_config.get_config("tiny")
   cfg.data_dir = str(tmp_path / "data")
   comps = mv_task.build_components(cfg)

@@ -459,6 +459,12 @@ def cache_loader_factory(config, comps: Components) -> Callable[[], Any]:
   from data_pipeline import captions as captions_lib
   from data_pipeline import mv_cache
   g = config.grid
+  trained_text = [p for p in comps.train_parts if p.startswith("text_encoder")]
+  if trained_text:
+    raise errors.ConfigError(
+        f"grid.cache_dir {str(g.cache_dir)!r} holds the embeddings of frozen text encoders, but "
+        f"model.train_parts trains {trained_text}: set --config.model.train_parts=\"('unet',)\" "
+        "or train from the grids (grid.cache_dir='')")
   heldout = str(g.heldout or "")
   split_part = (captions_lib.caption_split(heldout, seed=int(g.heldout_seed),
                                            num_heldout=int(g.num_heldout)) if heldout else None)
