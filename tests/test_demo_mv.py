@@ -58,3 +58,26 @@ def test_captioned_rows_image_has_one_titled_tile_per_caption():
   assert img.dtype == np.uint8 and img.ndim == 3
   # 2 columns of tiles (2 grids of 16 px + padding) and 2 rows (title strip + 16 px).
   assert img.shape[1] > 2 * 2 * 16 and img.shape[0] > 2 * (14 + 16)
+
+
+def test_object_colours_reads_the_turntable_renders(micro_checkpoint, monkeypatch):
+  """The colour of a reconstructed object is the majority of its turntable frames' dominant
+  colours (frames without a classified pixel are skipped)."""
+  from instant3d_jax import reconstruction
+  from instant3d_jax.eval import mv_eval
+  frames = np.ones((5, 8, 8, 3), np.float32)   # white: no classified pixel
+  frames[0, 2:6, 2:6] = (0.9, 0.1, 0.1)        # red
+  frames[1, 2:6, 2:6] = (0.1, 0.2, 0.9)        # blue
+  frames[2, 2:6, 2:6] = (0.9, 0.1, 0.1)        # red
+  seen = {}
+
+  def fake_render(m, params, planes, cams, **kw):
+    seen["cams"] = cams.batch_shape
+    return frames
+
+  monkeypatch.setattr(reconstruction, "render_frames", fake_render)
+  colour, per = mv_eval.object_colours(None, None, None, frames=5, resolution=8)
+  assert seen["cams"] == (5,)
+  assert per == ["red", "blue", "red", None, None] and colour == "red"
+  frames[:] = 1.0
+  assert mv_eval.object_colours(None, None, None, frames=5, resolution=8)[0] is None
