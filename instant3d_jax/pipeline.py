@@ -281,12 +281,15 @@ class TextTo3D:
 
   def reconstruct(self, views: np.ndarray) -> np.ndarray:
     """Stage 2 on a batch: `views [B, 4, R, R, 3]` → planes `[B, 3, Rp, Rp, C]` (one jitted
-    call; views resized to the model's input size, the Instant3D rig cameras)."""
+    call; near-background pixels set to the background (`stage2.background_threshold`), views
+    resized to the model's input size, the Instant3D rig cameras)."""
     from instant3d_jax import reconstruction
     m = self.stage2_model
     res = int(m.input_resolution)
-    views = np.stack([reconstruction.resize_views(np.asarray(v, np.float32), res)
-                      for v in views]).astype(np.float32)
+    thr = float(self.config.stage2.get("background_threshold", 0.0) or 0.0)
+    views = np.stack([reconstruction.resize_views(
+        reconstruction.clean_background(np.asarray(v, np.float32), m.background, thr), res)
+        for v in views]).astype(np.float32)
     b = views.shape[0]
     rig = cameras_lib.instant3d_rig(res)
     cams = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (b,) + a.shape), rig)

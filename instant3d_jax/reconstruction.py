@@ -142,6 +142,21 @@ def load_views(grid: str | None, views: Sequence[str] | None, num_views: int, ba
   return np.stack(imgs)
 
 
+def clean_background(views: np.ndarray, background, threshold: float) -> np.ndarray:
+  """Generated views → views whose near-background pixels are the background: every pixel
+  within `threshold` of `background` on all channels becomes it (0 leaves the views as they
+  are). A sampler's faint grain on an empty background otherwise reads as a little foreground
+  everywhere, and a reconstructor that lifts silhouettes (models/lrm.py `foreground`: a 0.1
+  difference is fully foreground) fills the volume with haze; LRM-style pipelines remove the
+  background of generated views before reconstruction for the same reason."""
+  if not threshold:
+    return views
+  v = np.asarray(views, np.float32)
+  bg = np.asarray(background, np.float32)
+  near = np.all(np.abs(v - bg) <= float(threshold), axis=-1, keepdims=True)
+  return np.where(near, bg, v).astype(np.float32)
+
+
 def resize_views(views: np.ndarray, size: int) -> np.ndarray:
   if views.shape[1] == size:
     return views

@@ -81,3 +81,16 @@ def test_object_colours_reads_the_turntable_renders(micro_checkpoint, monkeypatc
   assert per == ["red", "blue", "red", None, None] and colour == "red"
   frames[:] = 1.0
   assert mv_eval.object_colours(None, None, None, frames=5, resolution=8)[0] is None
+
+
+def test_clean_background_snaps_only_pixels_near_the_background():
+  from instant3d_jax import reconstruction
+  v = np.ones((1, 2, 2, 3), np.float32)
+  v[0, 0, 0] = (0.95, 0.97, 1.0)    # grain: within 0.08 on every channel → background
+  v[0, 0, 1] = (0.95, 0.90, 1.0)    # one channel 0.10 off → kept
+  v[0, 1, 0] = (0.2, 0.6, 0.1)      # object → kept
+  out = reconstruction.clean_background(v, (1.0, 1.0, 1.0), 0.08)
+  np.testing.assert_array_equal(out[0, 0, 0], (1.0, 1.0, 1.0))
+  np.testing.assert_array_equal(out[0, 0, 1], v[0, 0, 1])
+  np.testing.assert_array_equal(out[0, 1, 0], v[0, 1, 0])
+  np.testing.assert_array_equal(reconstruction.clean_background(v, (1, 1, 1), 0.0), v)

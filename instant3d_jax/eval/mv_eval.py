@@ -51,9 +51,17 @@ def real_grids(data_dir: str, rows: list[dict], resolution: int):
   return np.stack(out).astype(np.float32) / 255.0
 
 
-def view_consistency(checkpoint: str, grids, batch: int = 8) -> "np.ndarray":
+# configs/instant3d.py:tiny `stage2.background_threshold` (its comment has the measurements).
+BACKGROUND_THRESHOLD = 0.16
+
+
+def view_consistency(checkpoint: str, grids, batch: int = 8,
+                     background_threshold: float = BACKGROUND_THRESHOLD) -> "np.ndarray":
   """Per grid, the PSNR (dB) of the reconstructor's re-render of its four views at the rig
-  cameras against the views (resized to the model's input resolution): `[N]`."""
+  cameras against the views (resized to the model's input resolution): `[N]`. The reconstructor
+  sees the views with near-background pixels set to the background, as the pipeline feeds it
+  (`reconstruction.clean_background`, configs/instant3d.py `stage2.background_threshold`); the
+  re-render is compared with the views as they are."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -68,22 +76,23 @@ def view_consistency(checkpoint: str, grids, batch: int = 8) -> "np.ndarray":
   rig = cameras_lib.instant3d_rig(res)
 
   @jax.jit
-  def rerender(p, views):
+  def rerender(p, inputs, views):
     b = views.shape[0]
     cams = jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), rig)
-    planes = lrm_lib.LRM(m).apply({"params": p}, views, cams)
+    planes = lrm_lib.LRM(m).apply({"params": p}, inputs, cams)
     out = lrm_lib.render_views(m, p, planes, cams, outputs=("rgb",))["rgb"]
     return metrics_lib.psnr(jnp.clip(out, 0.0, 1.0), views)  # [b, 4]
 
-  views = np.stack([reconstruction.resize_views(mv_grids.untile_grid(g), res)
-                    for g in np.asarray(grids)]).astype(np.float32)
+  raw = [mv_grids.untile_grid(g).astype(np.float32) for g in np.asarray(grids)]
+  views = np.stack([reconstruction.resize_views(v, res) for v in raw]).astype(np.float32)
+  inputs = np.stack([reconstruction.resize_views(reconstruction.clean_background(
+      v, m.background, background_threshold), res) for v in raw]).astype(np.float32)
   scores = []
   for i in range(0, len(views), batch):
-    chunk = views[i:i + batch]
-    pad = batch - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-    scores.append(np.asarray(rerender(params, jnp.asarray(chunk)))[:batch - pad])
+    pad = batch - len(views[i:i + batch])
+    grow = lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]) if pad else a
+    scores.append(np.asarray(rerender(params, jnp.asarray(grow(inputs[i:i + batch])),
+                                      jnp.asarray(grow(views[i:i + batch]))))[:batch - pad])
   return np.concatenate(scores).mean(-1)
 
 
