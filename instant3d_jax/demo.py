@@ -21,7 +21,6 @@ Prints where everything is.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -60,12 +59,9 @@ def _data_step(cfg, workdir: str) -> str:
 
 def _train_step(cfg, run_dir: str, retrain: bool) -> dict:
   """Step 2: train (or reuse a finished run). Returns the run summary."""
-  from instant3d_jax.train import lrm_task
-  summary_path = os.path.join(run_dir, "train_summary.json")
-  if os.path.exists(summary_path) and not retrain:
-    summary = json.load(open(summary_path))
-    print(f"reusing the finished run in {run_dir} (step {summary['step']}; --retrain to train "
-          "again)")
+  from instant3d_jax.train import loop, lrm_task
+  summary = loop.finished_summary(run_dir, retrain)
+  if summary is not None:
     return summary
   budget = float(cfg.train.time_budget_s or 0)
   print(f"training {cfg.variant} for {cfg.train.total_steps} steps"
@@ -73,16 +69,8 @@ def _train_step(cfg, run_dir: str, retrain: bool) -> dict:
         + f" into {run_dir}")
   res = lrm_task.train(cfg, run_dir)
   last = res.history[-10:]
-  summary = {"step": res.step, "stop_reason": res.stop_reason, "wall_s": round(res.wall_s, 1),
-             "compile_s": round(res.compile_s, 1),
-             "time_budget_s": float(cfg.train.time_budget_s),
-             "final_train_loss": sum(h["loss"] for h in last) / max(len(last), 1),
-             "final_train_psnr": sum(h["psnr"] for h in last) / max(len(last), 1)}
-  tmp = summary_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(tmp, summary_path)
-  return summary
+  return loop.write_summary(run_dir, res, time_budget_s=float(cfg.train.time_budget_s),
+                            final_train_psnr=sum(h["psnr"] for h in last) / max(len(last), 1))
 
 
 def _turntable_step(cfg, data_dir: str, run_dir: str, out_dir: str) -> dict:

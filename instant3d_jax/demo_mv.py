@@ -52,23 +52,12 @@ _RETRAIN = flags.DEFINE_bool("retrain", False, "train again even if WORKDIR/trai
 
 
 def _train(cfg, run_dir: str, retrain: bool) -> dict:
-  from instant3d_jax.train import mv_task
-  path = os.path.join(run_dir, "train_summary.json")
-  if os.path.exists(path) and not retrain:
-    summary = json.load(open(path))
-    print(f"reusing the finished run in {run_dir} (step {summary['step']}; --retrain to train "
-          "again)")
+  from instant3d_jax.train import loop, mv_task
+  summary = loop.finished_summary(run_dir, retrain)
+  if summary is not None:
     return summary
   print(f"training {cfg.variant} for {cfg.train.total_steps} steps into {run_dir}")
-  res = mv_task.train(cfg, run_dir)
-  last = res.history[-10:]
-  summary = {"step": res.step, "stop_reason": res.stop_reason, "wall_s": round(res.wall_s, 1),
-             "compile_s": round(res.compile_s, 1),
-             "final_train_loss": sum(h["loss"] for h in last) / max(len(last), 1)}
-  with open(path + ".tmp", "w") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(path + ".tmp", path)
-  return summary
+  return loop.write_summary(run_dir, mv_task.train(cfg, run_dir))
 
 
 def _markdown(report: dict) -> str:

@@ -90,3 +90,17 @@ def test_progress_total_is_the_steps_that_will_run():
   assert metrics.Progress(500, active=False, time_budget_s=1e6, start_time=0.0
                           ).projected_total(0, 0.0) == 500
   assert metrics.Progress(50, active=False).projected_total(10, 5.0) == 50
+
+
+def test_finished_run_summary_is_written_once_and_reused(tmp_path):
+  """The demos' train-or-reuse: a written summary (last-10 mean loss, extras) is read back
+  unless a new run is asked for."""
+  from instant3d_jax.train import loop
+  assert loop.finished_summary(str(tmp_path), log=lambda *_: None) is None
+  res = loop.RunResult(state=None, step=12, stop_reason="total_steps",
+                       history=[{"loss": float(i)} for i in range(12)], wall_s=3.14159,
+                       compile_s=1.0)
+  s = loop.write_summary(str(tmp_path), res, final_train_psnr=20.0)
+  assert s["final_train_loss"] == sum(range(2, 12)) / 10 and s["wall_s"] == 3.1
+  assert loop.finished_summary(str(tmp_path), log=lambda *_: None) == s
+  assert loop.finished_summary(str(tmp_path), retrain=True) is None

@@ -11,6 +11,8 @@ issue "Stage-1 training", "The shapes world"):
 """
 from __future__ import annotations
 
+import functools
+
 def heldout_captions(data_dir: str, num: int, heldout) -> list[dict]:
   """`num` distinct captions of held-out objects of the val and test splits, alternating
   single-object and multi-object ones while both last (data set order: deterministic). Each
@@ -51,6 +53,32 @@ def real_grids(data_dir: str, rows: list[dict], resolution: int):
   return np.stack(out).astype(np.float32) / 255.0
 
 
+@functools.lru_cache(maxsize=2)
+def _rerenderer(checkpoint: str):
+  """The reconstructor of `checkpoint` loaded once, and one jitted `(params, inputs, views) →
+  PSNR [b, 4]` of its re-render at the rig cameras (reused across calls: the demo scores
+  generated and real grids with the same checkpoint)."""
+  import jax
+  import jax.numpy as jnp
+  from instant3d_jax import cameras as cameras_lib
+  from instant3d_jax import reconstruction
+  from instant3d_jax.eval import metrics as metrics_lib
+  from instant3d_jax.models import lrm as lrm_lib
+  config, params = reconstruction.load_checkpoint(checkpoint)
+  m = lrm_lib.model_config(config)
+  rig = cameras_lib.instant3d_rig(int(m.input_resolution))
+
+  @jax.jit
+  def rerender(p, inputs, views):
+    b = views.shape[0]
+    cams = jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), rig)
+    planes = lrm_lib.LRM(m).apply({"params": p}, inputs, cams)
+    out = lrm_lib.render_views(m, p, planes, cams, outputs=("rgb",))["rgb"]
+    return metrics_lib.psnr(jnp.clip(out, 0.0, 1.0), views)  # [b, 4]
+
+  return m, params, rerender
+
+
 # configs/instant3d.py:tiny `stage2.background_threshold` (its comment has the measurements).
 BACKGROUND_THRESHOLD = 0.16
 
@@ -62,27 +90,12 @@ def view_consistency(checkpoint: str, grids, batch: int = 8,
   sees the views with near-background pixels set to the background, as the pipeline feeds it
   (`reconstruction.clean_background`, configs/instant3d.py `stage2.background_threshold`); the
   re-render is compared with the views as they are."""
-  import jax
   import jax.numpy as jnp
   import numpy as np
   from data_pipeline import mv_grids
-  from instant3d_jax import cameras as cameras_lib
   from instant3d_jax import reconstruction
-  from instant3d_jax.eval import metrics as metrics_lib
-  from instant3d_jax.models import lrm as lrm_lib
-  config, params = reconstruction.load_checkpoint(checkpoint)
-  m = lrm_lib.model_config(config)
+  m, params, rerender = _rerenderer(str(checkpoint))
   res = int(m.input_resolution)
-  rig = cameras_lib.instant3d_rig(res)
-
-  @jax.jit
-  def rerender(p, inputs, views):
-    b = views.shape[0]
-    cams = jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape), rig)
-    planes = lrm_lib.LRM(m).apply({"params": p}, inputs, cams)
-    out = lrm_lib.render_views(m, p, planes, cams, outputs=("rgb",))["rgb"]
-    return metrics_lib.psnr(jnp.clip(out, 0.0, 1.0), views)  # [b, 4]
-
   raw = [mv_grids.untile_grid(g).astype(np.float32) for g in np.asarray(grids)]
   views = np.stack([reconstruction.resize_views(v, res) for v in raw]).astype(np.float32)
   inputs = np.stack([reconstruction.resize_views(reconstruction.clean_background(

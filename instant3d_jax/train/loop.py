@@ -27,6 +27,7 @@ from instant3d_jax import errors
 
 import dataclasses
 import functools
+import json
 import signal
 import time
 import warnings
@@ -109,6 +110,34 @@ class RunResult:
   wall_s: float
   compile_s: float
   eval: dict | None = None
+
+
+SUMMARY_FILE = "train_summary.json"  # what the demos write when a run has finished
+
+
+def finished_summary(run_dir: str, retrain: bool = False, log=print) -> dict | None:
+  """The summary of a finished run in `run_dir` (its `SUMMARY_FILE`), or None when there is none
+  or `retrain` asks for a new run."""
+  path = Path(run_dir) / SUMMARY_FILE
+  if retrain or not path.exists():
+    return None
+  summary = json.loads(path.read_text())
+  log(f"reusing the finished run in {run_dir} (step {summary['step']}; --retrain to train again)")
+  return summary
+
+
+def write_summary(run_dir: str, res: "RunResult", **extra) -> dict:
+  """Writes (temp name → rename) and returns the summary of a finished run: step, stop reason,
+  wall and compile seconds, the mean loss of the last 10 logged steps, and `extra`."""
+  last = res.history[-10:]
+  summary = {"step": res.step, "stop_reason": res.stop_reason, "wall_s": round(res.wall_s, 1),
+             "compile_s": round(res.compile_s, 1),
+             "final_train_loss": sum(h["loss"] for h in last) / max(len(last), 1), **extra}
+  path = Path(run_dir) / SUMMARY_FILE
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(summary, indent=2))
+  tmp.replace(path)
+  return summary
 
 
 class _StopFlag:
