@@ -433,6 +433,63 @@ def item_stage1(rec: Recorder, dry: bool, args) -> None:
                 peak_gib=peak_device_gib())
 
   rec.run("stage1", 30, measure)
+  _text3d(rec, dry, pipe, steps, grid)
+
+
+def _text3d(rec: Recorder, dry: bool, stage1_pipe, steps: int, grid: int) -> None:
+  """Text → 3D per prompt, the library's own `pipeline.TextTo3D` around stage 1's pipeline
+  (its compiled sampler is reused): 100 DDIM steps at CFG 5 from the blob start, the LRM `large`
+  images→triplane (bf16) and one 512² turntable frame (64 + 64 samples per ray)."""
+  import jax
+  import jax.numpy as jnp
+  import flax.linen as nn
+  import numpy as np
+  import configs.instant3d as i3d_configs
+  import configs.lrm as lrm_configs
+  from instant3d_jax import pipeline as pipeline_lib
+  from instant3d_jax import reconstruction
+  from instant3d_jax.diffusion import blob as blob_lib
+  from instant3d_jax.export import video
+  from instant3d_jax.models import lrm
+
+  def measure():
+    lcfg = _dry_lrm(lrm_configs.get_config("tiny")) if dry else lrm_configs.get_config("large")
+    lcfg.model.dtype = "bfloat16"
+    m = lrm.model_config(lcfg)
+    params = jax.jit(lambda k: jax.tree.map(lambda x: x.astype(jnp.bfloat16),
+                                            nn.meta.unbox(lrm.init_params(m, k))),
+                     out_shardings=replicated())(jax.random.key(5))
+    cfg = i3d_configs.get_config("tiny" if dry else "sdxl")
+    cfg.batch_size = 1
+    cfg.stage2.background_threshold = 0.0
+    sampler = pipeline_lib.Sampler(
+        num_steps=steps, guidance_scale=5.0, scheduler="ddim", init="blob", eta=0.0,
+        negative_prompt="", grid_size=grid, original_size=None, crops_coords_top_left=(0, 0),
+        target_size=None, blob=blob_lib.BlobConfig())
+    t3 = pipeline_lib.TextTo3D(cfg, stage1_pipe, sampler, lcfg, params, None, "random", None)
+    res = 32 if dry else 512
+    chunk = 0 if dry else 32768
+    cam = video.turntable_cameras(1, res)
+
+    def once():
+      t = time.perf_counter()
+      r = t3(["a red chair"], jax.random.key(3))
+      t_frame = time.perf_counter()
+      frame = reconstruction.render_frames(m, params, r[0].planes, cam, chunk=chunk)
+      t_end = time.perf_counter()
+      return r, frame, dict(t3.timings, frame_s=t_end - t_frame, total_s=t_end - t)
+
+    t = time.perf_counter()
+    once()
+    first = time.perf_counter() - t
+    r, frame, tm = once()
+    return dict(s=tm["total_s"], first_call_s=round(first, 2), stage1_s=tm["stage1_s"],
+                stage2_s=tm["stage2_s"], frame_s=tm["frame_s"], steps=steps, grid=f"{grid}²",
+                frame=f"{res}²", lrm=lcfg.variant,
+                finite=bool(np.isfinite(frame).all() and np.isfinite(r[0].planes).all()),
+                peak_gib=peak_device_gib())
+
+  rec.run("text3d", 40, measure)
 
 
 def _dry_lrm(cfg):
@@ -597,9 +654,84 @@ def item_train(rec: Recorder, dry: bool, args) -> None:
   rec.run("train_step", 30, measure)
 
 
+def _mv_train_config(dry: bool):
+  """configs/mv_sdxl.py:sdxl with the full SDXL shapes on one device, one 1024² grid, bf16,
+  remat 'full' (bench_mv_memory.sdxl_config, the memory plan's config); the dry run swaps in
+  configs/sdxl.py:tiny's shapes and a 32² grid."""
+  from bench import bench_mv_memory   # jax is imported first: its fake-device flag is inert
+  from bench.device import shapes
+  cfg = bench_mv_memory.sdxl_config(1, dict(data=1, fsdp=1, tensor=1), 1)
+  if dry:
+    s = shapes.sdxl(True)
+    r = cfg.model.random_init
+    r.unet, r.vae = s["unet"], s["vae"]
+    r.text_encoder, r.text_encoder_2 = s["text_encoder"], s["text_encoder_2"]
+    cfg.grid.view_resolution = s["grid"] // 2
+    cfg.model.tokenizer_max_length = s["ctx_len"]
+  cfg.train.eval_every = 0
+  return cfg
+
+
+def item_mv_train(rec: Recorder, dry: bool, args) -> None:
+  """The stage-1 trainer's own update step (train/mv_task.py through loop.compile_train_step:
+  derived shardings, AOT compile, donated state) fine-tuning the full SDXL UNet on one 1024²
+  grid: fp32 master weights + AdamW + EMA, bf16 compute, remat 'full', the VAE and both text
+  encoders frozen (drawn on the device): s/step, TFLOP/s and MFU from XLA's count of the UNet
+  forward (× 3, `mv_task.flops_per_example`), peak memory."""
+  import jax
+  import jax.numpy as jnp
+  from instant3d_jax.train import loop, metrics as metrics_lib, mv_task
+  from instant3d_jax.train import optimizer as opt_lib
+  cfg = _mv_train_config(dry)
+
+  def measure():
+    comps = mv_task.build_components(cfg, abstract=True)
+    frozen = device_random_params(comps.frozen, jax.random.key(7), jnp.float32)
+    task = mv_task.make_task(cfg, comps, with_flops=True)
+    constants = dict(task.constants, frozen=frozen)
+    mesh, rules = loop.setup_mesh(cfg)
+    tx, schedule = opt_lib.make_optimizer(cfg.optimizer, int(cfg.train.total_steps))
+    init_jit, key, abstract, state_sh = loop.build_state(cfg, task, mesh, rules, tx)
+    t = time.perf_counter()
+    state = init_jit(key)
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t
+    t = time.perf_counter()
+    compiled, batch_sh = loop.compile_train_step(cfg, task, mesh, rules, tx, schedule, abstract,
+                                                 state_sh, constants)
+    compile_s = time.perf_counter() - t
+    batch = {}
+    for i, (name, v) in enumerate(sorted(task.batch_spec.items())):
+      hi = 255 if name == "grid" else 100
+      batch[name] = jax.jit(lambda k, v=v, hi=hi: jax.random.randint(k, v.shape, 0, hi, v.dtype),
+                            out_shardings=batch_sh[name])(jax.random.key(10 + i))
+    state, m = compiled(state, batch, constants)     # state donated (loop.compile_train_step)
+    jax.block_until_ready(m)
+    ts = []
+    for _ in range(_iters(dry, 5)):
+      t = time.perf_counter()
+      state, m = compiled(state, batch, constants)
+      jax.block_until_ready(m)
+      ts.append(time.perf_counter() - t)
+    s = statistics.median(ts)
+    gbs = int(cfg.train.global_batch_size)
+    flops = (task.flops_per_example or 0.0) * gbs
+    peak = metrics_lib.peak_flops_for(jax.devices()[0].device_kind,
+                                      dict(cfg.hardware.peak_tflops))
+    return dict(s_per_step=s, min_s=min(ts), steps=len(ts), init_s=round(init_s, 2),
+                compile_s=round(compile_s, 2), global_batch=gbs, xla_flops=flops or None,
+                tflops=flops / s / 1e12, mfu_datasheet=(flops / s / peak) if peak and flops
+                else None, loss=float(m["loss"]), finite=bool(jnp.isfinite(m["loss"])),
+                peak_gib=peak_device_gib(), **_memory(compiled), remat=cfg.model.remat,
+                dtype=cfg.model.dtype, grid=f"{mv_task.grid_size(cfg)}²",
+                params=sum(int(x.size) for x in jax.tree.leaves(abstract.params)))
+
+  rec.run("mv_train_step", 30, measure)
+
+
 ITEMS = {"roofline": item_roofline, "unet_jax": item_unet_jax, "unet_torch": item_unet_torch,
          "vae_jax": item_vae_jax, "vae_torch": item_vae_torch, "stage1": item_stage1,
-         "lrm": item_lrm, "train": item_train}
+         "lrm": item_lrm, "train": item_train, "mv_train": item_mv_train}
 
 
 def main() -> int:

@@ -20,7 +20,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import trimesh
 from skimage import measure
 
 from instant3d_jax import fileio
@@ -77,7 +76,10 @@ def extract_mesh(density: np.ndarray, level: float, box: float = 1.0):
 
 
 def to_trimesh(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None):
-  """A trimesh with RGBA uint8 vertex colours (`colors [V, 3]` float in [0, 1] or uint8)."""
+  """A trimesh with RGBA uint8 vertex colours (`colors [V, 3]` float in [0, 1] or uint8).
+  trimesh is imported here, not at module level: only writing a mesh needs it (the GPU suite's
+  text-to-3D item imports this module through reconstruction.py without it)."""
+  import trimesh  # pylint: disable=g-import-not-at-top
   vc = None
   if colors is not None:
     c = np.asarray(colors)
@@ -96,6 +98,7 @@ def save_mesh(stem: str | os.PathLike, vertices, faces, colors=None,
     raise ValueError(f"save_mesh: format must be glb, obj or ply, got {bad[0]!r}")
   stem = fileio.path(stem)
   mesh = to_trimesh(vertices, faces, colors)
+  import trimesh  # pylint: disable=g-import-not-at-top  (see to_trimesh)
   out = {}
   for fmt in formats:
     if fmt == "glb":
