@@ -99,36 +99,53 @@ def replicated():
 
 
 def device_random_params(abstract, key, dtype, sharding=None):
-  """Random params for an abstract params tree, drawn on the device in one jitted call with
-  `out_shardings`: kernels N(0, 1/fan_in), norm scales 1 + N(0, 0.02²), the rest N(0, 0.02²)
-  (the statistics of convert/sdxl_pipeline.py `random_params`, which draws with numpy on the
-  host), stored in `dtype`."""
+  """Random params for an abstract params tree, drawn on the device: kernels N(0, 1/fan_in),
+  norm scales 1 + N(0, 0.02²), the rest N(0, 0.02²) (the statistics of convert/sdxl_pipeline.py
+  `random_params`, which draws with numpy on the host), stored in `dtype`.
+
+  One small jitted draw per distinct (shape, kind), called per leaf with `fold_in(key, i)`: the
+  SDXL UNet's 1,680 leaves have 50. (One jit slicing a single normal draw into every leaf
+  compiled in a blink on CPU, but XLA:GPU spent over 90 s on it on the H200, 2026-11-30.)"""
   import jax
-  import jax.numpy as jnp
   from flax import traverse_util
   flat = traverse_util.flatten_dict(abstract, sep="/")
-  paths = sorted(flat)
-  sizes = [math.prod(flat[p].shape) for p in paths]
+  sh = sharding or replicated()
+  out = {}
+  for i, path in enumerate(sorted(flat)):
+    name = path.rsplit("/", 1)[-1]
+    kind = name if name in ("kernel", "scale") else "other"
+    x = _draw_leaf(jax.random.fold_in(key, i), tuple(flat[path].shape), kind,
+                   jax.numpy.dtype(dtype).name)
+    out[path] = jax.device_put(x, sh)
+  return traverse_util.unflatten_dict(out, sep="/")
 
-  def draw(key):
-    # One normal draw sliced into the leaves: a jit of one RNG call compiles in a blink, one RNG
-    # call per leaf (~1,700 for the UNet) took tens of seconds on CPU.
-    z = jax.random.normal(key, (sum(sizes),), jnp.float32)
-    out, off = {}, 0
-    for path, n in zip(paths, sizes):
-      shape, name = tuple(flat[path].shape), path.rsplit("/", 1)[-1]
-      x = z[off:off + n].reshape(shape)
-      off += n
-      if name == "kernel":
+
+_LEAF_DRAWS: dict = {}
+
+
+def _draw_leaf(key, shape: tuple, kind: str, dtype: str):
+  import jax
+  import jax.numpy as jnp
+  f = _LEAF_DRAWS.get((shape, kind, dtype))
+  if f is None:
+    def f(k):
+      x = jax.random.normal(k, shape, jnp.float32)
+      if kind == "kernel":
         x = x / math.sqrt(max(1, math.prod(shape[:-1])))
-      elif name == "scale":
+      elif kind == "scale":
         x = 1.0 + 0.02 * x
       else:
         x = 0.02 * x
-      out[path] = x.astype(dtype)
-    return traverse_util.unflatten_dict(out, sep="/")
+      return x.astype(dtype)
+    f = _LEAF_DRAWS[(shape, kind, dtype)] = jax.jit(f)
+  return f(key)
 
-  return jax.jit(draw, out_shardings=sharding or replicated())(key)
+
+def abstract_init(init, key):
+  """The abstract (unboxed) params tree of a Flax initialiser `init(key)` (nothing allocated)."""
+  import flax.linen as nn
+  import jax
+  return jax.eval_shape(lambda k: nn.meta.unbox(init(k)), key)
 
 
 def device_random(key, shape, dtype, *, low=None, sharding=None):
@@ -184,6 +201,7 @@ def time_jax(fn, args, iters: int, outputs: list | None = None) -> dict:
   t = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t
+  print(f"  compiled in {compile_s:.1f} s", flush=True)
   out = compiled(*args)
   jax.block_until_ready(out)
   if outputs is not None:
@@ -287,6 +305,7 @@ def item_unet_jax(rec: Recorder, dry: bool, args) -> None:
   jax.block_until_ready(params)
   rec.note(init_s=round(time.perf_counter() - t, 2),
            params=sum(int(x.size) for x in jax.tree.leaves(params)))
+  print(f"[unet_jax] params drawn in {rec.data['init_s']} s", flush=True)
   inputs = _unet_inputs(cfg, s, jax.random.key(1), jnp.bfloat16)
   for impl in ("xla", "cudnn"):
     model = UNet2DConditionModel(cfg, dtype=jnp.bfloat16, attention_impl=impl)
@@ -405,6 +424,7 @@ def item_stage1(rec: Recorder, dry: bool, args) -> None:
       "text_encoder_2": device_random_params(cclip.text_param_shapes(t2), keys[3], bf16)}
   jax.block_until_ready(params)
   rec.note(init_s=round(time.perf_counter() - t, 2), attention=impl)
+  print(f"[stage1] params drawn in {rec.data['init_s']} s", flush=True)
   with tempfile.TemporaryDirectory() as d:
     tok1 = sdxl_pipeline.write_toy_tokenizer(Path(d) / "t1", s["ctx_len"])
     tok2 = sdxl_pipeline.write_toy_tokenizer(Path(d) / "t2", s["ctx_len"])
@@ -456,9 +476,9 @@ def _text3d(rec: Recorder, dry: bool, stage1_pipe, steps: int, grid: int) -> Non
     lcfg = _dry_lrm(lrm_configs.get_config("tiny")) if dry else lrm_configs.get_config("large")
     lcfg.model.dtype = "bfloat16"
     m = lrm.model_config(lcfg)
-    params = jax.jit(lambda k: jax.tree.map(lambda x: x.astype(jnp.bfloat16),
-                                            nn.meta.unbox(lrm.init_params(m, k))),
-                     out_shardings=replicated())(jax.random.key(5))
+    params = device_random_params(abstract_init(lambda k: lrm.init_params(m, k),
+                                                jax.random.key(5)), jax.random.key(5),
+                                  jnp.bfloat16)
     cfg = i3d_configs.get_config("tiny" if dry else "sdxl")
     cfg.batch_size = 1
     cfg.stage2.background_threshold = 0.0
@@ -516,12 +536,13 @@ def item_lrm(rec: Recorder, dry: bool, args) -> None:
   cfg.model.dtype = "bfloat16"
   m = lrm.model_config(cfg)
   t = time.perf_counter()
-  params = jax.jit(lambda k: jax.tree.map(lambda x: x.astype(jnp.bfloat16),
-                                          nn.meta.unbox(lrm.init_params(m, k))),
-                   out_shardings=replicated())(jax.random.key(0))
+  params = device_random_params(abstract_init(lambda k: lrm.init_params(m, k),
+                                              jax.random.key(0)), jax.random.key(0),
+                                jnp.bfloat16)
   jax.block_until_ready(params)
   rec.note(init_s=round(time.perf_counter() - t, 2), params=summary.count_params(m),
            variant=cfg.variant)
+  print(f"[lrm] params drawn in {rec.data['init_s']} s", flush=True)
   _, cams = lrm.dummy_inputs(m, 1)
   res = m.input_resolution
   images = device_random(jax.random.key(1), (1, m.num_views, res, res, 3), jnp.float32, low=0.0)
@@ -626,10 +647,12 @@ def item_train(rec: Recorder, dry: bool, args) -> None:
     state = init_jit(key)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t
+    print(f"[train] state initialised in {init_s:.1f} s", flush=True)
     t = time.perf_counter()
     compiled, batch_sh = loop.compile_train_step(cfg, task, mesh, rules, tx, schedule,
                                                  abstract, state_sh, None)
     compile_s = time.perf_counter() - t
+    print(f"[train] step compiled in {compile_s:.1f} s", flush=True)
     batch = _train_batch(cfg, task.batch_spec, batch_sh)
     state, m = compiled(state, batch, None)     # state donated (loop.compile_train_step)
     jax.block_until_ready(m)
@@ -696,10 +719,12 @@ def item_mv_train(rec: Recorder, dry: bool, args) -> None:
     state = init_jit(key)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t
+    print(f"[mv_train] state initialised in {init_s:.1f} s", flush=True)
     t = time.perf_counter()
     compiled, batch_sh = loop.compile_train_step(cfg, task, mesh, rules, tx, schedule, abstract,
                                                  state_sh, constants)
     compile_s = time.perf_counter() - t
+    print(f"[mv_train] step compiled in {compile_s:.1f} s", flush=True)
     batch = {}
     for i, (name, v) in enumerate(sorted(task.batch_spec.items())):
       hi = 255 if name == "grid" else 100
