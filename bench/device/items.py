@@ -199,7 +199,8 @@ def time_jax(fn, args, iters: int, outputs: list | None = None) -> dict:
   cache: calling `fn` again would compile it a second time)."""
   import jax
   t = time.perf_counter()
-  compiled = fn.lower(*args).compile()
+  lowered = fn.lower(*args)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t
   print(f"  compiled in {compile_s:.1f} s", flush=True)
   out = compiled(*args)
@@ -215,7 +216,52 @@ def time_jax(fn, args, iters: int, outputs: list | None = None) -> dict:
     ts.append(time.perf_counter() - t)
   return dict(ms=statistics.median(ts) * 1e3, min_ms=min(ts) * 1e3, iters=iters,
               compile_s=round(compile_s, 2), finite=finite, **_cost(compiled),
-              **_memory(compiled))
+              lowered_flops=lowered_flops(lowered), **_memory(compiled))
+
+
+def lowered_flops(lowered) -> float | None:
+  """XLA's FLOP count of the lowered (not yet optimised) program. The compiled program's count
+  is no FLOP figure on GPU: the matmuls and convolutions that become cuBLAS / cuDNN calls count
+  nothing there (the SDXL UNet step compiled to 1.7 TFLOP with XLA attention and 1.6 with cuDNN
+  on the H200, 2026-11-30)."""
+  try:
+    c = lowered.cost_analysis()
+    c = (c[0] if c else {}) if isinstance(c, (list, tuple)) else (c or {})
+    f = c.get("flops")
+    return float(f) if f and f > 0 else None
+  except Exception:  # noqa: BLE001
+    return None
+
+
+def full_size_lowered_flops() -> dict:
+  """The lowered FLOP counts of the SDXL UNet step (batch 2, 128², XLA attention) and the VAE
+  decode (one 128² latent) at full size, from shapes alone (nothing allocated or compiled):
+  for device runs made before `time_jax` recorded `lowered_flops` (suite.py --merge)."""
+  import jax
+  import jax.numpy as jnp
+  from bench.device import shapes
+  from instant3d_jax.convert import diffusers_sdxl
+  from instant3d_jax.models.unet import UNet2DConditionModel, UNetConfig
+  from instant3d_jax.models.vae import AutoencoderKL, VAEConfig
+  s = shapes.sdxl(False)
+  sds = lambda shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)  # noqa: E731
+  bf = lambda t: jax.tree.map(lambda x: sds(x.shape), t)  # noqa: E731
+  ucfg = UNetConfig.from_diffusers(s["unet"])
+  unet = UNet2DConditionModel(ucfg, dtype=jnp.bfloat16, attention_impl="xla")
+  b, lat = 2, s["latent"]
+  pooled = ucfg.projection_class_embeddings_input_dim - 6 * ucfg.addition_time_embed_dim
+  f_unet = jax.jit(lambda p, x, t, c, te, ids: unet.apply(
+      {"params": p}, x, t, c, text_embeds=te, time_ids=ids)).lower(
+      bf(diffusers_sdxl.unet_abstract_params(ucfg)), sds((b, lat, lat, ucfg.in_channels)),
+      jax.ShapeDtypeStruct((b,), jnp.float32), sds((b, s["ctx_len"], ucfg.cross_attention_dim)),
+      sds((b, pooled)), jax.ShapeDtypeStruct((b, 6), jnp.float32))
+  vcfg = VAEConfig.from_diffusers(s["vae"])
+  vae = AutoencoderKL(vcfg, dtype=jnp.bfloat16)
+  f_vae = jax.jit(lambda p, z: vae.apply({"params": p}, z, method=AutoencoderKL.decode)).lower(
+      bf(diffusers_sdxl.vae_abstract_params(vcfg)),
+      jax.ShapeDtypeStruct((1, lat, lat, vcfg.latent_channels), jnp.float32))
+  u, v = lowered_flops(f_unet), lowered_flops(f_vae)
+  return {"unet_xla": u, "unet_cudnn": u, "vae_xla": v}
 
 
 def time_torch(fn, iters: int, device: str) -> dict:
@@ -709,10 +755,12 @@ def item_mv_train(rec: Recorder, dry: bool, args) -> None:
 
   def measure():
     comps = mv_task.build_components(cfg, abstract=True)
-    frozen = device_random_params(comps.frozen, jax.random.key(7), jnp.float32)
+    mesh, rules = loop.setup_mesh(cfg)
+    # The frozen encoders replicated over the trainer's mesh (not all local devices).
+    frozen = device_random_params(comps.frozen, jax.random.key(7), jnp.float32,
+                                  jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     task = mv_task.make_task(cfg, comps, with_flops=True)
     constants = dict(task.constants, frozen=frozen)
-    mesh, rules = loop.setup_mesh(cfg)
     tx, schedule = opt_lib.make_optimizer(cfg.optimizer, int(cfg.train.total_steps))
     init_jit, key, abstract, state_sh = loop.build_state(cfg, task, mesh, rules, tx)
     t = time.perf_counter()

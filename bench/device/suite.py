@@ -1,7 +1,7 @@
-"""The accelerator suite: every GPU figure beside its anchor in one run of at most eight minutes.
+"""The accelerator suite: every GPU figure beside its anchor in one call of at most ten minutes.
 
     bash bench/device/run.sh [--dry_run]        # the entry point (installs, then this)
-    python -m bench.device.suite [--dry_run] [--out DIR] [--only unet_jax,lrm] [--budget_s 460]
+    python -m bench.device.suite [--dry_run] [--out DIR] [--only unet_jax,lrm] [--budget_s 545] | --merge RUN_DIR... --out DIR
 
 Runs the items of bench/device/items.py one process each, in order, each under its own time
 limit (`ITEMS`: seconds on the H200, sized in bench/device/README.md from FLOPs and bandwidth;
@@ -49,15 +49,17 @@ class Item:
 
 
 ITEMS = (
-    Item("roofline", 30, ("matmul_bf16", "hbm_copy")),
-    Item("unet_jax", 90, ("unet_xla", "unet_cudnn")),
-    Item("unet_torch", 80, ("unet_torch_eager", "unet_torch_compile")),
-    Item("vae_jax", 35, ("vae_xla",)),
+    # Budgets from the H200 runs of 2026-11-30 (device.log phase times: weights drawn, each
+    # compile); the PyTorch UNet goes last: its eager figure takes 10 s, torch.compile the rest.
+    Item("roofline", 25, ("matmul_bf16", "hbm_copy")),
+    Item("unet_jax", 75, ("unet_xla", "unet_cudnn")),
+    Item("vae_jax", 30, ("vae_xla",)),
     Item("vae_torch", 25, ("vae_torch_eager",)),
-    Item("stage1", 150, ("stage1", "text3d"), dry_budget_s=90),
-    Item("lrm", 55, ("lrm_forward_xla", "lrm_forward_cudnn", "render_512")),
-    Item("train", 75, ("train_step",)),
+    Item("stage1", 125, ("stage1", "text3d"), dry_budget_s=90),
+    Item("lrm", 50, ("lrm_forward_xla", "lrm_forward_cudnn", "render_512")),
+    Item("train", 100, ("train_step",)),
     Item("mv_train", 120, ("mv_train_step",), dry_budget_s=90),
+    Item("unet_torch", 80, ("unet_torch_eager", "unet_torch_compile")),
 )
 
 
@@ -102,6 +104,12 @@ ROWS = (
     Row("mv_train_step", "SDXL stage-1 fine-tuning step (`train_mvdiffusion`), 1 × 1024² grid, "
         "bf16, remat, fp32 AdamW + EMA", "—", "MFU ≥ 40%", "train"),
 )
+
+# (JAX key, PyTorch key, what): the side-by-side ratios under the table.
+RATIOS = (("unet_cudnn", "unet_torch_eager", "UNet step, cuDNN attention vs eager"),
+          ("unet_xla", "unet_torch_eager", "UNet step, XLA attention vs eager"),
+          ("unet_cudnn", "unet_torch_compile", "UNet step, cuDNN attention vs torch.compile"),
+          ("vae_xla", "vae_torch_eager", "VAE decode vs eager"))
 
 VERSIONS = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "optax",
             "orbax-checkpoint", "numpy", "torch", "diffusers", "transformers", "huggingface-hub",
@@ -213,11 +221,12 @@ def figure(row: Row, r: dict, limits: dict) -> tuple[str, str]:
             f"frame {r['frame_s']:.3f} s (first call incl. compiles {r['first_call_s']:.0f} s)"), ""
   sec = r["ms"] * 1e-3
   parts = []
-  flops = r.get("analytic_flops") or r.get("xla_flops")
+  # FLOPs: the model's analytic count, else XLA's count of the lowered program (items.py
+  # `lowered_flops`); the compiled program's counts leave out cuBLAS / cuDNN calls on GPU, so
+  # neither its FLOPs nor its bytes are shown as fractions.
+  flops = r.get("analytic_flops") or r.get("lowered_flops")
   if tf and flops:
-    parts.append(f"{flops / sec / 1e12 / tf:.0%} of matmul")
-  if bw and r.get("xla_bytes"):
-    parts.append(f"{r['xla_bytes'] / sec / 1e12 / bw:.0%} of copy BW")
+    parts.append(f"{flops / sec / 1e12:.0f} TFLOP/s = {flops / sec / 1e12 / tf:.0%} of matmul")
   if row.figure == "images_per_s":
     return f"{r['images_per_s']:.1f} images/s ({r['ms']:.0f} ms)", ", ".join(parts)
   return f"{r['ms']:.1f} ms", ", ".join(parts)
@@ -239,15 +248,29 @@ def report(results: dict, meta: dict, prov: common.Provenance, dry_run: bool) ->
            + ", ".join(f"{k} {x}" for k, x in v.items()) + ".", "",
            "`bash bench/device/run.sh` (bench/device/README.md): random weights drawn on the "
            "device, bf16; times are medians after a warm-up, compile excluded and listed in "
-           "bench/results/device.json. Fractions: FLOP/s (analytic where the model has a "
-           "count, else XLA's cost analysis) over the matmul row, bytes (XLA's count) over the "
-           "copy row.", "",
+           "bench/results/device.json. Fraction: FLOP/s over the matmul row, FLOPs from the model's "
+           "analytic count, else XLA's count of the lowered program (the compiled program's "
+           "counts leave out cuBLAS and cuDNN calls on GPU).", "",
            "| measurement | result | anchor | goal | fraction of measured limits |",
            "|---|---|---|---|---|"]
   for row in ROWS:
     r = meas.get(row.key, {"status": "not run: item not selected"})
     text, frac = figure(row, r, limits)
+    if "run" in r:
+      text += f" [run {r['run']}]"
     lines.append(f"| {row.label} | {text} | {row.anchor} | {row.goal} | {frac} |")
+  ratios = []
+  for jx, th, what in RATIOS:
+    a, b = meas.get(jx, {}), meas.get(th, {})
+    if a.get("status") == "ok" and b.get("status") == "ok":
+      same = a.get("run") == b.get("run")
+      ratios.append(f"{what}: PyTorch {b['ms']:.1f} ms / JAX {a['ms']:.1f} ms = "
+                    f"**{b['ms'] / a['ms']:.2f}×** ("
+                    + ("same run" if same else f"runs {b['run']} and {a['run']}, separate calls: not "
+                       "side by side") + ")")
+  if ratios:
+    lines += ["", "JAX against the PyTorch reference (> 1: JAX faster): " + "; ".join(ratios)
+              + "."]
   lines += ["", f"Suite wall time {meta['wall_s']:.0f} s of its {meta['budget_s']:.0f} s "
             "budget; per item: " + ", ".join(
                 f"{n} {r.get('process_s', 0):.0f}/{r.get('budget_s', 0)} s"
@@ -288,8 +311,58 @@ def dry_run_problems(results: dict) -> list[str]:
   return problems
 
 
+def merge(run_dirs: list[str], out: Path) -> Path:
+  """Several device runs (folders with device.json, oldest first) → one `device.md` /
+  `device.json` in `out`: each measurement from the latest run that measured it (else the
+  latest run's reason), the run it came from marked in the table, every run's provenance
+  listed. For a lease spent in several calls (a rerun of the items the first call missed)."""
+  runs = [json.loads((Path(d) / "device.json").read_text()) for d in run_dirs]
+  items: dict = {}
+  counts = None
+  for i, run in enumerate(runs, 1):
+    for name, item in run["items"].items():
+      dst = items.setdefault(name, {"measurements": {}})
+      for k, r in item.get("measurements", {}).items():
+        prev = dst["measurements"].get(k)
+        if r.get("status") == "ok" or prev is None or prev.get("status") != "ok":
+          dst["measurements"][k] = dict(r, run=i)
+          dst.update({x: y for x, y in item.items() if x != "measurements"})
+  for item in items.values():   # runs made before time_jax recorded the lowered count
+    for k, r in item["measurements"].items():
+      if r.get("status") == "ok" and k in ("unet_xla", "unet_cudnn", "vae_xla") \
+          and not r.get("lowered_flops"):
+        if counts is None:
+          from bench.device import items as items_lib
+          counts = items_lib.full_size_lowered_flops()
+        r["lowered_flops"] = counts[k]
+        r["lowered_flops_from"] = "full_size_lowered_flops() on the merging machine"
+  last = runs[-1]
+  meta = dict(card=last["card"], versions=last["versions"], dry_run=False,
+              budget_s=sum(r["budget_s"] for r in runs), wall_s=sum(r["wall_s"] for r in runs),
+              merged_from=[r["provenance"] for r in runs])
+  prov = common.Provenance(**{k: (tuple(v) if isinstance(v, list) else v)
+                              for k, v in last["provenance"].items()})
+  prov.command = "python -m bench.device.suite --merge " + " ".join(
+      f"run{i}" for i in range(1, len(runs) + 1))
+  lines = report(items, meta, prov, False)
+  lines += ["", f"This table joins {len(runs)} calls of one lease (the **run** column of "
+            "bench/results/device.json says which call measured each figure):"]
+  for i, r in enumerate(runs, 1):
+    p = r["provenance"]
+    lines.append(f"- run {i}: `{p['command']}` at commit `{p['commit']}`, {p['started_utc']} "
+                 f"to {p.get('finished_utc') or '?'}, suite wall {r['wall_s']:.0f} s of "
+                 f"{r['budget_s']:.0f} s.")
+  out.mkdir(parents=True, exist_ok=True)
+  common.write_result(out / "device.md", lines, prov)
+  (out / "device.json").write_text(json.dumps(dict(meta, provenance=prov.as_dict(),
+                                                   items=items), indent=1, default=str))
+  return out / "device.md"
+
+
 def main() -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--merge", nargs="+", default=None, metavar="RUN_DIR",
+                  help="join device runs (folders with device.json, oldest first) into --out")
   ap.add_argument("--dry_run", action="store_true", help="CPU, tiny shapes, same code")
   ap.add_argument("--out", default=os.environ.get("OUT", ""),
                   help="folder for device.json / device.md / device.log (default: $OUT)")
@@ -299,6 +372,11 @@ def main() -> int:
   ap.add_argument("--stage1_attention", default="auto",
                   help="'xla', 'cudnn' or 'auto' (the faster UNet of this run)")
   args = ap.parse_args()
+  if args.merge:
+    if not args.out:
+      ap.error("--merge needs --out (e.g. bench/results)")
+    print(merge(args.merge, Path(args.out)).read_text())
+    return 0
   if not args.out:
     args.out = tempfile.mkdtemp(prefix="device_suite_")
   out = Path(args.out)
