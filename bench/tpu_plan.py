@@ -28,9 +28,11 @@ and the jax/libtpu versions, so a rerun is cheap.
 
 Jobs (`JOBS`, one small function each, registered with `@job(...)`): `lrm_train` (the
 reconstructor's train step as bench/bench_memory_plan.py builds it: `large`, bf16, full remat,
-FSDP), `sdxl_finetune` (stage 1's SDXL fine-tuning step as bench/bench_mv_memory.py builds it)
-and `sdxl_sample` (one SDXL denoising step with CFG for a batch of prompts, as
-diffusion/sampling.py runs it; the batch's time is the step's × the config's steps).
+FSDP), `sdxl_finetune` (stage 1's SDXL fine-tuning step as bench/bench_mv_memory.py builds it),
+`sdxl_sample` (one SDXL denoising step with CFG for a batch of prompts, as
+diffusion/sampling.py runs it; the batch's time is the step's × the config's steps) and `text3d`
+(stage 2 of the text-to-3D batch as pipeline.TextTo3D runs it: the reconstructor on the batch's
+objects; stage 1 of that batch is the `sdxl_sample` row).
 
 Writes bench/results/tpu_plan.json (one plan per topology × job × variant, the latest run) and
 bench/results/tpu_plan.md (the table of all plans, folded into BENCHMARKS.md by bench/run_all.py).
@@ -321,6 +323,61 @@ def sdxl_sample(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: di
             f"{s.num_steps} steps per batch")
 
 
+@job("text3d", "stage 2 of the text-to-3D batch: the reconstructor on per_chip_batch objects "
+     "per batch shard (stage 1's part is the sdxl_sample row)")
+def text3d(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: dict | None = None,
+           cfg=None, lrm_cfg=None) -> Built:
+  """What `pipeline.TextTo3D.reconstruct` runs per batch: `reconstruction._lrm_apply` (the
+  library's jitted reconstructor) on `[B, 4, S, S, 3]` views with the rig's cameras, the objects
+  over the configs/instant3d.py mesh's batch axes and the reconstructor replicated, as
+  `TextTo3D.load` places them. `sdxl`: LRM `large` in bf16; `tiny`: configs/lrm.py's tiny (or
+  `lrm_cfg`)."""
+  import jax.numpy as jnp
+  import flax.linen as nn
+  from configs import instant3d
+  from configs import lrm as lrm_configs
+  from instant3d_jax import cameras as cameras_lib
+  from instant3d_jax import reconstruction
+  from instant3d_jax.diffusion import generate, sampling
+  from instant3d_jax.models import lrm, summary
+  from instant3d_jax.train import mesh as mesh_lib
+  from instant3d_jax.train import sharding as shard_lib
+  cfg = cfg if cfg is not None else instant3d.get_config(variant)
+  if mesh:
+    cfg.mesh.update(mesh)
+  placement = generate.placement_from_config(cfg, devices) or sampling.Placement(
+      mesh_lib.create_mesh(cfg.mesh, devices), shard_lib.logical_rules(cfg.logical_axis_rules))
+  if lrm_cfg is None:
+    lrm_cfg = lrm_configs.get_config("large" if cfg.variant == "sdxl" else "tiny")
+    if cfg.variant == "sdxl":
+      lrm_cfg.model.dtype = "bfloat16"
+  m = lrm.model_config(lrm_cfg)
+  rep = jax.sharding.NamedSharding(placement.mesh, jax.sharding.PartitionSpec())
+  abstract = nn.meta.unbox(lrm.abstract_params(m))
+  params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+  b = per_chip_batch * placement.batch_shards
+  res = int(m.input_resolution)
+
+  def put(shape, dtype=jnp.float32):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=shard_lib.batch_sharding(
+        placement.mesh, placement.rules, len(shape)))
+
+  images = put((b, int(m.num_views), res, res, 3))
+  cams = jax.tree.map(lambda a: put((b,) + a.shape, a.dtype), cameras_lib.instant3d_rig(res))
+  with jax.set_mesh(placement.mesh):
+    compiled = reconstruction._lrm_apply.lower(  # pylint: disable=protected-access
+        m, params, images, cams).compile()
+  return Built(
+      compiled=compiled, mesh=dict(placement.mesh.shape), global_batch=b,
+      unit=f"reconstruction of {b} objects (4 × {res}² views each)",
+      config=dict(cfg.to_dict(), lrm=json.loads(lrm_cfg.to_json_best_effort())),
+      inputs=[("lrm params", abstract, jax.tree.map(lambda _: rep, abstract)),
+              ("views", images, images.sharding)],
+      model_flops=float(summary.lrm_forward_flops(m, b)),
+      notes=f"LRM `{lrm_cfg.variant}`, {lrm_cfg.model.dtype}, replicated; objects over "
+            f"{'×'.join(k for k, v in placement.mesh.shape.items() if v > 1) or 'one chip'}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Measuring one compile
 # ----------------------------------------------------------------------------------------------
@@ -437,7 +494,8 @@ def _plan_key(topology, job_name, variant, batch, mesh) -> str:
 
 
 def _default_variant(job_name: str) -> str:
-  return {"lrm_train": "large", "sdxl_sample": "sdxl", "sdxl_finetune": "sdxl"}.get(job_name, "")
+  return {"lrm_train": "large", "sdxl_sample": "sdxl", "sdxl_finetune": "sdxl",
+          "text3d": "sdxl"}.get(job_name, "")
 
 
 def _code(source: str) -> bytes:

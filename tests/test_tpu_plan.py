@@ -198,3 +198,22 @@ def test_auto_batch_stops_at_its_compile_budget_and_a_rerun_continues(monkeypatc
                           log=lambda *_: None)
   assert best["batch"] == 14 and "auto_open" not in best
   assert calls[:2] == [1, 2] and calls.count(1) == 1 and calls.count(2) == 1   # from the cache
+
+
+@needs_libtpu
+def test_text3d_reconstruction_batch_compiles_for_v5e(v5e_2x2):
+  """Stage 2 of the text-to-3D batch (pipeline.TextTo3D's placement: objects over the batch
+  axes, the reconstructor replicated), the micro LRM, for 4 v5e chips."""
+  from configs import instant3d
+  cfg = instant3d.get_config("tiny")
+  built = tp.text3d(v5e_2x2, 1, variant="tiny", cfg=cfg, lrm_cfg=tiny_configs.micro_lrm())
+  assert built.global_batch == 4 and built.mesh["data"] == 4
+  _check_memory(built, tp.CHIPS["v5e"])
+  assert built.model_flops and built.model_flops > 0
+  args, _ = built.compiled.input_shardings
+  # _lrm_apply(m | params, images, cams)
+  expected = dict((n, (a, e)) for n, a, e in built.inputs)
+  _assert_shardings(args[0], *expected["lrm params"], "lrm params")
+  _assert_shardings(args[1], *expected["views"], "views")
+  assert args[1].spec[0] in ("data", ("data", "fsdp"))   # objects over the batch axes
+  assert all(s.spec == jax.sharding.PartitionSpec() for s in jax.tree.leaves(args[0]))
