@@ -318,14 +318,21 @@ def novel_cameras(seed: int, num: int, resolution: int) -> cameras_lib.Camera:
 
 def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=None, seed=0,
                 num_novel=8, resolution=0, turntable_frames=36, fps=12.0, mesh_resolution=128,
-                mesh_threshold="5.0", chunk=0, progress=True, log=print) -> dict:
+                mesh_threshold="5.0", chunk=0, background_threshold=0.0, progress=True,
+                log=print) -> dict:
   """Runs the whole command; returns {name: path} of what it wrote (see module docstring)."""
   t_start = time.time()
   timings = {}
   notes: list[str] = []
+  thr = float(background_threshold or 0.0)
+  if not 0.0 <= thr < 1.0:
+    raise InputError(f"--background_threshold must be in [0, 1), got {background_threshold}")
   config, params = load_checkpoint(checkpoint, config)
   m = lrm_lib.model_config(config)
   views_np = load_views(grid, views, m.num_views, m.background, notes)
+  if thr:
+    notes.append(f"pixels within {thr:g} of the background set to it (--background_threshold)")
+    views_np = clean_background(views_np, m.background, thr)
   size = views_np.shape[1]
   cams = load_cameras(cameras, m.num_views, size)
   res = m.input_resolution
@@ -390,7 +397,8 @@ def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=
       "inputs": {"grid": grid, "views": list(views) if views else None, "cameras": cameras},
       "flags": {"num_novel": num_novel, "resolution": render_res,
                 "turntable_frames": turntable_frames, "fps": fps,
-                "mesh_resolution": mesh_resolution, "mesh_threshold": level, "chunk": chunk},
+                "mesh_resolution": mesh_resolution, "mesh_threshold": level, "chunk": chunk,
+                "background_threshold": thr},
       "notes": notes,
       "mesh": {"vertices": int(len(verts)), "faces": int(len(faces))},
       "timings": timings,

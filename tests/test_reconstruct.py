@@ -178,3 +178,32 @@ def test_cli_reports_bad_input_with_exit_status_2(checkpoint, tmp_path):
       f"error: --views lists 2 files; the model takes 4 views (got {views[:2]!r})")
   assert "Traceback" not in r.stderr
   assert not (tmp_path / "o" / "run.json").exists()
+
+
+def test_background_threshold_cleans_grain_before_reconstruction(checkpoint, tmp_path):
+  """`--background_threshold`: faint grain on the (training) background becomes the background
+  in the preprocessed inputs, the object's pixels stay; out-of-range values are a one-line
+  error naming the flag, before anything is written."""
+  path, cfg = checkpoint
+  bg = np.array([255, 128, 0], np.float32)
+  rng = np.random.default_rng(1)
+  paths = []
+  for i in range(4):
+    v = np.clip(bg + rng.integers(-12, 13, (16, 16, 3)), 0, 255)   # grain ≤ 12/255 ≈ 0.047
+    v[4:12, 4:12] = (20, 200, 60)                                    # the object
+    paths.append(_png(tmp_path / f"g{i}.png", v))
+  logs = []
+  out = tmp_path / "out"
+  rec.reconstruct(path, out, views=paths, num_novel=1, turntable_frames=2, mesh_resolution=16,
+                  mesh_threshold="auto", background_threshold=0.06, progress=False,
+                  log=logs.append)
+  v0 = np.asarray(Image.open(out / "inputs" / "view_0.png")).astype(np.float32)
+  np.testing.assert_array_equal(v0[0, 0], bg)                        # grain → background
+  np.testing.assert_array_equal(v0[8, 8], [20, 200, 60])             # the object stays
+  assert any("--background_threshold" in l for l in logs)
+  run = json.loads((out / "run.json").read_text())
+  assert run["flags"]["background_threshold"] == 0.06
+  with pytest.raises(rec.InputError, match=r"--background_threshold must be in \[0, 1\), got 1.5"):
+    rec.reconstruct(path, tmp_path / "bad", views=paths, background_threshold=1.5,
+                    progress=False, log=logs.append)
+  assert not (tmp_path / "bad").exists()
