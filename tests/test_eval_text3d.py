@@ -120,6 +120,12 @@ def test_toy_clip_model_is_a_transformers_clip_model(tmp_path):
   assert not info["missing_keys"] and not info["unexpected_keys"]
   proc = transformers.CLIPImageProcessorPil.from_pretrained(folder)
   tok = transformers.CLIPTokenizer.from_pretrained(folder)
+  # The special tokens are the toy tokenizer's, inside its vocabulary (CLIP's defaults, 49406
+  # and 1, are not: transformers warned about them).
+  tc = model.config.text_config
+  assert (tc.bos_token_id, tc.eos_token_id, tc.pad_token_id) == (
+      tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+  assert max(tc.bos_token_id, tc.eos_token_id, tc.pad_token_id) < tc.vocab_size
   images = np.random.default_rng(3).integers(0, 256, (2, 24, 20, 3)).astype(np.uint8)
   ours = clip_score.CLIPScorer.load(folder, batch_size=2).scores(images, PROMPTS[1])
   ref, _ = reference_scores((folder, model.eval(), proc, tok), images, PROMPTS[1])

@@ -296,9 +296,13 @@ def load_clip_model(folder: str | os.PathLike, *, variant: str | None = None
 
 def save_clip_model(folder: str | os.PathLike, text_config: CLIPTextConfig, text_params,
                     vision_config: CLIPVisionConfig, vision_params, *,
-                    logit_scale: float = 2.6592, dtype=None) -> None:
+                    logit_scale: float = 2.6592, dtype=None,
+                    text_token_ids: Mapping[str, int] | None = None) -> None:
   """Writes a transformers `CLIPModel` folder (`config.json` + `model.safetensors`, atomic) —
-  the inverse of `load_clip_model`; `logit_scale` is transformers' initial value unless given."""
+  the inverse of `load_clip_model`; `logit_scale` is transformers' initial value unless given.
+  `text_token_ids` (e.g. `{"bos_token_id": .., "pad_token_id": ..}` of a small tokenizer) go
+  into the text config; without them transformers assumes CLIP's (49406, 1), which a small
+  vocabulary does not hold (and transformers warns)."""
   if text_config.projection_dim is None or (text_config.projection_dim
                                             != vision_config.projection_dim):
     raise ValueError("a CLIPModel needs both towers with the same projection_dim, got text "
@@ -313,7 +317,7 @@ def save_clip_model(folder: str | os.PathLike, text_config: CLIPTextConfig, text
   sio.write_json(Path(folder) / "config.json", {
       "architectures": ["CLIPModel"], "model_type": "clip",
       "projection_dim": text_config.projection_dim, "logit_scale_init_value": 2.6592,
-      "text_config": sub(text_config, "clip_text_model"),
+      "text_config": {**sub(text_config, "clip_text_model"), **dict(text_token_ids or {})},
       "vision_config": sub(vision_config, "clip_vision_model")})
 
 

@@ -285,7 +285,8 @@ def write_toy_clip_model(folder: str | os.PathLike, *, seed: int = 0, image_size
       projection_dim=24)
   convert_clip.save_clip_model(
       folder, text, sdxl_pipeline.random_params(convert_clip.text_param_shapes(text), seed),
-      vision, sdxl_pipeline.random_params(convert_clip.vision_param_shapes(vision), seed + 1))
+      vision, sdxl_pipeline.random_params(convert_clip.vision_param_shapes(vision), seed + 1),
+      text_token_ids={"bos_token_id": tok.bos_token_id, "pad_token_id": tok.pad_token_id})
   sio.write_json(folder / PREPROCESSOR_FILE, {
       "image_processor_type": "CLIPImageProcessor", "do_resize": True,
       "size": {"shortest_edge": image_size}, "resample": PIL_BICUBIC, "do_center_crop": True,
