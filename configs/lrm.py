@@ -125,6 +125,11 @@ def get_config(arg=None):
   t.lift = "none"
   t.lift_concat = False           # 'hull' only: also append the raw 8 lifted channels to every
                                   # plane (the planes then have channels + 8)
+  # 'hull' only, NOT in the paper: the lifted R³ grid itself (hull + mean view colour per voxel,
+  # R = the plane resolution) rides in the planes (R·4 extra channels of the XY plane) and the
+  # NeRF MLP also reads its trilinear sample at each point: per-point colours of the input views,
+  # where the per-axis lift mixes the colours of objects that share an axis line.
+  t.lift_voxels = False
 
   # Shared NeRF MLP on the concatenated features of the 3 planes (OpenLRM's OSGDecoder layout).
   n = m.nerf = ml_collections.ConfigDict()

@@ -260,7 +260,7 @@ def save_turntable(out, frames: np.ndarray, fps: float) -> dict:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _query_field(m, which, nerf_params, planes, points):
-  feats = rendering.sample_triplane(planes, points, m.render.box)
+  feats = lrm_lib.point_features(m, planes, points)
   return lrm_lib.nerf_mlp(m).apply({"params": nerf_params}, feats)[which]
 
 

@@ -382,6 +382,66 @@ def test_lift_views_is_the_visual_hull_in_the_triplane_convention():
   np.testing.assert_allclose(above, [1.0, 0.0, 0.0], atol=1e-3)
 
 
+def test_voxel_lift_reads_each_point_of_the_hull_with_its_own_colour():
+  """`triplane.lift_voxels`: a red sphere at (0.4, 0, 0) and a blue one at (-0.4, 0, 0) share the
+  x axis line, so the per-axis lift's YZ plane mixes their colours; the voxel sample reads each
+  sphere's own colour at its centre, zero hull between them, and equals the grid at a texel
+  centre and the mean of two neighbours halfway (trilinear, align_corners=False)."""
+  red, cams = _sphere_views((0.4, 0.0, 0.0), 0.25, (0.8, 0.1, 0.1))
+  blue, _ = _sphere_views((-0.4, 0.0, 0.0), 0.25, (0.1, 0.1, 0.8))
+  images = jnp.minimum(red, blue)            # both spheres on white (they never overlap here)
+  r, box = 32, 1.0
+  hull, colour = lrm.lift_grid(images, cams, r, box, (1.0, 1.0, 1.0))
+  vox = lrm.voxel_planes(hull, colour)
+  assert vox.shape == (3, r, r, r * lrm.VOXEL_CHANNELS) and not np.any(vox[1:])
+  read = lambda p: np.asarray(lrm.sample_voxels(vox, jnp.asarray(p, jnp.float32), box))  # noqa
+  at_red, at_blue, between = read((0.4, 0.0, 0.0)), read((-0.4, 0.0, 0.0)), read((0.0, 0.0, 0.0))
+  assert at_red[0] > 0.9 and at_blue[0] > 0.9 and between[0] < 0.05
+  assert at_red[1] > 0.6 > at_red[3] and at_blue[3] > 0.6 > at_blue[1]
+  yz = np.asarray(rendering.sample_triplane(lrm.lift_views(images, cams, r, box, (1, 1, 1)),
+                                            jnp.asarray((0.4, 0.0, 0.0)), box, combine="stack"))
+  assert abs(yz[2, 2] - yz[2, 4]) < 0.3          # the YZ plane's colour is a red-blue mix
+  c = lambda i: -box + (i + 0.5) * 2 * box / r   # noqa: E731  texel centres
+  i, j, k = 20, 15, 17
+  np.testing.assert_allclose(read((c(i), c(j), c(k))),
+                             np.r_[hull[i, j, k], colour[i, j, k]], atol=1e-6)
+  half = read(((c(i) + c(i + 1)) / 2, c(j), c(k)))
+  np.testing.assert_allclose(half, (np.r_[hull[i, j, k], colour[i, j, k]]
+                                    + np.r_[hull[i + 1, j, k], colour[i + 1, j, k]]) / 2,
+                             atol=1e-6)
+  np.testing.assert_allclose(read((1.5, 0.0, 0.0)), 0.0)          # outside the box
+
+
+def test_voxel_lift_reaches_the_nerf_mlp(micro):
+  """With `lift_voxels` the planes carry the grid after the learned and lifted channels, the
+  NeRF MLP reads 3 × feature channels + 4, and rendering and the mesh path use the same features;
+  without `lift='hull'` it is a one-line config error."""
+  m, params, plain, apply = micro
+  images, cams = _inputs(m, 1)
+  mv = micro_config(**{"triplane.lift_concat": True, "triplane.lift_voxels": True})
+  pv = lrm.init_params(mv, jax.random.key(0))
+  planes = lrm.LRM(mv).apply({"params": pv}, images, cams)
+  r = lrm.plane_resolution(mv)
+  assert planes.shape[-1] == lrm.plane_channels(mv) == (m.triplane.channels + lrm.LIFT_CHANNELS
+                                                        + r * lrm.VOXEL_CHANNELS)
+  want = lrm.voxel_planes(*lrm.lift_grid(images[0], cams[0], r, mv.render.box, mv.background))
+  np.testing.assert_allclose(planes[0, ..., lrm.feature_channels(mv):], want, atol=1e-6)
+  assert nn.meta.unbox(pv)["nerf"]["dense_0"]["kernel"].shape[0] == (
+      3 * lrm.feature_channels(mv) + lrm.VOXEL_CHANNELS)
+  pts = jnp.asarray([[0.1, -0.2, 0.3], [0.0, 0.0, 0.0]], jnp.float32)
+  feats = lrm.point_features(lrm.model_config(mv), planes[0], pts)
+  assert feats.shape == (2, 3 * lrm.feature_channels(mv) + lrm.VOXEL_CHANNELS)
+  out = lrm.render_views(mv, pv, planes, cams[:, :1], outputs=("rgb",))["rgb"]
+  assert out.shape[-3:] == (m.input_resolution, m.input_resolution, 3) and np.isfinite(out).all()
+  # The plain model's features are the triplane sample itself.
+  plain_planes = apply(plain, images, cams)[0]
+  np.testing.assert_array_equal(lrm.point_features(lrm.model_config(m), plain_planes, pts),
+                                rendering.sample_triplane(plain_planes, pts, m.render.box))
+  with pytest.raises(Exception, match="lift_voxels needs model.triplane.lift='hull'"):
+    lrm.init_params(micro_config(**{"triplane.lift": "none", "triplane.lift_voxels": True}),
+                    jax.random.key(0))
+
+
 def test_lift_reaches_the_planes(micro):
   """With `triplane.lift='hull'` the planes change with the images' colours even when the
   decoder's cross-attention sees nothing else (the skip path), and a bad name is one line."""

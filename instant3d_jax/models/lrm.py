@@ -92,12 +92,38 @@ def plane_upsample(mcfg) -> int:
   return int(mcfg.triplane.get("upsample", 2))
 
 
-def plane_channels(mcfg) -> int:
-  """Channels per plane of the output triplane: `triplane.channels`, plus the raw lifted
-  channels when `triplane.lift='hull'` with `lift_concat`."""
+def feature_channels(mcfg) -> int:
+  """Channels per plane the NeRF MLP reads: `triplane.channels`, plus the raw lifted channels
+  when `triplane.lift='hull'` with `lift_concat`."""
   tc = mcfg.triplane
   extra = LIFT_CHANNELS if tc.get("lift", "none") == "hull" and tc.get("lift_concat", False) else 0
   return int(tc.channels) + extra
+
+
+def lift_voxels(mcfg) -> bool:
+  """`triplane.lift_voxels`: the lifted R³ grid itself rides in the planes (`voxel_channels`)."""
+  tc = mcfg.triplane
+  on = bool(tc.get("lift_voxels", False))
+  if on and tc.get("lift", "none") != "hull":
+    raise errors.ConfigError("model.triplane.lift_voxels needs model.triplane.lift='hull', got "
+                             f"lift={tc.get('lift', 'none')!r}")
+  return on
+
+
+def voxel_channels(mcfg) -> int:
+  """Extra channels per plane holding the lifted voxel grid (`lift_voxels`): R z-slices ×
+  VOXEL_CHANNELS in the XY plane (zeros in XZ and YZ); 0 when off."""
+  return plane_resolution(mcfg) * VOXEL_CHANNELS if lift_voxels(mcfg) else 0
+
+
+def plane_channels(mcfg) -> int:
+  """Channels per plane of the output triplane: `feature_channels` plus `voxel_channels`."""
+  return feature_channels(mcfg) + voxel_channels(mcfg)
+
+
+def mlp_input_channels(mcfg) -> int:
+  """The NeRF MLP's input width: 3 planes' features, plus the voxel sample with `lift_voxels`."""
+  return 3 * feature_channels(mcfg) + (VOXEL_CHANNELS if lift_voxels(mcfg) else 0)
 
 
 def plane_resolution(mcfg) -> int:
@@ -194,6 +220,7 @@ def rig_attention_bias(mcfg, *, num_points: int = 64) -> np.ndarray:
 
 
 LIFT_CHANNELS = 8   # per plane: hull max, hull mean, hull-weighted colour (3), mean colour (3)
+VOXEL_CHANNELS = 4  # per voxel (`triplane.lift_voxels`): hull, mean view colour (3)
 
 
 def foreground(images: jax.Array, background) -> jax.Array:
@@ -224,6 +251,24 @@ def lift_views(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, 
   Returns `[3, R, R, LIFT_CHANNELS]` in the triplane convention of `rendering.sample_triplane`
   (XY: row y, col x; XZ: row z, col x; YZ: row z, col y). No gradient flows to the images.
   """
+  hull, colour = lift_grid(images, cameras, resolution, box, background)
+  planes = []
+  for axis, perm in ((2, (1, 0, 2)), (1, (1, 0, 2)), (0, (1, 0, 2))):    # XY, XZ, YZ
+    h = hull[..., None]
+    weight = jnp.sum(h, axis=axis)
+    feats = jnp.concatenate([
+        jnp.max(h, axis=axis), jnp.mean(h, axis=axis),
+        jnp.sum(h * colour, axis=axis) / (weight + 1e-3),
+        jnp.mean(colour, axis=axis)], -1)                                  # [a, b, 8] (a < b)
+    planes.append(jnp.transpose(feats, perm))                              # [row b, col a, 8]
+  return jnp.stack(planes)
+
+
+def lift_grid(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, box: float,
+              background) -> tuple[jax.Array, jax.Array]:
+  """The visual hull of ONE object's views on the R³ grid of texel centres over [-box, box]³
+  (`lift_views`): hull `[x, y, z]` (product over views of the soft foreground at each point's
+  projection) and colour `[x, y, z, 3]` (mean of the views' colours there). No gradient."""
   images = jax.lax.stop_gradient(images.astype(jnp.float32))
   c = -box + (jnp.arange(resolution, dtype=jnp.float32) + 0.5) * (2.0 * box / resolution)
   pts = jnp.stack(jnp.meshgrid(c, c, c, indexing="ij"), -1)               # [x, y, z, 3]
@@ -236,18 +281,53 @@ def lift_views(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, 
     return jnp.where((depth > 0)[..., None], s, 0.0)
 
   samples = jax.vmap(one_view)(rgbm, cameras)                              # [V, x, y, z, 4]
-  hull = jnp.prod(samples[..., 3], axis=0)                                 # [x, y, z]
-  colour = jnp.mean(samples[..., :3], axis=0)                              # [x, y, z, 3]
-  planes = []
-  for axis, perm in ((2, (1, 0, 2)), (1, (1, 0, 2)), (0, (1, 0, 2))):    # XY, XZ, YZ
-    h = hull[..., None]
-    weight = jnp.sum(h, axis=axis)
-    feats = jnp.concatenate([
-        jnp.max(h, axis=axis), jnp.mean(h, axis=axis),
-        jnp.sum(h * colour, axis=axis) / (weight + 1e-3),
-        jnp.mean(colour, axis=axis)], -1)                                  # [a, b, 8] (a < b)
-    planes.append(jnp.transpose(feats, perm))                              # [row b, col a, 8]
-  return jnp.stack(planes)
+  return jnp.prod(samples[..., 3], axis=0), jnp.mean(samples[..., :3], axis=0)
+
+
+def voxel_planes(hull: jax.Array, colour: jax.Array) -> jax.Array:
+  """The lifted grid as plane channels (`triplane.lift_voxels`): `[3, R, R, R·4]`, the XY plane
+  holding voxel (x, y, z) at row y, column x, channels z·4 … z·4 + 3 = (hull, colour); XZ and YZ
+  zero. `sample_voxels` reads it back."""
+  r = hull.shape[0]
+  vox = jnp.concatenate([hull[..., None], colour], -1)                     # [x, y, z, 4]
+  xy = jnp.transpose(vox, (1, 0, 2, 3)).reshape(r, r, r * VOXEL_CHANNELS)  # [y, x, z·4]
+  return jnp.stack([xy, jnp.zeros_like(xy), jnp.zeros_like(xy)])
+
+
+def sample_voxels(planes_vox: jax.Array, points: jax.Array, box: float) -> jax.Array:
+  """Trilinear lookup of the voxel grid stored by `voxel_planes` (`[3, R, R, R·4]`, only XY
+  read) at `points [..., 3]` → `[..., 4]`; texel centres as `rendering.sample_triplane`
+  (align_corners=False), zero outside the box."""
+  r = planes_vox.shape[1]
+  grid = planes_vox[0].reshape(r, r, r, VOXEL_CHANNELS)                    # [y, x, z, 4]
+  grid = jnp.pad(grid, ((1, 1), (1, 1), (1, 1), (0, 0)))
+  rp = r + 2
+  table = grid.reshape(rp * rp * rp, VOXEL_CHANNELS)
+  pix = jnp.clip((points.astype(jnp.float32) + box) * (r / (2.0 * box)) + 0.5, 0.0, float(r + 1))
+  i0 = jnp.minimum(jnp.floor(pix), float(r))
+  f = pix - i0
+  i0 = i0.astype(jnp.int32)
+  ix, iy, iz = i0[..., 0], i0[..., 1], i0[..., 2]
+  fx, fy, fz = f[..., 0:1], f[..., 1:2], f[..., 2:3]
+  out = 0.0
+  for dy, wy in ((0, 1 - fy), (1, fy)):
+    for dx, wx in ((0, 1 - fx), (1, fx)):
+      for dz, wz in ((0, 1 - fz), (1, fz)):
+        idx = ((iy + dy) * rp + (ix + dx)) * rp + (iz + dz)
+        out = out + wy * wx * wz * table[idx]
+  return out
+
+
+def point_features(mcfg, planes: jax.Array, points: jax.Array) -> jax.Array:
+  """The NeRF MLP's input at `points [..., 3]` of ONE object's `planes [3, R, R, C]`: the three
+  planes' features (concatenated), and with `triplane.lift_voxels` the trilinear voxel sample."""
+  box = mcfg.render.box
+  if not lift_voxels(mcfg):
+    return rendering.sample_triplane(planes, points, box)
+  c0 = feature_channels(mcfg)
+  feats = rendering.sample_triplane(planes[..., :c0], points, box)
+  return jnp.concatenate([feats, sample_voxels(planes[..., c0:], points, box).astype(feats.dtype)],
+                         -1)
 
 
 class CameraEmbedder(nn.Module):
@@ -535,17 +615,22 @@ class LRM(nn.Module):
     context = tokens.reshape(b, v * tokens.shape[1], tokens.shape[2])
     context = layers.constrain(context, ("batch", "length", "act_embed"))
     cond = jnp.mean(cam_embed, axis=1) if m.decoder_modulation else None
-    lifted = None
+    lifted = vox = None
     lift = m.triplane.get("lift", "none")
     if lift == "hull":
       res = plane_resolution(m)
       lifted = jax.vmap(lambda im, cam: lift_views(im, cam, res, m.render.box, m.background))(
           images, cameras)
+      if lift_voxels(m):
+        vox = jax.vmap(lambda im, cam: voxel_planes(*lift_grid(
+            im, cam, res, m.render.box, m.background)))(images, cameras)
     elif lift != "none":
       raise errors.ConfigError(f"model.triplane.lift must be 'none' or 'hull', got {lift!r}")
     planes = TriplaneTransformer(m, name="decoder")(context, cond, lifted)
+    if vox is not None:
+      planes = jnp.concatenate([planes, vox.astype(planes.dtype)], -1)
     if self.is_initializing():
-      nerf_mlp(m).copy(name="nerf")(jnp.zeros((1, 3 * plane_channels(m)), jnp.float32))
+      nerf_mlp(m).copy(name="nerf")(jnp.zeros((1, mlp_input_channels(m)), jnp.float32))
     return planes
 
 
@@ -583,9 +668,11 @@ def field_fn(mcfg, params: Mapping[str, Any], planes: jax.Array) -> rendering.Fi
   mcfg = model_config(mcfg)
   mlp = nerf_mlp(mcfg)
   nerf_params = nn.meta.unbox(params["nerf"])
-  field = rendering.make_triplane_field(
-      planes.astype(jnp.float32), lambda f: mlp.apply({"params": nerf_params}, f),
-      box=mcfg.render.box)
+  planes = planes.astype(jnp.float32)
+
+  def field(points, directions):   # view-independent, as in LRM
+    del directions
+    return mlp.apply({"params": nerf_params}, point_features(mcfg, planes, points))
   if mcfg.render.get("remat_field", False):
     # Only the sample points are kept for the backward pass; the 12 gathers per sample and the
     # MLP activations are recomputed (per-sample tensors dominate a training step's memory).
@@ -648,4 +735,6 @@ __all__ = ["LRM", "CameraEmbedder", "DecoderBlock", "TriplaneTransformer", "NeRF
            "model_config", "vit_config", "plucker_rays", "triplane_position_code", "init_params",
            "abstract_params", "dummy_inputs", "field_fn", "render_rays", "render_views",
            "tokens_per_view", "plane_resolution", "plane_upsample", "plane_channels", "lift_views",
+           "lift_grid", "voxel_planes", "sample_voxels", "point_features", "feature_channels",
+           "voxel_channels", "mlp_input_channels",
            "rig_attention_bias"]

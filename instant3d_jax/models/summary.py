@@ -87,11 +87,11 @@ def lrm_forward_flops(config, batch: int = 1, breakdown: bool = False):
 
 
 def nerf_flops_per_sample(config) -> int:
-  """NeRF MLP FLOPs for one sample point (3C → hidden → … → 4)."""
+  """NeRF MLP FLOPs for one sample point (3C [+ 4 voxel channels] → hidden → … → 4)."""
   m = lrm_lib.model_config(config)
-  n, C = m.nerf, lrm_lib.plane_channels(m)
+  n, c_in = m.nerf, lrm_lib.mlp_input_channels(m)
   h = n.hidden
-  return 2 * (3 * C * h + (n.num_layers - 2) * h * h + h * 4)
+  return 2 * (c_in * h + (n.num_layers - 2) * h * h + h * 4)
 
 
 def render_flops(config, num_rays: int, num_samples: int | None = None,
