@@ -17,10 +17,11 @@ Variants (`arg`):
          sine/cosine position code on the triplane tokens, a learned cross-attention bias; issue
          5). DEVIATION FROM THE PAPER: tiny lifts its input views into the triplane
          (`triplane.lift='hull'`, `lift_concat`: a parameter-free visual hull and the views'
-         colours, models/lrm.py:lift_views) and draws half its rays on object pixels with a mask
-         loss; in 1500 steps the paper's model reaches 18.7 dB with colour error 69 (brown and
-         blue blobs), this one 20.8 dB with colour error 26.8 and the right hues
-         (bench/results/train_tuning.md, issue 13). small/base/large keep the paper's model.
+         colours, models/lrm.py:lift_views; `lift_voxels`: the hull grid itself, read per point)
+         and draws half its rays on object pixels with a mask loss; in 1500 steps the paper's
+         model reaches 18.7 dB with colour error 69 (brown and blue blobs), the per-plane lift
+         20.8 dB / 26.8, and with the voxels 22.1 dB / 25.8 (bench/results/train_tuning.md,
+         issue 13). small/base/large keep the paper's model.
   small  a ViT-S/16-sized encoder and a 6 × 512 decoder at 128² (a single-GPU smoke scale).
   base   DINO ViT-B/16 encoder, 12 × 768 decoder, 256² inputs, 48-channel planes.
   large  the paper's scale (docs/paper_facts.md §B, §D): DINO ViT-B/16 with per-block camera adaLN,
@@ -188,9 +189,12 @@ def get_config(arg=None):
     r.num_samples = 12
     r.num_importance = 12
     r.chunk = 4096
-    # Input-view lifting (not in the paper; see the variant notes above and `t.lift`).
+    # Input-view lifting (not in the paper; see the variant notes above and `t.lift`). The voxel
+    # grid added 1.3 dB held-out PSNR at the same 1500 steps (20.8 → 22.1; colour error 26.8 →
+    # 25.8; bench/results/train_tuning.md, V1).
     t.lift = "hull"
     t.lift_concat = True
+    t.lift_voxels = True
   elif variant == "small":
     m.input_resolution = 128
     e.preset = "dino_vits16"

@@ -38,7 +38,7 @@ def micro_lrm(**knobs) -> ml_collections.ConfigDict:
   m.triplane.token_resolution, m.triplane.channels, m.triplane.upsample = 4, 8, 2
   m.nerf.num_layers, m.nerf.hidden = 3, 16
   # The paper's model (tiny's input-view lifting off); tests turn it on with the knobs.
-  m.triplane.lift, m.triplane.lift_concat = "none", False
+  m.triplane.lift, m.triplane.lift_concat, m.triplane.lift_voxels = "none", False, False
   for k, v in knobs.items():
     node = m
     *parents, leaf = k.split(".")
