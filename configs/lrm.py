@@ -131,6 +131,9 @@ def get_config(arg=None):
   # NeRF MLP also reads its trilinear sample at each point: per-point colours of the input views,
   # where the per-axis lift mixes the colours of objects that share an axis line.
   t.lift_voxels = False
+  # The voxels' colour: 'mean' of the views' colours at each voxel's projection, or 'visible'
+  # (each view weighted by the voxel's visibility from its camera through the hull).
+  t.lift_voxel_colour = "mean"
 
   # Shared NeRF MLP on the concatenated features of the 3 planes (OpenLRM's OSGDecoder layout).
   n = m.nerf = ml_collections.ConfigDict()

@@ -463,3 +463,32 @@ def test_lift_reaches_the_planes(micro):
   assert nn.meta.unbox(pc)["nerf"]["dense_0"]["kernel"].shape[0] == 3 * lrm.plane_channels(mc)
   with pytest.raises(Exception, match="model.triplane.lift must be 'none' or 'hull'"):
     lrm.init_params(micro_config(**{"triplane.lift": "voxels"}), jax.random.key(0))
+
+
+def test_visible_voxel_colour_ignores_views_where_the_hull_occludes_the_voxel():
+  """`lift_voxel_colour='visible'`: a red sphere at x = +0.5 and a blue one at x = −0.5, the
+  0° camera at +x, the 180° one at −x. The blue sphere's far (−x) surface projects onto red in
+  the 0° view: the mean colour is pulled to red, the visibility-weighted one (only the 180°
+  camera sees that surface) is blue; likewise the red sphere's +x surface stays red."""
+  red, cams = _sphere_views((0.5, 0.0, 0.0), 0.35, (0.8, 0.1, 0.1))
+  blue, _ = _sphere_views((-0.5, 0.0, 0.0), 0.35, (0.1, 0.1, 0.8))
+  # Per pixel the nearer sphere wins: red for the 0° camera (at +x), blue for 180°.
+  images = jnp.stack([jnp.where(red[v] < 1, red[v], blue[v]) if v == 0 else
+                      jnp.where(blue[v] < 1, blue[v], red[v]) if v == 2 else
+                      jnp.minimum(red[v], blue[v]) for v in range(4)])
+  r, box, bg = 32, 1.0, (1.0, 1.0, 1.0)
+  _, mean = lrm.lift_grid(images, cams, r, box, bg, "mean")
+  hull, vis = lrm.lift_grid(images, cams, r, box, bg, "visible")
+  mid = r // 2                          # the voxel whose lower corner is the origin
+  blue_far, red_far = (3, mid, mid), (r - 4, mid, mid)   # x centres −0.78 and +0.78
+  assert hull[blue_far] > 0.5 and hull[red_far] > 0.5
+  assert mean[blue_far][0] > 0.15 and vis[blue_far][0] < 0.12 and vis[blue_far][2] > 0.7
+  assert mean[red_far][2] > 0.15 and vis[red_far][2] < 0.12 and vis[red_far][0] > 0.7
+  # Visibility itself at the blue far surface: hidden from the 0° camera, seen from 180°.
+  cc = lambda i: -box + (i + 0.5) * 2 * box / r  # noqa: E731
+  pts = jnp.asarray([cc(3), cc(mid), cc(mid)], jnp.float32).reshape(1, 1, 1, 3)
+  v0 = float(lrm.hull_visibility(hull, pts, cams.c2w[0, :3, 3], box).squeeze())
+  v2 = float(lrm.hull_visibility(hull, pts, cams.c2w[2, :3, 3], box).squeeze())
+  assert v0 < 0.1 and v2 > 0.8
+  with pytest.raises(Exception, match="lift_voxel_colour must be 'mean' or 'visible'"):
+    lrm.lift_grid(images, cams, 8, box, bg, "nope")

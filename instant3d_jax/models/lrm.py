@@ -265,10 +265,12 @@ def lift_views(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, 
 
 
 def lift_grid(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, box: float,
-              background) -> tuple[jax.Array, jax.Array]:
+              background, colour: str = "mean") -> tuple[jax.Array, jax.Array]:
   """The visual hull of ONE object's views on the R³ grid of texel centres over [-box, box]³
   (`lift_views`): hull `[x, y, z]` (product over views of the soft foreground at each point's
-  projection) and colour `[x, y, z, 3]` (mean of the views' colours there). No gradient."""
+  projection) and colour `[x, y, z, 3]`: with `colour='mean'` the mean of the views' colours
+  there; with 'visible' each view weighted by the point's visibility from its camera through the
+  hull (`hull_visibility`; the mean where no view sees the point). No gradient."""
   images = jax.lax.stop_gradient(images.astype(jnp.float32))
   c = -box + (jnp.arange(resolution, dtype=jnp.float32) + 0.5) * (2.0 * box / resolution)
   pts = jnp.stack(jnp.meshgrid(c, c, c, indexing="ij"), -1)               # [x, y, z, 3]
@@ -281,7 +283,39 @@ def lift_grid(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, b
     return jnp.where((depth > 0)[..., None], s, 0.0)
 
   samples = jax.vmap(one_view)(rgbm, cameras)                              # [V, x, y, z, 4]
-  return jnp.prod(samples[..., 3], axis=0), jnp.mean(samples[..., :3], axis=0)
+  hull = jnp.prod(samples[..., 3], axis=0)
+  mean = jnp.mean(samples[..., :3], axis=0)
+  if colour == "mean":
+    return hull, mean
+  if colour != "visible":
+    raise errors.ConfigError(f"model.triplane.lift_voxel_colour must be 'mean' or 'visible', got "
+                             f"{colour!r}")
+  vis = jax.vmap(lambda cam: hull_visibility(hull, pts, cam.c2w[:3, 3], box))(cameras)
+  w = vis[..., None]                                                       # [V, x, y, z, 1]
+  seen = jnp.sum(w, axis=0)
+  visible = jnp.sum(w * samples[..., :3], axis=0) / jnp.maximum(seen, 1e-3)
+  return hull, jnp.where(seen > 1e-2, visible, mean)
+
+
+VISIBILITY_STEPS = 12
+
+
+def hull_visibility(hull: jax.Array, points: jax.Array, origin: jax.Array, box: float
+                    ) -> jax.Array:
+  """Transmittance from a camera at `origin` to each grid point `points [x, y, z, 3]` through
+  the hull grid `hull [x, y, z]` (occupancy in [0, 1]): the product of (1 − hull) at
+  VISIBILITY_STEPS points along the segment towards the camera, from 2 voxels off the point to
+  the far side of the box (trilinear reads, zero outside)."""
+  r = hull.shape[0]
+  vox = 2.0 * box / r
+  d = origin[None, None, None, :] - points
+  d = d / jnp.linalg.norm(d, axis=-1, keepdims=True)
+  ts = 2.0 * vox + jnp.arange(VISIBILITY_STEPS, dtype=jnp.float32) * (
+      (2.0 * box) / VISIBILITY_STEPS)
+  q = points[..., None, :] + ts[:, None] * d[..., None, :]                 # [x, y, z, K, 3]
+  grid = jnp.transpose(hull, (1, 0, 2))[None]                              # [1, y, x, z]
+  occ = sample_voxels(grid, q, box, channels=1)[..., 0]
+  return jnp.prod(1.0 - jnp.clip(occ, 0.0, 1.0), axis=-1)
 
 
 def voxel_planes(hull: jax.Array, colour: jax.Array) -> jax.Array:
@@ -294,15 +328,16 @@ def voxel_planes(hull: jax.Array, colour: jax.Array) -> jax.Array:
   return jnp.stack([xy, jnp.zeros_like(xy), jnp.zeros_like(xy)])
 
 
-def sample_voxels(planes_vox: jax.Array, points: jax.Array, box: float) -> jax.Array:
-  """Trilinear lookup of the voxel grid stored by `voxel_planes` (`[3, R, R, R·4]`, only XY
-  read) at `points [..., 3]` → `[..., 4]`; texel centres as `rendering.sample_triplane`
-  (align_corners=False), zero outside the box."""
+def sample_voxels(planes_vox: jax.Array, points: jax.Array, box: float, *,
+                  channels: int = VOXEL_CHANNELS) -> jax.Array:
+  """Trilinear lookup of the voxel grid stored by `voxel_planes` (`[3, R, R, R·channels]`, only
+  XY read: voxel (x, y, z) at row y, column x) at `points [..., 3]` → `[..., channels]`; texel
+  centres as `rendering.sample_triplane` (align_corners=False), zero outside the box."""
   r = planes_vox.shape[1]
-  grid = planes_vox[0].reshape(r, r, r, VOXEL_CHANNELS)                    # [y, x, z, 4]
+  grid = planes_vox[0].reshape(r, r, r, channels)                          # [y, x, z, c]
   grid = jnp.pad(grid, ((1, 1), (1, 1), (1, 1), (0, 0)))
   rp = r + 2
-  table = grid.reshape(rp * rp * rp, VOXEL_CHANNELS)
+  table = grid.reshape(rp * rp * rp, channels)
   pix = jnp.clip((points.astype(jnp.float32) + box) * (r / (2.0 * box)) + 0.5, 0.0, float(r + 1))
   i0 = jnp.minimum(jnp.floor(pix), float(r))
   f = pix - i0
@@ -622,8 +657,9 @@ class LRM(nn.Module):
       lifted = jax.vmap(lambda im, cam: lift_views(im, cam, res, m.render.box, m.background))(
           images, cameras)
       if lift_voxels(m):
+        vc = str(m.triplane.get("lift_voxel_colour", "mean"))
         vox = jax.vmap(lambda im, cam: voxel_planes(*lift_grid(
-            im, cam, res, m.render.box, m.background)))(images, cameras)
+            im, cam, res, m.render.box, m.background, vc)))(images, cameras)
     elif lift != "none":
       raise errors.ConfigError(f"model.triplane.lift must be 'none' or 'hull', got {lift!r}")
     planes = TriplaneTransformer(m, name="decoder")(context, cond, lifted)
