@@ -36,6 +36,7 @@ def _cpu_name() -> str:
 
 def time_step(config, num_devices: int, steps: int) -> dict:
   from data_pipeline import datasets
+  from bench import common
   from instant3d_jax.train import loop, lrm_task, optimizer as opt_lib
   config.mesh.num_devices = num_devices
   config.mesh.data = -1
@@ -66,14 +67,7 @@ def time_step(config, num_devices: int, steps: int) -> dict:
                                                state_sh, constants)
   compile_s = time.time() - t0
   batch = {k: jax.device_put(v, batch_sh[k]) for k, v in host.items()}
-  state, m = compiled(state, batch, constants)
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(steps):
-    t = time.time()
-    state, m = compiled(state, batch, constants)
-    jax.block_until_ready(m)
-    times.append(time.time() - t)
+  times, m = common.time_train_steps(compiled, state, batch, constants, steps)
   s = float(np.median(times))
   gbs = int(config.train.global_batch_size)
   return {"devices": num_devices, "compile_s": compile_s, "s_per_step": s,

@@ -22,6 +22,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,3 +140,19 @@ def read_provenance(text: str) -> dict | None:
     if line.startswith(MARKER) and line.rstrip().endswith("-->"):
       return json.loads(line[len(MARKER):].rstrip()[:-3])
   return None
+
+
+def time_train_steps(compiled, state, batch, constants, iters: int) -> tuple[list, dict]:
+  """One untimed update step, then `iters` timed ones (each `block_until_ready` on the metrics):
+  (seconds per step, the last metrics). The state is donated (loop.compile_train_step), so each
+  call takes the previous call's state."""
+  import jax  # pylint: disable=g-import-not-at-top
+  state, m = compiled(state, batch, constants)
+  jax.block_until_ready(m)
+  ts = []
+  for _ in range(iters):
+    t = time.perf_counter()
+    state, m = compiled(state, batch, constants)
+    jax.block_until_ready(m)
+    ts.append(time.perf_counter() - t)
+  return ts, m

