@@ -106,7 +106,8 @@ def lift_voxels(mcfg) -> bool:
   on = bool(tc.get("lift_voxels", False))
   if on and tc.get("lift", "none") != "hull":
     raise errors.ConfigError("model.triplane.lift_voxels needs model.triplane.lift='hull', got "
-                             f"lift={tc.get('lift', 'none')!r}")
+                             f"lift={tc.get('lift', 'none')!r} (for the paper's model set "
+                             "model.triplane.lift_voxels=False too)")
   return on
 
 
