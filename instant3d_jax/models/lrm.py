@@ -252,7 +252,12 @@ def lift_views(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, 
   Returns `[3, R, R, LIFT_CHANNELS]` in the triplane convention of `rendering.sample_triplane`
   (XY: row y, col x; XZ: row z, col x; YZ: row z, col y). No gradient flows to the images.
   """
-  hull, colour = lift_grid(images, cameras, resolution, box, background)
+  return lift_planes(*lift_grid(images, cameras, resolution, box, background))
+
+
+def lift_planes(hull: jax.Array, colour: jax.Array) -> jax.Array:
+  """`lift_views`' reduction of the grid (hull `[x, y, z]`, colour `[x, y, z, 3]`) along each
+  plane's normal axis → `[3, R, R, LIFT_CHANNELS]`."""
   planes = []
   for axis, perm in ((2, (1, 0, 2)), (1, (1, 0, 2)), (0, (1, 0, 2))):    # XY, XZ, YZ
     h = hull[..., None]
@@ -272,6 +277,27 @@ def lift_grid(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, b
   projection) and colour `[x, y, z, 3]`: with `colour='mean'` the mean of the views' colours
   there; with 'visible' each view weighted by the point's visibility from its camera through the
   hull (`hull_visibility`; the mean where no view sees the point). No gradient."""
+  pts, samples, hull, mean = _grid_samples(images, cameras, resolution, box, background)
+  return hull, _grid_colour(colour, samples, pts, hull, mean, cameras, box)
+
+
+def lift_inputs(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, box: float,
+                background, voxel_colour: str | None = None
+                ) -> tuple[jax.Array, jax.Array | None]:
+  """What the LRM lifts from ONE object's views, from one projection of the grid: the planes of
+  `lift_views` and, with `voxel_colour` ('mean' | 'visible'; `triplane.lift_voxels`), the
+  `voxel_planes` of `lift_grid` (else None)."""
+  pts, samples, hull, mean = _grid_samples(images, cameras, resolution, box, background)
+  planes = lift_planes(hull, mean)
+  if voxel_colour is None:
+    return planes, None
+  return planes, voxel_planes(hull, _grid_colour(voxel_colour, samples, pts, hull, mean,
+                                                 cameras, box))
+
+
+def _grid_samples(images, cameras, resolution, box, background):
+  """The R³ texel-centre grid `[x, y, z, 3]`, its projections into the views (colour and soft
+  foreground `[V, x, y, z, 4]`), the hull `[x, y, z]` and the mean colour `[x, y, z, 3]`."""
   images = jax.lax.stop_gradient(images.astype(jnp.float32))
   c = -box + (jnp.arange(resolution, dtype=jnp.float32) + 0.5) * (2.0 * box / resolution)
   pts = jnp.stack(jnp.meshgrid(c, c, c, indexing="ij"), -1)               # [x, y, z, 3]
@@ -284,10 +310,13 @@ def lift_grid(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, b
     return jnp.where((depth > 0)[..., None], s, 0.0)
 
   samples = jax.vmap(one_view)(rgbm, cameras)                              # [V, x, y, z, 4]
-  hull = jnp.prod(samples[..., 3], axis=0)
-  mean = jnp.mean(samples[..., :3], axis=0)
+  return pts, samples, jnp.prod(samples[..., 3], axis=0), jnp.mean(samples[..., :3], axis=0)
+
+
+def _grid_colour(colour: str, samples, pts, hull, mean, cameras, box):
+  """`lift_grid`'s colour: the mean, or the visibility-weighted mean of the views' colours."""
   if colour == "mean":
-    return hull, mean
+    return mean
   if colour != "visible":
     raise errors.ConfigError(f"model.triplane.lift_voxel_colour must be 'mean' or 'visible', got "
                              f"{colour!r}")
@@ -295,7 +324,7 @@ def lift_grid(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, b
   w = vis[..., None]                                                       # [V, x, y, z, 1]
   seen = jnp.sum(w, axis=0)
   visible = jnp.sum(w * samples[..., :3], axis=0) / jnp.maximum(seen, 1e-3)
-  return hull, jnp.where(seen > 1e-2, visible, mean)
+  return jnp.where(seen > 1e-2, visible, mean)
 
 
 VISIBILITY_STEPS = 12
@@ -655,12 +684,9 @@ class LRM(nn.Module):
     lift = m.triplane.get("lift", "none")
     if lift == "hull":
       res = plane_resolution(m)
-      lifted = jax.vmap(lambda im, cam: lift_views(im, cam, res, m.render.box, m.background))(
-          images, cameras)
-      if lift_voxels(m):
-        vc = str(m.triplane.get("lift_voxel_colour", "mean"))
-        vox = jax.vmap(lambda im, cam: voxel_planes(*lift_grid(
-            im, cam, res, m.render.box, m.background, vc)))(images, cameras)
+      vc = str(m.triplane.get("lift_voxel_colour", "mean")) if lift_voxels(m) else None
+      lifted, vox = jax.vmap(lambda im, cam: lift_inputs(im, cam, res, m.render.box,
+                                                         m.background, vc))(images, cameras)
     elif lift != "none":
       raise errors.ConfigError(f"model.triplane.lift must be 'none' or 'hull', got {lift!r}")
     planes = TriplaneTransformer(m, name="decoder")(context, cond, lifted)
@@ -772,6 +798,6 @@ __all__ = ["LRM", "CameraEmbedder", "DecoderBlock", "TriplaneTransformer", "NeRF
            "model_config", "vit_config", "plucker_rays", "triplane_position_code", "init_params",
            "abstract_params", "dummy_inputs", "field_fn", "render_rays", "render_views",
            "tokens_per_view", "plane_resolution", "plane_upsample", "plane_channels", "lift_views",
-           "lift_grid", "voxel_planes", "sample_voxels", "point_features", "feature_channels",
+           "lift_grid", "lift_planes", "lift_inputs", "voxel_planes", "sample_voxels", "point_features", "feature_channels",
            "voxel_channels", "mlp_input_channels",
            "rig_attention_bias"]
