@@ -17,11 +17,13 @@ Variants (`arg`):
          sine/cosine position code on the triplane tokens, a learned cross-attention bias; issue
          5). DEVIATION FROM THE PAPER: tiny lifts its input views into the triplane
          (`triplane.lift='hull'`, `lift_concat`: a parameter-free visual hull and the views'
-         colours, models/lrm.py:lift_views; `lift_voxels`: the hull grid itself, read per point)
-         and draws half its rays on object pixels with a mask loss; in 1500 steps the paper's
-         model reaches 18.7 dB with colour error 69 (brown and blue blobs), the per-plane lift
-         20.8 dB / 26.8, and with the voxels 22.1 dB / 25.8 (bench/results/train_tuning.md,
-         issue 13). small/base/large keep the paper's model.
+         colours, models/lrm.py:lift_views; `lift_voxels`: a 64³ hull grid with each voxel's
+         visibility-weighted view colour, read per point; `nerf.colour_prior`: the MLP corrects
+         that colour instead of predicting it) and draws half its rays on object pixels with a
+         mask loss; in 1500 steps the paper's model reaches 18.7 dB with colour error 69 (brown
+         and blue blobs), the per-plane lift 20.8 dB / 26.8, the 32³ voxels 22.1 dB / 25.8, and
+         this configuration 23.3 dB / 19.3 (bench/results/train_tuning.md, issue 13).
+         small/base/large keep the paper's model.
   small  a ViT-S/16-sized encoder and a 6 × 512 decoder at 128² (a single-GPU smoke scale).
   base   DINO ViT-B/16 encoder, 12 × 768 decoder, 256² inputs, 48-channel planes.
   large  the paper's scale (docs/paper_facts.md §B, §D): DINO ViT-B/16 with per-block camera adaLN,
@@ -134,6 +136,9 @@ def get_config(arg=None):
   # The voxels' colour: 'mean' of the views' colours at each voxel's projection, or 'visible'
   # (each view weighted by the voxel's visibility from its camera through the hull).
   t.lift_voxel_colour = "mean"
+  # The voxel grid's side N (0 = the plane resolution R; else a multiple of R): a finer hull and
+  # finer colours at the cost of N³ projections per object (the planes keep R).
+  t.lift_voxel_resolution = 0
 
   # Shared NeRF MLP on the concatenated features of the 3 planes (OpenLRM's OSGDecoder layout).
   n = m.nerf = ml_collections.ConfigDict()
@@ -144,6 +149,9 @@ def get_config(arg=None):
                                      # 'exp': exp(x + bias) (TripoSR, bias -1)
   n.density_bias = -1.0
   n.rgb_padding = 0.001           # rgb = sigmoid(x)·(1 + 2ε) − ε (OpenLRM): 0 and 1 reachable
+  # NOT in the paper: with triplane.lift_voxels, add the voxels' colour (in logits) to the MLP's
+  # colour output, which then learns a correction to the input views' colour at each point.
+  n.colour_prior = False
 
   # Volume rendering (instant3d_jax/rendering.py): the object box [-box, box]³.
   r = m.render = ml_collections.ConfigDict()
@@ -192,12 +200,16 @@ def get_config(arg=None):
     r.num_samples = 12
     r.num_importance = 12
     r.chunk = 4096
-    # Input-view lifting (not in the paper; see the variant notes above and `t.lift`). The voxel
-    # grid added 1.3 dB held-out PSNR at the same 1500 steps (20.8 → 22.1; colour error 26.8 →
-    # 25.8; bench/results/train_tuning.md, V1).
+    # Input-view lifting (not in the paper; see the variant notes above and `t.lift`). The 32³
+    # voxel grid added 1.3 dB held-out PSNR at the same 1500 steps (20.8 → 22.1; colour error
+    # 26.8 → 25.8; bench/results/train_tuning.md, V1); visibility-weighted colours on a 64³ grid
+    # 22.8 dB / 24.5 (W1), and the colour prior 23.3 dB / 19.3 (W2).
     t.lift = "hull"
     t.lift_concat = True
     t.lift_voxels = True
+    t.lift_voxel_colour = "visible"
+    t.lift_voxel_resolution = 64
+    n.colour_prior = True
   elif variant == "small":
     m.input_resolution = 128
     e.preset = "dino_vits16"
@@ -268,13 +280,13 @@ def _training_sections(cfg, variant):
       learning_rate=4e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, warmup_steps=3000,
       decay_steps=0, final_lr_ratio=0.0, grad_clip_norm=1.0, decay_min_ndim=2))
 
-  # Loss: MSE + λ·LPIPS on the rendered supervision views (λ = 2.0 as LRM), optional mask loss
-  # on the rendered opacity. `ray_sampling`: 'crop' renders the loader's crops (LPIPS needs
+  # Loss: MSE + λ·LPIPS on the rendered supervision views (λ = 2.0 as LRM), optional L1 on the
+  # same pixels (`l1_weight`, not in the paper) and mask loss on the rendered opacity. `ray_sampling`: 'crop' renders the loader's crops (LPIPS needs
   # image patches); 'random' renders `rays_per_view` random pixels of each whole target view
   # (more decorrelated rays per FLOP; MSE only), `foreground_fraction` of them drawn among the
   # view's object pixels (its mask), the rest uniformly.
   cfg.loss = ml_collections.ConfigDict(dict(
-      mse_weight=1.0, lpips_weight=2.0, lpips_start_step=0, mask_weight=0.0,
+      mse_weight=1.0, l1_weight=0.0, lpips_weight=2.0, lpips_start_step=0, mask_weight=0.0,
       ray_sampling="crop", rays_per_view=1024, foreground_fraction=0.0))
 
   cfg.train = ml_collections.ConfigDict(dict(

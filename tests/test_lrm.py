@@ -492,3 +492,99 @@ def test_visible_voxel_colour_ignores_views_where_the_hull_occludes_the_voxel():
   assert v0 < 0.1 and v2 > 0.8
   with pytest.raises(Exception, match="lift_voxel_colour must be 'mean' or 'visible'"):
     lrm.lift_grid(images, cams, 8, box, bg, "nope")
+
+
+def test_lift_grid_projection_matches_project_points_and_map_coordinates():
+  """The lift's separable grid projection and one-gather bilinear read equal the oracle:
+  `cameras.project_points` of every grid point and `map_coordinates` (order 1, zero outside)
+  per channel, including points outside the views and behind a camera."""
+  from instant3d_jax import cameras as cameras_lib
+  images, cams = _sphere_views((0.3, -0.2, 0.1), 0.3, (0.2, 0.7, 0.4))
+  images = images.at[1].set(jax.random.uniform(jax.random.key(3), images.shape[1:]))
+  r, box = 12, 2.5                       # a box wider than the views: many points fall outside
+  pts, samples, hull, mean = lrm._grid_samples(images, cams, r, box, (1.0, 1.0, 1.0))
+  fg = lrm.foreground(images, (1.0, 1.0, 1.0))[..., None]
+  rgbm = jnp.concatenate([images, fg], -1)
+  for v in range(4):
+    uv, depth = cameras_lib.project_points(jax.tree.map(lambda a: a[v], cams), pts)
+    coords = (uv[..., 1] - 0.5, uv[..., 0] - 0.5)
+    want = jnp.stack([jax.scipy.ndimage.map_coordinates(rgbm[v, ..., c], coords, order=1,
+                                                        mode="constant", cval=0.0)
+                      for c in range(4)], -1)
+    want = jnp.where((depth > 0)[..., None], want, 0.0)
+    np.testing.assert_allclose(samples[v], want, atol=2e-5)
+  assert 0.05 < float(jnp.mean(samples[..., 3] > 0)) < 0.95    # inside and outside both tested
+  np.testing.assert_allclose(hull, jnp.prod(samples[..., 3], 0), atol=1e-6)
+
+
+def test_finer_voxel_grid_rides_in_the_planes(micro):
+  """`triplane.lift_voxel_resolution` N = 2R: the N³ grid fills N³·4/R² channels of the XY plane,
+  `sample_voxels` reads it back exactly at fine texel centres (trilinear halfway), the LRM's
+  planes carry `lift_inputs`' grid, the fine hull is sharper than the coarse one at the sphere's
+  rim, and a size that does not fill whole channels is a one-line config error."""
+  m, *_ = micro
+  red, cams = _sphere_views((0.4, 0.0, 0.0), 0.25, (0.8, 0.1, 0.1))
+  r, n, box, bg = 8, 16, 1.0, (1.0, 1.0, 1.0)
+  hull, colour = lrm.lift_grid(red, cams, n, box, bg)
+  vox = lrm.voxel_planes(hull, colour, r)
+  assert vox.shape == (3, r, r, n ** 3 * lrm.VOXEL_CHANNELS // r ** 2) and not np.any(vox[1:])
+  read = lambda p: np.asarray(lrm.sample_voxels(vox, jnp.asarray(p, jnp.float32), box))  # noqa
+  c = lambda i: -box + (i + 0.5) * 2 * box / n   # noqa: E731  fine texel centres
+  i, j, k = 11, 7, 9
+  want = np.r_[hull[i, j, k], colour[i, j, k]]
+  np.testing.assert_allclose(read((c(i), c(j), c(k))), want, atol=1e-6)
+  nxt = np.r_[hull[i, j, k + 1], colour[i, j, k + 1]]
+  np.testing.assert_allclose(read((c(i), c(j), (c(k) + c(k + 1)) / 2)), (want + nxt) / 2,
+                             atol=1e-6)
+  # lift_inputs at N = 2R: the planes' lift is the R³ one, the voxels the N³ grid.
+  planes, vox_in = lrm.lift_inputs(red, cams, r, box, bg, "mean", n)
+  np.testing.assert_allclose(planes, lrm.lift_views(red, cams, r, box, bg), atol=1e-6)
+  np.testing.assert_allclose(vox_in, vox, atol=1e-6)
+  _, vis_in = lrm.lift_inputs(red, cams, r, box, bg, "visible", n)
+  assert vis_in.shape == vox.shape and np.isfinite(vis_in).all()
+  # Sharper: a point just outside the sphere's rim (radius 0.25 + 0.06) reads less hull on the
+  # fine grid than on the coarse one, whose trilinear support reaches inside.
+  rim = (0.4, 0.0, 0.31)
+  coarse = lrm.voxel_planes(*lrm.lift_grid(red, cams, r, box, bg))
+  assert read(rim)[0] < float(lrm.sample_voxels(coarse, jnp.asarray(rim), box)[0])
+  # In the model: planes carry `lift_inputs`' fine grid after the features.
+  mv = micro_config(**{"triplane.lift_voxels": True, "triplane.lift_voxel_resolution":
+                       2 * lrm.plane_resolution(m)})
+  images, icams = _inputs(m, 1)
+  pv = lrm.init_params(mv, jax.random.key(0))
+  out = lrm.LRM(mv).apply({"params": pv}, images, icams)
+  mc = lrm.model_config(mv)
+  assert out.shape[-1] == lrm.plane_channels(mc) == (
+      lrm.feature_channels(mc) + (2 * lrm.plane_resolution(m)) ** 3 * 4 // lrm.plane_resolution(m) ** 2)
+  _, want_vox = lrm.lift_inputs(images[0], icams[0], lrm.plane_resolution(m), mc.render.box,
+                                mc.background, "mean", lrm.voxel_resolution(mc))
+  np.testing.assert_allclose(out[0, ..., lrm.feature_channels(mc):], want_vox, atol=1e-6)
+  with pytest.raises(Exception, match="lift_voxel_resolution must be 0 or at least"):
+    lrm.init_params(micro_config(**{"triplane.lift_voxels": True,
+                                    "triplane.lift_voxel_resolution": 3}), jax.random.key(0))
+
+
+def test_colour_prior_starts_the_colour_at_the_voxels_colour():
+  """`nerf.colour_prior`: with the output layer zeroed the MLP's colour is the features' last 3
+  channels (the voxel colour; clipped to [0.02, 0.98], then the rgb padding) and the density is
+  unchanged; without `lift_voxels` it is a one-line config error."""
+  mv = micro_config(**{"triplane.lift_voxels": True, "nerf.colour_prior": True})
+  mc = lrm.model_config(mv)
+  mlp = lrm.nerf_mlp(mc)
+  width = lrm.mlp_input_channels(mc)
+  feats = jax.random.uniform(jax.random.key(0), (5, width))
+  feats = feats.at[0, -3:].set(jnp.asarray([0.0, 0.5, 1.0]))
+  p = nn.meta.unbox(mlp.init(jax.random.key(1), feats)["params"])
+  last = f"dense_{mc.nerf.num_layers - 1}"
+  p[last] = jax.tree.map(jnp.zeros_like, p[last])
+  density, rgb = mlp.apply({"params": p}, feats)
+  eps = mc.nerf.rgb_padding
+  want = np.clip(np.asarray(feats[:, -3:]), 0.02, 0.98) * (1 + 2 * eps) - eps
+  np.testing.assert_allclose(rgb, want, atol=1e-6)
+  plain = lrm.NeRFMLP(mlp.hidden, mlp.num_layers, mlp.activation, mlp.density_activation,
+                      mlp.density_bias, mlp.rgb_padding)
+  d0, rgb0 = plain.apply({"params": p}, feats)
+  np.testing.assert_allclose(density, d0, atol=0)
+  np.testing.assert_allclose(rgb0, 0.5, atol=1e-6)
+  with pytest.raises(Exception, match="colour_prior needs model.triplane.lift_voxels=True"):
+    lrm.nerf_mlp(lrm.model_config(micro_config(**{"nerf.colour_prior": True})))

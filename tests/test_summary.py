@@ -47,6 +47,7 @@ def test_forward_flops_match_xla_on_an_unrolled_model():
   m.input_resolution, m.encoder.image_size, m.encoder.num_layers = 32, 32, 1
   m.decoder.num_layers, m.triplane.token_resolution, m.triplane.channels = 1, 4, 8
   m.triplane.lift, m.triplane.lift_voxels = "none", False   # the paper's model: no lift term
+  m.nerf.colour_prior = False
   m = lrm.model_config(m)
   images, cams = lrm.dummy_inputs(m, 1)
   compiled = jax.jit(lambda p, x, c: lrm.LRM(m).apply({"params": p}, x, c)).lower(

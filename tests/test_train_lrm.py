@@ -217,7 +217,8 @@ def test_lpips_and_mask_loss_terms():
   m.encoder.hidden_size = m.decoder.hidden_size = m.camera_embed_dim = 32
   m.encoder.mlp_dim, m.triplane.token_resolution, m.triplane.channels = 64, 4, 8
   m.render.num_samples = m.render.num_importance = 8
-  c.loss.update(ray_sampling="crop", lpips_weight=2.0, lpips_start_step=5, mask_weight=0.5)
+  c.loss.update(ray_sampling="crop", lpips_weight=2.0, lpips_start_step=5, mask_weight=0.5,
+                l1_weight=0.25)
   B, T, h = 2, 2, 16
   rng = np.random.default_rng(0)
   rig = cameras.instant3d_rig(16)
@@ -238,8 +239,9 @@ def test_lpips_and_mask_loss_terms():
   (loss_off, aux_off), g_off = loss_fn(params, batch, key, jnp.int32(4), constants)
   # The same render (same key) → the same parts; LPIPS enters only from step 5.
   np.testing.assert_allclose(aux_on["mse"], aux_off["mse"], rtol=1e-6)
-  np.testing.assert_allclose(loss_off, aux_off["mse"] + 0.5 * aux_off["mask_mse"], rtol=1e-5)
-  np.testing.assert_allclose(loss_on, aux_on["mse"] + 2.0 * aux_on["lpips"]
+  np.testing.assert_allclose(loss_off, aux_off["mse"] + 0.25 * aux_off["l1"]
+                             + 0.5 * aux_off["mask_mse"], rtol=1e-5)
+  np.testing.assert_allclose(loss_on, aux_on["mse"] + 0.25 * aux_on["l1"] + 2.0 * aux_on["lpips"]
                              + 0.5 * aux_on["mask_mse"], rtol=1e-5)
   # Oracles: the rendered crops through the standalone LPIPS module and the opacity MSE.
   tgt_cams = cameras.Camera(c2w=batch["target_c2w"], K=batch["target_K"], width=h, height=h)
@@ -253,6 +255,8 @@ def test_lpips_and_mask_loss_terms():
                              rtol=1e-4)
   np.testing.assert_allclose(aux_on["mask_mse"],
                              jnp.mean((out["opacity"] - batch["target_masks"]) ** 2), rtol=1e-4)
+  np.testing.assert_allclose(aux_on["l1"], jnp.mean(jnp.abs(out["rgb"] - batch["target_images"])),
+                             rtol=1e-4)
   lp = lp_module.apply({"params": lp_params}, out["rgb"].reshape(B * T, h, h, 3),
                        batch["target_images"].reshape(B * T, h, h, 3))
   np.testing.assert_allclose(aux_on["lpips"], jnp.mean(lp), rtol=1e-4)

@@ -39,6 +39,8 @@ def micro_lrm(**knobs) -> ml_collections.ConfigDict:
   m.nerf.num_layers, m.nerf.hidden = 3, 16
   # The paper's model (tiny's input-view lifting off); tests turn it on with the knobs.
   m.triplane.lift, m.triplane.lift_concat, m.triplane.lift_voxels = "none", False, False
+  m.triplane.lift_voxel_colour, m.triplane.lift_voxel_resolution = "mean", 0
+  m.nerf.colour_prior = False
   for k, v in knobs.items():
     node = m
     *parents, leaf = k.split(".")

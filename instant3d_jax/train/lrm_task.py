@@ -147,6 +147,10 @@ def make_loss_fn(config):
     mse = jnp.mean((rgb - gt) ** 2)
     loss = float(lc.mse_weight) * mse
     metrics = {"mse": mse, "psnr": -10.0 * jnp.log10(mse)}
+    if float(lc.get("l1_weight", 0.0)) > 0:
+      l1 = jnp.mean(jnp.abs(rgb - gt))
+      loss = loss + float(lc.l1_weight) * l1
+      metrics["l1"] = l1
     if lpips_module is not None:
       d = lpips_module.apply({"params": constants["lpips"]}, rgb.reshape(b * t, h, w, 3),
                              gt.reshape(b * t, h, w, 3))
