@@ -202,9 +202,10 @@ def reconstruct_planes(m, params, views, cams: cameras_lib.Camera) -> np.ndarray
 
 def save_triplane(path, planes: np.ndarray, config) -> fileio.OutPath:
   """`triplane.npz`: planes `[3, R, R, C]` in the renderer's XY/XZ/YZ order and the model config
-  (JSON) that decodes them (`eval_text3d` and other readers rely on these keys)."""
+  (JSON) that decodes them (`eval_text3d` and other readers rely on these keys). Compressed:
+  with `triplane.lift_voxels` two thirds of the channels are zeros (the voxels ride in XY only)."""
   buf = io.BytesIO()
-  np.savez(buf, planes=np.asarray(planes, np.float32), plane_order=np.array(["XY", "XZ", "YZ"]),
+  np.savez_compressed(buf, planes=np.asarray(planes, np.float32), plane_order=np.array(["XY", "XZ", "YZ"]),
            config=np.array(config.to_json()))
   return fileio.write_bytes(path, buf.getvalue())
 
