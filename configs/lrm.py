@@ -136,8 +136,8 @@ def get_config(arg=None):
   # The voxels' colour: 'mean' of the views' colours at each voxel's projection, or 'visible'
   # (each view weighted by the voxel's visibility from its camera through the hull).
   t.lift_voxel_colour = "mean"
-  # The voxel grid's side N (0 = the plane resolution R; else a multiple of R): a finer hull and
-  # finer colours at the cost of N³ projections per object (the planes keep R).
+  # The voxel grid's side N (0 = the plane resolution R; else N ≥ R with N³·4 a multiple of R²):
+  # a finer hull and finer colours at the cost of N³ projections per object (planes keep R).
   t.lift_voxel_resolution = 0
 
   # Shared NeRF MLP on the concatenated features of the 3 planes (OpenLRM's OSGDecoder layout).
@@ -281,9 +281,10 @@ def _training_sections(cfg, variant):
       decay_steps=0, final_lr_ratio=0.0, grad_clip_norm=1.0, decay_min_ndim=2))
 
   # Loss: MSE + λ·LPIPS on the rendered supervision views (λ = 2.0 as LRM), optional L1 on the
-  # same pixels (`l1_weight`, not in the paper) and mask loss on the rendered opacity. `ray_sampling`: 'crop' renders the loader's crops (LPIPS needs
-  # image patches); 'random' renders `rays_per_view` random pixels of each whole target view
-  # (more decorrelated rays per FLOP; MSE only), `foreground_fraction` of them drawn among the
+  # same pixels (`l1_weight`, not in the paper) and mask loss on the rendered opacity.
+  # `ray_sampling`: 'crop' renders the loader's crops (LPIPS needs image patches); 'random'
+  # renders `rays_per_view` random pixels of each whole target view (more decorrelated rays per
+  # FLOP; MSE only), `foreground_fraction` of them drawn among the
   # view's object pixels (its mask), the rest uniformly.
   cfg.loss = ml_collections.ConfigDict(dict(
       mse_weight=1.0, l1_weight=0.0, lpips_weight=2.0, lpips_start_step=0, mask_weight=0.0,

@@ -205,8 +205,8 @@ def save_triplane(path, planes: np.ndarray, config) -> fileio.OutPath:
   (JSON) that decodes them (`eval_text3d` and other readers rely on these keys). Compressed:
   with `triplane.lift_voxels` two thirds of the channels are zeros (the voxels ride in XY only)."""
   buf = io.BytesIO()
-  np.savez_compressed(buf, planes=np.asarray(planes, np.float32), plane_order=np.array(["XY", "XZ", "YZ"]),
-           config=np.array(config.to_json()))
+  np.savez_compressed(buf, planes=np.asarray(planes, np.float32),
+                      plane_order=np.array(["XY", "XZ", "YZ"]), config=np.array(config.to_json()))
   return fileio.write_bytes(path, buf.getvalue())
 
 

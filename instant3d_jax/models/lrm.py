@@ -114,7 +114,7 @@ def lift_voxels(mcfg) -> bool:
 
 def voxel_resolution(mcfg) -> int:
   """Side N of the lifted voxel grid (`triplane.lift_voxel_resolution`; 0 = the plane
-  resolution R). N must be a multiple of R so that the N³ grid fills whole XY-plane channels."""
+  resolution R). N ≥ R with N³·4 a multiple of R², so the grid fills whole XY-plane channels."""
   r = plane_resolution(mcfg)
   n = int(mcfg.triplane.get("lift_voxel_resolution", 0) or r)
   if n < r or (n ** 3 * VOXEL_CHANNELS) % (r * r):
@@ -337,14 +337,7 @@ def _grid_samples(images, cameras, resolution, box, background):
   rgbm = jnp.concatenate([images, fg], -1)                                 # [V, H, W, 4]
 
   def one_view(img, cam):
-    # cameras_lib.project_points, separably over the grid's axes (8× faster than a [..., 3]
-    # matrix product on CPU): each projective row is a sum of three 1-D terms.
-    w2c = jnp.linalg.inv(cam.c2w)[:3]
-    rows = jnp.concatenate([cam.K @ w2c, w2c[2:3]])                        # u·w, v·w, w, depth
-    rows = (rows[:, 0, None, None, None] * c[:, None, None] + rows[:, 1, None, None, None]
-            * c[None, :, None] + rows[:, 2, None, None, None] * c[None, None, :]
-            + rows[:, 3, None, None, None])                                 # [4, x, y, z]
-    uv, depth = jnp.stack([rows[0] / rows[2], rows[1] / rows[2]], -1), rows[3]
+    uv, depth = cameras_lib.project_grid(cam, c)
     s = _bilinear_image(img, uv)
     return jnp.where((depth > 0)[..., None], s, 0.0)
 
@@ -867,6 +860,7 @@ __all__ = ["LRM", "CameraEmbedder", "DecoderBlock", "TriplaneTransformer", "NeRF
            "model_config", "vit_config", "plucker_rays", "triplane_position_code", "init_params",
            "abstract_params", "dummy_inputs", "field_fn", "render_rays", "render_views",
            "tokens_per_view", "plane_resolution", "plane_upsample", "plane_channels", "lift_views",
-           "lift_grid", "lift_planes", "lift_inputs", "voxel_planes", "voxel_resolution", "sample_voxels", "point_features", "feature_channels",
-           "voxel_channels", "mlp_input_channels",
+           "lift_grid", "lift_planes", "lift_inputs", "voxel_planes", "voxel_resolution",
+           "sample_voxels", "point_features", "feature_channels", "voxel_channels",
+           "mlp_input_channels",
            "rig_attention_bias"]
