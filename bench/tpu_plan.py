@@ -471,10 +471,12 @@ def compile_once(topology: str, job_name: str, batch: int, *, variant: str | Non
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if "RESOURCE_EXHAUSTED" not in str(e) and "memory" not in str(e).lower():
       raise
-    row = dict(fits=False, error=msg[:500], compile_s=time.time() - t0, batch=batch)
+    row = dict(fits=False, error=msg[:500], compile_s=time.time() - t0, batch=batch,
+               host_peak_gib=host_peak_gib())
   else:
     row = measure(built, chip)
-    row.update(compile_s=time.time() - t0, batch=batch, config_hash=config_hash(built.config))
+    row.update(compile_s=time.time() - t0, batch=batch, config_hash=config_hash(built.config),
+               host_peak_gib=host_peak_gib())
   row.update(topology=topology, job=job_name, variant=variant, key=key,
              compiled_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              load_after=tuple(round(x, 2) for x in os.getloadavg()))
@@ -484,6 +486,13 @@ def compile_once(topology: str, job_name: str, batch: int, *, variant: str | Non
   if cache is not None:
     cache.put(key, row)
   return row
+
+
+def host_peak_gib() -> float:
+  """The planning process's peak resident memory so far (GiB): what the compile needed of the
+  host (the full-size SDXL train step needs more than this 24 GiB machine has; see BENCHMARKS)."""
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB on Linux
 
 
 def _plan_key(topology, job_name, variant, batch, mesh) -> str:
@@ -509,21 +518,40 @@ def _code(source: str) -> bytes:
   return ast.dump(tree).encode()
 
 
+# What each job compiles, by path (a folder: every .py file in it): an edit to any of them
+# invalidates that job's cached compiles, and only that job's.
+_LRM_SOURCES = ("configs/lrm.py", "bench/bench_memory_plan.py", "data_pipeline/datasets.py",
+                "instant3d_jax/models/", "instant3d_jax/train/", "instant3d_jax/rendering.py",
+                "instant3d_jax/cameras.py", "instant3d_jax/reconstruction.py")
+_SDXL_SOURCES = ("configs/sdxl.py", "bench/device/shapes.py", "instant3d_jax/models/",
+                 "instant3d_jax/train/", "instant3d_jax/diffusion/", "instant3d_jax/convert/")
+JOB_SOURCES = {
+    "lrm_train": _LRM_SOURCES,
+    "sdxl_finetune": _SDXL_SOURCES + ("configs/mv_sdxl.py", "bench/bench_mv_memory.py"),
+    "sdxl_sample": _SDXL_SOURCES,
+    "text3d": _SDXL_SOURCES + _LRM_SOURCES + ("configs/instant3d.py",),
+}
+
+
+def _source_files(job_name: str) -> list[Path]:
+  out: set[Path] = set()
+  for p in JOB_SOURCES[job_name]:
+    path = ROOT / p
+    out.update(path.glob("*.py") if p.endswith("/") else [path])
+  return sorted(out)
+
+
 def _job_source_hash(job_name: str) -> str:
-  """The job's code and the model/config sources it compiles: a code edit invalidates the
-  cache."""
+  """The job's code and the model/config sources it compiles (`JOB_SOURCES`): a code edit
+  invalidates the cache."""
   import inspect
-  files = [ROOT / p for p in (
-      "configs/lrm.py", "configs/sdxl.py", "bench/bench_memory_plan.py",
-      "instant3d_jax/models/lrm.py", "instant3d_jax/models/unet.py",
-      "instant3d_jax/diffusion/sampling.py", "instant3d_jax/train/loop.py",
-      "instant3d_jax/train/lrm_task.py", "instant3d_jax/rendering.py")]
   h = hashlib.sha256(job_name.encode())
   h.update(_code(inspect.getsource(JOBS[job_name][0])))
-  if job_name == "sdxl_sample":
+  if job_name in ("sdxl_sample", "text3d"):
     h.update(_code(inspect.getsource(_sdxl_pipeline)))
-  for f in files:
+  for f in _source_files(job_name):
     if f.exists():
+      h.update(str(f.relative_to(ROOT)).encode())
       h.update(_code(f.read_text()))
   return h.hexdigest()[:12]
 
@@ -633,7 +661,7 @@ def table(plans: list[dict]) -> list[str]:
       "",
       "| topology (chips) | job | mesh | per-chip batch | arguments | outputs | temporaries | "
       "aliased | sum / HBM | FLOPs / chip (compiled) | model FLOPs / chip | bytes / chip | "
-      "roofline estimate | bound | MFU ceiling | compile s |",
+      "roofline estimate | bound | MFU ceiling | compile s (host peak GiB) |",
       "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
   probes = []
   for p in plans:
@@ -664,7 +692,8 @@ def table(plans: list[dict]) -> list[str]:
         + (f"{mf / 1e12:.2f} T" if mf else "—") + f" | {c['bytes'] / GiB:.1f} GiB | "
         f"{est_txt} | {rf['bound']} | "
         + (f"{100 * rf['mfu_ceiling']:.0f}%" if rf["mfu_ceiling"] else "—")
-        + f" | {r['compile_s']:.0f} |")
+        + f" | {r['compile_s']:.0f}"
+        + (f" ({r['host_peak_gib']:.1f})" if r.get("host_peak_gib") else "") + " |")
     if p["auto"] and p.get("probes"):
       probes.append(f"- {p['topology']} {p['job']}: " + ", ".join(
           f"{q['batch']} → " + (f"{_g(q['memory']['sum'])} GiB" if "memory" in q
@@ -678,7 +707,9 @@ def table(plans: list[dict]) -> list[str]:
             "", "Commands (each row): "
             + "; ".join(f"`{p['command']}`" for p in plans) + ".",
             "", f"JAX {jax.__version__}, libtpu {libtpu_version()}. Compile seconds are wall "
-            "time on this shared CPU machine (cached rows keep their first compile's time)."]
+            "time on this shared CPU machine (cached rows keep their first compile's time); host peak: "
+            "the planning process's peak resident memory (rows before 2026-12-01 did not record "
+            "it)."]
   return lines
 
 

@@ -217,3 +217,24 @@ def test_text3d_reconstruction_batch_compiles_for_v5e(v5e_2x2):
   _assert_shardings(args[1], *expected["views"], "views")
   assert args[1].spec[0] in ("data", ("data", "fsdp"))   # objects over the batch axes
   assert all(s.spec == jax.sharding.PartitionSpec() for s in jax.tree.leaves(args[0]))
+
+
+def test_each_job_hashes_the_sources_it_compiles_and_only_those(monkeypatch, tmp_path):
+  assert set(tp.JOB_SOURCES) == set(tp.JOBS)
+  for name in tp.JOBS:                      # every listed path exists in the repository
+    for p in tp.JOB_SOURCES[name]:
+      assert (tp.ROOT / p).exists(), (name, p)
+  for p in {p for paths in tp.JOB_SOURCES.values() for p in paths}:
+    f = tmp_path / p / "a.py" if p.endswith("/") else tmp_path / p
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text("x = 1\n")
+  monkeypatch.setattr(tp, "ROOT", tmp_path)
+  before = {name: tp._job_source_hash(name) for name in tp.JOBS}
+  (tmp_path / "configs/mv_sdxl.py").write_text("x = 2\n")
+  after = {name: tp._job_source_hash(name) for name in tp.JOBS}
+  assert [n for n in tp.JOBS if after[n] != before[n]] == ["sdxl_finetune"]
+  (tmp_path / "configs/mv_sdxl.py").write_text('"""A docstring edit keeps the cache."""\nx = 2\n')
+  assert tp._job_source_hash("sdxl_finetune") == after["sdxl_finetune"]
+  (tmp_path / "instant3d_jax/models/new.py").write_text("y = 1\n")   # a new file in a folder
+  changed = [n for n in tp.JOBS if tp._job_source_hash(n) != after[n]]
+  assert sorted(changed) == sorted(tp.JOBS)
