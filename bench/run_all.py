@@ -48,14 +48,23 @@ def _train_args() -> tuple[str, ...]:
 
 
 def _tpu_plan_runs() -> tuple[tuple[str, ...], ...]:
-  """bench/tpu_plan.py's table: the reconstructor's `large` train step on the 8/64/128-chip
-  plans and the 256-chip slices, SDXL sampling on the same slices (compiles are cached in
-  bench/results/tpu_plan_cache.json, so a rerun only compiles what changed)."""
-  lrm = (("v5p:2x2x2", "1"), ("v5p:4x4x4", "1"), ("v5p:4x4x8", "auto"), ("v5e:16x16", "auto"),
-         ("v6e:16x16", "auto"))
-  sdxl = (("v5p:4x4x8", "auto"), ("v5e:16x16", "auto"), ("v6e:16x16", "auto"))
-  return tuple(("--topology", t, "--job", job, "--per_chip_batch", b)
-               for job, plans in (("lrm_train", lrm), ("sdxl_sample", sdxl)) for t, b in plans)
+  """bench/tpu_plan.py's table, row by row: the reconstructor's `large` train step on the
+  8/64/128-chip v5p plans and the 256-chip v5e/v6e slices, the SDXL fine-tuning step on 8 v5p
+  chips, SDXL sampling and the text-to-3D reconstruction batch on the three big slices. `auto`
+  rows start at the batch the previous measurement found (`--hint`); compiles are cached in
+  bench/results/tpu_plan_cache.json, so a rerun only compiles what changed."""
+  plans = (("lrm_train", "v5p:2x2x2", "1"), ("lrm_train", "v5p:4x4x4", "auto:33"),
+           ("lrm_train", "v5p:4x4x8", "auto:33"), ("lrm_train", "v5e:16x16", "1"),
+           ("lrm_train", "v6e:16x16", "1"), ("sdxl_finetune", "v5p:2x2x2", "1"),
+           ("sdxl_sample", "v5p:4x4x8", "auto:57"), ("sdxl_sample", "v5e:16x16", "1"),
+           ("sdxl_sample", "v6e:16x16", "1"), ("text3d", "v5p:4x4x8", "1"),
+           ("text3d", "v5e:16x16", "auto:9"), ("text3d", "v6e:16x16", "1"))
+  runs = []
+  for job, topology, batch in plans:
+    b, _, hint = batch.partition(":")
+    runs.append(("--topology", topology, "--job", job, "--per_chip_batch", b)
+                + (("--hint", hint) if hint else ()))
+  return tuple(runs)
 
 
 BENCHES = (
