@@ -56,7 +56,7 @@ def _tpu_plan_runs() -> tuple[tuple[str, ...], ...]:
   plans = (("lrm_train", "v5p:2x2x2", "1"), ("lrm_train", "v5p:4x4x4", "auto:33"),
            ("lrm_train", "v5p:4x4x8", "auto:33"), ("lrm_train", "v5e:16x16", "1"),
            ("lrm_train", "v6e:16x16", "1"), ("sdxl_finetune", "v5p:2x2x2", "1"),
-           ("sdxl_sample", "v5p:4x4x8", "auto:57"), ("sdxl_sample", "v5e:16x16", "1"),
+           ("sdxl_sample", "v5p:4x4x8", "auto:63"), ("sdxl_sample", "v5e:16x16", "1"),
            ("sdxl_sample", "v6e:16x16", "1"), ("text3d", "v5p:4x4x8", "1"),
            ("text3d", "v5e:16x16", "auto:9"), ("text3d", "v6e:16x16", "1"))
   runs = []

@@ -20,11 +20,17 @@ the task, where known, are shown beside the compiled ones).
 
 `--per_chip_batch auto`: the largest per-chip batch that fits, by a bisection over compiles
 bracketed by doubling from 1 (each probe placed by a linear fit of the bytes of the two nearest
-probes, clamped inside the bracket); `--hint N` probes N first, then N + 1 (two compiles when the
-hint is right, e.g. from a smaller slice's bytes per object). A batch fits when the compile succeeds (the TPU compiler rejects
-programs over HBM) and the sum above is within the chip's HBM. Every compile's result is cached
-in bench/results/tpu_plan_cache.json, keyed by topology, job, variant, batch, mesh, config hash
-and the jax/libtpu versions, so a rerun is cheap.
+probes, clamped inside the bracket); `--hint N` probes N first, then N + 1 (two compiles when
+the hint is right, e.g. from a smaller slice's bytes per object). A batch fits when the compile
+succeeds (the TPU compiler rejects programs over HBM) and the sum above is within the chip's
+HBM. Every compile's result is cached in bench/results/tpu_plan_cache.json, keyed by topology,
+job, variant, batch, mesh, the hash of the sources the job compiles (`JOB_SOURCES`) and the
+jax/libtpu versions, so a rerun is cheap.
+
+Host memory: the compiles run on the CPU machine. Each row records the planning process's peak
+resident memory (the table's "host peak"). `sdxl_finetune` at full size peaked at 23.2 GiB
+(`v5p:2x2x2`, one grid per chip, with a swap file); without swap, on a 24 GiB machine, the
+kernel's out-of-memory killer ended it. Give that job ≥ 32 GiB or a swap file.
 
 Jobs (`JOBS`, one small function each, registered with `@job(...)`): `lrm_train` (the
 reconstructor's train step as bench/bench_memory_plan.py builds it: `large`, bf16, full remat,
@@ -42,6 +48,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -490,7 +497,7 @@ def compile_once(topology: str, job_name: str, batch: int, *, variant: str | Non
 
 def host_peak_gib() -> float:
   """The planning process's peak resident memory so far (GiB): what the compile needed of the
-  host (the full-size SDXL train step needs more than this 24 GiB machine has; see BENCHMARKS)."""
+  host (see "Host memory" in the module docstring)."""
   import resource
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB on Linux
 
@@ -541,9 +548,11 @@ def _source_files(job_name: str) -> list[Path]:
   return sorted(out)
 
 
+@functools.lru_cache(maxsize=None)
 def _job_source_hash(job_name: str) -> str:
   """The job's code and the model/config sources it compiles (`JOB_SOURCES`): a code edit
-  invalidates the cache."""
+  invalidates the cache. Once per process: `inspect.getsource` reads the file as it is on disk
+  now, so an edit during a long auto search would otherwise re-key its later probes."""
   import inspect
   h = hashlib.sha256(job_name.encode())
   h.update(_code(inspect.getsource(JOBS[job_name][0])))
@@ -646,6 +655,30 @@ def _g(x) -> str:
   return f"{x / GiB:.2f}"
 
 
+def _probe_texts(probes: list[dict]) -> list[str]:
+  """`batch → sum` per probe; a run of consecutive batches the compiler rejected is one entry."""
+  out, run = [], []
+
+  def flush():
+    if run:
+      span = f"{run[0]}" if len(run) == 1 else f"{run[0]}–{run[-1]}"
+      out.append(f"{span} → rejected by the compiler (does not fit)")
+      run.clear()
+
+  for q in sorted(probes, key=lambda q: q["batch"]):
+    if "memory" not in q and (not run or q["batch"] == run[-1] + 1):
+      run.append(q["batch"])
+      continue
+    flush()
+    if "memory" not in q:
+      run.append(q["batch"])
+      continue
+    out.append(f"{q['batch']} → {_g(q['memory']['sum'])} GiB"
+               + ("" if q["fits"] else " (does not fit)"))
+  flush()
+  return out
+
+
 def table(plans: list[dict]) -> list[str]:
   lines = [
       "## TPU plans: per-chip memory and roofline from the TPU compiler (ahead of time, no TPU)",
@@ -661,8 +694,8 @@ def table(plans: list[dict]) -> list[str]:
       "",
       "| topology (chips) | job | mesh | per-chip batch | arguments | outputs | temporaries | "
       "aliased | sum / HBM | FLOPs / chip (compiled) | model FLOPs / chip | bytes / chip | "
-      "roofline estimate | bound | MFU ceiling | compile s (host peak GiB) |",
-      "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+      "roofline estimate | bound | MFU ceiling | compile s (host peak GiB) | compiled |",
+      "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
   probes = []
   for p in plans:
     r = p["row"]
@@ -677,7 +710,8 @@ def table(plans: list[dict]) -> list[str]:
                + (f"{hi} does not)" if hi else "no failing batch found yet)"))
     if "memory" not in r:
       lines.append(f"| {topo} | {p['job']} | — | {batch} | — | — | — | — | does not fit: "
-                   f"{r['error'][:120]} | | | | | | | {r['compile_s']:.0f} |")
+                   f"{r['error'][:120]} | | | | | | | {r['compile_s']:.0f} | "
+                   f"{r.get('compiled_utc', '—')[:10]} |")
       continue
     m, c, rf = r["memory"], r["cost"], r["roofline"]
     est = rf["est_s"]
@@ -693,12 +727,10 @@ def table(plans: list[dict]) -> list[str]:
         f"{est_txt} | {rf['bound']} | "
         + (f"{100 * rf['mfu_ceiling']:.0f}%" if rf["mfu_ceiling"] else "—")
         + f" | {r['compile_s']:.0f}"
-        + (f" ({r['host_peak_gib']:.1f})" if r.get("host_peak_gib") else "") + " |")
+        + (f" ({r['host_peak_gib']:.1f})" if r.get("host_peak_gib") else "")
+        + f" | {r.get('compiled_utc', '—')[:10]} |")
     if p["auto"] and p.get("probes"):
-      probes.append(f"- {p['topology']} {p['job']}: " + ", ".join(
-          f"{q['batch']} → " + (f"{_g(q['memory']['sum'])} GiB" if "memory" in q
-                                else "rejected by the compiler")
-          + ("" if q["fits"] else " (does not fit)") for q in p["probes"]))
+      probes.append(f"- {p['topology']} {p['job']}: " + ", ".join(_probe_texts(p["probes"])))
   if probes:
     lines += ["", "Auto-batch probes (per-chip batch → sum):", ""] + probes
   lines += ["", "Chip figures used (per chip, vendor pages): "

@@ -229,12 +229,23 @@ def test_each_job_hashes_the_sources_it_compiles_and_only_those(monkeypatch, tmp
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text("x = 1\n")
   monkeypatch.setattr(tp, "ROOT", tmp_path)
-  before = {name: tp._job_source_hash(name) for name in tp.JOBS}
+  h = tp._job_source_hash.__wrapped__       # the hash itself, without the once-per-process cache
+  before = {name: h(name) for name in tp.JOBS}
   (tmp_path / "configs/mv_sdxl.py").write_text("x = 2\n")
-  after = {name: tp._job_source_hash(name) for name in tp.JOBS}
+  after = {name: h(name) for name in tp.JOBS}
   assert [n for n in tp.JOBS if after[n] != before[n]] == ["sdxl_finetune"]
   (tmp_path / "configs/mv_sdxl.py").write_text('"""A docstring edit keeps the cache."""\nx = 2\n')
-  assert tp._job_source_hash("sdxl_finetune") == after["sdxl_finetune"]
+  assert h("sdxl_finetune") == after["sdxl_finetune"]
   (tmp_path / "instant3d_jax/models/new.py").write_text("y = 1\n")   # a new file in a folder
-  changed = [n for n in tp.JOBS if tp._job_source_hash(n) != after[n]]
+  changed = [n for n in tp.JOBS if h(n) != after[n]]
   assert sorted(changed) == sorted(tp.JOBS)
+
+
+def test_probe_list_folds_consecutive_rejections():
+  fit = lambda b, gib: dict(batch=b, fits=gib <= 95, memory=dict(sum=gib * tp.GiB))
+  rej = lambda b: dict(batch=b, fits=False, error="RESOURCE_EXHAUSTED")
+  probes = [rej(66), fit(57, 88.7), rej(64), rej(65), fit(63, 94.8), rej(70), fit(34, 96.1)]
+  assert tp._probe_texts(probes) == [
+      "34 → 96.10 GiB (does not fit)", "57 → 88.70 GiB", "63 → 94.80 GiB",
+      "64–66 → rejected by the compiler (does not fit)",
+      "70 → rejected by the compiler (does not fit)"]
