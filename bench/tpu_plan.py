@@ -556,7 +556,7 @@ def _job_source_hash(job_name: str) -> str:
   import inspect
   h = hashlib.sha256(job_name.encode())
   h.update(_code(inspect.getsource(JOBS[job_name][0])))
-  if job_name in ("sdxl_sample", "text3d"):
+  if job_name == "sdxl_sample":
     h.update(_code(inspect.getsource(_sdxl_pipeline)))
   for f in _source_files(job_name):
     if f.exists():
@@ -666,13 +666,12 @@ def _probe_texts(probes: list[dict]) -> list[str]:
       run.clear()
 
   for q in sorted(probes, key=lambda q: q["batch"]):
-    if "memory" not in q and (not run or q["batch"] == run[-1] + 1):
+    if "memory" not in q:
+      if run and q["batch"] != run[-1] + 1:
+        flush()
       run.append(q["batch"])
       continue
     flush()
-    if "memory" not in q:
-      run.append(q["batch"])
-      continue
     out.append(f"{q['batch']} → {_g(q['memory']['sum'])} GiB"
                + ("" if q["fits"] else " (does not fit)"))
   flush()
