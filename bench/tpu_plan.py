@@ -19,13 +19,13 @@ counts a loop body once (a `lax.scan` over layers or samples is undercounted; th
 the task, where known, are shown beside the compiled ones).
 
 `--per_chip_batch auto`: the largest per-chip batch that fits, by a bisection over compiles
-bracketed by doubling from 1 (each probe placed by a linear fit of the bytes of the two nearest
-probes, clamped inside the bracket); `--hint N` probes N first, then N + 1 (two compiles when
-the hint is right, e.g. from a smaller slice's bytes per object). A batch fits when the compile
-succeeds (the TPU compiler rejects programs over HBM) and the sum above is within the chip's
-HBM. Every compile's result is cached in bench/results/tpu_plan_cache.json, keyed by topology,
-job, variant, batch, mesh, the hash of the sources the job compiles (`JOB_SOURCES`) and the
-jax/libtpu versions, so a rerun is cheap.
+bracketed by doubling from 1 (the first probe inside the bracket placed by a linear fit of the
+bytes of the two largest fitting probes, the rest by halving); `--hint N` probes N first, then N +
+1 (two compiles when the hint is right, e.g. from a smaller slice's bytes per object). A batch fits
+when the compile succeeds (the TPU compiler rejects programs over HBM) and the sum above is within
+the chip's HBM. Every compile's result is cached in bench/results/tpu_plan_cache.json, keyed by
+topology, job, variant, batch, mesh, the hash of the sources the job compiles (`JOB_SOURCES`) and
+the jax/libtpu versions, so a rerun is cheap.
 
 Host memory: the compiles run on the CPU machine. Each row records the planning process's peak
 resident memory (the table's "host peak"). `sdxl_finetune` at full size peaked at 23.2 GiB
@@ -615,9 +615,14 @@ def auto_batch(topology: str, job_name: str, *, variant=None, mesh=None, cache=N
         lo = nxt
       else:
         hi = nxt
+    guessed = False
     while hi is not None and hi - lo > 1:
-      mid = _guess(rows, lo, hi, topology) or (lo + hi) // 2
-      mid = min(max(mid, lo + 1), hi - 1)
+      # The line's guess once per bracket, then plain bisection: near the HBM limit the
+      # compiler's choices bend the line (and a rejected compile adds no point to it), so a
+      # second guess tends to land on the same edge again and walk down one batch at a time.
+      mid = None if guessed else _guess(rows, lo, hi, topology)
+      guessed = True
+      mid = min(max(mid or (lo + hi) // 2, lo + 1), hi - 1)
       if probe(mid):
         lo = mid
       else:

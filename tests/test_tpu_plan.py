@@ -249,3 +249,31 @@ def test_probe_list_folds_consecutive_rejections():
       "34 → 96.10 GiB (does not fit)", "57 → 88.70 GiB", "63 → 94.80 GiB",
       "64–66 → rejected by the compiler (does not fit)",
       "70 → rejected by the compiler (does not fit)"]
+
+
+def test_auto_batch_bisects_when_the_line_misleads(monkeypatch):
+  """Seen on v5e:16x16 `lrm_train`: 5 → 13.53 GiB, 6 → 13.78 GiB (the compiler rematerialises
+  more as the batch grows), so the line through them puts the limit far too high and every
+  batch past the true limit is rejected without a sum. The search must bisect, not walk down."""
+  calls = []
+
+  def fake(devices, batch, *, variant, mesh=None, cfg=None):
+    calls.append(batch)
+    if batch > 9:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM")
+    total = int((13.5 + 0.25 * (batch - 5)) * tp.GiB)
+    mem = types.SimpleNamespace(argument_size_in_bytes=total, output_size_in_bytes=0,
+                                temp_size_in_bytes=0, alias_size_in_bytes=0,
+                                generated_code_size_in_bytes=1)
+    compiled = types.SimpleNamespace(memory_analysis=lambda: mem,
+                                     cost_analysis=lambda: {"flops": 1e12, "bytes accessed": 1e9})
+    return tp.Built(compiled=compiled, mesh={"data": 4}, global_batch=4 * batch, unit="step",
+                    config={}, inputs=[])
+  monkeypatch.setitem(tp.JOBS, "fake", (fake, "a fake job"))
+  monkeypatch.setattr(tp, "topology_devices", lambda topology: [None] * 4)
+  monkeypatch.setattr(tp, "_job_source_hash", lambda name: "src")
+  best, _ = tp.auto_batch("v5e:2x2", "fake", variant="x", hint=5, log=lambda *_: None)
+  assert best["batch"] == 9
+  # 5, 6, the line's limit + 1 (rejected), the limit (rejected), then halving: 7 compiles where
+  # walking down from the limit one batch at a time took 9.
+  assert calls[:2] == [5, 6] and len(calls) <= 7, calls
