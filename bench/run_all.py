@@ -54,7 +54,7 @@ def _tpu_plan_runs() -> tuple[tuple[str, ...], ...]:
   rows start at the batch the previous measurement found (`--hint`); compiles are cached in
   bench/results/tpu_plan_cache.json, so a rerun only compiles what changed."""
   plans = (("lrm_train", "v5p:2x2x2", "1"), ("lrm_train", "v5p:4x4x4", "auto:33"),
-           ("lrm_train", "v5p:4x4x8", "auto:33"), ("lrm_train", "v5e:16x16", "1"),
+           ("lrm_train", "v5p:4x4x8", "auto:33"), ("lrm_train", "v5e:16x16", "auto:6"),
            ("lrm_train", "v6e:16x16", "1"), ("sdxl_finetune", "v5p:2x2x2", "1"),
            ("sdxl_sample", "v5p:4x4x8", "auto:63"), ("sdxl_sample", "v5e:16x16", "1"),
            ("sdxl_sample", "v6e:16x16", "1"), ("text3d", "v5p:4x4x8", "1"),
