@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from instant3d_jax import cameras, rendering
 from instant3d_jax.models import lrm
+from tests import tolerance
 
 DENSE = 1e4  # "very high density": any chord longer than ~1e-3 is opaque
 SPHERE_CENTER = np.array([0.1, -0.05, 0.05], np.float32)
@@ -389,7 +390,7 @@ def test_vmap_over_batch_and_views_matches_loop_and_random_background(tiny_field
   for b in range(2):
     ref = render_one_jit(planes[b], o[b], d[b], bg[b])
     for k in ("rgb", "depth", "opacity", "weights"):
-      np.testing.assert_allclose(batched[k][b], ref[k], atol=1e-5)
+      tolerance.within(f"rendering.vmap_vs_loop.{k}", batched[k][b], ref[k], 1e-5)
   # Rays that miss the box show exactly their background; some rays do miss at this FOV.
   miss = ~np.asarray(rendering.ray_box(o, d)[2])
   assert miss.any()
@@ -407,4 +408,4 @@ def test_render_image_chunked_equals_unchunked(tiny_field):
   whole = jax.jit(lambda o, d: rendering.volume_render(field, o, d, **kw))(o, d)
   assert chunked["rgb"].shape == (9, 12, 3) and chunked["weights"].shape == (9, 12, 16)
   for k in ("rgb", "depth", "opacity", "weights"):
-    np.testing.assert_allclose(chunked[k], whole[k], atol=1e-6)
+    tolerance.within(f"rendering.chunked_vs_whole.{k}", chunked[k], whole[k], 1e-6)

@@ -11,6 +11,7 @@ import pytest
 from instant3d_jax.train import checkpoint as ckpt_lib
 from instant3d_jax.train import loop
 from tests import train_toy
+from tests import tolerance
 
 
 def _run(workdir, **overrides):
@@ -117,8 +118,9 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
   b = _run(tmp_path / "b", train__total_steps=3, train__accum_steps=4,
            checkpoint__every_steps=0)
   for x, y in zip(jax.tree.leaves(_params(a)), jax.tree.leaves(_params(b))):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-  assert abs(a.history[0]["loss"] - b.history[0]["loss"]) <= 1e-6 * abs(a.history[0]["loss"])
+    tolerance.within("train_loop.accum_4_vs_full_batch.params", y, x, 1e-5, "rel")
+  tolerance.within("train_loop.accum_4_vs_full_batch.loss", b.history[0]["loss"],
+                   a.history[0]["loss"], 1e-6, "rel")
 
 
 def test_logs_written(straight):
