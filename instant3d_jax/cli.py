@@ -1,20 +1,136 @@
-"""What every command shares: an absl app whose project errors print as one line.
+"""What every command shares: an absl app that says one thing.
 
     if __name__ == "__main__":
       _define_flags()
       cli.run(main)
 
-`run` starts `absl.app.run(main)`; an `Instant3DError` (DataError, ConfigMismatchError,
-CheckpointError, InputError, NonFiniteError, …) raised by `main` is printed to stderr as
-`error: <message on one line>` and the process exits with the error's `exit_code` (2 unless the
-class says otherwise), without a traceback. Other exceptions are bugs and keep theirs.
+`run` starts `absl.app.run(main)` and adds three things:
+
+* Errors: an `Instant3DError` (DataError, ConfigMismatchError, CheckpointError, InputError,
+  NonFiniteError, …) raised by `main` is printed to stderr as `error: <message on one line>` and
+  the process exits with the error's `exit_code` (2 unless the class says otherwise), without a
+  traceback. Other exceptions are bugs and keep theirs. Commands check their file and flag inputs
+  before they load weights or data (`check_path` for paths named by flags), so a typo costs
+  nothing.
+* Logging: the libraries' Python logging (absl, orbax, grain, jax) shows warnings and errors
+  only. `--verbosity=0` (`-v 0`; 1 for debug) or the environment variable
+  `INSTANT3D_VERBOSITY` (same values, or debug/info/warning/error) brings their INFO lines back.
+  Progress bars and the commands' own printed lines are not logging and always show.
+* Platforms: where no TPU is attached, JAX is kept off its TPU backend (`JAX_PLATFORMS` set to
+  the GPU platforms present plus `cpu`), so a CPU or GPU run never initialises libtpu although
+  the dev install brings it (for bench/tpu_plan.py, which loads it on purpose): no libtpu
+  start-up complaints and no "libtpu multi-process lockfile" message when another JAX process
+  runs. A TPU is attached when `/dev/accel*` or `/dev/vfio/<N>` exists or a Google TPU sits on
+  the PCI bus. An explicit `JAX_PLATFORMS` (even empty: JAX's own choice) or `jax_platforms`
+  setting is left alone.
 """
 from __future__ import annotations
 
+import glob
+import os
 import sys
 from typing import Callable, Sequence
 
 from instant3d_jax import errors
+
+# Environment variable: the libraries' log verbosity when `--verbosity` is not given (absl levels:
+# -1 warning, 0 info, 1 debug, or the names debug/info/warning/error).
+VERBOSITY_ENV = "INSTANT3D_VERBOSITY"
+
+# Device files of an attached TPU: /dev/accel<N> (TPU v2–v5e VMs), /dev/vfio/<N> (v5p, v6e, …).
+_TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")
+# PCI vendor and device ids of Google TPUs (the list jax/_src/hardware_utils.py reads).
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
+# GPU platforms: (JAX platform, distribution-name prefix of its plugin, device files).
+_GPU_PLATFORMS = (("cuda", "jax-cuda", ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg")),
+                  ("rocm", "jax-rocm", ("/dev/kfd",)))
+
+
+def tpu_attached() -> bool:
+  """True when this machine has a TPU: its device files or a TPU on the PCI bus."""
+  if any(glob.glob(g) for g in _TPU_DEVICE_GLOBS):
+    return True
+  for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+    try:
+      with open(vendor) as f:
+        if f.read().strip() != _GOOGLE_PCI_VENDOR:
+          continue
+      with open(os.path.join(os.path.dirname(vendor), "device")) as f:
+        if f.read().strip() in _TPU_PCI_DEVICES:
+          return True
+    except OSError:
+      continue
+  return False
+
+
+def _jax_plugin_distributions() -> list[str]:
+  """Names of the installed distributions that register JAX plugins (e.g. jax-cuda12-plugin)."""
+  from importlib import metadata
+  names = []
+  for ep in metadata.entry_points(group="jax_plugins"):
+    dist = getattr(ep, "dist", None)
+    names.append((dist.name if dist is not None else ep.name).lower().replace("_", "-"))
+  return names
+
+
+def select_platforms() -> str | None:
+  """Keeps JAX off its TPU backend where no TPU is attached (module docstring); returns the
+  platforms set, or None where the choice is left to JAX (a TPU is attached, the user chose, or
+  a JAX plugin of an unknown kind is installed). Must run before JAX initialises a backend."""
+  if "JAX_PLATFORMS" in os.environ:
+    return None
+  jax = sys.modules.get("jax")
+  if jax is not None and jax.config.jax_platforms:
+    return None
+  if tpu_attached():
+    return None
+  plugins = _jax_plugin_distributions()
+  platforms = []
+  for name, prefix, device_files in _GPU_PLATFORMS:
+    if any(p.startswith(prefix) for p in plugins):
+      plugins = [p for p in plugins if not p.startswith(prefix)]
+      if any(os.path.exists(d) for d in device_files):
+        platforms.append(name)
+  if plugins:
+    return None  # a plugin this function does not know: JAX decides
+  value = ",".join(platforms + ["cpu"])
+  os.environ["JAX_PLATFORMS"] = value  # also for the processes a command starts
+  if jax is not None:
+    jax.config.update("jax_platforms", value)
+  return value
+
+
+def quiet_logging() -> None:
+  """Library logging at warnings unless `--verbosity` or `INSTANT3D_VERBOSITY` asks for more
+  (module docstring). Runs after the flags are parsed (absl sets INFO there)."""
+  from absl import flags, logging
+  if flags.FLAGS["verbosity"].present:
+    return
+  level = os.environ.get(VERBOSITY_ENV, "").strip()
+  try:
+    logging.set_verbosity(level or logging.WARNING)
+  except ValueError as e:
+    raise errors.ConfigError(f"{VERBOSITY_ENV}={level!r}: expected an absl verbosity (-1 "
+                             f"warning, 0 info, 1 debug) or debug/info/warning/error") from e
+
+
+def check_path(flag: str, value, *, kind: str = "any", what: str = "") -> None:
+  """Raises `errors.ConfigError` naming `--flag` when the path `value` (local or gs://) is not
+  there; `kind` 'file' or 'dir' also checks what it is. `what` says what was expected. `None`
+  or '' passes (a flag not given is the caller's business). For the checks a command makes
+  before it loads weights or data."""
+  if not value:
+    return
+  from instant3d_jax import fileio
+  p = fileio.path(value)
+  expected = f"; expected {what}" if what else ""
+  if not p.exists():
+    raise errors.ConfigError(f"--{flag} {value}: no such file or directory{expected}")
+  if kind == "file" and not p.is_file():
+    raise errors.ConfigError(f"--{flag} {value}: is a directory, not a file{expected}")
+  if kind == "dir" and not p.is_dir():
+    raise errors.ConfigError(f"--{flag} {value}: is a file, not a directory{expected}")
 
 
 def guarded(main: Callable[[Sequence[str]], object]) -> Callable[[Sequence[str]], object]:
@@ -37,20 +153,43 @@ _HELP_FLAGS = ("--help", "-help", "--helpshort", "-helpshort", "--helpfull", "-h
 
 
 def run(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None = None) -> None:
-  """`absl.app.run(main)` with project errors as one line (see module docstring).
+  """`absl.app.run(main)` with project errors as one line, quiet library logging and no TPU
+  probing without a TPU (see module docstring).
 
   absl prints the usage for `--help` and then exits 1; a help request is not a failure, so it
   exits 0 here (a flag error still exits 1).
   """
   from absl import app
-  args = list(sys.argv if argv is None else argv)
+  args = config_args(list(sys.argv if argv is None else argv))
   words = args[1:args.index("--")] if "--" in args[1:] else args[1:]
+  select_platforms()
+
+  def quiet_main(argv):
+    quiet_logging()
+    return main(argv)
+
+  quiet_main.__name__ = getattr(main, "__name__", "main")
+  quiet_main.__doc__ = main.__doc__
   try:
-    app.run(guarded(main), argv=argv)
+    app.run(guarded(quiet_main), argv=args)
   except SystemExit as e:
     if e.code == 1 and any(w.split("=", 1)[0] in _HELP_FLAGS for w in words):
       sys.exit(0)
     raise
+
+
+def config_args(args: list[str]) -> list[str]:
+  """`args` with each `--config` value resolved by `configs.resolve`: 'configs/X.py:V' names the
+  packaged file when the command runs outside a checkout (an installed package)."""
+  from instant3d_jax import configs
+  out = list(args)
+  end = out.index("--") if "--" in out else len(out)
+  for i in range(1, end):
+    if out[i].startswith("--config="):
+      out[i] = "--config=" + configs.resolve(out[i][len("--config="):])
+    elif out[i] == "--config" and i + 1 < end:
+      out[i + 1] = configs.resolve(out[i + 1])
+  return out
 
 
 def define_train_flags(config_hint: str) -> None:
@@ -68,11 +207,41 @@ def define_train_flags(config_hint: str) -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
+def check_train_inputs(config, workdir: str) -> None:
+  """A training run's cheap checks, before the processes join and anything loads: `--workdir`
+  is a directory if it exists; with `data.source='records'` the data set in `data_dir` exists
+  (its metadata is read); the data files the `grid` section names (`grid.cache_dir`,
+  `grid.object_list`, stage 1) exist. Raises `errors.ConfigError` / `errors.DataError`."""
+  from instant3d_jax import fileio
+  if fileio.path(workdir).exists() and not fileio.path(workdir).is_dir():
+    raise errors.ConfigError(f"--workdir {workdir}: is a file, not a directory")
+  data = config.get("data")
+  if data is not None and str(data.get("source", "procedural")) == "records":
+    from data_pipeline import records
+    data_dir = str(config.data_dir)
+    if not fileio.path(data_dir).joinpath(records.METADATA_FILE).exists():
+      raise records.DataError(
+          f"data_dir {data_dir}: no data set there (no {records.METADATA_FILE}); "
+          "data.source='records' reads an existing one (write it with python -m "
+          "data_pipeline.importer --src RENDERS --out DIR, or set data.source='procedural')")
+    records.read_metadata(data_dir)
+  grid = config.get("grid")
+  if grid is not None:
+    for key, kind in (("cache_dir", "a frozen-encoder cache (python -m data_pipeline.mv_cache)"),
+                      ("object_list", "an object list file (python -m data_pipeline.curation)")):
+      value = str(grid.get(key, "") or "")
+      if value and not fileio.path(value).exists():
+        raise errors.ConfigError(f"grid.{key} {value}: no such file or directory; expected "
+                                 f"{kind}")
+
+
 def train_main(train: Callable[[object, str], object]) -> None:
-  """Body of a trainer command's `main`: joins the processes, then `train(config, workdir)`."""
+  """Body of a trainer command's `main`: checks the inputs (`check_train_inputs`), joins the
+  processes, then `train(config, workdir)`."""
   from absl import flags
   from instant3d_jax.train import multihost
   FLAGS = flags.FLAGS
+  check_train_inputs(FLAGS.config, FLAGS.workdir)
   multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                        platform=FLAGS.platform, num_cpu_devices=FLAGS.num_cpu_devices)
   res = train(FLAGS.config, FLAGS.workdir)
