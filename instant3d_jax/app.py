@@ -50,8 +50,16 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
   FLAGS = flags.FLAGS
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint read at INFO
+  cfg = FLAGS.config
+  # Cheap checks first: a wrong weights path or flag fails before gradio and the weights load.
+  pipeline.stage1_kind(cfg.stage1.weights, cfg.stage1.single_file_config_folder)
+  pipeline.check_stage2_path(cfg.stage2.weights)
+  if not 0 <= FLAGS.port <= 65535:
+    raise errors.ConfigError(f"--port must be in [0, 65535], got {FLAGS.port}")
+  if FLAGS.display_size < 1:
+    raise errors.ConfigError(f"--display_size must be >= 1, got {FLAGS.display_size}")
+  if FLAGS.workdir and fileio.path(FLAGS.workdir).is_file():
+    raise errors.ConfigError(f"--workdir {FLAGS.workdir}: is a file, not a directory")
   try:
     import gradio as gr
   except ImportError as e:
@@ -59,7 +67,6 @@ def main(argv: Sequence[str]) -> None:
                              "requirements-app.txt (or `make install-dev`)") from e
   import jax
   import numpy as np
-  cfg = FLAGS.config
   cfg.batch_size = 1  # one request at a time, on one device
   pipe = pipeline.TextTo3D.load(cfg, devices=jax.devices()[:1])
   workdir = fileio.makedirs(FLAGS.workdir or tempfile.mkdtemp(prefix="instant3d_app_"))

@@ -96,13 +96,12 @@ def _turntable_step(cfg, data_dir: str, run_dir: str, out_dir: str) -> dict:
 
 def main(argv):
   del argv
-  from absl import logging
   from instant3d_jax.train import multihost
-  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   cfg = _CONFIG.value
   workdir = _WORKDIR.value
-  multihost.cpu_devices_per_core(cfg)
   cfg.data_dir = os.path.join(workdir, "data")
+  cli.check_train_inputs(cfg, workdir)  # before the data set is generated
+  multihost.cpu_devices_per_core(cfg)
   data_dir = _data_step(cfg, workdir)
   if _SKIP_TRAIN.value:
     return

@@ -86,10 +86,15 @@ def _markdown(report: dict) -> str:
 
 def main(argv):
   del argv
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)
+  from instant3d_jax import errors
   cfg = _CONFIG.value
   workdir = _WORKDIR.value
+  # Cheap checks first: a bad flag fails before the data set is generated or a model trains.
+  for name, flag in (("num_captions", _NUM_CAPTIONS), ("per_caption", _PER_CAPTION)):
+    if flag.value < 1:
+      raise errors.ConfigError(f"--{name} must be >= 1, got {flag.value}")
+  cfg.data_dir = _DATA_DIR.value
+  cli.check_train_inputs(cfg, workdir)
   # One XLA CPU device: the tiny UNet's step measured 0.12 s on one device using both cores and
   # 0.15 s data-parallel over two (the reconstructor is the other way round, demo.py).
   import numpy as np
@@ -101,7 +106,6 @@ def main(argv):
   from instant3d_jax.train import checkpoint as ckpt_lib
   from instant3d_jax.train import mv_task
 
-  cfg.data_dir = _DATA_DIR.value
   t0 = time.perf_counter()
   info = datasets.prepare(cfg)
   print(f"data set: {info.data_dir} ({sum(info.splits.values())} objects, "

@@ -59,8 +59,14 @@ def _ensure_stage1(mv_workdir: str, data_dir: str, run_dir: str) -> str:
 
 def main(argv):
   del argv
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)
+  from instant3d_jax import errors
+  from instant3d_jax import fileio
+  # Cheap checks first: a bad flag fails before anything trains or loads.
+  if _NUM.value < 1:
+    raise errors.ConfigError(f"--num_captions must be >= 1, got {_NUM.value}")
+  for name, flag in (("out", _OUT), ("mv_workdir", _MV), ("lrm_workdir", _LRM)):
+    if fileio.path(flag.value).is_file():
+      raise errors.ConfigError(f"--{name} {flag.value}: is a file, not a directory")
   import jax
   import numpy as np
   from configs import instant3d

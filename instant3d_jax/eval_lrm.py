@@ -36,6 +36,17 @@ def main(argv):
   ckpt = FLAGS.checkpoint or FLAGS.workdir
   if not ckpt:
     raise errors.ConfigError("give --workdir or --checkpoint (the run to evaluate)")
+  # Cheap checks first: a typo fails before the checkpoint loads.
+  cli.check_path("checkpoint" if FLAGS.checkpoint else "workdir", ckpt,
+                 what="a training workdir, a step directory or an exported .safetensors")
+  if FLAGS.num_objects is not None and FLAGS.num_objects < 1:
+    raise errors.ConfigError(f"--num_objects must be >= 1, got {FLAGS.num_objects}")
+  if FLAGS.config is not None:
+    # The override's data set: an existing one ('records') is opened and checked now; the
+    # procedural world is generated (or found) after the checkpoint loads.
+    if str(FLAGS.config.data.get("source", "procedural")) == "records":
+      from data_pipeline import datasets
+      datasets.check_eval(datasets.prepare(FLAGS.config, progress=False), FLAGS.config)
   lrm_eval.evaluate_checkpoint(ckpt, config=FLAGS.config, num_objects=FLAGS.num_objects,
                                out=FLAGS.out)
 

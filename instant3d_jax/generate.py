@@ -56,7 +56,10 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.batch_size is not None:
     cfg.batch_size = FLAGS.batch_size
   prompts = gen_lib.read_prompts(FLAGS.prompt, FLAGS.prompts_file)
-  pipe = pipeline.TextTo3D.load(cfg)
+  for name in ("num_samples", "steps", "batch_size"):
+    if FLAGS[name].value is not None and FLAGS[name].value < 1:
+      raise errors.ConfigError(f"--{name} must be >= 1, got {FLAGS[name].value}")
+  pipe = pipeline.TextTo3D.load(cfg)  # checks both weights paths before it loads either
   out = pipeline.generate_to_folder(pipe, prompts, FLAGS.out, seed=FLAGS.seed,
                                     num_samples=FLAGS.num_samples, num_steps=FLAGS.steps,
                                     guidance_scale=FLAGS.guidance_scale,

@@ -43,13 +43,43 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from instant3d_jax import cli
+from instant3d_jax import cli, errors
 from instant3d_jax import reconstruction
+
+def _check_flags():
+  """The flags' own checks, before the checkpoint loads (what needs the model, e.g. the number
+  and size of the views, is checked by `reconstruction.reconstruct`)."""
+  cli.check_path("checkpoint", _CHECKPOINT.value, what="a training workdir, a step directory "
+                 "or an exported .safetensors")
+  if (_GRID.value is None) == (not _VIEWS.value):
+    raise errors.ConfigError("give exactly one of --grid (a 2×2 grid image) and --views "
+                             f"(comma-separated files); got {'both' if _GRID.value else 'neither'}")
+  cli.check_path("grid", _GRID.value, kind="file", what="an image file")
+  for v in _VIEWS.value or ():
+    cli.check_path("views", v, kind="file", what="image files, one per view")
+  cli.check_path("cameras", _CAMERAS.value, kind="file", what="a cameras JSON file")
+  for name, flag, low in (("num_novel", _NUM_NOVEL, 0), ("resolution", _RESOLUTION, 0),
+                          ("turntable_frames", _FRAMES, 1), ("mesh_resolution", _MESH_RES, 2),
+                          ("chunk", _CHUNK, 0)):
+    if flag.value < low:
+      raise errors.ConfigError(f"--{name} must be >= {low}, got {flag.value}")
+  if not _FPS.value > 0:
+    raise errors.ConfigError(f"--fps must be > 0, got {_FPS.value}")
+  if not 0.0 <= _BG_THRESHOLD.value < 1.0:
+    raise errors.ConfigError(f"--background_threshold must be in [0, 1), got {_BG_THRESHOLD.value}")
+  if _MESH_THRESHOLD.value != "auto":
+    try:
+      float(_MESH_THRESHOLD.value)
+    except ValueError:
+      raise errors.ConfigError(f"--mesh_threshold must be a number or 'auto', got "
+                               f"{_MESH_THRESHOLD.value!r}") from None
+
 
 def main(argv):
   del argv
   if not _CHECKPOINT.value or not _OUT.value:
     raise app.UsageError("--checkpoint and --out are required")
+  _check_flags()
   # Project errors (InputError, WeightsError, CheckpointError, DataError, …) print as one line
   # with exit status 2 (cli.run).
   reconstruction.reconstruct(_CHECKPOINT.value, _OUT.value, grid=_GRID.value, views=_VIEWS.value,

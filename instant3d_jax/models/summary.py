@@ -139,6 +139,9 @@ def main(argv):
   del argv
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config configs/lrm.py:large")
+  if _BATCH.value < 1:
+    from instant3d_jax import errors  # pylint: disable=g-import-not-at-top
+    raise errors.ConfigError(f"--batch must be >= 1, got {_BATCH.value}")
   print(format_summary(_CONFIG.value, _BATCH.value))
 
 
