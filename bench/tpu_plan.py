@@ -98,11 +98,7 @@ CHIPS = {
 _CLOUD_PREFIX = {"v4": "v4", "v5e": "v5litepod", "v5p": "v5p", "v6e": "v6e"}
 
 
-from instant3d_jax import errors  # noqa: E402
-
-
-class PlanError(errors.ConfigError):
-  """Bad input to the planner (one line, names what was expected and what was found)."""
+from instant3d_jax.errors import PlanError  # noqa: E402  (also tpu_plan.PlanError)
 
 
 def parse_topology(topology: str) -> tuple[str, tuple[int, ...]]:

@@ -31,7 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
-from data_pipeline.records import DataError, GROUPS
+from data_pipeline.records import GROUPS
+from instant3d_jax.errors import DataError
 
 VERSION = 1
 CONVENTIONS = ("opencv", "blender")

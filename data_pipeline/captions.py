@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from data_pipeline import primitives as P
-from data_pipeline import records
+from instant3d_jax import errors
 
 ARTICLES = ("a", "an")
 SIZES = ("small", "large")
@@ -73,9 +73,9 @@ def parse_caption(caption: str) -> list[Item]:
 
   def fail(what: str):
     found = repr(toks[i]) if i < len(toks) else "the end of the caption"
-    raise records.DataError(f"caption {caption!r}: expected {what} at word {i + 1}, found {found} "
-                            "(not a procedural-world caption: 'a [small|large] COLOUR NOUN', "
-                            "joined by beside/above/below or ', ' and 'and')")
+    raise errors.DataError(f"caption {caption!r}: expected {what} at word {i + 1}, found {found} "
+                           "(not a procedural-world caption: 'a [small|large] COLOUR NOUN', "
+                           "joined by beside/above/below or ', ' and 'and')")
 
   while True:
     if i >= len(toks) or toks[i] not in ARTICLES:
@@ -118,9 +118,9 @@ def heldout_combinations(seed: int = 0, num_heldout: int = 6,
   colours = sorted(P.COLOURS if colours is None else colours)
   shapes = sorted(P.SHAPES if shapes is None else shapes)
   if not 0 <= int(num_heldout) < len(colours):
-    raise records.DataError(f"num_heldout must be in [0, {len(colours)}) (one held-out "
-                            f"combination per colour, at least one colour fully seen), found "
-                            f"{num_heldout}")
+    raise errors.DataError(f"num_heldout must be in [0, {len(colours)}) (one held-out "
+                           f"combination per colour, at least one colour fully seen), found "
+                           f"{num_heldout}")
   rng = np.random.default_rng([int(seed), 14])
   cols = [colours[j] for j in rng.permutation(len(colours))]
   shps = [shapes[j] for j in rng.permutation(len(shapes))]
@@ -135,7 +135,7 @@ class CaptionSplit:
 
   def __post_init__(self):
     if self.part not in PARTS:
-      raise records.DataError(f"caption split part must be one of {PARTS}, found {self.part!r}")
+      raise errors.DataError(f"caption split part must be one of {PARTS}, found {self.part!r}")
 
   def is_heldout(self, caption: str) -> bool:
     """True when the caption names any held-out (colour, shape) combination."""
@@ -161,6 +161,6 @@ def as_caption_split(heldout) -> CaptionSplit | None:
     return heldout
   if isinstance(heldout, str):
     return caption_split(heldout)
-  raise records.DataError(f"heldout must be None, 'train', 'heldout' or a captions.CaptionSplit, "
-                          f"found {type(heldout).__name__} {heldout!r}")
+  raise errors.DataError(f"heldout must be None, 'train', 'heldout' or a captions.CaptionSplit, "
+                         f"found {type(heldout).__name__} {heldout!r}")
 

@@ -71,8 +71,8 @@ def load_clip_vision_features(path: str, **kw) -> Callable[[np.ndarray], np.ndar
   """`clip_feature_fn` of the transformers CLIP vision folder at `path`."""
   from instant3d_jax.convert import clip as convert_clip  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(path):
-    raise records.DataError(f"--clip {path}: expected a transformers CLIPVisionModel folder "
-                            "(config.json + model.safetensors), found no such directory")
+    raise errors.DataError(f"--clip {path}: expected a transformers CLIPVisionModel folder "
+                           "(config.json + model.safetensors), found no such directory")
   config, params = convert_clip.load_clip_vision(path)
   return clip_feature_fn(config, params, **kw)
 
@@ -95,7 +95,7 @@ def object_features(data_dir: str, split: str, embed: Callable[[np.ndarray], np.
     feats.append(_normalise(emb.mean(1)))
     ids += [str(r["object_id"]) for r in recs]
   if not ids:
-    raise records.DataError(f"{data_dir}: split {split!r} is empty")
+    raise errors.DataError(f"{data_dir}: split {split!r} is empty")
   return ids, np.concatenate(feats).astype(np.float32)
 
 
@@ -109,7 +109,7 @@ def read_labels(path: str) -> dict[str, int]:
     with open(path, encoding="utf-8") as f:
       lines = f.read().splitlines()
   except OSError as e:
-    raise records.DataError(f"{path}: labels file cannot be read ({type(e).__name__}: {e})") from e
+    raise errors.DataError(f"{path}: labels file cannot be read ({type(e).__name__}: {e})") from e
   out = {}
   for n, line in enumerate(lines, 1):
     line = line.split("#", 1)[0].strip()
@@ -117,13 +117,13 @@ def read_labels(path: str) -> dict[str, int]:
       continue
     parts = [p for p in re.split(r"[\s,]+", line) if p]
     if len(parts) != 2 or parts[1] not in ("0", "1"):
-      raise records.DataError(f"{path}:{n}: expected 'object_id label' with label 0 or 1, found "
-                              f"{line!r}")
+      raise errors.DataError(f"{path}:{n}: expected 'object_id label' with label 0 or 1, found "
+                             f"{line!r}")
     if parts[0] in out and out[parts[0]] != int(parts[1]):
-      raise records.DataError(f"{path}:{n}: object {parts[0]!r} is labelled both 0 and 1")
+      raise errors.DataError(f"{path}:{n}: object {parts[0]!r} is labelled both 0 and 1")
     out[parts[0]] = int(parts[1])
   if not out:
-    raise records.DataError(f"{path}: no labels (expected lines 'object_id 0|1')")
+    raise errors.DataError(f"{path}: no labels (expected lines 'object_id 0|1')")
   return out
 
 
@@ -150,11 +150,11 @@ def train_svm(features: np.ndarray, labels: np.ndarray, *, l2: float = 1e-3, ste
   x = np.asarray(features, np.float32)
   y01 = np.asarray(labels)
   if x.ndim != 2 or y01.shape != (len(x),):
-    raise records.DataError(f"train_svm: expected features [N, D] and labels [N], found "
-                            f"{list(x.shape)} and {list(y01.shape)}")
+    raise errors.DataError(f"train_svm: expected features [N, D] and labels [N], found "
+                           f"{list(x.shape)} and {list(y01.shape)}")
   if set(np.unique(y01).tolist()) != {0, 1}:
-    raise records.DataError(f"the labels need both classes 0 and 1, found only "
-                            f"{sorted(set(np.unique(y01).tolist()))}")
+    raise errors.DataError(f"the labels need both classes 0 and 1, found only "
+                           f"{sorted(set(np.unique(y01).tolist()))}")
   mean = x.mean(0)
   std = np.maximum(x.std(0), 1e-6)
   xs = jnp.asarray((x - mean) / std)
@@ -195,8 +195,8 @@ def curate(data_dir: str, embed: Callable[[np.ndarray], np.ndarray], labels: Map
   scores_path = out + ".scores.tsv"
   for p in (out, scores_path):
     if os.path.exists(p) and not overwrite:
-      raise records.DataError(f"{p}: already exists; pass --overwrite (overwrite=True) to "
-                              "replace it, or choose another --out")
+      raise errors.DataError(f"{p}: already exists; pass --overwrite (overwrite=True) to "
+                             "replace it, or choose another --out")
   ids, feats = [], []
   for split in splits:
     i, f = object_features(data_dir, split, embed, resolution=resolution)
@@ -206,8 +206,8 @@ def curate(data_dir: str, embed: Callable[[np.ndarray], np.ndarray], labels: Map
   where = {oid: k for k, oid in enumerate(ids)}
   unknown = sorted(set(labels) - set(where))
   if unknown:
-    raise records.DataError(f"labels name {len(unknown)} object(s) not in splits {list(splits)} "
-                            f"of {data_dir} (e.g. {unknown[:5]})")
+    raise errors.DataError(f"labels name {len(unknown)} object(s) not in splits {list(splits)} "
+                           f"of {data_dir} (e.g. {unknown[:5]})")
   rows = [where[o] for o in labels]
   y = np.array([labels[o] for o in labels])
   svm = train_svm(feats[rows], y, l2=l2, steps=steps)
@@ -235,8 +235,8 @@ def main(argv: Sequence[str]) -> None:
   labels = read_labels(FLAGS.labels)
   for p in (FLAGS.out, FLAGS.out + ".scores.tsv"):  # refuse before the tower loads
     if os.path.exists(p) and not FLAGS.overwrite:
-      raise records.DataError(f"{p}: already exists; pass --overwrite to replace it, or choose "
-                              "another --out")
+      raise errors.DataError(f"{p}: already exists; pass --overwrite to replace it, or choose "
+                             "another --out")
   records.read_metadata(FLAGS.data_dir)
   if FLAGS.l2 < 0 or FLAGS.steps < 1:
     raise errors.ConfigError(f"--l2 must be ≥ 0 and --steps ≥ 1, found {FLAGS.l2}, {FLAGS.steps}")

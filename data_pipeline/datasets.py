@@ -77,8 +77,8 @@ def open_dataset(data_dir: str | os.PathLike) -> DatasetInfo:
       rec = records.RecordSource(data_dir, split)[0]
       groups[split] = {g: len(v["images"]) for g, v in rec["groups"].items()}
   if "resolution" not in meta:
-    raise records.DataError(f"{os.path.join(data_dir, records.METADATA_FILE)}: no 'resolution' "
-                            "(the side of the stored square views)")
+    raise errors.DataError(f"{os.path.join(data_dir, records.METADATA_FILE)}: no 'resolution' "
+                           "(the side of the stored square views)")
   return DatasetInfo(data_dir=data_dir, generator=str(meta.get("generator", "?")),
                      resolution=int(meta["resolution"]), splits=splits, groups=groups)
 
@@ -114,7 +114,7 @@ def prepare(config, *, progress: bool = True) -> DatasetInfo:
     if os.path.exists(meta_path):
       generator = records.read_metadata(data_dir).get("generator")
       if generator != procedural.GENERATOR:
-        raise records.DataError(
+        raise errors.DataError(
             f"data_dir {data_dir} holds a data set written by {generator!r}, not the procedural "
             "generator (data.source='procedural'); set --config.data.source='records' to train "
             "on it as it is")
@@ -123,16 +123,16 @@ def prepare(config, *, progress: bool = True) -> DatasetInfo:
     if not multi or jax.process_index() == 0:
       try:
         procedural.ensure_dataset(config.data, data_dir, progress=progress)
-      except records.DataError as e:
+      except errors.DataError as e:
         if not os.path.exists(meta_path):
           raise
-        raise records.DataError(f"{e} (or set --config.data.source='records' to read the data "
-                                "set there as it is)") from e
+        raise errors.DataError(f"{e} (or set --config.data.source='records' to read the data "
+                               "set there as it is)") from e
     if multi:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices("data ready")
   elif not os.path.exists(meta_path):
-    raise records.DataError(
+    raise errors.DataError(
         f"data_dir {data_dir}: no data set there (no {records.METADATA_FILE}); "
         "data.source='records' reads an existing one (write it with python -m "
         "data_pipeline.importer --src RENDERS --out DIR, or set data.source='procedural')")
@@ -172,13 +172,13 @@ def check_train(dataset: DatasetInfo, config) -> None:
   where = f"data set {dataset.data_dir}"
   n = dataset.splits.get("train", 0)
   if not n:
-    raise records.DataError(f"{where}: split 'train' holds no objects (splits: "
-                            f"{dict(dataset.splits)})")
+    raise errors.DataError(f"{where}: split 'train' holds no objects (splits: "
+                           f"{dict(dataset.splits)})")
   g = dataset.groups["train"]
   rig = g.get("rig", 0)
   if rig != RIG_VIEWS:
-    raise records.DataError(f"{where}: training objects have {rig} 'rig' views; the loader "
-                            f"needs the {RIG_VIEWS} views of the Instant3D rig")
+    raise errors.DataError(f"{where}: training objects have {rig} 'rig' views; the loader "
+                           f"needs the {RIG_VIEWS} views of the Instant3D rig")
   num_views = int(config.model.num_views)
   if num_views != rig:
     raise errors.ConfigError(f"model.num_views={num_views} but {where} has {rig} 'rig' views "
@@ -206,13 +206,13 @@ def check_eval(dataset: DatasetInfo, config, *, what: str = "evaluation") -> Non
   split = str(ev.split)
   where = f"data set {dataset.data_dir}"
   if not dataset.splits.get(split, 0):
-    raise records.DataError(f"{what}: eval.split={split!r} but {where} has no objects there "
-                            f"(splits: {dict(dataset.splits)})")
+    raise errors.DataError(f"{what}: eval.split={split!r} but {where} has no objects there "
+                           f"(splits: {dict(dataset.splits)})")
   g = dataset.groups[split]
   for group, want in (("eval", EVAL_VIEWS), ("eval_inputs", EVAL_INPUT_VIEWS)):
     if g.get(group, 0) != want:
       found = f"{g[group]} views" if group in g else "no such group"
-      raise records.DataError(
+      raise errors.DataError(
           f"{what}: eval.split={split!r} of {where} needs the GSO-style rig views of group "
           f"{group!r} ({want} per object), found {found} (groups: {dict(g)})")
   n_inputs = len(cameras.GSO_INPUT_AZIMUTHS)

@@ -74,9 +74,9 @@ def _decode_views(rec: dict, group: str, views, resolution: int):
   for v in views:
     rgba = records.decode_png(g["images"][v], f"{rec['object_id']}/{group}/{v}")
     if rgba.shape[:2] != (g["height"], g["width"]):
-      raise records.DataError(f"object {rec['object_id']}: image {group}/{v} is "
-                              f"{rgba.shape[1]}x{rgba.shape[0]} but the record says "
-                              f"{g['width']}x{g['height']}")
+      raise errors.DataError(f"object {rec['object_id']}: image {group}/{v} is "
+                             f"{rgba.shape[1]}x{rgba.shape[0]} but the record says "
+                             f"{g['width']}x{g['height']}")
     if resolution and (resolution != g["width"] or resolution != g["height"]):
       # Resize the premultiplied colour and alpha by area averaging (BOX), so edges stay correct.
       f = rgba.astype(np.float32) / 255.0
@@ -154,8 +154,8 @@ class _LoadExample:
     groups = rec["groups"]
     rig = groups["rig"]
     if len(rig["images"]) != 4:
-      raise records.DataError(f"object {rec['object_id']}: expected 4 rig views, found "
-                              f"{len(rig['images'])}")
+      raise errors.DataError(f"object {rec['object_id']}: expected 4 rig views, found "
+                             f"{len(rig['images'])}")
     in_rgb, _, in_K = _decode_views(rec, "rig", range(4), self.input_resolution)
     in_c2w = np.asarray(rig["c2w"], np.float32)
 
@@ -163,8 +163,8 @@ class _LoadExample:
     if self.inputs_in_targets:
       pool += [("rig", v) for v in range(4)]
     if not pool:
-      raise records.DataError(f"object {rec['object_id']}: no supervision views to draw targets "
-                              "from (no 'sup' group and inputs_in_targets is False)")
+      raise errors.DataError(f"object {rec['object_id']}: no supervision views to draw targets "
+                             "from (no 'sup' group and inputs_in_targets is False)")
     pick = rng.choice(len(pool), size=self.num_targets, replace=self.num_targets > len(pool))
     t_rgb, t_a, t_K, t_c2w = [], [], [], []
     for i in pick:
@@ -215,7 +215,7 @@ def train_dataset(data_dir: str, cfg: ml_collections.ConfigDict, *, split: str =
     raise ValueError(f"process_index {p} outside [0, {P})")
   source = records.RecordSource(data_dir, split)
   if len(source) == 0:
-    raise records.DataError(f"{data_dir}: split {split!r} is empty")
+    raise errors.DataError(f"{data_dir}: split {split!r} is empty")
   order = GlobalOrder(len(source), int(cfg.seed))
   b = B // P
   num_local = (sys.maxsize // B) * b  # endless for practical purposes
@@ -291,7 +291,7 @@ def eval_batches(data_dir: str, cfg: ml_collections.ConfigDict, *, split: str = 
       for group, want in (("eval", 64), ("eval_inputs", 4)):
         have = len(rec["groups"][group]["images"]) if group in rec["groups"] else 0
         if have != want:
-          raise records.DataError(
+          raise errors.DataError(
               f"{data_dir}: object {rec['object_id']} of split {split!r} has {have} views of "
               f"group {group!r}, the GSO-style eval rig needs {want} (generate with this split "
               "in eval_rig_splits, or import the object with its eval views)")

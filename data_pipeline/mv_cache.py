@@ -152,16 +152,16 @@ def _check_out_dir(data_dir: str, out_dir: str, overwrite: bool) -> None:
   """Refuses before anything is loaded or written: the source itself, or an existing data set
   or cache without `overwrite` (records.prepare_output_dir gives the same verdict later)."""
   if os.path.realpath(out_dir) == os.path.realpath(data_dir):
-    raise records.DataError(f"{out_dir}: the cache cannot be written into its source data set; "
-                            "choose another --out")
+    raise errors.DataError(f"{out_dir}: the cache cannot be written into its source data set; "
+                           "choose another --out")
   if not overwrite and os.path.exists(os.path.join(out_dir, records.METADATA_FILE)):
     try:
       meta = records.read_metadata(out_dir)
       what = f"{meta.get('generator', '?')}, {meta.get('num_objects', '?')} objects"
-    except records.DataError:
+    except errors.DataError:
       what = f"an unreadable {records.METADATA_FILE}"
-    raise records.DataError(f"{out_dir}: already holds a data set ({what}); pass --overwrite "
-                            "(overwrite=True) to replace it, or choose another directory")
+    raise errors.DataError(f"{out_dir}: already holds a data set ({what}); pass --overwrite "
+                           "(overwrite=True) to replace it, or choose another directory")
 
 
 def write_cache(data_dir: str, out_dir: str, encoders: FrozenEncoders, *,
@@ -176,8 +176,8 @@ def write_cache(data_dir: str, out_dir: str, encoders: FrozenEncoders, *,
   splits = list(src_meta["splits"]) if splits is None else list(splits)
   for s in splits:
     if s not in src_meta["splits"]:
-      raise records.DataError(f"{data_dir}: no split {s!r}; the data set has "
-                              f"{sorted(src_meta['splits'])}")
+      raise errors.DataError(f"{data_dir}: no split {s!r}; the data set has "
+                             f"{sorted(src_meta['splits'])}")
   tables = {s: mv_grids.object_table(data_dir, s) for s in splits}
   records.prepare_output_dir(out_dir, writer="data_pipeline.mv_cache", overwrite=overwrite)
   bar = tqdm(total=sum(len(t) for t in tables.values()), desc=f"caching {out_dir}", unit="obj",
@@ -251,12 +251,12 @@ def read_cache_metadata(cache_dir: str) -> dict:
   """metadata.json of a cache; a `DataError` if the directory is not one."""
   meta = records.read_metadata(cache_dir)
   if meta.get("generator") != GENERATOR:
-    raise records.DataError(f"{cache_dir}: not a latent cache (generator "
-                            f"{meta.get('generator')!r}, expected {GENERATOR!r}); write one with "
-                            "`python -m data_pipeline.mv_cache`")
+    raise errors.DataError(f"{cache_dir}: not a latent cache (generator "
+                           f"{meta.get('generator')!r}, expected {GENERATOR!r}); write one with "
+                           "`python -m data_pipeline.mv_cache`")
   if meta.get("cache_version") != CACHE_VERSION:
-    raise records.DataError(f"{cache_dir}: cache version {meta.get('cache_version')!r}, this code "
-                            f"reads {CACHE_VERSION}; write the cache again")
+    raise errors.DataError(f"{cache_dir}: cache version {meta.get('cache_version')!r}, this code "
+                           f"reads {CACHE_VERSION}; write the cache again")
   return meta
 
 
@@ -268,15 +268,15 @@ class CacheSource(records.RecordSource):
     where = self.where(int(index))
     try:
       rec = serialization.msgpack_restore(self.raw(index))
-    except records.DataError:
+    except errors.DataError:
       raise
     except Exception as e:
-      raise records.DataError(f"{where}: not a msgpack cache record ({type(e).__name__}: {e})"
-                              ) from e
+      raise errors.DataError(f"{where}: not a msgpack cache record ({type(e).__name__}: {e})"
+                             ) from e
     if not isinstance(rec, dict) or rec.get("cache_version") != CACHE_VERSION or any(
         k not in rec for k in ARRAY_KEYS + ("index", "caption")):
-      raise records.DataError(f"{where}: expected a cache record of version {CACHE_VERSION} with "
-                              f"{list(ARRAY_KEYS)}, index and caption")
+      raise errors.DataError(f"{where}: expected a cache record of version {CACHE_VERSION} with "
+                             f"{list(ARRAY_KEYS)}, index and caption")
     return rec
 
 
@@ -307,8 +307,8 @@ def make_latent_loader(cache_dir: str, split: str, *, batch_size: int, seed: int
   `mv_grids.make_grid_loader` (same seed → same object order), batches as the module docstring."""
   meta = read_cache_metadata(cache_dir)
   if split not in meta["splits"]:
-    raise records.DataError(f"{cache_dir}: the cache has no split {split!r}; it holds "
-                            f"{sorted(meta['splits'])}")
+    raise errors.DataError(f"{cache_dir}: the cache has no split {split!r}; it holds "
+                           f"{sorted(meta['splits'])}")
   table = [tuple(row) for row in meta["splits"][split].get("objects", [])]
   positions = mv_grids.select_from_table(
       table, object_list=object_list, heldout=heldout, where=f"{cache_dir}: split {split!r}",

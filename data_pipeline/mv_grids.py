@@ -63,8 +63,8 @@ def tile_grid(views: np.ndarray) -> np.ndarray:
   """Views `[..., 4, R, R, C]` in slot order (az 0, 90, 180, 270) → grid `[..., 2R, 2R, C]`."""
   views = np.asarray(views)
   if views.ndim < 4 or views.shape[-4] != 4:
-    raise records.DataError(f"tile_grid: expected views [..., 4, R, R, C], found shape "
-                            f"{list(views.shape)}")
+    raise errors.DataError(f"tile_grid: expected views [..., 4, R, R, C], found shape "
+                           f"{list(views.shape)}")
   top = np.concatenate([views[..., 0, :, :, :], views[..., 1, :, :, :]], axis=-2)
   bottom = np.concatenate([views[..., 2, :, :, :], views[..., 3, :, :, :]], axis=-2)
   return np.concatenate([top, bottom], axis=-3)
@@ -75,8 +75,8 @@ def untile_grid(grid: np.ndarray) -> np.ndarray:
   bottom-right: az 0, 90, 180, 270)."""
   grid = np.asarray(grid)
   if grid.ndim < 3 or grid.shape[-3] % 2 or grid.shape[-2] % 2:
-    raise records.DataError(f"untile_grid: expected a grid [..., 2R, 2R, C] with even sides, "
-                            f"found shape {list(grid.shape)}")
+    raise errors.DataError(f"untile_grid: expected a grid [..., 2R, 2R, C] with even sides, "
+                           f"found shape {list(grid.shape)}")
   h, w = grid.shape[-3] // 2, grid.shape[-2] // 2
   quads = [grid[..., :h, :w, :], grid[..., :h, w:, :], grid[..., h:, :w, :], grid[..., h:, w:, :]]
   return np.stack(quads, axis=-4)
@@ -104,14 +104,14 @@ def rig_grid_order(c2w: np.ndarray, name: str = "rig",
   """
   c2w = np.asarray(c2w)
   if c2w.shape != (4, 4, 4):
-    raise records.DataError(f"{name}: expected 4 rig cameras [4, 4, 4], found {list(c2w.shape)}")
+    raise errors.DataError(f"{name}: expected 4 rig cameras [4, 4, 4], found {list(c2w.shape)}")
   el, az = camera_elevation_azimuth(c2w)
   order = []
   for want in GRID_AZIMUTHS:
     diff = np.abs((az - want + 180.0) % 360.0 - 180.0)
     v = int(np.argmin(diff))
     if diff[v] > tolerance_deg or abs(el[v] - GRID_ELEVATION) > tolerance_deg:
-      raise records.DataError(
+      raise errors.DataError(
           f"{name}: the rig cameras are not the Instant3D rig (elevation {GRID_ELEVATION:g}°, "
           f"azimuths {'/'.join(f'{a:g}' for a in GRID_AZIMUTHS)}°): found elevations "
           f"{np.round(el, 2).tolist()} and azimuths {np.round(az, 2).tolist()}")
@@ -124,7 +124,7 @@ def grid_views(rec: dict, resolution: int = 0) -> np.ndarray:
   rig = rec["groups"]["rig"]
   name = f"object {rec['object_id']}"
   if len(rig["images"]) != 4:
-    raise records.DataError(f"{name}: expected 4 rig views, found {len(rig['images'])}")
+    raise errors.DataError(f"{name}: expected 4 rig views, found {len(rig['images'])}")
   order = rig_grid_order(rig["c2w"], name)
   rgb, _, _ = lrm_input._decode_views(rec, "rig", order, int(resolution))  # pylint: disable=protected-access
   return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
@@ -140,8 +140,8 @@ def read_object_list(path: str) -> list[str]:
     with open(path, encoding="utf-8") as f:
       lines = f.read().splitlines()
   except OSError as e:
-    raise records.DataError(f"{path}: object list cannot be read ({type(e).__name__}: {e}); "
-                            "expected a text file with one object id per line") from e
+    raise errors.DataError(f"{path}: object list cannot be read ({type(e).__name__}: {e}); "
+                           "expected a text file with one object id per line") from e
   return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
 
 
@@ -176,7 +176,7 @@ def select_objects(data_dir: str, split: str, *, object_list=None,
   if object_list is None and heldout is None:
     n = len(records.RecordSource(data_dir, split))
     if n == 0:
-      raise records.DataError(f"{data_dir}: split {split!r} is empty")
+      raise errors.DataError(f"{data_dir}: split {split!r} is empty")
     return np.arange(n)
   splits = records.read_metadata(data_dir)["splits"]
   return select_from_table(
@@ -200,7 +200,7 @@ def select_from_table(table: Sequence[tuple[int, str, str]], *, object_list, hel
     if missing:
       missing -= all_ids()
     if missing:
-      raise records.DataError(
+      raise errors.DataError(
           f"{object_list if is_file else 'object_list'}: {len(missing)} object id(s) are in no "
           f"split of the data set (e.g. {sorted(missing)[:5]}); expected the data set's record "
           "object_ids")
@@ -209,8 +209,8 @@ def select_from_table(table: Sequence[tuple[int, str, str]], *, object_list, hel
     mask &= np.array([split_part.keeps(cap) for _, _, cap in table], bool)
   keep = np.flatnonzero(mask)
   if len(keep) == 0:
-    raise records.DataError(f"{where}: no objects are left to load (of {len(table)}; "
-                            f"object_list={object_list!r}, heldout={heldout!r})")
+    raise errors.DataError(f"{where}: no objects are left to load (of {len(table)}; "
+                           f"object_list={object_list!r}, heldout={heldout!r})")
   return keep
 
 

@@ -233,14 +233,14 @@ def ensure_dataset(cfg: ml_collections.ConfigDict, out_dir: str, *, progress: bo
     if generator != GENERATOR:
       what = ("an imported data set" if generator == "import" else
               f"a data set of generator {generator!r}")
-      raise records.DataError(
+      raise errors.DataError(
           f"{out_dir}: holds {what}, not the procedural world (generator {GENERATOR!r}) this "
           "config asks for; choose another directory for the procedural data")
     want = generation_config(cfg)
     have = meta.get("config", {})
     diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
     if diff:
-      raise records.DataError(
+      raise errors.DataError(
           f"{out_dir}: holds a data set generated with a different config (differs in {diff}: "
           f"found {[have.get(k) for k in diff]}, wanted {[want.get(k) for k in diff]}); choose "
           "another directory, or replace it with `python -m data_pipeline.synthetic --overwrite`")

@@ -29,6 +29,7 @@ and "eval_inputs" (4 GSO inputs at az 45/135/225/315).
 from __future__ import annotations
 
 from instant3d_jax import errors
+from instant3d_jax.errors import DataError  # also records.DataError, the old path
 
 import bisect
 import io
@@ -48,10 +49,6 @@ IN_PROGRESS_FILE = "in_progress.json"
 SHARD_MARK = ".array_record-"  # in every shard file name (and its temporary name)
 SPLITS = ("train", "val", "test")
 GROUPS = ("rig", "sup", "eval", "eval_inputs")
-
-
-class DataError(errors.Instant3DError, ValueError):
-  """Bad data on disk or bad input files; the message names the file and the problem."""
 
 
 # ------------------------------------------------------------------------------------------------

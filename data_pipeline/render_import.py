@@ -36,9 +36,9 @@ def object_record(folder: str, index: int, split: str) -> tuple[bytes, int]:
   for fr in frames:
     by_group.setdefault(fr["group"], []).append(fr)
   if len(by_group.get("rig", [])) != 4:
-    raise records.DataError(f"{os.path.join(folder, CAMERAS_FILE)}: needs exactly 4 frames of "
-                            f"group 'rig' (the Instant3D input views), found "
-                            f"{len(by_group.get('rig', []))}")
+    raise errors.DataError(f"{os.path.join(folder, CAMERAS_FILE)}: needs exactly 4 frames of "
+                           f"group 'rig' (the Instant3D input views), found "
+                           f"{len(by_group.get('rig', []))}")
   groups = {}
   for name, frs in by_group.items():
     pngs = []
@@ -48,19 +48,19 @@ def object_record(folder: str, index: int, split: str) -> tuple[bytes, int]:
         with open(img_path, "rb") as f:
           data = f.read()
       except FileNotFoundError:
-        raise records.DataError(f"{img_path}: image listed in {CAMERAS_FILE} not found") from None
+        raise errors.DataError(f"{img_path}: image listed in {CAMERAS_FILE} not found") from None
       except OSError as e:
-        raise records.DataError(f"{img_path}: image listed in {CAMERAS_FILE} cannot be read "
-                                f"({type(e).__name__}: {e})") from e
+        raise errors.DataError(f"{img_path}: image listed in {CAMERAS_FILE} cannot be read "
+                               f"({type(e).__name__}: {e})") from e
       rgba = records.decode_png(data, img_path)
       if rgba.shape[:2] != (H, W):
-        raise records.DataError(f"{img_path}: image is {rgba.shape[1]}x{rgba.shape[0]} but "
-                                f"{CAMERAS_FILE} says {W}x{H}")
+        raise errors.DataError(f"{img_path}: image is {rgba.shape[1]}x{rgba.shape[0]} but "
+                               f"{CAMERAS_FILE} says {W}x{H}")
       pngs.append(records.encode_png(rgba))  # normalised to 8-bit RGBA
     groups[name] = records.make_group(pngs, np.stack([f["c2w"] for f in frs]),
                                       np.stack([f["K"] for f in frs]), W, H)
   if W != H:
-    raise records.DataError(f"{folder}: views must be square for the LRM rig, found {W}x{H}")
+    raise errors.DataError(f"{folder}: views must be square for the LRM rig, found {W}x{H}")
   rec = records.encode_record(object_id=os.path.basename(os.path.normpath(folder)), index=index,
                               split=split, caption=header["caption"], groups=groups)
   return rec, W
@@ -101,13 +101,13 @@ def import_renders(src: str, out_dir: str, *, split_fractions=(0.9, 0.05, 0.05),
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(src):
-    raise records.DataError(f"{src}: source directory of object folders not found")
+    raise errors.DataError(f"{src}: source directory of object folders not found")
   if not isinstance(records_per_shard, (int, np.integer)) or records_per_shard < 1:
     raise errors.ConfigError(f"records_per_shard must be a positive integer, found "
                              f"{records_per_shard!r}")
   names = sorted(d for d in os.listdir(src) if os.path.isfile(os.path.join(src, d, CAMERAS_FILE)))
   if not names:
-    raise records.DataError(f"{src}: no object folders with a {CAMERAS_FILE} found")
+    raise errors.DataError(f"{src}: no object folders with a {CAMERAS_FILE} found")
   counts = procedural.split_counts(len(names), tuple(split_fractions))
   perm = np.random.default_rng(seed).permutation(len(names))
   bounds = np.cumsum([0] + [counts[s] for s in records.SPLITS])
@@ -123,9 +123,9 @@ def import_renders(src: str, out_dir: str, *, split_fractions=(0.9, 0.05, 0.05),
       rec, res = object_record(os.path.join(src, names[i]), i, split)
       resolutions.setdefault(res, names[i])
       if len(resolutions) > 1:
-        raise records.DataError(f"{os.path.join(src, names[i])}: views are {res}² but "
-                                f"{resolutions[next(iter(resolutions))]} has "
-                                f"{next(iter(resolutions))}²; all objects must share a resolution")
+        raise errors.DataError(f"{os.path.join(src, names[i])}: views are {res}² but "
+                               f"{resolutions[next(iter(resolutions))]} has "
+                               f"{next(iter(resolutions))}²; all objects must share a resolution")
       bar.update(1)
       yield rec
 

@@ -73,7 +73,7 @@ class Result:
 def stage1_kind(weights: str, single_file_config_folder: str = "") -> str:
   """'workdir', 'diffusers' or 'single_file' for `stage1.weights`; `errors.WeightsError` naming
   the path otherwise."""
-  from instant3d_jax.convert.safetensors_io import WeightsError
+  from instant3d_jax.errors import WeightsError
   if not str(weights or ""):
     raise WeightsError(f"stage1.weights is empty; expected {STAGE1_FORMS}")
   p = fileio.path(weights)
@@ -99,7 +99,7 @@ def stage1_kind(weights: str, single_file_config_folder: str = "") -> str:
 
 def check_stage2_path(weights: str) -> None:
   """`stage2.weights` exists (its form and shapes are checked by the one checkpoint reader)."""
-  from instant3d_jax.convert.safetensors_io import WeightsError
+  from instant3d_jax.errors import WeightsError
   from instant3d_jax.train import checkpoint as ckpt_lib
   if not str(weights or ""):
     raise WeightsError(f"stage2.weights is empty; expected {ckpt_lib.FORMS}")

@@ -7,7 +7,7 @@ inputs, conversions, errors and the files written. The pieces (`load_checkpoint`
 """
 from __future__ import annotations
 
-from instant3d_jax import errors
+from instant3d_jax.errors import InputError, WeightsError  # also reconstruction.InputError
 
 import functools
 import importlib.metadata
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from instant3d_jax import cameras as cameras_lib
 from instant3d_jax import fileio
 from instant3d_jax import rendering
-from instant3d_jax.convert.safetensors_io import WeightsError, check_tree_shapes
+from instant3d_jax.convert.safetensors_io import check_tree_shapes
 from instant3d_jax.export import images as images_lib
 from instant3d_jax.export import mesh as mesh_lib
 from instant3d_jax.export import video as video_lib
@@ -40,10 +40,6 @@ GRAYSCALE_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "ml_collections", "safetensors", "pillow",
             "scikit-image", "trimesh", "imageio", "imageio-ffmpeg", "orbax-checkpoint")
-
-
-class InputError(errors.Instant3DError, ValueError):
-  """Bad user input (images, cameras, flags); the message names the input."""
 
 
 # ---------------------------------------------------------------------------------------------

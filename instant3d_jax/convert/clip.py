@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from instant3d_jax import errors
 from instant3d_jax.convert import safetensors_io as sio
 from instant3d_jax.models.clip import (CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
                                        CLIPVisionModel)
@@ -140,8 +141,8 @@ def _convert_to_flax(tensors, pairs, expected_shapes, source, projection=None):
     flat[fpath] = _to_flax(np.asarray(v), kind)
   unexpected = sorted(set(tensors) - used)
   if unexpected:
-    raise sio.WeightsError(f"{source}: unexpected keys for this config (wrong num_hidden_layers "
-                           f"or model class?): {unexpected[:10]}")
+    raise errors.WeightsError(f"{source}: unexpected keys for this config (wrong num_hidden_layers "
+                              f"or model class?): {unexpected[:10]}")
   params = traverse_util.unflatten_dict(flat, sep="/")
   sio.check_tree_shapes(expected_shapes, params, source)
   return params
@@ -237,13 +238,13 @@ def clip_model_configs(raw: Mapping[str, Any], source: str = "CLIPModel config.j
   out take transformers' defaults and the legacy `text_config_dict` / `vision_config_dict` keys
   of older files win over `text_config` / `vision_config` exactly as there."""
   if "text_config" not in raw and "text_config_dict" not in raw:
-    raise sio.WeightsError(f"{source}: expected a transformers CLIPModel config (with "
-                           f"text_config and vision_config), found keys {sorted(raw)[:12]}")
+    raise errors.WeightsError(f"{source}: expected a transformers CLIPModel config (with "
+                              f"text_config and vision_config), found keys {sorted(raw)[:12]}")
   import transformers  # pylint: disable=g-import-not-at-top  (runtime dep: CLIP tokenizers)
   try:
     hf = transformers.CLIPConfig.from_dict(dict(raw))
   except (TypeError, ValueError) as e:
-    raise sio.WeightsError(f"{source}: not a valid CLIPModel config: {e}") from e
+    raise errors.WeightsError(f"{source}: not a valid CLIPModel config: {e}") from e
   proj = int(hf.projection_dim)
   text = CLIPTextConfig.from_transformers({**hf.text_config.to_dict(), "projection_dim": proj},
                                           with_projection=True)
@@ -267,12 +268,12 @@ def clip_model_to_flax(tensors: Mapping[str, np.ndarray], text_config: CLIPTextC
     elif k != "logit_scale" and not k.endswith(_IGNORED_SUFFIXES):
       other.append(k)
   if other:
-    raise sio.WeightsError(f"{source}: keys outside a CLIPModel's towers (not a transformers "
-                           f"CLIPModel?): {sorted(other)[:10]}")
+    raise errors.WeightsError(f"{source}: keys outside a CLIPModel's towers (not a transformers "
+                              f"CLIPModel?): {sorted(other)[:10]}")
   if not text or not vision:
-    raise sio.WeightsError(f"{source}: expected a transformers CLIPModel (text_model.* and "
-                           f"vision_model.* keys), found {'no text' if not text else 'no vision'}"
-                           f" tower keys")
+    raise errors.WeightsError(f"{source}: expected a transformers CLIPModel (text_model.* and "
+                              f"vision_model.* keys), found "
+                              f"{'no text' if not text else 'no vision'} tower keys")
   return (text_to_flax(text, text_config, source=f"{source} [text]"),
           vision_to_flax(vision, vision_config, source=f"{source} [vision]"))
 
@@ -283,8 +284,8 @@ def load_clip_model(folder: str | os.PathLike, *, variant: str | None = None
   vision config, vision params), fp32, both towers with their projections."""
   folder = Path(folder)
   if not folder.is_dir():
-    raise sio.WeightsError(f"CLIP model folder {folder} does not exist (expected a transformers "
-                           "CLIPModel folder: config.json + model.safetensors)")
+    raise errors.WeightsError(f"CLIP model folder {folder} does not exist (expected a transformers "
+                              "CLIPModel folder: config.json + model.safetensors)")
   cfg_path = folder / "config.json"
   text_config, vision_config = clip_model_configs(sio.read_config(folder), str(cfg_path))
   files = sio.find_weights(folder, variant)
@@ -365,7 +366,7 @@ def single_file_clip_l_to_flax(checkpoint: Mapping[str, np.ndarray], config: CLI
   """CLIP-L of a single-file SDXL checkpoint (transformers layout under `prefix`)."""
   sub = {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)}
   if not sub:
-    raise sio.WeightsError(f"{source}: no keys under {prefix!r} (not an SDXL base checkpoint?)")
+    raise errors.WeightsError(f"{source}: no keys under {prefix!r} (not an SDXL base checkpoint?)")
   return text_to_flax(sub, config, source=f"{source} [{prefix}*]")
 
 
@@ -400,8 +401,8 @@ def openclip_to_transformers(checkpoint: Mapping[str, np.ndarray], config: CLIPT
                  and int(k[len(prefix + "transformer.resblocks."):].split(".")[0])
                  >= config.num_hidden_layers)
   if extra:
-    raise sio.WeightsError(f"{source}: has more OpenCLIP layers than the config's "
-                           f"num_hidden_layers={config.num_hidden_layers}: {extra[:4]}")
+    raise errors.WeightsError(f"{source}: has more OpenCLIP layers than the config's "
+                              f"num_hidden_layers={config.num_hidden_layers}: {extra[:4]}")
   return out
 
 

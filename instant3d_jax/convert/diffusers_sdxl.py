@@ -24,8 +24,9 @@ import numpy as np
 from flax import traverse_util
 from safetensors import safe_open
 
-from instant3d_jax.convert.safetensors_io import (WeightsError, find_weights, read_config,
-                                                  read_safetensors, write_json, write_safetensors)
+from instant3d_jax.convert.safetensors_io import (find_weights, read_config, read_safetensors,
+                                                  write_json, write_safetensors)
+from instant3d_jax.errors import WeightsError
 from instant3d_jax.models.unet import UNet2DConditionModel, UNetConfig
 from instant3d_jax.models.vae import AutoencoderKL, VAEConfig
 

@@ -42,8 +42,9 @@ from safetensors.numpy import save_file
 
 from instant3d_jax import fileio
 from instant3d_jax.convert import transformers_vit
-from instant3d_jax.convert.safetensors_io import (WeightsError, check_tree_shapes, flatten,
-                                                  read_safetensors, unflatten)
+from instant3d_jax.convert.safetensors_io import (check_tree_shapes, flatten, read_safetensors,
+                                                  unflatten)
+from instant3d_jax.errors import WeightsError
 from instant3d_jax.models import lrm as lrm_lib
 
 FORMAT = "instant3d_jax.lrm"

@@ -6,7 +6,7 @@ they name the file (and key) that was wanted and what was found. Nothing here un
 """
 from __future__ import annotations
 
-from instant3d_jax import errors
+from instant3d_jax.errors import WeightsError  # also safetensors_io.WeightsError
 
 import json
 import os
@@ -19,10 +19,6 @@ from safetensors.numpy import load_file, save_file
 
 # Weight file names as written by `save_pretrained`, in the order they are looked for.
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
-
-
-class WeightsError(errors.Instant3DError, ValueError):
-  """A weights file or folder is missing, malformed, or does not match the model."""
 
 
 def read_safetensors(path: str | os.PathLike, dtype=np.float32) -> dict[str, np.ndarray]:

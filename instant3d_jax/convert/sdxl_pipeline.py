@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from instant3d_jax import errors
 from instant3d_jax.convert import clip as cclip
 from instant3d_jax.convert import diffusers_sdxl
 from instant3d_jax.convert import safetensors_io as sio
@@ -41,12 +42,12 @@ def compute_dtype(name: str):
 def check_layout(root: Path, names=FOLDERS) -> None:
   """Raises `WeightsError` naming every missing component folder."""
   if not root.is_dir():
-    raise sio.WeightsError(f"SDXL weights folder {root} does not exist")
+    raise errors.WeightsError(f"SDXL weights folder {root} does not exist")
   missing = [n for n in names if not (root / n).is_dir()]
   if missing:
-    raise sio.WeightsError(f"SDXL weights folder {root} lacks component folder(s) {missing}; "
-                           f"expected the diffusers layout {list(names)}, found "
-                           f"{sorted(p.name for p in root.iterdir())}")
+    raise errors.WeightsError(f"SDXL weights folder {root} lacks component folder(s) {missing}; "
+                              f"expected the diffusers layout {list(names)}, found "
+                              f"{sorted(p.name for p in root.iterdir())}")
 
 
 def load_tokenizer(folder: Path):
@@ -55,9 +56,9 @@ def load_tokenizer(folder: Path):
   from transformers import CLIPTokenizer
   if not ((folder / "tokenizer.json").is_file() or ((folder / "vocab.json").is_file()
                                                      and (folder / "merges.txt").is_file())):
-    raise sio.WeightsError(f"tokenizer folder {folder} has neither tokenizer.json nor "
-                           f"vocab.json + merges.txt; found "
-                           f"{sorted(p.name for p in folder.iterdir())}")
+    raise errors.WeightsError(f"tokenizer folder {folder} has neither tokenizer.json nor "
+                              f"vocab.json + merges.txt; found "
+                              f"{sorted(p.name for p in folder.iterdir())}")
   return CLIPTokenizer.from_pretrained(str(folder))
 
 
@@ -123,7 +124,7 @@ def _read_prefixed(path: Path, prefixes: tuple[str, ...]) -> dict[str, np.ndarra
           v = f.get_tensor(k)
           out[k] = v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
   except Exception as e:  # noqa: BLE001 — safetensors raises several types for a bad header
-    raise sio.WeightsError(f"{path} is not a readable safetensors file: {e}") from e
+    raise errors.WeightsError(f"{path} is not a readable safetensors file: {e}") from e
   return out
 
 
@@ -135,7 +136,7 @@ def load_single_file_pipeline(path: str | os.PathLike, config_folder: str | os.P
   (`unet/config.json`, ...), tokenizers and scheduler config."""
   path, root = Path(path), Path(config_folder)
   if not path.is_file():
-    raise sio.WeightsError(f"single-file checkpoint {path} does not exist")
+    raise errors.WeightsError(f"single-file checkpoint {path} does not exist")
   check_layout(root)
   unet_config = UNetConfig.from_diffusers(sio.read_config(root / "unet"))
   vae_config = VAEConfig.from_diffusers(sio.read_config(root / "vae"))
@@ -162,13 +163,13 @@ def load_any(weights: str | os.PathLike, config_folder: str | os.PathLike | None
   path = Path(weights)
   if path.is_file():
     if not config_folder:
-      raise sio.WeightsError(f"--weights {path} is a single file: also give a folder with the "
-                             "component configs (unet/config.json, ...) and tokenizers "
-                             "(--config_folder, or --config.single_file_config_folder)")
+      raise errors.WeightsError(f"--weights {path} is a single file: also give a folder with the "
+                                "component configs (unet/config.json, ...) and tokenizers "
+                                "(--config_folder, or --config.single_file_config_folder)")
     return load_single_file_pipeline(path, config_folder, **module_kw)
   if not path.exists():
-    raise sio.WeightsError(f"--weights {path} does not exist; expected an SDXL diffusers folder "
-                           "or a single-file .safetensors")
+    raise errors.WeightsError(f"--weights {path} does not exist; expected an SDXL diffusers folder "
+                              "or a single-file .safetensors")
   return load_pipeline(path, **module_kw)
 
 
@@ -228,8 +229,8 @@ def save_single_file(path: str | os.PathLike, pipeline: Pipeline, dtype=None) ->
   `from_single_file(path, config=folder)`)."""
   path = Path(path)
   if path.suffix != ".safetensors":
-    raise sio.WeightsError(f"single-file export {path}: expected a path ending in "
-                           f".safetensors, got suffix {path.suffix!r}")
+    raise errors.WeightsError(f"single-file export {path}: expected a path ending in "
+                              f".safetensors, got suffix {path.suffix!r}")
   sio.write_safetensors(path, single_file_state(pipeline, dtype), {"format": "pt"})
   return path
 

@@ -37,9 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from instant3d_jax.convert.safetensors_io import (WeightsError, check_tree_shapes, find_weights,
-                                                  read_config, read_folder_weights, take,
-                                                  write_json, write_safetensors)
+from instant3d_jax.convert.safetensors_io import (check_tree_shapes, find_weights, read_config,
+                                                  read_folder_weights, take, write_json,
+                                                  write_safetensors)
+from instant3d_jax.errors import WeightsError
 from instant3d_jax.models.vit import ViTConfig, ViTEncoder
 
 IGNORED_KEYS = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.mask_token")

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from instant3d_jax import errors
 from instant3d_jax.convert import clip as convert_clip
 from instant3d_jax.convert import safetensors_io as sio
 from instant3d_jax.export import images as images_lib
@@ -49,8 +50,8 @@ def _pair(value, what: str, source: str) -> tuple[int, int]:
     return value, value
   if isinstance(value, Mapping) and "height" in value and "width" in value:
     return int(value["height"]), int(value["width"])
-  raise sio.WeightsError(f"{source}: {what} must be an int or {{'height', 'width'}}, got "
-                         f"{value!r}")
+  raise errors.WeightsError(f"{source}: {what} must be an int or {{'height', 'width'}}, got "
+                            f"{value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +90,8 @@ class ImageProcessor:
     elif isinstance(size, Mapping) and "height" in size and "width" in size:
       kw["shortest_edge"], kw["resize_hw"] = None, (int(size["height"]), int(size["width"]))
     else:
-      raise sio.WeightsError(f"{source}: size must be an int, {{'shortest_edge'}} or "
-                             f"{{'height', 'width'}}, got {size!r}")
+      raise errors.WeightsError(f"{source}: size must be an int, {{'shortest_edge'}} or "
+                                f"{{'height', 'width'}}, got {size!r}")
     kw["crop_hw"] = _pair(cfg.get("crop_size", 224), "crop_size", source)
     for k in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
       if cfg.get(k) is not None:
@@ -104,7 +105,7 @@ class ImageProcessor:
         v = cfg[k]
         kw[k] = tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))
         if len(kw[k]) != 3:
-          raise sio.WeightsError(f"{source}: {k} must have 3 values (RGB), got {v!r}")
+          raise errors.WeightsError(f"{source}: {k} must have 3 values (RGB), got {v!r}")
     return cls(**kw)
 
   @classmethod
@@ -116,7 +117,7 @@ class ImageProcessor:
     try:
       cfg = json.loads(path.read_text())
     except ValueError as e:
-      raise sio.WeightsError(f"{path} is not valid JSON: {e}") from e
+      raise errors.WeightsError(f"{path} is not valid JSON: {e}") from e
     return cls.from_config(cfg, str(path))
 
   def output_hw(self, height: int, width: int) -> tuple[int, int]:
@@ -206,7 +207,7 @@ class CLIPScorer:
                               text_config.max_position_embeddings))
     crop = processor.output_hw(vision_config.image_size, vision_config.image_size)
     if processor.do_center_crop and tuple(crop) != (vision_config.image_size,) * 2:
-      raise sio.WeightsError(
+      raise errors.WeightsError(
           f"{name}: the image processor crops to {crop[0]}x{crop[1]} but the vision tower takes "
           f"{vision_config.image_size}x{vision_config.image_size} images ({PREPROCESSOR_FILE})")
     self._text_params = jax.device_put(text_params)
@@ -221,9 +222,9 @@ class CLIPScorer:
     name = name or str(folder)
     folder = Path(folder)
     if not folder.is_dir():
-      raise sio.WeightsError(f"{name}: CLIP model folder {folder} does not exist (expected a "
-                             "transformers CLIPModel folder: config.json, model.safetensors and "
-                             "the tokenizer files)")
+      raise errors.WeightsError(f"{name}: CLIP model folder {folder} does not exist (expected a "
+                                "transformers CLIPModel folder: config.json, model.safetensors and "
+                                "the tokenizer files)")
     text_cfg, text_params, vision_cfg, vision_params = convert_clip.load_clip_model(
         folder, variant=variant)
     tokenizer = sdxl_pipeline.load_tokenizer(folder)

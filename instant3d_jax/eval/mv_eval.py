@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import functools
 
+from instant3d_jax import errors
+
+
 def heldout_captions(data_dir: str, num: int, heldout) -> list[dict]:
   """`num` distinct captions of held-out objects of the val and test splits, alternating
   single-object and multi-object ones while both last (data set order: deterministic). Each
@@ -36,8 +39,8 @@ def heldout_captions(data_dir: str, num: int, heldout) -> list[dict]:
       if pool and len(out) < num:
         out.append(pool.pop(0))
   if len(out) < num:
-    raise records.DataError(f"{data_dir}: only {len(out)} distinct held-out captions in val + "
-                            f"test, expected --num_captions {num}")
+    raise errors.DataError(f"{data_dir}: only {len(out)} distinct held-out captions in val + "
+                           f"test, expected --num_captions {num}")
   return out
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from instant3d_jax import cameras as cameras_lib
 from instant3d_jax import errors
+from instant3d_jax.errors import ConfigMismatchError, InputError  # also text3d.InputError
 from instant3d_jax import fileio
 
 # docs/paper_facts.md, "Text-to-3D CLIP similarity" (Instant3D row; ×100 scale).
@@ -42,10 +43,6 @@ PAPER_PROMPTS = "400 of DreamFusion's 415 prompts"
 RUN_FILE = "run.json"
 TRIPLANE_FILE = "triplane.npz"
 PLANE_ORDER = ("XY", "XZ", "YZ")
-
-
-class InputError(errors.Instant3DError, ValueError):
-  """A missing or malformed generated-output folder (the message names the file)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +115,6 @@ def _flat(d, prefix=""):
 
 def check_model_config(saved: Mapping, model: Mapping, what: str, stage2: str) -> None:
   """The planes' saved `model` section must equal the stage-2 checkpoint's (same decoder)."""
-  from instant3d_jax.train.checkpoint import ConfigMismatchError
   a = _flat(json.loads(json.dumps(saved.get("model", {}))))
   b = _flat(json.loads(json.dumps(dict(model))))
   diff = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))

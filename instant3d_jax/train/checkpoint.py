@@ -22,6 +22,7 @@ checkpoint form the commands accept (see `FORMS`).
 from __future__ import annotations
 
 from instant3d_jax import errors
+from instant3d_jax.errors import ConfigMismatchError  # also checkpoint.ConfigMismatchError
 
 import json
 import os
@@ -37,10 +38,6 @@ from instant3d_jax import fileio
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
-
-
-class ConfigMismatchError(errors.Instant3DError, ValueError):
-  """The workdir holds a run with a different config; nothing was written."""
 
 
 def config_to_dict(config) -> dict:

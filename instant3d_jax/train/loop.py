@@ -24,6 +24,7 @@ checkpoint on disk is the last good state).
 from __future__ import annotations
 
 from instant3d_jax import errors
+from instant3d_jax.errors import NonFiniteError  # also loop.NonFiniteError
 
 import dataclasses
 import functools
@@ -50,11 +51,6 @@ from instant3d_jax.train.step import LossFn, TrainState, make_init_fn, make_trai
 
 # CPU has no buffer donation; the warning would repeat every compile.
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-
-
-class NonFiniteError(errors.Instant3DError, RuntimeError):
-  """Too many non-finite losses / gradients in a row."""
-  exit_code = 3
 
 
 class DataIterator(Protocol):
