@@ -9,7 +9,7 @@ DEV_STAMP     := $(VENV)/.dev-installed
 PYTEST_ARGS   ?=
 DEMO_ARGS     ?=
 
-.PHONY: install install-dev install-gpu install-tpu install-aot install-gcs test test-all demo demo-mv demo-text3d bench bench-long \
+.PHONY: install install-dev install-gpu install-tpu install-aot install-gcs test test-all test-slow demo demo-mv demo-text3d bench bench-long \
         device-wheels clean
 
 install: $(RUNTIME_STAMP)
@@ -56,6 +56,11 @@ test: $(DEV_STAMP)
 
 test-all: $(DEV_STAMP)
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+# Only the tests marked `slow`: `make test` + `make test-slow` is the whole suite, each test once
+# (what CI runs: .ci/run).
+test-slow: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 demo: $(RUNTIME_STAMP)
 	$(BIN)/python -m instant3d_jax.demo $(DEMO_ARGS)

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from bench import common
-from configs import data as data_config
+from instant3d_jax.configs import data as data_config
 from data_pipeline import lrm_input, procedural
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-import configs.lrm as lrm_configs
+from instant3d_jax.configs import lrm as lrm_configs
 from bench import common
 from instant3d_jax import cameras as cam_lib
 from instant3d_jax.models import lrm, summary

@@ -55,7 +55,7 @@ PLANS = {
 
 
 def large_config(devices: int, mesh: dict, objects_per_device: int):
-  from configs import lrm
+  from instant3d_jax.configs import lrm
   cfg = lrm.get_config("large")
   cfg.model.dtype = "bfloat16"
   cfg.model.remat = "full"

@@ -45,7 +45,7 @@ PLANS = {
 
 def sdxl_config(devices: int, mesh: dict, grids_per_device: int):
   from bench.device import shapes
-  from configs import mv_sdxl
+  from instant3d_jax.configs import mv_sdxl
   cfg = mv_sdxl.get_config("sdxl")
   r = cfg.model.random_init
   r.unet, r.vae = dict(shapes.SDXL_UNET), dict(shapes.SDXL_VAE)

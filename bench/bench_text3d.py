@@ -36,7 +36,7 @@ def main() -> None:
                        "`make demo-mv` first, or pass trained weights)")
   prov = common.Provenance.start()
   import jax
-  from configs import instant3d
+  from instant3d_jax.configs import instant3d
   from instant3d_jax import pipeline as pipeline_lib
   cfg = instant3d.get_config("tiny")
   cfg.batch_size = int(args.num_prompts)

@@ -143,7 +143,7 @@ def main():
   args = ap.parse_args()
   from bench import common
   prov = common.Provenance.start()
-  from configs import lrm
+  from instant3d_jax.configs import lrm
   rows, scaling, loader, breakdown = [], [], None, None
   if args.breakdown:
     breakdown = cpu_breakdown(lrm.get_config("tiny"), {

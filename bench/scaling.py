@@ -444,7 +444,7 @@ def main(argv=None) -> int:
 
 
 def _main(args, ap) -> int:
-  import configs.lrm as lrm_configs
+  from instant3d_jax.configs import lrm as lrm_configs
   names = [s for s in args.sizes.split(",") if s]
   unknown = [s for s in names if s not in SIZES]
   if unknown or not names:

@@ -194,7 +194,7 @@ def lrm_train(devices, per_chip_batch: int, *, variant: str = "large", mesh: dic
     if variant == "large":
       cfg = bmp.large_config(n, mesh, per_chip_batch)
     else:
-      from configs import lrm
+      from instant3d_jax.configs import lrm
       cfg = lrm.get_config(variant)
   cfg.mesh.update({**dict(dcn_data=1, dcn_fsdp=1, dcn_tensor=1, num_devices=n), **mesh})
   cfg.train.global_batch_size = n * per_chip_batch
@@ -224,7 +224,7 @@ def sdxl_finetune(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: 
     if variant == "sdxl":
       cfg = bmv.sdxl_config(n, mesh, per_chip_batch)
     else:
-      from configs import mv_sdxl
+      from instant3d_jax.configs import mv_sdxl
       cfg = mv_sdxl.get_config(variant)
   cfg.mesh.update(dict(mesh, num_devices=n))
   cfg.train.global_batch_size = n * per_chip_batch
@@ -279,7 +279,7 @@ def _sdxl_pipeline(variant: str, cfg):
 def sdxl_sample(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: dict | None = None,
                 cfg=None) -> Built:
   import jax.numpy as jnp
-  from configs import sdxl as sdxl_configs
+  from instant3d_jax.configs import sdxl as sdxl_configs
   from instant3d_jax.diffusion import generate, sampling, schedulers
   from instant3d_jax.train import mesh as mesh_lib
   from instant3d_jax.train import sharding as shard_lib
@@ -337,8 +337,8 @@ def text3d(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: dict | 
   `lrm_cfg`)."""
   import jax.numpy as jnp
   import flax.linen as nn
-  from configs import instant3d
-  from configs import lrm as lrm_configs
+  from instant3d_jax.configs import instant3d
+  from instant3d_jax.configs import lrm as lrm_configs
   from instant3d_jax import cameras as cameras_lib
   from instant3d_jax import reconstruction
   from instant3d_jax.diffusion import generate, sampling

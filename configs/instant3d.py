@@ -32,8 +32,8 @@ mesh sampling runs on (prompts over `data`; parameters replicated with fsdp=1, F
 """
 import ml_collections
 
-from configs import mv_sdxl as mv_config
-from configs import sdxl as sdxl_config
+from instant3d_jax.configs import mv_sdxl as mv_config
+from instant3d_jax.configs import sdxl as sdxl_config
 from instant3d_jax import errors
 
 

@@ -241,7 +241,7 @@ def get_config(arg=None):
 def _training_sections(cfg, variant):
   """Training, data, evaluation and checkpoint sections (instant3d_jax/train/lrm_task.py reads
   them; instant3d_jax/train/loop.py documents each knob)."""
-  from configs import data as data_config  # pylint: disable=g-import-not-at-top
+  from instant3d_jax.configs import data as data_config  # pylint: disable=g-import-not-at-top
 
   # Data (data_pipeline/datasets.py). `source`: 'procedural' generates the procedural world of
   # this section (configs/data.py) into `data_dir` if absent; 'records' reads the data set

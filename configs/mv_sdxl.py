@@ -40,8 +40,8 @@ gradient clipping at 1.0, a constant learning rate after warm-up and an EMA with
 """
 import ml_collections
 
-from configs import data as data_config
-from configs import sdxl as sdxl_config
+from instant3d_jax.configs import data as data_config
+from instant3d_jax.configs import sdxl as sdxl_config
 from instant3d_jax import errors
 
 # diffusers scheduler config of SDXL base (schedulers.SDXL_SCHEDULER_CONFIG): the DDPM training

@@ -46,7 +46,7 @@ import numpy as np
 
 from data_pipeline import mv_grids
 from data_pipeline import records
-from instant3d_jax import errors
+from instant3d_jax import configs, errors
 
 GENERATOR = "mv_cache"
 CACHE_VERSION = 1
@@ -349,8 +349,8 @@ def _define_flags() -> None:
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("data_dir", None, "records data set (procedural or imported)")
   flags.DEFINE_string("out", None, "output cache directory")
-  config_flags.DEFINE_config_file("config", "configs/sdxl.py:sdxl", "model config (runtime of "
-                                  "the frozen encoders), e.g. configs/sdxl.py:VARIANT")
+  config_flags.DEFINE_config_file("config", configs.path("sdxl.py:sdxl"), "model config "
+                                  "(runtime of the frozen encoders), e.g. configs/sdxl.py:VARIANT")
   flags.DEFINE_string("weights", None, "SDXL diffusers folder or single-file .safetensors "
                       "(for the default --encoders)")
   flags.DEFINE_string("encoders", "data_pipeline.mv_cache:sdxl_encoders",

@@ -47,7 +47,7 @@ def main(argv: Sequence[str]) -> None:
 def _define_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from configs import data as data_config  # pylint: disable=g-import-not-at-top
+  from instant3d_jax.configs import data as data_config  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("out", None, "output data set directory")
   config_flags.DEFINE_config_file(
       "config", f"{data_config.__file__}:default",

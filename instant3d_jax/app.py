@@ -23,13 +23,13 @@ from typing import Sequence
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from instant3d_jax import cli  # noqa: E402
+from instant3d_jax import cli, configs  # noqa: E402
 
 
 def _define_flags():
   from absl import flags
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", "configs/instant3d.py:tiny",
+  config_flags.DEFINE_config_file("config", configs.path("instant3d.py:tiny"),
                                   "configs/instant3d.py:VARIANT", lock_config=False)
   flags.DEFINE_string("host", "127.0.0.1", "address to bind (127.0.0.1: this machine only)")
   flags.DEFINE_integer("port", 7860, "port")

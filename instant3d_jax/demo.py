@@ -27,12 +27,13 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from instant3d_jax import cli
+from instant3d_jax import cli, configs
 
 _WORKDIR = flags.DEFINE_string("workdir", "outputs/demo", "where data and outputs go")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/lrm.py:tiny", "the reconstructor run (configs/lrm.py:VARIANT); its `data` "
-    "section is the procedural world (configs/data.py:demo for tiny)", lock_config=False)
+    "config", configs.path("lrm.py:tiny"), "the reconstructor run (configs/lrm.py:VARIANT); "
+    "its `data` section is the procedural world (configs/data.py:demo for tiny)",
+    lock_config=False)
 _RETRAIN = flags.DEFINE_bool("retrain", False, "train again even if WORKDIR/lrm holds a "
                              "finished run (a new run needs an empty WORKDIR/lrm)")
 _SKIP_TRAIN = flags.DEFINE_bool("data_only", False, "stop after the data set and contact sheet")

@@ -34,11 +34,11 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from instant3d_jax import cli
+from instant3d_jax import cli, configs
 
 _WORKDIR = flags.DEFINE_string("workdir", "outputs/mv_demo", "where the run and its report go")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/mv_sdxl.py:tiny", "the stage-1 run (configs/mv_sdxl.py:tiny)",
+    "config", configs.path("mv_sdxl.py:tiny"), "the stage-1 run (configs/mv_sdxl.py:tiny)",
     lock_config=False)
 _DATA_DIR = flags.DEFINE_string("data_dir", "outputs/demo/data",
                                 "the procedural data set (shared with `make demo`)")

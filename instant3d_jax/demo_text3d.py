@@ -69,8 +69,8 @@ def main(argv):
       raise errors.ConfigError(f"--{name} {flag.value}: is a file, not a directory")
   import jax
   import numpy as np
-  from configs import instant3d
-  from configs import mv_sdxl
+  from instant3d_jax.configs import instant3d
+  from instant3d_jax.configs import mv_sdxl
   from data_pipeline import captions as captions_lib
   from instant3d_jax.eval import mv_eval
   from instant3d_jax import pipeline as pipeline_lib

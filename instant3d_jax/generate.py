@@ -23,13 +23,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from instant3d_jax import cli
+from instant3d_jax import cli, configs
 
 
 def _define_flags():
   from absl import flags
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", "configs/instant3d.py:tiny",
+  config_flags.DEFINE_config_file("config", configs.path("instant3d.py:tiny"),
                                   "configs/instant3d.py:VARIANT", lock_config=False)
   flags.DEFINE_string("prompt", None, "the text prompt")
   flags.DEFINE_string("prompts_file", None, "text file, one prompt per line")

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from instant3d_jax import cli
+from instant3d_jax import cli, configs
 
 
 def _define_flags():
   from absl import flags
   from ml_collections import config_flags
   from instant3d_jax.diffusion import schedulers
-  config_flags.DEFINE_config_file("config", "configs/sdxl.py:sdxl", "configs/sdxl.py:VARIANT",
+  config_flags.DEFINE_config_file("config", configs.path("sdxl.py:sdxl"), "configs/sdxl.py:VARIANT",
                                   lock_config=True)
   flags.DEFINE_string("weights", None, "SDXL diffusers folder or single-file .safetensors")
   flags.DEFINE_string("prompt", None, "the text prompt")

@@ -1,6 +1,6 @@
 """Text → 3D as one library object: both stages loaded once, called on a list of prompts.
 
-    from configs import instant3d
+    from instant3d_jax.configs import instant3d
     pipe = TextTo3D.load(instant3d.get_config("tiny"))        # weights paths from the config
     results = pipe(["a red cube", "a blue ball"], jax.random.PRNGKey(0), with_mesh=True)
     results[0].grid, results[0].views, results[0].planes, results[0].mesh
@@ -161,7 +161,7 @@ class TextTo3D:
     `Instant3DError` naming the path for a missing or wrong-kind weight before anything is
     compiled."""
     if config is None:
-      from configs import instant3d as instant3d_config
+      from instant3d_jax.configs import instant3d as instant3d_config
       config = instant3d_config.get_config("tiny")
     if stage1 is not None or stage2 is not None:
       config = config.copy_and_resolve_references()

@@ -4,7 +4,7 @@ import colorsys
 import numpy as np
 import pytest
 
-from configs import data as data_config
+from instant3d_jax.configs import data as data_config
 from data_pipeline import mv_grids as G
 from data_pipeline import primitives as P
 from data_pipeline import procedural

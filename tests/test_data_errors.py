@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs import data as data_config
+from instant3d_jax.configs import data as data_config
 from data_pipeline import cameras_json
 from data_pipeline import lrm_input as L
 from data_pipeline import procedural, records, render_import

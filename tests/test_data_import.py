@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from configs import data as data_config
+from instant3d_jax.configs import data as data_config
 from data_pipeline import cameras_json, procedural, records, render_import
 from instant3d_jax import cameras as C
 

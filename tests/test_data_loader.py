@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from configs import data as data_config
+from instant3d_jax.configs import data as data_config
 from data_pipeline import lrm_input as L
 from data_pipeline import primitives as P
 from data_pipeline import procedural, records

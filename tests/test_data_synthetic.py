@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from configs import data as data_config
+from instant3d_jax.configs import data as data_config
 from data_pipeline import primitives as P
 from data_pipeline import procedural, records
 from instant3d_jax import cameras as C

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import configs.lrm as lrm_configs
+from instant3d_jax.configs import lrm as lrm_configs
 from instant3d_jax import cameras as cam_lib
 from instant3d_jax import rendering
 from instant3d_jax.convert.safetensors_io import flatten, unflatten
@@ -202,8 +202,8 @@ def test_rendering(micro):
   rays = jax.jit(lambda p, pl, o, d: lrm.render_rays(m, p, pl, o, d))
   o, d = cam_lib.camera_rays(small)
   ref = rays(plain, planes, o.reshape(2, -1, 3), d.reshape(2, -1, 3))
-  tolerance.within("lrm.render_views_chunk_5_vs_render_rays", np.asarray(img["rgb"]).reshape(2, -1, 3),
-                   ref["rgb"], 1e-5)
+  tolerance.within("lrm.render_views_chunk_5_vs_render_rays",
+                   np.asarray(img["rgb"]).reshape(2, -1, 3), ref["rgb"], 1e-5)
   assert rel_err(img["rgb"][1], img["rgb"][0]) > 1e-4   # the planes are per object
 
   # NeRF MLP with zero kernels = constant density and colour: opacity 1 − exp(−σ·chord).

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs import data as data_config
-from configs import sdxl as sdxl_config
+from instant3d_jax.configs import data as data_config
+from instant3d_jax.configs import sdxl as sdxl_config
 from data_pipeline import captions as CAP
 from data_pipeline import mv_cache as MC
 from data_pipeline import mv_grids as G

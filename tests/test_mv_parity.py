@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from configs import mv_sdxl
+from instant3d_jax.configs import mv_sdxl
 from instant3d_jax.convert import diffusers_sdxl as conv
 from instant3d_jax.diffusion import training
 from instant3d_jax.train import mv_task

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import instant3d
+from instant3d_jax.configs import instant3d
 from instant3d_jax import errors
 from instant3d_jax import pipeline as pipeline_lib
 from instant3d_jax.convert import lrm as convert_lrm
@@ -223,7 +223,7 @@ def test_command_writes_a_run(text3d_weights, tmp_path):
 def test_stage1_from_a_diffusers_folder(text3d_weights, tmp_path):
   """Stage 1 from a diffusers SDXL folder (configs/sdxl.py:tiny shapes, written by the project's
   exporter): grids of `stage1.sample.grid_size`, then the same reconstructor."""
-  from configs import sdxl as sdxl_config
+  from instant3d_jax.configs import sdxl as sdxl_config
   from instant3d_jax.convert import sdxl_pipeline
   scfg = sdxl_config.get_config("tiny")
   n = scfg.random_init.tokenizer_max_length

@@ -81,7 +81,7 @@ def test_micro_study_writes_table_json_and_plot(tmp_path):
   written; the 4-step branch logs the 4-step schedule's rates and ends with the parameters of a
   direct 4-step run."""
   from bench import common, scaling
-  from configs import data as data_config
+  from instant3d_jax.configs import data as data_config
   from data_pipeline import procedural
   from instant3d_jax.train import checkpoint as ckpt_lib
   from instant3d_jax.train import lrm_task

@@ -13,7 +13,7 @@ import pytest
 import torch
 from flax.traverse_util import flatten_dict
 
-from configs import sdxl as sdxl_config
+from instant3d_jax.configs import sdxl as sdxl_config
 from instant3d_jax import errors
 from instant3d_jax.convert import diffusers_sdxl
 from instant3d_jax.convert import safetensors_io as sio

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import lrm as lrm_config
-from configs import sdxl as sdxl_config
+from instant3d_jax.configs import lrm as lrm_config
+from instant3d_jax.configs import sdxl as sdxl_config
 from instant3d_jax.models import lrm
 from instant3d_jax.models.unet import UNet2DConditionModel, UNetConfig
 from instant3d_jax.train import mesh as mesh_lib

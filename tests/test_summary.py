@@ -4,7 +4,7 @@ import re
 import jax
 import pytest
 
-import configs.lrm as lrm_configs
+from instant3d_jax.configs import lrm as lrm_configs
 from instant3d_jax.models import lrm, summary
 
 

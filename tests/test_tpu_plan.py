@@ -85,7 +85,7 @@ def test_sdxl_finetune_step_compiles_for_v5e(v5e_2x2):
   """Stage 1's train step (the micro UNet of tests/test_train_mv.py in the `sdxl` variant's
   settings: bf16 compute, full remat, EMA) compiled for 4 v5e chips, FSDP over them."""
   from tests.test_train_mv import MICRO_UNET
-  from configs import mv_sdxl
+  from instant3d_jax.configs import mv_sdxl
   cfg = mv_sdxl.get_config("tiny")
   cfg.model.random_init.unet = MICRO_UNET
   cfg.grid.view_resolution = 8
@@ -204,7 +204,7 @@ def test_auto_batch_stops_at_its_compile_budget_and_a_rerun_continues(monkeypatc
 def test_text3d_reconstruction_batch_compiles_for_v5e(v5e_2x2):
   """Stage 2 of the text-to-3D batch (pipeline.TextTo3D's placement: objects over the batch
   axes, the reconstructor replicated), the micro LRM, for 4 v5e chips."""
-  from configs import instant3d
+  from instant3d_jax.configs import instant3d
   cfg = instant3d.get_config("tiny")
   built = tp.text3d(v5e_2x2, 1, variant="tiny", cfg=cfg, lrm_cfg=tiny_configs.micro_lrm())
   assert built.global_batch == 4 and built.mesh["data"] == 4

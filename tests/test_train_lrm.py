@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import data as data_config
+from instant3d_jax.configs import data as data_config
 from data_pipeline import procedural, records, render_import
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def imported(tmp_path_factory):
 def tiny_config(data_dir):
   """The tiny run config pointed at an existing data set (`data.source='records'`). Its `data`
   section still describes the 64² procedural demo world: nothing may take shapes from it."""
-  from configs import lrm
+  from instant3d_jax.configs import lrm
   c = lrm.get_config("tiny")
   c.data.source = "records"
   c.data_dir = str(data_dir)
@@ -204,7 +204,7 @@ def test_lpips_and_mask_loss_terms():
   μ·MSE(opacity, mask), each part checked against its own oracle (the standalone LPIPS module,
   the rendered opacity); gradients are finite and the LPIPS term moves them."""
   import jax.numpy as jnp
-  from configs import lrm
+  from instant3d_jax.configs import lrm
   from instant3d_jax import cameras
   from instant3d_jax.train import lrm_task
   from instant3d_jax.models import lpips as lpips_lib

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import data as data_config
-from configs import mv_sdxl
+from instant3d_jax.configs import data as data_config
+from instant3d_jax.configs import mv_sdxl
 from instant3d_jax import errors
 from instant3d_jax.diffusion import training
 from instant3d_jax.diffusion.word_tokenizer import WordTokenizer
@@ -310,7 +310,7 @@ def test_sdxl_weights_folder_initialises_the_unet_and_ema(tmp_path):
   """`model.pretrained` (a diffusers SDXL folder, through convert/sdxl_pipeline.py): at step 0
   the trained UNet and its EMA are the folder's weights, the frozen text encoders and VAE come
   from it too, and its CLIP tokenizers are used."""
-  from configs import sdxl as sdxl_config
+  from instant3d_jax.configs import sdxl as sdxl_config
   from instant3d_jax.convert import sdxl_pipeline
   scfg = sdxl_config.get_config("tiny")
   tok = sdxl_pipeline.write_toy_tokenizer(tmp_path / "tok", int(scfg.random_init.tokenizer_max_length))

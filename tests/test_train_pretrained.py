@@ -34,7 +34,7 @@ def vit_folder(tmp_path_factory):
 
 
 def pretrained_config(data_dir, folder):
-  from configs import data, lrm
+  from instant3d_jax.configs import data, lrm
   c = lrm.get_config("tiny")
   c.data = data.get_config("tiny")
   c.data.source = "procedural"

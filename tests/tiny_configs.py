@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ml_collections
 
-import configs.lrm as lrm_configs
+from instant3d_jax.configs import lrm as lrm_configs
 from instant3d_jax.models import lrm
 
 

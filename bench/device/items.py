@@ -532,8 +532,8 @@ def _text3d(rec: Recorder, dry: bool, stage1_pipe, steps: int, grid: int) -> Non
   import jax.numpy as jnp
   import flax.linen as nn
   import numpy as np
-  import configs.instant3d as i3d_configs
-  import configs.lrm as lrm_configs
+  from instant3d_jax.configs import instant3d as i3d_configs
+  from instant3d_jax.configs import lrm as lrm_configs
   from instant3d_jax import pipeline as pipeline_lib
   from instant3d_jax import reconstruction
   from instant3d_jax.diffusion import blob as blob_lib
@@ -597,7 +597,7 @@ def item_lrm(rec: Recorder, dry: bool, args) -> None:
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
-  import configs.lrm as lrm_configs
+  from instant3d_jax.configs import lrm as lrm_configs
   from instant3d_jax import cameras as cam_lib
   from instant3d_jax.models import lrm, summary
   cfg = _dry_lrm(lrm_configs.get_config("tiny")) if dry else lrm_configs.get_config("large")
@@ -650,7 +650,7 @@ def item_lrm(rec: Recorder, dry: bool, args) -> None:
 def _train_config(dry: bool):
   """`large` at bench_memory_plan's per-device batch (1 object), bf16, full remat, field
   remat, one device; LPIPS off (its VGG weights are not carried to the device)."""
-  from configs import lrm as lrm_configs
+  from instant3d_jax.configs import lrm as lrm_configs
   if dry:
     cfg = _dry_lrm(lrm_configs.get_config("tiny"))
     cfg.loss.rays_per_view = 64

@@ -41,7 +41,7 @@ def sdxl(dry_run: bool) -> dict:
   if dry_run:
     # configs/sdxl.py's tiny random-weight shapes (one home; ml_collections travels with the
     # device wheels).
-    from configs import sdxl as sdxl_configs  # pylint: disable=g-import-not-at-top
+    from instant3d_jax.configs import sdxl as sdxl_configs  # pylint: disable=g-import-not-at-top
     r = sdxl_configs.get_config("tiny").random_init.to_dict()
     return dict(unet=r["unet"], vae=r["vae"], text_encoder=r["text_encoder"],
                 text_encoder_2=r["text_encoder_2"], latent=16, ctx_len=16, grid=32, steps=2)

@@ -91,7 +91,7 @@ def view_consistency(checkpoint: str, grids, batch: int = 8,
   re-render is compared with the views as they are. `background_threshold` None: configs/
   instant3d.py:tiny's `stage2.background_threshold` (its comment has the measurements)."""
   if background_threshold is None:
-    from configs import instant3d  # pylint: disable=g-import-not-at-top
+    from instant3d_jax.configs import instant3d  # pylint: disable=g-import-not-at-top
     background_threshold = float(instant3d.get_config("tiny").stage2.background_threshold)
   import jax.numpy as jnp
   import numpy as np
