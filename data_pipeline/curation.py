@@ -240,8 +240,6 @@ def main(argv: Sequence[str]) -> None:
   records.read_metadata(FLAGS.data_dir)
   if FLAGS.l2 < 0 or FLAGS.steps < 1:
     raise errors.ConfigError(f"--l2 must be ≥ 0 and --steps ≥ 1, found {FLAGS.l2}, {FLAGS.steps}")
-  from instant3d_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.check_path("clip", FLAGS.clip, kind="dir", what="a transformers CLIPVisionModel folder")
   embed = load_clip_vision_features(FLAGS.clip)
   res = curate(FLAGS.data_dir, embed, labels, FLAGS.out, splits=FLAGS.splits,
                threshold=FLAGS.threshold, overwrite=FLAGS.overwrite, l2=FLAGS.l2,

@@ -26,11 +26,8 @@ def main(argv: Sequence[str]) -> None:
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  from instant3d_jax import cli  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
   fractions = procedural.parse_fractions(FLAGS.split_fractions)
-  cli.check_path("src", FLAGS.src, kind="dir", what="a folder of object folders, each with a "
-                 "cameras.json")
   meta = render_import.import_renders(FLAGS.src, FLAGS.out, split_fractions=fractions,
                                       seed=FLAGS.seed, records_per_shard=FLAGS.records_per_shard,
                                       overwrite=FLAGS.overwrite)

@@ -332,9 +332,6 @@ def main(argv: Sequence[str]) -> None:
   FLAGS = flags.FLAGS
   _check_out_dir(FLAGS.data_dir, FLAGS.out, FLAGS.overwrite)
   records.read_metadata(FLAGS.data_dir)  # a bad source fails before the encoders load
-  from instant3d_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.check_path("weights", FLAGS.weights, what="an SDXL diffusers folder or a single-file "
-                 ".safetensors")
   encoders = load_encoders(FLAGS.encoders, FLAGS.config, FLAGS.weights)
   meta = write_cache(FLAGS.data_dir, FLAGS.out, encoders, splits=FLAGS.splits,
                      batch_size=FLAGS.batch_size, resolution=FLAGS.resolution,

@@ -56,8 +56,6 @@ def main(argv):
   text3d.read_run(FLAGS.generated)
   cli.check_path("stage2", FLAGS.stage2, what="a training workdir, a step directory or an "
                  "exported .safetensors")
-  for flag in ("clip_l", "clip_bigg"):
-    cli.check_path(flag, FLAGS[flag].value, kind="dir", what="a transformers CLIPModel folder")
   scorers = text3d.load_scorers({"clip_l": FLAGS.clip_l, "clip_bigg": FLAGS.clip_bigg})
   result = text3d.evaluate(FLAGS.generated, FLAGS.stage2, scorers,
                            num_azimuths=FLAGS.num_azimuths, num_pick=FLAGS.num_pick,

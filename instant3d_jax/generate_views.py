@@ -52,8 +52,6 @@ def main(argv: Sequence[str]) -> None:
     raise errors.ConfigError("--weights and --out are required")
   cfg = FLAGS.config
   prompts = generate.read_prompts(FLAGS.prompt, FLAGS.prompts_file)
-  cli.check_path("weights", FLAGS.weights, what="an SDXL diffusers folder or a single-file "
-                 ".safetensors")
   if FLAGS.num_samples < 1:
     raise errors.ConfigError(f"--num_samples must be >= 1, got {FLAGS.num_samples}")
   options = generate.Options(

@@ -141,7 +141,7 @@ def _cases(tmp: Path, ckpt: Path) -> list[tuple[str, list[str], dict, str]]:
       ("instant3d_jax.models.summary", [f"--config={lrm_cfg}", "--batch=0"], {}, "--batch"),
       ("data_pipeline.synthetic", [f"--out={out}", "--split_fractions=0.5,0.5"], {},
        "--split_fractions"),
-      ("data_pipeline.importer", [f"--src={missing}", f"--out={out}"], {}, "--src"),
+      ("data_pipeline.importer", [f"--src={missing}", f"--out={out}"], {}, "source directory"),
       ("data_pipeline.mv_cache", [f"--data_dir={missing}", f"--out={out}"], {}, "missing"),
       ("data_pipeline.curation", [f"--data_dir={missing}", f"--clip={missing}",
                                   f"--labels={missing}", f"--out={out}"], {}, "missing"),

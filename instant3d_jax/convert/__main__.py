@@ -42,10 +42,6 @@ def main(argv: Sequence[str]) -> None:
   FLAGS = flags.FLAGS
   if not FLAGS.weights or not FLAGS.out:
     raise errors.ConfigError("--weights and --out are required")
-  cli.check_path("weights", FLAGS.weights, what="an SDXL diffusers folder or a single-file "
-                 ".safetensors")
-  cli.check_path("config_folder", FLAGS.config_folder, kind="dir",
-                 what="a folder with the component configs and tokenizers")
   out = Path(FLAGS.out)
   if out.exists() and not FLAGS.overwrite:
     raise errors.ConfigError(f"--out {out} already exists; choose another path or pass "
