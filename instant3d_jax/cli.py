@@ -42,9 +42,10 @@ _TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")
 # PCI vendor and device ids of Google TPUs (the list jax/_src/hardware_utils.py reads).
 _GOOGLE_PCI_VENDOR = "0x1ae0"
 _TPU_PCI_DEVICES = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
-# GPU platforms: (JAX platform, distribution-name prefix of its plugin, device files).
-_GPU_PLATFORMS = (("cuda", "jax-cuda", ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg")),
-                  ("rocm", "jax-rocm", ("/dev/kfd",)))
+# GPU platforms: (JAX platform, device files that show its hardware); a JAX plugin whose name
+# holds the platform's name (xla_cuda12, jax-cuda12-plugin, xla_rocm7, …) brings its backend.
+_GPU_PLATFORMS = (("cuda", ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg")),
+                  ("rocm", ("/dev/kfd",)))
 
 
 def tpu_attached() -> bool:
@@ -64,14 +65,32 @@ def tpu_attached() -> bool:
   return False
 
 
-def _jax_plugin_distributions() -> list[str]:
-  """Names of the installed distributions that register JAX plugins (e.g. jax-cuda12-plugin)."""
+def jax_plugins() -> list[str]:
+  """Names of the installed JAX plugins: the `jax_plugins` entry points and the modules of the
+  `jax_plugins` namespace package (the two ways JAX discovers them)."""
+  import importlib.util
+  import pkgutil
   from importlib import metadata
-  names = []
-  for ep in metadata.entry_points(group="jax_plugins"):
-    dist = getattr(ep, "dist", None)
-    names.append((dist.name if dist is not None else ep.name).lower().replace("_", "-"))
-  return names
+  names = [ep.name for ep in metadata.entry_points(group="jax_plugins")]
+  spec = importlib.util.find_spec("jax_plugins")
+  if spec is not None and spec.submodule_search_locations:
+    names += [m.name for m in pkgutil.iter_modules(spec.submodule_search_locations)]
+  return sorted(set(names))
+
+
+def platforms_without_tpu(plugins: Sequence[str]) -> list[str] | None:
+  """The JAX platforms to use without a TPU: each GPU platform whose plugin is among `plugins`
+  and whose device files exist, then 'cpu'; None when a plugin of another kind is installed
+  (JAX decides then)."""
+  platforms = []
+  for plugin in plugins:
+    kind = next((name for name, _ in _GPU_PLATFORMS if name in plugin.lower()), None)
+    if kind is None:
+      return None
+    files = dict(_GPU_PLATFORMS)[kind]
+    if kind not in platforms and any(os.path.exists(f) for f in files):
+      platforms.append(kind)
+  return platforms + ["cpu"]
 
 
 def select_platforms() -> str | None:
@@ -85,16 +104,10 @@ def select_platforms() -> str | None:
     return None
   if tpu_attached():
     return None
-  plugins = _jax_plugin_distributions()
-  platforms = []
-  for name, prefix, device_files in _GPU_PLATFORMS:
-    if any(p.startswith(prefix) for p in plugins):
-      plugins = [p for p in plugins if not p.startswith(prefix)]
-      if any(os.path.exists(d) for d in device_files):
-        platforms.append(name)
-  if plugins:
-    return None  # a plugin this function does not know: JAX decides
-  value = ",".join(platforms + ["cpu"])
+  platforms = platforms_without_tpu(jax_plugins())
+  if platforms is None:
+    return None
+  value = ",".join(platforms)
   os.environ["JAX_PLATFORMS"] = value  # also for the processes a command starts
   if jax is not None:
     jax.config.update("jax_platforms", value)

@@ -158,9 +158,17 @@ def _run(module: str, args: list[str], env: dict) -> tuple[subprocess.CompletedP
 def test_every_command_reports_bad_input_in_one_line(side_jax_process, workdir_checkpoint,
                                                      tmp_path):
   cases = _cases(tmp_path, workdir_checkpoint)
+  # The control: asked for, the libraries' INFO lines do show (the verbose cases mean something).
+  views = ",".join(str(tmp_path / f"view_{i}.png") for i in range(2))
+  control = ("instant3d_jax.reconstruct", [f"--checkpoint={workdir_checkpoint}",
+                                           f"--views={views}", f"--out={tmp_path / 'o'}"],
+             {"INSTANT3D_VERBOSITY": "info"})
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
-    results = list(pool.map(lambda c: _run(c[0], c[1], c[2]), cases))
+    results = list(pool.map(lambda c: _run(c[0], c[1], c[2]), [control] + cases))
   assert side_jax_process.poll() is None, "the second JAX process ended early"
+  (r, _), results = results[0], results[1:]
+  assert r.returncode == 2 and "Restoring checkpoint" in r.stderr, r.stderr[-3000:]
+  assert r.stderr.splitlines()[-1].startswith("error: --views lists 2 files"), r.stderr[-3000:]
   failures = []
   for (module, args, env, fragment), (r, secs) in zip(cases, results):
     lines = r.stderr.splitlines()
@@ -171,3 +179,28 @@ def test_every_command_reports_bad_input_in_one_line(side_jax_process, workdir_c
                       f"{len(lines)} stderr lines, expected one 'error: …{fragment}…':\n"
                       + r.stderr[-3000:])
   assert not failures, "\n\n".join(failures)
+
+
+def test_platforms_leave_the_tpu_out_only_without_a_tpu(monkeypatch, tmp_path):
+  """`cli.select_platforms`: no TPU → the GPU platforms present plus cpu; a TPU, an explicit
+  JAX_PLATFORMS (even empty) or an unknown plugin → JAX decides."""
+  from instant3d_jax import cli
+  gpu = tmp_path / "nvidia0"
+  gpu.write_text("")
+  monkeypatch.setattr(cli, "_GPU_PLATFORMS", (("cuda", (str(gpu),)),
+                                              ("rocm", (str(tmp_path / "kfd"),))))
+  assert cli.platforms_without_tpu([]) == ["cpu"]
+  assert cli.platforms_without_tpu(["xla_cuda12"]) == ["cuda", "cpu"]
+  assert cli.platforms_without_tpu(["xla_rocm7"]) == ["cpu"]  # plugin, but no device
+  assert cli.platforms_without_tpu(["xla_cuda12", "xla_other"]) is None
+  # This process's JAX is set up already (conftest); select_platforms sees a fresh process.
+  monkeypatch.delitem(sys.modules, "jax")
+  monkeypatch.setattr(cli, "jax_plugins", lambda: ["jax_cuda12_plugin"])
+  monkeypatch.setattr(cli, "tpu_attached", lambda: True)
+  monkeypatch.delenv("JAX_PLATFORMS")
+  assert cli.select_platforms() is None and "JAX_PLATFORMS" not in os.environ
+  monkeypatch.setattr(cli, "tpu_attached", lambda: False)
+  monkeypatch.setenv("JAX_PLATFORMS", "")
+  assert cli.select_platforms() is None and os.environ["JAX_PLATFORMS"] == ""
+  monkeypatch.delenv("JAX_PLATFORMS")
+  assert cli.select_platforms() == "cuda,cpu" and os.environ["JAX_PLATFORMS"] == "cuda,cpu"
