@@ -104,3 +104,17 @@ def test_finished_run_summary_is_written_once_and_reused(tmp_path):
   assert s["final_train_loss"] == sum(range(2, 12)) / 10 and s["wall_s"] == 3.1
   assert loop.finished_summary(str(tmp_path), log=lambda *_: None) == s
   assert loop.finished_summary(str(tmp_path), retrain=True) is None
+
+
+def test_params_sha256_sees_bits_dtype_shape_and_keys_not_dict_order():
+  from instant3d_jax.train import checkpoint as ckpt_lib
+  a = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": {"k": np.ones(2, np.float32)}}
+  h = ckpt_lib.params_sha256(a)
+  assert len(h) == 64
+  assert ckpt_lib.params_sha256({"a": {"k": np.ones(2, np.float32)}, "b": a["b"].copy()}) == h
+  flipped = a["b"].copy()
+  flipped.view(np.uint32)[0, 0] ^= 1  # one bit of one leaf
+  assert ckpt_lib.params_sha256({**a, "b": flipped}) != h
+  assert ckpt_lib.params_sha256({**a, "b": a["b"].reshape(3, 2)}) != h
+  assert ckpt_lib.params_sha256({**a, "b": a["b"].astype(np.float64)}) != h
+  assert ckpt_lib.params_sha256({"c": a["b"], "a": a["a"]}) != h

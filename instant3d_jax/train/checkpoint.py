@@ -253,6 +253,20 @@ def load(path: str | os.PathLike, config=None, *, item: str = "params"
   return config, params, step
 
 
+def params_sha256(params: Any) -> str:
+  """The parameter hash: sha256 over (keypath, dtype, shape, bytes) of every leaf, in sorted
+  keypath order. Equal hashes mean bit-identical parameters with identical tree structure."""
+  import hashlib
+  leaves = [(jax.tree_util.keystr(k), np.asarray(v))
+            for k, v in jax.tree_util.tree_flatten_with_path(params)[0]]
+  h = hashlib.sha256()
+  for key, v in sorted(leaves, key=lambda kv: kv[0]):
+    v = np.ascontiguousarray(v)
+    h.update(f"{key}|{v.dtype.str}|{v.shape}|".encode())
+    h.update(v.tobytes())
+  return h.hexdigest()
+
+
 def load_params(path: str | os.PathLike) -> tuple[dict, Any, int | None]:
   """`load` with the config as a plain dict (JSON types)."""
   config, params, step = load(path)
