@@ -4,7 +4,7 @@
     python -m bench.bench_lrm [--variants tiny,small] [--repeats 5] [--skip_memory|--skip_timing]
 
 Times: median of `--repeats` calls after one warm-up (compile excluded), `block_until_ready`.
-Achieved GFLOP/s use the analytic FLOPs of models/summary.py (matmuls only). Memory: XLA's
+Achieved GFLOP/s use the analytic FLOPs of models/lrm_stats.py (matmuls only). Memory: XLA's
 `compiled.memory_analysis()` of the jitted function lowered on abstract inputs (nothing runs and
 no parameter is allocated) — CPU compile estimates; a GPU compile fuses and schedules differently.
 The training step is `value_and_grad` of an MSE on rendered rays (4 target views × a 64² crop =
@@ -27,7 +27,7 @@ from absl import app, flags
 from instant3d_jax.configs import lrm as lrm_configs
 from bench import common
 from instant3d_jax import cameras as cam_lib
-from instant3d_jax.models import lrm, summary
+from instant3d_jax.models import lrm, lrm_stats
 
 _VARIANTS = flags.DEFINE_list("variants", ["tiny", "small"], "variants timed on this machine")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per figure")
@@ -61,10 +61,10 @@ def time_variant(variant: str, repeats: int) -> dict:
   view = cam_lib.instant3d_rig(res)[None, :1]
   render = jax.jit(lambda p, pl, c: lrm.render_views(m, p, pl, c, outputs=("rgb",))["rgb"])
   t_render = _time(render, params, planes, view, repeats=max(1, repeats // 2))
-  return dict(variant=variant, params=summary.count_params(m), res=res,
+  return dict(variant=variant, params=lrm_stats.count_params(m), res=res,
               samples=m.render.num_samples + m.render.num_importance,
-              fwd_s=t_fwd, fwd_gflop=summary.lrm_forward_flops(m, 1) / 1e9,
-              render_s=t_render, render_gflop=summary.render_flops(m, res * res) / 1e9)
+              fwd_s=t_fwd, fwd_gflop=lrm_stats.lrm_forward_flops(m, 1) / 1e9,
+              render_s=t_render, render_gflop=lrm_stats.render_flops(m, res * res) / 1e9)
 
 
 def large_memory() -> dict:

@@ -342,7 +342,7 @@ def text3d(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: dict | 
   from instant3d_jax import cameras as cameras_lib
   from instant3d_jax import reconstruction
   from instant3d_jax.diffusion import generate, sampling
-  from instant3d_jax.models import lrm, summary
+  from instant3d_jax.models import lrm, lrm_stats
   from instant3d_jax.train import mesh as mesh_lib
   from instant3d_jax.train import sharding as shard_lib
   cfg = cfg if cfg is not None else instant3d.get_config(variant)
@@ -376,7 +376,7 @@ def text3d(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: dict | 
       config=dict(cfg.to_dict(), lrm=json.loads(lrm_cfg.to_json_best_effort())),
       inputs=[("lrm params", abstract, jax.tree.map(lambda _: rep, abstract)),
               ("views", images, images.sharding)],
-      model_flops=float(summary.lrm_forward_flops(m, b)),
+      model_flops=float(lrm_stats.lrm_forward_flops(m, b)),
       notes=f"LRM `{lrm_cfg.variant}`, {lrm_cfg.model.dtype}, replicated; objects over "
             f"{'×'.join(k for k, v in placement.mesh.shape.items() if v > 1) or 'one chip'}")
 

@@ -1,11 +1,12 @@
-"""Parameter counts and analytic FLOPs (instant3d_jax/models/summary.py)."""
+"""Parameter counts and analytic FLOPs (instant3d_jax/models/lrm_stats.py; its command is
+models/summary.py)."""
 import re
 
 import jax
 import pytest
 
 from instant3d_jax.configs import lrm as lrm_configs
-from instant3d_jax.models import lrm, summary
+from instant3d_jax.models import lrm, lrm_stats
 
 
 def _dense(i, o, bias=True):
@@ -31,12 +32,12 @@ def test_large_parameter_count():
   cfg = lrm_configs.get_config("large")
   total = expected_large_params()
   assert 375e6 <= total <= 525e6
-  text = summary.format_summary(cfg)                # table + total from jax.eval_shape
+  text = lrm_stats.format_summary(cfg)              # table + total from jax.eval_shape
   assert re.search(rf"^total +{total:,}  \({total / 1e6:.1f}M\)$", text, re.M)
   assert "decoder/block_*/modulation" in text
   # Without the decoder's camera modulation the count drops by 16 × (1024 → 6·1024).
   cfg.model.decoder_modulation = False
-  assert summary.count_params(cfg) == total - 16 * _dense(1024, 6 * 1024)
+  assert lrm_stats.count_params(cfg) == total - 16 * _dense(1024, 6 * 1024)
 
 
 def test_forward_flops_match_xla_on_an_unrolled_model():
@@ -54,15 +55,15 @@ def test_forward_flops_match_xla_on_an_unrolled_model():
       lrm.abstract_params(m), images, cams).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  analytic, parts = summary.lrm_forward_flops(m, 1, breakdown=True)
+  analytic, parts = lrm_stats.lrm_forward_flops(m, 1, breakdown=True)
   assert 1.0 <= cost["flops"] / analytic <= 1.1
-  assert summary.lrm_forward_flops(m, 3) == 3 * analytic
+  assert lrm_stats.lrm_forward_flops(m, 3) == 3 * analytic
   assert set(parts) == {"camera_embedder", "encoder", "decoder", "upsampler"}
 
 
 def test_render_flops():
   m = lrm.model_config(lrm_configs.get_config("large"))
   per_sample = 2 * (240 * 64 + 8 * 64 * 64 + 64 * 4)
-  assert summary.nerf_flops_per_sample(m) == per_sample
-  assert summary.render_flops(m, 1000) == 1000 * 128 * per_sample
-  assert summary.render_flops(m, 10, num_samples=8, num_importance=0) == 80 * per_sample
+  assert lrm_stats.nerf_flops_per_sample(m) == per_sample
+  assert lrm_stats.render_flops(m, 1000) == 1000 * 128 * per_sample
+  assert lrm_stats.render_flops(m, 10, num_samples=8, num_importance=0) == 80 * per_sample

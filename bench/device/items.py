@@ -599,7 +599,7 @@ def item_lrm(rec: Recorder, dry: bool, args) -> None:
   import jax.numpy as jnp
   from instant3d_jax.configs import lrm as lrm_configs
   from instant3d_jax import cameras as cam_lib
-  from instant3d_jax.models import lrm, summary
+  from instant3d_jax.models import lrm, lrm_stats
   cfg = _dry_lrm(lrm_configs.get_config("tiny")) if dry else lrm_configs.get_config("large")
   cfg.model.dtype = "bfloat16"
   m = lrm.model_config(cfg)
@@ -608,13 +608,13 @@ def item_lrm(rec: Recorder, dry: bool, args) -> None:
                                               jax.random.key(0)), jax.random.key(0),
                                 jnp.bfloat16)
   jax.block_until_ready(params)
-  rec.note(init_s=round(time.perf_counter() - t, 2), params=summary.count_params(m),
+  rec.note(init_s=round(time.perf_counter() - t, 2), params=lrm_stats.count_params(m),
            variant=cfg.variant)
   print(f"[lrm] params drawn in {rec.data['init_s']} s", flush=True)
   _, cams = lrm.dummy_inputs(m, 1)
   res = m.input_resolution
   images = device_random(jax.random.key(1), (1, m.num_views, res, res, 3), jnp.float32, low=0.0)
-  flops = float(summary.lrm_forward_flops(m, 1))
+  flops = float(lrm_stats.lrm_forward_flops(m, 1))
   planes = []
   for impl in ("xla", "cudnn"):
     cfg.model.attention_impl = impl
@@ -641,7 +641,7 @@ def item_lrm(rec: Recorder, dry: bool, args) -> None:
     r["res"] = render_res
     r["samples"] = m.render.num_samples + m.render.num_importance
     r["chunk"] = chunk or m.render.chunk
-    r["analytic_flops"] = float(summary.render_flops(m, render_res * render_res))
+    r["analytic_flops"] = float(lrm_stats.render_flops(m, render_res * render_res))
     return r
 
   rec.run("render_512", 15, render)

@@ -171,12 +171,12 @@ def flops_per_example(config, dataset: datasets.DatasetInfo) -> float:
   """Analytic forward+backward FLOPs per object: 3 × (images→planes + NeRF MLP on every
   sample). Triplane lookup and compositing (memory-bound gathers) and the LPIPS network are
   not counted."""
-  from instant3d_jax.models import summary
+  from instant3d_jax.models import lrm_stats
   lc, ld = config.loss, datasets.loader_config(config, dataset)
   per_view = int(lc.rays_per_view) if lc.ray_sampling == "random" else (
       int(ld.crop_size) or int(ld.target_resolution)) ** 2
   rays = per_view * int(ld.num_targets)
-  fwd = summary.lrm_forward_flops(config, batch=1) + summary.render_flops(config, rays)
+  fwd = lrm_stats.lrm_forward_flops(config, batch=1) + lrm_stats.render_flops(config, rays)
   return 3.0 * float(fwd)
 
 
