@@ -1,4 +1,5 @@
-"""The frozen-encoder cache (data_pipeline/mv_cache.py) on a tiny random SDXL pipeline."""
+"""The frozen-encoder cache (data_pipeline/latent_cache.py, its command data_pipeline/mv_cache.py)
+on a tiny random SDXL pipeline."""
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 from instant3d_jax.configs import data as data_config
 from instant3d_jax.configs import sdxl as sdxl_config
 from data_pipeline import captions as CAP
-from data_pipeline import mv_cache as MC
+from data_pipeline import latent_cache as MC
 from data_pipeline import mv_grids as G
 from data_pipeline import procedural, records
 from tests import tolerance
@@ -126,9 +127,9 @@ def test_encoders_flag_is_checked():
   with pytest.raises(Exception, match="must be 'module:function'"):
     MC.load_encoders("nocolon", None, None)
   with pytest.raises(Exception, match="cannot import it"):
-    MC.load_encoders("data_pipeline.mv_cache:no_such_function", None, None)
+    MC.load_encoders("data_pipeline.latent_cache:no_such_function", None, None)
   with pytest.raises(Exception, match="--weights is required"):
-    MC.load_encoders("data_pipeline.mv_cache:sdxl_encoders", None, None)
+    MC.load_encoders("data_pipeline.latent_cache:sdxl_encoders", None, None)
 
 
 def _command(*args):

@@ -368,11 +368,11 @@ def test_state_shardings_keep_indivisible_dimensions_whole():
 
 
 def test_latent_cache_batches_reach_the_step_in_cached_form(tmp_path):
-  """A frozen-encoder cache (data_pipeline/mv_cache.py) written with the run's own autoencoder
+  """A frozen-encoder cache (data_pipeline/latent_cache.py) written with the run's own autoencoder
   and text encoders, read through `grid.cache_dir`: the keys and shapes of the cached
   `batch_spec`, and the context equals the step's own encoding of the caption."""
   from data_pipeline import datasets
-  from data_pipeline import mv_cache
+  from data_pipeline import latent_cache
   cfg = micro_config()
   cfg.model.train_parts = ("unet",)   # a cache needs frozen text encoders (tiny trains them)
   cfg.data = data_config.get_config("tiny")
@@ -380,8 +380,9 @@ def test_latent_cache_batches_reach_the_step_in_cached_form(tmp_path):
   comps = mv_task.build_components(cfg)
   info = datasets.prepare(cfg, progress=False)
   pipe = mv_task.sampling_pipeline(comps, {"unet": {}})
-  mv_cache.write_cache(info.data_dir, str(tmp_path / "cache"), mv_cache.encoders_from_pipeline(pipe),
-                       splits=["train"], batch_size=4, resolution=8, progress=False)
+  latent_cache.write_cache(info.data_dir, str(tmp_path / "cache"),
+                           latent_cache.encoders_from_pipeline(pipe), splits=["train"],
+                           batch_size=4, resolution=8, progress=False)
   cfg.grid.cache_dir = str(tmp_path / "cache")
   b = next(mv_task.cache_loader_factory(cfg, comps)())
   spec = mv_task.batch_spec(cfg, comps, cached=True)

@@ -16,7 +16,7 @@ Batches the step takes (process-local rows, numpy; `batch_spec`):
   cached form   latents float32 [B, h, w, C] (already (mean − shift) × scaling_factor),
                 latents_std (the posterior's std × scaling_factor; only with
                 `diffusion.latent_sample`), context float32 [B, L, D1 + D2], pooled float32
-                [B, P]: the frozen-encoder cache of data_pipeline/mv_cache.py (`grid.cache_dir`;
+                [B, P]: the frozen-encoder cache of data_pipeline/latent_cache.py (`grid.cache_dir`;
                 `make_task(..., cached=True)`).
 The iterator adapter `CaptionBatches` turns the grid loader's {"grid", "caption", "object_id"}
 batches (data_pipeline/mv_grids.py `make_grid_loader`, or any factory with that interface) into
@@ -258,7 +258,7 @@ class CaptionBatches:
 
 
 class CachedBatches:
-  """The cache loader's batches (data_pipeline/mv_cache.py `make_latent_loader`) → the cached
+  """The cache loader's batches (data_pipeline/latent_cache.py `make_latent_loader`) → the cached
   form (`keys`: the names `batch_spec` asks for)."""
   RENAME = {"latents": "latents", "latents_std": "latents_std", "context": "prompt_embeds",
             "pooled": "pooled_prompt_embeds"}
@@ -455,9 +455,9 @@ def make_image_fn(config, comps: Components, workdir: str | os.PathLike | None =
 # ----------------------------------------------------------------------------------------------
 def cache_loader_factory(config, comps: Components) -> Callable[[], Any]:
   """`() -> iterator` of the frozen-encoder cache in `config.grid.cache_dir` (data_pipeline/
-  mv_cache.py), in the cached form, with the grid loader's order and selection settings."""
+  latent_cache.py), in the cached form, with the grid loader's order and selection settings."""
   from data_pipeline import captions as captions_lib
-  from data_pipeline import mv_cache
+  from data_pipeline import latent_cache
   g = config.grid
   trained_text = [p for p in comps.train_parts if p.startswith("text_encoder")]
   if trained_text:
@@ -471,7 +471,7 @@ def cache_loader_factory(config, comps: Components) -> Callable[[], Any]:
   keys = batch_spec(config, comps, cached=True).keys()
 
   def make():
-    return CachedBatches(mv_cache.make_latent_loader(
+    return CachedBatches(latent_cache.make_latent_loader(
         str(g.cache_dir), str(g.split), batch_size=int(config.train.global_batch_size),
         seed=int(g.seed), shuffle=True, object_list=str(g.object_list) or None,
         heldout=split_part, worker_count=int(g.worker_count),
