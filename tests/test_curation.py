@@ -1,4 +1,5 @@
-"""Curation (data_pipeline/curation.py): CLIP features → linear SVM → object list."""
+"""Curation (data_pipeline/clip_svm.py, its command data_pipeline/curation.py): CLIP features →
+linear SVM → object list."""
 import os
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 from instant3d_jax.configs import data as data_config
 from data_pipeline import captions as CAP
-from data_pipeline import curation as CU
+from data_pipeline import clip_svm as CU
 from data_pipeline import mv_grids as G
 from data_pipeline import procedural, records
 from tests import tiny_configs
