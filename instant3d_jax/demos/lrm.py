@@ -1,0 +1,101 @@
+"""The main job (`make demo`, the command instant3d_jax/demo.py): procedural world → train the
+tiny reconstructor → evaluate → turntable, each step printing what it did.
+
+`run(cfg, workdir)` is the whole job (the command's docstring says what each step writes);
+`data_step`, `train_step` and `turntable_step` are its steps.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from instant3d_jax import cli
+
+
+def data_step(cfg, workdir: str) -> str:
+  """Step 1: the cached data set and a contact sheet. Returns the data directory."""
+  from data_pipeline import datasets, records
+  from data_pipeline.contact_sheet import object_contact_sheet
+  data_dir = str(cfg.data_dir)
+  t0 = time.perf_counter()
+  cached = os.path.exists(os.path.join(data_dir, records.METADATA_FILE))
+  info = datasets.prepare(cfg)
+  counts = ", ".join(f"{k} {v}" for k, v in info.splits.items())
+  print(f"data set: {data_dir} ({'cached' if cached else 'generated'} in "
+        f"{time.perf_counter() - t0:.1f} s; {sum(info.splits.values())} objects at "
+        f"{info.resolution}²: {counts})")
+  sheet = os.path.join(workdir, "contact_sheet.png")
+  split = "test" if info.splits.get("test") else "train"
+  rec = object_contact_sheet(data_dir, sheet, split=split)
+  print(f"contact sheet of {rec['object_id']} (\"{rec['caption']}\"): {sheet}")
+  return data_dir
+
+
+def train_step(cfg, run_dir: str, retrain: bool) -> dict:
+  """Step 2: train (or reuse a finished run). Returns the run summary."""
+  from instant3d_jax.train import loop, lrm_task
+  summary = loop.finished_summary(run_dir, retrain)
+  if summary is not None:
+    return summary
+  budget = float(cfg.train.time_budget_s or 0)
+  print(f"training {cfg.variant} for {cfg.train.total_steps} steps"
+        + (f" (or {budget:.0f} s of wall clock, whichever ends first)" if budget else "")
+        + f" into {run_dir}")
+  res = lrm_task.train(cfg, run_dir)
+  last = res.history[-10:]
+  return loop.write_summary(run_dir, res, time_budget_s=float(cfg.train.time_budget_s),
+                            final_train_psnr=sum(h["psnr"] for h in last) / max(len(last), 1))
+
+
+def turntable_step(cfg, data_dir: str, run_dir: str, out_dir: str) -> dict:
+  """Step 4: reconstruct the first held-out object from its 4 Instant3D-rig views."""
+  from data_pipeline import records
+  from instant3d_jax import reconstruction
+  from instant3d_jax.export.images import save_png
+  rec = records.RecordSource(data_dir, "test")[0]
+  rgba = records.group_rgba(rec, "rig")
+  views_dir = os.path.join(out_dir, "input_views")
+  paths = []
+  for i, v in enumerate(rgba):
+    p = os.path.join(views_dir, f"view_{i}.png")
+    save_png(p, v)  # RGBA: reconstruct composites it onto the training background
+    paths.append(p)
+  written = reconstruction.reconstruct(run_dir, out_dir, views=paths, num_novel=4,
+                                       turntable_frames=24, mesh_resolution=64,
+                                       mesh_threshold="auto", progress=False, log=lambda *_: None)
+  written["object"] = f"{rec['object_id']}: {rec['caption']}"
+  return written
+
+
+def run(cfg, workdir: str, *, retrain: bool = False, data_only: bool = False) -> None:
+  """The whole job into `workdir` with the reconstructor config `cfg` (configs/lrm.py; its
+  `data_dir` is set to WORKDIR/data): data and contact sheet, then (unless `data_only`)
+  training (a finished run is reused unless `retrain`), evaluation and the turntable; prints
+  where everything is."""
+  from instant3d_jax.train import multihost
+  cfg.data_dir = os.path.join(workdir, "data")
+  cli.check_train_inputs(cfg, workdir)  # before the data set is generated
+  multihost.cpu_devices_per_core(cfg)
+  data_dir = data_step(cfg, workdir)
+  if data_only:
+    return
+  run_dir = os.path.join(workdir, "lrm")
+  summary = train_step(cfg, run_dir, retrain)
+
+  from instant3d_jax.eval import lrm_eval
+  results, md_path = lrm_eval.evaluate_checkpoint(run_dir, config=cfg, log=lambda *_: None)
+  written = turntable_step(cfg, data_dir, run_dir, os.path.join(workdir, "reconstruct"))
+
+  s = results["summary"]
+  print()
+  print(md_path.read_text())
+  print(f"training: {summary['step']} steps in {summary['wall_s']:.0f} s (compile "
+        f"{summary['compile_s']:.0f} s, stop: {summary['stop_reason']}"
+        + (f", budget {summary['time_budget_s']:.0f} s" if summary.get("time_budget_s") else "")
+        + ")")
+  print(f"held-out: PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f}"
+        + (f", LPIPS {s['lpips']:.4f}" if "lpips" in s else "")
+        + f" on {results['num_objects']} objects × {results['num_views_per_object']} views")
+  print(f"metrics table: {md_path}")
+  print(f"turntable ({written['object']}): {written.get('turntable_gif', written)}")
+  print(f"training logs: {run_dir} (metrics.jsonl, tb/, images/, loss_curve.png)")
