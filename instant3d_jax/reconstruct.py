@@ -46,9 +46,12 @@ from ml_collections import config_flags
 from instant3d_jax import cli, errors
 from instant3d_jax import reconstruction
 
-def _check_flags():
-  """The flags' own checks, before the checkpoint loads (what needs the model, e.g. the number
-  and size of the views, is checked by `reconstruction.reconstruct`)."""
+def main(argv):
+  del argv
+  if not _CHECKPOINT.value or not _OUT.value:
+    raise app.UsageError("--checkpoint and --out are required")
+  # The flags' own checks, before the checkpoint loads (what needs the model, e.g. the number
+  # and size of the views, is checked by `reconstruction.reconstruct`).
   cli.check_path("checkpoint", _CHECKPOINT.value, what="a training workdir, a step directory "
                  "or an exported .safetensors")
   if (_GRID.value is None) == (not _VIEWS.value):
@@ -73,21 +76,14 @@ def _check_flags():
     except ValueError:
       raise errors.ConfigError(f"--mesh_threshold must be a number or 'auto', got "
                                f"{_MESH_THRESHOLD.value!r}") from None
-
-
-def main(argv):
-  del argv
-  if not _CHECKPOINT.value or not _OUT.value:
-    raise app.UsageError("--checkpoint and --out are required")
-  _check_flags()
   # Project errors (InputError, WeightsError, CheckpointError, DataError, …) print as one line
   # with exit status 2 (cli.run).
-  reconstruction.reconstruct(_CHECKPOINT.value, _OUT.value, grid=_GRID.value, views=_VIEWS.value,
-              cameras=_CAMERAS.value, config=_CONFIG.value, seed=_SEED.value,
-              num_novel=_NUM_NOVEL.value, resolution=_RESOLUTION.value,
-              turntable_frames=_FRAMES.value, fps=_FPS.value,
-              mesh_resolution=_MESH_RES.value, mesh_threshold=_MESH_THRESHOLD.value,
-              chunk=_CHUNK.value, background_threshold=_BG_THRESHOLD.value)
+  reconstruction.reconstruct(
+      _CHECKPOINT.value, _OUT.value, grid=_GRID.value, views=_VIEWS.value,
+      cameras=_CAMERAS.value, config=_CONFIG.value, seed=_SEED.value, num_novel=_NUM_NOVEL.value,
+      resolution=_RESOLUTION.value, turntable_frames=_FRAMES.value, fps=_FPS.value,
+      mesh_resolution=_MESH_RES.value, mesh_threshold=_MESH_THRESHOLD.value, chunk=_CHUNK.value,
+      background_threshold=_BG_THRESHOLD.value)
 
 
 if __name__ == "__main__":
