@@ -48,3 +48,25 @@ def test_modulate_dtype_table_and_count_params():
   abstract = jax.eval_shape(layers.dense(5, ("embed", "mlp")).init, jax.random.PRNGKey(0),
                             jnp.zeros((1, 3)))
   assert layers.count_params(abstract) == 3 * 5 + 5
+
+
+def test_attention_formulations_agree_and_each_model_keeps_its_own():
+  """The one entry point's two XLA formulations compute the same attention (fp32, 1e-5 relative;
+  the default scale and an explicit one), 'heads_major' refuses a mask, an unknown name is a
+  ConfigError naming the choices, and the UNet and VAE still pick 'heads_major'."""
+  from instant3d_jax import errors
+  from instant3d_jax.models import unet, vae
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+             for s in ((2, 9, 3, 8), (2, 5, 3, 8), (2, 5, 3, 8)))
+  for scale in (None, 0.3):
+    a = layers.dot_product_attention(q, k, v, scale=scale)
+    b = layers.dot_product_attention(q, k, v, scale=scale, xla_formulation="heads_major")
+    assert a.shape == b.shape == (2, 9, 3, 8)
+    assert float(jnp.abs(a - b).max() / jnp.abs(a).max()) < 1e-5
+  with pytest.raises(ValueError, match="takes no bias or mask"):
+    layers.dot_product_attention(q, k, v, mask=jnp.ones((9, 5), bool),
+                                 xla_formulation="heads_major")
+  with pytest.raises(errors.ConfigError, match=r"formulation must be one of .*got 'flash'"):
+    layers.dot_product_attention(q, k, v, xla_formulation="flash")
+  assert unet.XLA_ATTENTION == vae.XLA_ATTENTION == "heads_major"

@@ -12,9 +12,10 @@ Precision: parameters fp32, convs/matmuls in `dtype`, GroupNorm/LayerNorm and th
 softmax in fp32 (docs/design.md §3).
 
 Speed (XLA:CPU, bench/bench_unet.py): GroupNorm is `layers.GroupNorm` (a formulation measured
-~2× faster than `nn.GroupNorm`, same parameters); the 'xla' attention path has its own formulation
-here (`attention`), same math as `layers.dot_product_attention`, measured faster; 'cudnn' still
-goes through layers.py.
+~2× faster than `nn.GroupNorm`, same parameters); under `attention_impl='xla'` the UNet and the
+VAE use the 'heads_major' formulation of `layers.dot_product_attention` (`XLA_ATTENTION`; same
+math as the 'jax_nn' one the other models use, measured faster here). The convolution, ResNet and
+upsampling blocks it shares with the VAE live in layers.py.
 """
 from __future__ import annotations
 
@@ -28,14 +29,14 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from instant3d_jax.models import layers
-from instant3d_jax.models.layers import group_norm, maybe_remat
+from instant3d_jax.models.layers import (IMAGE_ACT_AXES, ResnetBlock2D, Upsample2D, conv2d,
+                                         group_norm, maybe_remat)
 
 Dtype = Any
-CONV_AXES = layers.CONV_KERNEL_AXES  # spatial dims unnamed: see layers.py
-ACT_AXES = ("batch", "height", "width", "act_embed")
+# `layers.dot_product_attention` formulation of the UNet and VAE under attention_impl 'xla'.
+XLA_ATTENTION = "heads_major"
 
 DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCKS = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -170,23 +171,7 @@ class UNetConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Building blocks shared with vae.py
-
-
-def conv2d(features: int, kernel: int = 3, stride: int = 1, padding: Any = "SAME_TORCH", *,
-           dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
-  """`torch.nn.Conv2d(k, stride, padding=k//2)` in NHWC with HWIO kernel on the conv axes.
-
-  Initialised as a fresh torch `Conv2d` (`layers.torch_conv_init`): diffusers' UNet and VAE keep
-  torch's module defaults (no `_init_weights`), as do their `nn.Linear`s (`layers.dense`'s
-  default) and norms (ones/zeros)."""
-  if padding == "SAME_TORCH":
-    padding = ((kernel // 2, kernel // 2),) * 2
-  kernel_init, bias_init = layers.torch_conv_init()
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                 dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=layers.partitioned(kernel_init, CONV_AXES),
-                 bias_init=layers.partitioned(bias_init, ("conv_out",)), name=name)
+# Building blocks of the UNet
 
 
 def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool,
@@ -203,28 +188,6 @@ def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool,
   return emb
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "xla") -> jax.Array:
-  """Softmax attention `q [B, Lq, H, D]`, `k/v [B, Lk, H, D]` → `[B, Lq, H, D]`.
-
-  'cudnn' goes to `layers.dot_product_attention`. For 'xla' the UNet/VAE use this formulation of
-  the same math instead of `jax.nn.dot_product_attention`: heads-major matmuls, the 1/√D scale
-  folded into q, and the softmax normalisation applied after the PV matmul (on [Lq, D], not
-  [Lq, Lk]). On XLA:CPU this is ~3.5× faster for the 1024-token self-attention of a 32² latent
-  (measured: the [B, H, Lq, Lk] elementwise passes and layout copies of the stock path dominated
-  the whole UNet step); logits, exp and the normaliser stay fp32 (docs/design.md §3).
-  """
-  if implementation != "xla":
-    return layers.dot_product_attention(q, k, v, implementation=implementation)
-  dt = q.dtype
-  q = jnp.swapaxes(q * jnp.asarray(q.shape[-1] ** -0.5, dt), 1, 2)
-  k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-  p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
-  o = jnp.einsum("bhqk,bhkd->bhqd", p.astype(dt), v, preferred_element_type=jnp.float32)
-  o = o / p.sum(-1, keepdims=True)
-  return jnp.swapaxes(o, 1, 2).astype(dt)
-
-
 class TimestepEmbedding(nn.Module):
   """diffusers `TimestepEmbedding`: linear → SiLU → linear."""
   features: int
@@ -235,29 +198,6 @@ class TimestepEmbedding(nn.Module):
     x = layers.dense(self.features, ("embed", "mlp"), dtype=self.dtype, name="linear_1")(x)
     return layers.dense(self.features, ("mlp", "embed"), dtype=self.dtype,
                         name="linear_2")(nn.silu(x))
-
-
-class ResnetBlock2D(nn.Module):
-  """diffusers `ResnetBlock2D` (time shift 'default', output scale 1). `x [B,h,w,C]`."""
-  out_channels: int
-  groups: int
-  eps: float
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, temb=None):
-    h = group_norm(self.groups, epsilon=self.eps, name="norm1")(x)
-    h = conv2d(self.out_channels, dtype=self.dtype, name="conv1")(nn.silu(h).astype(self.dtype))
-    if temb is not None:
-      t = layers.dense(self.out_channels, ("embed", "conv_out"), dtype=self.dtype,
-                       name="time_emb_proj")(nn.silu(temb))
-      h = h + t[:, None, None, :]
-    h = group_norm(self.groups, epsilon=self.eps, name="norm2")(h)
-    h = conv2d(self.out_channels, dtype=self.dtype, name="conv2")(nn.silu(h).astype(self.dtype))
-    if x.shape[-1] != self.out_channels:
-      x = conv2d(self.out_channels, 1, padding="VALID", dtype=self.dtype,
-                 name="conv_shortcut")(x.astype(self.dtype))
-    return (x + h).astype(self.dtype)
 
 
 class Attention(nn.Module):
@@ -279,7 +219,9 @@ class Attention(nn.Module):
     k = layers.dense(c, ("embed", "heads"), name="to_k", **kw)(context)
     v = layers.dense(c, ("embed", "heads"), name="to_v", **kw)(context)
     split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, c // self.heads)
-    o = attention(split(q), split(k), split(v), self.attention_impl)
+    o = layers.dot_product_attention(split(q), split(k), split(v),
+                                     implementation=self.attention_impl,
+                                     xla_formulation=XLA_ATTENTION)
     o = o.reshape(b, l, c)
     return layers.dense(c, ("heads", "embed"), dtype=self.dtype, name="to_out_0")(o)
 
@@ -374,32 +316,6 @@ class Downsample2D(nn.Module):
     return conv2d(self.out_channels, 3, 2, dtype=self.dtype, name="conv")(x)
 
 
-def _nearest_indices(size_in: int, size_out: int) -> np.ndarray:
-  """PyTorch `interpolate(size=..., mode='nearest')` source rows: min(floor(i · in/out), in − 1)
-  with the scale in float32, as ATen's `nearest_idx` computes it."""
-  scale = np.float32(size_in) / np.float32(size_out)
-  idx = np.floor(np.arange(size_out, dtype=np.float32) * scale).astype(np.int64)
-  return np.minimum(idx, size_in - 1)
-
-
-class Upsample2D(nn.Module):
-  """Nearest ×2 (or to `output_size`, as diffusers passes the skip's size when the latent sides
-  are not divisible by 2^(levels−1)) then 3×3 conv (diffusers `Upsample2D`)."""
-  out_channels: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, output_size: tuple[int, int] | None = None):
-    b, h, w, c = x.shape
-    if output_size is None or tuple(output_size) == (2 * h, 2 * w):
-      x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(
-          b, 2 * h, 2 * w, c)
-    else:
-      oh, ow = output_size
-      x = jnp.take(jnp.take(x, _nearest_indices(h, oh), axis=1), _nearest_indices(w, ow), axis=2)
-    return conv2d(self.out_channels, 3, dtype=self.dtype, name="conv")(x)
-
-
 # ---------------------------------------------------------------------------------------------
 # The UNet
 
@@ -430,7 +346,7 @@ class DownBlock(nn.Module):
         h = Transformer2DModel(self.heads, self.depth, self.groups, self.use_linear_projection,
                                self.dtype, self.attention_impl, self.remat,
                                name=f"attentions_{j}")(h, context)
-      h = layers.constrain(h, ACT_AXES)
+      h = layers.constrain(h, IMAGE_ACT_AXES)
       skips.append(h)
     if self.add_downsample:
       h = Downsample2D(self.out_channels, self.dtype, name="downsamplers_0")(h)
@@ -465,7 +381,7 @@ class UpBlock(nn.Module):
         h = Transformer2DModel(self.heads, self.depth, self.groups, self.use_linear_projection,
                                self.dtype, self.attention_impl, self.remat,
                                name=f"attentions_{j}")(h, context)
-      h = layers.constrain(h, ACT_AXES)
+      h = layers.constrain(h, IMAGE_ACT_AXES)
     if self.add_upsample:
       h = Upsample2D(self.out_channels, self.dtype, name="upsamplers_0")(h, upsample_size)
     return h
@@ -493,7 +409,7 @@ class MidBlock(nn.Module):
                              self.dtype, self.attention_impl, self.remat,
                              name=f"attentions_{j}")(h, context)
       h = resnet_cls(ch, self.groups, self.eps, self.dtype, name=f"resnets_{j + 1}")(h, emb)
-    return layers.constrain(h, ACT_AXES)
+    return layers.constrain(h, IMAGE_ACT_AXES)
 
 
 class UNet2DConditionModel(nn.Module):
