@@ -18,30 +18,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_module_structure import find_commands
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Top-level names that torch and diffusers install, and the editable install of this project
 # (its finder would map `instant3d_jax` to the checkout it was installed from, not this one).
 _HIDDEN = ("torch", "functorch", "torchgen", "diffusers", "__editable__", "instant3d_jax")
 
-COMMANDS = [
-    "instant3d_jax.train_lrm",
-    "instant3d_jax.train_mvdiffusion",
-    "instant3d_jax.eval_lrm",
-    "instant3d_jax.eval_text3d",
-    "instant3d_jax.reconstruct",
-    "instant3d_jax.generate_views",
-    "instant3d_jax.generate",
-    "instant3d_jax.app",
-    "instant3d_jax.demo",
-    "instant3d_jax.export",
-    "instant3d_jax.convert",
-    "instant3d_jax.models.summary",
-    "data_pipeline.synthetic",
-    "data_pipeline.importer",
-    "data_pipeline.mv_cache",
-    "data_pipeline.curation",
-]
+# Every command, as the command rule's test finds them (a `__main__` guard or a `__main__.py`),
+# by the name `python -m` takes.
+COMMANDS = sorted(name.removesuffix(".__main__") for name in find_commands())
+
 
 def _hidden(name: str) -> bool:
   base = name.split("-")[0].split(".")[0].lower()
