@@ -46,6 +46,8 @@ With 4 views the decoder's modulation vector is the mean of the 4 per-view camer
 from instant3d_jax import errors
 import ml_collections
 
+from instant3d_jax.configs import hardware as hardware_config
+
 
 def get_config(arg=None):
   variant = arg or "tiny"
@@ -308,11 +310,8 @@ def _training_sections(cfg, variant):
       split="test", num_objects=150, periodic_num_objects=16, rotate_deg=-45.0, batch_size=8,
       num_targets=10, seed=0, lpips=True, chunk=4096))
 
-  # Dense bf16 peak TFLOP/s per device, matched against `jax.devices()[0].device_kind` (longest
-  # substring wins), for MFU. Vendor data-sheet figures (dense, no sparsity).
-  cfg.hardware = ml_collections.ConfigDict(dict(peak_tflops={
-      "H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0,
-      "TPU v4": 275.0, "TPU v6 lite": 918.0}))
+  # Peak TFLOP/s per device kind, for MFU (configs/hardware.py, shared).
+  cfg.hardware = hardware_config.get_config()
 
   if variant == "tiny":
     # 2 CPU cores, 15 minutes (issue 5): 4 objects × 4 views × 256 random rays a step.
