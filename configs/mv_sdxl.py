@@ -41,6 +41,7 @@ gradient clipping at 1.0, a constant learning rate after warm-up and an EMA with
 import ml_collections
 
 from instant3d_jax.configs import data as data_config
+from instant3d_jax.configs import hardware as hardware_config
 from instant3d_jax.configs import sdxl as sdxl_config
 from instant3d_jax import errors
 
@@ -70,21 +71,6 @@ _TINY_UNET = dict(
     transformer_layers_per_block=[1, 1], attention_head_dim=[4, 4], cross_attention_dim=64,
     use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
     projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=16)
-
-
-def heldout_sample_captions(num: int, seed: int = 0, num_heldout: int = 6) -> tuple[str, ...]:
-  """Fixed single-object captions of held-out (colour, shape) combinations (captions the model
-  never trained on: data_pipeline/captions.py), `num` of them, cycling sizes."""
-  from data_pipeline import captions
-  combos = sorted(captions.heldout_combinations(seed, num_heldout))
-  nouns = {"torus": "ring"}
-  out = []
-  sizes = ("", "small ", "large ")
-  for i in range(num):
-    colour, shape = combos[i % len(combos)]
-    phrase = f"{sizes[(i // len(combos)) % 3]}{colour} {nouns.get(shape, shape)}"
-    out.append(("an " if phrase[0] in "aeiou" else "a ") + phrase)
-  return tuple(out)
 
 
 def get_config(arg=None):
@@ -170,7 +156,9 @@ def get_config(arg=None):
   # Sample grids during training (EMA weights, the jitted sampler of diffusion/sampling.py),
   # every `train.image_every` steps, to TensorBoard and workdir/images.
   s = cfg.sample = ml_collections.ConfigDict()
-  s.captions = heldout_sample_captions(4 if tiny else 4)
+  from data_pipeline import captions  # pylint: disable=g-import-not-at-top
+  # Fixed held-out captions (data_pipeline/captions.py `heldout_sample_captions`).
+  s.captions = captions.heldout_sample_captions(4 if tiny else 4)
   s.per_caption = 2 if tiny else 1
   s.num_steps = 25 if tiny else 50
   s.guidance_scale = 5.0          # docs/paper_facts.md §A
@@ -199,7 +187,6 @@ def get_config(arg=None):
                              "grid.cache_dir")))
   cfg.checkpoint = ml_collections.ConfigDict(dict(every_steps=2500 if tiny else 1000, keep=3))
   cfg.checkpoint["async"] = True
-  cfg.hardware = ml_collections.ConfigDict(dict(peak_tflops={
-      "H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0,
-      "TPU v4": 275.0, "TPU v6 lite": 918.0}))
+  # Peak TFLOP/s per device kind, for MFU (configs/hardware.py, shared).
+  cfg.hardware = hardware_config.get_config()
   return cfg

@@ -33,9 +33,9 @@ from instant3d_jax import errors
 ARTICLES = ("a", "an")
 SIZES = ("small", "large")
 RELATIONS = ("beside", "above", "below")
-# Caption noun → primitive shape (primitives._noun is the inverse, cube = box with equal sides).
-NOUN_SHAPE = {"sphere": "sphere", "cube": "box", "box": "box", "cylinder": "cylinder",
-              "cone": "cone", "ring": "torus"}
+# Caption noun → primitive shape: the inverse of primitives.SHAPE_NOUNS ("box" and "cube" are
+# both shape "box").
+NOUN_SHAPE = {noun: shape for shape in P.SHAPES for noun in P.SHAPE_NOUNS[shape]}
 PARTS = ("train", "heldout")
 
 
@@ -109,6 +109,21 @@ def caption_colours(caption: str) -> list[str]:
 def caption_combos(caption: str) -> set[tuple[str, str]]:
   """The (colour, shape) combinations a caption names."""
   return {it.combo for it in parse_caption(caption)}
+
+
+def heldout_sample_captions(num: int, seed: int = 0, num_heldout: int = 6) -> tuple[str, ...]:
+  """Fixed single-object captions of held-out (colour, shape) combinations (captions a model
+  trained on the `caption_split(seed, num_heldout)` training part never saw), `num` of them,
+  cycling sizes ("", "small ", "large ") once the combinations are used up; configs/mv_sdxl.py's
+  sample captions."""
+  combos = sorted(heldout_combinations(seed, num_heldout))
+  out = []
+  sizes = ("", "small ", "large ")
+  for i in range(num):
+    colour, shape = combos[i % len(combos)]
+    phrase = f"{sizes[(i // len(combos)) % 3]}{colour} {P.shape_noun(shape)}"
+    out.append(("an " if phrase[0] in "aeiou" else "a ") + phrase)
+  return tuple(out)
 
 
 def heldout_combinations(seed: int = 0, num_heldout: int = 6,

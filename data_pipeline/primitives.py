@@ -27,6 +27,11 @@ from typing import Sequence
 import numpy as np
 
 SHAPES = ("sphere", "box", "cylinder", "cone", "torus")
+# The caption nouns of each shape, its plain noun first: a box with equal sides is a "cube"
+# (`caption`), a torus a "ring". The one home of this map: captions.NOUN_SHAPE (the inverse)
+# and the word tokenizer's vocabulary (diffusion/word_tokenizer.py) derive from it.
+SHAPE_NOUNS = {"sphere": ("sphere",), "box": ("box", "cube"), "cylinder": ("cylinder",),
+               "cone": ("cone",), "torus": ("ring",)}
 
 # Named colours for captions: name → linear-ish sRGB in [0, 1]. No white/near-white (the background
 # is white) and no black (the ambient term would make it indistinguishable from shadow).
@@ -452,11 +457,16 @@ def sample_scene(rng: np.random.Generator, *, min_primitives: int = 1, max_primi
   return scene
 
 
+def shape_noun(shape: str) -> str:
+  """The plain caption noun of a shape (`SHAPE_NOUNS`; "box" for any box)."""
+  return SHAPE_NOUNS[shape][0]
+
+
 def _noun(p: Primitive) -> str:
   if p.shape == "box":
     hx, hy, hz = p.params
     return "cube" if max(hx, hy, hz) - min(hx, hy, hz) < 1e-6 else "box"
-  return {"torus": "ring"}.get(p.shape, p.shape)
+  return shape_noun(p.shape)
 
 
 def _phrase(p: Primitive) -> str:

@@ -236,3 +236,17 @@ def test_heldout_split_is_unseen_combinations_of_seen_words():
   assert singles and all(CAP.parse_caption(c)[0].combo in combos for c in singles)
   with pytest.raises(records.DataError, match="num_heldout must be in"):
     CAP.heldout_combinations(num_heldout=10)
+
+
+def test_heldout_sample_captions_use_the_one_noun_map():
+  """configs/mv_sdxl.py's sample captions: held-out combinations only, every combination once
+  before sizes cycle, written with primitives.SHAPE_NOUNS' nouns (a torus is a "ring"), which
+  the word tokenizer's vocabulary and the caption parser share."""
+  from instant3d_jax.diffusion import word_tokenizer
+  caps = CAP.heldout_sample_captions(8, seed=0, num_heldout=6)
+  combos = CAP.heldout_combinations(0, 6)
+  assert len(caps) == 8 and set().union(*map(CAP.caption_combos, caps[:6])) == combos
+  assert caps[6].split()[1] == "small" and CAP.caption_combos(caps[6]) <= combos
+  assert "a blue ring" in caps and not any("torus" in c for c in caps)
+  assert P.shape_noun(CAP.NOUN_SHAPE["ring"]) == "ring" and CAP.NOUN_SHAPE["cube"] == "box"
+  assert set(CAP.NOUN_SHAPE) <= set(word_tokenizer.world_vocabulary())

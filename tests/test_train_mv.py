@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from data_pipeline import captions
 from instant3d_jax.configs import data as data_config
 from instant3d_jax.configs import mv_sdxl
 from instant3d_jax import errors
@@ -52,7 +53,7 @@ class MemoryGrids:
   def __init__(self, n=8, batch=4, side=16, seed=0):
     rng = np.random.default_rng(seed)
     self.grids = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
-    self.captions = np.asarray(mv_sdxl.heldout_sample_captions(n))
+    self.captions = np.asarray(captions.heldout_sample_captions(n))
     self.batch, self.pos = batch, 0
 
   def __next__(self):

@@ -9,7 +9,8 @@ the last word, then padding; the EOS id is the largest id, so CLIP's pooled-toke
 or the legacy argmax) finds it.
 
 Vocabulary: the colour names (`primitives.COLOURS`), the nouns the captions use for
-`primitives.SHAPES` (a box with equal sides is a "cube", a torus a "ring"), size words, relation
+`primitives.SHAPES` (`primitives.SHAPE_NOUNS`: a box with equal sides is a "cube", a torus a
+"ring"), size words, relation
 and function words, and ","; words outside it map to `<unk>` (`unknown_words` lists them).
 """
 from __future__ import annotations
@@ -34,10 +35,7 @@ _SPLIT = re.compile(r"[a-z]+|[^\sa-z]")
 def world_vocabulary() -> tuple[str, ...]:
   """The procedural world's words, in a fixed order (colours, nouns, function words)."""
   from data_pipeline import primitives as P
-  nouns = []
-  for shape in P.SHAPES:
-    noun = {"torus": "ring"}.get(shape, shape)
-    nouns += ["box", "cube"] if shape == "box" else [noun]
+  nouns = [noun for shape in P.SHAPES for noun in P.SHAPE_NOUNS[shape]]
   words = list(P.COLOURS) + nouns + list(FUNCTION_WORDS)
   return tuple(dict.fromkeys(words))  # first occurrence wins, order kept
 
