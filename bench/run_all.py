@@ -85,6 +85,11 @@ BENCHES = (
     Bench("bench_mv_memory", (("--plans", "8,64"),), ("mv_memory_plan.md",), MEMORY),
     Bench("bench_demo", ((),), ("demo.md",), LONG, long=True),
     Bench("scaling", ((),), ("scaling.md",), LONG, long=True),   # writes scaling.png too
+    # The suite's cross-kernel comparisons per XLA:CPU instruction set and CPU count (tests/
+    # tolerance.py; 15 pytest sessions), and trained parameters under the same settings.
+    Bench("tolerances", ((),), ("tolerances.md",), LONG, long=True),
+    Bench("bit_identity", (("--data_dir", "outputs/demo/data"),), ("bit_identity.md",), LONG,
+          long=True),
     # The TPU compiler on this CPU machine (libtpu, `make install-aot`): minutes per compile.
     Bench("tpu_plan", _tpu_plan_runs(), ("tpu_plan.md",), MEMORY, long=True),
     # Written on a GPU machine by `bash bench/device/run.sh` and copied here (bench/device/

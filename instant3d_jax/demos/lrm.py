@@ -37,6 +37,12 @@ def train_step(cfg, run_dir: str, retrain: bool) -> dict:
   summary = loop.finished_summary(run_dir, retrain)
   if summary is not None:
     return summary
+  steps, warmup = int(cfg.train.total_steps), int(cfg.optimizer.warmup_steps)
+  if 0 < steps <= warmup and not int(cfg.optimizer.get("decay_steps", 0)):
+    # A short try (e.g. --config.train.total_steps=2) gets a warm-up that fits in it; the
+    # schedule itself refuses a warm-up as long as the run.
+    cfg.optimizer.warmup_steps = steps // 10
+    print(f"warm-up shortened from {warmup} to {steps // 10} steps for a {steps}-step run")
   budget = float(cfg.train.time_budget_s or 0)
   print(f"training {cfg.variant} for {cfg.train.total_steps} steps"
         + (f" (or {budget:.0f} s of wall clock, whichever ends first)" if budget else "")
