@@ -88,8 +88,9 @@ def main():
   latents = torch.from_numpy(np.array(noise).transpose(0, 3, 1, 2))
 
   def run_jax():
-    return sampling.generate_views(pipe, [PROMPT], key, num_steps=steps, guidance_scale=5.0,
-                                   init="noise", height=size, width=size).grid
+    settings = sampling.SamplerSettings(num_steps=steps, guidance_scale=5.0, init="noise",
+                                        height=size, width=size)
+    return sampling.generate_views(pipe, [PROMPT], key, settings).grid
 
   def run_torch():
     with torch.inference_mode():

@@ -280,14 +280,14 @@ def sdxl_sample(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: di
                 cfg=None) -> Built:
   import jax.numpy as jnp
   from instant3d_jax.configs import sdxl as sdxl_configs
-  from instant3d_jax.diffusion import generate, sampling, schedulers
+  from instant3d_jax.diffusion import sampling, schedulers, stage1
   from instant3d_jax.train import mesh as mesh_lib
   from instant3d_jax.train import sharding as shard_lib
   cfg = cfg if cfg is not None else sdxl_configs.get_config(variant)
   if mesh:
     cfg.mesh.update(mesh)
   pipe, ctx_len = _sdxl_pipeline(cfg.variant, cfg)
-  placement = generate.placement_from_config(cfg, devices) or sampling.Placement(
+  placement = stage1.placement_from_config(cfg, devices) or sampling.Placement(
       mesh_lib.create_mesh(cfg.mesh, devices), shard_lib.logical_rules(cfg.logical_axis_rules))
   sh = sampling.param_shardings(pipe, placement)["unet"]
   unet_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -341,14 +341,14 @@ def text3d(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: dict | 
   from instant3d_jax.configs import lrm as lrm_configs
   from instant3d_jax import cameras as cameras_lib
   from instant3d_jax import reconstruction
-  from instant3d_jax.diffusion import generate, sampling
+  from instant3d_jax.diffusion import sampling, stage1
   from instant3d_jax.models import lrm, lrm_stats
   from instant3d_jax.train import mesh as mesh_lib
   from instant3d_jax.train import sharding as shard_lib
   cfg = cfg if cfg is not None else instant3d.get_config(variant)
   if mesh:
     cfg.mesh.update(mesh)
-  placement = generate.placement_from_config(cfg, devices) or sampling.Placement(
+  placement = stage1.placement_from_config(cfg, devices) or sampling.Placement(
       mesh_lib.create_mesh(cfg.mesh, devices), shard_lib.logical_rules(cfg.logical_axis_rules))
   if lrm_cfg is None:
     lrm_cfg = lrm_configs.get_config("large" if cfg.variant == "sdxl" else "tiny")

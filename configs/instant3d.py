@@ -1,9 +1,9 @@
 """Instant3D end to end: text → 2×2 four-view grid (stage 1) → triplane NeRF (stage 2) → renders,
 turntable, mesh (instant3d_jax/pipeline.py).
 
-Generate:  python -m instant3d_jax.generate --config configs/instant3d.py:tiny \
+Generate:  python -m instant3d_jax.text_to_3d --config configs/instant3d.py:tiny \
                --prompts_file prompts.txt --out outputs/text3d
-           python -m instant3d_jax.generate --config configs/instant3d.py:sdxl \
+           python -m instant3d_jax.text_to_3d --config configs/instant3d.py:sdxl \
                --config.stage1.weights=/path/to/mv_sdxl_workdir \
                --config.stage2.weights=/path/to/lrm_workdir --prompt "a wooden chair" --out OUT
 Web app:   python -m instant3d_jax.app --config configs/instant3d.py:tiny

@@ -1,6 +1,6 @@
 """Instant3D stage 1: SDXL text → 2×2 four-view grid (sampler, blob start, runtime, mesh).
 
-Generate:  python -m instant3d_jax.generate_views --config configs/sdxl.py:sdxl \
+Generate:  python -m instant3d_jax.text_to_views --config configs/sdxl.py:sdxl \
                --weights /path/to/sdxl_folder --prompt "a wooden chair" --out outputs/views
            (`--weights` is a diffusers-format folder, or a single-file `.safetensors` together
            with `--config.single_file_config_folder=/path/with/component/configs`)

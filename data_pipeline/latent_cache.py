@@ -113,8 +113,8 @@ def sdxl_encoders(config, weights: str | None) -> FrozenEncoders:
     raise errors.ConfigError("--weights is required with the default --encoders "
                              "(data_pipeline.latent_cache:sdxl_encoders): an SDXL diffusers folder or "
                              "single-file .safetensors")
-  from instant3d_jax.diffusion import generate  # pylint: disable=g-import-not-at-top
-  pipeline = generate.load_pipeline(config, weights)
+  from instant3d_jax.diffusion import stage1  # pylint: disable=g-import-not-at-top
+  pipeline = stage1.load_pipeline(config, weights)
   return encoders_from_pipeline(pipeline, {"encoders": "sdxl", "weights": str(weights),
                                            "config_variant": str(config.get("variant", ""))})
 

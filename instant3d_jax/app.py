@@ -11,7 +11,7 @@ scripts and styles come from the installed gradio). Both stages load once at sta
 the config, a missing one is a one-line error); requests run one at a time on one device. At
 start the app generates `--example_prompt` ('' skips it) so the page opens with a result and
 the first request finds everything compiled. Each result is written to `WORKDIR/NNNN/` in the
-layout of the `generate` command (instant3d_jax/pipeline.py `write_result`). The API name of the
+layout of the `text_to_3d` command (instant3d_jax/pipeline.py `write_result`). The API name of the
 generation is `/generate` (gradio_client: `Client(url).predict(prompt, seed, steps, guidance,
 api_name="/generate")` → grid PNG, turntable MP4, GLB, GLB). The app itself is
 instant3d_jax/demos/webapp.py; this module holds flags and `main` only.

@@ -9,7 +9,7 @@ reconstructor joined by the pipeline, on held-out captions, with the page looked
    (MV_WORKDIR/train), trained first when absent (instant3d_jax/demo_mv.py,
    configs/mv_sdxl.py:tiny). Both share the procedural data set in LRM_WORKDIR/data.
 2. The held-out captions of `mv_eval.heldout_captions` (unseen colour–shape combinations) through
-   `pipeline.TextTo3D` (configs/instant3d.py:tiny) into OUT (the `generate` layout: per object
+   `pipeline.TextTo3D` (configs/instant3d.py:tiny) into OUT (the `text_to_3d` layout: per object
    grid, views, triplane, renders, turntable, mesh; OUT/index.html, OUT/run.json).
 3. Scores, in OUT/report.{json,md}:
    * colour of the 3D object: 8 turntable renders of each reconstruction (not the grid) are

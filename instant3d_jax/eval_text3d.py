@@ -5,7 +5,7 @@
         [--elevation 20] [--distance 2.7] [--fov 50] [--resolution 512] \
         [--out_json F] [--out_md F]
 
-OUT is a `generate` output folder (`run.json` listing the prompts, `<dir>/triplane.npz` per
+OUT is a `text_to_3d` output folder (`run.json` listing the prompts, `<dir>/triplane.npz` per
 prompt); CKPT the stage-2 reconstructor that made the planes (workdir, step directory or
 `.safetensors`; its model config must equal the planes'). `--clip_l` / `--clip_bigg` are
 transformers `CLIPModel` folders (config.json, model.safetensors, tokenizer files, optionally
@@ -26,7 +26,7 @@ from instant3d_jax import cli, errors
 
 def _define_flags():
   from absl import flags
-  flags.DEFINE_string("generated", None, "output folder of the generate command (run.json)")
+  flags.DEFINE_string("generated", None, "output folder of the text_to_3d command (run.json)")
   flags.DEFINE_string("stage2", None, "stage-2 checkpoint: workdir / step dir / .safetensors")
   flags.DEFINE_string("clip_l", None, "transformers CLIPModel folder of CLIP ViT-L/14")
   flags.DEFINE_string("clip_bigg", None, "transformers CLIPModel folder of CLIP ViT-bigG/14")

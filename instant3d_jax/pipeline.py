@@ -7,7 +7,7 @@
 
 Stage 1 (text → 2×2 grid, diffusion/sampling.py) runs on the config's device mesh: the prompts,
 padded to `batch_size` (a multiple of the batch split), go over the mesh's `data` axis
-(`diffusion/generate.py placement_from_config`; parameters replicated, or FSDP-sharded under
+(`diffusion/stage1.py placement_from_config`; parameters replicated, or FSDP-sharded under
 `mesh.fsdp`); sample i uses `fold_in(key, i)`, so a prompt's grid depends neither on its
 batch-mates nor on the number of devices. Stage 2 (four views → triplane) reconstructs the whole
 batch in ONE jitted call of the LRM on `[B, 4, S, S, 3]` with the Instant3D rig cameras (the
@@ -15,7 +15,7 @@ views resized to the reconstructor's input size as `reconstruction.resize_views`
 `reconstruct` command). Per-object work on the host (marching cubes, and the caller's
 `on_result`, e.g. writing files) runs in a worker thread while the next batch is sampled.
 
-`generate_to_folder` writes what the `generate` command promises (instant3d_jax/generate.py):
+`generate_to_folder` writes what the `text_to_3d` command promises (instant3d_jax/text_to_3d.py):
 per prompt `OUT/NNNN/` with prompt.txt, grid.png, view_{0..3}.png, triplane.npz (the format of
 `reconstruct`: planes, plane_order, config), renders/, turntable.{gif,mp4}, turntable_strip.png
 and mesh.{glb,obj,ply}; per run `OUT/run.json` (last) and `OUT/index.html`.
@@ -33,7 +33,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -108,39 +108,18 @@ def check_stage2_path(weights: str) -> None:
                        f"{ckpt_lib.FORMS}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Sampler:
-  """Stage 1's effective settings (configs/instant3d.py `stage1.sample`, resolved against the
-  weights)."""
-  num_steps: int
-  guidance_scale: float
-  scheduler: str
-  init: str
-  eta: float
-  negative_prompt: str
-  grid_size: int
-  original_size: tuple | None
-  crops_coords_top_left: tuple
-  target_size: tuple | None
-  blob: Any  # blob.BlobConfig
-
-
-def _size(v) -> tuple | None:
-  return tuple(int(x) for x in v) if any(v) else None
-
-
 # ----------------------------------------------------------------------------------------------
 # The pipeline
 # ----------------------------------------------------------------------------------------------
 class TextTo3D:
   """Both stages' modules and weights, the mesh they run on, and the settings of a call."""
 
-  def __init__(self, config, stage1, sampler: Sampler, stage2_config, stage2_params,
+  def __init__(self, config, stage1, sampler, stage2_config, stage2_params,
                placement, stage1_kind_: str, stage1_step: int | None):
     from instant3d_jax.models import lrm as lrm_lib
     self.config = config
     self.stage1 = stage1  # diffusion.sampling.Pipeline (params placed on the mesh)
-    self.sampler = sampler
+    self.sampler = sampler  # diffusion.sampling.SamplerSettings (the grid side in height/width)
     self.stage2_config = stage2_config
     self.stage2_model = lrm_lib.model_config(stage2_config)
     self.stage2_params = stage2_params
@@ -169,25 +148,21 @@ class TextTo3D:
         config.stage1.weights = str(stage1)
       if stage2 is not None:
         config.stage2.weights = str(stage2)
-    from instant3d_jax.diffusion import blob as blob_lib
-    from instant3d_jax.diffusion import generate as gen_lib
     from instant3d_jax.diffusion import sampling
-    from instant3d_jax.diffusion import schedulers
+    from instant3d_jax.diffusion import stage1 as stage1_lib
     from instant3d_jax.train import checkpoint as ckpt_lib
     s1, s2 = config.stage1, config.stage2
     kind = stage1_kind(s1.weights, s1.single_file_config_folder)
     check_stage2_path(s2.weights)
     smp = s1.sample
-    if str(smp.scheduler) not in schedulers.SCHEDULERS:
-      raise errors.ConfigError(f"stage1.sample.scheduler must be one of {schedulers.SCHEDULERS}, "
-                               f"got {smp.scheduler!r}")
-    if str(smp.init) not in sampling.INIT_MODES:
-      raise errors.ConfigError(f"stage1.sample.init must be one of {sampling.INIT_MODES}, got "
-                               f"{smp.init!r}")
+    names = {f: f"stage1.sample.{f}" for f in ("scheduler", "init", "num_steps")}
+    settings = lambda grid, micro=None: sampling.settings_from_config(
+        smp, height=grid, width=grid, blob=s1.blob, micro=micro)
+    settings(int(smp.grid_size)).check(names)  # bad settings fail before anything loads
     batch = int(config.batch_size)
     if batch < 1:
       raise errors.ConfigError(f"batch_size must be >= 1, got {batch}")
-    placement = gen_lib.placement_from_config(config, devices)
+    placement = stage1_lib.placement_from_config(config, devices)
     if placement is not None:
       shards = placement.batch_shards
       if batch % shards:
@@ -200,8 +175,6 @@ class TextTo3D:
 
     # Stage 1.
     step = None
-    original, crops, target = (_size(smp.original_size), tuple(smp.crops_coords_top_left),
-                               _size(smp.target_size))
     if kind == "workdir":
       from instant3d_jax.train import mv_task
       try:
@@ -215,27 +188,15 @@ class TextTo3D:
       comps = mv_task.build_components(mv_config)
       pipe = mv_task.sampling_pipeline(comps, ema)
       grid = int(smp.grid_size) or mv_task.grid_size(mv_config)
-      d = mv_config.diffusion
-      original, crops, target = (_size(d.original_size), tuple(d.crops_coords_top_left),
-                                 _size(d.target_size))
+      sampler = settings(grid, mv_config.diffusion)  # the micro-conditioning it trained with
     else:
       if not int(smp.grid_size):
         raise errors.ConfigError("stage1.sample.grid_size is 0; diffusers / single-file weights "
                                  "need the grid side (e.g. 1024)")
       rt = ml_collections_config(s1)
-      pipe = gen_lib.load_pipeline(rt, s1.weights)
+      pipe = stage1_lib.load_pipeline(rt, s1.weights)
       grid = int(smp.grid_size)
-    blob = blob_lib.BlobConfig(std=s1.blob.std, value=s1.blob.value,
-                               background=s1.blob.background,
-                               init_strength=s1.blob.init_strength)
-    steps = int(smp.num_steps)
-    if steps < 1:
-      raise errors.ConfigError(f"stage1.sample.num_steps must be >= 1, got {steps}")
-    sampler = Sampler(num_steps=steps, guidance_scale=float(smp.guidance_scale),
-                      scheduler=str(smp.scheduler), init=str(smp.init), eta=float(smp.eta),
-                      negative_prompt=str(smp.negative_prompt or ""), grid_size=grid,
-                      original_size=original, crops_coords_top_left=crops, target_size=target,
-                      blob=blob)
+      sampler = settings(grid)
     f = pipe.vae_scale_factor
     if grid % (2 * f):
       raise errors.ConfigError(f"stage1 grid side {grid} is not a multiple of {2 * f} (2 views × "
@@ -268,13 +229,11 @@ class TextTo3D:
     from instant3d_jax.diffusion import sampling
     s = self.sampler
     pl = self.placement
+    settings = dataclasses.replace(
+        s, num_steps=num_steps or s.num_steps,
+        guidance_scale=s.guidance_scale if guidance_scale is None else float(guidance_scale))
     out = sampling.generate_views(
-        self.stage1, list(prompts), key, num_steps=num_steps or s.num_steps,
-        guidance_scale=s.guidance_scale if guidance_scale is None else float(guidance_scale),
-        scheduler=s.scheduler, init=s.init, height=s.grid_size, width=s.grid_size,
-        negative_prompt=s.negative_prompt or None, eta=s.eta, blob=s.blob,
-        original_size=s.original_size, crops_coords_top_left=s.crops_coords_top_left,
-        target_size=s.target_size, first_sample_index=first,
+        self.stage1, list(prompts), key, settings, first_sample_index=first,
         mesh=pl.mesh if pl is not None else None,
         logical_axis_rules=pl.rules if pl is not None else None)
     return out.grid
@@ -323,12 +282,9 @@ class TextTo3D:
     empty = [i for i, p in enumerate(prompts) if not p.strip()]
     if empty:
       raise errors.ConfigError(f"TextTo3D: prompt {empty[0]} is empty; expected text")
-    if num_steps is not None and int(num_steps) < 1:
-      raise errors.ConfigError(f"num_steps (--steps) must be >= 1, got {num_steps}")
-    if self.sampler.init == "blob":
-      from instant3d_jax.diffusion import blob as blob_lib
-      blob_lib.start_step(int(num_steps or self.sampler.num_steps),
-                          self.sampler.blob.init_strength)
+    if num_steps is not None:
+      dataclasses.replace(self.sampler, num_steps=int(num_steps)).check(
+          {"num_steps": "num_steps (--steps)"})
     bs = self.batch_size
     t_all = time.perf_counter()
     timings = {"stage1_s": 0.0, "stage2_s": 0.0, "host_s": 0.0}
@@ -383,7 +339,7 @@ class TextTo3D:
 
 
 def ml_collections_config(stage1):
-  """The `configs/sdxl.py`-shaped view of `stage1` that `diffusion/generate.load_pipeline`
+  """The `configs/sdxl.py`-shaped view of `stage1` that `diffusion/stage1.load_pipeline`
   reads (model runtime and the single-file config folder)."""
   import ml_collections
   cfg = ml_collections.ConfigDict()
@@ -407,7 +363,7 @@ def _load_stage2(weights):
 
 
 # ----------------------------------------------------------------------------------------------
-# Writing a run (the `generate` command)
+# Writing a run (the `text_to_3d` command)
 # ----------------------------------------------------------------------------------------------
 def write_result(pipe: TextTo3D, result: Result, out, *, save_float: bool = False) -> dict:
   """Writes one object's folder `out` (module docstring); returns {name: path}."""
@@ -478,7 +434,7 @@ def generate_to_folder(pipe: TextTo3D, prompts: Sequence[str], out, *, seed: int
   """Runs the pipeline on `prompts` (`num_samples` objects each) and writes the run (module
   docstring; `save_float` adds each grid as float32 `grid.npy`); returns `out`."""
   from instant3d_jax import reconstruction
-  from instant3d_jax.diffusion import generate as gen_lib
+  from instant3d_jax.diffusion import stage1 as stage1_lib
   if num_samples < 1:
     raise errors.ConfigError(f"--num_samples must be >= 1, got {num_samples}")
   seed = int(pipe.config.seed if seed is None else seed)
@@ -517,7 +473,7 @@ def generate_to_folder(pipe: TextTo3D, prompts: Sequence[str], out, *, seed: int
       "stage1": {"weights": fileio.display(pipe.config.stage1.weights),
                  "kind": pipe.stage1_kind, "step": pipe.stage1_step, "steps": steps,
                  "guidance_scale": g, "scheduler": pipe.sampler.scheduler,
-                 "init": pipe.sampler.init, "grid_size": pipe.sampler.grid_size},
+                 "init": pipe.sampler.init, "grid_size": pipe.sampler.height},
       "stage2": {"weights": fileio.display(pipe.config.stage2.weights),
                  "input_resolution": int(pipe.stage2_model.input_resolution)},
       "batch_size": pipe.batch_size, "batches": pipe.batches, "devices": pipe.num_devices,
@@ -525,7 +481,7 @@ def generate_to_folder(pipe: TextTo3D, prompts: Sequence[str], out, *, seed: int
       "timings": timings,
       "prompts_per_s": round(n / timings["total_s"], 4) if timings["total_s"] else None,
       "config": json.loads(pipe.config.to_json()),
-      "versions": dict(reconstruction._versions(), **gen_lib.versions()),  # pylint: disable=protected-access
+      "versions": dict(reconstruction._versions(), **stage1_lib.versions()),  # pylint: disable=protected-access
   }
   info = (f"{n} objects · stage 1 {pipe.stage1_kind} ({steps} steps, CFG {g:g}, "
           f"{pipe.sampler.scheduler}) · seed {seed} · {timings['total_s']:.1f} s on "

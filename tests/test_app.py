@@ -80,7 +80,7 @@ def test_generation_through_gradio_client(app_server):
   assert shown.shape[0] == shown.shape[1] >= 256 and shown.shape[2] == 3
   assert Path(video).stat().st_size > 0 and Path(model).name == "mesh.glb"
   assert Path(download).read_bytes()[:4] == b"glTF"
-  # The request's object was written in the `generate` layout, after the start-up example.
+  # The request's object was written in the `text_to_3d` layout, after the start-up example.
   res = workdir / "results" / "0001"
   assert (res / "prompt.txt").read_text() == "a blue sphere\n"
   grid_png = np.asarray(Image.open(res / "grid.png"))

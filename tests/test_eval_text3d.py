@@ -4,7 +4,7 @@ command instant3d_jax/eval_text3d.py).
 Oracle: transformers' PyTorch `CLIPModel` fed by its `CLIPImageProcessorPil` (the processor
 transformers picks for `CLIPImageProcessor` without torchvision) and `CLIPTokenizer`, on a tiny
 random `CLIPModel` saved by transformers with a toy tokenizer and a processor config. The
-generated-output layout is built here as the `generate` command writes it: `run.json` plus one
+generated-output layout is built here as the `text_to_3d` command writes it: `run.json` plus one
 `NNNN/triplane.npz` per prompt (planes from one forward pass of the micro LRM, saved in
 reconstruction.py's format).
 """
@@ -296,7 +296,7 @@ def test_cli_missing_inputs_one_line(generated, tmp_path):
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
       f"error: --generated {tmp_path} has no run.json (expected the output folder of a complete "
-      "generate run)")
+      "text_to_3d run)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Text to 3D end to end (instant3d_jax/pipeline.py, the `generate` command) on tiny random
+"""Text to 3D end to end (instant3d_jax/pipeline.py, the `text_to_3d` command) on tiny random
 weights saved with the project's own writers: a stage-1 `train_mvdiffusion` workdir written by
 the trainer at step 0 (tests/test_train_mv.py's micro config) and a stage-2 `.safetensors` (as
 tests/test_reconstruct.py). Eight prompts in one jitted batch; the same run sharded over 4 fake
@@ -189,7 +189,7 @@ def test_missing_or_wrong_weights_fail_before_compute(text3d_weights, tmp_path):
 
 def _command(args, tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  return subprocess.run([sys.executable, "-m", "instant3d_jax.generate", *args], cwd=tmp_path,
+  return subprocess.run([sys.executable, "-m", "instant3d_jax.text_to_3d", *args], cwd=tmp_path,
                         env=env, capture_output=True, text=True, timeout=300)
 
 

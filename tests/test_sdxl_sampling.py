@@ -1,7 +1,7 @@
 """SDXL four-view sampling on a tiny random pipeline: grid/view layout, the jitted CFG loop vs a
 step-by-step reference with diffusers' scheduler, batching/mesh invariance, pipeline folders
-(diffusers layout and single file), stage 1 end to end (diffusion.generate, which the
-generate_views command runs) and the command's own start-up and errors."""
+(diffusers layout and single file), stage 1 end to end (diffusion.stage1, which the
+text_to_views command runs) and the command's own start-up and errors."""
 import json
 import subprocess
 import sys
@@ -18,7 +18,7 @@ from instant3d_jax import errors
 from instant3d_jax.convert import diffusers_sdxl
 from instant3d_jax.convert import safetensors_io as sio
 from instant3d_jax.convert import sdxl_pipeline
-from instant3d_jax.diffusion import generate
+from instant3d_jax.diffusion import stage1
 from instant3d_jax.diffusion import sampling
 from tests import tolerance
 
@@ -57,8 +57,9 @@ def result(pipe, cfg):
   """Two prompts sharded over 4 fake devices (padded to 4), with a progress hook: the same
   compiled loop the CLI test reuses (equal module configs share the jit cache)."""
   seen = []
-  res = sampling.generate_views(pipe, PROMPTS, jax.random.PRNGKey(7), num_steps=STEPS,
-                                height=cfg.sampler.height, width=cfg.sampler.width,
+  settings = sampling.SamplerSettings(num_steps=STEPS, height=cfg.sampler.height,
+                                      width=cfg.sampler.width)
+  res = sampling.generate_views(pipe, PROMPTS, jax.random.PRNGKey(7), settings,
                                 mesh=data_mesh(), progress=seen.append)
   return res, seen
 
@@ -81,11 +82,12 @@ def test_fsdp_sharded_sampling_matches_replicated(pipe, cfg):
     assert any("fsdp" in str(sp) for sp in specs), comp  # really split over fsdp
     a, b = jax.tree.leaves(pipe.params[comp]), jax.tree.leaves(sharded[comp])
     assert all(np.array_equal(x, y) for x, y in zip(a, b)), comp
-  kw = dict(num_steps=STEPS, height=cfg.sampler.height, width=cfg.sampler.width,
-            progress=lambda i: None)
-  want = sampling.sample_latents(pipe, PROMPTS, jax.random.PRNGKey(7), mesh=data_mesh(), **kw)
-  got = sampling.sample_latents(pipe, PROMPTS, jax.random.PRNGKey(7), mesh=mesh,
-                                logical_axis_rules=rules, **kw)
+  st = sampling.SamplerSettings(num_steps=STEPS, height=cfg.sampler.height,
+                                width=cfg.sampler.width)
+  want = sampling.sample_latents(pipe, PROMPTS, jax.random.PRNGKey(7), st, mesh=data_mesh(),
+                                 progress=lambda i: None)
+  got = sampling.sample_latents(pipe, PROMPTS, jax.random.PRNGKey(7), st, mesh=mesh,
+                                logical_axis_rules=rules, progress=lambda i: None)
   assert got.shape == want.shape == (2, 16, 16, 4)
   err = tolerance.measure(got, want, "rel")
   print(f"fsdp 2 × data 2 vs replicated latents: rel err {err:.2e}")
@@ -165,9 +167,9 @@ def test_jitted_sharded_loop_matches_step_by_step_reference(pipe, ref_pipe, resu
   if negative is None:
     grid = result[0].grid
   else:
-    grid = sampling.generate_views(pipe, PROMPTS, jax.random.PRNGKey(7), num_steps=STEPS,
-                                   height=h, width=w, mesh=data_mesh(), progress=lambda i: None,
-                                   negative_prompt=negative).grid
+    st = sampling.SamplerSettings(num_steps=STEPS, height=h, width=w, negative_prompt=negative)
+    grid = sampling.generate_views(pipe, PROMPTS, jax.random.PRNGKey(7), st, mesh=data_mesh(),
+                                   progress=lambda i: None).grid
   ref = _reference_loop(ref_pipe, PROMPTS, jax.random.PRNGKey(7), STEPS, h, w, negative)
   err = np.abs(grid - ref).max()
   print(f"generate_views (blob start, mesh data=4, negative={negative!r}) vs per-step diffusers "
@@ -264,14 +266,14 @@ def test_missing_component_is_named(saved, tmp_path):
     diffusers_sdxl.load_vae(broken / "vae")
 
 
-def test_generate_to_folder_end_to_end(cfg, saved, result, tmp_path):
+def test_sample_to_folder_end_to_end(cfg, saved, result, tmp_path):
   out = tmp_path / "out"
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("a red cat\n\na blue dog\n")
-  pipeline = generate.load_pipeline(cfg, saved)
-  generate.generate_to_folder(
-      cfg, pipeline, generate.read_prompts(None, prompts), out, weights=str(saved),
-      options=generate.Options(num_samples=1, steps=STEPS, seed=7),
+  pipeline = stage1.load_pipeline(cfg, saved)
+  stage1.sample_to_folder(
+      cfg, pipeline, stage1.read_prompts(None, prompts), out, weights=str(saved),
+      options=stage1.Options(num_samples=1, steps=STEPS, seed=7),
       placement=sampling.Placement(data_mesh()))
   run = json.loads((out / "run.json").read_text())
   assert run["prompts"] == PROMPTS and run["seed"] == 7 and run["steps"] == STEPS
@@ -287,12 +289,31 @@ def test_generate_to_folder_end_to_end(cfg, saved, result, tmp_path):
   assert np.abs(grid.astype(int) - to_uint8(result[0].grid[1]).astype(int)).max() <= 1
 
 
+def test_run_options_resolve_to_typed_sampler_settings(cfg):
+  """`Options.settings`: configs/sdxl.py's `sampler` and `blob` sections with the run's
+  overrides, as the one `SamplerSettings` the sampler takes ('' negative prompt = none)."""
+  from instant3d_jax.diffusion import blob
+  got = stage1.Options(steps=3, guidance_scale=2.5, scheduler="euler").settings(cfg)
+  s, b = cfg.sampler, cfg.blob
+  assert got == sampling.SamplerSettings(
+      num_steps=3, guidance_scale=2.5, scheduler="euler", init=s.init, eta=s.eta,
+      height=s.height, width=s.width, negative_prompt=None,
+      blob=blob.BlobConfig(std=b.std, value=b.value, background=b.background,
+                           init_strength=b.init_strength))
+  assert stage1.Options(negative_prompt="blurry").settings(cfg).negative_prompt == "blurry"
+  assert stage1.Options().settings(cfg).num_steps == s.num_steps
+  with pytest.raises(errors.ConfigError, match=r"generate_views: init must be one of"):
+    sampling.sample_latents(None, ["a"], jax.random.PRNGKey(0),
+                            sampling.SamplerSettings(init="zeros"))
+
+
 @pytest.mark.parametrize("kind,arg,message", [
     ("prompts", (None, "{empty}"), "has no prompts"),
     ("prompts", ("   ", None), "--prompt is empty"),
     ("prompts", ("a", "{empty}"), "exactly one of --prompt or --prompts_file"),
     ("options", dict(scheduler="plms"), "--scheduler must be one of"),
     ("options", dict(steps=-2), "--steps must be >= 1"),
+    ("options", dict(num_samples=0), "--num_samples must be >= 1"),
     ("weights", "/nonexistent/sdxl", "does not exist"),
 ])
 def test_generate_bad_inputs_are_named(cfg, tmp_path, kind, arg, message):
@@ -300,15 +321,15 @@ def test_generate_bad_inputs_are_named(cfg, tmp_path, kind, arg, message):
   empty.write_text("\n  \n")
   with pytest.raises(errors.Instant3DError, match=message):
     if kind == "prompts":
-      generate.read_prompts(*[a.format(empty=empty) if a else a for a in arg])
+      stage1.read_prompts(*[a.format(empty=empty) if a else a for a in arg])
     elif kind == "options":
-      generate.Options(**arg).resolve(cfg)
+      stage1.Options(**arg).settings(cfg)
     else:
-      generate.load_pipeline(cfg, arg)
+      stage1.load_pipeline(cfg, arg)
 
 
 def _command(*args):
-  return subprocess.run([sys.executable, "-m", "instant3d_jax.generate_views", *args],
+  return subprocess.run([sys.executable, "-m", "instant3d_jax.text_to_views", *args],
                         capture_output=True, text=True, timeout=120)
 
 
@@ -331,8 +352,8 @@ def test_matches_diffusers_sdxl_pipeline_end_to_end(pipe, ref_pipe, cfg):
   """The saved folder run by diffusers' StableDiffusionXLPipeline itself (PyTorch, DDIM, same
   start noise, zero unconditional embeddings, CFG 5) gives the same grid as generate_views."""
   h, w = cfg.sampler.height, cfg.sampler.width
-  got = sampling.generate_views(pipe, PROMPTS, jax.random.PRNGKey(11), num_steps=STEPS,
-                                height=h, width=w, init="noise", mesh=data_mesh(),
+  st = sampling.SamplerSettings(num_steps=STEPS, height=h, width=w, init="noise")
+  got = sampling.generate_views(pipe, PROMPTS, jax.random.PRNGKey(11), st, mesh=data_mesh(),
                                 progress=lambda i: None).grid
   f = pipe.vae_scale_factor
   noise, _ = sampling.initial_noise(jax.random.PRNGKey(11), 0, 2, (h // f, w // f, 4))

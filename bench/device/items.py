@@ -504,8 +504,9 @@ def item_stage1(rec: Recorder, dry: bool, args) -> None:
   grid, steps = s["grid"], s["steps"]
 
   def run():
-    return sampling.generate_views(pipe, ["a red chair"], jax.random.key(1), num_steps=steps,
-                                   guidance_scale=5.0, init="blob", height=grid, width=grid).grid
+    settings = sampling.SamplerSettings(num_steps=steps, guidance_scale=5.0, init="blob",
+                                        height=grid, width=grid)
+    return sampling.generate_views(pipe, ["a red chair"], jax.random.key(1), settings).grid
 
   def measure():
     t = time.perf_counter()
@@ -537,6 +538,7 @@ def _text3d(rec: Recorder, dry: bool, stage1_pipe, steps: int, grid: int) -> Non
   from instant3d_jax import pipeline as pipeline_lib
   from instant3d_jax import reconstruction
   from instant3d_jax.diffusion import blob as blob_lib
+  from instant3d_jax.diffusion import sampling
   from instant3d_jax.export import video
   from instant3d_jax.models import lrm
 
@@ -550,10 +552,10 @@ def _text3d(rec: Recorder, dry: bool, stage1_pipe, steps: int, grid: int) -> Non
     cfg = i3d_configs.get_config("tiny" if dry else "sdxl")
     cfg.batch_size = 1
     cfg.stage2.background_threshold = 0.0
-    sampler = pipeline_lib.Sampler(
+    sampler = sampling.SamplerSettings(
         num_steps=steps, guidance_scale=5.0, scheduler="ddim", init="blob", eta=0.0,
-        negative_prompt="", grid_size=grid, original_size=None, crops_coords_top_left=(0, 0),
-        target_size=None, blob=blob_lib.BlobConfig())
+        negative_prompt=None, height=grid, width=grid, original_size=None,
+        crops_coords_top_left=(0, 0), target_size=None, blob=blob_lib.BlobConfig())
     t3 = pipeline_lib.TextTo3D(cfg, stage1_pipe, sampler, lcfg, params, None, "random", None)
     res = 32 if dry else 512
     chunk = 0 if dry else 32768

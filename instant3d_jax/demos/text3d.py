@@ -40,7 +40,7 @@ def ensure_stage1(mv_workdir: str, data_dir: str, run_dir: str) -> str:
 
 def run(out: str, *, num_captions: int, mv_workdir: str, lrm_workdir: str, seed: int = 0) -> dict:
   """The whole job: both demo models (each trained first when absent), `num_captions` held-out
-  captions → objects in `out` (the `generate` layout), their scores, the toy CLIP protocol, the
+  captions → objects in `out` (the `text_to_3d` layout), their scores, the toy CLIP protocol, the
   page's screenshot and out/report.{json,md} (the command's docstring lists them). Prints the
   report; returns it."""
   import jax

@@ -15,7 +15,7 @@ import os
 def serve(cfg, *, host: str = "127.0.0.1", port: int = 7860, workdir: str | None = None,
           example_prompt: str = "a red cube", display_size: int = 512) -> None:
   """Serves the app for the text-to-3D config `cfg` (configs/instant3d.py) on host:port; each
-  result goes to `workdir`/NNNN/ (default: a temporary folder) in the `generate` layout. The
+  result goes to `workdir`/NNNN/ (default: a temporary folder) in the `text_to_3d` layout. The
   arguments are the command's flags of the same names (their messages name them so)."""
   # Before gradio (and huggingface_hub) load: no analytics, no requests to the hub.
   os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

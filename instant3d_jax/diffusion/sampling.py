@@ -46,6 +46,75 @@ INIT_MODES = ("blob", "noise")
 
 
 # ----------------------------------------------------------------------------------------------
+# Settings of a sampling call
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+  """What a sampling call runs with (`generate_views`, `sample_latents`): the one typed form of a
+  config's sampler section, resolved by `settings_from_config` and checked by `check`.
+
+  `init="blob"` starts from the Gaussian-blob grid (`blob`, its knobs, incl. `init_strength`)
+  noised to step `blob.start_step(num_steps, blob.init_strength)`; `init="noise"` from pure
+  noise. `negative_prompt`: None = zero unconditional embeddings (SDXL's
+  `force_zeros_for_empty_prompt`), else one string or one per prompt. `height`/`width`: the grid
+  (each view half of each). `original_size`, `crops_coords_top_left`, `target_size`: SDXL's
+  micro-conditioning (None: the grid size).
+  """
+  num_steps: int = 100
+  guidance_scale: float = 5.0
+  scheduler: str = "ddim"
+  init: str = "blob"
+  eta: float = 0.0
+  height: int = 1024
+  width: int = 1024
+  negative_prompt: str | Sequence[str] | None = None
+  blob: blob_lib.BlobConfig = blob_lib.BlobConfig()
+  original_size: tuple[int, int] | None = None
+  crops_coords_top_left: tuple[int, int] = (0, 0)
+  target_size: tuple[int, int] | None = None
+
+  def check(self, names: dict[str, str] | None = None) -> "SamplerSettings":
+    """Returns self; raises `ConfigError` for a scheduler or init mode that does not exist, a
+    step count < 1, or a blob start that runs no step, naming the field as `names[field]`
+    (e.g. the flag or config key a user set it with; default `sampler.<field>`)."""
+    name = lambda field: (names or {}).get(field, f"sampler.{field}")
+    if self.scheduler not in schedulers.SCHEDULERS:
+      raise errors.ConfigError(f"{name('scheduler')} must be one of {schedulers.SCHEDULERS}, got "
+                               f"{self.scheduler!r}")
+    if self.init not in INIT_MODES:
+      raise errors.ConfigError(f"{name('init')} must be one of {INIT_MODES}, got {self.init!r}")
+    if self.num_steps < 1:
+      raise errors.ConfigError(f"{name('num_steps')} must be >= 1, got {self.num_steps}")
+    if self.init == "blob":
+      blob_lib.start_step(self.num_steps, self.blob.init_strength)
+    return self
+
+
+def settings_from_config(sample, *, height: int, width: int, blob=None, micro=None
+                         ) -> SamplerSettings:
+  """The `SamplerSettings` of a config's sampler section `sample` (configs/sdxl.py `sampler`,
+  configs/instant3d.py `stage1.sample`, configs/mv_sdxl.py `sample`): its `num_steps`,
+  `guidance_scale`, `scheduler`, `init`, and `eta` / `negative_prompt` where the section has
+  them (else 0 and none; '' = none). `blob`: the config's blob section (None: `BlobConfig()`);
+  `micro`: the section holding the micro-conditioning (`original_size`,
+  `crops_coords_top_left`, `target_size`; (0, 0) = the grid size; default `sample`). Not
+  checked: callers `check` after applying their overrides."""
+  micro = sample if micro is None else micro
+  size = lambda v: tuple(int(x) for x in v) if any(v) else None
+  b = blob_lib.BlobConfig() if blob is None else blob_lib.BlobConfig(
+      std=blob.std, value=blob.value, background=blob.background,
+      init_strength=blob.init_strength)
+  return SamplerSettings(
+      num_steps=int(sample.num_steps), guidance_scale=float(sample.guidance_scale),
+      scheduler=str(sample.scheduler), init=str(sample.init),
+      eta=float(sample.get("eta", 0.0)), height=int(height), width=int(width),
+      negative_prompt=str(sample.get("negative_prompt", "") or "") or None, blob=b,
+      original_size=size(micro.original_size),
+      crops_coords_top_left=tuple(int(x) for x in micro.crops_coords_top_left),
+      target_size=size(micro.target_size))
+
+
+# ----------------------------------------------------------------------------------------------
 # Grid ↔ views (rig order)
 # ----------------------------------------------------------------------------------------------
 def split_grid(grid: jax.Array) -> jax.Array:
@@ -336,20 +405,19 @@ class _Sampled(NamedTuple):
   batch: int  # real prompts (the rest is padding)
 
 
-def _sample(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
-           num_steps: int = 100, guidance_scale: float = 5.0, scheduler: str = "ddim",
-           init: str = "blob", init_strength: float | None = None, height: int = 1024,
-           width: int = 1024, negative_prompt: str | Sequence[str] | None = None,
-           mesh: Mesh | None = None, logical_axis_rules=None, eta: float = 0.0,
-           blob: blob_lib.BlobConfig | None = None, original_size=None,
-           crops_coords_top_left=(0, 0), target_size=None, first_sample_index: int = 0,
-           progress: Callable[[int], None] | None = None) -> _Sampled:
+def _sample(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array,
+            settings: SamplerSettings, *, mesh: Mesh | None = None, logical_axis_rules=None,
+            first_sample_index: int = 0, progress: Callable[[int], None] | None = None
+            ) -> _Sampled:
   """The denoising half of `generate_views` (same arguments; see there)."""
+  st = settings
+  num_steps, guidance_scale, scheduler, init = (st.num_steps, st.guidance_scale, st.scheduler,
+                                                st.init)
+  height, width, negative_prompt, eta = st.height, st.width, st.negative_prompt, st.eta
   prompts = [prompts] if isinstance(prompts, str) else list(prompts)
   if not prompts:
     raise errors.ConfigError("generate_views: prompts is empty; expected at least one prompt")
-  if init not in INIT_MODES:
-    raise errors.ConfigError(f"generate_views: init must be one of {INIT_MODES}, got {init!r}")
+  st.check({k: f"generate_views: {k}" for k in ("scheduler", "init", "num_steps")})
   f = pipeline.vae_scale_factor
   if height % (2 * f) or width % (2 * f):
     raise ValueError(f"generate_views: height and width must be multiples of {2 * f} (2 views × "
@@ -378,8 +446,8 @@ def _sample(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
   else:
     ctx_u, pooled_u = encode_prompts(pipeline, neg_p if neg_p is not None else [""] * padded,
                                      params, placement)
-  time_ids = micro_conditioning(padded, height, width, original_size, crops_coords_top_left,
-                                target_size)
+  time_ids = micro_conditioning(padded, height, width, st.original_size,
+                                st.crops_coords_top_left, st.target_size)
   ctx2 = jnp.stack([ctx_u, ctx], axis=1)  # [B, 2, L, D]: (uncond, cond) per sample
   pooled2 = jnp.stack([pooled_u, pooled], axis=1)
   time_ids2 = jnp.asarray(np.stack([time_ids, time_ids], axis=1))
@@ -389,9 +457,7 @@ def _sample(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
   lat_shape = (height // f, width // f, pipeline.unet.config.in_channels)
   noise, noise_keys = initial_noise(key, first_sample_index, padded, lat_shape)
   if init == "blob":
-    bcfg = blob or blob_lib.BlobConfig()
-    if init_strength is not None:
-      bcfg = dataclasses.replace(bcfg, init_strength=init_strength)
+    bcfg = st.blob
     sched = sched.start_at(blob_lib.start_step(num_steps, bcfg.init_strength))
     latents = blob_lib.start_latents(blob_latent(pipeline, height, width, bcfg), sched, noise)
   else:
@@ -416,36 +482,35 @@ def _sample(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
 
 
 def sample_latents(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array,
-                   **kwargs) -> jax.Array:
+                   settings: SamplerSettings = SamplerSettings(), *, mesh: Mesh | None = None,
+                   logical_axis_rules=None, first_sample_index: int = 0,
+                   progress: Callable[[int], None] | None = None) -> jax.Array:
   """The denoised latents `[B, H/f, W/f, C]` of `generate_views` (same arguments), before the
   VAE decoder."""
-  out = _sample(pipeline, prompts, key, **kwargs)
+  out = _sample(pipeline, prompts, key, settings, mesh=mesh,
+                logical_axis_rules=logical_axis_rules, first_sample_index=first_sample_index,
+                progress=progress)
   return out.latents[:out.batch]
 
 
-def generate_views(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array, *,
-                   mesh: Mesh | None = None, logical_axis_rules=None,
-                   **kwargs) -> GeneratedViews:
-  """Samples one 2×2 four-view grid per prompt.
-
-  Keyword arguments: `num_steps=100`, `guidance_scale=5.0`, `scheduler='ddim'`, `init='blob'`,
-  `init_strength=None`, `height=width=1024`, `negative_prompt=None`, `eta=0.0`, `blob=None`,
-  `original_size=None`, `crops_coords_top_left=(0, 0)`, `target_size=None`,
-  `first_sample_index=0`, `progress=None`.
+def generate_views(pipeline: Pipeline, prompts: str | Sequence[str], key: jax.Array,
+                   settings: SamplerSettings = SamplerSettings(), *, mesh: Mesh | None = None,
+                   logical_axis_rules=None, first_sample_index: int = 0,
+                   progress: Callable[[int], None] | None = None) -> GeneratedViews:
+  """Samples one 2×2 four-view grid per prompt with `settings` (`SamplerSettings`).
 
   `key`: a PRNG key; sample b uses `fold_in(key, first_sample_index + b)`, so a prompt's grid
   does not depend on its batch-mates or on how a long prompt list is cut into batches.
-  `init="blob"` starts from the Gaussian-blob grid noised to step
-  `blob.start_step(num_steps, init_strength)` (`blob`: the blob knobs, default `BlobConfig()`;
-  `init_strength`, when given, overrides `blob.init_strength`); `init="noise"` from pure noise.
   `mesh`: prompts are sharded over the mesh; without `logical_axis_rules` over its `data` axis
   with the params replicated; with them (configs/sdxl.py) the batch goes where `batch` maps
   (data × fsdp) and every component's params where their logical names map (FSDP over
   `fsdp`); the batch is padded to a multiple of the split. `progress(i)` is called after step i.
   Returns `GeneratedViews(grid [B, H, W, 3], views [B, 4, H/2, W/2, 3])`, float32 in [0, 1].
   """
-  latents, params, placement, b = _sample(pipeline, prompts, key, mesh=mesh,
-                                          logical_axis_rules=logical_axis_rules, **kwargs)
+  latents, params, placement, b = _sample(pipeline, prompts, key, settings, mesh=mesh,
+                                          logical_axis_rules=logical_axis_rules,
+                                          first_sample_index=first_sample_index,
+                                          progress=progress)
   # The decoder runs in batch chunks (`vae_decode_chunk` grids, default 1) smaller than the
   # batch split, so no activation rules there: a chunk's batch cannot be sharded over
   # data × fsdp, and XLA places the chunks from the sharded input instead.

@@ -14,7 +14,7 @@ rendering all 120 and picking). The picks are `np.random.default_rng([seed, inde
 .choice(num_azimuths, num_pick, replace=False)` — a fixed seed, a different draw per prompt.
 Renders are rounded to uint8 (as a saved PNG) before CLIP's preprocessing.
 
-Input: the folder the `generate` command writes: `run.json` with
+Input: the folder the `text_to_3d` command writes: `run.json` with
 `"prompts": [{"index": i, "prompt": str, "dir": "NNNN"}, ...]` and per prompt
 `<dir>/triplane.npz` in the format instant3d_jax/reconstruction.py writes (`planes [3, R, R, C]`,
 `plane_order`, `config` JSON); the NeRF decoder's weights come from the stage-2 checkpoint
@@ -50,16 +50,16 @@ PLANE_ORDER = ("XY", "XZ", "YZ")
 
 
 def read_run(generated: str | os.PathLike) -> list[dict]:
-  """`run.json` of a `generate` output folder → its prompt entries, each with `triplane` (the
+  """`run.json` of a `text_to_3d` output folder → its prompt entries, each with `triplane` (the
   path of its `triplane.npz`, checked to exist). Raises `InputError` naming the file."""
   root = fileio.path(generated)
   if not root.is_dir():
     raise InputError(f"--generated {fileio.display(root)} does not exist (expected the folder "
-                     f"the generate command writes, with {RUN_FILE})")
+                     f"the text_to_3d command writes, with {RUN_FILE})")
   run_path = root / RUN_FILE
   if not run_path.is_file():
     raise InputError(f"--generated {fileio.display(root)} has no {RUN_FILE} (expected the output "
-                     "folder of a complete generate run)")
+                     "folder of a complete text_to_3d run)")
   try:
     run = json.loads(run_path.read_text())
   except ValueError as e:

@@ -5,7 +5,7 @@
 name then rename; on a bucket one object upload), so a crash never leaves a truncated PNG under
 the final name; `make_labelled_grid` adds a text strip above each tile (the trainer's
 "inputs | predictions | targets" grids). Images are float in [0, 1] (clipped) or uint8.
-The trainer's image logs, the reconstruct/generate outputs and the data pipeline's contact sheets
+The trainer's image logs, the reconstruct/text_to_3d outputs and the data pipeline's contact sheets
 all write through `save_png`.
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def save_png(path: str | os.PathLike, image) -> fileio.OutPath:
 
 
 def screenshot_page(page: str, png: str) -> str | None:
-  """Headless Chromium's screenshot of a local HTML file (e.g. the `generate` run's index.html)
+  """Headless Chromium's screenshot of a local HTML file (e.g. the `text_to_3d` run's index.html)
   into `png`; None (and no file) where no Chromium is installed."""
   import shutil
   import subprocess

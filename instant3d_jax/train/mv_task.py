@@ -420,13 +420,9 @@ def sample_grids(config, comps: Components, trained_params, captions=None) -> np
   captions = list(sc.captions if captions is None else captions)
   prompts = [c for c in captions for _ in range(int(sc.per_caption))]
   s = grid_size(config)
-  size = lambda v: tuple(int(x) for x in v) if any(v) else None
-  out = sampling.generate_views(
-      sampling_pipeline(comps, trained_params), prompts, jax.random.PRNGKey(int(sc.seed)),
-      num_steps=int(sc.num_steps), guidance_scale=float(sc.guidance_scale),
-      scheduler=str(sc.scheduler), init=str(sc.init), height=s, width=s,
-      original_size=size(dc.original_size), crops_coords_top_left=tuple(dc.crops_coords_top_left),
-      target_size=size(dc.target_size))
+  settings = sampling.settings_from_config(sc, height=s, width=s, micro=dc)
+  out = sampling.generate_views(sampling_pipeline(comps, trained_params), prompts,
+                                jax.random.PRNGKey(int(sc.seed)), settings)
   return out.grid
 
 

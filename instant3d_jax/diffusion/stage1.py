@@ -1,8 +1,9 @@
 """Stage 1 as a library: prompts → SDXL 2×2 four-view grids written to a folder (what the
-`generate_views` command runs; other commands and the pipeline reuse it).
+`text_to_views` command runs; the text-to-3D pipeline and the latent cache reuse its loading and
+placement).
 
   pipeline = load_pipeline(cfg, "/path/to/sdxl_folder")
-  out = generate_to_folder(cfg, pipeline, ["a wooden chair"], "outputs/views", weights=...)
+  out = sample_to_folder(cfg, pipeline, ["a wooden chair"], "outputs/views", weights=...)
 
 Output (OUT/): `NNNN_grid.png` (the grid), `NNNN_view{0..3}_az{0,90,180,270}.png` (rig order:
 top-left az 0°, top-right 90°, bottom-left 180°, bottom-right 270°; docs/design.md §3), and
@@ -24,7 +25,6 @@ from instant3d_jax import errors
 from instant3d_jax.convert import safetensors_io as sio
 from instant3d_jax.diffusion import blob as blob_lib
 from instant3d_jax.diffusion import sampling
-from instant3d_jax.diffusion import schedulers
 from instant3d_jax.export.images import save_png
 
 RIG_AZIMUTHS = (0, 90, 180, 270)
@@ -94,7 +94,8 @@ def save_views(out: str | os.PathLike, index: int, grid: np.ndarray, views: np.n
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  """What a run may override in `cfg.sampler` (None: the config's value)."""
+  """What a run may override in `cfg.sampler` (None: the config's value), and the run's own
+  knobs: grids per prompt, seed (None: `cfg.seed`), progress bar."""
   num_samples: int = 1
   steps: int | None = None
   guidance_scale: float | None = None
@@ -103,66 +104,56 @@ class Options:
   negative_prompt: str | None = None
   progress: bool = True
 
-  def resolve(self, cfg) -> dict[str, Any]:
-    """The effective sampler settings; raises `ConfigError` naming the bad flag."""
+  def settings(self, cfg) -> sampling.SamplerSettings:
+    """The run's sampler settings (`cfg.sampler` and `cfg.blob` with these overrides), checked
+    before any weights load; raises `ConfigError` naming the bad flag."""
     s = cfg.sampler
-    scheduler = self.scheduler or s.scheduler
-    if scheduler not in schedulers.SCHEDULERS:
-      raise errors.ConfigError(f"--scheduler must be one of {schedulers.SCHEDULERS}, got "
-                               f"{scheduler!r}")
-    steps = self.steps or s.num_steps
-    if steps < 1:
-      raise errors.ConfigError(f"--steps must be >= 1, got {steps}")
+    st = sampling.settings_from_config(s, height=s.height, width=s.width, blob=cfg.blob)
+    negative = self.negative_prompt if self.negative_prompt is not None else s.negative_prompt
+    st = dataclasses.replace(
+        st, num_steps=self.steps or st.num_steps, scheduler=self.scheduler or st.scheduler,
+        guidance_scale=st.guidance_scale if self.guidance_scale is None else self.guidance_scale,
+        negative_prompt=negative or None)
+    st.check({"scheduler": "--scheduler", "num_steps": "--steps", "init": "sampler.init"})
     if self.num_samples < 1:
       raise errors.ConfigError(f"--num_samples must be >= 1, got {self.num_samples}")
-    blob_cfg = blob_lib.BlobConfig(std=cfg.blob.std, value=cfg.blob.value,
-                                   background=cfg.blob.background,
-                                   init_strength=cfg.blob.init_strength)
-    if s.init == "blob":
-      blob_lib.start_step(steps, blob_cfg.init_strength)  # fail before loading the weights
-    return dict(
-        scheduler=scheduler, steps=steps, blob=blob_cfg,
-        guidance_scale=s.guidance_scale if self.guidance_scale is None else self.guidance_scale,
-        seed=cfg.seed if self.seed is None else self.seed,
-        negative_prompt=(self.negative_prompt if self.negative_prompt is not None
-                         else s.negative_prompt))
+    return st
+
+  def seed_of(self, cfg) -> int:
+    """The run's PRNG seed: `seed`, else `cfg.seed`."""
+    return cfg.seed if self.seed is None else self.seed
 
 
-def generate_to_folder(cfg, pipeline: sampling.Pipeline, prompts: Sequence[str],
-                       out: str | os.PathLike, *, weights: str = "", options: Options = Options(),
-                       placement: sampling.Placement | None = None) -> Path:
+def sample_to_folder(cfg, pipeline: sampling.Pipeline, prompts: Sequence[str],
+                     out: str | os.PathLike, *, weights: str = "", options: Options = Options(),
+                     placement: sampling.Placement | None = None) -> Path:
   """Samples `options.num_samples` grids per prompt in batches of `cfg.sampler.batch_size`
   and writes them (module docstring); returns `out`. `placement`: the mesh and rules to sample
   on (e.g. `placement_from_config(cfg)`; the pipeline is sharded once here)."""
-  o = options.resolve(cfg)
-  s = cfg.sampler
+  st = options.settings(cfg)
+  seed = options.seed_of(cfg)
+  batch_size = cfg.sampler.batch_size
   out = Path(out)
   if placement is not None:
     pipeline = sampling.shard_pipeline(pipeline, placement)
   samples = [p for p in prompts for _ in range(options.num_samples)]
-  steps = o["steps"]
-  n_run = steps - (blob_lib.start_step(steps, o["blob"].init_strength) if s.init == "blob" else 0)
-  key = jax.random.PRNGKey(o["seed"])
-  size = lambda v: tuple(v) if any(v) else None
+  steps = st.num_steps
+  n_run = steps - (blob_lib.start_step(steps, st.blob.init_strength) if st.init == "blob" else 0)
+  key = jax.random.PRNGKey(seed)
   bar = None
   if options.progress:
     from tqdm import tqdm
-    n_batches = -(-len(samples) // s.batch_size)
+    n_batches = -(-len(samples) // batch_size)
     bar = tqdm(total=n_batches * n_run, desc="denoising", unit="step", file=sys.stderr)
   files = []
   t0 = time.time()
-  for start in range(0, len(samples), s.batch_size):
-    batch = samples[start:start + s.batch_size]
+  for start in range(0, len(samples), batch_size):
+    batch = samples[start:start + batch_size]
     done = bar.n if bar else 0
     hook = (lambda i, done=done: bar.update(max(0, done + i + 1 - bar.n))) if bar else None
     res = sampling.generate_views(
-        pipeline, batch, key, num_steps=steps, guidance_scale=o["guidance_scale"],
-        scheduler=o["scheduler"], init=s.init, init_strength=o["blob"].init_strength,
-        height=s.height, width=s.width, negative_prompt=o["negative_prompt"] or None,
-        mesh=placement.mesh if placement is not None else None,
-        logical_axis_rules=placement.rules if placement is not None else None, eta=s.eta,
-        blob=o["blob"], original_size=size(s.original_size),
-        crops_coords_top_left=tuple(s.crops_coords_top_left), target_size=size(s.target_size),
+        pipeline, batch, key, st, mesh=placement.mesh if placement is not None else None,
+        logical_axis_rules=placement.rules if placement is not None else None,
         first_sample_index=start, progress=hook)
     for j, prompt in enumerate(batch):
       files.append({"index": start + j, "prompt": prompt,
@@ -171,9 +162,9 @@ def generate_to_folder(cfg, pipeline: sampling.Pipeline, prompts: Sequence[str],
     bar.close()
   sio.write_json(out / "run.json", {
       "config": cfg.to_dict(), "weights": str(Path(weights).resolve()) if weights else "",
-      "prompts": list(prompts), "negative_prompt": o["negative_prompt"],
-      "num_samples": options.num_samples, "seed": o["seed"], "steps": steps,
-      "guidance_scale": o["guidance_scale"], "scheduler": o["scheduler"], "samples": files,
+      "prompts": list(prompts), "negative_prompt": st.negative_prompt or "",
+      "num_samples": options.num_samples, "seed": seed, "steps": steps,
+      "guidance_scale": st.guidance_scale, "scheduler": st.scheduler, "samples": files,
       "seconds": round(time.time() - t0, 3), "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind, "versions": versions()})
   return out

@@ -1,7 +1,7 @@
 """Text → 3D command: prompts → four-view grids (stage 1) → triplanes (stage 2) → renders,
 turntables, meshes; both stages loaded once, the prompts in jitted batches over every device.
 
-  python -m instant3d_jax.generate --config configs/instant3d.py:tiny \
+  python -m instant3d_jax.text_to_3d --config configs/instant3d.py:tiny \
       (--prompt "a red cube" | --prompts_file prompts.txt) --out outputs/text3d \
       [--seed N --steps N --guidance_scale G --num_samples N --batch_size N]
 
@@ -17,7 +17,7 @@ mesh.{glb,obj,ply} (`--save_float` adds grid.npy, the float32 grid); `index.html
 of every object's grid, turntable and mesh link; no network needed) and `run.json` (written
 last: "prompts" [{index, prompt, dir, …}], weights, seed, sampler, per-stage seconds, package
 versions). The work is done by `instant3d_jax.pipeline`; this module holds flags and `main`
-only. Stage 1 alone: `python -m instant3d_jax.generate_views`.
+only. Stage 1 alone (prompts to four-view grids): `python -m instant3d_jax.text_to_views`.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def main(argv: Sequence[str]) -> None:
   from absl import app, flags
   from instant3d_jax import errors
   from instant3d_jax import pipeline
-  from instant3d_jax.diffusion import generate as gen_lib
+  from instant3d_jax.diffusion import stage1
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
   FLAGS = flags.FLAGS
@@ -55,7 +55,7 @@ def main(argv: Sequence[str]) -> None:
   cfg = FLAGS.config
   if FLAGS.batch_size is not None:
     cfg.batch_size = FLAGS.batch_size
-  prompts = gen_lib.read_prompts(FLAGS.prompt, FLAGS.prompts_file)
+  prompts = stage1.read_prompts(FLAGS.prompt, FLAGS.prompts_file)
   for name in ("num_samples", "steps", "batch_size"):
     if FLAGS[name].value is not None and FLAGS[name].value < 1:
       raise errors.ConfigError(f"--{name} must be >= 1, got {FLAGS[name].value}")

@@ -1,6 +1,6 @@
 """Stage 1 command: prompts → SDXL 2×2 four-view grids (PNG) + the four views + run.json.
 
-  python -m instant3d_jax.generate_views --config configs/sdxl.py:sdxl \
+  python -m instant3d_jax.text_to_views --config configs/sdxl.py:sdxl \
       --weights /path/to/sdxl_folder --prompt "a wooden chair" --num_samples 2 --out outputs/views
 
 Flags: --prompt or --prompts_file (one prompt per line, blank lines skipped), --negative_prompt,
@@ -13,7 +13,8 @@ FSDP-shards the pipeline).
 
 Output (OUT/): `NNNN_grid.png` (1024² grid), `NNNN_view{0..3}_az{0,90,180,270}.png` (rig order),
 and `run.json` (config, weights, prompts per sample, seed, package versions), written last.
-The work is done by `instant3d_jax.diffusion.generate`; this module holds flags and `main` only.
+The work is done by `instant3d_jax.diffusion.stage1`; this module holds flags and `main` only.
+Prompts to 3D objects (both stages): `python -m instant3d_jax.text_to_3d`.
 """
 from __future__ import annotations
 
@@ -44,25 +45,24 @@ def _define_flags():
 def main(argv: Sequence[str]) -> None:
   from absl import app, flags
   from instant3d_jax import errors
-  from instant3d_jax.diffusion import generate
+  from instant3d_jax.diffusion import stage1
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
   FLAGS = flags.FLAGS
   if FLAGS.weights is None or FLAGS.out is None:
     raise errors.ConfigError("--weights and --out are required")
   cfg = FLAGS.config
-  prompts = generate.read_prompts(FLAGS.prompt, FLAGS.prompts_file)
+  prompts = stage1.read_prompts(FLAGS.prompt, FLAGS.prompts_file)
   if FLAGS.num_samples < 1:
     raise errors.ConfigError(f"--num_samples must be >= 1, got {FLAGS.num_samples}")
-  options = generate.Options(
+  options = stage1.Options(
       num_samples=FLAGS.num_samples, steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
       scheduler=FLAGS.scheduler, seed=FLAGS.seed, negative_prompt=FLAGS.negative_prompt,
       progress=FLAGS.progress)
-  options.resolve(cfg)  # bad flags fail before the weights load
-  pipeline = generate.load_pipeline(cfg, FLAGS.weights)
-  out = generate.generate_to_folder(cfg, pipeline, prompts, FLAGS.out, weights=FLAGS.weights,
-                                    options=options,
-                                    placement=generate.placement_from_config(cfg))
+  options.settings(cfg)  # bad flags fail before the weights load
+  pipeline = stage1.load_pipeline(cfg, FLAGS.weights)
+  out = stage1.sample_to_folder(cfg, pipeline, prompts, FLAGS.out, weights=FLAGS.weights,
+                                options=options, placement=stage1.placement_from_config(cfg))
   print(f"wrote {out}")
 
 
