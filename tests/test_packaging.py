@@ -31,6 +31,10 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("instant3d_jax", "configs", "data_pipeline")
 OWN = {"instant3d_jax", "data_pipeline", "configs", "__future__"}
+# Modules the package only probes for, without importing anything from them, and who provides
+# them: not dependencies.
+PROBED = {"jax_plugins": "JAX's plugin namespace package (cli.jax_plugins looks for GPU plugins "
+                         "with find_spec; jax[cuda12] brings it: make install-gpu)"}
 _IMPORT_CALLS = {"import_module", "find_spec", "__import__"}
 
 
@@ -76,7 +80,7 @@ def third_party_imports(roots: list[Path]) -> dict[str, set[str]]:
           names = [node.args[0].value]
         for name in names:
           top = name.split(".")[0]
-          if top and top not in sys.stdlib_module_names and top not in OWN:
+          if top and top not in sys.stdlib_module_names and top not in OWN | set(PROBED):
             found.setdefault(top, set()).add(str(path))
   return found
 
