@@ -81,7 +81,7 @@ def study_config(base, overrides: dict, decay_fraction: float):
   cfg.optimizer.decay_steps = 0
   cfg.train.time_budget_s = 0.0
   cfg.train.image_every = 0
-  cfg.train.log_every = 1                 # every step's time is logged: the wall figure
+  cfg.train.log_every = 1                 # a segment may stop at any step: log each
   cfg.train.eval_every = 0
   cfg.train.halt_at_step = 0
   cfg.checkpoint.every_steps = 0          # only where a segment stops (below) and at the end
@@ -117,17 +117,24 @@ class _Segments:
 
 
 def step_seconds(workdir: Path, first: int, last: int) -> float:
-  """Σ of the logged step times (`train/s_per_step`, one row per step) of steps first+1..last
-  in `workdir/metrics.jsonl` (the latest row of a step logged twice, by a resumed segment)."""
+  """Σ of the step times of steps first+1..last in `workdir/metrics.jsonl`: each logged
+  `train/s_per_step` is the loop's mean over the steps since the previous log-step sync
+  (train/loop.py), so it counts once per step since the previous logged step (or `first`); the
+  latest row of a step logged twice (by a resumed segment) wins. Fails unless the logged steps
+  end at `last`."""
   from instant3d_jax.train import metrics as metrics_lib
-  per_step = {}
+  logged = {}
   for row in metrics_lib.read_jsonl(workdir / metrics_lib.JSONL_FILE):
     if "train/s_per_step" in row and first < int(row["step"]) <= last:
-      per_step[int(row["step"])] = float(row["train/s_per_step"])
-  if len(per_step) != last - first:
-    raise errors.Instant3DError(f"bench.scaling: {workdir} logged {len(per_step)} step times for "
-                                f"steps {first + 1}..{last}; expected one per step")
-  return sum(per_step.values())
+      logged[int(row["step"])] = float(row["train/s_per_step"])
+  if last not in logged:
+    raise errors.Instant3DError(f"bench.scaling: {workdir} logged no step time at step {last} "
+                                f"(steps {first + 1}..{last} need one at their last step)")
+  total, prev = 0.0, first
+  for s in sorted(logged):
+    total += logged[s] * (s - prev)
+    prev = s
+  return total
 
 
 def _train(cfg, workdir: Path, start: int, total: int, halt: int, segs: _Segments, key: str,

@@ -89,6 +89,27 @@ def test_nonfinite_in_a_row_stops_keeping_last_good_checkpoint(tmp_path):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+def test_metrics_fetched_at_log_steps_keep_every_step_and_the_guard_step(tmp_path):
+  """Metrics reach the host only at sync points (log / checkpoint steps here: 4, 8), yet the
+  history holds every step and the guard stops at the step it stopped at when it read every
+  step: steps 4, 5, 6 skip, the third in a row (step 6, between two sync points) stops the run,
+  nothing of steps 5..8 is logged or saved."""
+  res = _run(tmp_path / "ok", train__total_steps=8, train__log_every=4,
+             checkpoint__every_steps=0)
+  assert [h["step"] for h in res.history] == list(range(1, 9))
+  rows = [json.loads(l) for l in (tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()]
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == [4, 8]
+  assert [r["train/loss"] for r in train_rows] == [res.history[3]["loss"], res.history[7]["loss"]]
+  assert all(r["train/s_per_step"] > 0 for r in train_rows)
+  with pytest.raises(loop.NonFiniteError, match="3 non-finite .* in a row at step 6.*step 4"):
+    _run(tmp_path / "bad", train__total_steps=12, train__log_every=4,
+         checkpoint__every_steps=4, data__nan_steps=(3, 4, 5, 6, 7, 8, 9))
+  assert ckpt_lib.Checkpointer(tmp_path / "bad").all_steps() == [4]
+  rows = [json.loads(l) for l in (tmp_path / "bad" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "train/loss" in r] == [4]
+
+
 def test_different_config_is_refused_untouched(straight):
   wd, _ = straight
   before = {p: os.path.getmtime(os.path.join(dp, p)) for dp, _, fs in os.walk(wd) for p in fs}

@@ -48,8 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
       decay_steps=0, final_lr_ratio=0.1, grad_clip_norm=1.0, decay_min_ndim=2))
   c.train = ml_collections.ConfigDict(dict(
       total_steps=8, time_budget_s=0.0, global_batch_size=8, accum_steps=1, log_every=1,
-      image_every=0, eval_every=0, max_nonfinite_in_a_row=3,
-      checkpoint_must_match=("model", "optimizer")))
+      image_every=0, eval_every=0, max_nonfinite_in_a_row=3, halt_at_step=0,
+      checkpoint_must_match=("model", "optimizer"), checkpoint_may_differ=()))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=2, keep=10))
   c.checkpoint["async"] = True
   c.hardware = ml_collections.ConfigDict({"peak_tflops": {"cpu": 1.0}})

@@ -17,6 +17,10 @@ log, images, eval, checkpoint) → final checkpoint. Config sections read here:
   checkpoint: every_steps, keep, async
   hardware: peak_tflops ({device-kind substring: dense bf16 TFLOP/s per device}) for MFU
 
+Metrics: each step's stay on the device; a log, image, eval or checkpoint step fetches those of
+the steps since the last such step in one transfer (`RunResult.history` still has every step) and
+`train/s_per_step` is the mean over the steps between two log-step syncs (hook time excluded).
+
 Stops: `total_steps` reached, the time budget spent, SIGTERM/SIGINT (saves, exits cleanly), or
 `max_nonfinite_in_a_row` skipped updates in a row (raises `NonFiniteError`, no save: the last
 checkpoint on disk is the last good state).
@@ -316,16 +320,49 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
 
   # Loop.
   peak = metrics_lib.peak_flops_for(jax.devices()[0].device_kind,
-                                    dict(config.get("hardware", {}).get("peak_tflops", {})))
+                                    dict(config.hardware.peak_tflops))
   flops_step = task.flops_per_example * gbs if task.flops_per_example else None
   writer = metrics_lib.MetricWriter(workdir, active=primary)
   progress = metrics_lib.Progress(total_steps, step, active=primary,
                                   time_budget_s=budget or None, start_time=t_start)
-  max_bad = int(tcfg.get("max_nonfinite_in_a_row", 10))
+  max_bad = int(tcfg.max_nonfinite_in_a_row)
   every = lambda n, s: bool(n) and s % int(n) == 0
-  history, window, t_last = [], [], time.time()
+  history = []
   stop_reason = "total_steps"
   last_eval = None
+
+  # Per-step metrics stay on the device until a sync point (a log, image, eval or checkpoint
+  # step, or the loop's end) fetches them together (`sync`), so the host never waits for a step
+  # in between. The non-finite guard runs there, over every fetched step in order: it follows
+  # the step's own counter (step.py: `nonfinite_in_a_row` is 0 after a finite step, +1 after a
+  # skipped one; `finite` in the metrics), from its value in the state the loop starts from, and
+  # raises naming the first step that reaches the limit, before anything of a later step is
+  # logged, shown, evaluated or saved. Seconds per step: the wall time between two log-step
+  # syncs, less the time spent in the image / eval / checkpoint hooks, over the steps between.
+  pending = []                      # (step, device metrics) not yet fetched
+  bad_in_row = int(jax.device_get(state.nonfinite_in_a_row))
+  t_mark, hooks_s, steps_since = time.time(), 0.0, 0
+
+  def sync(extra=None):
+    """Fetches the pending steps' metrics (and `extra`, device values fetched with them: one
+    transfer), applies the guard and appends one history row per step; returns `extra`."""
+    nonlocal pending, bad_in_row
+    fetched, extra = jax.device_get(([m for _, m in pending], extra))
+    for (s, _), m in zip(pending, fetched):
+      bad_in_row = 0 if float(m["finite"]) else bad_in_row + 1
+      if bad_in_row >= max_bad:
+        writer.close()
+        progress.close()
+        checkpointer.close()
+        raise NonFiniteError(
+            f"{bad_in_row} non-finite losses/gradients in a row at step {s} (limit "
+            f"train.max_nonfinite_in_a_row={max_bad}); stopped without saving, the last good "
+            f"checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}")
+      row = {k: float(v) for k, v in m.items()}
+      row["step"] = s
+      history.append(row)
+    pending = []
+    return extra
 
   # The input pipeline runs one batch ahead: the next batch is read while the device runs the
   # current step. A checkpoint holds the iterator state right after the last batch trained on
@@ -358,42 +395,41 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
       data_state = data_after
       if step + 1 < total_steps and not (halt_at and step + 1 >= halt_at):
         upcoming = fetch()                           # overlaps the step on the device
-      m = jax.device_get(m)
       step += 1
-      now = time.time()
-      window.append(now - t_last)
-      t_last = now
-      bad_in_row = int(jax.device_get(state.nonfinite_in_a_row))
-      if bad_in_row >= max_bad:
-        writer.close()
-        progress.close()
-        checkpointer.close()
-        raise NonFiniteError(
-            f"{bad_in_row} non-finite losses/gradients in a row at step {step} (limit "
-            f"train.max_nonfinite_in_a_row={max_bad}); stopped without saving, the last good "
-            f"checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}")
-      row = {k: float(v) for k, v in m.items()}
-      row["step"] = step
-      history.append(row)
-      if every(tcfg.log_every, step) or step == total_steps:
-        sps = float(np.median(window))
+      steps_since += 1
+      pending.append((step, m))
+      log_now = every(tcfg.log_every, step) or step == total_steps
+      image_now = task.image_fn is not None and every(tcfg.image_every, step)
+      eval_now = task.eval_fn is not None and every(tcfg.eval_every, step)
+      save_now = every(ckpt_cfg.every_steps, step)
+      if not (log_now or image_now or eval_now or save_now):
+        continue
+      # Every process reaches the same sync points (the guard raises on all of them together).
+      nonfinite_total = sync(state.nonfinite_total if log_now else None)
+      if log_now:
+        now = time.time()
+        row = history[-1]
+        sps = (now - t_mark - hooks_s) / steps_since
+        t_mark, hooks_s, steps_since = now, 0.0, 0
         tp = metrics_lib.throughput(seconds_per_step=sps, examples_per_step=gbs,
                                     flops_per_step=flops_step, num_devices=jax.device_count(),
                                     peak_flops_per_device=peak)
-        scal = dict(row, **tp, nonfinite_total=float(jax.device_get(state.nonfinite_total)))
+        scal = dict(row, **tp, nonfinite_total=float(nonfinite_total))
         scal.pop("step")
         writer.scalars(step, scal, prefix="train/")
-        window = []
         progress.update(step, progress_postfix(row, tp))
+      t_hooks = time.time()
       shown = state.ema if state.ema is not None else state.params  # Task.ema_decay
-      if task.image_fn is not None and every(tcfg.get("image_every", 0), step) and primary:
+      if image_now and primary:
         writer.image(step, task.image_name,
                      task.image_fn(shown, batch, step), png_dir="images")
-      if task.eval_fn is not None and every(tcfg.get("eval_every", 0), step):
+      if eval_now:
         last_eval = task.eval_fn(shown, step)
         writer.scalars(step, last_eval, prefix="eval/")
-      if every(ckpt_cfg.every_steps, step):
+      if save_now:
         checkpoint(step)
+      hooks_s += time.time() - t_hooks
+    sync()  # the steps since the last sync point (the guard may still stop the run here)
 
   progress.close()
   checkpoint(step)
