@@ -82,7 +82,7 @@ def cpu_breakdown(config, edits: dict) -> dict:
   rays forward+backward, for `config` with each of `edits` applied to the model section."""
   import jax.numpy as jnp
   from instant3d_jax.models import lrm as lrm_lib
-  from instant3d_jax.train.sharding import unbox
+  from instant3d_jax.base.sharding import unbox
   out = {}
   for name, edit in edits.items():
     c = config.copy_and_resolve_references()

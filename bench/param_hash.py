@@ -2,7 +2,7 @@
 
     python -m bench.param_hash CHECKPOINT [CHECKPOINT ...] [--item ema] [--files 'OUT/*/grid.npy']
 
-A checkpoint is any form `instant3d_jax.train.checkpoint.load` accepts (a workdir, a step
+A checkpoint is any form `instant3d_jax.convert.checkpoints.load` accepts (a workdir, a step
 directory, an exported .safetensors). Prints one line per checkpoint: the parameter hash
 (`checkpoint.params_sha256`: sha256 over keypath, dtype, shape and bytes of every leaf, sorted by
 keypath), the step, the number of leaves. `--files` hashes the matched files' bytes in sorted path
@@ -36,9 +36,10 @@ def main(argv=None) -> int:
   ap.add_argument("--item", default="params", help="params, or ema (stage-1 runs)")
   ap.add_argument("--files", action="append", default=[], help="glob of output files to hash")
   args = ap.parse_args(argv)
-  from instant3d_jax.train import checkpoint as ckpt_lib
+  from instant3d_jax.base import checkpoint as ckpt_lib
+  from instant3d_jax.convert import checkpoints
   for c in args.checkpoints:
-    _, params, step = ckpt_lib.load(c, item=args.item)
+    _, params, step = checkpoints.load(c, item=args.item)
     n = len(jax.tree_util.tree_leaves(params))
     print(f"{ckpt_lib.params_sha256(params)}  {c} ({args.item}, step {step}, {n} leaves)")
   for pattern in args.files:

@@ -56,7 +56,7 @@ def overfit(config, data_dir: str, steps: int) -> list[tuple[int, float]]:
   from data_pipeline import datasets, lrm_input
   from instant3d_jax.train import lrm_task
   from instant3d_jax.train import optimizer as opt_lib
-  from instant3d_jax.train.sharding import unbox
+  from instant3d_jax.base.sharding import unbox
   from instant3d_jax.train.step import make_init_fn, make_train_step
   dataset = datasets.open_dataset(data_dir)
   task = lrm_task.make_task(config, dataset)
@@ -85,8 +85,8 @@ def main():
   ap.add_argument("--overfit_steps", type=int, default=0)
   args = ap.parse_args()
   import flax.linen as nn
-  from instant3d_jax.train import checkpoint as ckpt_lib
-  config, params = ckpt_lib.load_for_inference(args.checkpoint)
+  from instant3d_jax.convert import checkpoints
+  config, params = checkpoints.load_for_inference(args.checkpoint)
   params = nn.meta.unbox(params)
   for k, v in input_probes(config, params, args.data_dir, args.objects).items():
     print(f"{k}: {v:.2f} dB", flush=True)

@@ -165,7 +165,7 @@ def _train(cfg, workdir: Path, start: int, total: int, halt: int, segs: _Segment
 
 def _branch(src: Path, dst: Path, step: int) -> None:
   """Copies `src`'s checkpoint of `step` and its config.json into a fresh run folder `dst`."""
-  from instant3d_jax.train import checkpoint as ckpt_lib
+  from instant3d_jax.base import checkpoint as ckpt_lib
   step_dir = dst / ckpt_lib.CHECKPOINT_DIR / str(step)
   if step_dir.exists():
     return
@@ -225,7 +225,8 @@ def evaluate(run_dir: str, cfg, num_objects: int, evaluators: dict, log=print) -
   one per checkpoint); read back from there on a rerun."""
   import jax
   from instant3d_jax.eval import protocol
-  from instant3d_jax.train import checkpoint as ckpt_lib
+  from instant3d_jax.base import checkpoint as ckpt_lib
+  from instant3d_jax.convert import checkpoints
   out = Path(run_dir) / "eval"
   cached = out / "eval.json"
   if cached.exists():
@@ -234,7 +235,7 @@ def evaluate(run_dir: str, cfg, num_objects: int, evaluators: dict, log=print) -
       return saved["summary"]
   ev = copy.deepcopy(cfg)
   ev.eval.lpips = False
-  _, params, step = ckpt_lib.load(run_dir)
+  _, params, step = checkpoints.load(run_dir)
   key = json.dumps(ckpt_lib.config_to_dict(ev.model), sort_keys=True)
   if key not in evaluators:
     evaluators[key] = protocol.Evaluator(ev)

@@ -7,7 +7,7 @@ step-time estimate.
 
 How: `jax.experimental.topologies.get_topology_desc(platform="tpu", topology_name=...)` (libtpu
 from PyPI, `make install-aot`) returns the slice's TPU devices with no TPU attached; the job
-builds its mesh from them (`train/mesh.create_mesh(..., devices=)`), lowers its jitted step on
+builds its mesh from them (`base/mesh.create_mesh(..., devices=)`), lowers its jitted step on
 abstract inputs and compiles it with the TPU compiler. Per chip it reports, from the compiled
 executable: `memory_analysis()` (arguments, outputs, temporaries, aliased; their sum, arguments
 + outputs + temporaries − aliased, against the chip's HBM) and `cost_analysis()` (FLOPs and
@@ -281,8 +281,8 @@ def sdxl_sample(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: di
   import jax.numpy as jnp
   from instant3d_jax.configs import sdxl as sdxl_configs
   from instant3d_jax.diffusion import sampling, schedulers, stage1
-  from instant3d_jax.train import mesh as mesh_lib
-  from instant3d_jax.train import sharding as shard_lib
+  from instant3d_jax.base import mesh as mesh_lib
+  from instant3d_jax.base import sharding as shard_lib
   cfg = cfg if cfg is not None else sdxl_configs.get_config(variant)
   if mesh:
     cfg.mesh.update(mesh)
@@ -343,8 +343,8 @@ def text3d(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: dict | 
   from instant3d_jax import reconstruction
   from instant3d_jax.diffusion import sampling, stage1
   from instant3d_jax.models import lrm, lrm_stats
-  from instant3d_jax.train import mesh as mesh_lib
-  from instant3d_jax.train import sharding as shard_lib
+  from instant3d_jax.base import mesh as mesh_lib
+  from instant3d_jax.base import sharding as shard_lib
   cfg = cfg if cfg is not None else instant3d.get_config(variant)
   if mesh:
     cfg.mesh.update(mesh)
@@ -523,11 +523,14 @@ def _code(source: str) -> bytes:
 
 # What each job compiles, by path (a folder: every .py file in it): an edit to any of them
 # invalidates that job's cached compiles, and only that job's.
+# (instant3d_jax/base/: the mesh, sharding and checkpoint code every job compiles with.)
 _LRM_SOURCES = ("configs/lrm.py", "bench/bench_memory_plan.py", "data_pipeline/datasets.py",
-                "instant3d_jax/models/", "instant3d_jax/train/", "instant3d_jax/rendering.py",
-                "instant3d_jax/cameras.py", "instant3d_jax/reconstruction.py")
+                "instant3d_jax/models/", "instant3d_jax/base/", "instant3d_jax/train/",
+                "instant3d_jax/rendering.py", "instant3d_jax/cameras.py",
+                "instant3d_jax/reconstruction.py")
 _SDXL_SOURCES = ("configs/sdxl.py", "bench/device/shapes.py", "instant3d_jax/models/",
-                 "instant3d_jax/train/", "instant3d_jax/diffusion/", "instant3d_jax/convert/")
+                 "instant3d_jax/base/", "instant3d_jax/train/", "instant3d_jax/diffusion/",
+                 "instant3d_jax/convert/")
 JOB_SOURCES = {
     "lrm_train": _LRM_SOURCES,
     "sdxl_finetune": _SDXL_SOURCES + ("configs/mv_sdxl.py", "bench/bench_mv_memory.py"),

@@ -24,11 +24,12 @@ split the (index, object_id, caption) table that object lists and the caption sp
 An output directory that already holds a data set or a cache is refused (one-line error) unless
 `--overwrite`; nothing is written before the encoders have loaded.
 
-The encoders are any `FrozenEncoders` (callables on numpy batches): `encoders_from_pipeline`
-wraps an SDXL `Pipeline` (the project's Flax VAE, models/vae.py, and CLIP text encoders,
-models/clip.py); the command builds them with `--encoders module:function`, a function
-`(config, weights) → FrozenEncoders` (default `sdxl_encoders`: the pipeline of `--weights` with
-the runtime of `--config`, configs/sdxl.py).
+The encoders are any `FrozenEncoders` (callables on numpy batches): diffusion/stage1.py's
+`encoders_from_pipeline` wraps an SDXL `Pipeline` (the project's Flax VAE, models/vae.py, and
+CLIP text encoders, models/clip.py); the command builds them with `--encoders module:function`, a
+function `(config, weights) → FrozenEncoders` (default `instant3d_jax.diffusion.stage1:
+sdxl_encoders`: the pipeline of `--weights` with the runtime of `--config`, configs/sdxl.py).
+This module imports no model code: the encoders come in as a value.
 
 `make_latent_loader` reads a cache with the same order, process sharding, epochs, object list,
 caption split and resumable state as `mv_grids.make_grid_loader`, yielding
@@ -46,7 +47,7 @@ import numpy as np
 
 from data_pipeline import mv_grids
 from data_pipeline import records
-from instant3d_jax import configs, errors
+from instant3d_jax import errors
 
 GENERATOR = "mv_cache"
 CACHE_VERSION = 1
@@ -76,47 +77,6 @@ def scaled_latents(mean, logvar, scaling_factor: float, shift_factor: float | No
   std = np.exp(0.5 * np.asarray(logvar, np.float32))
   return ((mean - np.float32(shift_factor or 0.0)) * np.float32(scaling_factor),
           (std * np.float32(scaling_factor)).astype(np.float32))
-
-
-def encoders_from_pipeline(pipeline, description: dict | None = None) -> FrozenEncoders:
-  """`FrozenEncoders` of an SDXL `diffusion.sampling.Pipeline`: its VAE encoder on the grid in
-  [-1, 1] and `sampling.encode_prompts` (both tokenizers, both CLIP text encoders)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from instant3d_jax.diffusion import sampling  # pylint: disable=g-import-not-at-top
-
-  vae, vae_params = pipeline.vae, pipeline.params["vae"]
-
-  @jax.jit
-  def _encode(params, grid_uint8):
-    x = grid_uint8.astype(np.float32) / 127.5 - 1.0
-    return vae.apply({"params": params}, x, method="encode")
-
-  def encode_images(grids):
-    mean, logvar = _encode(vae_params, np.asarray(grids, np.uint8))
-    return np.asarray(mean), np.asarray(logvar)
-
-  def encode_prompts(captions):
-    ctx, pooled = sampling.encode_prompts(pipeline, list(captions))
-    return np.asarray(ctx), np.asarray(pooled)
-
-  cfg = vae.config
-  return FrozenEncoders(encode_images=encode_images, encode_prompts=encode_prompts,
-                        scaling_factor=float(cfg.scaling_factor),
-                        shift_factor=getattr(cfg, "shift_factor", None),
-                        description=dict(description or {}))
-
-
-def sdxl_encoders(config, weights: str | None) -> FrozenEncoders:
-  """The command's default `--encoders`: the SDXL pipeline of `weights` (diffusers folder or
-  single file) with the module runtime of `config` (configs/sdxl.py)."""
-  if not weights:
-    raise errors.ConfigError("--weights is required with the default --encoders "
-                             "(data_pipeline.latent_cache:sdxl_encoders): an SDXL diffusers folder or "
-                             "single-file .safetensors")
-  from instant3d_jax.diffusion import stage1  # pylint: disable=g-import-not-at-top
-  pipeline = stage1.load_pipeline(config, weights)
-  return encoders_from_pipeline(pipeline, {"encoders": "sdxl", "weights": str(weights),
-                                           "config_variant": str(config.get("variant", ""))})
 
 
 def load_encoders(spec: str, config, weights: str | None) -> FrozenEncoders:

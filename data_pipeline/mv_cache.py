@@ -6,8 +6,9 @@ every object of a records data set, as ArrayRecord.
 
 The format, the overwrite rule and the reader (`make_latent_loader`) are
 data_pipeline/latent_cache.py. `--encoders module:function` names a function
-`(config, weights) → latent_cache.FrozenEncoders` (default `latent_cache.sdxl_encoders`: the SDXL
-pipeline of `--weights` with the runtime of `--config`, configs/sdxl.py). An output directory
+`(config, weights) → latent_cache.FrozenEncoders` (default
+`instant3d_jax.diffusion.stage1:sdxl_encoders`: the SDXL pipeline of `--weights` with the runtime
+of `--config`, configs/sdxl.py). An output directory
 that already holds a data set or a cache is refused (one-line error) unless `--overwrite`;
 nothing is written before the encoders have loaded.
 """
@@ -46,7 +47,7 @@ def _define_flags() -> None:
                                   "(runtime of the frozen encoders), e.g. configs/sdxl.py:VARIANT")
   flags.DEFINE_string("weights", None, "SDXL diffusers folder or single-file .safetensors "
                       "(for the default --encoders)")
-  flags.DEFINE_string("encoders", "data_pipeline.latent_cache:sdxl_encoders",
+  flags.DEFINE_string("encoders", "instant3d_jax.diffusion.stage1:sdxl_encoders",
                       "module:function (config, weights) -> FrozenEncoders")
   flags.DEFINE_list("splits", None, "splits to cache (default: all of the data set's)")
   flags.DEFINE_integer("batch_size", 8, "objects per encoder call")

@@ -29,7 +29,7 @@ process p of P takes rows [p·B/P, (p+1)·B/P) of each global batch. `num_epochs
 otherwise the stream ends after `num_epochs` passes (with one process the last batch may be
 short; with several, an incomplete last global batch is dropped so every process takes the same
 number of steps). The returned grain iterator has `get_state()` / `set_state()` (JSON-able; the
-trainer's checkpoints store it, instant3d_jax/train/checkpoint.py).
+trainer's checkpoints store it, instant3d_jax/base/checkpoint.py).
 """
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ def stage1_kind(weights: str, single_file_config_folder: str = "") -> str:
 def check_stage2_path(weights: str) -> None:
   """`stage2.weights` exists (its form and shapes are checked by the one checkpoint reader)."""
   from instant3d_jax.errors import WeightsError
-  from instant3d_jax.train import checkpoint as ckpt_lib
+  from instant3d_jax.base import checkpoint as ckpt_lib
   if not str(weights or ""):
     raise WeightsError(f"stage2.weights is empty; expected {ckpt_lib.FORMS}")
   if not fileio.path(weights).exists():
@@ -150,7 +150,7 @@ class TextTo3D:
         config.stage2.weights = str(stage2)
     from instant3d_jax.diffusion import sampling
     from instant3d_jax.diffusion import stage1 as stage1_lib
-    from instant3d_jax.train import checkpoint as ckpt_lib
+    from instant3d_jax.convert import checkpoints
     s1, s2 = config.stage1, config.stage2
     kind = stage1_kind(s1.weights, s1.single_file_config_folder)
     check_stage2_path(s2.weights)
@@ -176,18 +176,18 @@ class TextTo3D:
     # Stage 1.
     step = None
     if kind == "workdir":
-      from instant3d_jax.train import mv_task
+      from instant3d_jax.diffusion import components as components_lib
       try:
-        mv_config, ema, step = ckpt_lib.load(s1.weights, item="ema")
+        mv_config, ema, step = checkpoints.load(s1.weights, item="ema")
       except errors.CheckpointError as e:
         raise errors.CheckpointError(f"stage1.weights: {errors.one_line(e)} (a train_mvdiffusion "
                                      "workdir keeps the EMA of its weights)") from e
       if "diffusion" not in mv_config or "grid" not in mv_config:
         raise errors.ConfigError(f"stage1.weights {str(s1.weights)!r} is not a train_mvdiffusion "
                                  f"workdir (its config has sections {sorted(mv_config)})")
-      comps = mv_task.build_components(mv_config)
-      pipe = mv_task.sampling_pipeline(comps, ema)
-      grid = int(smp.grid_size) or mv_task.grid_size(mv_config)
+      comps = components_lib.build_components(mv_config)
+      pipe = components_lib.sampling_pipeline(comps, ema)
+      grid = int(smp.grid_size) or components_lib.grid_size(mv_config)
       sampler = settings(grid, mv_config.diffusion)  # the micro-conditioning it trained with
     else:
       if not int(smp.grid_size):

@@ -5,7 +5,7 @@
         [--seed N] [--num_novel N] --out OUT
 
 PATH is a training workdir (latest step), a step directory, or an exported `.safetensors`
-(`python -m instant3d_jax.export`), local or `gs://…` (read by `train.checkpoint.load`); the
+(`python -m instant3d_jax.export`), local or `gs://…` (read by `convert.checkpoints.load`); the
 config travels with every checkpoint, `--config` overrides it (its model must match the
 checkpoint's shapes, else the mismatches are listed). OUT may be local or `gs://…` too.
 

@@ -32,7 +32,7 @@ from instant3d_jax.export import images as images_lib
 from instant3d_jax.export import mesh as mesh_lib
 from instant3d_jax.export import video as video_lib
 from instant3d_jax.models import lrm as lrm_lib
-from instant3d_jax.train import checkpoint as ckpt_lib
+from instant3d_jax.convert import checkpoints
 
 import flax.linen as nn
 
@@ -47,9 +47,9 @@ PACKAGES = ("jax", "jaxlib", "flax", "numpy", "ml_collections", "safetensors", "
 
 
 def load_checkpoint(path: str | os.PathLike, config=None):
-  """(config, params) from any form `train.checkpoint.load` accepts; shapes checked against the
+  """(config, params) from any form `convert.checkpoints.load` accepts; shapes checked against the
   reconstructor the config builds (`errors.CheckpointError` for a missing / incomplete path)."""
-  config, params, _ = ckpt_lib.load(path, config)
+  config, params, _ = checkpoints.load(path, config)
   if "model" not in config:
     raise WeightsError(f"checkpoint {path}: its config has no 'model' section")
   params = nn.meta.unbox(params)

@@ -23,8 +23,8 @@ from instant3d_jax import cli
 
 def main(argv):
   del argv
-  from instant3d_jax.train import lrm_task
-  cli.train_main(lrm_task.train)
+  from instant3d_jax.train import launch, lrm_task
+  launch.train_main(lrm_task.train)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from instant3d_jax import cli
 
 def main(argv):
   del argv
-  from instant3d_jax.train import mv_task
-  cli.train_main(mv_task.train)
+  from instant3d_jax.train import launch, mv_task
+  launch.train_main(mv_task.train)
 
 
 if __name__ == "__main__":

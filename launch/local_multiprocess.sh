@@ -5,7 +5,7 @@
 #       python -m instant3d_jax.train_lrm --config configs/lrm.py:tiny --workdir outputs/mp
 #
 # Each process gets JAX_COORDINATOR_ADDRESS=localhost:PORT, JAX_NUM_PROCESSES, JAX_PROCESS_ID
-# (read by instant3d_jax.train.multihost.initialize) and, on CPU, JAX_NUM_CPU_DEVICES=D and
+# (read by instant3d_jax.base.multihost.initialize) and, on CPU, JAX_NUM_CPU_DEVICES=D and
 # JAX_PLATFORMS=cpu. Process 0 logs to the console; the others to WORKDIR-independent files
 # logs/process_<i>.log. Exit status: the first non-zero status of any process.
 set -euo pipefail

@@ -5,7 +5,7 @@
 #       --workdir gs://bucket/runs/lrm_large --config.mesh.fsdp=64
 #
 # Cloud TPU needs no coordinator flags: jax.distributed.initialize() reads the pod's metadata
-# (instant3d_jax.train.multihost takes the "cloud tpu" path). The repository must already be
+# (instant3d_jax.base.multihost takes the "cloud tpu" path). The repository must already be
 # checked out at $REPO_DIR (default ~/instant3d-jax) on every worker with `make install-tpu
 # install-gcs` run there (launch/README.md: the slice from creation to the first log line). The
 # workdir should be a GCS bucket (orbax writes there from every worker). Multi-slice (several

@@ -86,7 +86,7 @@ def workdir_checkpoint(tmp_path_factory) -> Path:
   import flax.linen as nn
   import jax
   from instant3d_jax.models import lrm
-  from instant3d_jax.train import checkpoint as ckpt_lib
+  from instant3d_jax.base import checkpoint as ckpt_lib
   from tests import tiny_configs
   cfg = tiny_configs.micro_lrm()
   params = nn.meta.unbox(lrm.init_params(cfg, jax.random.key(0)))

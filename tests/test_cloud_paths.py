@@ -1,4 +1,4 @@
-"""Paths of every kind: the checkpoint entry point `train.checkpoint.load` (workdir, checkpoints/,
+"""Paths of every kind: the checkpoint entry point `convert.checkpoints.load` (workdir, checkpoints/,
 step directory, .safetensors, gs://), and `gs://` workdirs and outputs for every writer.
 
 `gs://` is a fake (tests/fake_gcs.py: fsspec's memory filesystem under the `gs` protocol, reached
@@ -22,7 +22,8 @@ from PIL import Image
 
 from instant3d_jax import errors
 from instant3d_jax import fileio
-from instant3d_jax.train import checkpoint as ckpt_lib
+from instant3d_jax.base import checkpoint as ckpt_lib
+from instant3d_jax.convert import checkpoints
 from tests.fake_gcs import fake_gcs  # noqa: F401  (fixture)
 
 BUCKET = "gs://bkt"
@@ -89,7 +90,7 @@ def toy_workdir(tmp_path_factory):
 def test_load_every_local_form(toy_workdir, monkeypatch):
   wd, cfg = toy_workdir
   for path, step in ((wd, 5), (wd / "checkpoints", 5), (wd / "checkpoints" / "3", 3)):
-    config, params, got_step = ckpt_lib.load(path)
+    config, params, got_step = checkpoints.load(path)
     assert got_step == step and isinstance(config, ml_collections.ConfigDict)
     assert config.model.hidden == 3
     assert isinstance(params["dense"]["kernel"], np.ndarray)
@@ -97,7 +98,7 @@ def test_load_every_local_form(toy_workdir, monkeypatch):
   # A relative workdir (commands take them: the demo's outputs/demo); `config` replaces the saved.
   monkeypatch.chdir(wd.parent)
   other = ml_collections.ConfigDict({"model": {"hidden": 7}})
-  config, params, step = ckpt_lib.load("run", other)
+  config, params, step = checkpoints.load("run", other)
   assert step == 5 and config.model.hidden == 7
 
 
@@ -108,14 +109,14 @@ def test_load_errors_name_the_path_and_the_forms(toy_workdir, tmp_path):
                     (tmp_path / "missing.safetensors", "does not exist"),
                     (wd / "checkpoints" / "8", "found no complete checkpoint there")):
     with pytest.raises(errors.CheckpointError, match=f"checkpoint '{bad}'.*{what}; {forms}"):
-      ckpt_lib.load(bad)
+      checkpoints.load(bad)
   tmp = wd / "checkpoints" / "9.orbax-checkpoint-tmp-1"
   with pytest.raises(errors.CheckpointError, match=f"checkpoint '{tmp}' is an unfinished save"):
-    ckpt_lib.load(tmp)
+    checkpoints.load(tmp)
   empty = tmp_path / "empty"
   empty.mkdir()
   with pytest.raises(errors.CheckpointError, match="found no complete checkpoint"):
-    ckpt_lib.load(empty)
+    checkpoints.load(empty)
 
 
 def test_load_logs_no_metadata_warning(toy_workdir, caplog):
@@ -123,8 +124,8 @@ def test_load_logs_no_metadata_warning(toy_workdir, caplog):
   `Checkpointer`, which looks for the step-level metadata file there; nothing was wrong."""
   wd, _ = toy_workdir
   with caplog.at_level(logging.INFO):
-    ckpt_lib.load(wd)
-    ckpt_lib.load(wd / "checkpoints" / "3")
+    checkpoints.load(wd)
+    checkpoints.load(wd / "checkpoints" / "3")
   assert not [r for r in caplog.records if r.levelno >= logging.WARNING], \
       [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
   assert not [r for r in caplog.records if "does not exist" in r.getMessage()]
@@ -140,22 +141,22 @@ def test_load_from_gs_hands_orbax_the_uri(toy_workdir, fake_gcs, tmp_path, monke
     os.symlink(wd.parent, mirror / "bkt")          # <mirror>/bkt/run == the local workdir
   seen = []
   _spy_orbax_reads(monkeypatch, mirror, seen)
-  config, params, step = ckpt_lib.load(f"{BUCKET}/run")
+  config, params, step = checkpoints.load(f"{BUCKET}/run")
   assert step == 5 and config.model.hidden == 3
   np.testing.assert_array_equal(params["dense"]["bias"], _toy_params(5)["dense"]["bias"])
   assert seen[0] == ("metadata", f"{BUCKET}/run/checkpoints/5/state")
   assert ("restore", f"{BUCKET}/run/checkpoints/5/state") in seen
   assert all(p.startswith(BUCKET) or p.startswith(str(mirror)) for _, p in seen), seen
-  _, _, step = ckpt_lib.load(f"{BUCKET}/run/checkpoints/3")
+  _, _, step = checkpoints.load(f"{BUCKET}/run/checkpoints/3")
   assert step == 3
   # A save still in progress on GCS (orbax writes in place there and marks the end with
   # commit_success.txt) is never the latest, and is refused when named.
   fake_gcs.pipe_file(f"{BUCKET}/run/checkpoints/11/state/manifest.ocdbt", b"partial")
-  assert ckpt_lib.load(f"{BUCKET}/run")[2] == 5
+  assert checkpoints.load(f"{BUCKET}/run")[2] == 5
   with pytest.raises(errors.CheckpointError, match=r"checkpoints/11' is an unfinished save"):
-    ckpt_lib.load(f"{BUCKET}/run/checkpoints/11")
+    checkpoints.load(f"{BUCKET}/run/checkpoints/11")
   with pytest.raises(errors.CheckpointError, match=f"checkpoint '{BUCKET}/nope' does not exist"):
-    ckpt_lib.load(f"{BUCKET}/nope")
+    checkpoints.load(f"{BUCKET}/nope")
   assert os.listdir(tmp_path) == []                  # no local folder named "gs:"
 
 
@@ -280,20 +281,20 @@ def test_export_and_reconstruct_on_gs(fake_gcs, tmp_path, monkeypatch):
   work.mkdir()
   monkeypatch.chdir(work)
 
-  out, step, n = ckpt_lib.export_safetensors(f"{BUCKET}/run", f"{BUCKET}/model.safetensors")
+  out, step, n = checkpoints.export_safetensors(f"{BUCKET}/run", f"{BUCKET}/model.safetensors")
   assert str(out) == f"{BUCKET}/model.safetensors" and step == 7
   assert n == sum(int(np.size(v)) for v in jax.tree.leaves(params))
   assert seen[0] == ("metadata", f"{BUCKET}/run/checkpoints/7/state")
-  config, back, step = ckpt_lib.load(f"{BUCKET}/model.safetensors")
+  config, back, step = checkpoints.load(f"{BUCKET}/model.safetensors")
   assert step == 7 and config.model.input_resolution == 16
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, np.asarray(b))
   with pytest.raises(errors.ConfigError, match="--out must end in .safetensors"):
-    ckpt_lib.export_safetensors(f"{BUCKET}/run", f"{BUCKET}/model.bin")
+    checkpoints.export_safetensors(f"{BUCKET}/run", f"{BUCKET}/model.bin")
   # A file written without a step reads back with step None.
   from instant3d_jax.convert import lrm as convert_lrm
   convert_lrm.save_lrm(f"{BUCKET}/nostep.safetensors", params, cfg)
-  assert ckpt_lib.load(f"{BUCKET}/nostep.safetensors")[2] is None
+  assert checkpoints.load(f"{BUCKET}/nostep.safetensors")[2] is None
 
   from instant3d_jax.export import images
   views = [str(images.save_png(f"{BUCKET}/in/v{i}.png", rng.uniform(size=(16, 16, 3))))

@@ -30,7 +30,7 @@ from instant3d_jax.convert import sdxl_pipeline
 from instant3d_jax.eval import clip_score
 from instant3d_jax.eval import text3d
 from instant3d_jax.models import lrm
-from instant3d_jax.train.checkpoint import ConfigMismatchError
+from instant3d_jax.base.checkpoint import ConfigMismatchError
 from tests import tiny_configs
 
 transformers = pytest.importorskip("transformers")

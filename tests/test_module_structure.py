@@ -282,3 +282,181 @@ def test_the_checker_reports_planted_violations(tmp_path):
       "definitions, _define_flags() and cli.run(main): print('hi')",
   ]
   assert sorted(got) == sorted(want), "\n".join(got)
+
+
+# ----------------------------------------------------------------------------------------------
+# The import graph (docs/design.md §2, "Layering")
+# ----------------------------------------------------------------------------------------------
+GRAPH_ROOTS = ("instant3d_jax", "data_pipeline", "configs", "bench")
+# The low layers and the only project nodes each may import (module- or function-level).
+# `configs` is declarative (issue 26 item 5: it imports nothing of the library but errors), so
+# cli may resolve a `--config` value through it.
+LOW_LAYERS = {
+    "instant3d_jax.errors": (),
+    "instant3d_jax.fileio": ("instant3d_jax.errors",),
+    "instant3d_jax.base": ("instant3d_jax.errors", "instant3d_jax.fileio"),
+    "instant3d_jax.cli": ("instant3d_jax.errors", "instant3d_jax.fileio", "configs"),
+}
+
+
+def graph_node(module: str) -> str | None:
+  """The node of the import graph a module belongs to: each subpackage of instant3d_jax
+  (`instant3d_jax.train`), each top-level module of it (`instant3d_jax.cli`), `data_pipeline`,
+  `configs` (also as `instant3d_jax.configs`, the link the package imports it through) and
+  `bench`; None for anything outside the project (and for the bare `instant3d_jax` package,
+  whose __init__ is empty)."""
+  parts = module.split(".")
+  if parts[0] == "instant3d_jax" and len(parts) > 1:
+    return "configs" if parts[1] == "configs" else f"instant3d_jax.{parts[1]}"
+  if parts[0] in ("data_pipeline", "configs", "bench"):
+    return parts[0]
+  return None
+
+
+def _import_sites(path: Path, root: Path) -> list[tuple[int, str]]:
+  """(line, module) of every import in `path`, forms as `imported_modules` reads them."""
+  name = module_name(path, root)
+  package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+  out = []
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.Import):
+      out += [(node.lineno, a.name) for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      if node.level:
+        mod = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module
+                                                                     else []))
+      else:
+        mod = node.module
+      # `from instant3d_jax import cli`: the node is the imported name's, not the package's.
+      out += ([(node.lineno, f"{mod}.{a.name}") for a in node.names] if mod == "instant3d_jax"
+              else [(node.lineno, mod)])
+    elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
+          == "import_module" and node.args and isinstance(node.args[0], ast.Constant)):
+      out.append((node.lineno, node.args[0].value))
+  return out
+
+
+def import_graph(root: Path = ROOT) -> dict[str, dict[str, str]]:
+  """{node: {imported node: 'path:line' of the first import making that edge}} over every .py
+  file of GRAPH_ROOTS (tests excluded; instant3d_jax/configs, the link, is read as configs/)."""
+  edges: dict[str, dict[str, str]] = {}
+  for path in python_files(root, GRAPH_ROOTS):
+    rel = path.relative_to(root)
+    if rel.parts[:2] == ("instant3d_jax", "configs"):
+      continue
+    src = graph_node(module_name(path, root))
+    if src is None:  # instant3d_jax/__init__.py
+      continue
+    edges.setdefault(src, {})
+    for line, mod in sorted(_import_sites(path, root)):
+      dst = graph_node(mod)
+      if dst is not None and dst != src:
+        edges[src].setdefault(dst, f"{rel}:{line}")
+  return edges
+
+
+def find_cycle(edges: dict[str, dict[str, str]]) -> list[str] | None:
+  """One cycle of the graph as [a, b, ..., a], or None when it is acyclic (depth-first search;
+  nodes and edges in sorted order, so the same tree gives the same cycle)."""
+  state: dict[str, int] = {}  # 1: on the current path, 2: done
+  path: list[str] = []
+
+  def visit(n):
+    state[n] = 1
+    path.append(n)
+    for m in sorted(edges.get(n, {})):
+      if state.get(m) == 1:
+        return path[path.index(m):] + [m]
+      if m not in state:
+        found = visit(m)
+        if found:
+          return found
+    path.pop()
+    state[n] = 2
+    return None
+
+  for n in sorted(edges):
+    if n not in state:
+      found = visit(n)
+      if found:
+        return found
+  return None
+
+
+def layering_violations(root: Path = ROOT) -> list[str]:
+  """A cycle of the import graph (each edge with the import that makes it), and every import of
+  a LOW_LAYERS node reaching above what it may import."""
+  edges = import_graph(root)
+  out = []
+  cycle = find_cycle(edges)
+  if cycle:
+    out.append("import cycle: " + " -> ".join(cycle) + "\n" + "\n".join(
+        f"  {a} -> {b}: {edges[a][b]}" for a, b in zip(cycle, cycle[1:])))
+  for low, allowed in LOW_LAYERS.items():
+    for dst, where in sorted(edges.get(low, {}).items()):
+      if dst not in allowed:
+        out.append(f"{where}: {low} imports {dst}; the low layer {low} may import only "
+                   f"{', '.join(allowed) or 'nothing of the project'}")
+  return out
+
+
+def test_graph_nodes():
+  assert graph_node("instant3d_jax.configs.lrm") == graph_node("configs.lrm") == "configs"
+  assert graph_node("instant3d_jax.base.mesh") == "instant3d_jax.base"
+  assert graph_node("instant3d_jax.cli") == "instant3d_jax.cli"
+  assert graph_node("data_pipeline.records") == "data_pipeline"
+  assert graph_node("jax.numpy") is None and graph_node("instant3d_jax") is None
+
+
+def test_the_import_graph_is_layered():
+  """No cycle among the project's nodes (module- and function-level imports alike), and errors,
+  fileio, the base layer and cli import nothing of the project above them."""
+  problems = layering_violations()
+  assert not problems, "the layering (docs/design.md §2) is broken:\n" + "\n".join(problems)
+
+
+def test_the_layering_checker_reports_planted_violations(tmp_path):
+  """A tree with a two-package cycle hidden in a function, a longer cycle through a relative
+  import, and low layers importing upwards: each is reported with the import that makes it."""
+  lib = tmp_path / "instant3d_jax"
+  for d in ("base", "train", "diffusion", "eval"):
+    (lib / d).mkdir(parents=True)
+    (lib / d / "__init__.py").write_text("")
+  (lib / "__init__.py").write_text("")
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "__init__.py").write_text("")
+  (lib / "errors.py").write_text("class Instant3DError(Exception):\n  pass\n")
+  (lib / "fileio.py").write_text("from instant3d_jax import errors\n")
+  (lib / "cli.py").write_text("from instant3d_jax import errors, fileio\n"
+                              "def run():\n  from instant3d_jax.train import loop\n")
+  (lib / "base" / "mesh.py").write_text("from instant3d_jax import errors\n"
+                                        "from instant3d_jax.models import unet\n")
+  (lib / "train" / "loop.py").write_text("from instant3d_jax.base import mesh\n"
+                                         "from instant3d_jax.diffusion import sampling\n")
+  (lib / "diffusion" / "sampling.py").write_text(
+      "import jax\n\ndef f():\n  from ..eval import metrics\n")
+  (lib / "eval" / "metrics.py").write_text("from instant3d_jax.train import loop\n")
+  got = layering_violations(tmp_path)
+  want = [
+      "import cycle: instant3d_jax.train -> instant3d_jax.diffusion -> instant3d_jax.eval -> "
+      "instant3d_jax.train\n"
+      "  instant3d_jax.train -> instant3d_jax.diffusion: instant3d_jax/train/loop.py:2\n"
+      "  instant3d_jax.diffusion -> instant3d_jax.eval: instant3d_jax/diffusion/sampling.py:4\n"
+      "  instant3d_jax.eval -> instant3d_jax.train: instant3d_jax/eval/metrics.py:1",
+      "instant3d_jax/base/mesh.py:2: instant3d_jax.base imports instant3d_jax.models; the low "
+      "layer instant3d_jax.base may import only instant3d_jax.errors, instant3d_jax.fileio",
+      "instant3d_jax/cli.py:3: instant3d_jax.cli imports instant3d_jax.train; the low layer "
+      "instant3d_jax.cli may import only instant3d_jax.errors, instant3d_jax.fileio, configs",
+  ]
+  assert got == want, "\n".join(got)
+  # The cycle alone, once the detour is gone; and a clean tree passes.
+  (lib / "eval" / "metrics.py").write_text("import numpy\n")
+  (lib / "base" / "mesh.py").write_text("from instant3d_jax import errors\n")
+  (lib / "cli.py").write_text("from instant3d_jax import errors, fileio\n")
+  (lib / "diffusion" / "sampling.py").write_text("def f():\n  from instant3d_jax import train\n")
+  assert layering_violations(tmp_path) == [
+      "import cycle: instant3d_jax.diffusion -> instant3d_jax.train -> instant3d_jax.diffusion\n"
+      "  instant3d_jax.diffusion -> instant3d_jax.train: instant3d_jax/diffusion/sampling.py:2\n"
+      "  instant3d_jax.train -> instant3d_jax.diffusion: instant3d_jax/train/loop.py:2"]
+  (lib / "diffusion" / "sampling.py").write_text("import jax\n")
+  assert layering_violations(tmp_path) == []

@@ -14,6 +14,7 @@ from data_pipeline import captions as CAP
 from data_pipeline import latent_cache as MC
 from data_pipeline import mv_grids as G
 from data_pipeline import procedural, records
+from instant3d_jax.diffusion import stage1
 from tests import tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +44,8 @@ def pipe(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache(world, pipe, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("cache") / "c")
-  MC.write_cache(world, out, MC.encoders_from_pipeline(pipe, {"test": "tiny"}), batch_size=4,
-                 records_per_shard=2, progress=False)
+  MC.write_cache(world, out, stage1.encoders_from_pipeline(pipe, {"test": "tiny"}),
+                 batch_size=4, records_per_shard=2, progress=False)
   return out
 
 
@@ -116,7 +117,7 @@ def test_existing_output_is_refused_and_kept(world, cache, pipe, tmp_path):
   assert {n: os.path.getmtime(os.path.join(cache, n)) for n in os.listdir(cache)} == before
   # --overwrite replaces it (only the train split this time).
   out = str(tmp_path / "c2")
-  enc = MC.encoders_from_pipeline(pipe)
+  enc = stage1.encoders_from_pipeline(pipe)
   MC.write_cache(world, out, enc, splits=["val"], batch_size=4, progress=False)
   meta = MC.write_cache(world, out, enc, splits=["train"], batch_size=4, overwrite=True,
                         progress=False)
@@ -129,7 +130,7 @@ def test_encoders_flag_is_checked():
   with pytest.raises(Exception, match="cannot import it"):
     MC.load_encoders("data_pipeline.latent_cache:no_such_function", None, None)
   with pytest.raises(Exception, match="--weights is required"):
-    MC.load_encoders("data_pipeline.latent_cache:sdxl_encoders", None, None)
+    MC.load_encoders("instant3d_jax.diffusion.stage1:sdxl_encoders", None, None)
 
 
 def _command(*args):

@@ -36,7 +36,7 @@ def _stage1_workdir(path):
   tests/test_train_mv.py; the weights are drawn with numpy (compiling the trainer's init and
   step costs a minute on this CPU)."""
   from instant3d_jax.convert import diffusers_sdxl, sdxl_pipeline
-  from instant3d_jax.train import checkpoint as ckpt_lib
+  from instant3d_jax.base import checkpoint as ckpt_lib
   from instant3d_jax.train import step as step_lib
   cfg = test_train_mv.micro_config(total_steps=0)
   cfg.model.train_parts = ("unet",)   # the EMA below holds the UNet only (encoders frozen)
@@ -120,8 +120,8 @@ def test_eight_prompts_in_one_jitted_batch(one_device_run):
   assert not np.allclose(g[0], g[1])
   # The trainer's own sample grids (mv_task.sample_grids: EMA weights, config.sample) of the
   # same prompts, seed and steps are these grids.
-  from instant3d_jax.train import checkpoint as ckpt_lib
-  mv_cfg, ema, _ = ckpt_lib.load(pipe.config.stage1.weights, item="ema")
+  from instant3d_jax.convert import checkpoints
+  mv_cfg, ema, _ = checkpoints.load(pipe.config.stage1.weights, item="ema")
   mv_cfg.sample.update(dict(num_steps=2, seed=3, per_caption=1))
   ref = mv_task.sample_grids(mv_cfg, mv_task.build_components(mv_cfg), ema, PROMPTS)
   tolerance.within("pipeline.grids_vs_trainer_sample_grids", np.stack(g), ref, 1e-5)

@@ -83,7 +83,7 @@ def test_micro_study_writes_table_json_and_plot(tmp_path):
   from bench import common, scaling
   from instant3d_jax.configs import data as data_config
   from data_pipeline import procedural
-  from instant3d_jax.train import checkpoint as ckpt_lib
+  from instant3d_jax.convert import checkpoints
   from instant3d_jax.train import lrm_task
   from tests.tiny_configs import micro_lrm
   w = data_config.get_config("tiny")
@@ -121,8 +121,8 @@ def test_micro_study_writes_table_json_and_plot(tmp_path):
   np.testing.assert_allclose([lrs[3], lrs[4]], [float(sched(2)), float(sched(3))], rtol=1e-6)
   cfg.train.total_steps = 4
   lrm_task.train(cfg, tmp_path / "direct", log=lambda s: None)
-  _, direct, _ = ckpt_lib.load(tmp_path / "direct")
-  _, branch, _ = ckpt_lib.load(tmp_path / "runs/a/b4")
+  _, direct, _ = checkpoints.load(tmp_path / "direct")
+  _, branch, _ = checkpoints.load(tmp_path / "runs/a/b4")
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
                direct, branch)
 

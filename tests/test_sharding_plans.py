@@ -15,8 +15,8 @@ from instant3d_jax.configs import lrm as lrm_config
 from instant3d_jax.configs import sdxl as sdxl_config
 from instant3d_jax.models import lrm
 from instant3d_jax.models.unet import UNet2DConditionModel, UNetConfig
-from instant3d_jax.train import mesh as mesh_lib
-from instant3d_jax.train import sharding
+from instant3d_jax.base import mesh as mesh_lib
+from instant3d_jax.base import sharding
 from tests.test_unet_vae import SDXL_UNET
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instant3d_jax.train import checkpoint as ckpt_lib
+from instant3d_jax.base import checkpoint as ckpt_lib
+from instant3d_jax.convert import checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert r["stop"] == "signal" and r["step"] >= 3
   # The only checkpoint is the one written on SIGTERM, at the step reached, complete.
   assert ckpt_lib.Checkpointer(wd).all_steps() == [r["step"]]
-  cfg, params, step = ckpt_lib.load_params(wd)
+  cfg, params, step = checkpoints.load_params(wd)
   assert step == r["step"]
   assert all(np.isfinite(x).all() for x in __import__("jax").tree.leaves(params))
 
@@ -69,7 +70,7 @@ def test_kill9_during_save_keeps_last_complete_checkpoint(tmp_path):
   leftovers = [p.name for p in ckdir.iterdir() if not p.name.isdigit()]
   steps = ckpt_lib.Checkpointer(wd).all_steps()
   assert steps, os.listdir(ckdir)
-  _, params, step = ckpt_lib.load_params(wd)
+  _, params, step = checkpoints.load_params(wd)
   assert step == max(steps)
   # Resume with the same command: continues from the last complete step and finishes.
   proc = _start(wd, res, "train.total_steps=100000", "checkpoint.every_steps=1",

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from instant3d_jax.train import checkpoint as ckpt_lib
+from instant3d_jax.base import checkpoint as ckpt_lib
+from instant3d_jax.convert import checkpoints
 from instant3d_jax.train import loop
 from tests import train_toy
 from tests import tolerance
@@ -61,13 +62,13 @@ def test_restore_on_one_device(straight, tmp_path):
   res = _run(wd, train__total_steps=7, mesh__num_devices=1, mesh__data=1)
   assert res.step == 7 and len(res.history) == 1
   assert {d.id for d in res.state.params["fc1"]["kernel"].sharding.device_set} == {0}
-  cfg, params, step = ckpt_lib.load_params(wd)
+  cfg, params, step = checkpoints.load_params(wd)
   assert step == 7 and cfg["model"]["hidden"] == train_toy.HIDDEN
   assert isinstance(params["fc1"]["kernel"], np.ndarray)
   np.testing.assert_array_equal(params["fc1"]["kernel"],
                                 np.asarray(res.state.params["fc1"]["kernel"]))
   # A step directory works too, and its config travels inside it.
-  _, params6, step6 = ckpt_lib.load_params(wd / "checkpoints" / "6")
+  _, params6, step6 = checkpoints.load_params(wd / "checkpoints" / "6")
   assert step6 == 6
   np.testing.assert_array_equal(params6["fc2"]["bias"], _params(full)["fc2"]["bias"])
 
@@ -85,7 +86,7 @@ def test_nonfinite_in_a_row_stops_keeping_last_good_checkpoint(tmp_path):
     _run(tmp_path, train__total_steps=8, data__nan_steps=(3, 4, 5, 6, 7))
   ck = ckpt_lib.Checkpointer(tmp_path)
   assert ck.all_steps() == [2, 4]
-  _, params, _ = ckpt_lib.load_params(tmp_path)
+  _, params, _ = checkpoints.load_params(tmp_path)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 

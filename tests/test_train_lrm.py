@@ -113,28 +113,28 @@ def test_two_runs_train_bit_identical_parameters(trained):
 
 def test_load_for_inference_from_a_relative_workdir(trained, monkeypatch):
   # Commands take relative workdirs (the demo's `outputs/demo`); orbax's reader needs absolute.
-  from instant3d_jax.train import checkpoint as ckpt_lib
+  from instant3d_jax.convert import checkpoints
   _, base, res = trained
   monkeypatch.chdir(base)
-  _, params = ckpt_lib.load_for_inference("run")
+  _, params = checkpoints.load_for_inference("run")
   want = jax.tree.leaves(jax.device_get(res.state.params))
   for a, b in zip(jax.tree.leaves(params), want):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_export_and_load_for_inference(trained):
-  from instant3d_jax.train import checkpoint as ckpt_lib
+  from instant3d_jax.convert import checkpoints
   cfg, base, res = trained
   out = base / "model.safetensors"
-  assert ckpt_lib.export_safetensors(base / "run", out)[1] == 3   # the export command's work
+  assert checkpoints.export_safetensors(base / "run", out)[1] == 3   # the export command's work
   want = jax.tree.map(np.asarray, jax.device_get(res.state.params))
   for path in (out, base / "run", base / "run" / "checkpoints" / "3"):
-    c, params = ckpt_lib.load_for_inference(path)
+    c, params = checkpoints.load_for_inference(path)
     assert c.model.triplane.channels == cfg.model.triplane.channels
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
       np.testing.assert_array_equal(np.asarray(a), b)
   with pytest.raises(FileNotFoundError, match="expected a training workdir"):
-    ckpt_lib.load_for_inference(base / "imported")
+    checkpoints.load_for_inference(base / "imported")
 
 
 def test_eval_lrm_writes_tables(trained):
@@ -209,7 +209,7 @@ def test_lpips_and_mask_loss_terms():
   from instant3d_jax.train import lrm_task
   from instant3d_jax.models import lpips as lpips_lib
   from instant3d_jax.models import lrm as lrm_lib
-  from instant3d_jax.train.sharding import unbox
+  from instant3d_jax.base.sharding import unbox
   c = lrm.get_config("tiny")
   m = c.model
   m.input_resolution, m.encoder.image_size = 16, 16
@@ -299,7 +299,7 @@ def test_demo_uses_one_cpu_device_per_core():
   code = (
       "import os, sys\n"
       "os.sched_getaffinity = lambda pid: set(range(int(sys.argv[1])))\n"
-      "from instant3d_jax.train.multihost import cpu_devices_per_core\n"
+      "from instant3d_jax.base.multihost import cpu_devices_per_core\n"
       "from configs import lrm\n"
       "c = lrm.get_config('tiny'); c.train.global_batch_size = int(sys.argv[2])\n"
       "n = cpu_devices_per_core(c)\n"

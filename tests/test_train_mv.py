@@ -14,7 +14,8 @@ from instant3d_jax import errors
 from instant3d_jax.diffusion import training
 from instant3d_jax.diffusion.word_tokenizer import WordTokenizer
 from instant3d_jax.models.pixel_ae import PixelAEConfig, PixelUnshuffleAE
-from instant3d_jax.train import checkpoint as ckpt_lib
+from instant3d_jax.base import checkpoint as ckpt_lib
+from instant3d_jax.convert import checkpoints
 from instant3d_jax.train import loop, mv_task
 from instant3d_jax.train import step as step_lib
 from tests.test_mv_parity import PARITY_UNET
@@ -265,12 +266,12 @@ def test_tiny_stop_and_resume_is_bit_identical_with_ema(tmp_path):
   for x, y in zip(jax.tree.leaves(host(restored.ema)), jax.tree.leaves(host(full.state.ema))):
     np.testing.assert_array_equal(x, y)
   # The one checkpoint entry point reads it too (what the sampler and the pipeline load).
-  _, ema, step = ckpt_lib.load(tmp_path / "split", item="ema")
+  _, ema, step = checkpoints.load(tmp_path / "split", item="ema")
   assert step == 4
   for x, y in zip(jax.tree.leaves(ema), jax.tree.leaves(host(full.state.ema))):
     np.testing.assert_array_equal(x, y)
   with pytest.raises(errors.CheckpointError, match="holds no 'nothing'"):
-    ckpt_lib.load(tmp_path / "split", item="nothing")
+    checkpoints.load(tmp_path / "split", item="nothing")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,7 +361,7 @@ def test_state_shardings_keep_indivisible_dimensions_whole():
   """SDXL's 4-channel conv_out bias under an 8-way fsdp rule: the derived state sharding keeps
   that dimension whole (it cannot be split 8 ways); divisible ones stay sharded."""
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from instant3d_jax.train import sharding as shard_lib
+  from instant3d_jax.base import sharding as shard_lib
   mesh = jax.make_mesh((1, 4), ("data", "fsdp"))
   fit = lambda spec, shape: shard_lib.fit_sharding(NamedSharding(mesh, spec), shape).spec
   assert fit(P("fsdp"), (6,)) == P(None)
@@ -374,6 +375,7 @@ def test_latent_cache_batches_reach_the_step_in_cached_form(tmp_path):
   `batch_spec`, and the context equals the step's own encoding of the caption."""
   from data_pipeline import datasets
   from data_pipeline import latent_cache
+  from instant3d_jax.diffusion import stage1
   cfg = micro_config()
   cfg.model.train_parts = ("unet",)   # a cache needs frozen text encoders (tiny trains them)
   cfg.data = data_config.get_config("tiny")
@@ -382,7 +384,7 @@ def test_latent_cache_batches_reach_the_step_in_cached_form(tmp_path):
   info = datasets.prepare(cfg, progress=False)
   pipe = mv_task.sampling_pipeline(comps, {"unet": {}})
   latent_cache.write_cache(info.data_dir, str(tmp_path / "cache"),
-                           latent_cache.encoders_from_pipeline(pipe), splits=["train"],
+                           stage1.encoders_from_pipeline(pipe), splits=["train"],
                            batch_size=4, resolution=8, progress=False)
   cfg.grid.cache_dir = str(tmp_path / "cache")
   b = next(mv_task.cache_loader_factory(cfg, comps)())

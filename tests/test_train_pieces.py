@@ -7,9 +7,9 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from instant3d_jax.train import mesh as mesh_lib
+from instant3d_jax.base import mesh as mesh_lib
 from instant3d_jax.train import optimizer as opt_lib
-from instant3d_jax.train import sharding as shard_lib
+from instant3d_jax.base import sharding as shard_lib
 from instant3d_jax.train.step import make_init_fn
 from tests import train_toy
 
@@ -107,7 +107,7 @@ def test_finished_run_summary_is_written_once_and_reused(tmp_path):
 
 
 def test_params_sha256_sees_bits_dtype_shape_and_keys_not_dict_order():
-  from instant3d_jax.train import checkpoint as ckpt_lib
+  from instant3d_jax.base import checkpoint as ckpt_lib
   a = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": {"k": np.ones(2, np.float32)}}
   h = ckpt_lib.params_sha256(a)
   assert len(h) == 64

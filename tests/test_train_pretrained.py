@@ -62,7 +62,8 @@ def test_pretrained_encoder_at_step_0(vit_folder, tmp_path):
   from instant3d_jax.convert import transformers_vit
   from instant3d_jax.models import lrm as lrm_lib
   from instant3d_jax.models import vit as vit_lib
-  from instant3d_jax.train import checkpoint as ckpt_lib
+  from instant3d_jax.base import checkpoint as ckpt_lib
+  from instant3d_jax.convert import checkpoints
   from instant3d_jax.train import lrm_task
   folder, ref = vit_folder
   cfg = pretrained_config(tmp_path / "data", folder)
@@ -75,7 +76,7 @@ def test_pretrained_encoder_at_step_0(vit_folder, tmp_path):
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_array_equal(a, b)
-  _, saved, step = ckpt_lib.load_params(tmp_path / "run")   # the step-0 checkpoint holds them
+  _, saved, step = checkpoints.load_params(tmp_path / "run")   # the step-0 checkpoint holds them
   assert step == 0
   for a, b in zip(jax.tree.leaves(saved["encoder"]), jax.tree.leaves(want)):
     np.testing.assert_array_equal(a, b)

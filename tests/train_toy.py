@@ -124,7 +124,7 @@ def main():
   ap.add_argument("--set", action="append", default=[])
   ap.add_argument("--result", default=None, help="write per-step losses as JSON here")
   args = ap.parse_args()
-  from instant3d_jax.train import multihost
+  from instant3d_jax.base import multihost
   multihost.initialize(platform="cpu")
   cfg = apply_overrides(get_config(), args.set)
   res = loop.run(cfg, args.workdir, make_task(cfg))

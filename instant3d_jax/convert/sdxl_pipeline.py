@@ -1,4 +1,4 @@
-"""A whole SDXL checkpoint ↔ `diffusion.sampling.Pipeline`.
+"""A whole SDXL checkpoint ↔ `Pipeline` (the container defined here; diffusion/sampling.py runs it).
 
 Reads the diffusers folder layout
   model_index.json (optional: `force_zeros_for_empty_prompt`), unet/, vae/, text_encoder/,
@@ -10,6 +10,7 @@ writes the diffusers layout back (bit-exact for tensors that were read).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -24,8 +25,7 @@ from instant3d_jax import errors
 from instant3d_jax.convert import clip as cclip
 from instant3d_jax.convert import diffusers_sdxl
 from instant3d_jax.convert import safetensors_io as sio
-from instant3d_jax.diffusion import schedulers
-from instant3d_jax.diffusion.sampling import Pipeline
+from instant3d_jax.convert.scheduler_config import SchedulerConfig
 from instant3d_jax.models import layers
 from instant3d_jax.models.clip import CLIPTextConfig, CLIPTextModel
 from instant3d_jax.models.unet import UNet2DConditionModel, UNetConfig
@@ -33,6 +33,40 @@ from instant3d_jax.models.vae import AutoencoderKL, VAEConfig
 
 FOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
            "scheduler")
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline container (what a whole SDXL checkpoint loads into; diffusion/sampling.py runs it)
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(eq=False)
+class Pipeline:
+  """SDXL modules, one param pytree per component (`params['unet']`, ...: the `params`
+  collections), the two CLIP tokenizers and the scheduler config."""
+  unet: UNet2DConditionModel
+  vae: AutoencoderKL
+  text_encoder: CLIPTextModel
+  text_encoder_2: CLIPTextModel
+  params: dict[str, Any]
+  tokenizer: Any
+  tokenizer_2: Any
+  scheduler_config: SchedulerConfig = SchedulerConfig()
+  force_zeros_for_empty_prompt: bool = True  # SDXL base model_index.json
+  vae_decode_chunk: int | None = 1  # grids per VAE decoder call (memory of 1024² decodes)
+  vae_tiled: bool = False
+  _cache: dict = dataclasses.field(default_factory=dict, repr=False)  # encoded blob latents
+
+  def __post_init__(self):
+    missing = [c for c in COMPONENTS if c not in self.params]
+    if missing:
+      raise errors.ConfigError(f"Pipeline params lack components {missing}; got {sorted(self.params)}")
+    if self.text_encoder_2.config.projection_dim is None:
+      raise ValueError("Pipeline text_encoder_2 must have a text projection (SDXL's OpenCLIP "
+                       "bigG is CLIPTextModelWithProjection)")
+
+  @property
+  def vae_scale_factor(self) -> int:
+    return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
 def compute_dtype(name: str):
@@ -62,8 +96,8 @@ def load_tokenizer(folder: Path):
   return CLIPTokenizer.from_pretrained(str(folder))
 
 
-def load_scheduler_config(folder: Path) -> schedulers.SchedulerConfig:
-  return schedulers.SchedulerConfig.from_diffusers(sio.read_config(folder,
+def load_scheduler_config(folder: Path) -> SchedulerConfig:
+  return SchedulerConfig.from_diffusers(sio.read_config(folder,
                                                                    "scheduler_config.json"))
 
 
@@ -74,7 +108,7 @@ def _model_index(root: Path) -> dict:
 
 def build_pipeline(unet_config: UNetConfig, vae_config: VAEConfig, te_config: CLIPTextConfig,
                    te2_config: CLIPTextConfig, params: Mapping[str, Any], tokenizer, tokenizer_2,
-                   scheduler_config: schedulers.SchedulerConfig, *, dtype: str = "float32",
+                   scheduler_config: SchedulerConfig, *, dtype: str = "float32",
                    attention_impl: str = "xla", remat: str = "none",
                    force_zeros_for_empty_prompt: bool = True, vae_decode_chunk: int | None = 1,
                    vae_tiled: bool = False) -> Pipeline:
@@ -188,7 +222,7 @@ def save_pipeline(folder: str | os.PathLike, pipeline: Pipeline,
   pipeline.tokenizer.save_pretrained(str(root / "tokenizer"))
   pipeline.tokenizer_2.save_pretrained(str(root / "tokenizer_2"))
   # The keys the pipeline's config was given, no more: a missing key must stay missing, so that
-  # each sampler class reads its own default again (schedulers.SchedulerConfig.for_kind).
+  # each sampler class reads its own default again (SchedulerConfig.for_kind).
   sched = dict(scheduler_config or pipeline.scheduler_config.to_diffusers())
   sched.setdefault("_class_name", "EulerDiscreteScheduler")
   sio.write_json(root / "scheduler" / "scheduler_config.json", sched)
@@ -298,5 +332,5 @@ def init_random_pipeline(model_cfg: Mapping[str, Any], tokenizer, tokenizer_2, s
       "text_encoder_2": random_params(cclip.text_param_shapes(te2_config), seed + 3),
   }
   return build_pipeline(unet_config, vae_config, te_config, te2_config, params, tokenizer,
-                        tokenizer_2, schedulers.SchedulerConfig.from_diffusers(None),
+                        tokenizer_2, SchedulerConfig.from_diffusers(None),
                         **module_kw)

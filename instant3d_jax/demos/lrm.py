@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from instant3d_jax import cli
+from instant3d_jax.train import launch
 
 
 def data_step(cfg, workdir: str) -> str:
@@ -78,9 +78,9 @@ def run(cfg, workdir: str, *, retrain: bool = False, data_only: bool = False) ->
   `data_dir` is set to WORKDIR/data): data and contact sheet, then (unless `data_only`)
   training (a finished run is reused unless `retrain`), evaluation and the turntable; prints
   where everything is."""
-  from instant3d_jax.train import multihost
+  from instant3d_jax.base import multihost
   cfg.data_dir = os.path.join(workdir, "data")
-  cli.check_train_inputs(cfg, workdir)  # before the data set is generated
+  launch.check_train_inputs(cfg, workdir)  # before the data set is generated
   multihost.cpu_devices_per_core(cfg)
   data_dir = data_step(cfg, workdir)
   if data_only:

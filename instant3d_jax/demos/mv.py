@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-from instant3d_jax import cli
+from instant3d_jax.train import launch
 
 
 def train(cfg, run_dir: str, retrain: bool) -> dict:
@@ -57,7 +57,7 @@ def run(cfg, workdir: str, *, data_dir: str, reconstructor: str, num_captions: i
   consistency through `reconstructor` ('' or a missing path: skipped with a note), the images
   and report.{json,md}. Prints as it goes; returns the report."""
   cfg.data_dir = data_dir
-  cli.check_train_inputs(cfg, workdir)
+  launch.check_train_inputs(cfg, workdir)
   # One XLA CPU device: the tiny UNet's step measured 0.12 s on one device using both cores and
   # 0.15 s data-parallel over two (the reconstructor is the other way round, demos/lrm.py).
   import numpy as np
@@ -65,8 +65,8 @@ def run(cfg, workdir: str, *, data_dir: str, reconstructor: str, num_captions: i
   from data_pipeline import datasets
   from instant3d_jax.eval import colour
   from instant3d_jax.eval import mv_eval
+  from instant3d_jax.convert import checkpoints
   from instant3d_jax.export import images as images_lib
-  from instant3d_jax.train import checkpoint as ckpt_lib
   from instant3d_jax.train import mv_task
 
   t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def run(cfg, workdir: str, *, data_dir: str, reconstructor: str, num_captions: i
   rows = mv_eval.heldout_captions(info.data_dir, num_captions, split)
   caps = [r["caption"] for r in rows]
   per = int(per_caption)
-  _, ema, step = ckpt_lib.load(run_dir, item="ema")
+  _, ema, step = checkpoints.load(run_dir, item="ema")
   comps = mv_task.build_components(cfg)
   cfg.sample.per_caption = per
   t = time.perf_counter()

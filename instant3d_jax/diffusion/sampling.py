@@ -34,14 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from instant3d_jax.base import sharding as shard_lib
+from instant3d_jax.convert.sdxl_pipeline import COMPONENTS, Pipeline  # the SDXL container
 from instant3d_jax.diffusion import blob as blob_lib
 from instant3d_jax.diffusion import schedulers
 from instant3d_jax.models.clip import CLIPTextModel
 from instant3d_jax.models.unet import UNet2DConditionModel
 from instant3d_jax.models.vae import AutoencoderKL, decode_chunked
-from instant3d_jax.train import sharding as shard_lib
 
-COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 INIT_MODES = ("blob", "noise")
 
 
@@ -139,39 +139,6 @@ def make_grid(views: jax.Array) -> jax.Array:
   nl = len(lead)
   perm = tuple(range(nl)) + (nl, nl + 2, nl + 1, nl + 3, nl + 4)
   return x.transpose(perm).reshape(*lead, 2 * h, 2 * w, c)
-
-
-# ----------------------------------------------------------------------------------------------
-# The pipeline container
-# ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(eq=False)
-class Pipeline:
-  """SDXL modules, one param pytree per component (`params['unet']`, ...: the `params`
-  collections), the two CLIP tokenizers and the scheduler config."""
-  unet: UNet2DConditionModel
-  vae: AutoencoderKL
-  text_encoder: CLIPTextModel
-  text_encoder_2: CLIPTextModel
-  params: dict[str, Any]
-  tokenizer: Any
-  tokenizer_2: Any
-  scheduler_config: schedulers.SchedulerConfig = schedulers.SchedulerConfig()
-  force_zeros_for_empty_prompt: bool = True  # SDXL base model_index.json
-  vae_decode_chunk: int | None = 1  # grids per VAE decoder call (memory of 1024² decodes)
-  vae_tiled: bool = False
-  _cache: dict = dataclasses.field(default_factory=dict, repr=False)  # encoded blob latents
-
-  def __post_init__(self):
-    missing = [c for c in COMPONENTS if c not in self.params]
-    if missing:
-      raise errors.ConfigError(f"Pipeline params lack components {missing}; got {sorted(self.params)}")
-    if self.text_encoder_2.config.projection_dim is None:
-      raise ValueError("Pipeline text_encoder_2 must have a text projection (SDXL's OpenCLIP "
-                       "bigG is CLIPTextModelWithProjection)")
-
-  @property
-  def vae_scale_factor(self) -> int:
-    return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
 class GeneratedViews(NamedTuple):
@@ -343,7 +310,7 @@ class Placement:
 def param_shardings(pipeline: Pipeline, placement: Placement) -> dict[str, Any]:
   """`NamedSharding` trees of every component's params, derived from the modules' logical axis
   names (`jax.eval_shape` + `nn.get_partition_spec` + `nn.logical_to_mesh_sharding`, via
-  `train.sharding.derive_shardings`); nothing written by hand."""
+  `base.sharding.derive_shardings`); nothing written by hand."""
   from instant3d_jax.convert import clip as cclip
   from instant3d_jax.convert import diffusers_sdxl
   boxed = {

@@ -1,6 +1,7 @@
 """Stage 1 as a library: prompts → SDXL 2×2 four-view grids written to a folder (what the
 `text_to_views` command runs; the text-to-3D pipeline and the latent cache reuse its loading and
-placement).
+placement), and the SDXL frozen encoders of the latent cache (`sdxl_encoders`, the default
+`--encoders` of `python -m data_pipeline.mv_cache`).
 
   pipeline = load_pipeline(cfg, "/path/to/sdxl_folder")
   out = sample_to_folder(cfg, pipeline, ["a wooden chair"], "outputs/views", weights=...)
@@ -65,8 +66,8 @@ def placement_from_config(cfg, devices=None) -> sampling.Placement | None:
   its logical axis rules; None on one device."""
   if len(jax.devices() if devices is None else devices) == 1:
     return None
-  from instant3d_jax.train import mesh as mesh_lib
-  from instant3d_jax.train import sharding as shard_lib
+  from instant3d_jax.base import mesh as mesh_lib
+  from instant3d_jax.base import sharding as shard_lib
   return sampling.Placement(mesh_lib.create_mesh(cfg.mesh, devices),
                             shard_lib.logical_rules(cfg.logical_axis_rules))
 
@@ -168,3 +169,46 @@ def sample_to_folder(cfg, pipeline: sampling.Pipeline, prompts: Sequence[str],
       "seconds": round(time.time() - t0, 3), "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind, "versions": versions()})
   return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Frozen encoders of the latent cache (data_pipeline/latent_cache.py)
+# ----------------------------------------------------------------------------------------------
+def encoders_from_pipeline(pipeline, description: dict | None = None):
+  """`latent_cache.FrozenEncoders` of an SDXL `sampling.Pipeline`: its VAE encoder on the grid in
+  [-1, 1] and `sampling.encode_prompts` (both tokenizers, both CLIP text encoders)."""
+  from data_pipeline import latent_cache  # pylint: disable=g-import-not-at-top
+
+  vae, vae_params = pipeline.vae, pipeline.params["vae"]
+
+  @jax.jit
+  def _encode(params, grid_uint8):
+    x = grid_uint8.astype(np.float32) / 127.5 - 1.0
+    return vae.apply({"params": params}, x, method="encode")
+
+  def encode_images(grids):
+    mean, logvar = _encode(vae_params, np.asarray(grids, np.uint8))
+    return np.asarray(mean), np.asarray(logvar)
+
+  def encode_prompts(captions):
+    ctx, pooled = sampling.encode_prompts(pipeline, list(captions))
+    return np.asarray(ctx), np.asarray(pooled)
+
+  cfg = vae.config
+  return latent_cache.FrozenEncoders(encode_images=encode_images, encode_prompts=encode_prompts,
+                                     scaling_factor=float(cfg.scaling_factor),
+                                     shift_factor=getattr(cfg, "shift_factor", None),
+                                     description=dict(description or {}))
+
+
+def sdxl_encoders(config, weights: str | None):
+  """`python -m data_pipeline.mv_cache`'s default `--encoders`
+  (instant3d_jax.diffusion.stage1:sdxl_encoders): the SDXL pipeline of `weights` (diffusers
+  folder or single file) with the module runtime of `config` (configs/sdxl.py)."""
+  if not weights:
+    raise errors.ConfigError("--weights is required with the default --encoders "
+                             "(instant3d_jax.diffusion.stage1:sdxl_encoders): an SDXL diffusers "
+                             "folder or single-file .safetensors")
+  pipeline = load_pipeline(config, weights)
+  return encoders_from_pipeline(pipeline, {"encoders": "sdxl", "weights": str(weights),
+                                           "config_variant": str(config.get("variant", ""))})

@@ -17,7 +17,7 @@ from instant3d_jax import fileio
 def default_out_dir(checkpoint: str | os.PathLike, step: str):
   """`<run>/eval/step_<step>`: beside the run, never inside an orbax step directory (local or
   `gs://`)."""
-  from instant3d_jax.train import checkpoint as ckpt_lib
+  from instant3d_jax.base import checkpoint as ckpt_lib
   p = fileio.path(checkpoint)
   if p.name.endswith(".safetensors"):
     base = p.parent
@@ -42,8 +42,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, config=None,
   import jax
   from data_pipeline import datasets
   from instant3d_jax.eval import protocol
-  from instant3d_jax.train import checkpoint as ckpt_lib
-  cfg, params, step_num = ckpt_lib.load(checkpoint)
+  from instant3d_jax.convert import checkpoints
+  cfg, params, step_num = checkpoints.load(checkpoint)
   step = "final" if step_num is None else str(step_num)
   if config is not None:
     for section in ("eval", "data", "data_dir"):

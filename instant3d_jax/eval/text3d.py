@@ -18,7 +18,7 @@ Input: the folder the `text_to_3d` command writes: `run.json` with
 `"prompts": [{"index": i, "prompt": str, "dir": "NNNN"}, ...]` and per prompt
 `<dir>/triplane.npz` in the format instant3d_jax/reconstruction.py writes (`planes [3, R, R, C]`,
 `plane_order`, `config` JSON); the NeRF decoder's weights come from the stage-2 checkpoint
-(`train.checkpoint.load`: a workdir, step directory or `.safetensors`), whose model config must
+(`convert.checkpoints.load`: a workdir, step directory or `.safetensors`), whose model config must
 equal the one saved with the planes.
 """
 from __future__ import annotations

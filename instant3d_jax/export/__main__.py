@@ -3,7 +3,7 @@
     python -m instant3d_jax.export --checkpoint PATH --out model.safetensors
 
 `PATH`: a training workdir (latest complete step), its `checkpoints/` directory, one step
-directory or an exported `.safetensors`, local or `gs://…` (`train.checkpoint.load`). Parameters
+directory or an exported `.safetensors`, local or `gs://…` (`convert.checkpoints.load`). Parameters
 are gathered to the host (any mesh, any device count) and written fp32 in the documented key
 layout of `convert/lrm.py`, with the run config and the step as metadata, so
 `reconstruct --checkpoint model.safetensors` needs nothing else. `--out` may be local or
@@ -28,8 +28,8 @@ def _define_flags() -> None:
 
 def main(argv) -> None:
   del argv
-  from instant3d_jax.train import checkpoint as ckpt_lib
-  out, step, n = ckpt_lib.export_safetensors(FLAGS.checkpoint, FLAGS.out)
+  from instant3d_jax.convert import checkpoints
+  out, step, n = checkpoints.export_safetensors(FLAGS.checkpoint, FLAGS.out)
   print(f"wrote {out} ({n / 1e6:.3f}M parameters, step {step})")
 
 

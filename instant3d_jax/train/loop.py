@@ -45,12 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from instant3d_jax import fileio
-from instant3d_jax.train import checkpoint as ckpt_lib
-from instant3d_jax.train import mesh as mesh_lib
+from instant3d_jax.base import checkpoint as ckpt_lib
+from instant3d_jax.base import mesh as mesh_lib
+from instant3d_jax.base import multihost
+from instant3d_jax.base import sharding as shard_lib
 from instant3d_jax.train import metrics as metrics_lib
-from instant3d_jax.train import multihost
 from instant3d_jax.train import optimizer as opt_lib
-from instant3d_jax.train import sharding as shard_lib
 from instant3d_jax.train.step import LossFn, TrainState, make_init_fn, make_train_step
 
 # CPU has no buffer donation; the warning would repeat every compile.

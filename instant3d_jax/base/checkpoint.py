@@ -16,8 +16,10 @@ current mesh, so a checkpoint written on 4 devices restores onto 1 (or 64) uncha
 The workdir may be local or `gs://…` (instant3d_jax/fileio.py): config.json goes through
 `etils.epath`, orbax gets the URI string unchanged (a local path made absolute).
 
-Reading for inference, export and evaluation: `load(path)` → `(config, params, step)` for every
-checkpoint form the commands accept (see `FORMS`).
+Reading for inference, export and evaluation: `load_orbax(path)` → `(config, params, step)` of
+the orbax forms; `convert.checkpoints.load` reads every form the commands accept (see `FORMS`),
+the exported `.safetensors` (whose reader knows the model) included. This module is the base
+layer's (instant3d_jax/base/): it imports nothing of the project but `errors` and `fileio`.
 """
 from __future__ import annotations
 
@@ -218,30 +220,17 @@ def _read_params(state_dir: epath.Path, item: str = "params") -> Any:
   return out[item]
 
 
-def load(path: str | os.PathLike, config=None, *, item: str = "params"
-         ) -> tuple[ml_collections.ConfigDict, Any, int | None]:
-  """`(config, params, step)` from any checkpoint form the commands accept (`FORMS`):
-
-  * a training workdir (its latest complete step), its `checkpoints/` directory or one step
-    directory (orbax; config from the step, else the workdir's config.json);
-  * an exported `.safetensors` file (`python -m instant3d_jax.export`; config embedded; read by
-    `convert/lrm.py`, which checks every shape against the config's model; `step` is None if
-    the file records none);
-
-  each local or `gs://…`. `config` (optional) replaces the saved one. Params are host numpy
-  arrays (no devices or mesh involved); the optimizer state is not read. A missing or
-  incomplete path raises `errors.CheckpointError` naming it and the accepted forms.
-  `item="ema"` reads the EMA of the trained weights instead (orbax forms; stage-1 runs keep one).
-  """
+def load_orbax(path: str | os.PathLike, config=None, *, item: str = "params"
+               ) -> tuple[ml_collections.ConfigDict, Any, int | None]:
+  """`(config, params, step)` from an orbax checkpoint form: a training workdir (its latest
+  complete step), its `checkpoints/` directory or one step directory (config from the step, else
+  the workdir's config.json), local or `gs://…`. `config` (optional) replaces the saved one.
+  Params are host numpy arrays (no devices or mesh involved); the optimizer state is not read. A
+  missing or incomplete path raises `errors.CheckpointError` naming it and the accepted forms.
+  `item="ema"` reads the EMA of the trained weights instead (stage-1 runs keep one). Every form
+  the commands accept, the exported `.safetensors` included, is read by
+  `convert.checkpoints.load`, which calls this for the orbax ones."""
   p = fileio.path(path)
-  if p.name.endswith(".safetensors"):
-    if item != "params":
-      raise errors.CheckpointError(f"checkpoint {str(path)!r}: a .safetensors export holds the "
-                                   f"weights only, not {item!r}; give the training workdir")
-    if not p.is_file():
-      raise errors.CheckpointError(f"checkpoint {str(path)!r} does not exist; expected {FORMS}")
-    from instant3d_jax.convert import lrm as convert_lrm
-    return convert_lrm.read_lrm(p, config)
   if not p.exists():
     raise errors.CheckpointError(f"checkpoint {str(path)!r} does not exist; expected {FORMS}")
   step_dir = _resolve_step_dir(p)
@@ -265,28 +254,3 @@ def params_sha256(params: Any) -> str:
     h.update(f"{key}|{v.dtype.str}|{v.shape}|".encode())
     h.update(v.tobytes())
   return h.hexdigest()
-
-
-def load_params(path: str | os.PathLike) -> tuple[dict, Any, int | None]:
-  """`load` with the config as a plain dict (JSON types)."""
-  config, params, step = load(path)
-  return config_to_dict(config), params, step
-
-
-def load_for_inference(path: str | os.PathLike, config=None):
-  """`(config, params)` of `load`."""
-  config, params, _ = load(path, config)
-  return config, params
-
-
-def export_safetensors(path: str | os.PathLike, out: str | os.PathLike
-                       ) -> tuple[fileio.OutPath, int | None, int]:
-  """Any checkpoint form `load` accepts → one `.safetensors` file (fp32, config and step in the
-  metadata; layout of `convert/lrm.py`). Returns `(out, step, number of parameters)`."""
-  if not fileio.path(out).name.endswith(".safetensors"):
-    raise errors.ConfigError(f"--out must end in .safetensors, got {str(out)!r}")
-  from instant3d_jax.convert import lrm as convert_lrm
-  config, params, step = load(path)
-  written = convert_lrm.save_lrm(out, params, config, step=step)
-  n = sum(int(np.size(v)) for v in jax.tree.leaves(params))
-  return written, step, n
