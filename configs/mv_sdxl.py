@@ -53,17 +53,15 @@ _SDXL_SCHEDULER = {
     "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False,
 }
 
-# `tiny` shapes. Text: the word tokenizer's vocabulary and ids (`_tiny_text`), 24 positions.
+# `tiny` shapes. Text: the word tokenizer's (diffusion/word_tokenizer.py `WordTokenizer`) 28 ids
+# (BOS 26, EOS = pad 27; tests/test_configs.py checks them against it), 24 positions.
 # Context 32 + 32 = 64 = the UNet's cross-attention width; pooled 32 + 6 micro-conditioning
 # numbers × 8 = 80 = its added-embedding input. UNet latents: 16² × 48 (pixel unshuffle ×4 of a
 # 64² grid).
-def _tiny_text(max_length: int) -> dict:
-  from instant3d_jax.diffusion.word_tokenizer import WordTokenizer
-  tok = WordTokenizer(model_max_length=max_length)
-  return dict(vocab_size=tok.vocab_size, max_position_embeddings=max_length, hidden_size=32,
-              intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-              hidden_act="quick_gelu", bos_token_id=tok.bos_token_id,
-              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+_TINY_TEXT = dict(
+    vocab_size=28, max_position_embeddings=24, hidden_size=32, intermediate_size=64,
+    num_hidden_layers=2, num_attention_heads=2, hidden_act="quick_gelu", bos_token_id=26,
+    eos_token_id=27, pad_token_id=27)
 _TINY_UNET = dict(
     sample_size=16, in_channels=48, out_channels=48, block_out_channels=[64, 128],
     down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
@@ -106,7 +104,7 @@ def get_config(arg=None):
   m.random_init_seed = 1
   if tiny:
     m.random_init.unet = _TINY_UNET
-    text = _tiny_text(int(m.tokenizer_max_length))
+    text = _TINY_TEXT             # max_position_embeddings = tokenizer_max_length
     m.random_init.text_encoder = dict(text, architectures=["CLIPTextModel"])
     m.random_init.text_encoder_2 = dict(text, hidden_act="gelu", projection_dim=32,
                                         architectures=["CLIPTextModelWithProjection"])
@@ -156,9 +154,9 @@ def get_config(arg=None):
   # Sample grids during training (EMA weights, the jitted sampler of diffusion/sampling.py),
   # every `train.image_every` steps, to TensorBoard and workdir/images.
   s = cfg.sample = ml_collections.ConfigDict()
-  from data_pipeline import captions  # pylint: disable=g-import-not-at-top
-  # Fixed held-out captions (data_pipeline/captions.py `heldout_sample_captions`).
-  s.captions = captions.heldout_sample_captions(4 if tiny else 4)
+  # Fixed held-out captions: data_pipeline/captions.py `heldout_sample_captions(4)` for the
+  # `grid` split above (tests/test_configs.py checks them against it).
+  s.captions = ("a blue ring", "a brown cone", "a cyan cylinder", "a green cone")
   s.per_caption = 2 if tiny else 1
   s.num_steps = 25 if tiny else 50
   s.guidance_scale = 5.0          # docs/paper_facts.md §A

@@ -4,6 +4,7 @@ scratch on this CPU, then sample grids for held-out captions and score them.
   python -m instant3d_jax.demo_mv [--workdir outputs/mv_demo] [--config configs/mv_sdxl.py:tiny]
       [--config.train.total_steps=N] [--per_caption 4] [--num_captions 20]
       [--reconstructor outputs/demo/lrm] [--retrain]
+      [--pipeline_config configs/instant3d.py:tiny]
 
 1. Data: the procedural world of `make demo` (configs/data.py:demo in `--data_dir`, default
    outputs/demo/data: generated once, shared with `make demo`).
@@ -38,6 +39,10 @@ _WORKDIR = flags.DEFINE_string("workdir", "outputs/mv_demo", "where the run and 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path("mv_sdxl.py:tiny"), "the stage-1 run (configs/mv_sdxl.py:tiny)",
     lock_config=False)
+_PIPELINE_CONFIG = config_flags.DEFINE_config_file(
+    "pipeline_config", configs.path("instant3d.py:tiny"), "the text-to-3D pipeline whose "
+    "stage2.background_threshold cleans the views for the view-consistency score "
+    "(configs/instant3d.py:tiny)", lock_config=False)
 _DATA_DIR = flags.DEFINE_string("data_dir", "outputs/demo/data",
                                 "the procedural data set (shared with `make demo`)")
 _RECON = flags.DEFINE_string("reconstructor", "outputs/demo/lrm",
@@ -60,6 +65,7 @@ def main(argv):
       raise errors.ConfigError(f"--{name} must be >= 1, got {flag.value}")
   mv_demo.run(cfg, workdir, data_dir=_DATA_DIR.value, reconstructor=_RECON.value,
               num_captions=_NUM_CAPTIONS.value, per_caption=_PER_CAPTION.value,
+              background_threshold=float(_PIPELINE_CONFIG.value.stage2.background_threshold),
               retrain=_RETRAIN.value)
 
 

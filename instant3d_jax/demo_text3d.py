@@ -3,6 +3,7 @@ reconstructor joined by the pipeline, on held-out captions, with the page looked
 
   python -m instant3d_jax.demo_text3d [--out outputs/text3d] [--num_captions 20]
       [--mv_workdir outputs/mv_demo] [--lrm_workdir outputs/demo]
+      [--config configs/instant3d.py:tiny] [--mv_config configs/mv_sdxl.py:tiny]
 
 1. Stage 2: the `make demo` reconstructor (LRM_WORKDIR/lrm), trained first when absent
    (instant3d_jax/demo.py, configs/lrm.py:tiny). Stage 1: the `make demo-mv` model
@@ -24,8 +25,9 @@ The job is instant3d_jax/demos/text3d.py; this module holds flags and `main` onl
 from __future__ import annotations
 
 from absl import flags
+from ml_collections import config_flags
 
-from instant3d_jax import cli
+from instant3d_jax import cli, configs
 from instant3d_jax.demos import text3d as text3d_demo
 
 _OUT = flags.DEFINE_string("out", "outputs/text3d", "where the objects, page and report go")
@@ -33,6 +35,12 @@ _NUM = flags.DEFINE_integer("num_captions", 20, "held-out captions to turn into 
 _MV = flags.DEFINE_string("mv_workdir", "outputs/mv_demo", "the `make demo-mv` workdir")
 _LRM = flags.DEFINE_string("lrm_workdir", "outputs/demo", "the `make demo` workdir")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", configs.path("instant3d.py:tiny"), "the pipeline (configs/instant3d.py:tiny)",
+    lock_config=False)
+_MV_CONFIG = config_flags.DEFINE_config_file(
+    "mv_config", configs.path("mv_sdxl.py:tiny"), "the stage-1 run's config, for its held-out "
+    "caption split (configs/mv_sdxl.py:tiny)", lock_config=False)
 
 
 def main(argv):
@@ -45,8 +53,9 @@ def main(argv):
   for name, flag in (("out", _OUT), ("mv_workdir", _MV), ("lrm_workdir", _LRM)):
     if fileio.path(flag.value).is_file():
       raise errors.ConfigError(f"--{name} {flag.value}: is a file, not a directory")
-  text3d_demo.run(_OUT.value, num_captions=_NUM.value, mv_workdir=_MV.value,
-                  lrm_workdir=_LRM.value, seed=_SEED.value)
+  text3d_demo.run(_OUT.value, config=_CONFIG.value, mv_config=_MV_CONFIG.value,
+                  num_captions=_NUM.value, mv_workdir=_MV.value, lrm_workdir=_LRM.value,
+                  seed=_SEED.value)
 
 
 if __name__ == "__main__":

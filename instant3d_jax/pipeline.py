@@ -131,17 +131,14 @@ class TextTo3D:
 
   # --------------------------------------------------------------------------------------------
   @classmethod
-  def load(cls, config=None, devices: Sequence[jax.Device] | None = None, *,
+  def load(cls, config, devices: Sequence[jax.Device] | None = None, *,
            stage1: str | os.PathLike | None = None, stage2: str | os.PathLike | None = None,
            log=print) -> "TextTo3D":
-    """Loads both stages once. `config`: configs/instant3d.py's ConfigDict (None: its `tiny`);
+    """Loads both stages once. `config`: a configs/instant3d.py ConfigDict;
     `stage1`/`stage2`: weights paths that replace `config.stage{1,2}.weights`; `devices`: the
     devices to run on (default all), the config's mesh is laid over them. Raises an
     `Instant3DError` naming the path for a missing or wrong-kind weight before anything is
     compiled."""
-    if config is None:
-      from instant3d_jax.configs import instant3d as instant3d_config
-      config = instant3d_config.get_config("tiny")
     if stage1 is not None or stage2 is not None:
       config = config.copy_and_resolve_references()
       if stage1 is not None:

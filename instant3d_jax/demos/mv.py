@@ -50,11 +50,12 @@ def markdown(report: dict) -> str:
 
 
 def run(cfg, workdir: str, *, data_dir: str, reconstructor: str, num_captions: int,
-        per_caption: int, retrain: bool = False) -> dict:
+        per_caption: int, background_threshold: float, retrain: bool = False) -> dict:
   """The whole job into `workdir` with the stage-1 config `cfg` (configs/mv_sdxl.py:tiny; its
   `data_dir` is set to `data_dir`): data, training (a finished run is reused unless `retrain`),
   `per_caption` grids for each of `num_captions` held-out captions, their colour scores, the view
-  consistency through `reconstructor` ('' or a missing path: skipped with a note), the images
+  consistency through `reconstructor` ('' or a missing path: skipped with a note; views cleaned
+  with `background_threshold`, the pipeline config's `stage2.background_threshold`), the images
   and report.{json,md}. Prints as it goes; returns the report."""
   cfg.data_dir = data_dir
   launch.check_train_inputs(cfg, workdir)
@@ -106,8 +107,8 @@ def run(cfg, workdir: str, *, data_dir: str, reconstructor: str, num_captions: i
       "grids": report_gen["items"]}
   recon = reconstructor
   if recon and os.path.exists(recon):
-    gen_psnr = mv_eval.view_consistency(recon, grids)
-    real_psnr = mv_eval.view_consistency(recon, real)
+    gen_psnr = mv_eval.view_consistency(recon, grids, background_threshold=background_threshold)
+    real_psnr = mv_eval.view_consistency(recon, real, background_threshold=background_threshold)
     report["view_consistency"] = {
         "reconstructor": recon, "generated_psnr": float(np.mean(gen_psnr)),
         "real_psnr": float(np.mean(real_psnr)),

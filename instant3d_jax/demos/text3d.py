@@ -38,15 +38,16 @@ def ensure_stage1(mv_workdir: str, data_dir: str, run_dir: str) -> str:
   return train_dir
 
 
-def run(out: str, *, num_captions: int, mv_workdir: str, lrm_workdir: str, seed: int = 0) -> dict:
+def run(out: str, *, config, mv_config, num_captions: int, mv_workdir: str, lrm_workdir: str,
+        seed: int = 0) -> dict:
   """The whole job: both demo models (each trained first when absent), `num_captions` held-out
   captions → objects in `out` (the `text_to_3d` layout), their scores, the toy CLIP protocol, the
   page's screenshot and out/report.{json,md} (the command's docstring lists them). Prints the
-  report; returns it."""
+  report; returns it. `config`: the pipeline's (configs/instant3d.py:tiny; its weights are the
+  two demo runs'); `mv_config`: the stage-1 run's (configs/mv_sdxl.py:tiny: its held-out
+  caption split)."""
   import jax
   import numpy as np
-  from instant3d_jax.configs import instant3d
-  from instant3d_jax.configs import mv_sdxl
   from data_pipeline import captions as captions_lib
   from instant3d_jax.eval import mv_eval
   from instant3d_jax import pipeline as pipeline_lib
@@ -56,12 +57,12 @@ def run(out: str, *, num_captions: int, mv_workdir: str, lrm_workdir: str, seed:
   data_dir = os.path.join(lrm_workdir, "data")
   run_dir = ensure_stage2(lrm_workdir)
   train_dir = ensure_stage1(mv_workdir, data_dir, run_dir)
-  g = mv_sdxl.get_config("tiny").grid
+  g = mv_config.grid
   split = captions_lib.caption_split("heldout", seed=int(g.heldout_seed),
                                      num_heldout=int(g.num_heldout))
   rows = mv_eval.heldout_captions(data_dir, num_captions, split)
   caps = [r["caption"] for r in rows]
-  cfg = instant3d.get_config("tiny")
+  cfg = config
   pipe = pipeline_lib.TextTo3D.load(cfg, stage1=train_dir, stage2=run_dir)
   t = time.perf_counter()
   pipeline_lib.generate_to_folder(pipe, caps, out, seed=seed)
@@ -82,7 +83,8 @@ def run(out: str, *, num_captions: int, mv_workdir: str, lrm_workdir: str, seed:
       single_ok.append(ok)
     items.append({"prompt": e["prompt"], "dir": e["dir"], "object_colour": main_colour,
                   "frame_colours": per, "caption_colours": named, "ok": ok})
-  psnr = mv_eval.view_consistency(run_dir, np.stack(grids))
+  psnr = mv_eval.view_consistency(run_dir, np.stack(grids), background_threshold=float(
+      cfg.stage2.background_threshold))
   for it, p in zip(items, psnr):
     it["rerender_psnr"] = round(float(p), 3)
 

@@ -82,17 +82,15 @@ def _rerenderer(checkpoint: str):
   return m, params, rerender
 
 
-def view_consistency(checkpoint: str, grids, batch: int = 8,
-                     background_threshold: float | None = None) -> "np.ndarray":
+def view_consistency(checkpoint: str, grids, batch: int = 8, *,
+                     background_threshold: float) -> "np.ndarray":
   """Per grid, the PSNR (dB) of the reconstructor's re-render of its four views at the rig
   cameras against the views (resized to the model's input resolution): `[N]`. The reconstructor
   sees the views with near-background pixels set to the background, as the pipeline feeds it
   (`reconstruction.clean_background`, configs/instant3d.py `stage2.background_threshold`); the
-  re-render is compared with the views as they are. `background_threshold` None: configs/
-  instant3d.py:tiny's `stage2.background_threshold` (its comment has the measurements)."""
-  if background_threshold is None:
-    from instant3d_jax.configs import instant3d  # pylint: disable=g-import-not-at-top
-    background_threshold = float(instant3d.get_config("tiny").stage2.background_threshold)
+  re-render is compared with the views as they are. `background_threshold`: the pipeline
+  config's `stage2.background_threshold` (configs/instant3d.py:tiny's comment has the
+  measurements)."""
   import jax.numpy as jnp
   import numpy as np
   from data_pipeline import mv_grids

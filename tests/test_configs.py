@@ -1,0 +1,92 @@
+"""Configs are declarative (docs/design.md §3 Configs): configs/ imports no library code (errors
+aside), no library module reads a config file back, the values a config writes down for the
+library agree with it, and configs stored in older checkpoints are upgraded on load by one
+function."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_module_structure import ROOT, find_commands, imported_modules, python_files
+
+PROJECT = ("instant3d_jax", "data_pipeline", "bench")
+CONFIG_FILES = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
+
+
+def _is_config_import(mod: str) -> bool:
+  return mod == "instant3d_jax.configs" or mod.startswith("instant3d_jax.configs.")
+
+
+def config_import_violations(root: Path = ROOT) -> list[str]:
+  """`configs/X.py: imports M` for every project module M a config imports other than another
+  config and instant3d_jax.errors."""
+  out = []
+  for path in python_files(root, ("configs",)):
+    for mod in sorted(imported_modules(path, root)):
+      if mod.split(".")[0] not in PROJECT or mod in ("instant3d_jax", "instant3d_jax.errors"):
+        continue
+      if not _is_config_import(mod):
+        out.append(f"{path.relative_to(root)}: imports {mod}")
+  return out
+
+
+def config_reader_violations(root: Path = ROOT, config_files=CONFIG_FILES) -> list[str]:
+  """`path: imports instant3d_jax.configs.X` for every library module (not a command) of
+  instant3d_jax/ or data_pipeline/ that imports a config file. The `instant3d_jax.configs`
+  package itself (`path`, `resolve`: where a file is, not what it says) is allowed."""
+  commands = set(find_commands(root).values())
+  out = []
+  for path in python_files(root, ("instant3d_jax", "data_pipeline")):
+    if path in commands or "configs" in path.relative_to(root).parts:
+      continue
+    for mod in sorted(imported_modules(path, root)):
+      if _is_config_import(mod) and mod.rsplit(".", 1)[-1] in config_files:
+        out.append(f"{path.relative_to(root)}: imports {mod}")
+  return out
+
+
+def test_configs_import_no_library_code():
+  assert config_import_violations() == []
+
+
+def test_no_library_module_reads_a_config_file():
+  assert config_reader_violations() == []
+
+
+def test_checkers_catch_planted_violations(tmp_path):
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "c.py").write_text(
+      "import ml_collections\nfrom instant3d_jax import errors\n"
+      "from instant3d_jax.configs import data\n"
+      "def get_config(arg=None):\n  from data_pipeline import captions\n")
+  assert config_import_violations(tmp_path) == [
+      "configs/c.py: imports data_pipeline", "configs/c.py: imports data_pipeline.captions"]
+  lib = tmp_path / "instant3d_jax" / "eval"
+  lib.mkdir(parents=True)
+  (lib / "x.py").write_text("def f():\n  from instant3d_jax.configs import instant3d\n")
+  (tmp_path / "instant3d_jax" / "cmd.py").write_text(
+      "from instant3d_jax.configs import lrm\nif __name__ == '__main__':\n  pass\n")
+  (tmp_path / "instant3d_jax" / "ok.py").write_text("from instant3d_jax import configs\n")
+  assert config_reader_violations(tmp_path, ("instant3d", "lrm")) == [
+      "instant3d_jax/eval/x.py: imports instant3d_jax.configs.instant3d"]
+
+
+@pytest.mark.parametrize("variant", ["tiny", "sdxl"])
+def test_mv_sdxl_written_down_values_match_the_library(variant):
+  """configs/mv_sdxl.py writes the word tokenizer's ids and the held-out sample captions down
+  as values; they are what the library computes."""
+  from data_pipeline import captions
+  from instant3d_jax.configs import mv_sdxl
+  cfg = mv_sdxl.get_config(variant)
+  g = cfg.grid
+  assert tuple(cfg.sample.captions) == captions.heldout_sample_captions(
+      len(cfg.sample.captions), seed=int(g.heldout_seed), num_heldout=int(g.num_heldout))
+  if variant == "tiny":
+    from instant3d_jax.diffusion.word_tokenizer import WordTokenizer
+    tok = WordTokenizer(model_max_length=int(cfg.model.tokenizer_max_length))
+    for name in ("text_encoder", "text_encoder_2"):
+      te = cfg.model.random_init[name]
+      assert (te.vocab_size, te.bos_token_id, te.eos_token_id, te.pad_token_id) == (
+          tok.vocab_size, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id), name
+      assert te.max_position_embeddings == tok.model_max_length, name
