@@ -86,10 +86,9 @@ def get_config(arg=None):
   s2.weights = "outputs/demo/lrm" if tiny else ""
   # Generated views' pixels within this of the background (every channel, [0, 1]) become the
   # background before reconstruction (reconstruction.clean_background; 0: off). tiny: 0.16, the
-  # value at which the `make demo` reconstructor re-renders stage 1's held-out grids at 18.2 dB
-  # (0: 9.6, 0.08: 13.2, 0.12: 17.4, 0.2: 18.4; real renders 19.3); every palette colour has
-  # a channel ≥ 0.3 away from white, so only grain and anti-aliased edges change. Off for
-  # `sdxl`: real objects can be near-white.
+  # best re-render of stage 1's held-out grids by the `make demo` reconstructor (the sweep:
+  # bench/results/mv_tuning.md); every palette colour has a channel ≥ 0.3 away from white, so
+  # only grain and anti-aliased edges change. Off for `sdxl`: real objects can be near-white.
   s2.background_threshold = 0.16 if tiny else 0.0
 
   # ------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ Reconstruct:  python -m instant3d_jax.reconstruct --checkpoint outputs/lrm_tiny 
 Variants (`arg`):
   tiny   CPU demo: 64² views, a 2-block random-init ViT (patch 8), triplane tokens 3×8×8 →
          planes 32² (transposed conv ×4), a 3-layer ReLU NeRF MLP, 12 + 12 samples/ray, trained
-         for a fixed 1350 steps (≤ 15 min on 2 CPU cores at the slow end, 0.61 s/step). The three
+         for a fixed 1350 steps (sized to stay under 15 min on 2 CPU cores). The three
          conditioning knobs a CPU prototype found to matter are ON (Plücker ray channels, a
          sine/cosine position code on the triplane tokens, a learned cross-attention bias; issue
          5). DEVIATION FROM THE PAPER: tiny lifts its input views into the triplane
@@ -20,9 +20,8 @@ Variants (`arg`):
          colours, models/lrm.py:lift_views; `lift_voxels`: a 64³ hull grid with each voxel's
          visibility-weighted view colour, read per point; `nerf.colour_prior`: the MLP corrects
          that colour instead of predicting it) and draws half its rays on object pixels with a
-         mask loss; in 1500 steps the paper's model reaches 18.7 dB with colour error 69 (brown
-         and blue blobs), the per-plane lift 20.8 dB / 26.8, the 32³ voxels 22.1 dB / 25.8, and
-         this configuration 23.3 dB / 19.3 (bench/results/train_tuning.md, issue 13).
+         mask loss. Why each of tiny's choices, with the measurements:
+         bench/results/train_tuning.md ("configs/lrm.py:tiny, the choices and their figures").
          small/base/large keep the paper's model.
   small  a ViT-S/16-sized encoder and a 6 × 512 decoder at 128² (a single-GPU smoke scale).
   base   DINO ViT-B/16 encoder, 12 × 768 decoder, 256² inputs, 48-channel planes.
@@ -183,29 +182,23 @@ def get_config(arg=None):
     d.num_heads = 4
     d.mlp_ratio = 2
     d.attention_bias = True
-    # 8² tokens per plane: the decoder's attention over 3·T² tokens was ~77% of a CPU step at
-    # T = 16; T = 8 makes a step ~2.6× cheaper, and in the same 15-minute budget held-out PSNR
-    # rose from 16.3 to 18.6 dB (bench/results/train.md). The ×4 transposed conv (planes 32²)
-    # gives a finer field for the same decoder cost; 15-minute runs of the knobs below are in
-    # bench/results/train_tuning.md (all land at 18.5–19.0 dB).
+    # 8² tokens per plane (a cheaper decoder step) and the ×4 transposed conv (planes 32²: a
+    # finer field for the same decoder cost); measurements: bench/results/train_tuning.md.
     t.token_resolution = 8
     t.upsample = 4
     t.channels = 32
     t.position_code = True
     # A cheaper step is worth more than the capacity it gives up here: 2 encoder blocks, a
-    # 3-layer ReLU NeRF MLP (OpenLRM's activation) and 12 + 12 samples make a step 1.4× cheaper
-    # (0.47 → 0.33 s on 2 CPU devices) and, in the same 15 minutes, took held-out PSNR from
-    # 18.9–19.0 to 20.2 dB (bench/results/train_tuning.md, E10).
+    # 3-layer ReLU NeRF MLP (OpenLRM's activation) and 12 + 12 samples (train_tuning.md, E10).
     e.num_layers = 2
     n.num_layers = 3
     n.activation = "relu"
     r.num_samples = 12
     r.num_importance = 12
     r.chunk = 4096
-    # Input-view lifting (not in the paper; see the variant notes above and `t.lift`). The 32³
-    # voxel grid added 1.3 dB held-out PSNR at the same 1500 steps (20.8 → 22.1; colour error
-    # 26.8 → 25.8; bench/results/train_tuning.md, V1); visibility-weighted colours on a 64³ grid
-    # 22.8 dB / 24.5 (W1), and the colour prior 23.3 dB / 19.3 (W2).
+    # Input-view lifting (not in the paper; see the variant notes above and `t.lift`): hull
+    # planes, a 64³ voxel grid of visibility-weighted colours and the colour prior
+    # (train_tuning.md, V1, W1, W2).
     t.lift = "hull"
     t.lift_concat = True
     t.lift_voxels = True
@@ -315,15 +308,14 @@ def _training_sections(cfg, variant):
 
   if variant == "tiny":
     # 2 CPU cores, 15 minutes (issue 5): 4 objects × 4 views × 256 random rays a step.
-    cfg.optimizer.learning_rate = 5e-4   # 1e-3: the same 15-min PSNR; 1.5e-3 / 2e-3: worse
+    cfg.optimizer.learning_rate = 5e-4   # the sweep: train_tuning.md
     cfg.optimizer.warmup_steps = 100
-    cfg.loss.lpips_weight = 0.0   # VGG16 on CPU costs more steps than it gives (see train.md)
+    cfg.loss.lpips_weight = 0.0   # VGG16 on CPU costs more steps than it gives (train.md)
     cfg.loss.ray_sampling = "random"
     cfg.loss.rays_per_view = 256
     # A fixed step count, so two runs are bit-identical on any machine, sized at the slow end of
-    # the step times seen for tiny on 2 cores: 1500 steps took 874 and 914 s in two `make demo`
-    # runs with the 64³ visibility-weighted voxels (0.61 s/step with the hooks), so 1350 steps
-    # (≈ 825 s) stay under 15 minutes. `time_budget_s` (off) adds a wall-clock limit on request.
+    # the step times seen for tiny on 2 cores to stay under 15 minutes (train_tuning.md).
+    # `time_budget_s` (off) adds a wall-clock limit on request.
     cfg.train.total_steps = 1350
     cfg.train.time_budget_s = 0.0
     # Colour needs foreground rays: half the rays on object pixels, plus an opacity (mask) loss

@@ -21,15 +21,12 @@ Variants (`arg`):
   sdxl  SDXL base 1.0 weights by path (`model.pretrained`), 1024² grids of four 512² views, the
         UNet fine-tuned with FSDP over the mesh, VAE and both text encoders frozen.
 
-tiny's training recipe (measured: bench/results/mv_tuning.md). With SDXL's defaults (ε-prediction,
-lr 2e-4, frozen random text encoders) the from-scratch model still sampled pure noise after 2000
-steps: its ε error at high noise blows up ×1/√ᾱ in the x₀ estimate, and the frozen random
-encoders give captions that differ by little (pooled cosine 0.98 between "a red sphere" and "a
-green sphere"). `tiny` therefore uses v-prediction, "trailing" timestep spacing (the sampler
-starts at t = 999), Min-SNR-5 loss weights, lr 5e-4 with a cosine decay to 5e-5 (a constant 1e-3
-diverged after 6000 steps) and trains both small text encoders with the UNet, on SDXL's
-scaled-linear schedule, for a fixed 14 000 steps of 8 grids (about 30 minutes on 2 CPU cores;
-`make demo-mv`). `sdxl` keeps the defaults below.
+tiny's training recipe: v-prediction, "trailing" timestep spacing (the sampler starts at
+t = 999), Min-SNR-5 loss weights, lr 5e-4 with a cosine decay to 5e-5, and both small text
+encoders trained with the UNet, on SDXL's scaled-linear schedule, for a fixed 14 000 steps of 8
+grids (`make demo-mv`). Why (SDXL's defaults failed from scratch), with the measurements:
+bench/results/mv_tuning.md ("configs/mv_sdxl.py:tiny, the recipe"). `sdxl` keeps the defaults
+below.
 
 Defaults and where they come from. The paper (docs/paper_facts.md §A) gives ~10K curated objects,
 CFG 5 and 100 sampling steps. ε-prediction on SDXL's 1000-step DDPM schedule, micro-conditioning
