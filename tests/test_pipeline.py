@@ -133,7 +133,7 @@ def test_eight_prompts_in_one_jitted_batch(one_device_run):
 
 
 def test_sharded_over_four_devices_matches_one_device(one_device_run, text3d_weights, tmp_path):
-  """The same 8 prompts over 4 fake CPU devices (`data` = 4, 2 prompts each): grids within 1e-5
+  """The same 8 prompts over 4 fake CPU devices (`data` = 4, 2 prompts each): grids within 1e-4
   of the 1-device run and identical 8-bit PNGs; the batch is still one jitted call."""
   assert len(jax.devices()) >= 4
   _, out1 = one_device_run
@@ -144,8 +144,12 @@ def test_sharded_over_four_devices_matches_one_device(one_device_run, text3d_wei
   assert pipe.batches == 1 and len(res) == 8
   # The same per-device work on one device (batches of 2): XLA:CPU then runs the same kernels
   # on the same shapes, so the grids are bitwise equal and so are their 8-bit PNGs. (Against
-  # the batch of 8 on one device they agree within 1e-5; rounding to 8 bits can then still
-  # flip a value that lies within 1e-5 of a step.)
+  # the batch of 8 on one device they agree within 1e-4 — measured up to 1.4e-5 under
+  # --xla_cpu_max_isa=SSE4_2, 7.4e-6 to 9.7e-6 under AVX to AVX-512, any CPU count
+  # (bench/results/tolerances.md), while a grid of another prompt (what a mixed-up shard
+  # would give) differs by more than 100× the bound, checked below — and rounding to 8 bits
+  # can then still flip a value that lies that close to a step.)
+  assert min(float(np.abs(res[i].grid - res[i + 1].grid).max()) for i in range(7)) > 1e-2
   cfg2 = tiny_config(*text3d_weights)
   cfg2.batch_size = 2
   pipe2 = pipeline_lib.TextTo3D.load(cfg2, devices=jax.devices()[:1], log=lambda *_: None)
@@ -153,11 +157,11 @@ def test_sharded_over_four_devices_matches_one_device(one_device_run, text3d_wei
   from instant3d_jax.export import images as images_lib
   for r, r2 in zip(res, res2):
     ref = np.load(out1 / f"{r.index:04d}" / "grid.npy")
-    tolerance.within("pipeline.grid_4_devices_vs_1_device_batch_8", r.grid, ref, 1e-5)
+    tolerance.within("pipeline.grid_4_devices_vs_1_device_batch_8", r.grid, ref, 1e-4)
     np.testing.assert_array_equal(r.grid, r2.grid)
     np.testing.assert_array_equal(images_lib.png_bytes(r.grid), images_lib.png_bytes(r2.grid))
     tolerance.within("pipeline.planes_4_devices_vs_1_device_batch_2", r.planes, r2.planes, 1e-5)
-    # The reconstructor amplifies the grids' ≤ 1e-5 differences of the batch-of-8 run.
+    # The reconstructor amplifies the grids' ≤ 1e-4 differences of the batch-of-8 run.
     ref_planes = np.load(out1 / f"{r.index:04d}" / "triplane.npz")["planes"]
     np.testing.assert_allclose(r.planes, ref_planes, atol=1e-3)
   # Results do not depend on how the prompts are cut into batches: the 9th prompt (a second
