@@ -242,7 +242,7 @@ class TextTo3D:
     from instant3d_jax import reconstruction
     m = self.stage2_model
     res = int(m.input_resolution)
-    thr = float(self.config.stage2.get("background_threshold", 0.0) or 0.0)
+    thr = float(self.config.stage2.background_threshold or 0.0)
     views = np.stack([reconstruction.resize_views(
         reconstruction.clean_background(np.asarray(v, np.float32), m.background, thr), res)
         for v in views]).astype(np.float32)

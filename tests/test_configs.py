@@ -90,3 +90,93 @@ def test_mv_sdxl_written_down_values_match_the_library(variant):
       assert (te.vocab_size, te.bos_token_id, te.eos_token_id, te.pad_token_id) == (
           tok.vocab_size, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id), name
       assert te.max_position_embeddings == tok.model_max_length, name
+
+
+def test_require_names_every_missing_key():
+  import ml_collections
+  from instant3d_jax import errors
+  from instant3d_jax.base import config_schema
+  cfg = ml_collections.ConfigDict({"train": {"log_every": 20}, "seed": 0})
+  config_schema.require(cfg, ("seed", "train.log_every"), "here")
+  with pytest.raises(errors.ConfigError,
+                     match=r"missing train\.halt_at_step, checkpoint\.keep \(read by here"):
+    config_schema.require(cfg, ("seed", "train.halt_at_step", "checkpoint.keep"), "here")
+  with pytest.raises(errors.ConfigError, match=r"missing optimizer\.eps \(read by opt"):
+    config_schema.require(cfg.train, ("log_every", "eps"), "opt", "optimizer.")
+
+
+def test_the_loop_refuses_a_config_missing_a_key(tmp_path):
+  from instant3d_jax import errors
+  from instant3d_jax.train import loop
+  from tests import train_toy
+  cfg = train_toy.get_config()
+  del cfg.train["halt_at_step"]
+  with pytest.raises(errors.ConfigError, match=r"missing train\.halt_at_step \(read by train/loop"):
+    loop.run(cfg, tmp_path, train_toy.make_task(cfg), log=lambda *_: None)
+  assert not any(tmp_path.iterdir())
+
+
+def test_upgrade_config_fills_added_keys_only_where_absent():
+  from instant3d_jax.base import config_schema
+  saved = {"model": {"triplane": {"channels": 8, "upsample": 4}, "nerf": {}},
+           "eval": {"chunk": 512}}
+  up = config_schema.upgrade_config(saved)
+  assert saved == {"model": {"triplane": {"channels": 8, "upsample": 4}, "nerf": {}},
+                   "eval": {"chunk": 512}}  # the argument is left alone
+  assert up["model"]["triplane"] == {"channels": 8, "upsample": 4, "lift": "none",
+                                     "lift_concat": False, "lift_voxels": False,
+                                     "lift_voxel_resolution": 0, "lift_voxel_colour": "mean"}
+  assert up["model"]["nerf"] == {"colour_prior": False}
+  assert up["eval"] == {"chunk": 512, "lpips": True}
+  assert "decoder" not in up["model"] and "render" not in up["model"]  # absent sections stay so
+  # A stage-1 config (no LRM sections) is unchanged.
+  mv = {"model": {"pretrained": "", "random_init": {}}, "train": {"log_every": 20}}
+  assert config_schema.upgrade_config(mv) == mv
+
+
+@pytest.mark.parametrize("form", ["orbax", "safetensors"])
+def test_older_checkpoint_config_is_upgraded_on_load(tmp_path, form):
+  """A checkpoint whose saved config predates the keys of `ADDED_KEYS` loads through the one
+  entry point with each key at the value that reproduces it, and builds the same model."""
+  import json
+  import flax.linen as nn
+  import jax
+  import ml_collections
+  import numpy as np
+  from instant3d_jax.base import checkpoint as ckpt_lib
+  from instant3d_jax.base import config_schema
+  from instant3d_jax.convert import checkpoints
+  from instant3d_jax.convert import lrm as convert_lrm
+  from instant3d_jax.models import lrm
+  from tests import tiny_configs
+  cfg = tiny_configs.micro_lrm()
+  for section, key, value in config_schema.ADDED_KEYS:
+    node = cfg
+    for part in section.split("."):
+      node = node[part]
+    node[key] = value
+  params = nn.meta.unbox(lrm.init_params(cfg, jax.random.key(0)))
+  old = cfg.to_dict()
+  for section, key, _ in config_schema.ADDED_KEYS:
+    node = old
+    for part in section.split("."):
+      node = node[part]
+    del node[key]
+  old = ml_collections.ConfigDict(old)
+  dotted = [f"{s}.{k}" for s, k, _ in config_schema.ADDED_KEYS]
+  assert config_schema.missing_keys(old, dotted) == dotted
+  if form == "orbax":
+    path = tmp_path / "run"
+    c = ckpt_lib.Checkpointer(path, use_async=False)
+    c.save(1, {"params": params, "step": 1}, {}, old)
+    c.close()
+  else:
+    path = tmp_path / "old.safetensors"
+    convert_lrm.save_lrm(path, params, old)
+  loaded, got, _ = checkpoints.load(path)
+  assert config_schema.missing_keys(loaded, dotted) == []
+  as_json = lambda c: json.loads(ml_collections.ConfigDict(c).to_json())
+  assert as_json(lrm.model_config(loaded)) == as_json(lrm.model_config(cfg))
+  assert as_json(loaded.eval) == as_json(cfg.eval)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

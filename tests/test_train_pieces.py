@@ -65,7 +65,7 @@ def test_schedule_warmup_then_cosine():
 def test_weight_decay_skips_vectors_and_clip_applies():
   c = ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=0, decay_steps=10,
                                      final_lr_ratio=1.0, grad_clip_norm=1.0, b1=0.9, b2=0.95,
-                                     weight_decay=0.5))
+                                     eps=1e-8, weight_decay=0.5, decay_min_ndim=2))
   tx, _ = opt_lib.make_optimizer(c, 10)
   params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
   zero = jax.tree.map(jnp.zeros_like, params)

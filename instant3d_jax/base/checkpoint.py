@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from instant3d_jax import fileio
+from instant3d_jax.base import config_schema
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -234,7 +235,7 @@ def load_orbax(path: str | os.PathLike, config=None, *, item: str = "params"
   if not p.exists():
     raise errors.CheckpointError(f"checkpoint {str(path)!r} does not exist; expected {FORMS}")
   step_dir = _resolve_step_dir(p)
-  saved = _read_step_config(step_dir)
+  saved = config_schema.upgrade_config(_read_step_config(step_dir))
   params = _read_params(step_dir / "state", item)
   if config is None:
     config = ml_collections.ConfigDict(saved)

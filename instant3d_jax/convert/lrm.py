@@ -41,6 +41,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from instant3d_jax import fileio
+from instant3d_jax.base import config_schema
 from instant3d_jax.convert import transformers_vit
 from instant3d_jax.convert.safetensors_io import (check_tree_shapes, flatten, read_safetensors,
                                                   unflatten)
@@ -92,8 +93,13 @@ def read_lrm_metadata(path: str | os.PathLike, name: str | os.PathLike | None = 
 
 
 def config_from_json(text: str) -> ml_collections.ConfigDict:
-  """A ConfigDict from `to_json` output (lists stay lists; the model reads them as sequences)."""
-  return ml_collections.ConfigDict(json.loads(text))
+  """A ConfigDict from `to_json` output (lists stay lists; the model reads them as sequences),
+  upgraded to today's keys (`config_schema.upgrade_config`; a bare model section as the model
+  section of a full config)."""
+  saved = json.loads(text)
+  if "model" in saved:
+    return ml_collections.ConfigDict(config_schema.upgrade_config(saved))
+  return ml_collections.ConfigDict(config_schema.upgrade_config({"model": saved})["model"])
 
 
 def read_lrm(path: str | os.PathLike, config=None

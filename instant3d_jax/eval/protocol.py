@@ -60,7 +60,7 @@ class Evaluator:
     self.config = config
     self.mcfg = lrm_lib.model_config(config)
     model = lrm_lib.LRM(self.mcfg)
-    chunk = int(config.eval.get("chunk", 4096))
+    chunk = int(config.eval.chunk)
     mcfg = self.mcfg
 
     def predict(params, images, c2w, K, t_c2w, t_K, t_hw):
@@ -81,7 +81,7 @@ class Evaluator:
     self._predict = jax.jit(predict, static_argnums=(6,))
     self._scores = jax.jit(scores)
     self.baselines = baselines
-    use_lpips = bool(config.eval.get("lpips", True)) if with_lpips is None else with_lpips
+    use_lpips = bool(config.eval.lpips) if with_lpips is None else with_lpips
     self.lpips = metrics_lib.LPIPSMetric() if use_lpips else None
 
   def predict(self, params, batch) -> tuple[jax.Array, jax.Array]:

@@ -89,24 +89,24 @@ def tokens_per_view(mcfg) -> int:
 
 def plane_upsample(mcfg) -> int:
   """Factor u of the token-to-plane transposed convolution (kernel u × u, stride u)."""
-  return int(mcfg.triplane.get("upsample", 2))
+  return int(mcfg.triplane.upsample)
 
 
 def feature_channels(mcfg) -> int:
   """Channels per plane the NeRF MLP reads: `triplane.channels`, plus the raw lifted channels
   when `triplane.lift='hull'` with `lift_concat`."""
   tc = mcfg.triplane
-  extra = LIFT_CHANNELS if tc.get("lift", "none") == "hull" and tc.get("lift_concat", False) else 0
+  extra = LIFT_CHANNELS if tc.lift == "hull" and tc.lift_concat else 0
   return int(tc.channels) + extra
 
 
 def lift_voxels(mcfg) -> bool:
   """`triplane.lift_voxels`: the lifted R³ grid itself rides in the planes (`voxel_channels`)."""
   tc = mcfg.triplane
-  on = bool(tc.get("lift_voxels", False))
-  if on and tc.get("lift", "none") != "hull":
+  on = bool(tc.lift_voxels)
+  if on and tc.lift != "hull":
     raise errors.ConfigError("model.triplane.lift_voxels needs model.triplane.lift='hull', got "
-                             f"lift={tc.get('lift', 'none')!r} (for the paper's model set "
+                             f"lift={tc.lift!r} (for the paper's model set "
                              "model.triplane.lift_voxels=False and model.nerf.colour_prior=False "
                              "too)")
   return on
@@ -116,7 +116,7 @@ def voxel_resolution(mcfg) -> int:
   """Side N of the lifted voxel grid (`triplane.lift_voxel_resolution`; 0 = the plane
   resolution R). N ≥ R with N³·4 a multiple of R², so the grid fills whole XY-plane channels."""
   r = plane_resolution(mcfg)
-  n = int(mcfg.triplane.get("lift_voxel_resolution", 0) or r)
+  n = int(mcfg.triplane.lift_voxel_resolution or r)
   if n < r or (n ** 3 * VOXEL_CHANNELS) % (r * r):
     raise errors.ConfigError(f"model.triplane.lift_voxel_resolution must be 0 or at least "
                              f"the plane resolution {r} with N³·4 a multiple of {r}², got {n}")
@@ -201,8 +201,8 @@ def rig_attention_bias(mcfg, *, num_points: int = 64) -> np.ndarray:
   T, box = m.triplane.token_resolution, float(m.render.box)
   res, patch = m.input_resolution, m.encoder.patch_size
   grid = res // patch
-  sigma = float(m.decoder.get("attention_bias_sigma", 1.0))
-  floor = float(m.decoder.get("attention_bias_floor", -8.0))
+  sigma = float(m.decoder.attention_bias_sigma)
+  floor = float(m.decoder.attention_bias_floor)
   centres = ((np.arange(T) + 0.5) / T * 2 - 1) * box
   along = np.linspace(-box, box, num_points)
   pts = np.zeros((3, T, T, num_points, 3))
@@ -590,7 +590,7 @@ class TriplaneTransformer(nn.Module):
     block = layers.maybe_remat(DecoderBlock, m.remat)
     bias_shape = (lq, context.shape[1]) if dc.attention_bias else None
     bias_init = None
-    init_kind = dc.get("attention_bias_init", "zeros")
+    init_kind = dc.attention_bias_init
     if dc.attention_bias and init_kind == "rig":
       def bias_init(key, shape, dtype=jnp.float32):   # runs at init only, not in every apply
         del key
@@ -630,7 +630,7 @@ class TriplaneTransformer(nn.Module):
                         (3, tc.channels), jnp.float32)
       planes = planes + (jnp.einsum("bprsf,pfc->bprsc", lifted.astype(dtype), w.astype(dtype))
                          + bias[:, None, None, :].astype(dtype))
-      if tc.get("lift_concat", False):
+      if tc.lift_concat:
         # The raw lifted channels ride along as the last LIFT_CHANNELS plane channels, so the
         # NeRF MLP reads the hull and the view colours at each sample point unmixed.
         planes = jnp.concatenate([planes, lifted.astype(planes.dtype)], -1)
@@ -690,7 +690,7 @@ class NeRFMLP(nn.Module):
 
 def nerf_mlp(mcfg) -> NeRFMLP:
   n = mcfg.nerf
-  prior = bool(n.get("colour_prior", False))
+  prior = bool(n.colour_prior)
   if prior and not lift_voxels(mcfg):
     raise errors.ConfigError("model.nerf.colour_prior needs model.triplane.lift_voxels=True (the "
                              "voxels' colour is the prior)")
@@ -742,10 +742,10 @@ class LRM(nn.Module):
     context = layers.constrain(context, ("batch", "length", "act_embed"))
     cond = jnp.mean(cam_embed, axis=1) if m.decoder_modulation else None
     lifted = vox = None
-    lift = m.triplane.get("lift", "none")
+    lift = m.triplane.lift
     if lift == "hull":
       res = plane_resolution(m)
-      vc = str(m.triplane.get("lift_voxel_colour", "mean")) if lift_voxels(m) else None
+      vc = str(m.triplane.lift_voxel_colour) if lift_voxels(m) else None
       vn = voxel_resolution(m) if lift_voxels(m) else 0
       lifted, vox = jax.vmap(lambda im, cam: lift_inputs(im, cam, res, m.render.box,
                                                          m.background, vc, vn))(images, cameras)
@@ -798,7 +798,7 @@ def field_fn(mcfg, params: Mapping[str, Any], planes: jax.Array) -> rendering.Fi
   def field(points, directions):   # view-independent, as in LRM
     del directions
     return mlp.apply({"params": nerf_params}, point_features(mcfg, planes, points))
-  if mcfg.render.get("remat_field", False):
+  if mcfg.render.remat_field:
     # Only the sample points are kept for the backward pass; the 12 gathers per sample and the
     # MLP activations are recomputed (per-sample tensors dominate a training step's memory).
     field = jax.checkpoint(field)

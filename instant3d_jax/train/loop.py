@@ -46,6 +46,7 @@ import numpy as np
 
 from instant3d_jax import fileio
 from instant3d_jax.base import checkpoint as ckpt_lib
+from instant3d_jax.base import config_schema
 from instant3d_jax.base import mesh as mesh_lib
 from instant3d_jax.base import multihost
 from instant3d_jax.base import sharding as shard_lib
@@ -111,6 +112,15 @@ class RunResult:
   compile_s: float
   eval: dict | None = None
 
+
+# Every key `run` reads (the module docstring says what each means); a missing one is a
+# ConfigError naming it before anything starts.
+CONFIG_KEYS = (
+    "seed", "mesh", "logical_axis_rules", "optimizer", "train.total_steps", "train.time_budget_s",
+    "train.global_batch_size", "train.accum_steps", "train.log_every", "train.image_every",
+    "train.eval_every", "train.max_nonfinite_in_a_row", "train.checkpoint_must_match",
+    "train.checkpoint_may_differ", "train.halt_at_step", "checkpoint.every_steps",
+    "checkpoint.keep", "checkpoint.async", "hardware.peak_tflops")
 
 SUMMARY_FILE = "train_summary.json"  # what the demos write when a run has finished
 
@@ -234,7 +244,7 @@ def compile_train_step(config, task: Task, mesh, rules, tx, schedule, abstract_s
   abstract_constants = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), constants)
   step_fn = make_train_step(task.loss_fn, tx, schedule,
-                            int(config.train.get("accum_steps", 1)), ema_decay=task.ema_decay)
+                            int(config.train.accum_steps), ema_decay=task.ema_decay)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     compiled = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, replicated),
                        out_shardings=(state_sh, replicated), donate_argnums=(0,)
@@ -258,22 +268,22 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
         ) -> RunResult:
   """Trains `task` under `config` in `workdir` (resuming if it holds a checkpoint)."""
   t_start = time.time()
+  config_schema.require(config, CONFIG_KEYS, "train/loop.py")
   tcfg = config.train
   workdir = fileio.path(workdir)  # local or gs://… (instant3d_jax/fileio.py)
   primary = multihost.is_primary()
   say = log if primary else (lambda *_: None)
   total_steps = int(tcfg.total_steps)
-  budget = float(tcfg.get("time_budget_s", 0) or 0)
+  budget = float(tcfg.time_budget_s or 0)
   gbs = int(tcfg.global_batch_size)
-  halt_at = int(tcfg.get("halt_at_step", 0) or 0)
+  halt_at = int(tcfg.halt_at_step or 0)
 
   # Refuse a workdir of another run before anything is written; write this run's config only
   # once the mesh, batch and optimizer settings are known to be valid (a start that fails on a
   # bad setting leaves no config.json behind to block the corrected command).
   config_check = functools.partial(
       ckpt_lib.check_or_write_config, workdir, config,
-      tuple(tcfg.get("checkpoint_must_match", ("model",))),
-      ignore=tuple(tcfg.get("checkpoint_may_differ", ())))
+      tuple(tcfg.checkpoint_must_match), ignore=tuple(tcfg.checkpoint_may_differ))
   config_check(write=False)
 
   # Set up mesh.
@@ -290,7 +300,7 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
   init_jit, key, abstract_state, state_sh = build_state(config, task, mesh, rules, tx)
   ckpt_cfg = config.checkpoint
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(ckpt_cfg.keep),
-                                       use_async=bool(ckpt_cfg.get("async", True)))
+                                       use_async=bool(ckpt_cfg["async"]))
   iterator = task.make_iterator()
   latest = checkpointer.latest_step()
   if latest is not None:

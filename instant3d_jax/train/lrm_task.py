@@ -129,7 +129,7 @@ def make_loss_fn(config):
     b, t, h, w = target.shape[:4]
     if lc.ray_sampling == "random":
       n = int(lc.rays_per_view)
-      idx = sample_pixels(pick_key, mask, n, float(lc.get("foreground_fraction", 0.0)))
+      idx = sample_pixels(pick_key, mask, n, float(lc.foreground_fraction))
       u = (idx % w).astype(jnp.float32) + 0.5
       v = (idx // w).astype(jnp.float32) + 0.5
       origins, dirs = jax.vmap(jax.vmap(cameras_lib.pixel_rays))(tgt_cams, u, v)  # [b,t,n,3]
@@ -147,7 +147,7 @@ def make_loss_fn(config):
     mse = jnp.mean((rgb - gt) ** 2)
     loss = float(lc.mse_weight) * mse
     metrics = {"mse": mse, "psnr": -10.0 * jnp.log10(mse)}
-    if float(lc.get("l1_weight", 0.0)) > 0:
+    if float(lc.l1_weight) > 0:
       l1 = jnp.mean(jnp.abs(rgb - gt))
       loss = loss + float(lc.l1_weight) * l1
       metrics["l1"] = l1
@@ -237,7 +237,7 @@ def pretrained_params_fn(config):
   """`Task.initial_params` for `model.encoder.pretrained`: host params → the same tree with the
   encoder's weights read from the transformers folder (`convert/lrm.py:import_dino_encoder`);
   None when no folder is set."""
-  folder = str(config.model.encoder.get("pretrained", "") or "")
+  folder = str(config.model.encoder.pretrained or "")
   if not folder:
     return None
 

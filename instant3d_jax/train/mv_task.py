@@ -181,7 +181,7 @@ def make_loss_fn(config, comps: Components):
     denoise = lambda x, t, c, pl, ti: comps.unet.apply({"params": p["unet"]}, x, t, c, pl, ti)
     return training.diffusion_loss(denoise, x0, ctx, pooled, time_ids, draws,
                                    constants["alphas_cumprod"], prediction_type,
-                                   float(dc.get("snr_gamma", 0.0) or 0.0))
+                                   float(dc.snr_gamma or 0.0))
 
   return loss_fn
 
@@ -355,7 +355,7 @@ def make_task(config, comps: Components | None = None,
   if start is not None:
     def initial(params):
       return {k: start[k] for k in params}
-  image_every = int(config.train.get("image_every", 0) or 0)
+  image_every = int(config.train.image_every or 0)
   return loop.Task(
       init_params=make_init_params(config, comps),
       initial_params=initial,
@@ -375,7 +375,7 @@ def train(config, workdir: str | os.PathLike, *, make_iterator=None, log=print
   set; else the grid loader on `config.data_dir`, generating the procedural world first when
   `data.source` is 'procedural'), and runs the loop."""
   comps = build_components(config)
-  if make_iterator is None and str(config.grid.get("cache_dir", "") or ""):
+  if make_iterator is None and str(config.grid.cache_dir or ""):
     return loop.run(config, workdir, make_task(config, comps, cache_loader_factory(config, comps),
                                                cached=True, workdir=workdir), log=log)
   if make_iterator is None:

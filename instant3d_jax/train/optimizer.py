@@ -30,16 +30,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from instant3d_jax.base import config_schema
 
 SCHEDULES = ("cosine", "wsd")
 DECAY_SHAPES = ("1-sqrt", "linear")
+# The keys every config sets (read by plain access; a missing one is a ConfigError naming it).
+# `schedule`, `decay_fraction` and `decay_shape` are optional (absent = the cosine schedule).
+SCHEDULE_KEYS = ("learning_rate", "warmup_steps", "decay_steps", "final_lr_ratio")
+OPTIMIZER_KEYS = SCHEDULE_KEYS + ("b1", "b2", "eps", "weight_decay", "grad_clip_norm",
+                                  "decay_min_ndim")
 
 
 def wsd_decay_start(opt_cfg, total_steps: int) -> int:
   """The first step of the WSD decay phase: `horizon − round(decay_fraction · horizon)`, the
   horizon being `decay_steps` (0: `total_steps`). Steps before it run at the rate of the warm-up
   or the peak, whatever the horizon."""
-  horizon = int(opt_cfg.get("decay_steps", 0)) or int(total_steps)
+  horizon = int(opt_cfg.decay_steps) or int(total_steps)
   frac = float(opt_cfg.get("decay_fraction", 0.2))
   if not 0.0 < frac <= 1.0:
     raise errors.ConfigError(f"optimizer.decay_fraction must be in (0, 1], got {frac}")
@@ -50,9 +56,10 @@ def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
   """Linear warm-up from 0 to the peak over `warmup_steps`, then cosine to `final_lr_ratio`, or
   (`schedule='wsd'`) the peak held until `wsd_decay_start` and a decay to the floor (module
   docstring)."""
+  config_schema.require(opt_cfg, SCHEDULE_KEYS, "train/optimizer.py", "optimizer.")
   peak = float(opt_cfg.learning_rate)
   warmup = int(opt_cfg.warmup_steps)
-  decay_steps = int(opt_cfg.get("decay_steps", 0)) or int(total_steps)
+  decay_steps = int(opt_cfg.decay_steps) or int(total_steps)
   if decay_steps <= warmup:
     raise errors.ConfigError(f"optimizer: decay_steps ({decay_steps}, 0 means total_steps) must exceed "
                      f"warmup_steps ({warmup})")
@@ -63,7 +70,7 @@ def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
     return _wsd_schedule(opt_cfg, peak, warmup, decay_steps, total_steps)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=decay_steps,
-      end_value=peak * float(opt_cfg.get("final_lr_ratio", 0.0)))
+      end_value=peak * float(opt_cfg.final_lr_ratio))
 
 
 def _wsd_schedule(opt_cfg, peak: float, warmup: int, horizon: int, total_steps: int
@@ -77,7 +84,7 @@ def _wsd_schedule(opt_cfg, peak: float, warmup: int, horizon: int, total_steps: 
         f"optimizer: the WSD decay would start at step {start} (decay_fraction "
         f"{opt_cfg.get('decay_fraction', 0.2)} of {horizon} steps), inside the {warmup} warm-up "
         f"steps; lower decay_fraction or warmup_steps")
-  floor = peak * float(opt_cfg.get("final_lr_ratio", 0.0))
+  floor = peak * float(opt_cfg.final_lr_ratio)
   length = horizon - start
 
   def schedule(count):
@@ -94,13 +101,14 @@ def _wsd_schedule(opt_cfg, peak: float, warmup: int, horizon: int, total_steps: 
 def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation,
                                                         optax.Schedule]:
   """`(tx, schedule)`: clip → AdamW(schedule) with a weight-decay mask by parameter rank."""
+  config_schema.require(opt_cfg, OPTIMIZER_KEYS, "train/optimizer.py", "optimizer.")
   schedule = make_schedule(opt_cfg, total_steps)
-  min_ndim = int(opt_cfg.get("decay_min_ndim", 2))
+  min_ndim = int(opt_cfg.decay_min_ndim)
   parts = []
   if float(opt_cfg.grad_clip_norm) > 0:
     parts.append(optax.clip_by_global_norm(float(opt_cfg.grad_clip_norm)))
   parts.append(optax.adamw(schedule, b1=float(opt_cfg.b1), b2=float(opt_cfg.b2),
-                           eps=float(opt_cfg.get("eps", 1e-8)),
+                           eps=float(opt_cfg.eps),
                            weight_decay=float(opt_cfg.weight_decay),
                            mask=lambda params: jax.tree.map(lambda p: p.ndim >= min_ndim, params)))
   return optax.chain(*parts), schedule

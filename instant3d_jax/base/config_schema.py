@@ -1,0 +1,84 @@
+"""How library code reads a config (docs/design.md §3 Configs).
+
+The configs (configs/*.py) are the one source of every value: library code reads a key every
+config sets by plain access (`config.train.log_every`), never `.get(key, default)`, so no second
+default hides in the code. Two functions keep that honest:
+
+* `require(config, keys, where)`: the dotted keys a function is about to read, checked once up
+  front; a missing one raises `errors.ConfigError` naming every missing key and the reader.
+* `upgrade_config(saved)`: a config stored in a checkpoint (orbax step, workdir config.json or an
+  exported `.safetensors`) written before a key existed, brought up to today's keys, each at the
+  value that reproduces how that checkpoint behaved (what the `.get` default used to supply).
+  Every load path applies it (base/checkpoint.py `load_orbax`, convert/lrm.py `read_lrm`); a
+  config that already has the key keeps its value, so a current checkpoint loads unchanged.
+
+Imports nothing of the project but errors.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable
+
+from instant3d_jax import errors
+
+# (section, key, value for a checkpoint written before the key existed). A section that is absent
+# (e.g. a stage-1 config has no `model.triplane`) is left alone: the keys belong to that model.
+ADDED_KEYS: tuple[tuple[str, str, Any], ...] = (
+    ("model.triplane", "upsample", 2),
+    ("model.triplane", "lift", "none"),
+    ("model.triplane", "lift_concat", False),
+    ("model.triplane", "lift_voxels", False),
+    ("model.triplane", "lift_voxel_resolution", 0),
+    ("model.triplane", "lift_voxel_colour", "mean"),
+    ("model.decoder", "attention_bias_sigma", 1.0),
+    ("model.decoder", "attention_bias_floor", -8.0),
+    ("model.decoder", "attention_bias_init", "zeros"),
+    ("model.nerf", "colour_prior", False),
+    ("model.render", "remat_field", False),
+    ("eval", "chunk", 4096),
+    ("eval", "lpips", True),
+)
+
+
+def _has(node: Any, key: str) -> bool:
+  try:
+    return key in node
+  except TypeError:
+    return False
+
+
+def missing_keys(config: Any, keys: Iterable[str]) -> list[str]:
+  """The dotted `keys` absent from `config` (a ConfigDict or a nested dict)."""
+  out = []
+  for dotted in keys:
+    node = config
+    for part in dotted.split("."):
+      if not _has(node, part):
+        out.append(dotted)
+        break
+      node = node[part]
+  return out
+
+
+def require(config: Any, keys: Iterable[str], where: str, prefix: str = "") -> None:
+  """Raises `errors.ConfigError` naming each of the dotted `keys` missing from `config` (read by
+  `where`, e.g. 'train/loop.py'); `prefix`: where `config` sits in the whole config (e.g.
+  'optimizer.' when given the optimizer section), for the message."""
+  missing = [prefix + k for k in missing_keys(config, keys)]
+  if missing:
+    raise errors.ConfigError(f"config: missing {', '.join(missing)} (read by {where}; every "
+                             f"config under configs/ sets {'it' if len(missing) == 1 else 'them'})")
+
+
+def upgrade_config(saved: dict) -> dict:
+  """`saved` (a config dict read back from a checkpoint) with every key of `ADDED_KEYS` that it
+  lacks, in a section it has, set to the value that reproduces the older checkpoint; a copy, the
+  argument is not changed."""
+  out = copy.deepcopy(saved)
+  for section, key, value in ADDED_KEYS:
+    node = out
+    for part in section.split("."):
+      node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and key not in node:
+      node[key] = value
+  return out
