@@ -36,6 +36,7 @@ def main(argv=None) -> int:
   ap.add_argument("--item", default="params", help="params, or ema (stage-1 runs)")
   ap.add_argument("--files", action="append", default=[], help="glob of output files to hash")
   args = ap.parse_args(argv)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # reading checkpoints needs no accelerator
   from instant3d_jax.base import checkpoint as ckpt_lib
   from instant3d_jax.convert import checkpoints
   for c in args.checkpoints:
