@@ -208,7 +208,7 @@ def lrm_train(devices, per_chip_batch: int, *, variant: str = "large", mesh: dic
       inputs=[("state", c["abstract"], c["state_sh"]), ("batch", abstract_batch, c["batch_sh"])],
       model_flops=fpe * n * per_chip_batch if fpe else None,
       notes=f"`{variant}`, {cfg.model.dtype}, remat {cfg.model.remat}, remat_field "
-            f"{cfg.model.render.get('remat_field', False)}")
+            f"{cfg.model.render.remat_field}")
 
 
 @job("sdxl_finetune", "the stage-1 SDXL fine-tuning step (per_chip_batch 2×2 grids per chip)")

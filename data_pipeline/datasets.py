@@ -99,7 +99,7 @@ def planned(config) -> DatasetInfo:
     if split in tuple(d.eval_rig_splits):
       g.update(eval=EVAL_VIEWS, eval_inputs=EVAL_INPUT_VIEWS)
     groups[split] = g
-  return DatasetInfo(data_dir=str(config.get("data_dir", "")), generator=procedural.GENERATOR,
+  return DatasetInfo(data_dir=str(config.data_dir), generator=procedural.GENERATOR,
                      resolution=int(d.resolution), splits=counts, groups=groups)
 
 
@@ -156,7 +156,7 @@ def loader_config(config, dataset: DatasetInfo, *, purpose: str = "train"
   ld.unlock()
   ld.batch_size = int(config.train.global_batch_size)
   ld.input_resolution = int(config.model.input_resolution)
-  ld.target_resolution = int(ld.get("target_resolution", 0) or 0) or int(dataset.resolution)
+  ld.target_resolution = int(ld.target_resolution or 0) or int(dataset.resolution)
   if purpose == "eval":
     ld.target_resolution = int(dataset.resolution)
   ev = config.get("eval")

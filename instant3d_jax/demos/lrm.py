@@ -38,7 +38,7 @@ def train_step(cfg, run_dir: str, retrain: bool) -> dict:
   if summary is not None:
     return summary
   steps, warmup = int(cfg.train.total_steps), int(cfg.optimizer.warmup_steps)
-  if 0 < steps <= warmup and not int(cfg.optimizer.get("decay_steps", 0)):
+  if 0 < steps <= warmup and not int(cfg.optimizer.decay_steps):
     # A short try (e.g. --config.train.total_steps=2) gets a warm-up that fits in it; the
     # schedule itself refuses a warm-up as long as the run.
     cfg.optimizer.warmup_steps = steps // 10

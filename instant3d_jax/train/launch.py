@@ -30,7 +30,7 @@ def check_train_inputs(config, workdir: str) -> None:
   if grid is not None:
     for key, kind in (("cache_dir", "a frozen-encoder cache (python -m data_pipeline.mv_cache)"),
                       ("object_list", "an object list file (python -m data_pipeline.curation)")):
-      value = str(grid.get(key, "") or "")
+      value = str(grid[key] or "")
       if value and not fileio.path(value).exists():
         raise errors.ConfigError(f"grid.{key} {value}: no such file or directory; expected "
                                  f"{kind}")
