@@ -34,7 +34,7 @@ def stand_in_config(prediction_type="epsilon", caption_dropout=0.1):
   block layout: TINY_SDXL; 2-layer text encoders of widths 16 + 32 = its context width 48, a
   16-d pooled projection; the tiny VAE), 32² grids, the word tokenizer."""
   cfg = mv_sdxl.get_config("sdxl")
-  text = mv_sdxl._tiny_text(24)  # pylint: disable=protected-access
+  text = dict(mv_sdxl._TINY_TEXT)  # pylint: disable=protected-access
   r = cfg.model.random_init
   r.unet = dict(PARITY_UNET)
   r.text_encoder = dict(text, hidden_size=16, architectures=["CLIPTextModel"])

@@ -17,6 +17,7 @@ import ast
 import importlib.metadata as md
 import os
 import re
+import shutil
 import site
 import subprocess
 import sys
@@ -150,8 +151,13 @@ def test_packaged_config_paths_resolve(tmp_path, monkeypatch):
 @pytest.mark.slow  # builds the wheel (~20 s) and runs a 2-step demo outside the checkout (~3 min)
 def test_wheel_contents_and_a_command_outside_the_checkout(tmp_path):
   wheels = tmp_path / "wheels"
+  # Built from a copy: setuptools builds in the source tree and reuses its build/ folder, where a
+  # module deleted since an earlier build would still be picked up.
+  src = tmp_path / "src"
+  shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+      ".git", ".venv*", "build", "outputs", "data", "*.egg-info", "__pycache__", "device-wheels"))
   subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                  "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True,
+                  "--no-build-isolation", "-w", str(wheels), str(src)], check=True,
                  capture_output=True, text=True)
   wheel, = wheels.glob("instant3d_jax-*.whl")
   names = zipfile.ZipFile(wheel).namelist()

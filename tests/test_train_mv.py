@@ -285,7 +285,7 @@ def test_sdxl_variant_compiles_on_fake_devices_and_takes_a_step(tmp_path):
   on pixel batches (frozen encoders inside the step), the UNet's weights are sharded over
   `fsdp`."""
   cfg = mv_sdxl.get_config("sdxl")
-  text = mv_sdxl._tiny_text(24)  # pylint: disable=protected-access
+  text = dict(mv_sdxl._TINY_TEXT)  # pylint: disable=protected-access
   r = cfg.model.random_init
   r.unet = dict(PARITY_UNET)
   r.text_encoder = dict(text, hidden_size=16, architectures=["CLIPTextModel"])
