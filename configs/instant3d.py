@@ -22,7 +22,7 @@ Weights (nothing is downloaded; a missing or wrong-kind path fails before any co
                   saved with it), a diffusers SDXL folder (model_index.json), or a single-file
                   `.safetensors` with `stage1.single_file_config_folder`;
   stage2.weights  a `train_lrm` workdir, a step directory or an exported `.safetensors`
-                  (instant3d_jax/train/checkpoint.py `load`, config embedded).
+                  (instant3d_jax/convert/checkpoints.py `load`, config embedded).
 
 `stage1.sample`: what the sampler runs with (None/0 fields come from the weights: a workdir's grid
 size and micro-conditioning are those it trained with). `mesh`/`logical_axis_rules`: the device
@@ -81,7 +81,7 @@ def get_config(arg=None):
   s1.blob = ml_collections.ConfigDict(sd.blob.to_dict())
 
   # ------------------------------------------------------------------------------------------
-  # Stage 2: four views → triplane (the one checkpoint entry point, train/checkpoint.py `load`).
+  # Stage 2: four views → triplane (the one checkpoint entry point, convert/checkpoints.py `load`).
   s2 = cfg.stage2 = ml_collections.ConfigDict()
   s2.weights = "outputs/demo/lrm" if tiny else ""
   # Generated views' pixels within this of the background (every channel, [0, 1]) become the
