@@ -33,13 +33,8 @@ RESULTS = common.ROOT / "bench" / "results"
 
 def train(setting: str, workdir: Path, data_dir: str, steps: int, shim: Path) -> float:
   isa, cpus = setting.split("/")
-  env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if "xla_cpu_max_isa" not in f and "device_count" not in f]
-  if isa != "native":
-    flags.append(f"--xla_cpu_max_isa={isa}")
-  env.update(XLA_FLAGS=" ".join(flags), FAKE_NCPU=cpus, LD_PRELOAD=str(shim),
-             JAX_PLATFORMS="cpu")
+  env = tolerances.setting_env(isa, cpus, shim, drop_flags=("device_count",))
+  env["JAX_PLATFORMS"] = "cpu"
   cmd = [sys.executable, "-m", "instant3d_jax.train_lrm", "--config",
          str(common.ROOT / "configs" / "lrm.py") + ":tiny", "--workdir", str(workdir),
          f"--config.data_dir={data_dir}", "--config.data.source=records",

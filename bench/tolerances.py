@@ -93,15 +93,22 @@ def tolerance_tests(tests: Path = ROOT / "tests") -> list[str]:
   return ids
 
 
-def run_setting(ids: list[str], isa: str, cpus: int, shim: Path, log: Path,
-                workers: int) -> dict:
+def setting_env(isa: str, cpus: int | str, shim: Path, drop_flags: tuple[str, ...] = ()
+                ) -> dict[str, str]:
+  """This process's environment for one setting: `--xla_cpu_max_isa=ISA` in XLA_FLAGS (none for
+  `native`; XLA flags containing any of `drop_flags` removed) and the shim reporting `cpus`."""
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_cpu_max_isa" not in f]
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if "xla_cpu_max_isa" not in f and not any(d in f for d in drop_flags)]
   if isa != "native":
     flags.append(f"--xla_cpu_max_isa={isa}")
-  env["XLA_FLAGS"] = " ".join(flags)
-  env["FAKE_NCPU"] = str(cpus)
-  env["LD_PRELOAD"] = str(shim)
+  env.update(XLA_FLAGS=" ".join(flags), FAKE_NCPU=str(cpus), LD_PRELOAD=str(shim))
+  return env
+
+
+def run_setting(ids: list[str], isa: str, cpus: int, shim: Path, log: Path,
+                workers: int) -> dict:
+  env = setting_env(isa, cpus, shim)
   env["INSTANT3D_TOLERANCE_LOG"] = str(log)
   env["INSTANT3D_TOLERANCE_MEASURE_ONLY"] = "1"   # tabulate every check; bounds judged below
   cmd = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
