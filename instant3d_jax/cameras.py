@@ -191,12 +191,28 @@ def elevation_azimuth_distance(c2w: jax.Array) -> tuple[jax.Array, jax.Array, ja
   return el, az, d
 
 
-def camera_embedding(camera: Camera) -> jax.Array:
-  """The 16-D conditioning vector `[..., 16]`: flattened 3×4 c2w, then fx/W, fy/H, cx/W, cy/H."""
+CAMERA_CONVENTIONS = ("opencv", "opengl")
+# Camera axes of OpenGL/Blender (x right, y up, z backward) from OpenCV's (x right, y down, z
+# forward): c2w_opengl = c2w_opencv @ OPENCV_TO_OPENGL (its own inverse).
+OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0]).astype(np.float32)
+
+
+def camera_embedding(camera: Camera, convention: str = "opencv") -> jax.Array:
+  """The 16-D conditioning vector `[..., 16]`: flattened 3×4 c2w, then fx/W, fy/H, cx/W, cy/H.
+
+  `convention` names the camera axes of the c2w in the vector: 'opencv' (the project's own) or
+  'opengl' (InstantMesh/OpenLRM: x right, y up, z backward; the y and z columns negated).
+  """
+  if convention not in CAMERA_CONVENTIONS:
+    raise ValueError(f"camera_embedding: convention must be one of {CAMERA_CONVENTIONS}, got "
+                     f"{convention!r}")
   K = camera.K
   intr = jnp.stack([K[..., 0, 0] / camera.width, K[..., 1, 1] / camera.height,
                     K[..., 0, 2] / camera.width, K[..., 1, 2] / camera.height], -1)
-  ext = camera.c2w[..., :3, :4].reshape(camera.c2w.shape[:-2] + (12,))
+  c2w = camera.c2w
+  if convention == "opengl":
+    c2w = c2w * jnp.asarray(np.diag(OPENCV_TO_OPENGL))   # columns x, −y, −z, t
+  ext = c2w[..., :3, :4].reshape(camera.c2w.shape[:-2] + (12,))
   return jnp.concatenate([ext, intr], -1)
 
 

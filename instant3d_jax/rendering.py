@@ -10,12 +10,19 @@ Pure functions (no state) so they `jit`, `vmap` (over views and over a batch of 
     the configs; no separate coarse network as in the original NeRF);
   * alpha compositing with the midpoint quadrature described in `composite`.
 
+`sampling='eg3d'` with `composite='midpoint'` is EG3D's renderer as OpenLRM and InstantMesh use
+it (their mathematics, re-derived here; `eg3d_coarse_samples`, `eg3d_importance_samples`,
+`composite_midpoint`): the field returns raw densities, out-of-box samples are masked, and the
+density activation is applied to the means of neighbouring raw densities.
+
 Triplane convention (`sample_triplane`), the same as OpenLRM/EG3D `sample_from_planes` with
 `box_warp = 2·box`:
 
   * `planes [3, R, R, C]`: plane 0 = XY, plane 1 = XZ, plane 2 = YZ;
   * on plane (a, b) the first coordinate a picks the COLUMN (last spatial axis, grid_sample's x)
-    and the second b picks the ROW: XY → (col x, row y), XZ → (col x, row z), YZ → (col y, row z);
+    and the second b picks the ROW: XY → (col x, row y), XZ → (col x, row z), YZ → (col y, row z)
+    (`plane_axes='yz'`, the default). OpenLRM and InstantMesh (EG3D's planes with the eg3d#67
+    fix) read their third plane as (col z, row y): `PLANE_AXES_BY_NAME['zy']`;
   * `align_corners=False`: texel centres sit at -box + (i + 0.5)·2·box/R, so the box faces are
     the outer edges of the border texels (as torch `grid_sample(..., align_corners=False)`);
   * padding 'zeros' (default, grid_sample's and OpenLRM's) or 'border' (clamp) outside the texel
@@ -49,8 +56,13 @@ FieldFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 TRIPLANE_PADDINGS = ("zeros", "border")
 TRIPLANE_COMBINES = ("concat", "stack", "sum")
 RENDER_OUTPUTS = ("rgb", "depth", "opacity", "weights", "t")
-# (columns, rows) coordinate of each plane: XY, XZ, YZ (OpenLRM / EG3D plane order).
-PLANE_AXES = ((0, 1), (0, 2), (1, 2))
+# (columns, rows) coordinate of each plane: XY, XZ, YZ (OpenLRM / EG3D plane order). The
+# project's default ('yz'): the third plane is (column y, row z). 'zy' is the third plane of
+# OpenLRM and InstantMesh (EG3D's `generate_planes` with the eg3d#67 fix: column z, row y).
+PLANE_AXES_BY_NAME = {"yz": ((0, 1), (0, 2), (1, 2)), "zy": ((0, 1), (0, 2), (2, 1))}
+PLANE_AXES = PLANE_AXES_BY_NAME["yz"]
+COMPOSITES = ("quadrature", "midpoint")
+SAMPLINGS = ("stratified", "eg3d")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +104,7 @@ def ray_box(origins: jax.Array, directions: jax.Array, box=1.0):
 
 
 def sample_triplane(planes: jax.Array, points: jax.Array, box=1.0, *, padding: str = "zeros",
-                    combine: str = "concat") -> jax.Array:
+                    combine: str = "concat", plane_axes=PLANE_AXES) -> jax.Array:
   """Bilinear lookup of the XY, XZ, YZ planes at `points` (convention in the module docstring).
 
   Args:
@@ -101,6 +113,7 @@ def sample_triplane(planes: jax.Array, points: jax.Array, box=1.0, *, padding: s
     box: half side of the box the planes cover.
     padding: 'zeros' (grid_sample padding_mode='zeros') or 'border' (clamp to the edge texels).
     combine: 'concat' → `[..., 3C]` (plane 0, 1, 2), 'stack' → `[..., 3, C]`, 'sum' → `[..., C]`.
+    plane_axes: the (column, row) coordinate axes of each plane (`PLANE_AXES_BY_NAME`).
   Returns:
     features, fp32 unless `planes` has another float dtype.
   """
@@ -112,6 +125,10 @@ def sample_triplane(planes: jax.Array, points: jax.Array, box=1.0, *, padding: s
     raise ValueError(f"sample_triplane: padding must be one of {TRIPLANE_PADDINGS}, got {padding!r}")
   if combine not in TRIPLANE_COMBINES:
     raise ValueError(f"sample_triplane: combine must be one of {TRIPLANE_COMBINES}, got {combine!r}")
+  plane_axes = tuple(tuple(int(a) for a in ax) for ax in plane_axes)
+  if plane_axes not in PLANE_AXES_BY_NAME.values():
+    raise ValueError(f"sample_triplane: plane_axes must be one of {PLANE_AXES_BY_NAME}, got "
+                     f"{plane_axes}")
   R, C = planes.shape[1], planes.shape[-1]
   # One texel of padding on each side: zeros reproduce grid_sample's zero padding, edge copies
   # its 'border' mode, and every corner index below stays in range without masks.
@@ -126,7 +143,7 @@ def sample_triplane(planes: jax.Array, points: jax.Array, box=1.0, *, padding: s
   i0 = jnp.minimum(jnp.floor(pix), float(R))  # so that i0 + 1 <= R + 1
   frac = (pix - i0).astype(planes.dtype)
   i0 = i0.astype(jnp.int32)
-  concat = _bilinear_rows(table, i0, frac, Rp)                           # [..., 3C]
+  concat = _bilinear_rows(table, i0, frac, Rp, plane_axes)               # [..., 3C]
   if combine == "concat":
     return concat
   stacked = concat.reshape(concat.shape[:-1] + (3, C))
@@ -135,18 +152,18 @@ def sample_triplane(planes: jax.Array, points: jax.Array, box=1.0, *, padding: s
   return jnp.sum(stacked, axis=-2)
 
 
-def _plane_corners(table, i0, frac, p, Rp):
+def _plane_corners(table, i0, frac, p, Rp, plane_axes):
   """Plane p's 4 corner rows (top-left, top-right, bottom-left, bottom-right) `[..., C]`, the
   flat index of the top-left one and the column/row fractions `[..., 1]`."""
-  col_axis, row_axis = PLANE_AXES[p]
+  col_axis, row_axis = plane_axes[p]
   base = i0[..., row_axis] * Rp + i0[..., col_axis]
   take = lambda idx: table[p].at[idx].get(mode="promise_in_bounds")  # noqa: E731
   corners = [take(base + off) for off in (0, 1, Rp, Rp + 1)]
   return corners, base, frac[..., col_axis, None], frac[..., row_axis, None]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _bilinear_rows(table, i0, frac, Rp):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _bilinear_rows(table, i0, frac, Rp, plane_axes):
   """Bilinear lookup in the padded planes' flattened tables `table [3, Rp², C]` at integer texel
   `i0 [..., 3]` (x, y, z) + `frac [..., 3]` → concatenated features `[..., 3C]`.
 
@@ -158,24 +175,24 @@ def _bilinear_rows(table, i0, frac, Rp):
   """
   feats = []
   for p in range(3):
-    (g00, g01, g10, g11), _, fx, fy = _plane_corners(table, i0, frac, p, Rp)
+    (g00, g01, g10, g11), _, fx, fy = _plane_corners(table, i0, frac, p, Rp, plane_axes)
     top = g00 * (1 - fx) + g01 * fx
     bottom = g10 * (1 - fx) + g11 * fx
     feats.append(top * (1 - fy) + bottom * fy)
   return jnp.concatenate(feats, axis=-1)
 
 
-def _bilinear_rows_fwd(table, i0, frac, Rp):
-  return _bilinear_rows(table, i0, frac, Rp), (table, i0, frac)
+def _bilinear_rows_fwd(table, i0, frac, Rp, plane_axes):
+  return _bilinear_rows(table, i0, frac, Rp, plane_axes), (table, i0, frac)
 
 
-def _bilinear_rows_bwd(Rp, res, g):
+def _bilinear_rows_bwd(Rp, plane_axes, res, g):
   table, i0, frac = res
   P, T, C = table.shape
   offsets = jnp.asarray([0, 1, Rp, Rp + 1], jnp.int32)
   d_table, d_frac = [], [jnp.zeros(frac.shape[:-1], frac.dtype) for _ in range(3)]
   for p in range(3):
-    col_axis, row_axis = PLANE_AXES[p]
+    col_axis, row_axis = plane_axes[p]
     base = i0[..., row_axis] * Rp + i0[..., col_axis]
     fx, fy = frac[..., col_axis, None], frac[..., row_axis, None]
     gp = g[..., p * C:(p + 1) * C]
@@ -187,7 +204,7 @@ def _bilinear_rows_bwd(Rp, res, g):
     d_table.append(jnp.zeros((T, C), table.dtype).at[idx.reshape(-1)].add(
         (gp[..., None, :] * w).reshape(-1, C), mode="promise_in_bounds"))
     # Coordinate gradients (unused, hence removed by XLA, unless points need a gradient).
-    g00, g01, g10, g11 = _plane_corners(table, i0, frac, p, Rp)[0]
+    g00, g01, g10, g11 = _plane_corners(table, i0, frac, p, Rp, plane_axes)[0]
     d_frac[col_axis] += jnp.sum(gp * ((g01 - g00) * (1 - fy) + (g11 - g10) * fy), -1)
     d_frac[row_axis] += jnp.sum(gp * ((g10 - g00) * (1 - fx) + (g11 - g01) * fx), -1)
   return jnp.stack(d_table), None, jnp.stack(d_frac, -1)
@@ -286,9 +303,95 @@ def composite(t: jax.Array, density: jax.Array, near: jax.Array, far: jax.Array)
   return alpha * transmittance
 
 
+_quadrature_weights = composite   # `volume_render`'s keyword argument shadows the name there
+
+
+# ---------------------------------------------------------------------------------------------
+# EG3D / OpenLRM / InstantMesh's sampler and midpoint compositing (`sampling='eg3d'`,
+# `composite='midpoint'`), the mathematics of their renderer written anew from its description.
+# ---------------------------------------------------------------------------------------------
+
+
+def eg3d_coarse_samples(near: jax.Array, far: jax.Array, num_samples: int,
+                        u: jax.Array | None = None) -> jax.Array:
+  """`[N, S]` coarse distances t_i = near + (i + u_i)·Δ with Δ = (far − near)/(S − 1): S points
+  of `linspace(near, far)` each pushed forward by a uniform fraction of the spacing, so the last
+  one may overshoot `far` (out-of-box samples are masked by the caller). Without `u`, u = 1/2."""
+  i = jnp.arange(num_samples, dtype=jnp.float32)
+  step = (far - near)[..., None] / max(num_samples - 1, 1)
+  return near[..., None] + (i + (0.5 if u is None else u)) * step
+
+
+def composite_midpoint(t: jax.Array, raw_density: jax.Array, rgb: jax.Array, inside: jax.Array,
+                       density_activation: Callable[[jax.Array], jax.Array],
+                       background) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """EG3D's midpoint compositing of sorted samples `t [N, S]`.
+
+  Each of the S − 1 intervals between neighbouring samples takes the mean of its two ends' raw
+  densities, activated (`density_activation`, e.g. softplus), and the mean of their colours;
+  samples outside the box (`inside` False) count as density −∞ and colour 0, so an interval
+  touching one is empty. α_i = 1 − exp(−σ_i·δ_i); w_i = α_i·Π_{j<i}(1 − α_j + 1e−10).
+  Returns weights `[N, S−1]`, the interval midpoints `[N, S−1]`, the composited colour
+  `Σ w·c + (1 − Σ w)·background` `[N, 3]` and the opacity Σ w `[N]`.
+  """
+  raw = jnp.where(inside, raw_density, 0.0)
+  col = jnp.where(inside[..., None], rgb, 0.0)
+  both = inside[..., 1:] & inside[..., :-1]
+  sigma = jnp.where(both, density_activation(0.5 * (raw[..., 1:] + raw[..., :-1])), 0.0)
+  col_mid = 0.5 * (col[..., 1:, :] + col[..., :-1, :])
+  delta = t[..., 1:] - t[..., :-1]
+  alpha = 1.0 - jnp.exp(-sigma * delta)
+  trans = jnp.cumprod(1.0 - alpha + 1e-10, axis=-1)
+  trans = jnp.concatenate([jnp.ones_like(trans[..., :1]), trans[..., :-1]], axis=-1)
+  weights = alpha * trans
+  opacity = jnp.sum(weights, axis=-1)
+  rgb_out = jnp.einsum("ns,nsc->nc", weights, col_mid) + (1.0 - opacity)[..., None] * background
+  return weights, 0.5 * (t[..., 1:] + t[..., :-1]), rgb_out, opacity
+
+
+def eg3d_importance_samples(t: jax.Array, weights: jax.Array, num_importance: int,
+                            u: jax.Array | None = None, *, padding: float = 0.01,
+                            eps: float = 1e-5) -> jax.Array:
+  """`[N, M]` fine distances drawn from the coarse midpoint weights `weights [N, S−1]` of the
+  coarse samples `t [N, S]` (EG3D's `sample_importance` / NeRF's `sample_pdf`).
+
+  The weights are blurred (max over neighbours, then mean of neighbours: `_blur_weights`), get
+  `padding` added, and the inner S − 3 of them (+ eps) define a piecewise-linear inverse CDF over
+  the first S − 2 of the S − 1 interval midpoints; each of the M quantiles `u` is an i.i.d.
+  uniform (without `u`, M evenly spaced quantiles from 0 to 1), not sorted. No gradient.
+  """
+  S = t.shape[-1]
+  if S < 4:
+    raise ValueError(f"eg3d importance sampling needs at least 4 coarse samples, got {S}")
+  bins = 0.5 * (t[..., 1:] + t[..., :-1])                               # [N, S-1]
+  w = jax.lax.stop_gradient(_blur_weights(weights) + padding)[..., 1:-1] + eps   # [N, S-3]
+  pdf = w / jnp.sum(w, axis=-1, keepdims=True)
+  cdf = jnp.concatenate([jnp.zeros_like(pdf[..., :1]), jnp.cumsum(pdf, axis=-1)], axis=-1)
+  n_bins = S - 3
+  if u is None:
+    u = jnp.broadcast_to(jnp.linspace(0.0, 1.0, num_importance, dtype=jnp.float32),
+                         t.shape[:-1] + (num_importance,))
+  batch = cdf.shape[:-1]
+  cdf2, u2 = cdf.reshape(-1, n_bins + 1), u.reshape(-1, num_importance)
+  inds = jax.vmap(lambda c, q: jnp.searchsorted(c, q, side="right", method="scan_unrolled"))(
+      cdf2, u2).reshape(batch + (num_importance,))
+  below = jnp.maximum(inds - 1, 0)
+  above = jnp.minimum(inds, n_bins)
+  cdf_b = jnp.take_along_axis(cdf, below, axis=-1)
+  cdf_a = jnp.take_along_axis(cdf, above, axis=-1)
+  bin_b = jnp.take_along_axis(bins, below, axis=-1)
+  bin_a = jnp.take_along_axis(bins, above, axis=-1)
+  denom = cdf_a - cdf_b
+  denom = jnp.where(denom < eps, 1.0, denom)
+  return jax.lax.stop_gradient(bin_b + (u - cdf_b) / denom * (bin_a - bin_b))
+
+
 def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, *,
                   num_samples: int, num_importance: int, key: jax.Array | None = None,
-                  background=1.0, box=1.0, importance_padding: float = 0.01) -> dict:
+                  background=1.0, box=1.0, importance_padding: float = 0.01,
+                  composite: str = "quadrature", sampling: str = "stratified",
+                  density_activation: Callable[[jax.Array], jax.Array] | None = None,
+                  uniforms: dict | None = None, t_fine: jax.Array | None = None) -> dict:
   """Renders rays through the box [-box, box]³ with a density/colour field.
 
   Args:
@@ -300,6 +403,15 @@ def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, 
     key: PRNG key for jittered stratified samples and quantiles; None = deterministic.
     background: scalar, `[3]`, or per-ray `[..., 3]` colour composited behind the box.
     box: half side of the scene box.
+    composite: 'quadrature' (`composite`: sample i stands for the segment between its
+      neighbours' midpoints) or 'midpoint' (EG3D/OpenLRM/InstantMesh: `composite_midpoint`, the
+      field returns RAW densities and `density_activation` is applied to their neighbour means).
+    sampling: 'stratified' (`stratified_samples` + `importance_samples`) or 'eg3d'
+      (`eg3d_coarse_samples` + `eg3d_importance_samples`, samples outside the box masked).
+    uniforms: optional `{'coarse': [..., num_samples], 'fine': [..., num_importance]}` uniforms
+      in [0, 1) to use instead of drawing them from `key` (to replay another renderer's random
+      numbers); `t_fine [..., num_importance]`: the importance distances themselves (a test
+      hook: another implementation's inverse-CDF bins may differ in the last float bit).
   Returns dict:
     rgb `[..., 3]`; opacity `[...]` (= Σ weights; 0 for rays that miss the box);
     depth `[...]`: expected ray parameter t of termination given termination in the box,
@@ -310,6 +422,13 @@ def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, 
     raise ValueError(f"volume_render: num_samples must be an int >= 1, got {num_samples!r}")
   if not (isinstance(num_importance, int) and num_importance >= 0):
     raise ValueError(f"volume_render: num_importance must be an int >= 0, got {num_importance!r}")
+  if composite not in COMPOSITES:
+    raise ValueError(f"volume_render: composite must be one of {COMPOSITES}, got {composite!r}")
+  if sampling not in SAMPLINGS:
+    raise ValueError(f"volume_render: sampling must be one of {SAMPLINGS}, got {sampling!r}")
+  if composite == "midpoint" and density_activation is None:
+    raise ValueError("volume_render: composite='midpoint' needs density_activation (the field "
+                     "returns raw densities)")
   if origins.shape[-1:] != (3,) or directions.shape != origins.shape:
     raise ValueError("volume_render: origins and directions must both be [..., 3] of one shape, "
                      f"got {origins.shape} and {directions.shape}")
@@ -322,12 +441,20 @@ def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, 
   # the field is still evaluated at finite points (static shapes under jit).
   near = jnp.where(hit, near, 0.0)
   far = jnp.where(hit, far, 0.0)
-  if key is None:
+  if uniforms is not None:
+    jitter_strat = jnp.asarray(uniforms["coarse"], jnp.float32).reshape(-1, num_samples)
+    jitter_imp = (jnp.asarray(uniforms["fine"], jnp.float32).reshape(-1, num_importance)
+                  if num_importance else None)
+  elif key is None:
     jitter_strat = jitter_imp = None
   else:
     # One draw for both sample sets: each threefry call adds ~1 s of XLA CPU compile time.
     jitter = jax.random.uniform(key, (o.shape[0], num_samples + num_importance))
     jitter_strat, jitter_imp = jitter[:, :num_samples], jitter[:, num_samples:]
+  if sampling == "eg3d" or composite == "midpoint":
+    return _render_eg3d(field_fn, o, d, bg, near, far, hit, batch_shape, num_samples,
+                        num_importance, jitter_strat, jitter_imp, box, importance_padding,
+                        composite, sampling, density_activation, t_fine)
 
   def evaluate(t):
     points = o[:, None, :] + t[..., None] * d[:, None, :]
@@ -338,7 +465,7 @@ def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, 
   t = stratified_samples(near, far, num_samples, jitter_strat)
   density, rgb = evaluate(t)
   if num_importance:
-    coarse_weights = composite(t, density, near, far)
+    coarse_weights = _quadrature_weights(t, density, near, far)
     t_fine = importance_samples(near, far, coarse_weights, num_importance, jitter_imp,
                                 padding=importance_padding)
     density_fine, rgb_fine = evaluate(t_fine)
@@ -351,7 +478,7 @@ def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, 
         dimension=-1, num_keys=1)
     density = jnp.take_along_axis(jnp.concatenate([density, density_fine], -1), perm, axis=-1)
     rgb = jnp.take_along_axis(jnp.concatenate([rgb, rgb_fine], -2), perm[..., None], axis=-2)
-  weights = composite(t, density, near, far) * hit[:, None]
+  weights = _quadrature_weights(t, density, near, far) * hit[:, None]
   opacity = jnp.sum(weights, axis=-1)
   rgb_out = jnp.einsum("ns,nsc->nc", weights, rgb) + (1.0 - opacity)[:, None] * bg
   depth = jnp.sum(weights * t, axis=-1) / jnp.maximum(opacity, 1e-10)
@@ -370,6 +497,57 @@ def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, 
 # ---------------------------------------------------------------------------------------------
 
 
+def _render_eg3d(field_fn, o, d, bg, near, far, hit, batch_shape, num_samples, num_importance,
+                 u_coarse, u_fine, box, importance_padding, composite, sampling,
+                 density_activation, t_fine):
+  """`volume_render` with EG3D's sampler and/or midpoint compositing (see there)."""
+  if composite != "midpoint" or sampling != "eg3d":
+    raise ValueError("volume_render: sampling='eg3d' and composite='midpoint' go together (the "
+                     f"EG3D renderer), got sampling={sampling!r}, composite={composite!r}")
+  box_arr = jnp.asarray(box, jnp.float32)
+
+  def evaluate(t):
+    points = o[:, None, :] + t[..., None] * d[:, None, :]
+    dirs = jnp.broadcast_to(d[:, None, :], points.shape)
+    raw, rgb = field_fn(points, dirs)
+    inside = jnp.all((points >= -box_arr) & (points <= box_arr), axis=-1)
+    return raw.astype(jnp.float32), rgb.astype(jnp.float32), inside
+
+  t = eg3d_coarse_samples(near, far, num_samples, u_coarse)
+  raw, rgb, inside = evaluate(t)
+  if num_importance:
+    if t_fine is None:
+      w_coarse = composite_midpoint(t, raw, rgb, inside, density_activation, bg)[0]
+      t_imp = eg3d_importance_samples(t, w_coarse, num_importance, u_fine,
+                                      padding=importance_padding)
+    else:
+      t_imp = jnp.asarray(t_fine, jnp.float32).reshape(-1, num_importance)
+    raw_f, rgb_f, inside_f = evaluate(t_imp)
+    S = num_samples + num_importance
+    t, perm = jax.lax.sort(
+        (jnp.concatenate([t, t_imp], -1),
+         jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (o.shape[0], S))),
+        dimension=-1, num_keys=1)
+    raw = jnp.take_along_axis(jnp.concatenate([raw, raw_f], -1), perm, axis=-1)
+    inside = jnp.take_along_axis(jnp.concatenate([inside, inside_f], -1), perm, axis=-1)
+    rgb = jnp.take_along_axis(jnp.concatenate([rgb, rgb_f], -2), perm[..., None], axis=-2)
+  weights, t_mid, rgb_out, opacity = composite_midpoint(t, raw, rgb, inside, density_activation,
+                                                        bg)
+  # Rays that miss the box: every sample is outside it, so their weights are already 0.
+  weights = weights * hit[:, None]
+  opacity = opacity * hit
+  rgb_out = jnp.where(hit[:, None], rgb_out, bg)
+  depth = jnp.sum(weights * t_mid, axis=-1) / jnp.maximum(opacity, 1e-10)
+  S1 = t_mid.shape[-1]
+  return {
+      "rgb": rgb_out.reshape(batch_shape + (3,)),
+      "depth": depth.reshape(batch_shape),
+      "opacity": opacity.reshape(batch_shape),
+      "weights": weights.reshape(batch_shape + (S1,)),
+      "t": t_mid.reshape(batch_shape + (S1,)),
+  }
+
+
 def render_image(field_fn: FieldFn, camera: cameras_lib.Camera, *, chunk: int = 4096,
                  key: jax.Array | None = None, background=1.0,
                  outputs: Sequence[str] = ("rgb", "depth", "opacity", "weights"),
@@ -381,6 +559,7 @@ def render_image(field_fn: FieldFn, camera: cameras_lib.Camera, *, chunk: int = 
   points (4096 × 64 × 240 concatenated fp32 features = 250 MB for the large triplane).
   `background` may be a scalar, `[3]` or per-pixel `[..., H, W, 3]`. With a key each chunk gets
   its own subkey, so random samples depend on `chunk`; without a key the result does not.
+  `uniforms` / `t_fine` (`volume_render`'s test hooks) are per pixel, `[..., H, W, k]`.
   Returns the `volume_render` dict restricted to `outputs`, each `[..., H, W, ...]`.
   """
   unknown = set(outputs) - set(RENDER_OUTPUTS)
@@ -400,14 +579,33 @@ def render_image(field_fn: FieldFn, camera: cameras_lib.Camera, *, chunk: int = 
     # Padded rays point away from the box (direction copied from ray 0 is fine: they are dropped).
     o, d, bg = (jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad, 3))]) for x in (o, d, bg))
   keys = None if key is None else jax.random.split(key, num_chunks)
+  # Per-pixel extras (test hooks), chunked as the rays are.
+  per_ray = {}
+  for name in ("uniforms", "t_fine"):
+    value = render_kwargs.pop(name, None)
+    if value is None:
+      continue
+    leaves = value if name == "uniforms" else {"t_fine": value}
+    for k, v in leaves.items():
+      v = jnp.asarray(v, jnp.float32)
+      v = v.reshape(n, v.shape[-1])
+      if pad:
+        v = jnp.concatenate([v, jnp.broadcast_to(v[:1], (pad, v.shape[-1]))])
+      per_ray[(name, k)] = v.reshape(num_chunks, chunk, v.shape[-1])
 
   def render_chunk(args):
-    co, cd, cbg, ck = args
-    out = volume_render(field_fn, co, cd, key=ck, background=cbg, **render_kwargs)
+    co, cd, cbg, ck, extra = args
+    kw = dict(render_kwargs)
+    if ("t_fine", "t_fine") in extra:
+      kw["t_fine"] = extra[("t_fine", "t_fine")]
+    uni = {k: v for (name, k), v in extra.items() if name == "uniforms"}
+    if uni:
+      kw["uniforms"] = uni
+    out = volume_render(field_fn, co, cd, key=ck, background=cbg, **kw)
     return {k: out[k] for k in outputs}
 
   xs = (o.reshape(num_chunks, chunk, 3), d.reshape(num_chunks, chunk, 3),
-        bg.reshape(num_chunks, chunk, 3), keys)
+        bg.reshape(num_chunks, chunk, 3), keys, per_ray)
   out = jax.lax.map(render_chunk, xs)
   return {k: v.reshape((num_chunks * chunk,) + v.shape[2:])[:n].reshape(image_shape + v.shape[2:])
           for k, v in out.items()}

@@ -129,3 +129,19 @@ def test_stack_cameras_rejects_mixed_resolutions():
   with pytest.raises(ValueError, match="one resolution"):
     C.stack_cameras([a, b])
   assert C.stack_cameras([a, a]).batch_shape == (2,)
+
+
+def test_camera_embedding_opengl_fold():
+  """'opengl' negates the c2w's y and z columns (OpenCV → OpenGL camera axes); the position and
+  intrinsics are unchanged."""
+  cam = C.orbit_camera(20.0, 40.0, 2.7, 50.0, 64, 48)
+  cv = np.asarray(C.camera_embedding(cam))
+  gl = np.asarray(C.camera_embedding(cam, convention="opengl"))
+  c2w = np.asarray(cam.c2w)[:3, :4] @ np.diag([1.0, -1.0, -1.0, 1.0])
+  np.testing.assert_allclose(gl[:12], c2w.reshape(12), atol=1e-7)
+  np.testing.assert_array_equal(gl[12:], cv[12:])
+  np.testing.assert_array_equal(gl.reshape(-1)[[3, 7, 11]], cv.reshape(-1)[[3, 7, 11]])
+  # OpenGL: the camera looks down its −z axis, i.e. the third column points away from the origin.
+  assert np.dot(c2w[:, 2], c2w[:, 3]) > 0
+  with pytest.raises(ValueError, match="convention must be one of"):
+    C.camera_embedding(cam, convention="blender")

@@ -409,3 +409,95 @@ def test_render_image_chunked_equals_unchunked(tiny_field):
   assert chunked["rgb"].shape == (9, 12, 3) and chunked["weights"].shape == (9, 12, 16)
   for k in ("rgb", "depth", "opacity", "weights"):
     tolerance.within(f"rendering.chunked_vs_whole.{k}", chunked[k], whole[k], 1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# EG3D / InstantMesh options: plane axes, midpoint compositing, EG3D sampling
+
+
+def test_plane_axes_zy_is_the_transposed_third_plane():
+  rng = np.random.default_rng(3)
+  planes = jnp.asarray(rng.standard_normal((3, 6, 6, 2)), jnp.float32)
+  pts = jnp.asarray(rng.uniform(-1, 1, (50, 3)), jnp.float32)
+  zy = rendering.sample_triplane(planes, pts, plane_axes=rendering.PLANE_AXES_BY_NAME["zy"])
+  flipped = planes.at[2].set(jnp.swapaxes(planes[2], 0, 1))
+  yz = rendering.sample_triplane(flipped, pts)
+  np.testing.assert_allclose(np.asarray(zy), np.asarray(yz), atol=1e-6)
+  assert np.abs(np.asarray(zy) - np.asarray(rendering.sample_triplane(planes, pts))).max() > 1e-2
+  g_zy = jax.grad(lambda p: jnp.sum(rendering.sample_triplane(
+      p, pts, plane_axes=rendering.PLANE_AXES_BY_NAME["zy"]) ** 2))(planes)
+  g_yz = jax.grad(lambda p: jnp.sum(rendering.sample_triplane(p, pts) ** 2))(flipped)
+  np.testing.assert_allclose(np.asarray(g_zy[2]), np.asarray(jnp.swapaxes(g_yz[2], 0, 1)),
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="plane_axes must be one of"):
+    rendering.sample_triplane(planes, pts, plane_axes=((0, 1), (1, 0), (2, 1)))
+
+
+def test_midpoint_composite_constant_density_is_analytic():
+  """A constant raw density σ_raw everywhere inside: α on each interval is 1 − exp(−σ δ), so the
+  opacity is 1 − Π(exp(−σ δ_i) + 1e−10) ≈ 1 − exp(−σ (t_last − t_first))."""
+  t = jnp.asarray([[0.5, 0.7, 1.0, 1.6, 2.0]], jnp.float32)
+  raw = jnp.full((1, 5), 0.3, jnp.float32)
+  rgb = jnp.broadcast_to(jnp.asarray([0.2, 0.4, 0.6], jnp.float32), (1, 5, 3))
+  inside = jnp.ones((1, 5), bool)
+  act = jax.nn.softplus
+  w, mids, colour, opacity = rendering.composite_midpoint(t, raw, rgb, inside, act, 1.0)
+  sigma = float(jax.nn.softplus(0.3))
+  np.testing.assert_allclose(float(opacity[0]), 1 - np.exp(-sigma * 1.5), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(mids), [[0.6, 0.85, 1.3, 1.8]], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(colour[0]),
+                             np.array([0.2, 0.4, 0.6]) * float(opacity[0]) + 1 - float(opacity[0]),
+                             rtol=1e-5)
+  # An interval that touches an out-of-box sample is empty.
+  inside = inside.at[0, 2].set(False)
+  w2 = rendering.composite_midpoint(t, raw, rgb, inside, act, 1.0)[0]
+  assert float(w2[0, 1]) == 0.0 and float(w2[0, 2]) == 0.0 and float(w2[0, 0]) > 0
+
+
+def test_eg3d_samples_and_importance():
+  near = jnp.asarray([1.0, 2.0]); far = jnp.asarray([3.0, 2.5])
+  u = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (2, 6)), jnp.float32)
+  t = rendering.eg3d_coarse_samples(near, far, 6, u)
+  step = (far - near) / 5
+  np.testing.assert_allclose(np.asarray(t), np.asarray(near[:, None] + (jnp.arange(6) + u)
+                                                       * step[:, None]), rtol=1e-6)
+  assert np.all(np.diff(np.asarray(t), axis=-1) > 0)
+  # All weight in one interval: the fine samples land inside the blurred support.
+  w = jnp.zeros((2, 5)).at[:, 2].set(1.0)
+  uf = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (2, 64)), jnp.float32)
+  tf = np.asarray(rendering.eg3d_importance_samples(t, w, 64, uf))
+  mids = np.asarray(0.5 * (t[:, 1:] + t[:, :-1]))
+  assert np.all(tf >= mids[:, :1] - 1e-6) and np.all(tf <= mids[:, 3:4] + 1e-6)
+  # Blurred weights (0, .5, 1, .5, 0) + 0.01, the inner three on the first three midpoint
+  # intervals: the PDF is (.51, 1.01, .51)/2.03 there (EG3D ignores the last interval).
+  uf = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (2, 4000)), jnp.float32)
+  tf = np.asarray(rendering.eg3d_importance_samples(t, w, 4000, uf))
+  frac = [((tf >= mids[:, i:i + 1]) & (tf < mids[:, i + 1:i + 2])).mean() for i in range(3)]
+  np.testing.assert_allclose(frac, np.array([0.51, 1.01, 0.51]) / 2.03, atol=0.03)
+
+
+def test_eg3d_render_replays_uniforms_and_chunks():
+  """With given uniforms the render is a pure function of them: chunk size does not matter."""
+  rng = np.random.default_rng(5)
+  planes = jnp.asarray(rng.standard_normal((3, 8, 8, 4)) * 0.5, jnp.float32)
+
+  def field(points, directions):
+    f = rendering.sample_triplane(planes, points, plane_axes=rendering.PLANE_AXES_BY_NAME["zy"])
+    return jnp.sum(f, -1) * 2.0, jax.nn.sigmoid(f[..., :3])
+
+  cam = cameras.orbit_camera(20.0, 30.0, 2.5, 50.0, 8, 8)
+  kw = dict(num_samples=8, num_importance=8, composite="midpoint", sampling="eg3d",
+            density_activation=lambda x: jax.nn.softplus(x - 1.0))
+  uniforms = {"coarse": jnp.asarray(rng.uniform(0, 1, (8, 8, 8)), jnp.float32),
+              "fine": jnp.asarray(rng.uniform(0, 1, (8, 8, 8)), jnp.float32)}
+  a = rendering.render_image(field, cam, chunk=64, uniforms=uniforms, **kw)
+  b = rendering.render_image(field, cam, chunk=24, uniforms=uniforms, **kw)
+  for k in ("rgb", "opacity"):
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+  assert 0.05 < float(a["opacity"].mean()) < 1.0
+  o, d = cameras.camera_rays(cam)
+  direct = rendering.volume_render(field, o, d, uniforms=uniforms, **kw)
+  np.testing.assert_allclose(np.asarray(direct["rgb"]), np.asarray(a["rgb"]), atol=1e-6)
+  with pytest.raises(ValueError, match="needs density_activation"):
+    rendering.volume_render(field, o, d, num_samples=8, num_importance=0, composite="midpoint",
+                            sampling="eg3d")

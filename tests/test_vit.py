@@ -277,3 +277,25 @@ def test_full_size_parameter_counts(preset):
   # With camera modulation: 12 blocks × (D_mod·4D + 4D).
   mod = layers.count_params(tv.expected_param_shapes(config, modulation_dim=1024))
   assert mod - ours == config.num_hidden_layers * (1024 * 4 * d + 4 * d)
+
+
+def test_bicubic_matrix_scale_factor_matches_torch():
+  """DINO's / InstantMesh's rule: `interpolate(scale_factor=(g + 0.1)/g0)` (not `size=g`)."""
+  rng = np.random.default_rng(1)
+  for g0, g in [(14, 20), (14, 32), (4, 6), (4, 5), (14, 14 + 1)]:
+    v = rng.standard_normal((1, 2, g0, g0))
+    sf = (g + 0.1) / g0
+    ref = torch.nn.functional.interpolate(torch.from_numpy(v), scale_factor=(sf, sf),
+                                          mode="bicubic", align_corners=False).numpy()
+    assert ref.shape[-1] == g
+    w = vit.torch_bicubic_matrix(g0, g, False, g0 / (g + 0.1))
+    got = np.einsum("ih,jw,chw->cij", w, w, v[0])
+    assert np.abs(got - ref[0]).max() < 1e-12, (g0, g)
+    size_rule = vit.torch_bicubic_matrix(g0, g, False)
+    assert np.abs(size_rule - w).max() > 1e-3   # the two rules differ: the option matters
+  pos = jnp.asarray(rng.standard_normal((1, 1 + 16, 3)), jnp.float32)
+  a = vit.interpolate_pos_embed(pos, (6, 6), resize="scale_factor")
+  b = vit.interpolate_pos_embed(pos, (6, 6), resize="size")
+  assert a.shape == b.shape == (1, 37, 3) and np.abs(np.asarray(a - b)).max() > 1e-3
+  with pytest.raises(Exception, match="pos_embed_resize must be one of"):
+    vit.ViTConfig(pos_embed_resize="nearest")

@@ -47,6 +47,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 MODEL_TYPES = ("vit", "dinov2", "dinov2_with_registers")
+POS_EMBED_RESIZES = ("size", "scale_factor")
 
 
 def normalize_images(images: jax.Array) -> jax.Array:
@@ -82,6 +83,11 @@ class ViTConfig:
   use_swiglu_ffn: bool = False      # DINOv2 giant: SwiGLU MLP instead of GELU
   num_register_tokens: int = 0      # Dinov2WithRegistersModel: tokens after CLS
   initializer_range: float = 0.02   # fresh-init std (transformers `_init_weights`)
+  # How the stored position-embedding grid g0 is resampled to the input grid g: 'size'
+  # (transformers: `interpolate(size=g)`) or 'scale_factor' (DINO's original code, which
+  # InstantMesh's dino.py keeps: `interpolate(scale_factor=(g + 0.1) / g0)`, so torch maps output
+  # texel i to source (i + 0.5)·g0/(g + 0.1) − 0.5, a slightly different resampling).
+  pos_embed_resize: str = "size"
 
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
@@ -95,6 +101,9 @@ class ViTConfig:
       # stored grid ambiguous, and no public checkpoint has one.
       raise errors.ConfigError(f"ViTConfig.image_size {self.image_size} is not a multiple of "
                        f"patch_size {self.patch_size}")
+    if self.pos_embed_resize not in POS_EMBED_RESIZES:
+      raise errors.ConfigError(f"ViTConfig.pos_embed_resize must be one of {POS_EMBED_RESIZES}, "
+                               f"got {self.pos_embed_resize!r}")
     if self.hidden_act not in _ACTIVATIONS:
       raise errors.ConfigError(f"ViTConfig.hidden_act must be one of {sorted(_ACTIVATIONS)}, got "
                        f"{self.hidden_act!r}")
@@ -239,16 +248,20 @@ def _cubic2(x, a):  # 1 < |x| < 2
 
 
 @functools.lru_cache(maxsize=64)
-def torch_bicubic_matrix(in_size: int, out_size: int, antialias: bool = False) -> np.ndarray:
+def torch_bicubic_matrix(in_size: int, out_size: int, antialias: bool = False,
+                         scale: float | None = None) -> np.ndarray:
   """`[out_size, in_size]` matrix W with `W @ v` = torch's 1-D bicubic resampling of `v`.
 
   Mirrors `torch.nn.functional.interpolate(mode='bicubic', align_corners=False, size=...)`:
   scale = in/out, source coordinate (i + 0.5)·scale − 0.5, Keys cubic with a = −0.75 and
   borders clamped. With `antialias=True` torch switches to the separable PIL-style filter
   (`_upsample_bicubic2d_aa`): a = −0.5, support stretched by the scale when downsampling, taps
-  outside the image dropped and the weights renormalised.
+  outside the image dropped and the weights renormalised. `scale` (source texels per output
+  texel) overrides in/out, as torch does when called with `scale_factor=1/scale` instead of a
+  size (then the output size is floor(in/scale), which the caller must pass as `out_size`).
   """
-  scale = in_size / out_size
+  if scale is None:
+    scale = in_size / out_size
   w = np.zeros((out_size, in_size), np.float64)
   if not antialias:
     a = -0.75
@@ -277,11 +290,12 @@ def torch_bicubic_matrix(in_size: int, out_size: int, antialias: bool = False) -
 
 
 def interpolate_pos_embed(pos_embed: jax.Array, grid_hw: tuple[int, int],
-                          antialias: bool = False) -> jax.Array:
+                          antialias: bool = False, resize: str = "size") -> jax.Array:
   """`pos_embed [1, 1 + N0, D]` (CLS first, N0 = g0²) -> `[1, 1 + h·w, D]` for grid (h, w).
 
   Same as transformers' `interpolate_pos_encoding`, including its shortcut: no resampling when
-  the patch count is unchanged and the grid is square. Runs in fp32 whatever the compute dtype
+  the patch count is unchanged and the grid is square. `resize='scale_factor'`: DINO's original
+  rule (InstantMesh), torch's `scale_factor = (g + 0.1)/g0` per axis (`ViTConfig.pos_embed_resize`). Runs in fp32 whatever the compute dtype
   (transformers does this for DINOv2 because resampling in half precision shifts embeddings).
   """
   n0 = pos_embed.shape[1] - 1
@@ -291,8 +305,17 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid_hw: tuple[int, int],
     return pos_embed
   if g0 * g0 != n0:
     raise ValueError(f"position embeddings hold {n0} patch positions, not a square grid")
-  wy = jnp.asarray(torch_bicubic_matrix(g0, h, antialias), jnp.float32)
-  wx = jnp.asarray(torch_bicubic_matrix(g0, w, antialias), jnp.float32)
+  if resize == "scale_factor":
+    # torch: output size floor(g0·sf) (= g, the +0.1 guards against rounding down), source
+    # coordinate (i + 0.5)/sf − 0.5.
+    wy = jnp.asarray(torch_bicubic_matrix(g0, h, antialias, g0 / (h + 0.1)), jnp.float32)
+    wx = jnp.asarray(torch_bicubic_matrix(g0, w, antialias, g0 / (w + 0.1)), jnp.float32)
+  elif resize == "size":
+    wy = jnp.asarray(torch_bicubic_matrix(g0, h, antialias), jnp.float32)
+    wx = jnp.asarray(torch_bicubic_matrix(g0, w, antialias), jnp.float32)
+  else:
+    raise ValueError(f"interpolate_pos_embed: resize must be one of {POS_EMBED_RESIZES}, got "
+                     f"{resize!r}")
   grid = pos_embed[0, 1:].astype(jnp.float32).reshape(g0, g0, -1)
   grid = jnp.einsum("ih,jw,hwd->ijd", wy, wx, grid, precision=jax.lax.Precision.HIGHEST)
   out = jnp.concatenate([pos_embed[0, :1].astype(jnp.float32), grid.reshape(h * w, -1)], 0)
@@ -441,7 +464,8 @@ class ViTEncoder(nn.Module):
     pos = self.param("position_embeddings", layers.partitioned(init, (None, None, "embed")),
                      (1, cfg.pos_grid ** 2 + 1, d), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls_token.astype(x.dtype), (b, 1, d)), x], 1)
-    x = x + interpolate_pos_embed(pos, (gh, gw), cfg.pos_embed_antialias).astype(x.dtype)
+    x = x + interpolate_pos_embed(pos, (gh, gw), cfg.pos_embed_antialias,
+                                  cfg.pos_embed_resize).astype(x.dtype)
     if cfg.num_register_tokens:
       # Registers carry no position embedding: inserted after it is added, as DINOv2-reg does.
       # Init N(0, initializer_range), not transformers' zeros: identical zero registers would
