@@ -53,10 +53,18 @@ def get_config(arg=None):
   cfg.loader = ml_collections.ConfigDict()
   cfg.loader.batch_size = 8  # GLOBAL batch; each of P processes gets batch_size / P rows
   cfg.loader.num_targets = 4  # supervision views per object
+  # Input views of an example (data_pipeline/lrm_input.py): 'rig' = the 4 Instant3D rig views;
+  # 'random' = InstantMesh's sampling: `num_input_views` views drawn without replacement from all
+  # of the object's views (rig and sup alike), the `num_targets` targets from the others
+  # (disjoint from the inputs; inputs_in_targets is not used). Eval loaders keep their own rig.
+  cfg.loader.input_views = "rig"
+  # 'random' only: inputs per example. 0 in a run = model.num_views (datasets.loader_config
+  # fills it in; a different non-zero value is an error); the loader on its own needs it set.
+  cfg.loader.num_input_views = 0
   cfg.loader.input_resolution = 0  # 0: as stored
   cfg.loader.target_resolution = 0  # 0: as stored; else area-resized first, then cropped
   cfg.loader.crop_size = 0  # 0: whole target view; else a random crop_size² window per view
-  cfg.loader.inputs_in_targets = True  # rig views may also be drawn as supervision targets
+  cfg.loader.inputs_in_targets = True  # 'rig': rig views may also be drawn as supervision targets
   # Rotate every camera of an example about z by a random angle: the same images then come with
   # input cameras at az θ+0/90/180/270, so the model does not tie itself to one rig azimuth.
   cfg.loader.random_rig_azimuth = False

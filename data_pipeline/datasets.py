@@ -146,6 +146,8 @@ def loader_config(config, dataset: DatasetInfo, *, purpose: str = "train"
 
     batch_size         train.global_batch_size (global; each process reads its share)
     input_resolution   model.input_resolution
+    num_input_views    model.num_views (`input_views='random'`; 'rig' has its 4 views). A
+                       non-zero data.loader.num_input_views that differs raises `ConfigError`
     target_resolution  data.loader.target_resolution, 0 → the data set's resolution
                        (`purpose='eval'`: always the data set's resolution, full views)
     eval_num_targets, eval_seed, eval_batch_size   eval.num_targets, eval.seed, eval.batch_size
@@ -156,6 +158,12 @@ def loader_config(config, dataset: DatasetInfo, *, purpose: str = "train"
   ld.unlock()
   ld.batch_size = int(config.train.global_batch_size)
   ld.input_resolution = int(config.model.input_resolution)
+  num_views = int(config.model.num_views)
+  asked = int(ld.get("num_input_views", 0) or 0)
+  if asked and asked != num_views:
+    raise errors.ConfigError(f"data.loader.num_input_views={asked} but model.num_views="
+                             f"{num_views} (leave it 0: it follows model.num_views)")
+  ld.num_input_views = num_views
   ld.target_resolution = int(ld.target_resolution or 0) or int(dataset.resolution)
   if purpose == "eval":
     ld.target_resolution = int(dataset.resolution)
@@ -175,23 +183,42 @@ def check_train(dataset: DatasetInfo, config) -> None:
     raise errors.DataError(f"{where}: split 'train' holds no objects (splits: "
                            f"{dict(dataset.splits)})")
   g = dataset.groups["train"]
-  rig = g.get("rig", 0)
-  if rig != RIG_VIEWS:
-    raise errors.DataError(f"{where}: training objects have {rig} 'rig' views; the loader "
-                           f"needs the {RIG_VIEWS} views of the Instant3D rig")
-  num_views = int(config.model.num_views)
-  if num_views != rig:
-    raise errors.ConfigError(f"model.num_views={num_views} but {where} has {rig} 'rig' views "
-                             "per object (the model's input views)")
   ld = loader_config(config, dataset)
+  from data_pipeline import lrm_input  # pylint: disable=g-import-not-at-top
+  num_views = int(config.model.num_views)
+  if lrm_input.input_views_mode(ld) == "random":
+    # The views of the split's objects as the metadata (or its first object) lists them; the
+    # loader checks every object it reads again.
+    have = sum(g.get(name, 0) for name in lrm_input.POOL_GROUPS)
+    need = num_views + int(ld.num_targets)
+    if have < need:
+      raise errors.DataError(
+          f"{where}: data.loader.input_views='random' draws model.num_views + "
+          f"data.loader.num_targets = {num_views} + {int(ld.num_targets)} = {need} distinct "
+          f"views per object, training objects have {have} ('rig' and 'sup': {dict(g)})")
+    for section in ("extras", "decoder"):   # model.extras, or model.decoder in older configs
+      sec = config.model.get(section)
+      if sec is not None and bool(sec.get("attention_bias", False)):
+        raise errors.ConfigError(
+            f"model.{section}.attention_bias ties the model to the fixed input rig; "
+            "data.loader.input_views='random' needs it False")
+  else:
+    rig = g.get("rig", 0)
+    if rig != RIG_VIEWS:
+      raise errors.DataError(f"{where}: training objects have {rig} 'rig' views; the loader "
+                             f"needs the {RIG_VIEWS} views of the Instant3D rig")
+    if num_views != rig:
+      raise errors.ConfigError(f"model.num_views={num_views} but {where} has {rig} 'rig' views "
+                               "per object (the model's input views; or set "
+                               "data.loader.input_views='random')")
+    if "sup" not in g and not bool(ld.inputs_in_targets):
+      raise errors.ConfigError(f"{where}: training objects have no 'sup' views and "
+                               "data.loader.inputs_in_targets=False: no views to supervise with")
   crop = int(ld.crop_size)
   if crop > ld.target_resolution:
     raise errors.ConfigError(
         f"data.loader.crop_size={crop} exceeds the target views: {ld.target_resolution}² "
         f"(data.loader.target_resolution, 0 = the resolution of {where}: {dataset.resolution})")
-  if "sup" not in g and not bool(ld.inputs_in_targets):
-    raise errors.ConfigError(f"{where}: training objects have no 'sup' views and "
-                             "data.loader.inputs_in_targets=False: no views to supervise with")
   batch = int(config.train.global_batch_size)
   if batch <= 0:
     raise errors.ConfigError(f"train.global_batch_size must be positive, found {batch}")

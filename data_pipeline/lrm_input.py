@@ -1,20 +1,49 @@
 """grain input pipeline for the reconstructor (LRM): posed input views + supervision views.
 
-Training batches (numpy; `b = batch_size / process_count` rows on each process):
+Training batches (numpy; `b = batch_size / process_count` rows on each process; V = 4 with
+`input_views='rig'`, `num_input_views` with 'random'):
 
-  input_images  [b, 4, H, W, 3] float32 in [0, 1]   the 4 Instant3D rig views over white
-  input_c2w     [b, 4, 4, 4]    float32             OpenCV camera-to-world
-  input_K       [b, 4, 3, 3]    float32             pixels (resized with the images)
+  input_images  [b, V, H, W, 3] float32 in [0, 1]   the input views over white
+  input_c2w     [b, V, 4, 4]    float32             OpenCV camera-to-world
+  input_K       [b, V, 3, 3]    float32             pixels (resized with the images)
   target_images [b, T, h, w, 3] float32 in [0, 1]   supervision views (crops) over white
   target_masks  [b, T, h, w]    float32 in [0, 1]   their alpha
   target_c2w    [b, T, 4, 4], target_K [b, T, 3, 3] intrinsics already moved/scaled for the
                                                     resize and the crop of each target
   object_index  [b]             int32               index of the object in the data set
 
+  only with input_views='random':
+  input_masks   [b, V, H, W]    float32 in [0, 1]   the inputs' alpha (to supervise them, below)
+  input_views   [b, V] int32, target_views [b, T] int32   which views were drawn: positions in
+                                                    the object's view list `all_views(rec)`
+                                                    (its 'rig' views, then its 'sup' views)
+
+Input views (`cfg.input_views`):
+
+  'rig'     (default) the 4 Instant3D rig views (group 'rig', az 0/90/180/270, in that order);
+            targets are `num_targets` views drawn from the 'sup' views (and the rig views too
+            when `inputs_in_targets`), with replacement only when the pool is smaller.
+  'random'  InstantMesh's sampling, for render sets without a fixed rig: each example draws
+            `num_input_views` inputs (the model's `model.num_views`; `datasets.loader_config`
+            fills it in) uniformly without replacement from ALL the object's views (rig and
+            'sup' alike, `all_views`), in random order, and `num_targets` targets uniformly
+            without replacement from the views that remain; inputs and targets are disjoint
+            and `inputs_in_targets` is not used. An object with fewer than
+            num_input_views + num_targets views raises `errors.DataError`. Each input's camera
+            is the camera stored with its image. The inputs are not among `target_*`: the
+            trainer supervises `target_*` only. InstantMesh supervises inputs and targets
+            together; a trainer adds the inputs by rendering `input_c2w` / `input_K` as well
+            and comparing with `input_images` and `input_masks` (whole views at the input
+            resolution; or, where sizes agree, concatenating them to the targets along axis 1).
+            The eval loader keeps its own rig either way.
+
 The global batch of step s is a pure function of (seed, s): example positions s·B … s·B + B − 1
 of an endless stream that visits the training split in a fresh permutation every epoch
 (`np.random.default_rng([seed, epoch]).permutation(N)`); the random choices made for an example
-(targets, crops, rig azimuth) come from `np.random.default_rng([seed, position])`. Process p of P
+(targets, crops, rig azimuth) come from `np.random.default_rng([seed, position, 1])`, and with
+`input_views='random'` the drawn views from `np.random.default_rng([seed, position, 3])` (position
+= epoch · N + index in the epoch's permutation, so the draw differs between examples and epochs
+and is fixed by the seed). Process p of P
 takes rows [p·B/P, (p+1)·B/P) of each global batch, so runs with 1 or N processes — or any
 `worker_count` — see the same examples (the ShardByJaxProcess semantics, made exact by
 construction). The iterator supports `get_state()` / `set_state()`; a restored iterator continues
@@ -134,11 +163,56 @@ class _LocalToPosition:
     return step * self.global_batch + self.process_index * b + j
 
 
+INPUT_VIEWS = ("rig", "random")   # values of the loader's `input_views`
+POOL_GROUPS = ("rig", "sup")       # the groups 'random' draws from, in `all_views` order
+
+
+def all_views(rec: dict) -> list[tuple[str, int]]:
+  """The object's training views as (group, view) pairs: its 'rig' views, then its 'sup' views
+  (what `input_views='random'` draws from; `input_views` / `target_views` index this list)."""
+  return [(g, v) for g in POOL_GROUPS if g in rec["groups"]
+          for v in range(len(rec["groups"][g]["images"]))]
+
+
+def input_views_mode(cfg) -> str:
+  mode = str(cfg.get("input_views", "rig"))
+  if mode not in INPUT_VIEWS:
+    raise errors.ConfigError(f"data.loader.input_views must be one of {INPUT_VIEWS}, found "
+                             f"{mode!r}")
+  return mode
+
+
+def num_input_views(cfg) -> int:
+  """The input views per example: 4 (the rig) for 'rig', `cfg.num_input_views` for 'random'."""
+  if input_views_mode(cfg) == "rig":
+    return 4
+  v = int(cfg.get("num_input_views", 0) or 0)
+  if v < 1:
+    raise errors.ConfigError(
+        "data.loader.input_views='random' needs data.loader.num_input_views ≥ 1 (a run's "
+        "datasets.loader_config sets it from model.num_views), found "
+        f"{cfg.get('num_input_views', None)!r}")
+  return v
+
+
+def _decode_list(rec: dict, views, resolution: int):
+  """Views given as (group, view) pairs → (rgb [V, r, r, 3], alpha [V, r, r], K [V, 3, 3],
+  c2w [V, 4, 4]), each camera the one stored with its image."""
+  rgb, a, K, c2w = [], [], [], []
+  for group, v in views:
+    r, al, k = _decode_views(rec, group, [v], resolution)
+    rgb.append(r[0]), a.append(al[0]), K.append(k[0])
+    c2w.append(np.asarray(rec["groups"][group]["c2w"][v], np.float32))
+  return tuple(np.stack(x).astype(np.float32) for x in (rgb, a, K, c2w))
+
+
 class _LoadExample:
   """Stream position → one training example (decoded, cropped, cameras adjusted)."""
 
   def __init__(self, source: records.RecordSource, order: GlobalOrder, cfg: ml_collections.ConfigDict):
     self.source, self.order = source, order
+    self.input_views = input_views_mode(cfg)
+    self.num_input_views = num_input_views(cfg)
     self.num_targets = int(cfg.num_targets)
     self.input_resolution = int(cfg.input_resolution)
     self.target_resolution = int(cfg.target_resolution)
@@ -151,6 +225,8 @@ class _LoadExample:
     index = self.order.example(position)
     rec = self.source[index]
     rng = np.random.default_rng([self.seed, int(position), 1])
+    if self.input_views == "random":
+      return self._random_views(rec, position, rng)
     groups = rec["groups"]
     rig = groups["rig"]
     if len(rig["images"]) != 4:
@@ -173,22 +249,57 @@ class _LoadExample:
       t_rgb.append(rgb[0]), t_a.append(a[0]), t_K.append(K[0])
       t_c2w.append(np.asarray(groups[group]["c2w"][v], np.float32))
     t_rgb, t_a, t_K, t_c2w = map(np.stack, (t_rgb, t_a, t_K, t_c2w))
-    if self.crop_size:
-      h, w = t_rgb.shape[1:3]
-      c = self.crop_size
-      if c > min(h, w):
-        raise errors.ConfigError(f"loader.crop_size {c} exceeds the target views ({w}x{h})")
-      tops = rng.integers(0, h - c + 1, size=len(pick))
-      lefts = rng.integers(0, w - c + 1, size=len(pick))
-      t_rgb = np.stack([im[y:y + c, x:x + c] for im, y, x in zip(t_rgb, tops, lefts)])
-      t_a = np.stack([im[y:y + c, x:x + c] for im, y, x in zip(t_a, tops, lefts)])
-      t_K = np.stack([_crop_K(k, y, x) for k, y, x in zip(t_K, tops, lefts)])
+    t_rgb, t_a, t_K = self._crop(rng, t_rgb, t_a, t_K)
     if self.random_rig_azimuth:
       angle = float(rng.uniform(0.0, 360.0))
       in_c2w, t_c2w = _rotate_z(in_c2w, angle), _rotate_z(t_c2w, angle)
     return {"input_images": in_rgb, "input_c2w": in_c2w, "input_K": in_K.astype(np.float32),
             "target_images": t_rgb, "target_masks": t_a, "target_c2w": t_c2w,
             "target_K": t_K.astype(np.float32), "object_index": np.int32(rec["index"])}
+
+  def _crop(self, rng, t_rgb, t_a, t_K):
+    """A random crop_size² window of each target (its intrinsics moved with it); draws from
+    `rng` only when crop_size is set."""
+    if self.crop_size:
+      h, w = t_rgb.shape[1:3]
+      c = self.crop_size
+      if c > min(h, w):
+        raise errors.ConfigError(f"loader.crop_size {c} exceeds the target views ({w}x{h})")
+      tops = rng.integers(0, h - c + 1, size=len(t_rgb))
+      lefts = rng.integers(0, w - c + 1, size=len(t_rgb))
+      t_rgb = np.stack([im[y:y + c, x:x + c] for im, y, x in zip(t_rgb, tops, lefts)])
+      t_a = np.stack([im[y:y + c, x:x + c] for im, y, x in zip(t_a, tops, lefts)])
+      t_K = np.stack([_crop_K(k, y, x) for k, y, x in zip(t_K, tops, lefts)])
+    return t_rgb, t_a, t_K
+
+  def _random_views(self, rec: dict, position: int, rng) -> dict:
+    """input_views='random': inputs and targets drawn from all the object's views (module
+    docstring). The draw has its own stream ([seed, position, 3]); crops and the azimuth use
+    `rng` as in 'rig' mode."""
+    pool = all_views(rec)
+    V, T = self.num_input_views, self.num_targets
+    if len(pool) < V + T:
+      have = ", ".join(f"{len(rec['groups'][g]['images'])} {g!r}" for g in POOL_GROUPS
+                       if g in rec["groups"])
+      raise errors.DataError(
+          f"object {rec['object_id']}: data.loader.input_views='random' draws "
+          f"num_input_views + num_targets = {V} + {T} = {V + T} distinct views, the object has "
+          f"{len(pool)} ({have})")
+    draw = np.random.default_rng([self.seed, int(position), 3]).choice(
+        len(pool), size=V + T, replace=False)
+    in_rgb, in_a, in_K, in_c2w = _decode_list(rec, [pool[i] for i in draw[:V]],
+                                              self.input_resolution)
+    t_rgb, t_a, t_K, t_c2w = _decode_list(rec, [pool[i] for i in draw[V:]],
+                                          self.target_resolution)
+    t_rgb, t_a, t_K = self._crop(rng, t_rgb, t_a, t_K)
+    if self.random_rig_azimuth:
+      angle = float(rng.uniform(0.0, 360.0))
+      in_c2w, t_c2w = _rotate_z(in_c2w, angle), _rotate_z(t_c2w, angle)
+    return {"input_images": in_rgb, "input_c2w": in_c2w, "input_K": in_K,
+            "target_images": t_rgb, "target_masks": t_a, "target_c2w": t_c2w,
+            "target_K": t_K.astype(np.float32), "object_index": np.int32(rec["index"]),
+            "input_masks": in_a, "input_views": draw[:V].astype(np.int32),
+            "target_views": draw[V:].astype(np.int32)}
 
 
 def _process_defaults(process_index, process_count):
@@ -318,7 +429,7 @@ def eval_batches(data_dir: str, cfg: ml_collections.ConfigDict, *, split: str = 
 def batch_to_cameras(batch: dict):
   """`(input_cameras, target_cameras)` as `instant3d_jax.cameras.Camera` pytrees.
 
-  input: batch shape [b, 4] at the input image size; target: [b, T] at the target crop size.
+  input: batch shape [b, V] at the input image size; target: [b, T] at the target crop size.
   """
   from instant3d_jax.cameras import Camera  # pylint: disable=g-import-not-at-top
   ih, iw = batch["input_images"].shape[-3:-1]
