@@ -50,7 +50,7 @@ def _time(fn, *args, repeats: int) -> float:
 
 def time_variant(variant: str, repeats: int) -> dict:
   cfg = lrm_configs.get_config(variant)
-  m = lrm.model_config(cfg)
+  m = lrm.LRMConfig.from_config(cfg)
   params = nn.meta.unbox(lrm.init_params(m, jax.random.key(0)))
   images, cams = lrm.dummy_inputs(m, 1)
   images = jax.random.uniform(jax.random.key(1), images.shape)
@@ -70,13 +70,13 @@ def time_variant(variant: str, repeats: int) -> dict:
 def large_memory() -> dict:
   cfg = lrm_configs.get_config("large")
   out = {}
-  m = lrm.model_config(cfg)
+  m = lrm.LRMConfig.from_config(cfg)
   params = nn.meta.unbox(lrm.abstract_params(m))
   images, cams = lrm.dummy_inputs(m, 1)
   images = jax.ShapeDtypeStruct(images.shape, jnp.float32)
   for dtype in ("float32", "bfloat16"):
     cfg.model.dtype = dtype
-    md = lrm.model_config(cfg)
+    md = lrm.LRMConfig.from_config(cfg)
     t = time.time()
     c = jax.jit(lambda p, x, cm, md=md: lrm.LRM(md).apply({"params": p}, x, cm)).lower(
         params, images, cams).compile()
@@ -88,7 +88,7 @@ def large_memory() -> dict:
   target = jax.ShapeDtypeStruct((1, n_rays, 3), jnp.float32)
   for remat_field in (False, True):
     cfg.model.render.remat_field = remat_field
-    mt = lrm.model_config(cfg)
+    mt = lrm.LRMConfig.from_config(cfg)
 
     def loss_fn(p, x, cm, o, d, y, mt=mt):
       planes = lrm.LRM(mt).apply({"params": p}, x, cm)
@@ -111,12 +111,12 @@ def remat_probe() -> dict:
   m = cfg.model
   m.input_resolution, m.encoder.image_size, m.encoder.num_layers = 16, 16, 1
   m.decoder.num_layers, m.decoder.hidden_size, m.decoder.num_heads = 4, 64, 2
-  m.decoder.attention_bias = False
+  m.extras.attention_bias = False
   m.triplane.token_resolution, m.triplane.channels = 32, 8
   out = {}
   for remat in ("none", "full"):
     m.remat = remat
-    mc = lrm.model_config(m)
+    mc = lrm.LRMConfig.from_config(m)
     p = nn.meta.unbox(lrm.abstract_params(mc))
     x, c = lrm.dummy_inputs(mc, 1)
     f = lambda p, x, c, mc=mc: jnp.sum(lrm.LRM(mc).apply({"params": p}, x, c) ** 2)  # noqa: E731

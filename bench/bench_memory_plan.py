@@ -68,10 +68,10 @@ def large_config(devices: int, mesh: dict, objects_per_device: int):
 def analytic_activations(cfg, objects: int) -> dict:
   """Bytes per device of what the step keeps alive at its peak (see the module docstring)."""
   from instant3d_jax.models import lrm as lrm_lib
-  m = lrm_lib.model_config(cfg)
+  m = lrm_lib.LRMConfig.from_config(cfg)
   e, dc, tc, n, r = m.encoder, m.decoder, m.triplane, m.nerf, m.render
   act = 2 if m.dtype == "bfloat16" else 4
-  V, L_img, De = m.num_views, lrm_lib.tokens_per_view(m), e.hidden_size
+  V, L_img, De = m.num_views, m.tokens_per_view, e.hidden_size
   Lq, D = 3 * tc.token_resolution ** 2, dc.hidden_size
   ld = cfg.data.loader
   rays = int(ld.num_targets) * int(ld.crop_size or cfg.data.resolution) ** 2
@@ -87,7 +87,7 @@ def analytic_activations(cfg, objects: int) -> dict:
                                   + V * e.num_heads * L_img ** 2 * 4,
                                   Lq * (D * dc.mlp_ratio + 4 * D) * act
                                   + dc.num_heads * Lq * V * L_img * 4),
-      "planes (fp32)": 3 * lrm_lib.plane_resolution(m) ** 2 * tc.channels * 4,
+      "planes (fp32)": 3 * m.plane_resolution ** 2 * tc.channels * 4,
       # Kept per sample: point (3), density (1), rgb (3), t, delta, alpha, transmittance,
       # weight (5), fp32.
       "render: kept per sample": rays * S * 12 * 4,

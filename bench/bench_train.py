@@ -87,7 +87,7 @@ def cpu_breakdown(config, edits: dict) -> dict:
   for name, edit in edits.items():
     c = config.copy_and_resolve_references()
     edit(c)
-    m = lrm_lib.model_config(c)
+    m = lrm_lib.LRMConfig.from_config(c)
     params = unbox(lrm_lib.init_params(m, jax.random.PRNGKey(0)))
     b = int(c.train.global_batch_size)
     imgs, cams = lrm_lib.dummy_inputs(m, b)

@@ -30,7 +30,7 @@ def _psnr(a, b) -> float:
 def input_probes(config, params, data_dir: str, objects: int) -> dict:
   from data_pipeline import datasets, lrm_input
   from instant3d_jax.models import lrm as lrm_lib
-  m = lrm_lib.model_config(config)
+  m = lrm_lib.LRMConfig.from_config(config)
   ld = datasets.loader_config(config, datasets.open_dataset(data_dir), purpose="eval")
   ld.eval_batch_size = objects
   batch = next(lrm_input.eval_batches(data_dir, ld, rotate_deg=float(config.eval.rotate_deg)))

@@ -302,7 +302,7 @@ def _run_study(base, sizes, budgets, *, decay_fraction, eval_objects, workdir, l
     dataset = lrm_task.prepare_data(cfg, progress=False)
     flops_ex = lrm_task.flops_per_example(cfg, dataset)
     gbs = int(cfg.train.global_batch_size)
-    n_params = lrm_stats.count_params(lrm_lib.model_config(cfg))
+    n_params = lrm_stats.count_params(lrm_lib.LRMConfig.from_config(cfg))
     log(f"[scaling] size {name} ({i + 1}/{len(sizes)}): {n_params:,} parameters, "
         f"{flops_ex * gbs / 1e9:.2f} GFLOP per step, budgets {budgets}")
     t0 = time.time()

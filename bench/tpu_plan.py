@@ -354,7 +354,7 @@ def text3d(devices, per_chip_batch: int, *, variant: str = "sdxl", mesh: dict | 
     lrm_cfg = lrm_configs.get_config("large" if cfg.variant == "sdxl" else "tiny")
     if cfg.variant == "sdxl":
       lrm_cfg.model.dtype = "bfloat16"
-  m = lrm.model_config(lrm_cfg)
+  m = lrm.LRMConfig.from_config(lrm_cfg)
   rep = jax.sharding.NamedSharding(placement.mesh, jax.sharding.PartitionSpec())
   abstract = nn.meta.unbox(lrm.abstract_params(m))
   params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)

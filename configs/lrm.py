@@ -9,6 +9,15 @@ Summary:      python -m instant3d_jax.models.summary --config configs/lrm.py:lar
 Reconstruct:  python -m instant3d_jax.reconstruct --checkpoint outputs/lrm_tiny \
                   --grid grid.png --out outputs/recon
 
+Model section layout (models/lrm.py `LRMConfig.from_config` reads and validates it, every key
+required): top-level rig/precision/camera keys, then `encoder`, `decoder`, `triplane`, `nerf`,
+`render`: the paper's model and the choices its open analogs (LRM, OpenLRM, InstantMesh) fix;
+and `model.extras`: EVERY option that is NOT in the paper, all off outside `tiny`: the CPU
+prototype's conditioning knobs (`plucker_rays`, `position_code`, `attention_bias*`) and the CPU
+demo's input-view lift (`lift*`, `colour_prior`; models/lrm_lift.py). Checkpoints written before
+`extras` existed (those keys then sat in the model, triplane, decoder and nerf sections) load
+unchanged: base/config_schema.py `upgrade_config` moves the keys.
+
 Variants (`arg`):
   tiny   CPU demo: 64² views, a 2-block random-init ViT (patch 8), triplane tokens 3×8×8 →
          planes 32² (transposed conv ×4), a 3-layer ReLU NeRF MLP, 12 + 12 samples/ray, trained
@@ -16,9 +25,9 @@ Variants (`arg`):
          conditioning knobs a CPU prototype found to matter are ON (Plücker ray channels, a
          sine/cosine position code on the triplane tokens, a learned cross-attention bias; issue
          5). DEVIATION FROM THE PAPER: tiny lifts its input views into the triplane
-         (`triplane.lift='hull'`, `lift_concat`: a parameter-free visual hull and the views'
-         colours, models/lrm.py:lift_views; `lift_voxels`: a 64³ hull grid with each voxel's
-         visibility-weighted view colour, read per point; `nerf.colour_prior`: the MLP corrects
+         (`extras.lift='hull'`, `lift_concat`: a parameter-free visual hull and the views'
+         colours, models/lrm_lift.py:lift_views; `lift_voxels`: a 64³ hull grid with each voxel's
+         visibility-weighted view colour, read per point; `colour_prior`: the MLP corrects
          that colour instead of predicting it) and draws half its rays on object pixels with a
          mask loss. Why each of tiny's choices, with the measurements:
          bench/results/train_tuning.md ("configs/lrm.py:tiny, the choices and their figures").
@@ -91,9 +100,6 @@ def get_config(arg=None):
   m.encoder_modulation = True     # camera adaLN in every encoder block (zero-init: pretrained
                                   # DINO unchanged at init)
   m.decoder_modulation = True     # LRM's ModLN before cross-attn, self-attn and MLP
-  # Per-pixel Plücker ray coordinates (d, o × d) as 6 extra input channels of the patch
-  # embedding (zero-initialised when importing a 3-channel DINO, so its behaviour is unchanged).
-  m.plucker_rays = False
 
   # Triplane transformer decoder.
   d = m.decoder = ml_collections.ConfigDict()
@@ -103,43 +109,12 @@ def get_config(arg=None):
   d.mlp_ratio = 4
   d.qkv_bias = False              # OpenLRM's attention has no biases
   d.layer_norm_eps = 1e-6
-  # A learned bias per (triplane token, image token) pair added to each cross-attention's
-  # logits (shared by the heads, zero init). It ties a triplane token to fixed image positions,
-  # so it is only meaningful while the input rig (number of views, cameras, resolution) is fixed.
-  d.attention_bias = False
-  # Its initial value: 'zeros', or 'rig': −d²/(2σ²) with d the distance (in patches) from an image
-  # patch to the projection of the token's 3-D segment into that view (σ = attention_bias_sigma
-  # patches, floored at attention_bias_floor; models/lrm.py:rig_attention_bias), so each
-  # triplane token starts out attending to the patches that see it.
-  d.attention_bias_init = "zeros"
-  d.attention_bias_sigma = 1.0
-  d.attention_bias_floor = -8.0
 
   t = m.triplane = ml_collections.ConfigDict()
   t.token_resolution = 32         # learned tokens 3 × T × T
   t.channels = 80                 # Instant3D App. A.4 (reviewer quote): 80 per plane
   t.upsample = 2                  # planes are upsample·T square: a transposed conv, kernel =
                                   # stride = upsample (LRM/OpenLRM: 2)
-  t.position_code = False         # add a fixed sine/cosine code of (plane, row, col) to tokens
-  # Input-view lifting (models/lrm.py:lift_views), NOT in the paper: 'hull' projects every plane
-  # texel's 3-D grid column into the input views and adds a parameter-free visual hull and the
-  # views' colours (8 channels per plane) to the triplane tokens (pooled, one linear map) and to
-  # the planes (one linear map per plane). The output is still a plain triplane NeRF. 'none' =
-  # the paper's model (images reach the planes only through cross-attention).
-  t.lift = "none"
-  t.lift_concat = False           # 'hull' only: also append the raw 8 lifted channels to every
-                                  # plane (the planes then have channels + 8)
-  # 'hull' only, NOT in the paper: the lifted R³ grid itself (hull + mean view colour per voxel,
-  # R = the plane resolution) rides in the planes (R·4 extra channels of the XY plane) and the
-  # NeRF MLP also reads its trilinear sample at each point: per-point colours of the input views,
-  # where the per-axis lift mixes the colours of objects that share an axis line.
-  t.lift_voxels = False
-  # The voxels' colour: 'mean' of the views' colours at each voxel's projection, or 'visible'
-  # (each view weighted by the voxel's visibility from its camera through the hull).
-  t.lift_voxel_colour = "mean"
-  # The voxel grid's side N (0 = the plane resolution R; else N ≥ R with N³·4 a multiple of R²):
-  # a finer hull and finer colours at the cost of N³ projections per object (planes keep R).
-  t.lift_voxel_resolution = 0
 
   # Shared NeRF MLP on the concatenated features of the 3 planes (OpenLRM's OSGDecoder layout).
   n = m.nerf = ml_collections.ConfigDict()
@@ -150,9 +125,6 @@ def get_config(arg=None):
                                      # 'exp': exp(x + bias) (TripoSR, bias -1)
   n.density_bias = -1.0
   n.rgb_padding = 0.001           # rgb = sigmoid(x)·(1 + 2ε) − ε (OpenLRM): 0 and 1 reachable
-  # NOT in the paper: with triplane.lift_voxels, add the voxels' colour (in logits) to the MLP's
-  # colour output, which then learns a correction to the input views' colour at each point.
-  n.colour_prior = False
 
   # Volume rendering (instant3d_jax/rendering.py): the object box [-box, box]³.
   r = m.render = ml_collections.ConfigDict()
@@ -163,6 +135,49 @@ def get_config(arg=None):
   # Recompute the triplane lookup + NeRF MLP in the backward pass instead of keeping their
   # per-sample activations (which dominate a training step's memory: bench/results/lrm.md).
   r.remat_field = False
+
+  # ------------------------------------------------------------------------------------------
+  # Extras: every model option NOT in the paper (nor in LRM/OpenLRM/InstantMesh), all off here.
+  # Only `tiny` (the CPU demo) turns them on.
+  x = m.extras = ml_collections.ConfigDict()
+  # The CPU prototype's conditioning knobs (issue 5).
+  # Per-pixel Plücker ray coordinates (d, o × d) as 6 extra input channels of the patch
+  # embedding (zero-initialised when importing a 3-channel DINO, so its behaviour is unchanged).
+  x.plucker_rays = False
+  x.position_code = False         # add a fixed sine/cosine code of (plane, row, col) to tokens
+  # A learned bias per (triplane token, image token) pair added to each decoder cross-attention's
+  # logits (shared by the heads). It ties a triplane token to fixed image positions, so it is
+  # only meaningful while the input rig (number of views, cameras, resolution) is fixed.
+  x.attention_bias = False
+  # Its initial value: 'zeros', or 'rig': −d²/(2σ²) with d the distance (in patches) from an image
+  # patch to the projection of the token's 3-D segment into that view (σ = attention_bias_sigma
+  # patches, floored at attention_bias_floor; models/lrm.py:rig_attention_bias), so each
+  # triplane token starts out attending to the patches that see it.
+  x.attention_bias_init = "zeros"
+  x.attention_bias_sigma = 1.0
+  x.attention_bias_floor = -8.0
+  # The CPU demo's input-view lift (models/lrm_lift.py): 'hull' projects every plane texel's
+  # 3-D grid column into the input views and adds a parameter-free visual hull and the views'
+  # colours (8 channels per plane) to the triplane tokens (pooled, one linear map) and to the
+  # planes (one linear map per plane). The output is still a plain triplane NeRF. 'none' = the
+  # paper's model (images reach the planes only through cross-attention).
+  x.lift = "none"
+  x.lift_concat = False           # 'hull' only: also append the raw 8 lifted channels to every
+                                  # plane (the planes then have channels + 8)
+  # 'hull' only: the lifted R³ grid itself (hull + mean view colour per voxel, R = the plane
+  # resolution) rides in the planes (R·4 extra channels of the XY plane) and the NeRF MLP also
+  # reads its trilinear sample at each point: per-point colours of the input views, where the
+  # per-axis lift mixes the colours of objects that share an axis line.
+  x.lift_voxels = False
+  # The voxels' colour: 'mean' of the views' colours at each voxel's projection, or 'visible'
+  # (each view weighted by the voxel's visibility from its camera through the hull).
+  x.lift_voxel_colour = "mean"
+  # The voxel grid's side N (0 = the plane resolution R; else N ≥ R with N³·4 a multiple of R²):
+  # a finer hull and finer colours at the cost of N³ projections per object (planes keep R).
+  x.lift_voxel_resolution = 0
+  # With lift_voxels: add the voxels' colour (in logits) to the NeRF MLP's colour output, which
+  # then learns a correction to the input views' colour at each point.
+  x.colour_prior = False
 
   if variant == "tiny":
     m.input_resolution = 64
@@ -176,18 +191,18 @@ def get_config(arg=None):
     m.camera_embed_dim = 128
     # A fixed rig makes the decoder's (mean-camera) modulation a constant: off, it only costs.
     m.decoder_modulation = False
-    m.plucker_rays = True
+    x.plucker_rays = True
     d.num_layers = 4
     d.hidden_size = 128
     d.num_heads = 4
     d.mlp_ratio = 2
-    d.attention_bias = True
+    x.attention_bias = True
     # 8² tokens per plane (a cheaper decoder step) and the ×4 transposed conv (planes 32²: a
     # finer field for the same decoder cost); measurements: bench/results/train_tuning.md.
     t.token_resolution = 8
     t.upsample = 4
     t.channels = 32
-    t.position_code = True
+    x.position_code = True
     # A cheaper step is worth more than the capacity it gives up here: 2 encoder blocks, a
     # 3-layer ReLU NeRF MLP (OpenLRM's activation) and 12 + 12 samples (train_tuning.md, E10).
     e.num_layers = 2
@@ -196,15 +211,15 @@ def get_config(arg=None):
     r.num_samples = 12
     r.num_importance = 12
     r.chunk = 4096
-    # Input-view lifting (not in the paper; see the variant notes above and `t.lift`): hull
+    # Input-view lifting (not in the paper; see the variant notes above and `x.lift`): hull
     # planes, a 64³ voxel grid of visibility-weighted colours and the colour prior
     # (train_tuning.md, V1, W1, W2).
-    t.lift = "hull"
-    t.lift_concat = True
-    t.lift_voxels = True
-    t.lift_voxel_colour = "visible"
-    t.lift_voxel_resolution = 64
-    n.colour_prior = True
+    x.lift = "hull"
+    x.lift_concat = True
+    x.lift_voxels = True
+    x.lift_voxel_colour = "visible"
+    x.lift_voxel_resolution = 64
+    x.colour_prior = True
   elif variant == "small":
     m.input_resolution = 128
     e.preset = "dino_vits16"

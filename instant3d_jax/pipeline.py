@@ -121,7 +121,7 @@ class TextTo3D:
     self.stage1 = stage1  # diffusion.sampling.Pipeline (params placed on the mesh)
     self.sampler = sampler  # diffusion.sampling.SamplerSettings (the grid side in height/width)
     self.stage2_config = stage2_config
-    self.stage2_model = lrm_lib.model_config(stage2_config)
+    self.stage2_model = lrm_lib.LRMConfig.from_config(stage2_config)
     self.stage2_params = stage2_params
     self.placement = placement  # diffusion.sampling.Placement or None (one device)
     self.stage1_kind = stage1_kind_

@@ -142,7 +142,7 @@ def clean_background(views: np.ndarray, background, threshold: float) -> np.ndar
   """Generated views → views whose near-background pixels are the background: every pixel
   within `threshold` of `background` on all channels becomes it (0 leaves the views as they
   are). A sampler's faint grain on an empty background otherwise reads as a little foreground
-  everywhere, and a reconstructor that lifts silhouettes (models/lrm.py `foreground`: a 0.1
+  everywhere, and a reconstructor that lifts silhouettes (models/lrm_lift.py `foreground`: a 0.1
   difference is fully foreground) fills the volume with haze; LRM-style pipelines remove the
   background of generated views before reconstruction for the same reason."""
   if not threshold:
@@ -191,7 +191,7 @@ def _lrm_apply(m, params, images, cams):
 
 def reconstruct_planes(m, params, views, cams: cameras_lib.Camera) -> np.ndarray:
   """`views [B, V, S, S, 3]` at the model's input size, `cams` (batch [B, V]) → planes
-  `[B, 3, R, R, C]` float32 numpy, the B objects in one jitted call (`m`: `lrm.model_config`)."""
+  `[B, 3, R, R, C]` float32 numpy, the B objects in one jitted call (`m`: an `lrm.LRMConfig`)."""
   planes = _lrm_apply(m, params, jnp.asarray(views, jnp.float32), cams)
   return np.asarray(jax.device_get(planes), np.float32)
 
@@ -199,7 +199,7 @@ def reconstruct_planes(m, params, views, cams: cameras_lib.Camera) -> np.ndarray
 def save_triplane(path, planes: np.ndarray, config) -> fileio.OutPath:
   """`triplane.npz`: planes `[3, R, R, C]` in the renderer's XY/XZ/YZ order and the model config
   (JSON) that decodes them (`eval_text3d` and other readers rely on these keys). Compressed:
-  with `triplane.lift_voxels` two thirds of the channels are zeros (the voxels ride in XY only)."""
+  with `extras.lift_voxels` two thirds of the channels are zeros (the voxels ride in XY only)."""
   buf = io.BytesIO()
   np.savez_compressed(buf, planes=np.asarray(planes, np.float32),
                       plane_order=np.array(["XY", "XZ", "YZ"]), config=np.array(config.to_json()))
@@ -258,7 +258,7 @@ def save_turntable(out, frames: np.ndarray, fps: float) -> dict:
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _query_field(m, which, nerf_params, planes, points):
   feats = lrm_lib.point_features(m, planes, points)
-  return lrm_lib.nerf_mlp(m).apply({"params": nerf_params}, feats)[which]
+  return m.nerf_mlp().apply({"params": nerf_params}, feats)[which]
 
 
 def mesh_from_planes(m, params, planes, *, resolution: int, threshold="5.0",
@@ -325,7 +325,7 @@ def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=
   if not 0.0 <= thr < 1.0:
     raise InputError(f"--background_threshold must be in [0, 1), got {background_threshold}")
   config, params = load_checkpoint(checkpoint, config)
-  m = lrm_lib.model_config(config)
+  m = lrm_lib.LRMConfig.from_config(config)
   views_np = load_views(grid, views, m.num_views, m.background, notes)
   if thr:
     notes.append(f"pixels within {thr:g} of the background set to it (--background_threshold)")

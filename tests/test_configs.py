@@ -123,15 +123,46 @@ def test_upgrade_config_fills_added_keys_only_where_absent():
   up = config_schema.upgrade_config(saved)
   assert saved == {"model": {"triplane": {"channels": 8, "upsample": 4}, "nerf": {}},
                    "eval": {"chunk": 512}}  # the argument is left alone
-  assert up["model"]["triplane"] == {"channels": 8, "upsample": 4, "lift": "none",
-                                     "lift_concat": False, "lift_voxels": False,
-                                     "lift_voxel_resolution": 0, "lift_voxel_colour": "mean"}
-  assert up["model"]["nerf"] == {"colour_prior": False}
+  assert up["model"]["triplane"] == {"channels": 8, "upsample": 4}
+  assert up["model"]["nerf"] == {}
+  assert up["model"]["extras"] == {
+      "plucker_rays": False, "position_code": False, "attention_bias": False,
+      "attention_bias_init": "zeros", "attention_bias_sigma": 1.0, "attention_bias_floor": -8.0,
+      "lift": "none", "lift_concat": False, "lift_voxels": False, "lift_voxel_resolution": 0,
+      "lift_voxel_colour": "mean", "colour_prior": False}
   assert up["eval"] == {"chunk": 512, "lpips": True}
   assert "decoder" not in up["model"] and "render" not in up["model"]  # absent sections stay so
   # A stage-1 config (no LRM sections) is unchanged.
   mv = {"model": {"pretrained": "", "random_init": {}}, "train": {"log_every": 20}}
   assert config_schema.upgrade_config(mv) == mv
+
+
+def test_upgrade_config_moves_the_options_not_in_the_paper_to_model_extras():
+  """A config saved before `model.extras` (the options not in the paper at their old places:
+  model, triplane, decoder, nerf) loads with each moved to `model.extras`, value unchanged, and
+  builds the same `LRMConfig` as today's config; the old places are refused by `from_config`."""
+  import copy
+  from instant3d_jax import errors
+  from instant3d_jax.base import config_schema
+  from instant3d_jax.configs import lrm as lrm_configs
+  from instant3d_jax.models import lrm
+  cfg = lrm_configs.get_config("tiny").to_dict()
+  old = copy.deepcopy(cfg)
+  extras = old["model"].pop("extras")
+  for section, key, new in config_schema.MOVED_KEYS:
+    assert new == "model.extras"
+    node = old
+    for part in section.split("."):
+      node = node[part]
+    node[key] = extras.pop(key)
+  assert extras == {}
+  assert old["model"]["triplane"]["lift"] == "hull" and old["model"]["plucker_rays"] is True
+  with pytest.raises(errors.ConfigError, match=r"model\.plucker_rays is now model\.extras\."
+                                               r"plucker_rays"):
+    lrm.LRMConfig.from_config(old)
+  up = config_schema.upgrade_config(old)
+  assert up == cfg
+  assert lrm.LRMConfig.from_config(up) == lrm.LRMConfig.from_config(cfg)
 
 
 @pytest.mark.parametrize("form", ["orbax", "safetensors"])
@@ -176,7 +207,7 @@ def test_older_checkpoint_config_is_upgraded_on_load(tmp_path, form):
   loaded, got, _ = checkpoints.load(path)
   assert config_schema.missing_keys(loaded, dotted) == []
   as_json = lambda c: json.loads(ml_collections.ConfigDict(c).to_json())
-  assert as_json(lrm.model_config(loaded)) == as_json(lrm.model_config(cfg))
+  assert lrm.LRMConfig.from_config(loaded) == lrm.LRMConfig.from_config(cfg)
   assert as_json(loaded.eval) == as_json(cfg.eval)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

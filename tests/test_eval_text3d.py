@@ -182,7 +182,7 @@ def generated(tmp_path_factory):
   base = tmp_path_factory.mktemp("gen")
   ckpt = base / "stage2.safetensors"
   convert_lrm.save_lrm(ckpt, params, cfg)
-  m = lrm.model_config(cfg)
+  m = lrm.LRMConfig.from_config(cfg)
   views = jax.random.uniform(jax.random.key(1), (2, 4, 16, 16, 3))
   cams = jax.tree.map(lambda a: jnp.stack([a, a]), cam_lib.instant3d_rig(16))
   planes = np.asarray(jax.jit(lrm.LRM(m).apply)({"params": params}, views, cams), np.float32)

@@ -215,7 +215,7 @@ def test_vit_init_matches_transformers(kind, tmp_path):
 def openlrm_reference(mcfg) -> dict:
   """Flax path → a torch tensor drawn as OpenLRM's modules draw it, for the micro LRM."""
   d, e, de = mcfg.decoder.hidden_size, mcfg.camera_embed_dim, mcfg.encoder.hidden_size
-  t, c, u = mcfg.triplane.token_resolution, mcfg.triplane.channels, lrm.plane_upsample(mcfg)
+  t, c, u = mcfg.triplane.token_resolution, mcfg.triplane.channels, mcfg.triplane.upsample
   ref, bounds = {}, {}
 
   def linear(path, fan_in, fan_out, zero_bias=False):
@@ -252,11 +252,11 @@ def openlrm_reference(mcfg) -> dict:
     if mcfg.decoder_modulation:   # deliberately zero (models/lrm.py), not OpenLRM's Linear
       ref[f"{p}/modulation/kernel"] = torch.zeros(e, 6 * d)
       ref[f"{p}/modulation/bias"] = torch.zeros(6 * d)
-  if mcfg.decoder.attention_bias and mcfg.decoder.attention_bias_init == "zeros":
+  if mcfg.extras.attention_bias and mcfg.extras.attention_bias_init == "zeros":
     # The project's own learned bias (no OpenLRM counterpart), zero at init.
     for i in range(mcfg.decoder.num_layers):
       ref[f"decoder/block_{i}/cross_attn_bias"] = torch.zeros(3 * t * t,
-                                                              lrm.tokens_per_view(mcfg) * mcfg.num_views)
+                                                              mcfg.tokens_per_view * mcfg.num_views)
   ln = torch.nn.LayerNorm(d)
   ref["decoder/norm_out/scale"], ref["decoder/norm_out/bias"] = ln.weight, ln.bias
   up = torch.nn.ConvTranspose2d(d, c, u, u)

@@ -12,20 +12,21 @@ from instant3d_jax import cameras as cam_lib
 from instant3d_jax import rendering
 from instant3d_jax.convert.safetensors_io import flatten, unflatten
 from instant3d_jax.models import lrm
+from instant3d_jax.models import lrm_lift
 from tests import tiny_configs
 from tests import tolerance
 
 
 # Every optional part switched on, so the micro model (tests/tiny_configs.py) exercises them all.
-FEATURES = {"encoder_modulation": True, "decoder_modulation": True, "plucker_rays": True,
-            "triplane.position_code": True, "decoder.attention_bias": True,
-            "decoder.attention_bias_init": "zeros", "triplane.lift": "hull",
+FEATURES = {"encoder_modulation": True, "decoder_modulation": True, "extras.plucker_rays": True,
+            "extras.position_code": True, "extras.attention_bias": True,
+            "extras.attention_bias_init": "zeros", "extras.lift": "hull",
             "render.num_samples": 8,
             "render.num_importance": 8}
 
 
 def micro_config(**knobs):
-  """The shared micro LRM with `FEATURES` (then `knobs`) applied; frozen model section."""
+  """The shared micro LRM with `FEATURES` (then `knobs`) applied; its `LRMConfig`."""
   return tiny_configs.micro_lrm_model(**{**FEATURES, **knobs})
 
 
@@ -101,7 +102,7 @@ def test_forward_batch_independent_and_view_permutation_invariant(micro):
   m, _, plain, apply = micro
   images, cams = _inputs(m, 2)
   planes = apply(plain, images, cams)
-  R = lrm.plane_resolution(m)
+  R = m.plane_resolution
   assert planes.shape == (2, 3, R, R, m.triplane.channels)
   # Another object in row 1 leaves row 0 unchanged.
   images2 = images.at[1].set(jax.random.uniform(jax.random.key(9), images.shape[1:]))
@@ -152,11 +153,11 @@ def test_rig_attention_bias_is_the_projected_token_segment():
   (cameras.project_points) of the token's 3-D segment; a perspective projection maps a segment to
   a segment, so the bias must be −d²/2 (σ = 1 patch) up to the sampling along the segment."""
   cfg = lrm_configs.get_config("tiny")
-  cfg.model.decoder.attention_bias_init = "rig"
-  m = lrm.model_config(cfg)
-  assert m.decoder.attention_bias_sigma == 1.0
+  cfg.model.extras.attention_bias_init = "rig"
+  m = lrm.LRMConfig.from_config(cfg)
+  assert m.extras.attention_bias_sigma == 1.0
   T, patch, res = m.triplane.token_resolution, m.encoder.patch_size, m.input_resolution
-  G, floor = res // patch, m.decoder.attention_bias_floor
+  G, floor = res // patch, m.extras.attention_bias_floor
   bias = lrm.rig_attention_bias(m)
   assert bias.shape == (3 * T * T, 4 * (1 + G * G))
   rig = cam_lib.instant3d_rig(res)
@@ -181,13 +182,13 @@ def test_rig_attention_bias_is_the_projected_token_segment():
       lo = np.maximum(-(d + slack) ** 2 / 2, floor)
       assert np.all(got[tok, 1:] <= hi + 1e-4) and np.all(got[tok, 1:] >= lo - 1e-4), (v, tok)
   # The model starts from it in every decoder block.
-  mm = micro_config(**{"decoder.attention_bias_init": "rig", "decoder.num_layers": 2})
+  mm = micro_config(**{"extras.attention_bias_init": "rig", "decoder.num_layers": 2})
   params = nn.meta.unbox(lrm.init_params(mm, jax.random.key(0)))
   for i in range(2):
     np.testing.assert_array_equal(params["decoder"][f"block_{i}"]["cross_attn_bias"],
                                   lrm.rig_attention_bias(mm))
-  with pytest.raises(ValueError, match="attention_bias_init must be 'zeros' or 'rig'"):
-    lrm.init_params(micro_config(**{"decoder.attention_bias_init": "ones"}), jax.random.key(0))
+  with pytest.raises(ValueError, match="model.extras.attention_bias_init must be one of 'zeros', 'rig', got 'ones'"):
+    lrm.init_params(micro_config(**{"extras.attention_bias_init": "ones"}), jax.random.key(0))
 
 
 def test_rendering(micro):
@@ -281,7 +282,7 @@ def test_field_is_mlp_on_concatenated_plane_features(micro):
   pts = jax.random.uniform(jax.random.key(1), (5, 2, 3), minval=-1, maxval=1)
   dens, rgb = lrm.field_fn(m, plain, planes)(pts, pts)       # eager: cheaper than compiling
   feats = rendering.sample_triplane(planes, pts)
-  d2, c2 = lrm.nerf_mlp(m).apply({"params": plain["nerf"]}, feats)
+  d2, c2 = m.nerf_mlp().apply({"params": plain["nerf"]}, feats)
   np.testing.assert_allclose(dens, d2, rtol=1e-6)
   np.testing.assert_allclose(rgb, c2, rtol=1e-6)
 
@@ -294,16 +295,17 @@ def test_safetensors_roundtrip_and_mismatch(micro, tmp_path):
   from instant3d_jax.convert import lrm as convert_lrm
   from instant3d_jax.convert.safetensors_io import WeightsError
   m, _, plain, _ = micro
-  path = convert_lrm.save_lrm(tmp_path / "model.safetensors", plain, m)
+  path = convert_lrm.save_lrm(tmp_path / "model.safetensors", plain, m.to_dict())
   cfg, params = convert_lrm.load_lrm(path)
-  assert lrm.model_config(cfg).to_dict() == m.to_dict()
+  assert lrm.LRMConfig.from_config(cfg).to_dict() == m.to_dict()
   a, b = flatten(params), flatten(plain)
   assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
   assert "decoder/block_0/cross_attn_bias" in a
   # A config that builds other shapes: the error lists each path with both shapes.
   other = lrm_configs.get_config("tiny")
-  other.model = micro_config(**{"triplane.channels": 4, "decoder.attention_bias": False,
-                                "triplane.lift": "none"})
+  other.model = tiny_configs.micro_lrm(**{**FEATURES, "triplane.channels": 4,
+                                          "extras.attention_bias": False,
+                                          "extras.lift": "none"}).model
   with pytest.raises(WeightsError) as e:
     convert_lrm.load_lrm(path, other)
   msg = str(e.value)
@@ -345,7 +347,7 @@ def test_dino_import_keeps_pretrained_features(micro, tmp_path):
   x = vit_lib.normalize_images(images[0])                              # [V, H, W, 3]
   x9 = jnp.concatenate([x, lrm.plucker_rays(cams[0])], -1)
   cam_embed = jax.random.normal(jax.random.key(0), (4, m.camera_embed_dim))
-  enc = vit_lib.ViTEncoder(lrm.vit_config(m), modulation_dim=m.camera_embed_dim)
+  enc = vit_lib.ViTEncoder(m.vit, modulation_dim=m.camera_embed_dim)
   ours = jax.jit(enc.apply)({"params": new["encoder"]}, x9, cam_embed)
   with torch.no_grad():
     theirs = ref(pixel_values=torch.from_numpy(np.array(x).transpose(0, 3, 1, 2).copy()),
@@ -368,8 +370,8 @@ def test_lift_views_is_the_visual_hull_in_the_triplane_convention():
   """A red sphere at (0.4, 0, 0): the lifted planes, read with `sample_triplane`, see it at its
   own (x, y), (x, z), (y, z) and nowhere else: a swapped or transposed plane would fail."""
   images, cams = _sphere_views((0.4, 0.0, 0.0), 0.3, (0.8, 0.1, 0.1))
-  lifted = lrm.lift_views(images, cams, 32, 1.0, (1.0, 1.0, 1.0))
-  assert lifted.shape == (3, 32, 32, lrm.LIFT_CHANNELS)
+  lifted = lrm_lift.lift_views(images, cams, 32, 1.0, (1.0, 1.0, 1.0))
+  assert lifted.shape == (3, 32, 32, lrm_lift.LIFT_CHANNELS)
   read = lambda p: np.asarray(rendering.sample_triplane(  # noqa: E731
       lifted, jnp.asarray(p, jnp.float32), 1.0, combine="stack"))
   centre = read((0.4, 0.0, 0.0))
@@ -385,7 +387,7 @@ def test_lift_views_is_the_visual_hull_in_the_triplane_convention():
 
 
 def test_voxel_lift_reads_each_point_of_the_hull_with_its_own_colour():
-  """`triplane.lift_voxels`: a red sphere at (0.4, 0, 0) and a blue one at (-0.4, 0, 0) share the
+  """`extras.lift_voxels`: a red sphere at (0.4, 0, 0) and a blue one at (-0.4, 0, 0) share the
   x axis line, so the per-axis lift's YZ plane mixes their colours; the voxel sample reads each
   sphere's own colour at its centre, zero hull between them, and equals the grid at a texel
   centre and the mean of two neighbours halfway (trilinear, align_corners=False)."""
@@ -393,14 +395,14 @@ def test_voxel_lift_reads_each_point_of_the_hull_with_its_own_colour():
   blue, _ = _sphere_views((-0.4, 0.0, 0.0), 0.25, (0.1, 0.1, 0.8))
   images = jnp.minimum(red, blue)            # both spheres on white (they never overlap here)
   r, box = 32, 1.0
-  hull, colour = lrm.lift_grid(images, cams, r, box, (1.0, 1.0, 1.0))
-  vox = lrm.voxel_planes(hull, colour)
-  assert vox.shape == (3, r, r, r * lrm.VOXEL_CHANNELS) and not np.any(vox[1:])
-  read = lambda p: np.asarray(lrm.sample_voxels(vox, jnp.asarray(p, jnp.float32), box))  # noqa
+  hull, colour = lrm_lift.lift_grid(images, cams, r, box, (1.0, 1.0, 1.0))
+  vox = lrm_lift.voxel_planes(hull, colour)
+  assert vox.shape == (3, r, r, r * lrm_lift.VOXEL_CHANNELS) and not np.any(vox[1:])
+  read = lambda p: np.asarray(lrm_lift.sample_voxels(vox, jnp.asarray(p, jnp.float32), box))  # noqa
   at_red, at_blue, between = read((0.4, 0.0, 0.0)), read((-0.4, 0.0, 0.0)), read((0.0, 0.0, 0.0))
   assert at_red[0] > 0.9 and at_blue[0] > 0.9 and between[0] < 0.05
   assert at_red[1] > 0.6 > at_red[3] and at_blue[3] > 0.6 > at_blue[1]
-  yz = np.asarray(rendering.sample_triplane(lrm.lift_views(images, cams, r, box, (1, 1, 1)),
+  yz = np.asarray(rendering.sample_triplane(lrm_lift.lift_views(images, cams, r, box, (1, 1, 1)),
                                             jnp.asarray((0.4, 0.0, 0.0)), box, combine="stack"))
   assert abs(yz[2, 2] - yz[2, 4]) < 0.3          # the YZ plane's colour is a red-blue mix
   c = lambda i: -box + (i + 0.5) * 2 * box / r   # noqa: E731  texel centres
@@ -420,32 +422,32 @@ def test_voxel_lift_reaches_the_nerf_mlp(micro):
   without `lift='hull'` it is a one-line config error."""
   m, params, plain, apply = micro
   images, cams = _inputs(m, 1)
-  mv = micro_config(**{"triplane.lift_concat": True, "triplane.lift_voxels": True})
+  mv = micro_config(**{"extras.lift_concat": True, "extras.lift_voxels": True})
   pv = lrm.init_params(mv, jax.random.key(0))
   planes = lrm.LRM(mv).apply({"params": pv}, images, cams)
-  r = lrm.plane_resolution(mv)
-  assert planes.shape[-1] == lrm.plane_channels(mv) == (m.triplane.channels + lrm.LIFT_CHANNELS
-                                                        + r * lrm.VOXEL_CHANNELS)
-  want = lrm.voxel_planes(*lrm.lift_grid(images[0], cams[0], r, mv.render.box, mv.background))
-  np.testing.assert_allclose(planes[0, ..., lrm.feature_channels(mv):], want, atol=1e-6)
+  r = mv.plane_resolution
+  assert planes.shape[-1] == mv.plane_channels == (m.triplane.channels + lrm_lift.LIFT_CHANNELS
+                                                        + r * lrm_lift.VOXEL_CHANNELS)
+  want = lrm_lift.voxel_planes(*lrm_lift.lift_grid(images[0], cams[0], r, mv.render.box, mv.background))
+  np.testing.assert_allclose(planes[0, ..., mv.feature_channels:], want, atol=1e-6)
   assert nn.meta.unbox(pv)["nerf"]["dense_0"]["kernel"].shape[0] == (
-      3 * lrm.feature_channels(mv) + lrm.VOXEL_CHANNELS)
+      3 * mv.feature_channels + lrm_lift.VOXEL_CHANNELS)
   pts = jnp.asarray([[0.1, -0.2, 0.3], [0.0, 0.0, 0.0]], jnp.float32)
-  feats = lrm.point_features(lrm.model_config(mv), planes[0], pts)
-  assert feats.shape == (2, 3 * lrm.feature_channels(mv) + lrm.VOXEL_CHANNELS)
+  feats = lrm.point_features(lrm.LRMConfig.from_config(mv), planes[0], pts)
+  assert feats.shape == (2, 3 * mv.feature_channels + lrm_lift.VOXEL_CHANNELS)
   out = lrm.render_views(mv, pv, planes, cams[:, :1], outputs=("rgb",))["rgb"]
   assert out.shape[-3:] == (m.input_resolution, m.input_resolution, 3) and np.isfinite(out).all()
   # The plain model's features are the triplane sample itself.
   plain_planes = apply(plain, images, cams)[0]
-  np.testing.assert_array_equal(lrm.point_features(lrm.model_config(m), plain_planes, pts),
+  np.testing.assert_array_equal(lrm.point_features(lrm.LRMConfig.from_config(m), plain_planes, pts),
                                 rendering.sample_triplane(plain_planes, pts, m.render.box))
-  with pytest.raises(Exception, match="lift_voxels needs model.triplane.lift='hull'"):
-    lrm.init_params(micro_config(**{"triplane.lift": "none", "triplane.lift_voxels": True}),
+  with pytest.raises(Exception, match="lift_voxels needs model.extras.lift='hull'"):
+    lrm.init_params(micro_config(**{"extras.lift": "none", "extras.lift_voxels": True}),
                     jax.random.key(0))
 
 
 def test_lift_reaches_the_planes(micro):
-  """With `triplane.lift='hull'` the planes change with the images' colours even when the
+  """With `extras.lift='hull'` the planes change with the images' colours even when the
   decoder's cross-attention sees nothing else (the skip path), and a bad name is one line."""
   m, params, plain, apply = micro
   assert set(nn.meta.unbox(params)["decoder"]) >= {"lift_tokens", "lift_planes_kernel",
@@ -455,16 +457,16 @@ def test_lift_reaches_the_planes(micro):
   assert rel_err(apply(plain, tweak, cams), apply(plain, images, cams)) > 1e-3
   # lift_concat: the raw lifted channels are the planes' last LIFT_CHANNELS, and the NeRF MLP
   # reads channels + LIFT_CHANNELS per plane.
-  mc = micro_config(**{"triplane.lift_concat": True})
+  mc = micro_config(**{"extras.lift_concat": True})
   pc = lrm.init_params(mc, jax.random.key(0))
   planes = lrm.LRM(mc).apply({"params": pc}, images, cams)
-  assert lrm.plane_channels(mc) == m.triplane.channels + lrm.LIFT_CHANNELS == planes.shape[-1]
-  want = lrm.lift_views(images[0], cams[0], lrm.plane_resolution(mc), mc.render.box,
+  assert mc.plane_channels == m.triplane.channels + lrm_lift.LIFT_CHANNELS == planes.shape[-1]
+  want = lrm_lift.lift_views(images[0], cams[0], mc.plane_resolution, mc.render.box,
                         mc.background)
-  np.testing.assert_allclose(planes[0, ..., -lrm.LIFT_CHANNELS:], want, rtol=1e-6, atol=1e-6)
-  assert nn.meta.unbox(pc)["nerf"]["dense_0"]["kernel"].shape[0] == 3 * lrm.plane_channels(mc)
-  with pytest.raises(Exception, match="model.triplane.lift must be 'none' or 'hull'"):
-    lrm.init_params(micro_config(**{"triplane.lift": "voxels"}), jax.random.key(0))
+  np.testing.assert_allclose(planes[0, ..., -lrm_lift.LIFT_CHANNELS:], want, rtol=1e-6, atol=1e-6)
+  assert nn.meta.unbox(pc)["nerf"]["dense_0"]["kernel"].shape[0] == 3 * mc.plane_channels
+  with pytest.raises(Exception, match="model.extras.lift must be one of 'none', 'hull'"):
+    lrm.init_params(micro_config(**{"extras.lift": "voxels"}), jax.random.key(0))
 
 
 def test_visible_voxel_colour_ignores_views_where_the_hull_occludes_the_voxel():
@@ -479,8 +481,8 @@ def test_visible_voxel_colour_ignores_views_where_the_hull_occludes_the_voxel():
                       jnp.where(blue[v] < 1, blue[v], red[v]) if v == 2 else
                       jnp.minimum(red[v], blue[v]) for v in range(4)])
   r, box, bg = 32, 1.0, (1.0, 1.0, 1.0)
-  _, mean = lrm.lift_grid(images, cams, r, box, bg, "mean")
-  hull, vis = lrm.lift_grid(images, cams, r, box, bg, "visible")
+  _, mean = lrm_lift.lift_grid(images, cams, r, box, bg, "mean")
+  hull, vis = lrm_lift.lift_grid(images, cams, r, box, bg, "visible")
   mid = r // 2                          # the voxel whose lower corner is the origin
   blue_far, red_far = (3, mid, mid), (r - 4, mid, mid)   # x centres −0.78 and +0.78
   assert hull[blue_far] > 0.5 and hull[red_far] > 0.5
@@ -489,11 +491,11 @@ def test_visible_voxel_colour_ignores_views_where_the_hull_occludes_the_voxel():
   # Visibility itself at the blue far surface: hidden from the 0° camera, seen from 180°.
   cc = lambda i: -box + (i + 0.5) * 2 * box / r  # noqa: E731
   pts = jnp.asarray([cc(3), cc(mid), cc(mid)], jnp.float32).reshape(1, 1, 1, 3)
-  v0 = float(lrm.hull_visibility(hull, pts, cams.c2w[0, :3, 3], box).squeeze())
-  v2 = float(lrm.hull_visibility(hull, pts, cams.c2w[2, :3, 3], box).squeeze())
+  v0 = float(lrm_lift.hull_visibility(hull, pts, cams.c2w[0, :3, 3], box).squeeze())
+  v2 = float(lrm_lift.hull_visibility(hull, pts, cams.c2w[2, :3, 3], box).squeeze())
   assert v0 < 0.1 and v2 > 0.8
   with pytest.raises(Exception, match="lift_voxel_colour must be 'mean' or 'visible'"):
-    lrm.lift_grid(images, cams, 8, box, bg, "nope")
+    lrm_lift.lift_grid(images, cams, 8, box, bg, "nope")
 
 
 def test_lift_grid_projection_matches_project_points_and_map_coordinates():
@@ -504,8 +506,8 @@ def test_lift_grid_projection_matches_project_points_and_map_coordinates():
   images, cams = _sphere_views((0.3, -0.2, 0.1), 0.3, (0.2, 0.7, 0.4))
   images = images.at[1].set(jax.random.uniform(jax.random.key(3), images.shape[1:]))
   r, box = 12, 2.5                       # a box wider than the views: many points fall outside
-  pts, samples, hull, mean = lrm._grid_samples(images, cams, r, box, (1.0, 1.0, 1.0))
-  fg = lrm.foreground(images, (1.0, 1.0, 1.0))[..., None]
+  pts, samples, hull, mean = lrm_lift._grid_samples(images, cams, r, box, (1.0, 1.0, 1.0))
+  fg = lrm_lift.foreground(images, (1.0, 1.0, 1.0))[..., None]
   rgbm = jnp.concatenate([images, fg], -1)
   for v in range(4):
     uv, depth = cameras_lib.project_points(jax.tree.map(lambda a: a[v], cams), pts)
@@ -520,17 +522,17 @@ def test_lift_grid_projection_matches_project_points_and_map_coordinates():
 
 
 def test_finer_voxel_grid_rides_in_the_planes(micro):
-  """`triplane.lift_voxel_resolution` N = 2R: the N³ grid fills N³·4/R² channels of the XY plane,
+  """`extras.lift_voxel_resolution` N = 2R: the N³ grid fills N³·4/R² channels of the XY plane,
   `sample_voxels` reads it back exactly at fine texel centres (trilinear halfway), the LRM's
   planes carry `lift_inputs`' grid, the fine hull is sharper than the coarse one at the sphere's
   rim, and a size that does not fill whole channels is a one-line config error."""
   m, *_ = micro
   red, cams = _sphere_views((0.4, 0.0, 0.0), 0.25, (0.8, 0.1, 0.1))
   r, n, box, bg = 8, 16, 1.0, (1.0, 1.0, 1.0)
-  hull, colour = lrm.lift_grid(red, cams, n, box, bg)
-  vox = lrm.voxel_planes(hull, colour, r)
-  assert vox.shape == (3, r, r, n ** 3 * lrm.VOXEL_CHANNELS // r ** 2) and not np.any(vox[1:])
-  read = lambda p: np.asarray(lrm.sample_voxels(vox, jnp.asarray(p, jnp.float32), box))  # noqa
+  hull, colour = lrm_lift.lift_grid(red, cams, n, box, bg)
+  vox = lrm_lift.voxel_planes(hull, colour, r)
+  assert vox.shape == (3, r, r, n ** 3 * lrm_lift.VOXEL_CHANNELS // r ** 2) and not np.any(vox[1:])
+  read = lambda p: np.asarray(lrm_lift.sample_voxels(vox, jnp.asarray(p, jnp.float32), box))  # noqa
   c = lambda i: -box + (i + 0.5) * 2 * box / n   # noqa: E731  fine texel centres
   i, j, k = 11, 7, 9
   want = np.r_[hull[i, j, k], colour[i, j, k]]
@@ -539,41 +541,41 @@ def test_finer_voxel_grid_rides_in_the_planes(micro):
   np.testing.assert_allclose(read((c(i), c(j), (c(k) + c(k + 1)) / 2)), (want + nxt) / 2,
                              atol=1e-6)
   # lift_inputs at N = 2R: the planes' lift is the R³ one, the voxels the N³ grid.
-  planes, vox_in = lrm.lift_inputs(red, cams, r, box, bg, "mean", n)
-  np.testing.assert_allclose(planes, lrm.lift_views(red, cams, r, box, bg), atol=1e-6)
+  planes, vox_in = lrm_lift.lift_inputs(red, cams, r, box, bg, "mean", n)
+  np.testing.assert_allclose(planes, lrm_lift.lift_views(red, cams, r, box, bg), atol=1e-6)
   np.testing.assert_allclose(vox_in, vox, atol=1e-6)
-  _, vis_in = lrm.lift_inputs(red, cams, r, box, bg, "visible", n)
+  _, vis_in = lrm_lift.lift_inputs(red, cams, r, box, bg, "visible", n)
   assert vis_in.shape == vox.shape and np.isfinite(vis_in).all()
   # Sharper: a point just outside the sphere's rim (radius 0.25 + 0.06) reads less hull on the
   # fine grid than on the coarse one, whose trilinear support reaches inside.
   rim = (0.4, 0.0, 0.31)
-  coarse = lrm.voxel_planes(*lrm.lift_grid(red, cams, r, box, bg))
-  assert read(rim)[0] < float(lrm.sample_voxels(coarse, jnp.asarray(rim), box)[0])
+  coarse = lrm_lift.voxel_planes(*lrm_lift.lift_grid(red, cams, r, box, bg))
+  assert read(rim)[0] < float(lrm_lift.sample_voxels(coarse, jnp.asarray(rim), box)[0])
   # In the model: planes carry `lift_inputs`' fine grid after the features.
-  mv = micro_config(**{"triplane.lift_voxels": True, "triplane.lift_voxel_resolution":
-                       2 * lrm.plane_resolution(m)})
+  mv = micro_config(**{"extras.lift_voxels": True, "extras.lift_voxel_resolution":
+                       2 * m.plane_resolution})
   images, icams = _inputs(m, 1)
   pv = lrm.init_params(mv, jax.random.key(0))
   out = lrm.LRM(mv).apply({"params": pv}, images, icams)
-  mc = lrm.model_config(mv)
-  assert out.shape[-1] == lrm.plane_channels(mc) == (
-      lrm.feature_channels(mc) + (2 * lrm.plane_resolution(m)) ** 3 * 4 // lrm.plane_resolution(m) ** 2)
-  _, want_vox = lrm.lift_inputs(images[0], icams[0], lrm.plane_resolution(m), mc.render.box,
-                                mc.background, "mean", lrm.voxel_resolution(mc))
-  np.testing.assert_allclose(out[0, ..., lrm.feature_channels(mc):], want_vox, atol=1e-6)
+  mc = lrm.LRMConfig.from_config(mv)
+  assert out.shape[-1] == mc.plane_channels == (
+      mc.feature_channels + (2 * m.plane_resolution) ** 3 * 4 // m.plane_resolution ** 2)
+  _, want_vox = lrm_lift.lift_inputs(images[0], icams[0], m.plane_resolution, mc.render.box,
+                                mc.background, "mean", mc.voxel_resolution)
+  np.testing.assert_allclose(out[0, ..., mc.feature_channels:], want_vox, atol=1e-6)
   with pytest.raises(Exception, match="lift_voxel_resolution must be 0 or at least"):
-    lrm.init_params(micro_config(**{"triplane.lift_voxels": True,
-                                    "triplane.lift_voxel_resolution": 3}), jax.random.key(0))
+    lrm.init_params(micro_config(**{"extras.lift_voxels": True,
+                                    "extras.lift_voxel_resolution": 3}), jax.random.key(0))
 
 
 def test_colour_prior_starts_the_colour_at_the_voxels_colour():
-  """`nerf.colour_prior`: with the output layer zeroed the MLP's colour is the features' last 3
+  """`extras.colour_prior`: with the output layer zeroed the MLP's colour is the features' last 3
   channels (the voxel colour; clipped to [0.02, 0.98], then the rgb padding) and the density is
   unchanged; without `lift_voxels` it is a one-line config error."""
-  mv = micro_config(**{"triplane.lift_voxels": True, "nerf.colour_prior": True})
-  mc = lrm.model_config(mv)
-  mlp = lrm.nerf_mlp(mc)
-  width = lrm.mlp_input_channels(mc)
+  mv = micro_config(**{"extras.lift_voxels": True, "extras.colour_prior": True})
+  mc = lrm.LRMConfig.from_config(mv)
+  mlp = mc.nerf_mlp()
+  width = mc.mlp_input_channels
   feats = jax.random.uniform(jax.random.key(0), (5, width))
   feats = feats.at[0, -3:].set(jnp.asarray([0.0, 0.5, 1.0]))
   p = nn.meta.unbox(mlp.init(jax.random.key(1), feats)["params"])
@@ -588,5 +590,5 @@ def test_colour_prior_starts_the_colour_at_the_voxels_colour():
   d0, rgb0 = plain.apply({"params": p}, feats)
   np.testing.assert_allclose(density, d0, atol=0)
   np.testing.assert_allclose(rgb0, 0.5, atol=1e-6)
-  with pytest.raises(Exception, match="colour_prior needs model.triplane.lift_voxels=True"):
-    lrm.nerf_mlp(lrm.model_config(micro_config(**{"nerf.colour_prior": True})))
+  with pytest.raises(Exception, match="colour_prior needs model.extras.lift_voxels=True"):
+    lrm.LRMConfig.from_config(micro_config(**{"extras.colour_prior": True})).nerf_mlp()

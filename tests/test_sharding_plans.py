@@ -57,7 +57,7 @@ def test_sdxl_unet_fsdp_plan(fsdp4):
 
 def test_large_lrm_fsdp_plan(fsdp4):
   mesh, rules = fsdp4
-  mcfg = lrm.model_config(lrm_config.get_config("large"))
+  mcfg = lrm.LRMConfig.from_config(lrm_config.get_config("large"))
   abstract, _ = sharding.derive_shardings(lambda k: lrm.init_params(mcfg, k), jax.random.key(0),
                                           mesh=mesh, rules=rules)
   frac, total = _sharded_fraction(abstract)

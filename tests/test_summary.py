@@ -47,9 +47,9 @@ def test_forward_flops_match_xla_on_an_unrolled_model():
   m = cfg.model
   m.input_resolution, m.encoder.image_size, m.encoder.num_layers = 32, 32, 1
   m.decoder.num_layers, m.triplane.token_resolution, m.triplane.channels = 1, 4, 8
-  m.triplane.lift, m.triplane.lift_voxels = "none", False   # the paper's model: no lift term
-  m.nerf.colour_prior = False
-  m = lrm.model_config(m)
+  m.extras.lift, m.extras.lift_voxels = "none", False   # the paper's model: no lift term
+  m.extras.colour_prior = False
+  m = lrm.LRMConfig.from_config(m)
   images, cams = lrm.dummy_inputs(m, 1)
   compiled = jax.jit(lambda p, x, c: lrm.LRM(m).apply({"params": p}, x, c)).lower(
       lrm.abstract_params(m), images, cams).compile()
@@ -62,7 +62,7 @@ def test_forward_flops_match_xla_on_an_unrolled_model():
 
 
 def test_render_flops():
-  m = lrm.model_config(lrm_configs.get_config("large"))
+  m = lrm.LRMConfig.from_config(lrm_configs.get_config("large"))
   per_sample = 2 * (240 * 64 + 8 * 64 * 64 + 64 * 4)
   assert lrm_stats.nerf_flops_per_sample(m) == per_sample
   assert lrm_stats.render_flops(m, 1000) == 1000 * 128 * per_sample

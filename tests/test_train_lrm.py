@@ -230,7 +230,7 @@ def test_lpips_and_mask_loss_terms():
            "target_c2w": np.broadcast_to(np.asarray(rig.c2w)[:T], (B, T, 4, 4)),
            "target_K": np.broadcast_to(np.asarray(rig.K)[:T], (B, T, 3, 3))}
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  params = unbox(lrm_lib.init_params(lrm_lib.model_config(c), jax.random.key(0)))
+  params = unbox(lrm_lib.init_params(lrm_lib.LRMConfig.from_config(c), jax.random.key(0)))
   lp_module, lp_params = lpips_lib.load_lpips()
   constants = {"lpips": lp_params}
   loss_fn = jax.jit(jax.value_and_grad(lrm_task.make_loss_fn(c), has_aux=True))
@@ -245,10 +245,10 @@ def test_lpips_and_mask_loss_terms():
                              + 0.5 * aux_on["mask_mse"], rtol=1e-5)
   # Oracles: the rendered crops through the standalone LPIPS module and the opacity MSE.
   tgt_cams = cameras.Camera(c2w=batch["target_c2w"], K=batch["target_K"], width=h, height=h)
-  model = lrm_lib.LRM(lrm_lib.model_config(c))
+  model = lrm_lib.LRM(lrm_lib.LRMConfig.from_config(c))
   in_cams = cameras.Camera(c2w=batch["input_c2w"], K=batch["input_K"], width=16, height=16)
   planes = model.apply({"params": params}, batch["input_images"], in_cams)
-  out = lrm_lib.render_views(lrm_lib.model_config(c), params, planes, tgt_cams,
+  out = lrm_lib.render_views(lrm_lib.LRMConfig.from_config(c), params, planes, tgt_cams,
                              key=jax.random.split(key)[0],
                              chunk=h * h, outputs=("rgb", "opacity"))
   np.testing.assert_allclose(aux_on["mse"], jnp.mean((out["rgb"] - batch["target_images"]) ** 2),

@@ -69,9 +69,9 @@ def test_pretrained_encoder_at_step_0(vit_folder, tmp_path):
   cfg = pretrained_config(tmp_path / "data", folder)
   res = lrm_task.train(cfg, tmp_path / "run", log=lambda *_: None)
   assert res.step == 0
-  m = lrm_lib.model_config(cfg)
+  m = lrm_lib.LRMConfig.from_config(cfg)
   _, want = transformers_vit.load_vit(folder, modulation_dim=m.camera_embed_dim,
-                                      config=lrm_lib.vit_config(m), zero_extra_channels=True)
+                                      config=m.vit, zero_extra_channels=True)
   got = jax.tree.map(np.asarray, jax.device_get(res.state.params["encoder"]))
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -90,7 +90,7 @@ def test_pretrained_encoder_at_step_0(vit_folder, tmp_path):
   x = rng.standard_normal((2, 32, 32, 3)).astype(np.float32)
   x9 = jnp.concatenate([x, rng.standard_normal((2, 32, 32, 6)).astype(np.float32)], -1)
   cam = jnp.asarray(rng.standard_normal((2, m.camera_embed_dim)).astype(np.float32))
-  enc = vit_lib.ViTEncoder(lrm_lib.vit_config(m), modulation_dim=m.camera_embed_dim)
+  enc = vit_lib.ViTEncoder(m.vit, modulation_dim=m.camera_embed_dim)
   ours = enc.apply({"params": got}, x9, cam)
   with torch.no_grad():
     theirs = ref(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).last_hidden_state

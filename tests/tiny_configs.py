@@ -4,7 +4,7 @@
   model: 16² views, patch 8, one encoder and one decoder block, 4² triplane tokens of 8 channels
   upsampled ×2, a 3-layer NeRF MLP); `knobs` set `model` fields by dotted name
   (`micro_lrm(**{"decoder.num_layers": 2})`).
-- `micro_lrm_model(**knobs)`: its frozen `model` section (`lrm.model_config`).
+- `micro_lrm_model(**knobs)`: its `lrm.LRMConfig`.
 - `TINY_SDXL`, `TINY_SD1`, `TINY_VAE`, `TINY_UNET_EPS`: diffusers `UNet2DConditionModel` /
   `AutoencoderKL` keyword arguments of 3-level SDXL-like and SD 1.x-like UNets, a 2-level VAE and the 2-level
   UNet of the from-scratch learning check (issue 17).
@@ -38,9 +38,10 @@ def micro_lrm(**knobs) -> ml_collections.ConfigDict:
   m.triplane.token_resolution, m.triplane.channels, m.triplane.upsample = 4, 8, 2
   m.nerf.num_layers, m.nerf.hidden = 3, 16
   # The paper's model (tiny's input-view lifting off); tests turn it on with the knobs.
-  m.triplane.lift, m.triplane.lift_concat, m.triplane.lift_voxels = "none", False, False
-  m.triplane.lift_voxel_colour, m.triplane.lift_voxel_resolution = "mean", 0
-  m.nerf.colour_prior = False
+  x = m.extras
+  x.lift, x.lift_concat, x.lift_voxels = "none", False, False
+  x.lift_voxel_colour, x.lift_voxel_resolution = "mean", 0
+  x.colour_prior = False
   for k, v in knobs.items():
     node = m
     *parents, leaf = k.split(".")
@@ -50,9 +51,9 @@ def micro_lrm(**knobs) -> ml_collections.ConfigDict:
   return cfg
 
 
-def micro_lrm_model(**knobs) -> ml_collections.FrozenConfigDict:
-  """The frozen `model` section of `micro_lrm(**knobs)`."""
-  return lrm.model_config(micro_lrm(**knobs))
+def micro_lrm_model(**knobs) -> lrm.LRMConfig:
+  """The `LRMConfig` of `micro_lrm(**knobs)`."""
+  return lrm.LRMConfig.from_config(micro_lrm(**knobs))
 
 
 # name → (transformers config class name, model class name, config kwargs, input (H, W)).

@@ -545,7 +545,7 @@ def _text3d(rec: Recorder, dry: bool, stage1_pipe, steps: int, grid: int) -> Non
   def measure():
     lcfg = _dry_lrm(lrm_configs.get_config("tiny")) if dry else lrm_configs.get_config("large")
     lcfg.model.dtype = "bfloat16"
-    m = lrm.model_config(lcfg)
+    m = lrm.LRMConfig.from_config(lcfg)
     params = device_random_params(abstract_init(lambda k: lrm.init_params(m, k),
                                                 jax.random.key(5)), jax.random.key(5),
                                   jnp.bfloat16)
@@ -604,7 +604,7 @@ def item_lrm(rec: Recorder, dry: bool, args) -> None:
   from instant3d_jax.models import lrm, lrm_stats
   cfg = _dry_lrm(lrm_configs.get_config("tiny")) if dry else lrm_configs.get_config("large")
   cfg.model.dtype = "bfloat16"
-  m = lrm.model_config(cfg)
+  m = lrm.LRMConfig.from_config(cfg)
   t = time.perf_counter()
   params = device_random_params(abstract_init(lambda k: lrm.init_params(m, k),
                                               jax.random.key(0)), jax.random.key(0),
@@ -620,7 +620,7 @@ def item_lrm(rec: Recorder, dry: bool, args) -> None:
   planes = []
   for impl in ("xla", "cudnn"):
     cfg.model.attention_impl = impl
-    mi = lrm.model_config(cfg)
+    mi = lrm.LRMConfig.from_config(cfg)
     fwd = jax.jit(lambda p, x, c, mi=mi: lrm.LRM(mi).apply({"params": p}, x, c))
 
     def measure(fwd=fwd):
@@ -701,7 +701,7 @@ def item_train(rec: Recorder, dry: bool, args) -> None:
   from instant3d_jax.models import lrm as lrm_lib
   from instant3d_jax.train import loop, lrm_task, metrics as metrics_lib, optimizer as opt_lib
   cfg = _train_config(dry)
-  mcfg = lrm_lib.model_config(cfg)
+  mcfg = lrm_lib.LRMConfig.from_config(cfg)
   mesh, rules = loop.setup_mesh(cfg)
   tx, schedule = opt_lib.make_optimizer(cfg.optimizer, int(cfg.train.total_steps))
   dataset = datasets.planned(cfg)    # shapes only; no loader (grain) is made

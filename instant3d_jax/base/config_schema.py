@@ -21,19 +21,42 @@ from typing import Any, Iterable
 
 from instant3d_jax import errors
 
+# Keys that moved: (old section, key, new section). The reconstructor's options that are NOT in
+# the paper left the model, triplane, decoder and nerf sections for `model.extras` (models/lrm.py
+# `ExtrasConfig`); a saved config with a key at its old place gets it moved, value unchanged. Only
+# configs of an LRM (a `model.triplane` section) are touched.
+MOVED_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("model", "plucker_rays", "model.extras"),
+    ("model.triplane", "position_code", "model.extras"),
+    ("model.decoder", "attention_bias", "model.extras"),
+    ("model.decoder", "attention_bias_init", "model.extras"),
+    ("model.decoder", "attention_bias_sigma", "model.extras"),
+    ("model.decoder", "attention_bias_floor", "model.extras"),
+    ("model.triplane", "lift", "model.extras"),
+    ("model.triplane", "lift_concat", "model.extras"),
+    ("model.triplane", "lift_voxels", "model.extras"),
+    ("model.triplane", "lift_voxel_colour", "model.extras"),
+    ("model.triplane", "lift_voxel_resolution", "model.extras"),
+    ("model.nerf", "colour_prior", "model.extras"),
+)
+
 # (section, key, value for a checkpoint written before the key existed). A section that is absent
 # (e.g. a stage-1 config has no `model.triplane`) is left alone: the keys belong to that model.
+# Applied after MOVED_KEYS (so `model.extras` exists in every LRM config by then).
 ADDED_KEYS: tuple[tuple[str, str, Any], ...] = (
     ("model.triplane", "upsample", 2),
-    ("model.triplane", "lift", "none"),
-    ("model.triplane", "lift_concat", False),
-    ("model.triplane", "lift_voxels", False),
-    ("model.triplane", "lift_voxel_resolution", 0),
-    ("model.triplane", "lift_voxel_colour", "mean"),
-    ("model.decoder", "attention_bias_sigma", 1.0),
-    ("model.decoder", "attention_bias_floor", -8.0),
-    ("model.decoder", "attention_bias_init", "zeros"),
-    ("model.nerf", "colour_prior", False),
+    ("model.extras", "plucker_rays", False),
+    ("model.extras", "position_code", False),
+    ("model.extras", "attention_bias", False),
+    ("model.extras", "attention_bias_init", "zeros"),
+    ("model.extras", "attention_bias_sigma", 1.0),
+    ("model.extras", "attention_bias_floor", -8.0),
+    ("model.extras", "lift", "none"),
+    ("model.extras", "lift_concat", False),
+    ("model.extras", "lift_voxels", False),
+    ("model.extras", "lift_voxel_resolution", 0),
+    ("model.extras", "lift_voxel_colour", "mean"),
+    ("model.extras", "colour_prior", False),
     ("model.render", "remat_field", False),
     ("eval", "chunk", 4096),
     ("eval", "lpips", True),
@@ -70,15 +93,34 @@ def require(config: Any, keys: Iterable[str], where: str, prefix: str = "") -> N
                              f"config under configs/ sets {'it' if len(missing) == 1 else 'them'})")
 
 
+def _section(root: Any, dotted: str) -> Any:
+  node = root
+  for part in dotted.split("."):
+    node = node.get(part) if isinstance(node, dict) else None
+  return node
+
+
 def upgrade_config(saved: dict) -> dict:
-  """`saved` (a config dict read back from a checkpoint) with every key of `ADDED_KEYS` that it
-  lacks, in a section it has, set to the value that reproduces the older checkpoint; a copy, the
-  argument is not changed."""
+  """`saved` (a config dict read back from a checkpoint) with every key of `MOVED_KEYS` moved to
+  its new section (created in an LRM config that lacks it), then every key of `ADDED_KEYS` that
+  it lacks, in a section it has, set to the value that reproduces the older checkpoint; a copy,
+  the argument is not changed."""
   out = copy.deepcopy(saved)
+  model = _section(out, "model")
+  if isinstance(model, dict) and isinstance(model.get("triplane"), dict):
+    for old, key, new in MOVED_KEYS:
+      src = _section(out, old)
+      if not isinstance(src, dict) or key not in src:
+        continue
+      value = src.pop(key)
+      dst = _section(out, new)
+      if not isinstance(dst, dict):
+        parent, name = new.rsplit(".", 1)
+        dst = _section(out, parent)[name] = {}
+      dst.setdefault(key, value)
+    model.setdefault("extras", {})
   for section, key, value in ADDED_KEYS:
-    node = out
-    for part in section.split("."):
-      node = node.get(part) if isinstance(node, dict) else None
+    node = _section(out, section)
     if isinstance(node, dict) and key not in node:
       node[key] = value
   return out

@@ -141,10 +141,10 @@ def import_dino_encoder(params: Mapping[str, Any], config, folder: str | os.Path
   The folder's architecture must equal the config's encoder (apart from the Plücker channels,
   zero-filled here); errors name the folder and the mismatching keys.
   """
-  m = lrm_lib.model_config(config)
+  m = lrm_lib.LRMConfig.from_config(config)
   mod_dim = m.camera_embed_dim if m.encoder_modulation else None
-  _, enc = transformers_vit.load_vit(folder, modulation_dim=mod_dim, config=lrm_lib.vit_config(m),
-                                     zero_extra_channels=m.plucker_rays)
+  _, enc = transformers_vit.load_vit(folder, modulation_dim=mod_dim, config=m.vit,
+                                     zero_extra_channels=m.extras.plucker_rays)
   out = dict(nn.meta.unbox(params))
   check_tree_shapes(out["encoder"], enc, f"DINO folder {folder}")
   out["encoder"] = enc
@@ -153,7 +153,7 @@ def import_dino_encoder(params: Mapping[str, Any], config, folder: str | os.Path
 
 def init_params_with_pretrained(config, key: jax.Array) -> dict:
   """Random init, then the DINO encoder from `model.encoder.pretrained` if set (unboxed)."""
-  m = lrm_lib.model_config(config)
+  m = lrm_lib.LRMConfig.from_config(config)
   params = nn.meta.unbox(lrm_lib.init_params(m, key))
   if m.encoder.pretrained:
     params = import_dino_encoder(params, m, m.encoder.pretrained)
@@ -163,8 +163,8 @@ def init_params_with_pretrained(config, key: jax.Array) -> dict:
 def export_dino_encoder(params: Mapping[str, Any], config, folder: str | os.PathLike) -> None:
   """The (fine-tuned) encoder back out as a transformers folder (Plücker channels included in
   the patch embedding; adaLN weights as InstantMesh-named extra keys)."""
-  m = lrm_lib.model_config(config)
-  transformers_vit.save_vit(folder, nn.meta.unbox(params)["encoder"], lrm_lib.vit_config(m))
+  m = lrm_lib.LRMConfig.from_config(config)
+  transformers_vit.save_vit(folder, nn.meta.unbox(params)["encoder"], m.vit)
 
 
 __all__ = ["FORMAT", "save_lrm", "read_lrm", "load_lrm", "read_lrm_metadata", "config_from_json",

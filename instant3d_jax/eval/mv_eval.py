@@ -68,7 +68,7 @@ def _rerenderer(checkpoint: str):
   from instant3d_jax.eval import metrics as metrics_lib
   from instant3d_jax.models import lrm as lrm_lib
   config, params = reconstruction.load_checkpoint(checkpoint)
-  m = lrm_lib.model_config(config)
+  m = lrm_lib.LRMConfig.from_config(config)
   rig = cameras_lib.instant3d_rig(int(m.input_resolution))
 
   @jax.jit

@@ -58,7 +58,7 @@ class Evaluator:
   def __init__(self, config, *, with_lpips: bool | None = None, baselines: bool = True):
     from instant3d_jax.models import lrm as lrm_lib  # eval → models, never models → eval
     self.config = config
-    self.mcfg = lrm_lib.model_config(config)
+    self.mcfg = lrm_lib.LRMConfig.from_config(config)
     model = lrm_lib.LRM(self.mcfg)
     chunk = int(config.eval.chunk)
     mcfg = self.mcfg

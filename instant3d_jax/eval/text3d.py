@@ -151,11 +151,11 @@ class ObjectRenderer:
                fov: float):
     import jax
     from instant3d_jax.models import lrm as lrm_lib
-    self.mcfg = lrm_lib.model_config(config)
+    self.mcfg = lrm_lib.LRMConfig.from_config(config)
     self.resolution, self.elevation, self.distance, self.fov = (int(resolution), float(elevation),
                                                                 float(distance), float(fov))
-    self.plane_shape = (3, lrm_lib.plane_resolution(self.mcfg), lrm_lib.plane_resolution(self.mcfg),
-                        lrm_lib.plane_channels(self.mcfg))
+    self.plane_shape = (3, self.mcfg.plane_resolution, self.mcfg.plane_resolution,
+                        self.mcfg.plane_channels)
     self._params = jax.device_put({"nerf": params["nerf"]})
     mcfg = self.mcfg
     self._render = jax.jit(lambda p, planes, cams: lrm_lib.render_views(

@@ -27,11 +27,16 @@ softplus(x + b) with b = −1 (OpenLRM; no overflow, and ≈0.31 at init so grad
 sample) or exp(x + b) (TripoSR); rgb = sigmoid(x)·(1 + 2ε) − ε with ε = 0.001 (OpenLRM: the
 targets 0 and 1 are reachable with finite logits).
 
-Logical axes (docs/design.md §3): parameters `embed, mlp, heads, planes, modulation, norm` (the NeRF MLP is replicated: `None`); activations `batch, length, act_embed, act_heads`.
+Config: `LRMConfig.from_config(cfg)`, the typed, validated, frozen mirror of configs/lrm.py's
+`model` section (derived sizes as properties: `.vit`, `.tokens_per_view`, `.plane_resolution`,
+`.plane_channels`, `.mlp_input_channels`, …). The options marked "optional" above are NOT in the
+paper and live in `model.extras` (`ExtrasConfig`), with the CPU demo's input-view lift
+(models/lrm_lift.py: a visual hull of the input views added to the tokens and planes).
+
+Logical axes (docs/design.md §3): parameters `embed, mlp, heads, planes, modulation, norm` (the
+NeRF MLP is replicated: `None`); activations `batch, length, act_embed, act_heads`.
 """
 from __future__ import annotations
-
-from instant3d_jax import errors
 
 import dataclasses
 import math
@@ -40,12 +45,13 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from instant3d_jax import cameras as cameras_lib
+from instant3d_jax import errors
 from instant3d_jax import rendering
 from instant3d_jax.models import layers
+from instant3d_jax.models import lrm_lift
 from instant3d_jax.models import vit as vit_lib
 
 Dtype = Any
@@ -53,97 +59,365 @@ PLUCKER_CHANNELS = 6
 
 
 # ---------------------------------------------------------------------------------------------
-# Config helpers
+# Config: `LRMConfig.from_config(cfg)`, a typed, frozen (hashable) mirror of the `model` section
 
 
-def model_config(cfg) -> ml_collections.FrozenConfigDict:
-  """The `model` section of a full config (or the section itself), frozen (hashable)."""
-  if "model" in cfg:
-    cfg = cfg["model"]
-  return ml_collections.FrozenConfigDict(cfg)
+def _bad(key: str, value, want: str) -> errors.ConfigError:
+  return errors.ConfigError(f"model.{key} must be {want}, got {value!r}")
 
 
-def compute_dtype(mcfg) -> Dtype:
-  """The compute dtype named by `model.dtype` (`layers.DTYPES`)."""
-  return layers.compute_dtype(mcfg.dtype, "model.dtype")
+def _one_of(key: str, value, allowed: tuple) -> None:
+  if value not in allowed:
+    raise _bad(key, value, "one of " + ", ".join(repr(a) for a in allowed))
 
 
-def vit_config(mcfg) -> vit_lib.ViTConfig:
-  """The encoder's `ViTConfig` (3 colour channels + 6 Plücker channels when enabled)."""
-  e = mcfg.encoder
-  dinov2 = e.model_type != "vit"
-  return vit_lib.ViTConfig(
-      model_type=e.model_type, hidden_size=e.hidden_size, num_hidden_layers=e.num_layers,
-      num_attention_heads=e.num_heads, mlp_dim=e.mlp_dim, patch_size=e.patch_size,
-      image_size=e.image_size,
-      num_channels=3 + (PLUCKER_CHANNELS if mcfg.plucker_rays else 0),
-      layer_norm_eps=e.layer_norm_eps, layer_scale=dinov2,
-      num_register_tokens=e.num_register_tokens)
+def _positive(key: str, value) -> None:
+  if value < 1:
+    raise _bad(key, value, "a positive integer")
 
 
-def tokens_per_view(mcfg) -> int:
-  """Encoder tokens per view: CLS + registers + (H/p)²."""
-  grid = mcfg.input_resolution // mcfg.encoder.patch_size
-  return 1 + mcfg.encoder.num_register_tokens + grid * grid
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """`model.encoder`: the DINO ViT (models/vit.py). `preset` names the public layout it mirrors;
+  `pretrained`: a transformers folder whose weights replace the random encoder at step 0."""
+  preset: str
+  pretrained: str
+  model_type: str
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  patch_size: int
+  image_size: int
+  layer_norm_eps: float
+  num_register_tokens: int
+
+  def __post_init__(self):
+    _one_of("encoder.model_type", self.model_type, vit_lib.MODEL_TYPES)
+    for k in ("hidden_size", "num_layers", "num_heads", "mlp_dim", "patch_size", "image_size"):
+      _positive(f"encoder.{k}", getattr(self, k))
+    if self.hidden_size % self.num_heads:
+      raise _bad("encoder.num_heads", self.num_heads,
+                 f"a divisor of encoder.hidden_size={self.hidden_size}")
 
 
-def plane_upsample(mcfg) -> int:
-  """Factor u of the token-to-plane transposed convolution (kernel u × u, stride u)."""
-  return int(mcfg.triplane.upsample)
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """`model.decoder`: the triplane transformer (cross-attn → self-attn → MLP per block)."""
+  num_layers: int
+  hidden_size: int
+  num_heads: int
+  mlp_ratio: int
+  qkv_bias: bool
+  layer_norm_eps: float
+
+  def __post_init__(self):
+    for k in ("num_layers", "hidden_size", "num_heads", "mlp_ratio"):
+      _positive(f"decoder.{k}", getattr(self, k))
+    if self.hidden_size % self.num_heads:
+      raise _bad("decoder.num_heads", self.num_heads,
+                 f"a divisor of decoder.hidden_size={self.hidden_size}")
 
 
-def feature_channels(mcfg) -> int:
-  """Channels per plane the NeRF MLP reads: `triplane.channels`, plus the raw lifted channels
-  when `triplane.lift='hull'` with `lift_concat`."""
-  tc = mcfg.triplane
-  extra = LIFT_CHANNELS if tc.lift == "hull" and tc.lift_concat else 0
-  return int(tc.channels) + extra
+@dataclasses.dataclass(frozen=True)
+class TriplaneConfig:
+  """`model.triplane`: learned tokens 3 × T × T → planes 3 × uT × uT × channels."""
+  token_resolution: int
+  channels: int
+  upsample: int
+
+  def __post_init__(self):
+    for k in ("token_resolution", "channels", "upsample"):
+      _positive(f"triplane.{k}", getattr(self, k))
 
 
-def lift_voxels(mcfg) -> bool:
-  """`triplane.lift_voxels`: the lifted R³ grid itself rides in the planes (`voxel_channels`)."""
-  tc = mcfg.triplane
-  on = bool(tc.lift_voxels)
-  if on and tc.lift != "hull":
-    raise errors.ConfigError("model.triplane.lift_voxels needs model.triplane.lift='hull', got "
-                             f"lift={tc.lift!r} (for the paper's model set "
-                             "model.triplane.lift_voxels=False and model.nerf.colour_prior=False "
-                             "too)")
-  return on
+NERF_ACTIVATIONS = ("relu", "silu")
+DENSITY_ACTIVATIONS = ("softplus", "exp")
 
 
-def voxel_resolution(mcfg) -> int:
-  """Side N of the lifted voxel grid (`triplane.lift_voxel_resolution`; 0 = the plane
-  resolution R). N ≥ R with N³·4 a multiple of R², so the grid fills whole XY-plane channels."""
-  r = plane_resolution(mcfg)
-  n = int(mcfg.triplane.lift_voxel_resolution or r)
-  if n < r or (n ** 3 * VOXEL_CHANNELS) % (r * r):
-    raise errors.ConfigError(f"model.triplane.lift_voxel_resolution must be 0 or at least "
-                             f"the plane resolution {r} with N³·4 a multiple of {r}², got {n}")
-  return n
+@dataclasses.dataclass(frozen=True)
+class NeRFConfig:
+  """`model.nerf`: the shared point-wise MLP (OpenLRM's OSGDecoder layout)."""
+  num_layers: int
+  hidden: int
+  activation: str
+  density_activation: str
+  density_bias: float
+  rgb_padding: float
+
+  def __post_init__(self):
+    _positive("nerf.num_layers", self.num_layers)
+    _positive("nerf.hidden", self.hidden)
+    _one_of("nerf.activation", self.activation, NERF_ACTIVATIONS)
+    _one_of("nerf.density_activation", self.density_activation, DENSITY_ACTIVATIONS)
 
 
-def voxel_channels(mcfg) -> int:
-  """Extra channels per plane holding the lifted voxel grid (`lift_voxels`): the N³ ×
-  VOXEL_CHANNELS grid laid out in the XY plane (N³·4 / R² channels; zeros in XZ and YZ); 0 when
-  off."""
-  if not lift_voxels(mcfg):
-    return 0
-  return voxel_resolution(mcfg) ** 3 * VOXEL_CHANNELS // plane_resolution(mcfg) ** 2
+@dataclasses.dataclass(frozen=True)
+class RenderConfig:
+  """`model.render`: volume rendering in the box [-box, box]³ (instant3d_jax/rendering.py)."""
+  num_samples: int
+  num_importance: int
+  box: float
+  chunk: int
+  remat_field: bool
+
+  def __post_init__(self):
+    _positive("render.num_samples", self.num_samples)
+    if self.num_importance < 0:
+      raise _bad("render.num_importance", self.num_importance, "≥ 0")
+    if self.box <= 0:
+      raise _bad("render.box", self.box, "> 0")
+    _positive("render.chunk", self.chunk)
 
 
-def plane_channels(mcfg) -> int:
-  """Channels per plane of the output triplane: `feature_channels` plus `voxel_channels`."""
-  return feature_channels(mcfg) + voxel_channels(mcfg)
+LIFTS = ("none", "hull")
+VOXEL_COLOURS = ("mean", "visible")
+ATTENTION_BIAS_INITS = ("zeros", "rig")
 
 
-def mlp_input_channels(mcfg) -> int:
-  """The NeRF MLP's input width: 3 planes' features, plus the voxel sample with `lift_voxels`."""
-  return 3 * feature_channels(mcfg) + (VOXEL_CHANNELS if lift_voxels(mcfg) else 0)
+@dataclasses.dataclass(frozen=True)
+class ExtrasConfig:
+  """`model.extras`: every option NOT in the paper, each off in the paper's model. The CPU
+  prototype's conditioning knobs (issue 5): `plucker_rays` (6 Plücker channels per input pixel),
+  `position_code` (a sine/cosine code of each triplane token's plane/row/col),
+  `attention_bias` (+ `_init`, `_sigma`, `_floor`: a learned cross-attention bias per token
+  pair). The CPU demo's input-view lift (models/lrm_lift.py): `lift`, `lift_concat`,
+  `lift_voxels`, `lift_voxel_colour`, `lift_voxel_resolution`, `colour_prior`."""
+  plucker_rays: bool
+  position_code: bool
+  attention_bias: bool
+  attention_bias_init: str
+  attention_bias_sigma: float
+  attention_bias_floor: float
+  lift: str
+  lift_concat: bool
+  lift_voxels: bool
+  lift_voxel_colour: str
+  lift_voxel_resolution: int
+  colour_prior: bool
+
+  def __post_init__(self):
+    _one_of("extras.attention_bias_init", self.attention_bias_init, ATTENTION_BIAS_INITS)
+    _one_of("extras.lift", self.lift, LIFTS)
+    _one_of("extras.lift_voxel_colour", self.lift_voxel_colour, VOXEL_COLOURS)
+    if self.lift_voxels and self.lift != "hull":
+      raise errors.ConfigError(
+          f"model.extras.lift_voxels needs model.extras.lift='hull', got lift={self.lift!r} "
+          "(for the paper's model set model.extras.lift_voxels=False and "
+          "model.extras.colour_prior=False too)")
+    if self.colour_prior and not self.lift_voxels:
+      raise errors.ConfigError("model.extras.colour_prior needs model.extras.lift_voxels=True (the "
+                               "voxels' colour is the prior)")
+    if self.lift_voxel_resolution < 0:
+      raise _bad("extras.lift_voxel_resolution", self.lift_voxel_resolution, "≥ 0")
 
 
-def plane_resolution(mcfg) -> int:
-  return plane_upsample(mcfg) * mcfg.triplane.token_resolution
+# The keys of `ExtrasConfig` in the sections where they lived before `model.extras` existed
+# (base/config_schema.py `MOVED_KEYS` moves them when an older checkpoint's config loads).
+EXTRAS_OLD_SECTIONS = {
+    "plucker_rays": "model", "position_code": "model.triplane",
+    "attention_bias": "model.decoder", "attention_bias_init": "model.decoder",
+    "attention_bias_sigma": "model.decoder", "attention_bias_floor": "model.decoder",
+    "lift": "model.triplane", "lift_concat": "model.triplane", "lift_voxels": "model.triplane",
+    "lift_voxel_colour": "model.triplane", "lift_voxel_resolution": "model.triplane",
+    "colour_prior": "model.nerf"}
+
+
+def _coerce(kind: str, value, key: str):
+  """`value` as the dataclass field type `kind` ('int', 'float', 'bool', 'str', or the
+  background's tuple), or a one-line ConfigError naming `model.<key>`."""
+  if kind == "bool":
+    if isinstance(value, (bool, np.bool_)):
+      return bool(value)
+    raise _bad(key, value, "True or False")
+  if kind == "int":
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+      return int(value)
+    raise _bad(key, value, "an integer")
+  if kind == "float":
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+      return float(value)
+    raise _bad(key, value, "a number")
+  if kind == "str":
+    if isinstance(value, str):
+      return value
+    raise _bad(key, value, "a string")
+  if kind.startswith("tuple"):
+    try:
+      out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+      out = ()
+    if len(out) != 3:
+      raise _bad(key, value, "an RGB triple")
+    return out
+  raise TypeError(kind)
+
+
+def _build(cls, node, prefix: str):
+  """`cls` from the config section `node` (a ConfigDict or dict), every field required."""
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    key = prefix + f.name
+    if not _has(node, f.name):
+      raise errors.ConfigError(f"config: missing model.{key} (read by models/lrm.py LRMConfig; "
+                               "every LRM config under configs/ sets it)")
+    if f.type in _SECTIONS:
+      kwargs[f.name] = _build(_SECTIONS[f.type], node[f.name], key + ".")
+    else:
+      kwargs[f.name] = _coerce(f.type, node[f.name], key)
+  return cls(**kwargs)
+
+
+def _has(node, key: str) -> bool:
+  try:
+    return key in node
+  except TypeError:
+    return False
+
+
+DTYPE_NAMES = tuple(sorted(layers.DTYPES))
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class LRMConfig:
+  """The reconstructor's architecture: the `model` section of configs/lrm.py, typed, validated and
+  frozen (hashable: modules take it as an attribute). Build with `LRMConfig.from_config(cfg)`
+  (a whole config or its `model` section); configs/lrm.py documents every key. The paper's
+  choices live in the sections below; everything NOT in the paper is in `extras`."""
+  num_views: int
+  input_resolution: int
+  dtype: str
+  attention_impl: str
+  remat: str
+  background: tuple[float, float, float]
+  camera_embed_dim: int
+  encoder_modulation: bool
+  decoder_modulation: bool
+  encoder: EncoderConfig
+  decoder: DecoderConfig
+  triplane: TriplaneConfig
+  nerf: NeRFConfig
+  render: RenderConfig
+  extras: ExtrasConfig
+
+  def __post_init__(self):
+    _positive("num_views", self.num_views)
+    _positive("camera_embed_dim", self.camera_embed_dim)
+    _one_of("dtype", self.dtype, DTYPE_NAMES)
+    _one_of("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    if self.input_resolution < 1 or self.input_resolution % self.encoder.patch_size:
+      raise _bad("input_resolution", self.input_resolution,
+                 f"a positive multiple of encoder.patch_size={self.encoder.patch_size}")
+    if self.extras.position_code and self.decoder.hidden_size < 6:
+      raise _bad("decoder.hidden_size", self.decoder.hidden_size,
+                 "≥ 6 with extras.position_code (the triplane position code)")
+    if self.extras.lift_voxels:
+      r, n = self.plane_resolution, self.voxel_resolution
+      if n < r or (n ** 3 * lrm_lift.VOXEL_CHANNELS) % (r * r):
+        raise errors.ConfigError(f"model.extras.lift_voxel_resolution must be 0 or at least "
+                                 f"the plane resolution {r} with N³·4 a multiple of {r}², got {n}")
+
+  @classmethod
+  def from_config(cls, cfg) -> "LRMConfig":
+    """From a whole config (with a `model` section), the `model` section itself (a ConfigDict
+    or a dict), or an `LRMConfig` (returned as is). Every key is required (an older
+    checkpoint's config goes through `base.config_schema.upgrade_config` first); a key still in
+    its pre-`extras` section is refused with the key named."""
+    if isinstance(cfg, LRMConfig):
+      return cfg
+    if _has(cfg, "model"):
+      cfg = cfg["model"]
+    for key, section in EXTRAS_OLD_SECTIONS.items():
+      node = cfg
+      for part in section.split(".")[1:]:
+        node = node[part] if _has(node, part) else None
+      if node is not None and _has(node, key):
+        raise errors.ConfigError(
+            f"config: {section}.{key} is now model.extras.{key} (not in the paper; "
+            "base/config_schema.py upgrade_config moves it in a checkpoint's config)")
+    return _build(cls, cfg, "")
+
+  def to_dict(self) -> dict:
+    """The `model` section as a plain dict (the config keys, nested)."""
+    return dataclasses.asdict(self)
+
+  # Derived values ------------------------------------------------------------------------
+
+  @property
+  def compute_dtype(self) -> Dtype:
+    """The compute dtype named by `dtype` (`layers.DTYPES`)."""
+    return layers.compute_dtype(self.dtype, "model.dtype")
+
+  @property
+  def vit(self) -> vit_lib.ViTConfig:
+    """The encoder's `ViTConfig` (3 colour channels + 6 Plücker channels when enabled)."""
+    e = self.encoder
+    return vit_lib.ViTConfig(
+        model_type=e.model_type, hidden_size=e.hidden_size, num_hidden_layers=e.num_layers,
+        num_attention_heads=e.num_heads, mlp_dim=e.mlp_dim, patch_size=e.patch_size,
+        image_size=e.image_size,
+        num_channels=3 + (PLUCKER_CHANNELS if self.extras.plucker_rays else 0),
+        layer_norm_eps=e.layer_norm_eps, layer_scale=e.model_type != "vit",
+        num_register_tokens=e.num_register_tokens)
+
+  @property
+  def tokens_per_view(self) -> int:
+    """Encoder tokens per view: CLS + registers + (H/p)²."""
+    grid = self.input_resolution // self.encoder.patch_size
+    return 1 + self.encoder.num_register_tokens + grid * grid
+
+  @property
+  def plane_resolution(self) -> int:
+    """Side R = upsample · token_resolution of the output planes."""
+    return self.triplane.upsample * self.triplane.token_resolution
+
+  @property
+  def feature_channels(self) -> int:
+    """Channels per plane the NeRF MLP reads: `triplane.channels`, plus the raw lifted
+    channels with `extras.lift='hull'` and `lift_concat`."""
+    x = self.extras
+    return self.triplane.channels + (
+        lrm_lift.LIFT_CHANNELS if x.lift == "hull" and x.lift_concat else 0)
+
+  @property
+  def voxel_resolution(self) -> int:
+    """Side N of the lifted voxel grid (`extras.lift_voxel_resolution`; 0 = the plane
+    resolution R). N ≥ R with N³·4 a multiple of R², so the grid fills whole XY-plane channels."""
+    return self.extras.lift_voxel_resolution or self.plane_resolution
+
+  @property
+  def voxel_channels(self) -> int:
+    """Extra channels per plane holding the lifted voxel grid (`extras.lift_voxels`): the N³ ×
+    VOXEL_CHANNELS grid laid out in the XY plane (N³·4 / R² channels; zeros in XZ and YZ); 0 when
+    off."""
+    if not self.extras.lift_voxels:
+      return 0
+    return self.voxel_resolution ** 3 * lrm_lift.VOXEL_CHANNELS // self.plane_resolution ** 2
+
+  @property
+  def plane_channels(self) -> int:
+    """Channels per plane of the output triplane: `feature_channels` plus `voxel_channels`."""
+    return self.feature_channels + self.voxel_channels
+
+  @property
+  def mlp_input_channels(self) -> int:
+    """The NeRF MLP's input width: 3 planes' features, plus the voxel sample with
+    `extras.lift_voxels`."""
+    return 3 * self.feature_channels + (
+        lrm_lift.VOXEL_CHANNELS if self.extras.lift_voxels else 0)
+
+  def nerf_mlp(self) -> "NeRFMLP":
+    """The shared NeRF MLP module of this config."""
+    n = self.nerf
+    return NeRFMLP(hidden=n.hidden, num_layers=n.num_layers, activation=n.activation,
+                   density_activation=n.density_activation, density_bias=n.density_bias,
+                   rgb_padding=n.rgb_padding, colour_prior=self.extras.colour_prior)
+
+
+_SECTIONS = {"EncoderConfig": EncoderConfig, "DecoderConfig": DecoderConfig,
+             "TriplaneConfig": TriplaneConfig, "NeRFConfig": NeRFConfig,
+             "RenderConfig": RenderConfig, "ExtrasConfig": ExtrasConfig}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +455,7 @@ def triplane_position_code(token_resolution: int, dim: int) -> np.ndarray:
   return out
 
 
-def rig_attention_bias(mcfg, *, num_points: int = 64) -> np.ndarray:
+def rig_attention_bias(mcfg: LRMConfig, *, num_points: int = 64) -> np.ndarray:
   """Geometric initial value `[3·T·T, V·(1 + R + N)]` of the decoder's cross-attention bias.
 
   Triplane token (plane p, row r, col c) stands for the segment of 3-D points whose two plane
@@ -189,20 +463,20 @@ def rig_attention_bias(mcfg, *, num_points: int = 64) -> np.ndarray:
   as `rendering.PLANE_AXES`). Projected into input view v of the fixed rig (Instant3D, az
   0/90/180/270 at `input_resolution`), it is a 2-D segment; the bias of (token, patch token of
   view v) is −d²/(2σ²), d = the distance in patches from the patch centre to that segment
-  (`num_points` samples along it), σ = `decoder.attention_bias_sigma` patches, floored at
-  `decoder.attention_bias_floor`. CLS and register tokens get 0. So from step 0 each triplane
+  (`num_points` samples along it), σ = `extras.attention_bias_sigma` patches, floored at
+  `extras.attention_bias_floor`. CLS and register tokens get 0. So from step 0 each triplane
   token attends mostly to the image patches that see its points: the routing a zero-initialised
   bias has to learn.
   """
-  m = mcfg
+  m = LRMConfig.from_config(mcfg)
   if m.num_views != 4:
     raise errors.ConfigError(f"rig_attention_bias: the Instant3D rig has 4 views, model.num_views is "
                      f"{m.num_views}")
   T, box = m.triplane.token_resolution, float(m.render.box)
   res, patch = m.input_resolution, m.encoder.patch_size
   grid = res // patch
-  sigma = float(m.decoder.attention_bias_sigma)
-  floor = float(m.decoder.attention_bias_floor)
+  sigma = m.extras.attention_bias_sigma
+  floor = m.extras.attention_bias_floor
   centres = ((np.arange(T) + 0.5) / T * 2 - 1) * box
   along = np.linspace(-box, box, num_points)
   pts = np.zeros((3, T, T, num_points, 3))
@@ -229,219 +503,6 @@ def rig_attention_bias(mcfg, *, num_points: int = 64) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # Modules
-
-
-# ---------------------------------------------------------------------------------------------
-# Input-view lifting (optional, `triplane.lift`): a parameter-free visual hull of the inputs
-
-
-LIFT_CHANNELS = 8   # per plane: hull max, hull mean, hull-weighted colour (3), mean colour (3)
-VOXEL_CHANNELS = 4  # per voxel (`triplane.lift_voxels`): hull, mean view colour (3)
-
-
-def foreground(images: jax.Array, background) -> jax.Array:
-  """Soft foreground `[..., H, W]` of images composited on `background`: the largest channel
-  difference from the background, scaled so that a 0.1 difference counts as fully foreground."""
-  bg = jnp.asarray(background, jnp.float32)
-  return jnp.clip(jnp.max(jnp.abs(images.astype(jnp.float32) - bg), axis=-1) / 0.1, 0.0, 1.0)
-
-
-def _bilinear_image(image: jax.Array, uv: jax.Array) -> jax.Array:
-  """`image [H, W, c]` at pixel coordinates `uv [..., 2]` (centres at +0.5); zero outside."""
-  # One gather of all channels per corner from the zero-padded image (as map_coordinates with
-  # order=1, mode='constant', cval=0, which gathers each channel separately: 4× slower here).
-  h, w, c = image.shape
-  table = jnp.pad(image, ((1, 1), (1, 1), (0, 0))).reshape((h + 2) * (w + 2), c)
-  x = jnp.clip(jnp.nan_to_num(uv[..., 0] + 0.5), 0.0, float(w + 1))     # padded pixel coords
-  y = jnp.clip(jnp.nan_to_num(uv[..., 1] + 0.5), 0.0, float(h + 1))
-  x0, y0 = jnp.minimum(jnp.floor(x), float(w)), jnp.minimum(jnp.floor(y), float(h))
-  fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-  i = y0.astype(jnp.int32) * (w + 2) + x0.astype(jnp.int32)
-  return ((1 - fy) * ((1 - fx) * table[i] + fx * table[i + 1])
-          + fy * ((1 - fx) * table[i + w + 2] + fx * table[i + w + 3]))
-
-
-def lift_views(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, box: float,
-               background) -> jax.Array:
-  """Parameter-free triplane features of ONE object's input views (a visual hull).
-
-  Every texel centre of an R³ grid over [-box, box]³ (R = `resolution`, the planes' own texel
-  centres) is projected into the V views `images [V, H, W, 3]`; per point, the hull value is the
-  product over views of the soft foreground at its projection (0 outside a view or behind it) and
-  its colour is the mean of the V view colours. Each plane reduces the grid along its normal
-  axis: hull max, hull mean, hull-weighted mean colour and plain mean colour along the axis.
-  Returns `[3, R, R, LIFT_CHANNELS]` in the triplane convention of `rendering.sample_triplane`
-  (XY: row y, col x; XZ: row z, col x; YZ: row z, col y). No gradient flows to the images.
-  """
-  return lift_planes(*lift_grid(images, cameras, resolution, box, background))
-
-
-def lift_planes(hull: jax.Array, colour: jax.Array) -> jax.Array:
-  """`lift_views`' reduction of the grid (hull `[x, y, z]`, colour `[x, y, z, 3]`) along each
-  plane's normal axis → `[3, R, R, LIFT_CHANNELS]`."""
-  planes = []
-  for axis, perm in ((2, (1, 0, 2)), (1, (1, 0, 2)), (0, (1, 0, 2))):    # XY, XZ, YZ
-    h = hull[..., None]
-    weight = jnp.sum(h, axis=axis)
-    feats = jnp.concatenate([
-        jnp.max(h, axis=axis), jnp.mean(h, axis=axis),
-        jnp.sum(h * colour, axis=axis) / (weight + 1e-3),
-        jnp.mean(colour, axis=axis)], -1)                                  # [a, b, 8] (a < b)
-    planes.append(jnp.transpose(feats, perm))                              # [row b, col a, 8]
-  return jnp.stack(planes)
-
-
-def lift_grid(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, box: float,
-              background, colour: str = "mean") -> tuple[jax.Array, jax.Array]:
-  """The visual hull of ONE object's views on the R³ grid of texel centres over [-box, box]³
-  (`lift_views`): hull `[x, y, z]` (product over views of the soft foreground at each point's
-  projection) and colour `[x, y, z, 3]`: with `colour='mean'` the mean of the views' colours
-  there; with 'visible' each view weighted by the point's visibility from its camera through the
-  hull (`hull_visibility`; the mean where no view sees the point). No gradient."""
-  pts, samples, hull, mean = _grid_samples(images, cameras, resolution, box, background)
-  return hull, _grid_colour(colour, samples, pts, hull, mean, cameras, box)
-
-
-def lift_inputs(images: jax.Array, cameras: cameras_lib.Camera, resolution: int, box: float,
-                background, voxel_colour: str | None = None, voxel_resolution: int = 0
-                ) -> tuple[jax.Array, jax.Array | None]:
-  """What the LRM lifts from ONE object's views: the planes of `lift_views` and, with
-  `voxel_colour` ('mean' | 'visible'; `triplane.lift_voxels`), the `voxel_planes` of the grid
-  (else None). With `voxel_resolution` N = 0 or R the voxels are `lift_grid`'s, from the same
-  projection as the planes; a finer N projects an N³ grid too, and 'visible' then weights its
-  views by the R³ grid's visibilities, trilinearly upsampled (one R³ march per view, not N³)."""
-  pts, samples, hull, mean = _grid_samples(images, cameras, resolution, box, background)
-  planes = lift_planes(hull, mean)
-  if voxel_colour is None:
-    return planes, None
-  n = voxel_resolution or resolution
-  if n == resolution:
-    return planes, voxel_planes(hull, _grid_colour(voxel_colour, samples, pts, hull, mean,
-                                                   cameras, box), resolution)
-  fpts, fsamples, fhull, fmean = _grid_samples(images, cameras, n, box, background)
-  vis = None
-  if voxel_colour == "visible":
-    coarse = _visibilities(pts, hull, cameras, box)                        # [V, R, R, R]
-    vis = jax.image.resize(coarse, (coarse.shape[0], n, n, n), "linear")
-  return planes, voxel_planes(fhull, _grid_colour(voxel_colour, fsamples, fpts, fhull, fmean,
-                                                  cameras, box, vis), resolution)
-
-
-def _grid_samples(images, cameras, resolution, box, background):
-  """The R³ texel-centre grid `[x, y, z, 3]`, its projections into the views (colour and soft
-  foreground `[V, x, y, z, 4]`), the hull `[x, y, z]` and the mean colour `[x, y, z, 3]`."""
-  images = jax.lax.stop_gradient(images.astype(jnp.float32))
-  c = -box + (jnp.arange(resolution, dtype=jnp.float32) + 0.5) * (2.0 * box / resolution)
-  pts = jnp.stack(jnp.meshgrid(c, c, c, indexing="ij"), -1)               # [x, y, z, 3]
-  fg = foreground(images, background)[..., None]
-  rgbm = jnp.concatenate([images, fg], -1)                                 # [V, H, W, 4]
-
-  def one_view(img, cam):
-    uv, depth = cameras_lib.project_grid(cam, c)
-    s = _bilinear_image(img, uv)
-    return jnp.where((depth > 0)[..., None], s, 0.0)
-
-  samples = jax.vmap(one_view)(rgbm, cameras)                              # [V, x, y, z, 4]
-  return pts, samples, jnp.prod(samples[..., 3], axis=0), jnp.mean(samples[..., :3], axis=0)
-
-
-def _visibilities(pts, hull, cameras, box):
-  """Each view's `hull_visibility` at the grid points `pts`: `[V, x, y, z]`."""
-  return jax.vmap(lambda cam: hull_visibility(hull, pts, cam.c2w[:3, 3], box))(cameras)
-
-
-def _grid_colour(colour: str, samples, pts, hull, mean, cameras, box, vis=None):
-  """`lift_grid`'s colour: the mean, or the visibility-weighted mean of the views' colours
-  (`vis [V, x, y, z]`, default: marched through `hull` here)."""
-  if colour == "mean":
-    return mean
-  if colour != "visible":
-    raise errors.ConfigError(f"model.triplane.lift_voxel_colour must be 'mean' or 'visible', got "
-                             f"{colour!r}")
-  if vis is None:
-    vis = _visibilities(pts, hull, cameras, box)
-  w = vis[..., None]                                                       # [V, x, y, z, 1]
-  seen = jnp.sum(w, axis=0)
-  visible = jnp.sum(w * samples[..., :3], axis=0) / jnp.maximum(seen, 1e-3)
-  return jnp.where(seen > 1e-2, visible, mean)
-
-
-VISIBILITY_STEPS = 12
-
-
-def hull_visibility(hull: jax.Array, points: jax.Array, origin: jax.Array, box: float
-                    ) -> jax.Array:
-  """Transmittance from a camera at `origin` to each grid point `points [x, y, z, 3]` through
-  the hull grid `hull [x, y, z]` (occupancy in [0, 1]): the product of (1 − hull) at
-  VISIBILITY_STEPS points along the segment towards the camera, from 2 voxels off the point to
-  the far side of the box (trilinear reads, zero outside)."""
-  r = hull.shape[0]
-  vox = 2.0 * box / r
-  d = origin[None, None, None, :] - points
-  d = d / jnp.linalg.norm(d, axis=-1, keepdims=True)
-  ts = 2.0 * vox + jnp.arange(VISIBILITY_STEPS, dtype=jnp.float32) * (
-      (2.0 * box) / VISIBILITY_STEPS)
-  q = points[..., None, :] + ts[:, None] * d[..., None, :]                 # [x, y, z, K, 3]
-  grid = jnp.transpose(hull, (1, 0, 2))[None]                              # [1, y, x, z]
-  occ = sample_voxels(grid, q, box, channels=1)[..., 0]
-  return jnp.prod(1.0 - jnp.clip(occ, 0.0, 1.0), axis=-1)
-
-
-def voxel_planes(hull: jax.Array, colour: jax.Array, plane_resolution: int | None = None
-                 ) -> jax.Array:
-  """The lifted N³ grid as plane channels (`triplane.lift_voxels`): `[3, R, R, N³·4/R²]` (R =
-  `plane_resolution`, default N), the XY plane holding the grid `[y, x, z, (hull, colour)]`
-  flattened in that order (for N = R: voxel (x, y, z) at row y, column x, channels z·4 … z·4 + 3);
-  XZ and YZ zero. `sample_voxels` reads it back."""
-  n = hull.shape[0]
-  r = int(plane_resolution or n)
-  if (n ** 3 * VOXEL_CHANNELS) % (r * r):
-    raise ValueError(f"voxel_planes: an {n}³ grid does not fill whole channels of {r}² planes")
-  vox = jnp.concatenate([hull[..., None], colour], -1)                     # [x, y, z, 4]
-  xy = jnp.transpose(vox, (1, 0, 2, 3)).reshape(r, r, -1)                  # [y, x, z, 4] flat
-  return jnp.stack([xy, jnp.zeros_like(xy), jnp.zeros_like(xy)])
-
-
-def sample_voxels(planes_vox: jax.Array, points: jax.Array, box: float, *,
-                  channels: int = VOXEL_CHANNELS) -> jax.Array:
-  """Trilinear lookup of the voxel grid stored by `voxel_planes` (`[3, R, R, N³·channels/R²]`,
-  only XY read: the grid `[y, x, z, channels]` flattened) at `points [..., 3]` →
-  `[..., channels]`; texel centres as `rendering.sample_triplane` (align_corners=False), zero
-  outside the box."""
-  cells = planes_vox[0].size // channels
-  r = round(cells ** (1.0 / 3.0))
-  if r ** 3 != cells:
-    raise ValueError(f"sample_voxels: {tuple(planes_vox.shape)} planes hold {cells} cells of "
-                     f"{channels} channels, not a cube")
-  grid = planes_vox[0].reshape(r, r, r, channels)                          # [y, x, z, c]
-  grid = jnp.pad(grid, ((1, 1), (1, 1), (1, 1), (0, 0)))
-  rp = r + 2
-  table = grid.reshape(rp * rp * rp, channels)
-  pix = jnp.clip((points.astype(jnp.float32) + box) * (r / (2.0 * box)) + 0.5, 0.0, float(r + 1))
-  i0 = jnp.minimum(jnp.floor(pix), float(r))
-  f = pix - i0
-  i0 = i0.astype(jnp.int32)
-  ix, iy, iz = i0[..., 0], i0[..., 1], i0[..., 2]
-  fx, fy, fz = f[..., 0:1], f[..., 1:2], f[..., 2:3]
-  out = 0.0
-  for dy, wy in ((0, 1 - fy), (1, fy)):
-    for dx, wx in ((0, 1 - fx), (1, fx)):
-      for dz, wz in ((0, 1 - fz), (1, fz)):
-        idx = ((iy + dy) * rp + (ix + dx)) * rp + (iz + dz)
-        out = out + wy * wx * wz * table[idx]
-  return out
-
-
-def point_features(mcfg, planes: jax.Array, points: jax.Array) -> jax.Array:
-  """The NeRF MLP's input at `points [..., 3]` of ONE object's `planes [3, R, R, C]`: the three
-  planes' features (concatenated), and with `triplane.lift_voxels` the trilinear voxel sample."""
-  box = mcfg.render.box
-  if not lift_voxels(mcfg):
-    return rendering.sample_triplane(planes, points, box)
-  c0 = feature_channels(mcfg)
-  feats = rendering.sample_triplane(planes[..., :c0], points, box)
-  return jnp.concatenate([feats, sample_voxels(planes[..., c0:], points, box).astype(feats.dtype)],
-                         -1)
 
 
 class CameraEmbedder(nn.Module):
@@ -557,14 +618,14 @@ class DecoderBlock(nn.Module):
 
 class TriplaneTransformer(nn.Module):
   """Image tokens `[B, Lk, De]` (+ cond `[B, E]`) → planes `[B, 3, uT, uT, C]` (u = upsample)."""
-  mcfg: Any   # frozen model config
+  mcfg: LRMConfig
 
   @nn.compact
   def __call__(self, context: jax.Array, cond: jax.Array | None,
                lifted: jax.Array | None = None) -> jax.Array:
     m = self.mcfg
-    dc, tc = m.decoder, m.triplane
-    dtype = compute_dtype(m)
+    dc, tc, ex = m.decoder, m.triplane, m.extras
+    dtype = m.compute_dtype
     T, D = tc.token_resolution, dc.hidden_size
     b = context.shape[0]
     lq = 3 * T * T
@@ -573,10 +634,10 @@ class TriplaneTransformer(nn.Module):
                         layers.partitioned(nn.initializers.normal(1.0 / math.sqrt(D)),
                                            ("planes", "embed")), (lq, D), jnp.float32)
     x = tokens
-    if tc.position_code:
+    if ex.position_code:
       x = x + jnp.asarray(triplane_position_code(T, D))
     x = jnp.broadcast_to(x.astype(dtype), (b, lq, D))
-    u = plane_upsample(m)
+    u = tc.upsample
     if lifted is not None:
       # The lifted planes [B, 3, uT, uT, F], average-pooled to the token grid, enter the tokens.
       f = lifted.shape[-1]
@@ -588,23 +649,21 @@ class TriplaneTransformer(nn.Module):
                        name="lift_tokens")(pooled)
     x = layers.constrain(x, ("batch", "length", "act_embed"))
     block = layers.maybe_remat(DecoderBlock, m.remat)
-    bias_shape = (lq, context.shape[1]) if dc.attention_bias else None
+    bias_shape = (lq, context.shape[1]) if ex.attention_bias else None
     bias_init = None
-    init_kind = dc.attention_bias_init
-    if dc.attention_bias and init_kind == "rig":
+    if ex.attention_bias and ex.attention_bias_init == "rig":
       def bias_init(key, shape, dtype=jnp.float32):   # runs at init only, not in every apply
         del key
         value = rig_attention_bias(m)
         if value.shape != tuple(shape):
-          raise errors.ConfigError(f"decoder.attention_bias_init='rig' built a bias of shape "
-                           f"{value.shape} for {shape[1]} image tokens")
+          raise errors.ConfigError(f"extras.attention_bias_init='rig' built a bias of shape "
+                                   f"{value.shape} for {shape[1]} image tokens")
         return jnp.asarray(value, dtype)
-    elif dc.attention_bias and init_kind != "zeros":
-      raise errors.ConfigError(f"decoder.attention_bias_init must be 'zeros' or 'rig', got {init_kind!r}")
     for i in range(dc.num_layers):
-      x = block(D, dc.num_heads, dc.mlp_ratio, dc.qkv_bias, dc.layer_norm_eps,
-                m.decoder_modulation, bias_shape, bias_init, dtype, m.attention_impl,
-                name=f"block_{i}")(x, context, cond)
+      x = block(hidden=D, num_heads=dc.num_heads, mlp_ratio=dc.mlp_ratio, qkv_bias=dc.qkv_bias,
+                layer_norm_eps=dc.layer_norm_eps, modulated=m.decoder_modulation,
+                attention_bias_shape=bias_shape, attention_bias_init=bias_init, dtype=dtype,
+                attention_impl=m.attention_impl, name=f"block_{i}")(x, context, cond)
     x = layers.layer_norm(epsilon=dc.layer_norm_eps, name="norm_out")(x).astype(dtype)
     x = x.reshape(b * 3, T, T, D)
     # OpenLRM's upsampler is a fresh `nn.ConvTranspose2d` (torch default init, fan-in quirk
@@ -630,7 +689,7 @@ class TriplaneTransformer(nn.Module):
                         (3, tc.channels), jnp.float32)
       planes = planes + (jnp.einsum("bprsf,pfc->bprsc", lifted.astype(dtype), w.astype(dtype))
                          + bias[:, None, None, :].astype(dtype))
-      if tc.lift_concat:
+      if ex.lift_concat:
         # The raw lifted channels ride along as the last LIFT_CHANNELS plane channels, so the
         # NeRF MLP reads the hull and the view colours at each sample point unmixed.
         planes = jnp.concatenate([planes, lifted.astype(planes.dtype)], -1)
@@ -648,7 +707,7 @@ class NeRFMLP(nn.Module):
   `num_layers` dense layers (`num_layers − 1` hidden of width `hidden`, then 4 outputs); fp32.
   Kernels are replicated (logical axes None): ~50k parameters evaluated at every sample.
   Fresh init as OpenLRM's `OSGDecoder`: torch `nn.Linear` kernels, all biases zeroed.
-  `colour_prior` (NOT in the paper; `nerf.colour_prior`): the features' last 3 channels are a
+  `colour_prior` (NOT in the paper; `extras.colour_prior`): the features' last 3 channels are a
   colour estimate (the lifted voxels' colour) added to the colour logits, so the MLP learns a
   correction to the input views' colour instead of the colour itself.
   """
@@ -688,30 +747,22 @@ class NeRFMLP(nn.Module):
     return density, rgb
 
 
-def nerf_mlp(mcfg) -> NeRFMLP:
-  n = mcfg.nerf
-  prior = bool(n.colour_prior)
-  if prior and not lift_voxels(mcfg):
-    raise errors.ConfigError("model.nerf.colour_prior needs model.triplane.lift_voxels=True (the "
-                             "voxels' colour is the prior)")
-  return NeRFMLP(n.hidden, n.num_layers, n.activation, n.density_activation, n.density_bias,
-                 n.rgb_padding, prior)
-
-
 class LRM(nn.Module):
   """The reconstructor. `__call__(images [B, V, H, W, 3] in [0, 1], cameras (batch [B, V]))`
-  → planes `[B, 3, R, R, C]` (R = upsample·token_resolution). Build with `LRM(model_config(cfg))`.
+  → planes `[B, 3, R, R, C]` (R = upsample·token_resolution). Build with
+  `LRM(LRMConfig.from_config(cfg))`.
 
   Parameters: `camera_embedder`, `encoder` (ViTEncoder; the transformers layout via
   convert/transformers_vit.py), `decoder` (TriplaneTransformer), `nerf` (NeRFMLP, used by the
   render functions below; created at init only).
   """
-  mcfg: Any
+  mcfg: LRMConfig
 
   @nn.compact
   def __call__(self, images: jax.Array, cameras: cameras_lib.Camera) -> jax.Array:
     m = self.mcfg
-    dtype = compute_dtype(m)
+    ex = m.extras
+    dtype = m.compute_dtype
     if images.ndim != 5 or images.shape[-1] != 3:
       raise ValueError(f"LRM images must be [B, V, H, W, 3], got shape {tuple(images.shape)}")
     b, v, h, w, _ = images.shape
@@ -721,20 +772,20 @@ class LRM(nn.Module):
     if (cameras.height, cameras.width) != (h, w):
       raise errors.ConfigError(f"LRM cameras are {cameras.width}x{cameras.height} pixels but the images "
                        f"are {w}x{h}")
-    if m.decoder.attention_bias and (v, h, w) != (m.num_views, m.input_resolution,
+    if ex.attention_bias and (v, h, w) != (m.num_views, m.input_resolution,
                                                   m.input_resolution):
       raise errors.ConfigError(
-          f"LRM with decoder.attention_bias needs the fixed input rig it was built for: "
+          f"LRM with extras.attention_bias needs the fixed input rig it was built for: "
           f"{m.num_views} views of {m.input_resolution}², got {v} views of {w}x{h}")
 
     cam = cameras_lib.camera_embedding(cameras)                             # [B, V, 16]
     cam_embed = CameraEmbedder(m.camera_embed_dim, dtype, name="camera_embedder")(cam)
     x = vit_lib.normalize_images(images.astype(jnp.float32))
-    if m.plucker_rays:
+    if ex.plucker_rays:
       x = jnp.concatenate([x, plucker_rays(cameras)], -1)
     x = x.reshape(b * v, h, w, x.shape[-1])
     encoder = vit_lib.ViTEncoder(
-        vit_config(m), dtype=dtype, attention_impl=m.attention_impl,
+        m.vit, dtype=dtype, attention_impl=m.attention_impl,
         remat=None if m.remat == "none" else m.remat,
         modulation_dim=m.camera_embed_dim if m.encoder_modulation else None, name="encoder")
     tokens = encoder(x, cam_embed.reshape(b * v, -1) if m.encoder_modulation else None)
@@ -742,28 +793,37 @@ class LRM(nn.Module):
     context = layers.constrain(context, ("batch", "length", "act_embed"))
     cond = jnp.mean(cam_embed, axis=1) if m.decoder_modulation else None
     lifted = vox = None
-    lift = m.triplane.lift
-    if lift == "hull":
-      res = plane_resolution(m)
-      vc = str(m.triplane.lift_voxel_colour) if lift_voxels(m) else None
-      vn = voxel_resolution(m) if lift_voxels(m) else 0
-      lifted, vox = jax.vmap(lambda im, cam: lift_inputs(im, cam, res, m.render.box,
-                                                         m.background, vc, vn))(images, cameras)
-    elif lift != "none":
-      raise errors.ConfigError(f"model.triplane.lift must be 'none' or 'hull', got {lift!r}")
+    if ex.lift == "hull":   # the CPU demo's lift, NOT in the paper (models/lrm_lift.py)
+      res = m.plane_resolution
+      vc = ex.lift_voxel_colour if ex.lift_voxels else None
+      vn = m.voxel_resolution if ex.lift_voxels else 0
+      lifted, vox = jax.vmap(lambda im, cam: lrm_lift.lift_inputs(
+          im, cam, res, m.render.box, m.background, vc, vn))(images, cameras)
     planes = TriplaneTransformer(m, name="decoder")(context, cond, lifted)
     if vox is not None:
       planes = jnp.concatenate([planes, vox.astype(planes.dtype)], -1)
     if self.is_initializing():
-      nerf_mlp(m).copy(name="nerf")(jnp.zeros((1, mlp_input_channels(m)), jnp.float32))
+      m.nerf_mlp().copy(name="nerf")(jnp.zeros((1, m.mlp_input_channels), jnp.float32))
     return planes
+
+
+def point_features(mcfg: LRMConfig, planes: jax.Array, points: jax.Array) -> jax.Array:
+  """The NeRF MLP's input at `points [..., 3]` of ONE object's `planes [3, R, R, C]`: the three
+  planes' features (concatenated), and with `extras.lift_voxels` the trilinear voxel sample."""
+  box = mcfg.render.box
+  if not mcfg.extras.lift_voxels:
+    return rendering.sample_triplane(planes, points, box)
+  c0 = mcfg.feature_channels
+  feats = rendering.sample_triplane(planes[..., :c0], points, box)
+  vox = lrm_lift.sample_voxels(planes[..., c0:], points, box)
+  return jnp.concatenate([feats, vox.astype(feats.dtype)], -1)
 
 
 # ---------------------------------------------------------------------------------------------
 # Initialisation and rendering
 
 
-def dummy_inputs(mcfg, batch: int = 1) -> tuple[jax.Array, cameras_lib.Camera]:
+def dummy_inputs(mcfg: LRMConfig, batch: int = 1) -> tuple[jax.Array, cameras_lib.Camera]:
   """Zero images and the Instant3D rig (num_views azimuths 360/V apart) for init/eval_shape."""
   res, v = mcfg.input_resolution, mcfg.num_views
   az = jnp.arange(v, dtype=jnp.float32) * (360.0 / v)
@@ -775,8 +835,9 @@ def dummy_inputs(mcfg, batch: int = 1) -> tuple[jax.Array, cameras_lib.Camera]:
 
 
 def init_params(mcfg, key: jax.Array) -> dict:
-  """Random parameters (boxed with logical axis names; `nn.meta.unbox` for plain arrays)."""
-  mcfg = model_config(mcfg)
+  """Random parameters (boxed with logical axis names; `nn.meta.unbox` for plain arrays) of
+  `mcfg` (an `LRMConfig`, a whole config or its `model` section)."""
+  mcfg = LRMConfig.from_config(mcfg)
   images, cams = dummy_inputs(mcfg)
   # Jitted: eager init dispatches thousands of small ops (seconds even for a micro model).
   return jax.jit(lambda k: LRM(mcfg).init(k, images, cams)["params"])(key)
@@ -784,14 +845,14 @@ def init_params(mcfg, key: jax.Array) -> dict:
 
 def abstract_params(mcfg) -> dict:
   """Parameter shapes (boxed `ShapeDtypeStruct`s) without allocating anything."""
-  mcfg = model_config(mcfg)
+  mcfg = LRMConfig.from_config(mcfg)
   return jax.eval_shape(lambda k: init_params(mcfg, k), jax.random.key(0))
 
 
 def field_fn(mcfg, params: Mapping[str, Any], planes: jax.Array) -> rendering.FieldFn:
   """`volume_render` field of ONE object: `planes [3, R, R, C]`, `params` the full LRM params."""
-  mcfg = model_config(mcfg)
-  mlp = nerf_mlp(mcfg)
+  mcfg = LRMConfig.from_config(mcfg)
+  mlp = mcfg.nerf_mlp()
   nerf_params = nn.meta.unbox(params["nerf"])
   planes = planes.astype(jnp.float32)
 
@@ -820,7 +881,7 @@ def render_rays(mcfg, params, planes: jax.Array, origins: jax.Array, directions:
   Returns `volume_render`'s dict with leading `[B, ...]`. `key` (one for the batch) jitters the
   samples; None = deterministic. Sample counts and background default to the config.
   """
-  mcfg = model_config(mcfg)
+  mcfg = LRMConfig.from_config(mcfg)
   kw = _render_kwargs(mcfg, num_samples, num_importance, background)
   b = planes.shape[0]
   keys = None if key is None else jax.random.split(key, b)
@@ -840,7 +901,7 @@ def render_views(mcfg, params, planes: jax.Array, cameras: cameras_lib.Camera, *
   Chunked (`rendering.render_image`, chunk from `model.render.chunk`) so memory is that of one
   chunk of rays.
   """
-  mcfg = model_config(mcfg)
+  mcfg = LRMConfig.from_config(mcfg)
   kw = _render_kwargs(mcfg, num_samples, num_importance, background)
   b = planes.shape[0]
   if cameras.batch_shape[:1] != (b,):
@@ -856,11 +917,8 @@ def render_views(mcfg, params, planes: jax.Array, cameras: cameras_lib.Camera, *
   return jax.vmap(one)(planes, cameras, keys)
 
 
-__all__ = ["LRM", "CameraEmbedder", "DecoderBlock", "TriplaneTransformer", "NeRFMLP",
-           "model_config", "vit_config", "plucker_rays", "triplane_position_code", "init_params",
-           "abstract_params", "dummy_inputs", "field_fn", "render_rays", "render_views",
-           "tokens_per_view", "plane_resolution", "plane_upsample", "plane_channels", "lift_views",
-           "lift_grid", "lift_planes", "lift_inputs", "voxel_planes", "voxel_resolution",
-           "sample_voxels", "point_features", "feature_channels", "voxel_channels",
-           "mlp_input_channels",
-           "rig_attention_bias"]
+__all__ = ["LRMConfig", "EncoderConfig", "DecoderConfig", "TriplaneConfig", "NeRFConfig",
+           "RenderConfig", "ExtrasConfig", "LRM", "CameraEmbedder", "DecoderBlock",
+           "TriplaneTransformer", "NeRFMLP", "plucker_rays", "triplane_position_code",
+           "rig_attention_bias", "point_features", "init_params", "abstract_params",
+           "dummy_inputs", "field_fn", "render_rays", "render_views"]

@@ -52,13 +52,13 @@ def _attention_flops(lq: int, lk: int, d: int) -> int:
 
 def lrm_forward_flops(config, batch: int = 1, breakdown: bool = False):
   """Analytic forward FLOPs of images → planes for `batch` objects (see module docstring)."""
-  m = lrm_lib.model_config(config)
+  m = lrm_lib.LRMConfig.from_config(config)
   e, dc, tc = m.encoder, m.decoder, m.triplane
   V, res, p = m.num_views, m.input_resolution, e.patch_size
   n_patch = (res // p) ** 2
   L = 1 + e.num_register_tokens + n_patch
   De, E = e.hidden_size, m.camera_embed_dim
-  c_in = 3 + (lrm_lib.PLUCKER_CHANNELS if m.plucker_rays else 0)
+  c_in = 3 + (lrm_lib.PLUCKER_CHANNELS if m.extras.plucker_rays else 0)
   mlp_e = e.mlp_dim
 
   camera = V * 2 * (16 * E + E * E)
@@ -74,7 +74,7 @@ def lrm_forward_flops(config, batch: int = 1, breakdown: bool = False):
   mlp = 2 * 2 * lq * D * D * dc.mlp_ratio
   mod = 2 * E * 6 * D if m.decoder_modulation else 0
   decoder = dc.num_layers * (cross + self_attn + mlp + mod)
-  u = lrm_lib.plane_upsample(m)
+  u = m.triplane.upsample
   upsampler = 2 * lq * D * u * u * C
   parts = OrderedDict(camera_embedder=camera, encoder=encoder, decoder=decoder,
                       upsampler=upsampler)
@@ -85,8 +85,8 @@ def lrm_forward_flops(config, batch: int = 1, breakdown: bool = False):
 
 def nerf_flops_per_sample(config) -> int:
   """NeRF MLP FLOPs for one sample point (3C [+ 4 voxel channels] → hidden → … → 4)."""
-  m = lrm_lib.model_config(config)
-  n, c_in = m.nerf, lrm_lib.mlp_input_channels(m)
+  m = lrm_lib.LRMConfig.from_config(config)
+  n, c_in = m.nerf, m.mlp_input_channels
   h = n.hidden
   return 2 * (c_in * h + (n.num_layers - 2) * h * h + h * 4)
 
@@ -94,20 +94,20 @@ def nerf_flops_per_sample(config) -> int:
 def render_flops(config, num_rays: int, num_samples: int | None = None,
                  num_importance: int | None = None) -> int:
   """NeRF MLP FLOPs of rendering `num_rays` rays (the field is evaluated once per sample)."""
-  m = lrm_lib.model_config(config)
+  m = lrm_lib.LRMConfig.from_config(config)
   s = (m.render.num_samples if num_samples is None else num_samples) + \
       (m.render.num_importance if num_importance is None else num_importance)
   return num_rays * s * nerf_flops_per_sample(m)
 
 
 def format_summary(config, batch: int = 1) -> str:
-  m = lrm_lib.model_config(config)
+  m = lrm_lib.LRMConfig.from_config(config)
   table = param_table(m)
   total = sum(n for _, n in table.values())
   width = max(len(k) for k in table) + 2
   lines = [f"LRM parameters ({m.encoder.preset} encoder, {m.num_views} views of "
            f"{m.input_resolution}², decoder {m.decoder.num_layers} × {m.decoder.hidden_size}, "
-           f"planes 3 × {lrm_lib.plane_resolution(m)}² × {m.triplane.channels})",
+           f"planes 3 × {m.plane_resolution}² × {m.triplane.channels})",
            f"{'module':<{width}}{'tensors':>8}{'params':>14}{'share':>8}"]
   for k, (nt, n) in table.items():
     lines.append(f"{k:<{width}}{nt:>8}{n:>14,}{100 * n / total:>7.2f}%")

@@ -108,7 +108,7 @@ def sample_pixels(key: jax.Array, masks: jax.Array, n: int, foreground_fraction:
 def make_loss_fn(config):
   """`loss_fn(params, batch, rng, step, constants)` for `loop.Task` (constants: LPIPS params)."""
   from instant3d_jax.models import lrm as lrm_lib
-  mcfg = lrm_lib.model_config(config)
+  mcfg = lrm_lib.LRMConfig.from_config(config)
   model = lrm_lib.LRM(mcfg)
   lc = config.loss
   lpips_module = None
@@ -187,7 +187,7 @@ def make_image_fn(config):
   the model's renders of its supervision views, row 3 those views' ground truth."""
   from instant3d_jax.export import images as images_lib
   from instant3d_jax.models import lrm as lrm_lib
-  mcfg = lrm_lib.model_config(config)
+  mcfg = lrm_lib.LRMConfig.from_config(config)
   model = lrm_lib.LRM(mcfg)
 
   @functools.partial(jax.jit, static_argnums=(6,))
@@ -253,7 +253,7 @@ def make_task(config, dataset: datasets.DatasetInfo) -> loop.Task:
   only the shapes are needed: the iterator is made by `loop.run` alone)."""
   from data_pipeline import lrm_input
   from instant3d_jax.models import lrm as lrm_lib
-  mcfg = lrm_lib.model_config(config)
+  mcfg = lrm_lib.LRMConfig.from_config(config)
   spec = batch_spec(config, dataset)
   constants = None
   if float(config.loss.lpips_weight) > 0:
