@@ -37,6 +37,17 @@ Variants (`arg`):
   large  the paper's scale (docs/paper_facts.md §B, §D): DINO ViT-B/16 with per-block camera adaLN,
          512² inputs (32×32 tokens per view), decoder 16 × 1024 × 16 heads, triplane tokens
          3×32×32 → transposed conv ×2 → 3 planes 64×64×80, NeRF MLP 10 × 64, 64 + 64 samples.
+  instantmesh_large, instantmesh_base
+         InstantMesh's sparse-view NeRF reconstructor (instant-nerf-large / -base; paper_facts.md
+         §D3) from this project's options: 6 views of 320², DINO ViT-B/16 with camera adaLN and
+         DINO's position-embedding rule (encoder.pos_embed_resize='scale_factor'), an OpenGL c2w
+         in the camera vector (camera_convention), camera MLP width 768, decoder 16 (base: 12)
+         × 1024 × 16 heads without ModLN or attention biases (decoder.attention_out_bias=False),
+         LayerNorm eps 1e-5 and final 1e-6 (decoder.output_norm_eps), planes 64² × 80 (base: 40)
+         read with EG3D's axes (triplane.plane_axes='zy'), NeRF MLP 4 × 64 ReLU, EG3D's renderer
+         (render.composite='midpoint', render.sampling='eg3d'), 64 + 64 (base: 48 + 48)
+         samples. Parameters: 378,477,332 / 313,249,004, exactly InstantMesh's own modules
+         (tests/fixtures/instantmesh/*_shapes.json; tests/test_summary.py).
 
 `large` parameter count (python -m instant3d_jax.models.summary --config configs/lrm.py:large):
 the paper gives "≈500M" (MeshLRM Tab. 5) and not the architecture behind it. The open pieces come
@@ -57,10 +68,14 @@ import ml_collections
 from instant3d_jax.configs import hardware as hardware_config
 
 
+VARIANTS = ("tiny", "small", "base", "large", "instantmesh_large", "instantmesh_base")
+
+
 def get_config(arg=None):
   variant = arg or "tiny"
-  if variant not in ("tiny", "small", "base", "large"):
-    raise errors.ConfigError(f"configs/lrm.py: variant must be tiny, small, base or large, got {arg!r}")
+  if variant not in VARIANTS:
+    raise errors.ConfigError(f"configs/lrm.py: variant must be one of {', '.join(VARIANTS)}, got "
+                             f"{arg!r}")
   cfg = ml_collections.ConfigDict()
   cfg.variant = variant
   cfg.seed = 0
@@ -94,9 +109,15 @@ def get_config(arg=None):
   e.image_size = 224              # pre-training size: the stored position-embedding grid
   e.layer_norm_eps = 1e-12
   e.num_register_tokens = 0
+  # Resampling the stored position-embedding grid to the input's: 'size' (transformers' bicubic
+  # to the target size) or 'scale_factor' (DINO/InstantMesh: torch's scale_factor=(g + 0.1)/g0).
+  e.pos_embed_resize = "size"
 
   # Camera conditioning. The 16-D vector of cameras.camera_embedding → MLP(16 → D → D, SiLU).
-  m.camera_embed_dim = 1024       # InstantMesh/OpenLRM width
+  m.camera_embed_dim = 1024       # OpenLRM's width (InstantMesh: 768, its encoder's width)
+  # The axes of the c2w in that vector: 'opencv' (the project's cameras: x right, y down, z
+  # forward) or 'opengl' (InstantMesh/OpenLRM: c2w @ diag(1, −1, −1, 1)).
+  m.camera_convention = "opencv"
   m.encoder_modulation = True     # camera adaLN in every encoder block (zero-init: pretrained
                                   # DINO unchanged at init)
   m.decoder_modulation = True     # LRM's ModLN before cross-attn, self-attn and MLP
@@ -108,13 +129,19 @@ def get_config(arg=None):
   d.num_heads = 16
   d.mlp_ratio = 4
   d.qkv_bias = False              # OpenLRM's attention has no biases
-  d.layer_norm_eps = 1e-6
+  d.attention_out_bias = True     # a (zero-init) bias on the attention output projections
+                                  # (InstantMesh's nn.MultiheadAttention(bias=False): none)
+  d.layer_norm_eps = 1e-6         # the blocks' LayerNorms
+  d.output_norm_eps = 1e-6        # the final LayerNorm before the upsampler
 
   t = m.triplane = ml_collections.ConfigDict()
   t.token_resolution = 32         # learned tokens 3 × T × T
   t.channels = 80                 # Instant3D App. A.4 (reviewer quote): 80 per plane
   t.upsample = 2                  # planes are upsample·T square: a transposed conv, kernel =
                                   # stride = upsample (LRM/OpenLRM: 2)
+  # The third plane's (column, row) axes: 'yz' (column y, row z) or 'zy' (OpenLRM/InstantMesh,
+  # EG3D with the eg3d#67 fix: column z, row y); rendering.PLANE_AXES_BY_NAME.
+  t.plane_axes = "yz"
 
   # Shared NeRF MLP on the concatenated features of the 3 planes (OpenLRM's OSGDecoder layout).
   n = m.nerf = ml_collections.ConfigDict()
@@ -135,6 +162,13 @@ def get_config(arg=None):
   # Recompute the triplane lookup + NeRF MLP in the backward pass instead of keeping their
   # per-sample activations (which dominate a training step's memory: bench/results/lrm.md).
   r.remat_field = False
+  # 'quadrature' (each sample stands for the segment to the next) + 'stratified' samples, or
+  # EG3D's renderer (OpenLRM/InstantMesh): composite='midpoint' (density and colour averaged over
+  # neighbouring samples, composited on the S − 1 midpoints; the NeRF MLP returns the raw density
+  # and the renderer applies nerf.density_activation to the means) with sampling='eg3d' (coarse
+  # linspace + U·Δ, out-of-box samples masked, importance from pooled midpoint weights + 0.01).
+  r.composite = "quadrature"
+  r.sampling = "stratified"
 
   # ------------------------------------------------------------------------------------------
   # Extras: every model option NOT in the paper (nor in LRM/OpenLRM/InstantMesh), all off here.
@@ -244,6 +278,47 @@ def get_config(arg=None):
     t.channels = 48
     r.num_samples = 48
     r.num_importance = 48
+  elif variant.startswith("instantmesh_"):
+    # InstantMesh's sparse-view NeRF reconstructor (docs/paper_facts.md §D3; its
+    # src/models/lrm.py InstantNeRF, configs/instant-nerf-{large,base}.yaml) built from this
+    # project's options: DINO ViT-B/16 with per-block camera adaLN (zero-init), its position
+    # embeddings resampled by DINO's scale_factor rule; the camera vector with an OpenGL c2w,
+    # MLP 16 → 768 → 768; a decoder WITHOUT ModLN, no attention biases at all (q/k/v and out),
+    # plain LayerNorms eps 1e-5 and a final LayerNorm eps 1e-6; the learned triplane tokens
+    # N(0, 1)/√D, ConvTranspose 2×2 stride 2; planes read with EG3D's (fixed) axes; OSGDecoder:
+    # 4 linear layers (3 hidden of 64, ReLU), zero biases, softplus(x − 1), rgb padding 0.001;
+    # EG3D's sampler and midpoint compositing in the box [-1, 1]³ on white. No Plücker rays,
+    # position code, attention bias or lift (model.extras all off, as above).
+    m.num_views = 6
+    m.input_resolution = 320
+    e.pos_embed_resize = "scale_factor"
+    m.camera_embed_dim = 768
+    m.camera_convention = "opengl"
+    m.encoder_modulation = True
+    m.decoder_modulation = False
+    d.num_layers = 16 if variant == "instantmesh_large" else 12
+    d.hidden_size = 1024
+    d.num_heads = 16
+    d.mlp_ratio = 4
+    d.qkv_bias = False
+    d.attention_out_bias = False
+    d.layer_norm_eps = 1e-5
+    d.output_norm_eps = 1e-6
+    t.token_resolution = 32
+    t.upsample = 2
+    t.channels = 80 if variant == "instantmesh_large" else 40
+    t.plane_axes = "zy"
+    n.num_layers = 4
+    n.hidden = 64
+    n.activation = "relu"
+    n.density_activation = "softplus"
+    n.density_bias = -1.0
+    n.rgb_padding = 0.001
+    r.num_samples = r.num_importance = 64 if variant == "instantmesh_large" else 48
+    r.box = 1.0
+    r.composite = "midpoint"
+    r.sampling = "eg3d"
+    m.background = (1.0, 1.0, 1.0)
   _training_sections(cfg, variant)
   return cfg
 
@@ -348,3 +423,17 @@ def _training_sections(cfg, variant):
   elif variant == "small":
     cfg.optimizer.warmup_steps = 1000
     cfg.train.global_batch_size = 16
+  elif variant.startswith("instantmesh_"):
+    # InstantMesh's MVRecon: loss = MSE + 2·LPIPS + mask MSE, AdamW lr 4e-4, β (0.9, 0.95),
+    # weight decay 0.01 (its configs/instant-nerf-*-train.yaml). Its MSE is taken on images in
+    # [−1, 1], i.e. 4× the MSE on [0, 1] images that this project's loss computes, so its
+    # weights map to mse_weight = 4 · 1 = 4.0 here; LPIPS sees the same [−1, 1] input in both
+    # (λ = 2.0 unchanged); its mask MSE is on [0, 1] masks as ours (mask_weight 1.0).
+    cfg.loss.mse_weight = 4.0
+    cfg.loss.lpips_weight = 2.0
+    cfg.loss.mask_weight = 1.0
+    cfg.optimizer.learning_rate = 4e-4
+    cfg.optimizer.b1, cfg.optimizer.b2 = 0.9, 0.95
+    cfg.optimizer.weight_decay = 0.01
+    # 6 input views drawn at random from each object's renders (InstantMesh's sampling).
+    cfg.data.loader.input_views = "random"

@@ -210,8 +210,7 @@ def save_triplane(path, planes: np.ndarray, config) -> fileio.OutPath:
 def _render_rgb(m, chunk, params, planes, cam):
   return rendering.render_image(
       lrm_lib.field_fn(m, params, planes), cam, chunk=chunk, outputs=("rgb",),
-      num_samples=m.render.num_samples, num_importance=m.render.num_importance,
-      background=m.background, box=m.render.box)["rgb"]
+      **lrm_lib.render_kwargs(m))["rgb"]
 
 
 def render_frames(m, params, planes, cams: cameras_lib.Camera, *, chunk: int = 0,

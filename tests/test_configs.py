@@ -123,7 +123,8 @@ def test_upgrade_config_fills_added_keys_only_where_absent():
   up = config_schema.upgrade_config(saved)
   assert saved == {"model": {"triplane": {"channels": 8, "upsample": 4}, "nerf": {}},
                    "eval": {"chunk": 512}}  # the argument is left alone
-  assert up["model"]["triplane"] == {"channels": 8, "upsample": 4}
+  assert up["model"]["triplane"] == {"channels": 8, "upsample": 4, "plane_axes": "yz"}
+  assert up["model"]["camera_convention"] == "opencv"
   assert up["model"]["nerf"] == {}
   assert up["model"]["extras"] == {
       "plucker_rays": False, "position_code": False, "attention_bias": False,
@@ -132,6 +133,10 @@ def test_upgrade_config_fills_added_keys_only_where_absent():
       "lift_voxel_colour": "mean", "colour_prior": False}
   assert up["eval"] == {"chunk": 512, "lpips": True}
   assert "decoder" not in up["model"] and "render" not in up["model"]  # absent sections stay so
+  # The decoder's final norm used the blocks' eps before output_norm_eps existed.
+  dec = config_schema.upgrade_config({"model": {"triplane": {}, "decoder": {
+      "layer_norm_eps": 1e-5}}})["model"]["decoder"]
+  assert dec == {"layer_norm_eps": 1e-5, "output_norm_eps": 1e-5, "attention_out_bias": True}
   # A stage-1 config (no LRM sections) is unchanged.
   mv = {"model": {"pretrained": "", "random_init": {}}, "train": {"log_every": 20}}
   assert config_schema.upgrade_config(mv) == mv

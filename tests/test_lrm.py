@@ -592,3 +592,117 @@ def test_colour_prior_starts_the_colour_at_the_voxels_colour():
   np.testing.assert_allclose(rgb0, 0.5, atol=1e-6)
   with pytest.raises(Exception, match="colour_prior needs model.extras.lift_voxels=True"):
     lrm.LRMConfig.from_config(micro_config(**{"extras.colour_prior": True})).nerf_mlp()
+
+
+# ---------------------------------------------------------------------------------------------
+# InstantMesh's options (issue 27 item 2): each off by default (today's model), each checked here
+
+
+def _paper_micro(**knobs):
+  """The micro LRM without the extras (cameras reach it only through the embedding)."""
+  return tiny_configs.micro_lrm_model(**{"extras.plucker_rays": False,
+                                         "extras.position_code": False,
+                                         "extras.attention_bias": False, **knobs})
+
+
+def test_attention_out_bias_off_drops_both_output_biases():
+  on = nn.meta.unbox(lrm.abstract_params(_paper_micro()))["decoder"]["block_0"]
+  off = nn.meta.unbox(lrm.abstract_params(_paper_micro(**{"decoder.attention_out_bias": False})))
+  off = off["decoder"]["block_0"]
+  for name in ("cross_out", "self_out"):
+    assert set(on[name]) == {"kernel", "bias"} and set(off[name]) == {"kernel"}
+  for name in ("cross_q", "cross_k", "cross_v", "self_q", "self_k", "self_v"):
+    assert set(off[name]) == {"kernel"}   # qkv_bias False as well: no attention bias at all
+  assert set(off["fc1"]) == {"kernel", "bias"}   # the MLP keeps its biases
+
+
+def test_output_norm_eps_is_the_final_norms():
+  m = _paper_micro()
+  params = nn.meta.unbox(lrm.init_params(m, jax.random.key(0)))
+  images, cams = _inputs(m, 1)
+  run = lambda mc: lrm.LRM(mc).apply({"params": params}, images, cams)  # noqa: E731
+  base = run(m)
+  big_out = run(_paper_micro(**{"decoder.output_norm_eps": 10.0}))
+  big_blocks = run(_paper_micro(**{"decoder.layer_norm_eps": 10.0}))
+  assert rel_err(big_out, base) > 1e-2 and rel_err(big_blocks, base) > 1e-2
+  assert rel_err(big_out, big_blocks) > 1e-2   # the two eps reach different norms
+  # The final norm alone: eps 10 shrinks its normalised output ≈ √(var / (var + 10)).
+  assert float(jnp.std(big_out)) < float(jnp.std(base))
+
+
+def test_camera_convention_opengl_is_the_c2w_fold():
+  """'opengl' embeds c2w @ diag(1, −1, −1, 1): the same planes as 'opencv' given cameras whose c2w
+  is folded so; different planes from 'opencv' on the same cameras (non-zero adaLN)."""
+  cv, gl = _paper_micro(), _paper_micro(camera_convention="opengl")
+  params = _perturb(nn.meta.unbox(lrm.init_params(cv, jax.random.key(0))))
+  images, cams = _inputs(cv, 1)
+  folded = cams.replace(c2w=cams.c2w @ jnp.asarray(cam_lib.OPENCV_TO_OPENGL))
+  a = lrm.LRM(gl).apply({"params": params}, images, cams)
+  b = lrm.LRM(cv).apply({"params": params}, images, folded)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  c = lrm.LRM(cv).apply({"params": params}, images, cams)
+  assert rel_err(a, c) > 1e-4
+
+
+def test_plane_axes_zy_reads_the_third_plane_transposed():
+  yz, zy = _paper_micro(), _paper_micro(**{"triplane.plane_axes": "zy"})
+  r, c = yz.plane_resolution, yz.plane_channels
+  planes = jax.random.normal(jax.random.key(0), (3, r, r, c))
+  pts = jax.random.uniform(jax.random.key(1), (50, 3), minval=-1.0, maxval=1.0)
+  transposed = planes.at[2].set(jnp.swapaxes(planes[2], 0, 1))
+  got = lrm.point_features(zy, planes, pts)
+  np.testing.assert_allclose(got, lrm.point_features(yz, transposed, pts), atol=1e-6)
+  assert rel_err(got, lrm.point_features(yz, planes, pts)) > 1e-2
+  # The rig bias of the third plane's tokens follows the configured axes.
+  rig = {"extras.attention_bias": True, "extras.attention_bias_init": "rig"}
+  t = yz.triplane.token_resolution
+  b_yz = lrm.rig_attention_bias(_paper_micro(**rig)).reshape(3, t, t, -1)
+  b_zy = lrm.rig_attention_bias(_paper_micro(**rig, **{"triplane.plane_axes": "zy"}))
+  b_zy = b_zy.reshape(3, t, t, -1)
+  np.testing.assert_array_equal(b_zy[:2], b_yz[:2])
+  np.testing.assert_allclose(b_zy[2], np.swapaxes(b_yz[2], 0, 1), atol=1e-5)
+
+
+def test_midpoint_renderer_gets_raw_density_and_the_activation():
+  m = _paper_micro(**{"render.composite": "midpoint", "render.sampling": "eg3d"})
+  assert m.vit.pos_embed_resize == "size"
+  assert _paper_micro(**{"encoder.pos_embed_resize": "scale_factor"}).vit.pos_embed_resize == \
+      "scale_factor"
+  kw = lrm.render_kwargs(m)
+  assert kw["composite"] == "midpoint" and kw["sampling"] == "eg3d"
+  feats = jax.random.normal(jax.random.key(0), (7, m.mlp_input_channels))
+  mlp = m.nerf_mlp()
+  p = mlp.init(jax.random.key(1), feats)
+  raw, rgb_raw = m.nerf_mlp(raw_density=True).apply(p, feats)
+  dens, rgb = mlp.apply(p, feats)
+  np.testing.assert_allclose(kw["density_activation"](raw), dens, rtol=1e-6)
+  np.testing.assert_array_equal(rgb_raw, rgb)
+  assert "composite" not in lrm.render_kwargs(_paper_micro())   # default: today's call
+  params = nn.meta.unbox(lrm.init_params(m, jax.random.key(0)))
+  images, cams = _inputs(m, 1)
+  planes = lrm.LRM(m).apply({"params": params}, images, cams)
+  o = jnp.asarray([[[0.0, -3.0, 0.2], [0.1, -3.0, 0.0]]])
+  d = jnp.asarray([[[0.0, 1.0, 0.0], [0.0, 1.0, 0.05]]])
+  s, n = m.render.num_samples, m.render.num_importance
+  u = {"coarse": jax.random.uniform(jax.random.key(2), (1, 2, s)),
+       "fine": jax.random.uniform(jax.random.key(3), (1, 2, n))}
+  out = lrm.render_rays(m, params, planes, o, d, uniforms=u)
+  again = lrm.render_rays(m, params, planes, o, d, uniforms=u)
+  np.testing.assert_array_equal(out["rgb"], again["rgb"])
+  assert out["rgb"].shape == (1, 2, 3) and np.all(np.isfinite(out["rgb"]))
+  with pytest.raises(ValueError, match="sampling='eg3d' and model.render.composite='midpoint' go"):
+    _paper_micro(**{"render.composite": "midpoint"})
+
+
+def test_instantmesh_variants_and_the_paper_sections():
+  for v, layers_, ch in (("instantmesh_large", 16, 80), ("instantmesh_base", 12, 40)):
+    m = lrm.LRMConfig.from_config(lrm_configs.get_config(v))
+    assert (m.decoder.num_layers, m.triplane.channels, m.num_views) == (layers_, ch, 6)
+    assert (m.camera_convention, m.triplane.plane_axes, m.render.composite) == \
+        ("opengl", "zy", "midpoint")
+    assert not m.decoder_modulation and not m.decoder.attention_out_bias
+  # Outside tiny every option not in the paper is off.
+  for v in ("small", "base", "large", "instantmesh_large"):
+    x = lrm.LRMConfig.from_config(lrm_configs.get_config(v)).extras
+    assert not any([x.plucker_rays, x.position_code, x.attention_bias, x.lift_concat,
+                    x.lift_voxels, x.colour_prior]) and x.lift == "none"

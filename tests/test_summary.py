@@ -67,3 +67,16 @@ def test_render_flops():
   assert lrm_stats.nerf_flops_per_sample(m) == per_sample
   assert lrm_stats.render_flops(m, 1000) == 1000 * 128 * per_sample
   assert lrm_stats.render_flops(m, 10, num_samples=8, num_importance=0) == 80 * per_sample
+
+
+def test_instantmesh_parameter_counts_match_the_reference():
+  """InstantMesh's instant-nerf-large / -base built from this project's options have exactly the
+  parameters of InstantMesh's own modules (tests/fixtures/instantmesh/*_shapes.json, counted
+  from its PyTorch code on the meta device)."""
+  import json
+  import pathlib
+  fixtures = pathlib.Path(__file__).parent / "fixtures" / "instantmesh"
+  for variant, name in (("instantmesh_large", "large"), ("instantmesh_base", "base")):
+    ref = json.loads((fixtures / f"instant_nerf_{name}_shapes.json").read_text())
+    assert lrm_stats.count_params(lrm_configs.get_config(variant)) == \
+        ref["lrm_generator_param_count"], variant

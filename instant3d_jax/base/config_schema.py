@@ -41,10 +41,17 @@ MOVED_KEYS: tuple[tuple[str, str, str], ...] = (
 )
 
 # (section, key, value for a checkpoint written before the key existed). A section that is absent
-# (e.g. a stage-1 config has no `model.triplane`) is left alone: the keys belong to that model.
+# (e.g. a stage-1 config has no `model.triplane`) is left alone: the keys belong to that model;
+# the `model…` entries are the reconstructor's and touch only a config with `model.triplane`.
 # Applied after MOVED_KEYS (so `model.extras` exists in every LRM config by then).
 ADDED_KEYS: tuple[tuple[str, str, Any], ...] = (
     ("model.triplane", "upsample", 2),
+    ("model", "camera_convention", "opencv"),
+    ("model.encoder", "pos_embed_resize", "size"),
+    ("model.decoder", "attention_out_bias", True),
+    ("model.triplane", "plane_axes", "yz"),
+    ("model.render", "composite", "quadrature"),
+    ("model.render", "sampling", "stratified"),
     ("model.extras", "plucker_rays", False),
     ("model.extras", "position_code", False),
     ("model.extras", "attention_bias", False),
@@ -60,6 +67,12 @@ ADDED_KEYS: tuple[tuple[str, str, Any], ...] = (
     ("model.render", "remat_field", False),
     ("eval", "chunk", 4096),
     ("eval", "lpips", True),
+)
+
+# (section, key, sibling): a key that, before it existed, was the sibling's value (the decoder's
+# final LayerNorm used the blocks' eps). Applied after ADDED_KEYS, LRM configs only.
+COPIED_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("model.decoder", "output_norm_eps", "layer_norm_eps"),
 )
 
 
@@ -102,12 +115,13 @@ def _section(root: Any, dotted: str) -> Any:
 
 def upgrade_config(saved: dict) -> dict:
   """`saved` (a config dict read back from a checkpoint) with every key of `MOVED_KEYS` moved to
-  its new section (created in an LRM config that lacks it), then every key of `ADDED_KEYS` that
-  it lacks, in a section it has, set to the value that reproduces the older checkpoint; a copy,
-  the argument is not changed."""
+  its new section (created in an LRM config that lacks it), then every key of `ADDED_KEYS` (and
+  `COPIED_KEYS`) that it lacks, in a section it has, set to the value that reproduces the older
+  checkpoint; a copy, the argument is not changed."""
   out = copy.deepcopy(saved)
   model = _section(out, "model")
-  if isinstance(model, dict) and isinstance(model.get("triplane"), dict):
+  is_lrm = isinstance(model, dict) and isinstance(model.get("triplane"), dict)
+  if is_lrm:
     for old, key, new in MOVED_KEYS:
       src = _section(out, old)
       if not isinstance(src, dict) or key not in src:
@@ -120,7 +134,13 @@ def upgrade_config(saved: dict) -> dict:
       dst.setdefault(key, value)
     model.setdefault("extras", {})
   for section, key, value in ADDED_KEYS:
+    if section.split(".")[0] == "model" and not is_lrm:
+      continue
     node = _section(out, section)
     if isinstance(node, dict) and key not in node:
       node[key] = value
+  for section, key, sibling in COPIED_KEYS:
+    node = _section(out, section) if is_lrm else None
+    if isinstance(node, dict) and key not in node and sibling in node:
+      node[key] = node[sibling]
   return out

@@ -91,9 +91,14 @@ class EncoderConfig:
   image_size: int
   layer_norm_eps: float
   num_register_tokens: int
+  # How the stored position-embedding grid is resampled to the input's: 'size' (transformers:
+  # bicubic to the target size) or 'scale_factor' (DINO/InstantMesh: torch's
+  # scale_factor=(g + 0.1)/g0 rule); `vit.ViTConfig.pos_embed_resize`.
+  pos_embed_resize: str
 
   def __post_init__(self):
     _one_of("encoder.model_type", self.model_type, vit_lib.MODEL_TYPES)
+    _one_of("encoder.pos_embed_resize", self.pos_embed_resize, vit_lib.POS_EMBED_RESIZES)
     for k in ("hidden_size", "num_layers", "num_heads", "mlp_dim", "patch_size", "image_size"):
       _positive(f"encoder.{k}", getattr(self, k))
     if self.hidden_size % self.num_heads:
@@ -109,7 +114,9 @@ class DecoderConfig:
   num_heads: int
   mlp_ratio: int
   qkv_bias: bool
-  layer_norm_eps: float
+  attention_out_bias: bool   # a bias on the attention output projections (cross_out, self_out)
+  layer_norm_eps: float      # the blocks' LayerNorms
+  output_norm_eps: float     # the final LayerNorm before the upsampler
 
   def __post_init__(self):
     for k in ("num_layers", "hidden_size", "num_heads", "mlp_ratio"):
@@ -125,10 +132,14 @@ class TriplaneConfig:
   token_resolution: int
   channels: int
   upsample: int
+  # The third plane's (column, row) axes: 'yz' (column y, row z) or 'zy' (OpenLRM/InstantMesh,
+  # EG3D with the eg3d#67 fix); `rendering.PLANE_AXES_BY_NAME`.
+  plane_axes: str
 
   def __post_init__(self):
     for k in ("token_resolution", "channels", "upsample"):
       _positive(f"triplane.{k}", getattr(self, k))
+    _one_of("triplane.plane_axes", self.plane_axes, tuple(rendering.PLANE_AXES_BY_NAME))
 
 
 NERF_ACTIVATIONS = ("relu", "silu")
@@ -160,9 +171,20 @@ class RenderConfig:
   box: float
   chunk: int
   remat_field: bool
+  composite: str   # 'quadrature' | 'midpoint' (EG3D); `rendering.volume_render`
+  sampling: str    # 'stratified' | 'eg3d'
 
   def __post_init__(self):
     _positive("render.num_samples", self.num_samples)
+    _one_of("render.composite", self.composite, rendering.COMPOSITES)
+    _one_of("render.sampling", self.sampling, rendering.SAMPLINGS)
+    if (self.composite == "midpoint") != (self.sampling == "eg3d"):
+      raise errors.ConfigError(
+          "model.render.sampling='eg3d' and model.render.composite='midpoint' go together (EG3D's "
+          f"renderer), got sampling={self.sampling!r}, composite={self.composite!r}")
+    if self.sampling == "eg3d" and self.num_importance and self.num_samples < 4:
+      raise _bad("render.num_samples", self.num_samples, "≥ 4 with sampling='eg3d' (its "
+                 "importance sampling pools the coarse weights)")
     if self.num_importance < 0:
       raise _bad("render.num_importance", self.num_importance, "≥ 0")
     if self.box <= 0:
@@ -292,6 +314,7 @@ class LRMConfig:
   remat: str
   background: tuple[float, float, float]
   camera_embed_dim: int
+  camera_convention: str   # the c2w axes in the 16-D camera vector: 'opencv' | 'opengl'
   encoder_modulation: bool
   decoder_modulation: bool
   encoder: EncoderConfig
@@ -306,6 +329,10 @@ class LRMConfig:
     _positive("camera_embed_dim", self.camera_embed_dim)
     _one_of("dtype", self.dtype, DTYPE_NAMES)
     _one_of("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    _one_of("camera_convention", self.camera_convention, cameras_lib.CAMERA_CONVENTIONS)
+    if self.extras.lift != "none" and self.triplane.plane_axes != "yz":
+      raise _bad("triplane.plane_axes", self.triplane.plane_axes,
+                 "'yz' with extras.lift (the lift writes its planes in that layout)")
     if self.input_resolution < 1 or self.input_resolution % self.encoder.patch_size:
       raise _bad("input_resolution", self.input_resolution,
                  f"a positive multiple of encoder.patch_size={self.encoder.patch_size}")
@@ -359,7 +386,12 @@ class LRMConfig:
         image_size=e.image_size,
         num_channels=3 + (PLUCKER_CHANNELS if self.extras.plucker_rays else 0),
         layer_norm_eps=e.layer_norm_eps, layer_scale=e.model_type != "vit",
-        num_register_tokens=e.num_register_tokens)
+        num_register_tokens=e.num_register_tokens, pos_embed_resize=e.pos_embed_resize)
+
+  @property
+  def plane_axes(self) -> tuple:
+    """The planes' (column, row) axes (`rendering.PLANE_AXES_BY_NAME[triplane.plane_axes]`)."""
+    return rendering.PLANE_AXES_BY_NAME[self.triplane.plane_axes]
 
   @property
   def tokens_per_view(self) -> int:
@@ -407,12 +439,14 @@ class LRMConfig:
     return 3 * self.feature_channels + (
         lrm_lift.VOXEL_CHANNELS if self.extras.lift_voxels else 0)
 
-  def nerf_mlp(self) -> "NeRFMLP":
-    """The shared NeRF MLP module of this config."""
+  def nerf_mlp(self, raw_density: bool = False) -> "NeRFMLP":
+    """The shared NeRF MLP module of this config; `raw_density`: it returns the density before
+    its activation (what the 'midpoint' renderer averages; `field_fn` asks for it then)."""
     n = self.nerf
     return NeRFMLP(hidden=n.hidden, num_layers=n.num_layers, activation=n.activation,
                    density_activation=n.density_activation, density_bias=n.density_bias,
-                   rgb_padding=n.rgb_padding, colour_prior=self.extras.colour_prior)
+                   rgb_padding=n.rgb_padding, colour_prior=self.extras.colour_prior,
+                   raw_density=raw_density)
 
 
 _SECTIONS = {"EncoderConfig": EncoderConfig, "DecoderConfig": DecoderConfig,
@@ -460,7 +494,7 @@ def rig_attention_bias(mcfg: LRMConfig, *, num_points: int = 64) -> np.ndarray:
 
   Triplane token (plane p, row r, col c) stands for the segment of 3-D points whose two plane
   coordinates are its texel centre and whose third coordinate spans [-box, box] (planes and axes
-  as `rendering.PLANE_AXES`). Projected into input view v of the fixed rig (Instant3D, az
+  as `LRMConfig.plane_axes`). Projected into input view v of the fixed rig (Instant3D, az
   0/90/180/270 at `input_resolution`), it is a 2-D segment; the bias of (token, patch token of
   view v) is −d²/(2σ²), d = the distance in patches from the patch centre to that segment
   (`num_points` samples along it), σ = `extras.attention_bias_sigma` patches, floored at
@@ -480,7 +514,7 @@ def rig_attention_bias(mcfg: LRMConfig, *, num_points: int = 64) -> np.ndarray:
   centres = ((np.arange(T) + 0.5) / T * 2 - 1) * box
   along = np.linspace(-box, box, num_points)
   pts = np.zeros((3, T, T, num_points, 3))
-  for p, (col_axis, row_axis) in enumerate(rendering.PLANE_AXES):
+  for p, (col_axis, row_axis) in enumerate(m.plane_axes):
     pts[p, :, :, :, row_axis] = centres[:, None, None]
     pts[p, :, :, :, col_axis] = centres[None, :, None]
     pts[p, :, :, :, 3 - col_axis - row_axis] = along
@@ -534,6 +568,7 @@ class DecoderBlock(nn.Module):
   num_heads: int
   mlp_ratio: int
   qkv_bias: bool = False
+  attention_out_bias: bool = True   # InstantMesh: nn.MultiheadAttention(bias=False) has none
   layer_norm_eps: float = 1e-6
   modulated: bool = False
   attention_bias_shape: tuple[int, int] | None = None   # (Lq, Lk) of the learned bias
@@ -595,7 +630,7 @@ class DecoderBlock(nn.Module):
                                      heads(ctx, "cross_v", lk), bias=bias,
                                      implementation=self.attention_impl)
     y = layers.dense(d, ("heads", "embed"), dtype=self.dtype, name="cross_out",
-                     **_mha_out_init())(
+                     use_bias=self.attention_out_bias, **_mha_out_init())(
         y.reshape(b, lq, d))
     x = layers.constrain(x + y.astype(x.dtype), act)
 
@@ -604,7 +639,7 @@ class DecoderBlock(nn.Module):
     y = layers.dot_product_attention(heads(y, "self_q", lq), heads(y, "self_k", lq),
                                      heads(y, "self_v", lq), implementation=self.attention_impl)
     y = layers.dense(d, ("heads", "embed"), dtype=self.dtype, name="self_out",
-                     **_mha_out_init())(
+                     use_bias=self.attention_out_bias, **_mha_out_init())(
         y.reshape(b, lq, d))
     x = layers.constrain(x + y.astype(x.dtype), act)
 
@@ -661,10 +696,10 @@ class TriplaneTransformer(nn.Module):
         return jnp.asarray(value, dtype)
     for i in range(dc.num_layers):
       x = block(hidden=D, num_heads=dc.num_heads, mlp_ratio=dc.mlp_ratio, qkv_bias=dc.qkv_bias,
-                layer_norm_eps=dc.layer_norm_eps, modulated=m.decoder_modulation,
+                attention_out_bias=dc.attention_out_bias, layer_norm_eps=dc.layer_norm_eps, modulated=m.decoder_modulation,
                 attention_bias_shape=bias_shape, attention_bias_init=bias_init, dtype=dtype,
                 attention_impl=m.attention_impl, name=f"block_{i}")(x, context, cond)
-    x = layers.layer_norm(epsilon=dc.layer_norm_eps, name="norm_out")(x).astype(dtype)
+    x = layers.layer_norm(epsilon=dc.output_norm_eps, name="norm_out")(x).astype(dtype)
     x = x.reshape(b * 3, T, T, D)
     # OpenLRM's upsampler is a fresh `nn.ConvTranspose2d` (torch default init, fan-in quirk
     # included: see `layers.torch_conv_transpose_init`).
@@ -696,6 +731,18 @@ class TriplaneTransformer(nn.Module):
     return layers.constrain(planes, ("batch", None, "height", "width", None))
 
 
+def density_activation(name: str):
+  """The density activation `model.nerf.density_activation` names, applied to x + bias:
+  'softplus' or 'exp' (clamped: exp overflows fp32 above ~88 and one such sample poisons the
+  batch)."""
+  if name == "softplus":
+    return nn.softplus
+  if name == "exp":
+    return lambda raw: jnp.exp(jnp.minimum(raw, 15.0))
+  raise errors.ConfigError(f"model.nerf.density_activation must be 'softplus' or 'exp', got "
+                           f"{name!r}")
+
+
 def _osg_init() -> dict:
   """OpenLRM `OSGDecoder` layer init: torch `nn.Linear` kernel, bias zeroed."""
   return dict(kernel_init=layers.torch_linear_init()[0], bias_init=nn.initializers.zeros)
@@ -718,6 +765,7 @@ class NeRFMLP(nn.Module):
   density_bias: float = -1.0
   rgb_padding: float = 0.001
   colour_prior: bool = False
+  raw_density: bool = False   # return x + density_bias, the activation left to the renderer
 
   @nn.compact
   def __call__(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -730,14 +778,7 @@ class NeRFMLP(nn.Module):
                                              **_osg_init())(x))
     x = layers.dense(4, (None, None), name=f"dense_{self.num_layers - 1}", **_osg_init())(x)
     raw = x[..., 0] + self.density_bias
-    if self.density_activation == "softplus":
-      density = nn.softplus(raw)
-    elif self.density_activation == "exp":
-      # Clamped exponent: exp overflows fp32 above ~88 and one such sample poisons the batch.
-      density = jnp.exp(jnp.minimum(raw, 15.0))
-    else:
-      raise errors.ConfigError("model.nerf.density_activation must be 'softplus' or 'exp', got "
-                       f"{self.density_activation!r}")
+    density = raw if self.raw_density else density_activation(self.density_activation)(raw)
     eps = self.rgb_padding
     logits = x[..., 1:]
     if self.colour_prior:
@@ -778,7 +819,7 @@ class LRM(nn.Module):
           f"LRM with extras.attention_bias needs the fixed input rig it was built for: "
           f"{m.num_views} views of {m.input_resolution}², got {v} views of {w}x{h}")
 
-    cam = cameras_lib.camera_embedding(cameras)                             # [B, V, 16]
+    cam = cameras_lib.camera_embedding(cameras, convention=m.camera_convention)  # [B, V, 16]
     cam_embed = CameraEmbedder(m.camera_embed_dim, dtype, name="camera_embedder")(cam)
     x = vit_lib.normalize_images(images.astype(jnp.float32))
     if ex.plucker_rays:
@@ -812,9 +853,9 @@ def point_features(mcfg: LRMConfig, planes: jax.Array, points: jax.Array) -> jax
   planes' features (concatenated), and with `extras.lift_voxels` the trilinear voxel sample."""
   box = mcfg.render.box
   if not mcfg.extras.lift_voxels:
-    return rendering.sample_triplane(planes, points, box)
+    return rendering.sample_triplane(planes, points, box, plane_axes=mcfg.plane_axes)
   c0 = mcfg.feature_channels
-  feats = rendering.sample_triplane(planes[..., :c0], points, box)
+  feats = rendering.sample_triplane(planes[..., :c0], points, box, plane_axes=mcfg.plane_axes)
   vox = lrm_lift.sample_voxels(planes[..., c0:], points, box)
   return jnp.concatenate([feats, vox.astype(feats.dtype)], -1)
 
@@ -852,7 +893,8 @@ def abstract_params(mcfg) -> dict:
 def field_fn(mcfg, params: Mapping[str, Any], planes: jax.Array) -> rendering.FieldFn:
   """`volume_render` field of ONE object: `planes [3, R, R, C]`, `params` the full LRM params."""
   mcfg = LRMConfig.from_config(mcfg)
-  mlp = mcfg.nerf_mlp()
+  # 'midpoint' compositing averages raw densities and activates the means itself.
+  mlp = mcfg.nerf_mlp(raw_density=mcfg.render.composite == "midpoint")
   nerf_params = nn.meta.unbox(params["nerf"])
   planes = planes.astype(jnp.float32)
 
@@ -866,43 +908,68 @@ def field_fn(mcfg, params: Mapping[str, Any], planes: jax.Array) -> rendering.Fi
   return field
 
 
-def _render_kwargs(mcfg, num_samples, num_importance, background):
+def render_kwargs(mcfg, num_samples: int | None = None, num_importance: int | None = None,
+                  background=None) -> dict:
+  """`rendering.volume_render` / `render_image` keywords of the config (`model.render`, the
+  background); sample counts and background overridable. With `composite='midpoint'` the field
+  returns raw densities (`field_fn`) and the renderer applies `nerf.density_activation`."""
+  mcfg = LRMConfig.from_config(mcfg)
   r = mcfg.render
-  return dict(num_samples=r.num_samples if num_samples is None else num_samples,
-              num_importance=r.num_importance if num_importance is None else num_importance,
-              background=mcfg.background if background is None else background, box=r.box)
+  kw = dict(num_samples=r.num_samples if num_samples is None else num_samples,
+            num_importance=r.num_importance if num_importance is None else num_importance,
+            background=mcfg.background if background is None else background, box=r.box)
+  if r.composite != "quadrature" or r.sampling != "stratified":
+    kw.update(composite=r.composite, sampling=r.sampling)
+    if r.composite == "midpoint":
+      kw["density_activation"] = density_activation(mcfg.nerf.density_activation)
+  return kw
+
+
+def _hooks(uniforms, t_fine) -> dict:
+  """The renderer's test hooks, only when given (one object's slice, under vmap)."""
+  out = {}
+  if uniforms is not None:
+    out["uniforms"] = uniforms
+  if t_fine is not None:
+    out["t_fine"] = t_fine
+  return out
 
 
 def render_rays(mcfg, params, planes: jax.Array, origins: jax.Array, directions: jax.Array, *,
                 key: jax.Array | None = None, num_samples: int | None = None,
-                num_importance: int | None = None, background=None) -> dict:
+                num_importance: int | None = None, background=None,
+                uniforms: dict | None = None, t_fine: jax.Array | None = None) -> dict:
   """Renders rays `origins/directions [B, ..., 3]` through the B objects `planes [B, 3, R, R, C]`.
 
   Returns `volume_render`'s dict with leading `[B, ...]`. `key` (one for the batch) jitters the
   samples; None = deterministic. Sample counts and background default to the config.
+  `uniforms` (`{'coarse': [B, ..., S], 'fine': [B, ..., M]}`) and `t_fine [B, ..., M]`: the
+  renderer's test hooks (replayed random numbers / importance depths), per object.
   """
   mcfg = LRMConfig.from_config(mcfg)
-  kw = _render_kwargs(mcfg, num_samples, num_importance, background)
+  kw = render_kwargs(mcfg, num_samples, num_importance, background)
   b = planes.shape[0]
   keys = None if key is None else jax.random.split(key, b)
 
-  def one(p, o, d, k):
-    return rendering.volume_render(field_fn(mcfg, params, p), o, d, key=k, **kw)
+  def one(p, o, d, k, u, tf):
+    return rendering.volume_render(field_fn(mcfg, params, p), o, d, key=k, **kw,
+                                   **_hooks(u, tf))
 
-  return jax.vmap(one)(planes, origins, directions, keys)
+  return jax.vmap(one)(planes, origins, directions, keys, uniforms, t_fine)
 
 
 def render_views(mcfg, params, planes: jax.Array, cameras: cameras_lib.Camera, *,
                  key: jax.Array | None = None, chunk: int | None = None,
                  outputs=("rgb", "depth", "opacity"), num_samples: int | None = None,
-                 num_importance: int | None = None, background=None) -> dict:
+                 num_importance: int | None = None, background=None,
+                 uniforms: dict | None = None, t_fine: jax.Array | None = None) -> dict:
   """Whole images of `cameras` (batch shape `[B, V]`) of the B objects → `[B, V, H, W, ...]`.
 
   Chunked (`rendering.render_image`, chunk from `model.render.chunk`) so memory is that of one
-  chunk of rays.
+  chunk of rays. `uniforms` / `t_fine`: the renderer's test hooks per pixel, `[B, V, H, W, k]`.
   """
   mcfg = LRMConfig.from_config(mcfg)
-  kw = _render_kwargs(mcfg, num_samples, num_importance, background)
+  kw = render_kwargs(mcfg, num_samples, num_importance, background)
   b = planes.shape[0]
   if cameras.batch_shape[:1] != (b,):
     raise ValueError(f"render_views: cameras must have batch shape [B={b}, V], got "
@@ -910,15 +977,16 @@ def render_views(mcfg, params, planes: jax.Array, cameras: cameras_lib.Camera, *
   keys = None if key is None else jax.random.split(key, b)
   chunk = mcfg.render.chunk if chunk is None else chunk
 
-  def one(p, cam, k):
+  def one(p, cam, k, u, tf):
     return rendering.render_image(field_fn(mcfg, params, p), cam, chunk=chunk, key=k,
-                                  outputs=tuple(outputs), **kw)
+                                  outputs=tuple(outputs), **kw, **_hooks(u, tf))
 
-  return jax.vmap(one)(planes, cameras, keys)
+  return jax.vmap(one)(planes, cameras, keys, uniforms, t_fine)
 
 
 __all__ = ["LRMConfig", "EncoderConfig", "DecoderConfig", "TriplaneConfig", "NeRFConfig",
            "RenderConfig", "ExtrasConfig", "LRM", "CameraEmbedder", "DecoderBlock",
            "TriplaneTransformer", "NeRFMLP", "plucker_rays", "triplane_position_code",
            "rig_attention_bias", "point_features", "init_params", "abstract_params",
-           "dummy_inputs", "field_fn", "render_rays", "render_views"]
+           "dummy_inputs", "field_fn", "render_kwargs", "render_rays", "render_views",
+           "density_activation"]
