@@ -12,7 +12,9 @@ checkpoint's shapes, else the mismatches are listed). OUT may be local or `gs://
 Inputs
   --grid     one image holding the 2×2 grid of stage 1 (top-left az 0°, top-right 90°,
              bottom-left 180°, bottom-right 270°; docs/design.md §3), split into 4 views;
-  --views    the views as separate files, in camera order;
+  --views    the views as separate files, in camera order (any number of them for a model
+             without a fixed input rig, e.g. InstantMesh's 6 views; the CPU demo's `tiny`, whose
+             learned attention bias is tied to its 4-view rig, takes exactly 4);
   --cameras  a cameras JSON (schema of data_pipeline/cameras_json.py) with one frame per view in
              the same order; default: the Instant3D rig (elevation 20°, azimuths 0/90/180/270°,
              distance 2.7, FOV 50°);

@@ -107,14 +107,15 @@ def _check_view_size(img: np.ndarray, what: str) -> None:
                      "come from the 2×2 grid of stage 1 and would shift pixel centres on resize)")
 
 
-def load_views(grid: str | None, views: Sequence[str] | None, num_views: int, background,
+def load_views(grid: str | None, views: Sequence[str] | None, num_views: int | None, background,
                notes: list[str]) -> np.ndarray:
-  """`[V, S, S, 3]` float32 views from `--grid` or `--views` (validated, not yet resized)."""
+  """`[V, S, S, 3]` float32 views from `--grid` or `--views` (validated, not yet resized);
+  `num_views` None (a model without a fixed rig) takes any number of `--views`."""
   if (grid is None) == (not views):
     raise InputError("give exactly one of --grid (a 2×2 grid image) and --views (comma-separated "
                      f"files); got {'both' if grid else 'neither'}")
   if grid is not None:
-    if num_views != 4:
+    if num_views not in (None, 4):
       raise InputError(f"--grid holds 4 views (2×2) but the model takes {num_views}; use --views")
     img = read_image(grid, "--grid", background, notes)
     h, w = img.shape[:2]
@@ -125,7 +126,7 @@ def load_views(grid: str | None, views: Sequence[str] | None, num_views: int, ba
     out = np.stack([img[:s, :s], img[:s, s:], img[s:, :s], img[s:, s:]])
     _check_view_size(out[0], f"--grid {grid} view")
     return out
-  if len(views) != num_views:
+  if num_views is not None and len(views) != num_views:
     raise InputError(f"--views lists {len(views)} files; the model takes {num_views} views "
                      f"(got {list(views)})")
   imgs = [read_image(p, f"--views[{i}]", background, notes) for i, p in enumerate(views)]
@@ -165,8 +166,8 @@ def load_cameras(path: str | None, num_views: int, size: int) -> cameras_lib.Cam
   """Cameras (batch [V]) at the views' pixel size `size`: `--cameras` or the Instant3D rig."""
   if path is None:
     if num_views != 4:
-      raise InputError(f"the default Instant3D rig has 4 views, the model takes {num_views}; "
-                       "pass --cameras")
+      raise InputError(f"the default Instant3D rig has 4 views, got {num_views}; pass --cameras "
+                       "(one frame per view)")
     return cameras_lib.instant3d_rig(size)
   from data_pipeline import cameras_json
   cams = cameras_json.load_cameras_json(path)
@@ -325,12 +326,15 @@ def reconstruct(checkpoint, out, *, grid=None, views=None, cameras=None, config=
     raise InputError(f"--background_threshold must be in [0, 1), got {background_threshold}")
   config, params = load_checkpoint(checkpoint, config)
   m = lrm_lib.LRMConfig.from_config(config)
-  views_np = load_views(grid, views, m.num_views, m.background, notes)
+  # Only a learned per-token attention bias ties the model to its training rig's view count;
+  # without it (every model but the CPU demo's) any number of posed views goes in.
+  num_views = m.num_views if m.extras.attention_bias else None
+  views_np = load_views(grid, views, num_views, m.background, notes)
   if thr:
     notes.append(f"pixels within {thr:g} of the background set to it (--background_threshold)")
     views_np = clean_background(views_np, m.background, thr)
   size = views_np.shape[1]
-  cams = load_cameras(cameras, m.num_views, size)
+  cams = load_cameras(cameras, views_np.shape[0], size)
   res = m.input_resolution
   if size != res:
     notes.append(f"views resized from {size}² to the model's input resolution {res}²")

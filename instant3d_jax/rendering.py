@@ -391,7 +391,8 @@ def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, 
                   background=1.0, box=1.0, importance_padding: float = 0.01,
                   composite: str = "quadrature", sampling: str = "stratified",
                   density_activation: Callable[[jax.Array], jax.Array] | None = None,
-                  uniforms: dict | None = None, t_fine: jax.Array | None = None) -> dict:
+                  uniforms: dict | None = None, t_fine: jax.Array | None = None,
+                  t_coarse: jax.Array | None = None) -> dict:
   """Renders rays through the box [-box, box]³ with a density/colour field.
 
   Args:
@@ -411,7 +412,10 @@ def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, 
     uniforms: optional `{'coarse': [..., num_samples], 'fine': [..., num_importance]}` uniforms
       in [0, 1) to use instead of drawing them from `key` (to replay another renderer's random
       numbers); `t_fine [..., num_importance]`: the importance distances themselves (a test
-      hook: another implementation's inverse-CDF bins may differ in the last float bit).
+      hook: another implementation's inverse-CDF bins may differ in the last float bit);
+      `t_coarse [..., num_samples]` ('eg3d' only): the coarse distances themselves (a grazing
+      ray's exit distance is ill-conditioned: a 1e-7 change of a direction component of 2e-4
+      moves it by 5e-4).
   Returns dict:
     rgb `[..., 3]`; opacity `[...]` (= Σ weights; 0 for rays that miss the box);
     depth `[...]`: expected ray parameter t of termination given termination in the box,
@@ -454,7 +458,7 @@ def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, 
   if sampling == "eg3d" or composite == "midpoint":
     return _render_eg3d(field_fn, o, d, bg, near, far, hit, batch_shape, num_samples,
                         num_importance, jitter_strat, jitter_imp, box, importance_padding,
-                        composite, sampling, density_activation, t_fine)
+                        composite, sampling, density_activation, t_fine, t_coarse)
 
   def evaluate(t):
     points = o[:, None, :] + t[..., None] * d[:, None, :]
@@ -499,7 +503,7 @@ def volume_render(field_fn: FieldFn, origins: jax.Array, directions: jax.Array, 
 
 def _render_eg3d(field_fn, o, d, bg, near, far, hit, batch_shape, num_samples, num_importance,
                  u_coarse, u_fine, box, importance_padding, composite, sampling,
-                 density_activation, t_fine):
+                 density_activation, t_fine, t_coarse=None):
   """`volume_render` with EG3D's sampler and/or midpoint compositing (see there)."""
   if composite != "midpoint" or sampling != "eg3d":
     raise ValueError("volume_render: sampling='eg3d' and composite='midpoint' go together (the "
@@ -513,7 +517,10 @@ def _render_eg3d(field_fn, o, d, bg, near, far, hit, batch_shape, num_samples, n
     inside = jnp.all((points >= -box_arr) & (points <= box_arr), axis=-1)
     return raw.astype(jnp.float32), rgb.astype(jnp.float32), inside
 
-  t = eg3d_coarse_samples(near, far, num_samples, u_coarse)
+  if t_coarse is None:
+    t = eg3d_coarse_samples(near, far, num_samples, u_coarse)
+  else:
+    t = jnp.asarray(t_coarse, jnp.float32).reshape(-1, num_samples)
   raw, rgb, inside = evaluate(t)
   if num_importance:
     if t_fine is None:
@@ -559,7 +566,8 @@ def render_image(field_fn: FieldFn, camera: cameras_lib.Camera, *, chunk: int = 
   points (4096 × 64 × 240 concatenated fp32 features = 250 MB for the large triplane).
   `background` may be a scalar, `[3]` or per-pixel `[..., H, W, 3]`. With a key each chunk gets
   its own subkey, so random samples depend on `chunk`; without a key the result does not.
-  `uniforms` / `t_fine` (`volume_render`'s test hooks) are per pixel, `[..., H, W, k]`.
+  `uniforms` / `t_fine` / `t_coarse` (`volume_render`'s test hooks) are per pixel,
+  `[..., H, W, k]`.
   Returns the `volume_render` dict restricted to `outputs`, each `[..., H, W, ...]`.
   """
   unknown = set(outputs) - set(RENDER_OUTPUTS)
@@ -581,11 +589,11 @@ def render_image(field_fn: FieldFn, camera: cameras_lib.Camera, *, chunk: int = 
   keys = None if key is None else jax.random.split(key, num_chunks)
   # Per-pixel extras (test hooks), chunked as the rays are.
   per_ray = {}
-  for name in ("uniforms", "t_fine"):
+  for name in ("uniforms", "t_fine", "t_coarse"):
     value = render_kwargs.pop(name, None)
     if value is None:
       continue
-    leaves = value if name == "uniforms" else {"t_fine": value}
+    leaves = value if name == "uniforms" else {name: value}
     for k, v in leaves.items():
       v = jnp.asarray(v, jnp.float32)
       v = v.reshape(n, v.shape[-1])
@@ -596,8 +604,9 @@ def render_image(field_fn: FieldFn, camera: cameras_lib.Camera, *, chunk: int = 
   def render_chunk(args):
     co, cd, cbg, ck, extra = args
     kw = dict(render_kwargs)
-    if ("t_fine", "t_fine") in extra:
-      kw["t_fine"] = extra[("t_fine", "t_fine")]
+    for name in ("t_fine", "t_coarse"):
+      if (name, name) in extra:
+        kw[name] = extra[(name, name)]
     uni = {k: v for (name, k), v in extra.items() if name == "uniforms"}
     if uni:
       kw["uniforms"] = uni

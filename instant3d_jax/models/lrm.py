@@ -925,48 +925,54 @@ def render_kwargs(mcfg, num_samples: int | None = None, num_importance: int | No
   return kw
 
 
-def _hooks(uniforms, t_fine) -> dict:
+def _hooks(uniforms, t_fine, t_coarse=None) -> dict:
   """The renderer's test hooks, only when given (one object's slice, under vmap)."""
   out = {}
   if uniforms is not None:
     out["uniforms"] = uniforms
   if t_fine is not None:
     out["t_fine"] = t_fine
+  if t_coarse is not None:
+    out["t_coarse"] = t_coarse
   return out
 
 
 def render_rays(mcfg, params, planes: jax.Array, origins: jax.Array, directions: jax.Array, *,
                 key: jax.Array | None = None, num_samples: int | None = None,
                 num_importance: int | None = None, background=None,
-                uniforms: dict | None = None, t_fine: jax.Array | None = None) -> dict:
+                uniforms: dict | None = None, t_fine: jax.Array | None = None,
+                t_coarse: jax.Array | None = None) -> dict:
   """Renders rays `origins/directions [B, ..., 3]` through the B objects `planes [B, 3, R, R, C]`.
 
   Returns `volume_render`'s dict with leading `[B, ...]`. `key` (one for the batch) jitters the
   samples; None = deterministic. Sample counts and background default to the config.
   `uniforms` (`{'coarse': [B, ..., S], 'fine': [B, ..., M]}`) and `t_fine [B, ..., M]`: the
-  renderer's test hooks (replayed random numbers / importance depths), per object.
+  renderer's test hooks (replayed random numbers / importance depths), per object; `t_coarse
+  [B, ..., S]` the coarse depths themselves (another implementation's, for grazing rays).
   """
   mcfg = LRMConfig.from_config(mcfg)
   kw = render_kwargs(mcfg, num_samples, num_importance, background)
   b = planes.shape[0]
   keys = None if key is None else jax.random.split(key, b)
 
-  def one(p, o, d, k, u, tf):
+  def one(p, o, d, k, u, tf, tc):
     return rendering.volume_render(field_fn(mcfg, params, p), o, d, key=k, **kw,
-                                   **_hooks(u, tf))
+                                   **_hooks(u, tf, tc))
 
-  return jax.vmap(one)(planes, origins, directions, keys, uniforms, t_fine)
+  return jax.vmap(one)(planes, origins, directions, keys, uniforms, t_fine, t_coarse)
 
 
 def render_views(mcfg, params, planes: jax.Array, cameras: cameras_lib.Camera, *,
                  key: jax.Array | None = None, chunk: int | None = None,
                  outputs=("rgb", "depth", "opacity"), num_samples: int | None = None,
                  num_importance: int | None = None, background=None,
-                 uniforms: dict | None = None, t_fine: jax.Array | None = None) -> dict:
+                 uniforms: dict | None = None, t_fine: jax.Array | None = None,
+                 t_coarse: jax.Array | None = None) -> dict:
   """Whole images of `cameras` (batch shape `[B, V]`) of the B objects → `[B, V, H, W, ...]`.
 
   Chunked (`rendering.render_image`, chunk from `model.render.chunk`) so memory is that of one
-  chunk of rays. `uniforms` / `t_fine`: the renderer's test hooks per pixel, `[B, V, H, W, k]`.
+  chunk of rays. `uniforms` / `t_fine` / `t_coarse`: the renderer's test hooks per pixel,
+  `[B, V, H, W, k]`.
   """
   mcfg = LRMConfig.from_config(mcfg)
   kw = render_kwargs(mcfg, num_samples, num_importance, background)
@@ -977,11 +983,11 @@ def render_views(mcfg, params, planes: jax.Array, cameras: cameras_lib.Camera, *
   keys = None if key is None else jax.random.split(key, b)
   chunk = mcfg.render.chunk if chunk is None else chunk
 
-  def one(p, cam, k, u, tf):
+  def one(p, cam, k, u, tf, tc):
     return rendering.render_image(field_fn(mcfg, params, p), cam, chunk=chunk, key=k,
-                                  outputs=tuple(outputs), **kw, **_hooks(u, tf))
+                                  outputs=tuple(outputs), **kw, **_hooks(u, tf, tc))
 
-  return jax.vmap(one)(planes, cameras, keys, uniforms, t_fine)
+  return jax.vmap(one)(planes, cameras, keys, uniforms, t_fine, t_coarse)
 
 
 __all__ = ["LRMConfig", "EncoderConfig", "DecoderConfig", "TriplaneConfig", "NeRFConfig",
