@@ -206,7 +206,8 @@ def make_image_fn(config):
     size = max(targets.shape[1], one["input_images"].shape[2])
     pad = lambda x: np.pad(x, ((0, 0), (0, size - x.shape[1]), (0, size - x.shape[2]), (0, 0)),
                            constant_values=1.0)
-    ncols = max(4, len(targets))
+    ncols = max(one["input_images"].shape[1], len(targets))   # inputs (4 on the rig, any with
+                                                              # random input views) or targets
     rows = [pad(one["input_images"][0]), pad(np.clip(pred, 0, 1)), pad(targets)]
     rows = [np.concatenate([r, np.ones((ncols - len(r),) + r.shape[1:], r.dtype)]) for r in rows]
     return images_lib.make_grid(np.concatenate(rows), ncols=ncols)
