@@ -107,6 +107,23 @@ fixtures-instantmesh:
 	    --out tests/fixtures/instantmesh
 	@ls -l tests/fixtures/instantmesh
 
+# Golden fixture of OpenLRM's decoder block with ModLN (tests/fixtures/openlrm/README.md): the
+# pinned OpenLRM commit extracted from a git snapshot (OPENLRM_GIT_DIR) into a temporary folder and
+# imported from there (its code is never copied into this repository), run in .venv-ref (only
+# torch, numpy and safetensors are needed; created with those pins if missing).
+.PHONY: fixtures-openlrm
+OPENLRM_GIT_DIR ?= /work/.mirror/3DTopia+OpenLRM/repo
+OPENLRM_COMMIT  := 3108b6902d27912e1dcdce76970eab51436f5b21
+
+fixtures-openlrm:
+	test -x $(REF_VENV)/bin/python || { $(PYTHON) -m venv $(REF_VENV) && \
+	  $(REF_VENV)/bin/python -m pip install -q $(filter torch==% numpy==% safetensors==%,$(REF_PKGS)); }
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  git --git-dir="$(OPENLRM_GIT_DIR)" archive $(OPENLRM_COMMIT) openlrm LICENSE | tar -x -C "$$tmp" && \
+	  $(REF_VENV)/bin/python tests/fixtures/openlrm/make_fixture.py --openlrm "$$tmp" \
+	    --out tests/fixtures/openlrm
+	@ls -l tests/fixtures/openlrm
+
 # The packages the GPU machine's image lacks and the accelerator suite imports (bench/device/
 # README.md), as Python 3.12 wheels at this project's pins, into device-wheels/ (git-ignored; the
 # device `run` carries it). Needs the network; the suite installs them there offline.
