@@ -63,3 +63,20 @@ def test_large_lrm_fsdp_plan(fsdp4):
   frac, total = _sharded_fraction(abstract)
   assert 375e6 < total < 525e6
   assert frac > 0.9, f"only {frac:.1%} of the LRM parameters are split over fsdp"
+
+
+@pytest.mark.slow  # ~1 min of XLA:CPU compiling on 2 cores
+def test_instantmesh_large_train_step_compiles_on_fake_devices(tmp_path):
+  """`train_lrm --config configs/lrm.py:instantmesh_large`'s update step (6 random input views,
+  4 targets, MSE + LPIPS + mask, AdamW) compiles for 4 (fake CPU) devices at FSDP 4, from
+  abstract shapes (nothing allocated): the trainer's own state and step builders."""
+  from bench import bench_memory_plan
+  cfg = lrm_config.get_config("instantmesh_large")
+  cfg.data_dir = str(tmp_path / "nodata")
+  cfg.mesh.update(dict(data=1, fsdp=4, tensor=1, num_devices=4))
+  cfg.train.global_batch_size = 4
+  cfg.model.dtype, cfg.model.remat = "bfloat16", "full"
+  c = bench_memory_plan.compile_step(cfg, jax.devices()[:4])
+  assert c["compiled"].memory_analysis() is not None
+  frac, total = _sharded_fraction(c["abstract"].params)
+  assert total == 378_477_332 and frac > 0.9

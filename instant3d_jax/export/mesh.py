@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from skimage import measure
 
-from instant3d_jax import fileio
+from instant3d_jax import errors, fileio
 
 # z-up world → y-up glTF.
 Z_UP_TO_Y_UP = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], np.float32)
@@ -64,9 +64,9 @@ def extract_mesh(density: np.ndarray, level: float, box: float = 1.0):
   density = np.asarray(density, np.float32)
   lo, hi = float(np.min(density)), float(np.max(density))
   if not lo < level < hi:
-    raise ValueError(f"marching cubes: the density field never crosses the level {level} (its "
-                     f"range is [{lo:.4g}, {hi:.4g}]); pick a level inside the range "
-                     "(--mesh_threshold)")
+    raise errors.InputError(f"marching cubes: the density field never crosses the level {level} "
+                            f"(its range is [{lo:.4g}, {hi:.4g}]); pick a level inside the range "
+                            "(--mesh_threshold)")
   n = density.shape[0]
   step = 2.0 * box / (n - 1)
   verts, faces, _, _ = measure.marching_cubes(density, level=level, spacing=(step,) * 3)
