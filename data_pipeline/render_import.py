@@ -1,4 +1,5 @@
-"""Imports real multi-view renders (object folders with a cameras.json) as a data set.
+"""Imports real multi-view renders (object folders with a cameras.json, or another render set's
+layout: `format`, data_pipeline/render_formats.py) as a data set.
 
 `import_renders(src, out_dir)` writes the records of `data_pipeline/records.py`; `object_record`
 turns one object folder into one record and `write_object_folder` is its inverse. The command is
@@ -7,7 +8,8 @@ and a Blender command line that produces it: data_pipeline/README.md.
 
 `src` holds one folder per object (the folder name becomes the object id), each with a
 `cameras.json` (schema in `data_pipeline/cameras_json.py`) and the RGBA PNGs it lists. Every object
-needs the 4 Instant3D rig views (group "rig", az 0/90/180/270 in that order); "sup" views are the
+has the 4 Instant3D rig views (group "rig", az 0/90/180/270 in that order) or none (a rig-less
+object: an empty 'rig' group, for `data.loader.input_views='random'`); "sup" views are the
 supervision pool; held-out objects evaluated on the GSO protocol also need "eval" (64) and
 "eval_inputs" (4). All images of the data set must share one resolution.
 
@@ -22,48 +24,41 @@ import time
 
 import numpy as np
 
-from data_pipeline import cameras_json, procedural, records
+from data_pipeline import cameras_json, convention_checks, procedural, records, render_formats
 from instant3d_jax import errors
 
 CAMERAS_FILE = "cameras.json"
 
 
-def object_record(folder: str, index: int, split: str) -> tuple[bytes, int]:
-  """One object folder → (record bytes, resolution). Errors name the file and the problem."""
-  header, frames = cameras_json.read_cameras_json(os.path.join(folder, CAMERAS_FILE))
-  W, H = header["width"], header["height"]
-  by_group: dict[str, list[dict]] = {}
-  for fr in frames:
-    by_group.setdefault(fr["group"], []).append(fr)
-  if len(by_group.get("rig", [])) != 4:
-    raise errors.DataError(f"{os.path.join(folder, CAMERAS_FILE)}: needs exactly 4 frames of "
-                           f"group 'rig' (the Instant3D input views), found "
-                           f"{len(by_group.get('rig', []))}")
-  groups = {}
-  for name, frs in by_group.items():
-    pngs = []
-    for fr in frs:
-      img_path = os.path.join(folder, fr["file"])
-      try:
-        with open(img_path, "rb") as f:
-          data = f.read()
-      except FileNotFoundError:
-        raise errors.DataError(f"{img_path}: image listed in {CAMERAS_FILE} not found") from None
-      except OSError as e:
-        raise errors.DataError(f"{img_path}: image listed in {CAMERAS_FILE} cannot be read "
-                               f"({type(e).__name__}: {e})") from e
-      rgba = records.decode_png(data, img_path)
-      if rgba.shape[:2] != (H, W):
-        raise errors.DataError(f"{img_path}: image is {rgba.shape[1]}x{rgba.shape[0]} but "
-                               f"{CAMERAS_FILE} says {W}x{H}")
-      pngs.append(records.encode_png(rgba))  # normalised to 8-bit RGBA
-    groups[name] = records.make_group(pngs, np.stack([f["c2w"] for f in frs]),
-                                      np.stack([f["K"] for f in frs]), W, H)
+def views_record(views, index: int, split: str) -> bytes:
+  """`render_formats.ObjectViews` → record bytes (its groups; an empty 'rig' when rig-less)."""
+  W, H = views.width, views.height
   if W != H:
-    raise errors.DataError(f"{folder}: views must be square for the LRM rig, found {W}x{H}")
-  rec = records.encode_record(object_id=os.path.basename(os.path.normpath(folder)), index=index,
-                              split=split, caption=header["caption"], groups=groups)
-  return rec, W
+    raise errors.DataError(f"{views.object_id}: views must be square for the LRM rig, found "
+                           f"{W}x{H}")
+  groups = {}
+  for name, idx in views.groups.items():
+    if not idx and name != "rig":
+      continue
+    pngs = [records.encode_png(views.images[i]) for i in idx]  # normalised to 8-bit RGBA
+    c2w = views.c2w[idx].astype(np.float32) if idx else np.zeros((0, 4, 4), np.float32)
+    K = views.K[idx].astype(np.float32) if idx else np.zeros((0, 3, 3), np.float32)
+    groups[name] = records.make_group(pngs, c2w, K, W, H)
+  return records.encode_record(object_id=views.object_id, index=index, split=split,
+                               caption=views.caption, groups=groups)
+
+
+def object_record(folder: str, index: int, split: str) -> tuple[bytes, int]:
+  """One object folder of the project's format → (record bytes, resolution). Errors name the
+  file and the problem. An object with no 'rig' frames is rig-less (an empty 'rig' group)."""
+  views = render_formats.read_object("instant3d", folder)
+  return views_record(views, index, split), views.width
+
+
+def check_views(views) -> tuple[list, dict]:
+  """`convention_checks.check_object` on an `ObjectViews` (masks: alpha > 0.5)."""
+  alphas = np.stack([im[..., 3] for im in views.images]).astype(np.float32) / 255.0
+  return convention_checks.check_object(views.object_id, alphas, views.c2w, views.K, views.names)
 
 
 def write_object_folder(rec: dict, folder: str, convention: str = "opencv") -> None:
@@ -90,24 +85,54 @@ def write_object_folder(rec: dict, folder: str, convention: str = "opencv") -> N
                                   caption=rec.get("caption", ""), convention=convention)
 
 
+FAILURES_FILE = "convention_failures.tsv"
+
+
 def import_renders(src: str, out_dir: str, *, split_fractions=(0.9, 0.05, 0.05), seed: int = 0,
                    records_per_shard: int = 500, progress: bool = True,
-                   overwrite: bool = False) -> dict:
-  """Imports every object folder under `src` into a data set at `out_dir`; returns metadata.
+                   overwrite: bool = False,
+                   format: str = render_formats.DEFAULT_FORMAT,  # pylint: disable=redefined-builtin
+                   fov_deg: float | None = None, scale: float | None = None,
+                   rig_tolerance_deg: float = render_formats.RIG_TOLERANCE_DEG,
+                   checks: bool | None = None) -> dict:
+  """Imports every object folder under `src` (in `format`, `render_formats.FORMATS`) into a data
+  set at `out_dir`; returns metadata.
+
+  `fov_deg` (degrees; required by 'instantmesh', overrides zero123's 35 mm lens) and `scale`
+  (camera positions × scale; default per format) are passed to `render_formats.read_object`.
+  With `checks` (None: on for every format but the project's own, whose writers already use
+  the convention and whose procedural test sets are not normalised),
+  `convention_checks.check_object` runs on every object; failures do not stop the import: they
+  go to `out_dir/convention_failures.tsv` (object id, check, detail per line) and to
+  the metadata's `convention_checks` ({checked, failed_objects, failures, file}). Objects without
+  the Instant3D rig are listed in the metadata's `rigless_objects`, and `input_views` is 'random'
+  (the loader mode they need, `data.loader.input_views`) when there is any, else 'rig'.
 
   A directory that already holds a data set (or shards of unknown origin) raises `DataError` and
   is left untouched unless `overwrite`; what an interrupted import left is replaced
   (`records.prepare_output_dir`). Other files in `out_dir` are never touched.
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  render_formats.check_format(format)
+  if checks is None:
+    checks = format != render_formats.DEFAULT_FORMAT
   if not os.path.isdir(src):
     raise errors.DataError(f"{src}: source directory of object folders not found")
   if not isinstance(records_per_shard, (int, np.integer)) or records_per_shard < 1:
     raise errors.ConfigError(f"records_per_shard must be a positive integer, found "
                              f"{records_per_shard!r}")
-  names = sorted(d for d in os.listdir(src) if os.path.isfile(os.path.join(src, d, CAMERAS_FILE)))
-  if not names:
-    raise errors.DataError(f"{src}: no object folders with a {CAMERAS_FILE} found")
+  if format == "instantmesh" and fov_deg is None:
+    raise errors.ConfigError("--format instantmesh needs --fov (its renders carry no intrinsics "
+                             "and mix 50° and 30°)")
+  if format == render_formats.DEFAULT_FORMAT:
+    names = sorted(d for d in os.listdir(src) if os.path.isfile(os.path.join(src, d,
+                                                                             CAMERAS_FILE)))
+    if not names:
+      raise errors.DataError(f"{src}: no object folders with a {CAMERAS_FILE} found")
+    folders = [os.path.join(src, n) for n in names]
+  else:
+    found = render_formats.list_objects(format, src)
+    names, folders = [n for n, _ in found], [f for _, f in found]
   counts = procedural.split_counts(len(names), tuple(split_fractions))
   perm = np.random.default_rng(seed).permutation(len(names))
   bounds = np.cumsum([0] + [counts[s] for s in records.SPLITS])
@@ -115,19 +140,30 @@ def import_renders(src: str, out_dir: str, *, split_fractions=(0.9, 0.05, 0.05),
                 for k, s in enumerate(records.SPLITS)}
   records.prepare_output_dir(out_dir, writer="data_pipeline.importer", overwrite=overwrite)
   resolutions: dict[int, str] = {}
+  failures: list = []
+  rigless: list[str] = []
   bar = tqdm(total=len(names), desc=f"importing {src}", unit="obj", disable=not progress)
   t0 = time.perf_counter()
 
   def recs(split):
     for i in assignment[split]:
-      rec, res = object_record(os.path.join(src, names[i]), i, split)
+      views = render_formats.read_object(format, folders[i], names[i], fov_deg=fov_deg,
+                                         scale=scale, rig_tolerance_deg=rig_tolerance_deg)
+      res = views.width
+      if views.width != views.height:
+        raise errors.DataError(f"{folders[i]}: views must be square for the LRM rig, found "
+                               f"{views.width}x{views.height}")
       resolutions.setdefault(res, names[i])
       if len(resolutions) > 1:
-        raise errors.DataError(f"{os.path.join(src, names[i])}: views are {res}² but "
+        raise errors.DataError(f"{folders[i]}: views are {res}² but "
                                f"{resolutions[next(iter(resolutions))]} has "
                                f"{next(iter(resolutions))}²; all objects must share a resolution")
+      if not views.has_rig:
+        rigless.append(names[i])
+      if checks:
+        failures.extend(check_views(views)[0])
       bar.update(1)
-      yield rec
+      yield views_record(views, i, split)
 
   splits = {}
   try:
@@ -138,10 +174,38 @@ def import_renders(src: str, out_dir: str, *, split_fractions=(0.9, 0.05, 0.05),
                        "object_ids": [names[i] for i in assignment[split]]}
   finally:
     bar.close()
-  meta = {"generator": "import", "source": os.path.abspath(src), "num_objects": len(names),
-          "resolution": next(iter(resolutions)), "splits": splits,
+  meta = {"generator": "import", "format": format, "source": os.path.abspath(src),
+          "num_objects": len(names), "resolution": next(iter(resolutions)), "splits": splits,
+          "input_views": "random" if rigless else "rig", "rigless_objects": sorted(rigless),
           "config": {"seed": seed, "split_fractions": list(split_fractions),
-                     "records_per_shard": records_per_shard},
+                     "records_per_shard": records_per_shard, "fov_deg": fov_deg,
+                     "scale": render_formats.DEFAULT_SCALE[format] if scale is None else scale,
+                     "rig_tolerance_deg": rig_tolerance_deg},
           "generation_seconds": round(time.perf_counter() - t0, 2)}
+  if checks:
+    with open(os.path.join(out_dir, FAILURES_FILE + ".tmp"), "w", encoding="utf-8") as f:
+      f.write("".join(x.line() + "\n" for x in failures))
+    os.replace(os.path.join(out_dir, FAILURES_FILE + ".tmp"), os.path.join(out_dir, FAILURES_FILE))
+    meta["convention_checks"] = {"checked": len(names),
+                                 "failed_objects": len({x.object_id for x in failures}),
+                                 "failures": len(failures), "file": FAILURES_FILE}
   records.write_metadata(out_dir, meta)
   return records.read_metadata(out_dir)
+
+
+def check_summary(meta: dict, out_dir: str) -> str:
+  """The importer's summary line of the convention checks (from the metadata)."""
+  cc = meta.get("convention_checks")
+  if not cc:
+    return "convention checks: not run"
+  if not cc["failed_objects"]:
+    return f"convention checks: all {cc['checked']} objects pass (hull_iou, scale, image_up)"
+  by_check: dict[str, int] = {}
+  with open(os.path.join(out_dir, cc["file"]), encoding="utf-8") as f:
+    for line in f:
+      parts = line.rstrip("\n").split("\t")
+      if len(parts) >= 2:
+        by_check[parts[1]] = by_check.get(parts[1], 0) + 1
+  what = ", ".join(f"{k}: {v}" for k, v in sorted(by_check.items()))
+  return (f"convention checks: {cc['failed_objects']} of {cc['checked']} objects FAILED ({what}); "
+          f"see {os.path.join(out_dir, cc['file'])}")
