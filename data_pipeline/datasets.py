@@ -43,13 +43,16 @@ class DatasetInfo:
   data_dir: its directory; generator: who wrote it ('synthetic', 'import', …);
   resolution: the side of every stored (square) view; splits: {split: objects};
   groups: {split: {view group: views per object}} (of the split's objects as the metadata lists
-  them, else of its first object; empty splits have no entry).
+  them, else of its first object; empty splits have no entry); input_views: the loader mode its
+  objects need, from the metadata ('random' when the importer found objects without the
+  Instant3D rig, listed in its `rigless_objects`; else 'rig').
   """
   data_dir: str
   generator: str
   resolution: int
   splits: Mapping[str, int]
   groups: Mapping[str, Mapping[str, int]]
+  input_views: str = "rig"
 
 
 def _source(config) -> str:
@@ -80,7 +83,8 @@ def open_dataset(data_dir: str | os.PathLike) -> DatasetInfo:
     raise errors.DataError(f"{os.path.join(data_dir, records.METADATA_FILE)}: no 'resolution' "
                            "(the side of the stored square views)")
   return DatasetInfo(data_dir=data_dir, generator=str(meta.get("generator", "?")),
-                     resolution=int(meta["resolution"]), splits=splits, groups=groups)
+                     resolution=int(meta["resolution"]), splits=splits, groups=groups,
+                     input_views=str(meta.get("input_views", "rig")))
 
 
 def planned(config) -> DatasetInfo:
@@ -204,6 +208,10 @@ def check_train(dataset: DatasetInfo, config) -> None:
             "data.loader.input_views='random' needs it False")
   else:
     rig = g.get("rig", 0)
+    if dataset.input_views == "random":
+      raise errors.DataError(f"{where}: holds objects without the Instant3D rig (its metadata's "
+                             "rigless_objects; input_views='random'): set "
+                             "data.loader.input_views='random'")
     if rig != RIG_VIEWS:
       raise errors.DataError(f"{where}: training objects have {rig} 'rig' views; the loader "
                              f"needs the {RIG_VIEWS} views of the Instant3D rig")

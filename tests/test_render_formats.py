@@ -273,3 +273,50 @@ def test_format_errors(scene, tmp_path):
   with pytest.raises(errors.DataError, match=r"no object folders with pose/ and rgba/"):
     render_import.import_renders(str(base / "nerf"), str(tmp_path / "o"), format="openlrm",
                                  progress=False)
+
+
+def test_rigless_data_set_needs_random_inputs(scene):
+  """The metadata's input_views='random' reaches `datasets.check_train`; in that mode the loader
+  draws inputs from all views of both the rig and the rig-less object."""
+  from data_pipeline import datasets, lrm_input
+  from instant3d_jax.configs import lrm
+  base, _, _ = scene
+  c = lrm.get_config("tiny")
+  c.data.source, c.data_dir = "records", str(base / "out_instant3d")
+  c.model.input_resolution = 16
+  c.train.global_batch_size = 2
+  info = datasets.open_dataset(c.data_dir)
+  assert info.input_views == "random"
+  with pytest.raises(errors.DataError, match=r"holds objects without the Instant3D rig .*set "
+                     r"data\.loader\.input_views='random'"):
+    datasets.check_train(info, c)
+  c.data.loader.input_views, c.data.loader.num_targets, c.model.num_views = "random", 4, 6
+  extras = c.model.get("extras")
+  (extras if extras is not None and "attention_bias" in extras else c.model.decoder
+   ).attention_bias = False
+  datasets.check_train(info, c)
+  ld = datasets.loader_config(c, info)
+  batch = next(lrm_input.train_iterator(c.data_dir, ld, process_index=0, process_count=1))
+  assert batch["input_c2w"].shape == (2, 6, 4, 4)
+
+
+def test_importer_command_counts_failures_on_its_last_line(scene, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  base, truth, _ = scene
+  c2w, K, imgs = truth["lshape"]
+  write_instantmesh(str(tmp_path / "src" / "upside"), np.einsum("ij,vjk->vik", _rot_x(180), c2w),
+                    K, imgs)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(PYTHONPATH=root, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-m", "data_pipeline.importer", "--src",
+                      str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--format",
+                      "instantmesh", f"--fov={FOV}", "--split_fractions=1,0,0"],
+                     capture_output=True, text=True, env=env, cwd=root, timeout=120)
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.strip().splitlines()
+  print(r.stdout)
+  assert "convention checks: 1 of 1 objects FAILED (image_up: 1)" in lines[0]
+  assert lines[-1].endswith("1 rig-less; convention-check failures: 1")
+  assert (tmp_path / "out" / "convention_failures.tsv").read_text().startswith("upside\timage_up\t")
