@@ -9,7 +9,7 @@ DEV_STAMP     := $(VENV)/.dev-installed
 PYTEST_ARGS   ?=
 DEMO_ARGS     ?=
 
-.PHONY: install install-dev install-gpu install-tpu install-aot install-gcs test test-all test-slow demo demo-mv demo-text3d bench bench-long \
+.PHONY: install install-dev install-gpu install-tpu install-aot install-gcs install-render test test-all test-slow demo demo-mv demo-text3d bench bench-long \
         device-wheels clean
 
 install: $(RUNTIME_STAMP)
@@ -50,6 +50,23 @@ install-aot: $(RUNTIME_STAMP)
 # gs:// workdirs and data sets: the optional `gcs` extra of pyproject.toml.
 install-gcs: $(RUNTIME_STAMP)
 	$(BIN)/python -m pip install -q -e ".[gcs]"
+
+# Blender as a Python module for `python -m data_pipeline.render` (data_pipeline/README.md): its
+# own venv, because bpy declares numpy < 2. bpy wheels exist for Python 3.11 only (up to 5.0.x);
+# 4.5 is Blender's long-term series (~355 MiB). The project's venv never imports bpy: the render
+# command starts .venv-render/bin/python on data_pipeline/blender_script.py as a subprocess.
+BPY_VERSION   ?= 4.5.15
+RENDER_VENV   := .venv-render
+RENDER_STAMP  := $(RENDER_VENV)/.bpy-$(BPY_VERSION)
+
+install-render: $(RENDER_STAMP)
+
+$(RENDER_STAMP):
+	test -x $(RENDER_VENV)/bin/python || $(PYTHON) -m venv $(RENDER_VENV)
+	$(RENDER_VENV)/bin/python -m pip install -q --upgrade "pip>=24"
+	$(RENDER_VENV)/bin/python -m pip install -q "bpy==$(BPY_VERSION)"
+	$(RENDER_VENV)/bin/python -c "import bpy; print('bpy', bpy.app.version_string)"
+	touch $@
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

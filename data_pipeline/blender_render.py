@@ -175,9 +175,26 @@ def _rasterise(verts2d: np.ndarray, faces: np.ndarray, width: int, height: int,
   tri = verts2d[faces] * s  # [F, 3, 2] in pixel coordinates (x right, y down; centres at +0.5)
   lo, hi = tri.min(1), tri.max(1)
   keep = (hi[:, 0] >= 0) & (hi[:, 1] >= 0) & (lo[:, 0] <= width * s) & (lo[:, 1] <= height * s)
-  for t in tri[keep] - 0.5:  # PIL's pixel (i, j) is the point (i, j)
+  # Faces within a KxK block of sub-pixels (most of a dense mesh): every sub-pixel centre of the
+  # block tested against the edges at once (either winding); the others drawn one by one.
+  k = 4
+  small = keep & np.all(hi - lo < k - 1, axis=-1)
+  for t in tri[keep & ~small] - 0.5:  # PIL's pixel (i, j) is the point (i, j)
     draw.polygon([tuple(p) for p in t], fill=1)
-  cover = np.asarray(img, np.float32).reshape(height, s, width, s).mean((1, 3))
+  sub = np.array(img)
+  t = tri[small]
+  base = np.floor(t.min(1))  # [F, 2]
+  off = np.stack(np.meshgrid(np.arange(k), np.arange(k), indexing="xy"), -1).reshape(-1, 2)
+  q = base[:, None, :] + off[None] + 0.5  # [F, K², 2] sub-pixel centres
+  def edge(a, b):
+    return ((b[:, None, 0] - a[:, None, 0]) * (q[..., 1] - a[:, None, 1])
+            - (b[:, None, 1] - a[:, None, 1]) * (q[..., 0] - a[:, None, 0]))
+  e = np.stack([edge(t[:, 0], t[:, 1]), edge(t[:, 1], t[:, 2]), edge(t[:, 2], t[:, 0])], -1)
+  inside = np.all(e >= 0, -1) | np.all(e <= 0, -1)
+  qi = q[inside].astype(np.int64)
+  ok = (qi[:, 0] >= 0) & (qi[:, 0] < width * s) & (qi[:, 1] >= 0) & (qi[:, 1] < height * s)
+  sub[qi[ok, 1], qi[ok, 0]] = 1
+  cover = sub.astype(np.float32).reshape(height, s, width, s).mean((1, 3))
   return cover >= 0.5
 
 
