@@ -301,3 +301,57 @@ def test_blender_renders_offline_assets_that_import(tmp_path):
   assert meta["num_objects"] == n and meta["resolution"] == 128
   rec = next(iter(records.RecordSource(str(tmp_path / "data"), "train")))
   assert len(rec["groups"]["rig"]["images"]) == 4 and len(rec["groups"]["sup"]["images"]) == 4
+
+
+def _fake_render_folder(folder, mesh_path, cfg, c2w_written=None):
+  """An object folder whose alpha is the mesh's own silhouette (br._rasterise through the job
+  cameras), as a correct renderer would give; `c2w_written` replaces the cameras written."""
+  from PIL import Image
+  import trimesh
+  os.makedirs(folder)
+  mesh = trimesh.load(mesh_path, force="mesh", process=False)
+  with open(os.path.join(folder, br.NORMALIZATION_FILE), "w") as f:
+    json.dump({"matrix": np.eye(4).tolist(), "import_axes": "none"}, f)
+  views = br.object_views(cfg, "obj")
+  R = cfg.resolution
+  for v in views:
+    w2c = np.linalg.inv(np.asarray(v["c2w"]))
+    cam = np.asarray(mesh.vertices) @ w2c[:3, :3].T + w2c[:3, 3]
+    uv = cam @ np.asarray(v["K"]).T
+    sil = br._rasterise(uv[:, :2] / uv[:, 2:], np.asarray(mesh.faces), R, R)  # pylint: disable=protected-access
+    rgba = np.zeros((R, R, 4), np.uint8)
+    rgba[sil] = 255
+    Image.fromarray(rgba).save(os.path.join(folder, v["file"]))
+  c2w = np.asarray([v["c2w"] for v in views], np.float32)
+  if c2w_written is not None:
+    c2w = c2w_written(c2w)
+  cam = br._Cameras(c2w, np.asarray([v["K"] for v in views], np.float32), R, R)  # pylint: disable=protected-access
+  cameras_json.write_cameras_json(os.path.join(folder, br.CAMERAS_FILE), cam,
+                                  [v["file"] for v in views], [v["group"] for v in views])
+
+
+def test_mask_check_passes_a_consistent_render_and_catches_convention_slips(tmp_path):
+  """The check on alpha = the mesh's silhouette: all points inside, IoU 1; cameras written in
+  Blender's axes as if OpenCV, or the object mirrored (x → −x), fail it."""
+  import trimesh
+  box = trimesh.creation.box((1.0, 0.5, 0.3))
+  ball = trimesh.creation.icosphere(1, 0.3)
+  ball.apply_translation((0.5, 0.2, 0.3))
+  mesh = trimesh.util.concatenate([box, ball])
+  v = np.asarray(mesh.vertices)
+  c = (v.min(0) + v.max(0)) / 2
+  mesh.apply_translation(-c)
+  mesh.apply_scale(1 / np.linalg.norm(mesh.vertices, axis=-1).max())
+  path = str(tmp_path / "m.ply")
+  mesh.export(path)
+  cfg = render_config.get_config("bench")
+  cfg.num_sup_views = 4
+  _fake_render_folder(str(tmp_path / "good"), path, cfg)
+  res = br.mask_check(str(tmp_path / "good"), path, num_points=4000)
+  assert res["inside"] == 1.0 and res["iou"] > 0.99 and abs(res["radius"] - 1) < 1e-6
+  gl = np.diag([1.0, -1.0, -1.0, 1.0]).astype(np.float32)
+  mirror = np.diag([-1.0, 1.0, 1.0, 1.0]).astype(np.float32)
+  for name, slip in (("gl", lambda m: m @ gl), ("mirror", lambda m: mirror @ m @ mirror)):
+    _fake_render_folder(str(tmp_path / name), path, cfg, slip)
+    bad = br.mask_check(str(tmp_path / name), path, num_points=4000)
+    assert bad["inside"] < 0.99 or bad["iou"] < 0.9, (name, bad["inside"], bad["iou"])
