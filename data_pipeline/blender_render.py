@@ -259,12 +259,7 @@ def mask_check(folder: str, asset: str, num_points: int = 20000, dilation_px: in
 # ---------------------------------------------------------------------------------------------
 # One object, many objects
 # ---------------------------------------------------------------------------------------------
-class RenderFailure(Exception):
-  """One object failed: `stage` (load, render, output, check, timeout) and a one-line reason."""
-
-  def __init__(self, stage: str, reason: str):
-    super().__init__(f"{stage}: {reason}")
-    self.stage, self.reason = stage, reason
+RenderFailure = errors.RenderFailure   # one object failed: `stage` and a one-line `reason`
 
 
 def _last_error_line(text: str) -> str:

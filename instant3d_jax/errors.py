@@ -46,6 +46,15 @@ class WeightsError(Instant3DError, ValueError):
   """A weights file or folder is missing, malformed, or does not match the model."""
 
 
+class RenderFailure(DataError):
+  """One asset could not be rendered (data_pipeline/blender_render.py): `stage` (load, render,
+  output, check, timeout) and a one-line `reason`; the render command records it and goes on."""
+
+  def __init__(self, stage: str, reason: str):
+    super().__init__(f"{stage}: {reason}")
+    self.stage, self.reason = stage, reason
+
+
 class NonFiniteError(Instant3DError, RuntimeError):
   """Too many non-finite losses / gradients in a row."""
   exit_code = 3

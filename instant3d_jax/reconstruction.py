@@ -52,6 +52,9 @@ def load_checkpoint(path: str | os.PathLike, config=None):
   config, params, _ = checkpoints.load(path, config)
   if "model" not in config:
     raise WeightsError(f"checkpoint {path}: its config has no 'model' section")
+  if not all(k in config.model for k in ("num_views", "decoder", "triplane")):
+    raise WeightsError(f"checkpoint {path} is not a reconstructor (train_lrm) checkpoint: its "
+                       "model config has no num_views / decoder / triplane")
   params = nn.meta.unbox(params)
   check_tree_shapes(nn.meta.unbox(lrm_lib.abstract_params(config)), params,
                     f"checkpoint {path}")

@@ -36,6 +36,11 @@ OWN = {"instant3d_jax", "data_pipeline", "configs", "__future__"}
 # them: not dependencies.
 PROBED = {"jax_plugins": "JAX's plugin namespace package (cli.jax_plugins looks for GPU plugins "
                          "with find_spec; jax[cuda12] brings it: make install-gpu)"}
+# Modules imported only by scripts another interpreter runs, and which environment provides them:
+# declared there, not in the project's dependencies.
+OTHER_ENV = {"bpy": "Blender as a module, in .venv-render (make install-render): "
+                    "data_pipeline/blender_script.py runs under it",
+             "mathutils": "ships with bpy (.venv-render)"}
 _IMPORT_CALLS = {"import_module", "find_spec", "__import__"}
 
 
@@ -81,7 +86,8 @@ def third_party_imports(roots: list[Path]) -> dict[str, set[str]]:
           names = [node.args[0].value]
         for name in names:
           top = name.split(".")[0]
-          if top and top not in sys.stdlib_module_names and top not in OWN | set(PROBED):
+          if (top and top not in sys.stdlib_module_names
+              and top not in OWN | set(PROBED) | set(OTHER_ENV)):
             found.setdefault(top, set()).add(str(path))
   return found
 
