@@ -11,6 +11,7 @@ from data_pipeline import lrm_input as L
 from data_pipeline import primitives as P
 from data_pipeline import procedural, records, render_import
 from instant3d_jax import errors
+from tests.test_data_loader import _equal, _loader_cfg, _take
 
 V, T = 6, 4   # InstantMesh: 6 inputs, 4 targets
 
@@ -28,19 +29,8 @@ def world(tmp_path_factory):
 
 
 def _lc(cfg, **kw):
-  lc = copy.deepcopy(cfg.loader)
-  lc.input_views, lc.num_input_views, lc.num_targets = "random", V, T
-  for k, v in kw.items():
-    lc[k] = v
-  return lc
-
-
-def _take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def _equal(a, b):
-  return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  return _loader_cfg(cfg, **dict(dict(input_views="random", num_input_views=V, num_targets=T),
+                                 **kw))
 
 
 def _iter(out, lc, p=0, n=1):
