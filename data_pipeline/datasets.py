@@ -1,6 +1,7 @@
 """Which data set a run reads, what it holds, whether the run can use it, and the loader settings.
 
-A run config names its data with `data_dir` and `data.source`:
+A run config names its data with `data_dir` (a local directory or a bucket prefix, `gs://…`:
+records.py says how each is read) and `data.source`:
 
   'procedural'  the built-in world (`data_pipeline/procedural.py`): generated into `data_dir` from
                 the `data` section unless a complete copy with the same generation config is
@@ -29,6 +30,7 @@ import ml_collections
 
 from data_pipeline import records
 from instant3d_jax import errors
+from instant3d_jax import fileio
 
 SOURCES = ("procedural", "records")
 RIG_VIEWS = 4            # the Instant3D rig (records.py: group "rig")
@@ -80,7 +82,7 @@ def open_dataset(data_dir: str | os.PathLike) -> DatasetInfo:
       rec = records.RecordSource(data_dir, split)[0]
       groups[split] = {g: len(v["images"]) for g, v in rec["groups"].items()}
   if "resolution" not in meta:
-    raise errors.DataError(f"{os.path.join(data_dir, records.METADATA_FILE)}: no 'resolution' "
+    raise errors.DataError(f"{records.join(data_dir, records.METADATA_FILE)}: no 'resolution' "
                            "(the side of the stored square views)")
   return DatasetInfo(data_dir=data_dir, generator=str(meta.get("generator", "?")),
                      resolution=int(meta["resolution"]), splits=splits, groups=groups,
@@ -112,10 +114,10 @@ def prepare(config, *, progress: bool = True) -> DatasetInfo:
   it is not there yet (process 0 writes, the others wait), opened as is for 'records'."""
   source = _source(config)
   data_dir = str(config.data_dir)
-  meta_path = os.path.join(data_dir, records.METADATA_FILE)
+  meta_path = fileio.path(records.join(data_dir, records.METADATA_FILE))
   if source == "procedural":
     from data_pipeline import procedural  # pylint: disable=g-import-not-at-top
-    if os.path.exists(meta_path):
+    if meta_path.exists():
       generator = records.read_metadata(data_dir).get("generator")
       if generator != procedural.GENERATOR:
         raise errors.DataError(
@@ -128,14 +130,14 @@ def prepare(config, *, progress: bool = True) -> DatasetInfo:
       try:
         procedural.ensure_dataset(config.data, data_dir, progress=progress)
       except errors.DataError as e:
-        if not os.path.exists(meta_path):
+        if not meta_path.exists():
           raise
         raise errors.DataError(f"{e} (or set --config.data.source='records' to read the data "
                                "set there as it is)") from e
     if multi:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices("data ready")
-  elif not os.path.exists(meta_path):
+  elif not meta_path.exists():
     raise errors.DataError(
         f"data_dir {data_dir}: no data set there (no {records.METADATA_FILE}); "
         "data.source='records' reads an existing one (write it with python -m "

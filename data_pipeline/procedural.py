@@ -14,7 +14,6 @@ Output format: `data_pipeline/records.py`.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from typing import Sequence
 
@@ -24,6 +23,7 @@ import numpy as np
 from data_pipeline import primitives as P
 from data_pipeline import records
 from instant3d_jax import errors
+from instant3d_jax import fileio
 
 GENERATOR = "synthetic"
 # Bumped whenever the code changes what gets generated, so cached data sets are not silently
@@ -226,8 +226,7 @@ def ensure_dataset(cfg: ml_collections.ConfigDict, out_dir: str, *, progress: bo
   with `generate(..., overwrite=True)` / `python -m data_pipeline.synthetic --overwrite`).
   Shards of unknown origin without metadata.json are refused the same way (`generate`).
   """
-  meta_path = os.path.join(out_dir, records.METADATA_FILE)
-  if os.path.exists(meta_path):
+  if fileio.path(records.join(out_dir, records.METADATA_FILE)).exists():  # local or gs://
     meta = records.read_metadata(out_dir)
     generator = meta.get("generator")
     if generator != GENERATOR:

@@ -8,6 +8,14 @@ A data set directory holds
   ...
   in_progress.json                       only while a writer runs (or after it was interrupted)
 
+`DIR` may be a local directory or a bucket prefix (`gs://bucket/data`). On a bucket, shards are
+read by ArrayRecord's own GCS client (riegeli's `GcsReader`: ranged reads, nothing staged to disk;
+credentials from the environment as for any Google client, `CLOUD_STORAGE_EMULATOR_ENDPOINT`
+points it at an emulator), while metadata.json, in_progress.json and listings go through
+`instant3d_jax.fileio` (etils/fsspec). ArrayRecord writes local files only: a shard is written
+into a local temporary directory and uploaded when it is complete (one all-or-nothing object), and
+metadata.json is uploaded last, so a data set in a bucket is complete or has no metadata.json.
+
 Writers never replace what is there unless asked: `prepare_output_dir` refuses a directory that
 holds a data set (metadata.json) or shards of unknown origin, except with `overwrite=True`;
 shards left by an interrupted writer (in_progress.json present, no metadata.json) are replaced.
@@ -29,12 +37,15 @@ and "eval_inputs" (4 GSO inputs at az 45/135/225/315).
 from __future__ import annotations
 
 from instant3d_jax import errors
+from instant3d_jax import fileio
 from instant3d_jax.errors import DataError  # also records.DataError, the old path
 
 import bisect
 import io
 import json
 import os
+import shutil
+import tempfile
 import time
 from typing import Iterable, Iterator, Sequence
 
@@ -159,10 +170,11 @@ def prepare_output_dir(out_dir: str, *, writer: str, overwrite: bool = False) ->
   `writer`), removes the data set files there (metadata.json first, so the directory never looks
   complete meanwhile) and leaves every other file alone.
   """
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+  out = fileio.path(out_dir)
+  if out.exists() and not out.is_dir():
     raise DataError(f"{out_dir}: output directory is an existing file; choose a directory")
-  os.makedirs(out_dir, exist_ok=True)
-  names = sorted(os.listdir(out_dir))
+  fileio.makedirs(out_dir)
+  names = sorted(p.name for p in out.iterdir()) if out.exists() else []
   shards = [n for n in names if SHARD_MARK in n]
   if not overwrite:
     if METADATA_FILE in names:
@@ -178,13 +190,19 @@ def prepare_output_dir(out_dir: str, *, writer: str, overwrite: bool = False) ->
                       f"{f' and {len(shards) - 1} more' if len(shards) > 1 else ''}) but no "
                       f"{METADATA_FILE}, and no unfinished run of this project wrote them; pass "
                       "--overwrite (overwrite=True) to replace them, or choose another directory")
-  marker = os.path.join(out_dir, IN_PROGRESS_FILE)
-  with open(marker + ".tmp", "w") as f:
-    json.dump({"writer": writer, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f)
-  os.replace(marker + ".tmp", marker)
+  fileio.write_text(join(out_dir, IN_PROGRESS_FILE), json.dumps(
+      {"writer": writer, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
   for name in [METADATA_FILE, METADATA_FILE + ".tmp"] + shards:
-    if os.path.exists(os.path.join(out_dir, name)):
-      os.remove(os.path.join(out_dir, name))
+    if name in names:
+      fileio.path(join(out_dir, name)).unlink(missing_ok=True)
+
+
+def join(data_dir: str, name: str) -> str:
+  """`data_dir/name` as a string, local or `gs://` (what the ArrayRecord reader is handed)."""
+  data_dir = os.fspath(data_dir)
+  if fileio.is_remote(data_dir):
+    return data_dir.rstrip("/") + "/" + name
+  return os.path.join(data_dir, name)
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -196,7 +214,10 @@ def write_shards(out_dir: str, split: str, records: Iterable[bytes], num_records
   """Writes `num_records` records into ⌈n / records_per_shard⌉ shards; returns the file names.
 
   Each shard is written under a temporary name and renamed when closed, so an interrupted run
-  never leaves a shard that looks complete.
+  never leaves a shard that looks complete. On a bucket (`gs://…`) each shard is written into a
+  local temporary directory (ArrayRecord writes local files only) and uploaded once closed: one
+  object upload, complete or absent; the local copy is removed after the upload (at most one
+  shard's worth of local disk).
   """
   from array_record.python import array_record_module  # heavy import, only when writing
 
@@ -207,27 +228,45 @@ def write_shards(out_dir: str, split: str, records: Iterable[bytes], num_records
   names = [shard_name(split, s, num_shards) for s in range(num_shards)]
   it = iter(records)
   written = 0
-  for s, name in enumerate(names):
-    path = os.path.join(out_dir, name)
-    tmp = path + ".tmp"
-    # group_size:1 keeps random access to one record cheap (a record is a whole object).
-    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
-    try:
-      for _ in range(min(records_per_shard, num_records - written)):
-        writer.write(next(it))
-        written += 1
-    except BaseException:
-      writer.close()
-      os.remove(tmp)  # nothing half-written is left behind
-      raise
-    writer.close()
-    os.replace(tmp, path)
+  remote = fileio.is_remote(out_dir)
+  stage = tempfile.mkdtemp(prefix="instant3d_shards_") if remote else None
+  try:
+    for name in names:
+      path = os.path.join(stage, name) if remote else os.path.join(out_dir, name)
+      written = _write_shard(array_record_module, path, it, written,
+                             min(records_per_shard, num_records - written))
+      if remote:
+        fileio.copy_file(path, join(out_dir, name))
+        os.remove(path)
+  finally:
+    if stage is not None:
+      shutil.rmtree(stage, ignore_errors=True)
   return names
+
+
+def _write_shard(array_record_module, path: str, it: Iterator[bytes], written: int,
+                 count: int) -> int:
+  """Writes the next `count` records of `it` into the local file `path` (temporary name, then
+  rename); returns the running count of records written."""
+  tmp = path + ".tmp"
+  # group_size:1 keeps random access to one record cheap (a record is a whole object).
+  writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+  try:
+    for _ in range(count):
+      writer.write(next(it))
+      written += 1
+  except BaseException:
+    writer.close()
+    os.remove(tmp)  # nothing half-written is left behind
+    raise
+  writer.close()
+  os.replace(tmp, path)
+  return written
 
 
 def _num_records(path: str) -> int:
   from array_record.python import array_record_module
-  if not os.path.exists(path):
+  if not fileio.path(path).exists():
     raise DataError(f"{path}: shard listed in {METADATA_FILE} does not exist")
   try:
     reader = array_record_module.ArrayRecordReader(path)
@@ -242,24 +281,19 @@ def _num_records(path: str) -> int:
 def write_metadata(out_dir: str, meta: dict) -> None:
   """Writes metadata.json (temp name → rename), which completes the data set, then removes the
   in-progress marker of `prepare_output_dir`."""
-  path = os.path.join(out_dir, METADATA_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"schema_version": SCHEMA_VERSION, **meta}, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-  marker = os.path.join(out_dir, IN_PROGRESS_FILE)
-  if os.path.exists(marker):
-    os.remove(marker)
+  fileio.write_text(join(out_dir, METADATA_FILE),
+                    json.dumps({"schema_version": SCHEMA_VERSION, **meta}, indent=2,
+                               sort_keys=True))
+  fileio.path(join(out_dir, IN_PROGRESS_FILE)).unlink(missing_ok=True)
 
 
 def read_metadata(data_dir: str) -> dict:
-  path = os.path.join(data_dir, METADATA_FILE)
-  if not os.path.exists(path):
+  path = join(data_dir, METADATA_FILE)
+  if not fileio.path(path).exists():
     raise DataError(f"{data_dir}: no {METADATA_FILE}; not a data set directory, or its generation "
                     "did not finish (metadata is written last)")
   try:
-    with open(path, encoding="utf-8") as f:
-      meta = json.load(f)
+    meta = json.loads(fileio.path(path).read_bytes().decode("utf-8"))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataError(f"{path}: not valid JSON ({e})") from e
   except OSError as e:
@@ -288,7 +322,7 @@ def split_paths(data_dir: str, split: str, *, check: bool = True) -> list[str]:
   """Shard paths of a split, validated against metadata.json (existence, format, record count)."""
   if check:
     return _split_shards(data_dir, split)[0]
-  return [os.path.join(data_dir, n) for n in _split_info(data_dir, split)["shards"]]
+  return [join(data_dir, n) for n in _split_info(data_dir, split)["shards"]]
 
 
 def _split_info(data_dir: str, split: str) -> dict:
@@ -301,7 +335,7 @@ def _split_info(data_dir: str, split: str) -> dict:
 def _split_shards(data_dir: str, split: str) -> tuple[list[str], list[int]]:
   """(shard paths, records per shard) of a split, checked against metadata.json."""
   info = _split_info(data_dir, split)
-  paths = [os.path.join(data_dir, n) for n in info["shards"]]
+  paths = [join(data_dir, n) for n in info["shards"]]
   counts = [_num_records(p) for p in paths]
   if sum(counts) != info["num_objects"]:
     raise DataError(f"{data_dir}: split {split!r} should hold {info['num_objects']} records "

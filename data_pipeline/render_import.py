@@ -26,6 +26,7 @@ import numpy as np
 
 from data_pipeline import cameras_json, convention_checks, procedural, records, render_formats
 from instant3d_jax import errors
+from instant3d_jax import fileio
 
 CAMERAS_FILE = "cameras.json"
 
@@ -183,9 +184,8 @@ def import_renders(src: str, out_dir: str, *, split_fractions=(0.9, 0.05, 0.05),
                      "rig_tolerance_deg": rig_tolerance_deg},
           "generation_seconds": round(time.perf_counter() - t0, 2)}
   if checks:
-    with open(os.path.join(out_dir, FAILURES_FILE + ".tmp"), "w", encoding="utf-8") as f:
-      f.write("".join(x.line() + "\n" for x in failures))
-    os.replace(os.path.join(out_dir, FAILURES_FILE + ".tmp"), os.path.join(out_dir, FAILURES_FILE))
+    fileio.write_text(records.join(out_dir, FAILURES_FILE),  # local or gs://
+                      "".join(x.line() + "\n" for x in failures))
     meta["convention_checks"] = {"checked": len(names),
                                  "failed_objects": len({x.object_id for x in failures}),
                                  "failures": len(failures), "file": FAILURES_FILE}
@@ -201,11 +201,10 @@ def check_summary(meta: dict, out_dir: str) -> str:
   if not cc["failed_objects"]:
     return f"convention checks: all {cc['checked']} objects pass (hull_iou, scale, image_up)"
   by_check: dict[str, int] = {}
-  with open(os.path.join(out_dir, cc["file"]), encoding="utf-8") as f:
-    for line in f:
-      parts = line.rstrip("\n").split("\t")
-      if len(parts) >= 2:
-        by_check[parts[1]] = by_check.get(parts[1], 0) + 1
+  for line in fileio.path(records.join(out_dir, cc["file"])).read_text("utf-8").splitlines():
+    parts = line.split("\t")
+    if len(parts) >= 2:
+      by_check[parts[1]] = by_check.get(parts[1], 0) + 1
   what = ", ".join(f"{k}: {v}" for k, v in sorted(by_check.items()))
   return (f"convention checks: {cc['failed_objects']} of {cc['checked']} objects FAILED ({what}); "
-          f"see {os.path.join(out_dir, cc['file'])}")
+          f"see {records.join(out_dir, cc['file'])}")
