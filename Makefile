@@ -141,6 +141,20 @@ fixtures-openlrm:
 	    --out tests/fixtures/openlrm
 	@ls -l tests/fixtures/openlrm
 
+# Format fixtures from OpenLRM's and zero123's own Blender render scripts
+# (tests/fixtures/render_formats/README.md): each script read from its git snapshot at the commit
+# pinned in make_fixtures.py and run unmodified through a thin wrapper (seeded; Cycles on the CPU,
+# 16 samples, 64²) under .venv-render on two offline assets (2CylinderEngine.glb from Debian's
+# assimp-testmodels). Read by tests/test_format_fixtures.py.
+.PHONY: fixtures-formats
+ZERO123_GIT_DIR ?= /work/.mirror/cvlab-columbia+zero123/repo
+
+fixtures-formats: $(RUNTIME_STAMP) $(RENDER_STAMP)
+	$(BIN)/python tests/fixtures/render_formats/make_fixtures.py --openlrm_git "$(OPENLRM_GIT_DIR)" \
+	  --zero123_git "$(ZERO123_GIT_DIR)" --render_python $(RENDER_VENV)/bin/python \
+	  --out tests/fixtures/render_formats
+	@du -sh tests/fixtures/render_formats
+
 # The packages the GPU machine's image lacks and the accelerator suite imports (bench/device/
 # README.md), as Python 3.12 wheels at this project's pins, into device-wheels/ (git-ignored; the
 # device `run` carries it). Needs the network; the suite installs them there offline.

@@ -12,7 +12,13 @@ view), then checks:
              camera looks away from the object: the hull is empty), world-to-camera read as
              camera-to-world, mirrored images, a wrong focal length.
   scale      the hull fills the normalised volume: its bounding radius (largest |p|) ≥
-             `RADIUS_MIN` and its largest coordinate (max |p|∞) ≤ `BOX_MAX`. An object
+             `RADIUS_MIN`, and the object's largest coordinate (max |p|∞) ≤ `BOX_MAX`, where
+             the object's is the lower bound the masks prove: every mask pixel's ray meets the
+             object inside the hull, so the object reaches at least the largest over mask
+             pixels of the smallest |p|∞ of the hull along the ray. (Not the hull's own largest
+             coordinate: a hull is an outer bound, and views all on one side leave it uncarved
+             on the other; OpenLRM's own sampler put 8 of 8 cameras at y < 0 in the fixtures,
+             hull 1.18 for an object in [-1, 1]³, tests/fixtures/render_formats.) An object
              normalised into the box [-1, 1]³ (longest half-side 1: radius ≥ 1) or into the unit
              ball (radius 1) passes; half of either (radius ≤ √3/2 ≈ 0.87 for a box-normalised
              cube, 0.5 for a ball) fails, as does an object larger than the box. (The issue's
@@ -96,16 +102,19 @@ def carve(masks: np.ndarray, c2w: np.ndarray, K: np.ndarray, grid: int = GRID,
 
 
 def render_hull(occ: np.ndarray, c2w: np.ndarray, K: np.ndarray, h: int, w: int,
-                extent: float = EXTENT) -> np.ndarray:
+                extent: float = EXTENT, return_reach: bool = False):
   """Ray-casts the occupancy grid into each view → bool `[V, h, w]` (nearest-voxel lookup,
-  samples at half a voxel along each ray through the grid's box)."""
+  samples at half a voxel along each ray through the grid's box). With `return_reach`, also
+  float `[V, h, w]`: per pixel, the smallest largest-coordinate |p|∞ of the hull's samples along
+  its ray (inf where the ray misses the hull)."""
   n = occ.shape[0]
   vox = 2 * extent / n
   steps = int(np.ceil(2 * extent * np.sqrt(3) / (0.5 * vox)))
   vv, uu = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
   out = np.zeros((len(c2w), h, w), bool)
+  reach = np.full((len(c2w), h, w), np.inf)
   if not occ.any():
-    return out
+    return (out, reach) if return_reach else out
   for i, (m, k) in enumerate(zip(np.asarray(c2w, np.float64), K)):
     d_cam = np.stack([(uu - k[0, 2]) / k[0, 0], (vv - k[1, 2]) / k[1, 1], np.ones_like(uu)], -1)
     d = d_cam.reshape(-1, 3) @ m[:3, :3].T
@@ -123,11 +132,15 @@ def render_hull(occ: np.ndarray, c2w: np.ndarray, K: np.ndarray, h: int, w: int,
     t = tn[valid, None] + (tf - tn)[valid, None] * s                   # [R, S]
     p = o + d[valid, None, :] * t[..., None]                            # [R, S, 3]
     ijk = np.clip(np.floor((p + extent) / vox).astype(np.int64), 0, n - 1)
-    hit = occ[ijk[..., 0], ijk[..., 1], ijk[..., 2]].any(-1)
+    occupied = occ[ijk[..., 0], ijk[..., 1], ijk[..., 2]]
     flat = np.zeros(h * w, bool)
-    flat[np.nonzero(valid)[0]] = hit
+    flat[np.nonzero(valid)[0]] = occupied.any(-1)
     out[i] = flat.reshape(h, w)
-  return out
+    if return_reach:
+      near = np.full(h * w, np.inf)
+      near[np.nonzero(valid)[0]] = np.where(occupied, np.abs(p).max(-1), np.inf).min(-1)
+      reach[i] = near.reshape(h, w)
+  return (out, reach) if return_reach else out
 
 
 def tolerant_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -164,12 +177,16 @@ def check_object(object_id: str, alphas: np.ndarray, c2w: np.ndarray, K: np.ndar
   masks, Ks = reduce_masks(alphas, K)
   occ = carve(masks, c2w, Ks)
   _, h, w = masks.shape
-  rendered = render_hull(occ, c2w, Ks, h, w)
+  rendered, reach = render_hull(occ, c2w, Ks, h, w, return_reach=True)
   iou = tolerant_iou(rendered, masks)
   coords = (np.arange(GRID) + 0.5) * (2 * EXTENT / GRID) - EXTENT
   pts = np.stack(np.meshgrid(coords, coords, coords, indexing="ij"), -1)[occ]
   radius = float(np.linalg.norm(pts, axis=-1).max()) if len(pts) else 0.0
   box = float(np.abs(pts).max()) if len(pts) else 0.0
+  # The object meets every mask pixel's ray inside the hull: its largest coordinate is at least
+  # the largest, over mask pixels, of the smallest |p|∞ of the hull along the ray.
+  seen = masks & rendered
+  box_min = float(reach[seen].max()) if seen.any() else 0.0
   up = image_up_cosines(c2w)
   failures = []
   bad = np.nonzero(iou < IOU_MIN)[0]
@@ -180,10 +197,11 @@ def check_object(object_id: str, alphas: np.ndarray, c2w: np.ndarray, K: np.ndar
         f"(IoU < {IOU_MIN}; worst: {worst}; hull {int(occ.sum())} of {GRID}³ voxels): cameras "
         "do not fit the images (OpenGL axes read as OpenCV? world-to-camera read as "
         "camera-to-world? mirrored images? wrong FOV?)")))
-  if not (radius >= RADIUS_MIN and box <= BOX_MAX):
+  if not (radius >= RADIUS_MIN and box_min <= BOX_MAX):
     failures.append(Failure(object_id, "scale", (
         f"visual hull radius {radius:.2f} (expected ≥ {RADIUS_MIN}: normalised into [-1, 1]³ or "
-        f"the unit ball), largest coordinate {box:.2f} (expected ≤ {BOX_MAX}): "
+        f"the unit ball), the object's largest coordinate at least {box_min:.2f} (expected ≤ "
+        f"{BOX_MAX}): "
         + ("the object is too small (wrong --scale? [-0.5, 0.5]³ data read as [-1, 1]³?)"
            if radius < RADIUS_MIN else "the object does not fit the box [-1, 1]³ (wrong --scale?)")
         )))
@@ -196,5 +214,6 @@ def check_object(object_id: str, alphas: np.ndarray, c2w: np.ndarray, K: np.ndar
         f"in the image (angle from image-up > 60°; worst: {worst}): a y-up or upside-down "
         "world?")))
   stats = {"iou_min": float(iou.min()) if len(iou) else 1.0, "radius": radius, "box": box,
+           "box_min": box_min,
            "hull_voxels": int(occ.sum())}
   return failures, stats
