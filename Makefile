@@ -9,7 +9,7 @@ DEV_STAMP     := $(VENV)/.dev-installed
 PYTEST_ARGS   ?=
 DEMO_ARGS     ?=
 
-.PHONY: install install-dev install-gpu install-tpu install-aot install-gcs install-render test test-all test-slow demo demo-mv demo-text3d bench bench-long \
+.PHONY: install install-dev install-gpu install-tpu install-aot install-gcs install-render test test-all test-slow demo demo-mv demo-text3d demo-blender bench bench-long \
         device-wheels clean
 
 install: $(RUNTIME_STAMP)
@@ -92,6 +92,13 @@ demo-mv: $(RUNTIME_STAMP)
 # 20 held-out captions → objects, outputs/text3d/index.html and its screenshot, the scores.
 demo-text3d: $(RUNTIME_STAMP)
 	$(BIN)/python -m instant3d_jax.demo_text3d $(DEMO_ARGS)
+
+# The real-renderer main job (instant3d_jax/demo_blender.py): the procedural world's objects as
+# coloured meshes + assimp's offline test models rendered with Blender (.venv-render), imported,
+# the tiny reconstructor trained and evaluated, beside the procedural ray caster's data set of the
+# same size trained the same way; outputs/demo_blender/results.{json,md} and pictures.
+demo-blender: $(RUNTIME_STAMP) $(RENDER_STAMP)
+	$(BIN)/python -m instant3d_jax.demo_blender $(DEMO_ARGS)
 
 # Every benchmark table that takes minutes; rebuilds BENCHMARKS.md from bench/results/.
 bench: $(DEV_STAMP)

@@ -12,13 +12,15 @@ rig views, elevation 20°, azimuths 0/90/180/270, distance 2.7, vertical FOV 50�
   `instantmesh`  InstantMesh's account of "the LRM setting" (InstantMesh issue #13,
                  docs/paper_facts.md): distance U[2.0, 3.5], height z U(-0.75, 1.6); 32 views.
   `test`         128², 8 samples, 4 sup views (the slow test); `bench` 64², 16 samples, 8 views.
+  `demo_blender` `make demo-blender` (instant3d_jax/demos/blender.py): the procedural world's
+                 cameras and data size of configs/data.py:demo (64², 8 sup views), 16 samples.
 Single entries as --config.KEY=VALUE (e.g. --config.resolution=256 --config.eval_rig=True).
 """
 import ml_collections
 
 from instant3d_jax import errors
 
-VARIANTS = ("default", "openlrm", "instantmesh", "test", "bench")
+VARIANTS = ("default", "openlrm", "instantmesh", "test", "bench", "demo_blender")
 
 
 def get_config(arg=None):
@@ -68,7 +70,7 @@ def get_config(arg=None):
     cfg.resolution = 128
     cfg.samples = 8
     cfg.num_sup_views = 4
-  elif variant == "bench":
+  elif variant in ("bench", "demo_blender"):
     cfg.resolution = 64
     cfg.samples = 16
     cfg.num_sup_views = 8

@@ -1,0 +1,414 @@
+"""The real-renderer main job (`make demo-blender`, the command instant3d_jax/demo_blender.py):
+the procedural world's objects exported as coloured meshes plus offline 3D files → Blender
+(Cycles) renders → import → train the tiny reconstructor → evaluate; beside it the procedural
+ray caster's data set of the same objects, views and split, trained and evaluated the same way.
+
+`run(cfg, render_cfg, workdir, ...)` is the whole job; `plan_objects`, `render_step`,
+`import_step`, `procedural_step`, `arm_step` and `pictures_step` are its steps. Everything is
+cached in WORKDIR (finished renders, the import, the generated data, finished training runs), so
+a rerun redoes only what is missing; the render timing of the run that rendered is kept in
+WORKDIR/blender/render_summary.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from instant3d_jax import errors
+
+# Offline 3D files of Debian's assimp-testmodels (`apt-get install assimp-testmodels`), relative
+# to ASSIMP_MODELS: glTF 2 (binary and text), OBJ and PLY meshes that are whole objects. Missing
+# files are skipped with a note.
+ASSIMP_MODELS = "/usr/share/assimp/models"
+ASSIMP_ASSETS = (
+    "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
+    "glTF2/BoxTextured-glTF-Binary/BoxTextured.glb",
+    "glTF2/ClearCoat-glTF/ClearCoatTest.gltf",
+    "OBJ/spider.obj",
+    "OBJ/WusonOBJ.obj",
+    "OBJ/regr01.obj",
+    "OBJ/concave_polygon.obj",
+    "OBJ/cube_with_vertexcolors.obj",
+    "PLY/pond.0.ply",
+)
+
+
+def _load() -> list[float]:
+  return [round(x, 2) for x in os.getloadavg()]
+
+
+def offline_assets(root: str = ASSIMP_MODELS, names=ASSIMP_ASSETS) -> tuple[list, list]:
+  """[(object id, path)] of the offline files present, and the relative paths missing."""
+  found, missing = [], []
+  for rel in names:
+    p = os.path.join(root, rel)
+    if os.path.isfile(p):
+      oid = "asset_" + os.path.splitext(os.path.basename(rel))[0]
+      found.append((oid, p))
+    else:
+      missing.append(rel)
+  return found, missing
+
+
+def split_sizes(num_objects: int, test_fraction: float) -> tuple[int, int]:
+  n_test = int(round(num_objects * float(test_fraction)))
+  if not 0 < n_test < num_objects:
+    raise errors.ConfigError(f"--test_fraction {test_fraction} of {num_objects} objects leaves "
+                             f"{n_test} held-out objects; need at least one each for training and "
+                             "evaluation")
+  return num_objects - n_test, n_test
+
+
+def plan_objects(data_cfg, num_objects: int, test_fraction: float, assets: list) -> dict:
+  """Which objects the Blender arm renders: the held-out ones are the procedural world's last
+  `n_test` indices (the procedural arm's test split), the training ones the offline assets and
+  procedural indices 0, 1, … filling up to `num_objects`."""
+  n_train, n_test = split_sizes(num_objects, test_fraction)
+  assets = list(assets)[:n_train]
+  n_proc_train = n_train - len(assets)
+  return {"num_objects": num_objects, "n_train": n_train, "n_test": n_test,
+          "train_indices": list(range(n_proc_train)),
+          "test_indices": list(range(num_objects - n_test, num_objects)),
+          "assets": assets}
+
+
+def render_step(data_cfg, render_cfg, plan: dict, workdir: str, *, python: str | None,
+                retry_failed: bool = False, render=None) -> dict:
+  """Exports the procedural objects as GLB (WORKDIR/blender/meshes), renders every object into
+  WORKDIR/blender/renders (held-out ones with the GSO evaluation rig too) and returns the render
+  summary (also WORKDIR/blender/render_summary.json; a run that rendered nothing keeps the summary
+  of the run that did). `render` replaces `blender_render.render_assets` (tests)."""
+  from data_pipeline import blender_render, primitive_meshes  # pylint: disable=g-import-not-at-top
+  render = render or blender_render.render_assets
+  base = os.path.join(workdir, "blender")
+  mesh_dir, out = os.path.join(base, "meshes"), os.path.join(base, "renders")
+  t0 = time.perf_counter()
+  train = primitive_meshes.export_objects(data_cfg, plan["train_indices"], mesh_dir)
+  test = primitive_meshes.export_objects(data_cfg, plan["test_indices"], mesh_dir)
+  export_s = time.perf_counter() - t0
+  captions = {n: c for n, _, c in train + test}
+  groups = [("train", render_cfg, [(n, p) for n, p, _ in train] + list(plan["assets"]))]
+  eval_cfg = render_cfg.copy_and_resolve_references()
+  eval_cfg.eval_rig = True
+  groups.append(("test", eval_cfg, [(n, p) for n, p, _ in test]))
+  summary = {"export_s": round(export_s, 2), "load_before": _load(), "parts": {},
+             "captions": captions}
+  for name, rcfg, items in groups:
+    print(f"rendering {len(items)} {name} objects ({len(blender_render.object_views(rcfg, 'x'))} "
+          f"views each, {rcfg.resolution}², {rcfg.samples} samples, {rcfg.workers} workers × "
+          f"{rcfg.threads} threads) into {out}", flush=True)
+    s = render(rcfg, items, out, python=python, retry_failed=retry_failed)
+    print("  " + blender_render.summary_line(s, out), flush=True)
+    summary["parts"][name] = {k: s[k] for k in ("total", "rendered", "skipped", "failed",
+                                                "failed_before", "seconds", "views", "inside",
+                                                "iou")}
+    summary["parts"][name]["failures"] = [list(f) for f in s["failures"]]
+  summary["load_after"] = _load()
+  rendered = sum(p["rendered"] for p in summary["parts"].values())
+  secs = sum(p["seconds"] for p in summary["parts"].values())
+  views = sum(p["views"] for p in summary["parts"].values())
+  summary.update(rendered=rendered, seconds=round(secs, 1), views=views,
+                 views_per_s=round(views / secs, 2) if secs > 0 else None)
+  path = os.path.join(base, "render_summary.json")
+  if rendered == 0 and os.path.isfile(path):
+    with open(path) as f:
+      old = json.load(f)
+    old["reused"] = True
+    return old
+  with open(path, "w") as f:
+    json.dump(summary, f, indent=1)
+  return summary
+
+
+def import_split(names_train: list[str], names_test: list[str], seed: int = 0) -> tuple:
+  """Names for the import's folders so that `render_import.import_renders` (objects to splits by a
+  seeded permutation of the sorted names) puts exactly `names_test` into test: each object gets
+  the position the permutation gives its split. Returns ({name: folder name}, fractions)."""
+  from data_pipeline import procedural, records  # pylint: disable=g-import-not-at-top
+  n = len(names_train) + len(names_test)
+  fractions = (len(names_train) / n, 0.0, len(names_test) / n)
+  counts = procedural.split_counts(n, fractions)
+  perm = np.random.default_rng(seed).permutation(n)
+  bounds = np.cumsum([0] + [counts[s] for s in records.SPLITS])
+  pos = {s: sorted(perm[bounds[k]:bounds[k + 1]].tolist()) for k, s in enumerate(records.SPLITS)}
+  assert len(pos["train"]) == len(names_train) and len(pos["test"]) == len(names_test), counts
+  folder = {}
+  for split, names in (("train", names_train), ("test", names_test)):
+    for p, name in zip(pos[split], names):
+      folder[name] = f"o{p:04d}_{name}"
+  return folder, fractions
+
+
+def import_step(plan: dict, workdir: str) -> dict:
+  """The rendered objects (failed ones left out) → WORKDIR/blender/data, with the procedural
+  held-out objects as the test split (folder links in WORKDIR/blender/import_src). Reuses an
+  import of the same objects."""
+  from data_pipeline import blender_render, primitive_meshes, procedural, records  # pylint: disable=g-import-not-at-top,unused-import
+  from data_pipeline import render_import  # pylint: disable=g-import-not-at-top
+  base = os.path.join(workdir, "blender")
+  renders, src, data = (os.path.join(base, d) for d in ("renders", "import_src", "data"))
+  train = [procedural.object_id(i) for i in plan["train_indices"]] + [o for o, _ in plan["assets"]]
+  test = [procedural.object_id(i) for i in plan["test_indices"]]
+  train = [o for o in train if blender_render.is_done(renders, o)]
+  missing_test = [o for o in test if not blender_render.is_done(renders, o)]
+  if missing_test:
+    raise errors.DataError(f"{renders}: held-out objects {missing_test[:5]} were not rendered "
+                           f"(see {os.path.join(renders, blender_render.FAILURES_FILE)}); the "
+                           "comparison needs every held-out object")
+  folder, fractions = import_split(train, test)
+  want = {s: sorted(folder[o] for o in names) for s, names in (("train", train), ("test", test))}
+  t0 = time.perf_counter()
+  if os.path.isfile(os.path.join(data, records.METADATA_FILE)):
+    meta = records.read_metadata(data)
+    have = {s: sorted(meta["splits"].get(s, {}).get("object_ids", [])) for s in want}
+    if have == want:
+      print(f"import: {data} (cached: {meta['num_objects']} objects)")
+      return {"data_dir": data, "n_train": len(train), "n_test": len(test), "seconds": 0.0,
+              "cached": True, "meta": meta}
+  os.makedirs(src, exist_ok=True)
+  for d in os.listdir(src):
+    os.remove(os.path.join(src, d))
+  for o, f in folder.items():
+    os.symlink(os.path.abspath(os.path.join(renders, o)), os.path.join(src, f))
+  meta = render_import.import_renders(src, data, split_fractions=fractions, overwrite=True,
+                                      progress=False)
+  got = {s: sorted(meta["splits"][s]["object_ids"]) for s in want}
+  if got != want:
+    raise errors.DataError(f"{data}: the importer's split differs from the planned one (test "
+                           f"{got['test'][:3]}…, planned {want['test'][:3]}…): "
+                           "render_import's split rule changed; update import_split")
+  secs = time.perf_counter() - t0
+  print(f"import: {len(train)} train + {len(test)} held-out objects into {data} in {secs:.1f} s")
+  return {"data_dir": data, "n_train": len(train), "n_test": len(test), "seconds": round(secs, 2),
+          "cached": False, "meta": meta}
+
+
+def arm_config(cfg, n_test: int, run_data_dir: str):
+  """A copy of the reconstructor config for one arm: `data_dir`, eval on the `n_test`
+  held-out objects."""
+  c = cfg.copy_and_resolve_references()
+  c.data_dir = run_data_dir
+  c.eval.num_objects = int(n_test)
+  return c
+
+
+def procedural_step(cfg, render_cfg, plan: dict, imported: dict, workdir: str):
+  """The procedural arm's config and data set (WORKDIR/procedural/data): the same objects as the
+  Blender arm's procedural ones (indices 0…, held-out = the same last indices), the same number
+  of training objects (objects the Blender arm lost to render failures become unused 'val'
+  objects here), the same views (4 rig + `num_sup_views` sup; the eval rig for held-out) and
+  resolution."""
+  from data_pipeline import datasets  # pylint: disable=g-import-not-at-top
+  N, n_test, n_train = plan["num_objects"], imported["n_test"], imported["n_train"]
+  c = arm_config(cfg, n_test, os.path.join(workdir, "procedural", "data"))
+  d = c.data
+  d.source = "procedural"
+  d.num_objects = N
+  n_val = N - n_train - n_test
+  d.split_fractions = (n_train / N, n_val / N, n_test / N)
+  d.resolution = int(render_cfg.resolution)
+  d.num_sup_views = int(render_cfg.num_sup_views)
+  d.fov_deg, d.rig_distance = float(render_cfg.fov_deg), float(render_cfg.rig_distance)
+  d.sup_elevation_range = tuple(render_cfg.sup.elevation_range)
+  d.sup_distance_range = tuple(render_cfg.sup.distance_range)
+  t0 = time.perf_counter()
+  info = datasets.prepare(c)
+  secs = time.perf_counter() - t0
+  print(f"procedural data: {c.data_dir} ({info.splits}) in {secs:.1f} s")
+  return c, round(secs, 2)
+
+
+def arm_step(name: str, cfg, workdir: str, retrain: bool) -> dict:
+  """Trains (or reuses) one arm into WORKDIR/<name>/lrm and evaluates it on its held-out split."""
+  from instant3d_jax.demos import lrm as lrm_demo  # pylint: disable=g-import-not-at-top
+  from instant3d_jax.eval import lrm_eval  # pylint: disable=g-import-not-at-top
+  run_dir = os.path.join(workdir, name, "lrm")
+  load0 = _load()
+  summary = lrm_demo.train_step(cfg, run_dir, retrain)
+  load1 = _load()
+  t0 = time.perf_counter()
+  results, md = lrm_eval.evaluate_checkpoint(run_dir, config=cfg, log=lambda *_: None)
+  eval_s = time.perf_counter() - t0
+  s = results["summary"]
+  print(f"{name}: {summary['step']} steps in {summary['wall_s']:.0f} s; held-out PSNR "
+        f"{s['psnr']:.2f} dB, foreground PSNR {s.get('foreground_psnr', float('nan')):.2f} dB, "
+        f"LPIPS {s.get('lpips', float('nan')):.4f} ({md})", flush=True)
+  return {"run_dir": run_dir, "train": {k: summary.get(k) for k in
+                                        ("step", "wall_s", "compile_s", "stop_reason",
+                                         "final_train_psnr")},
+          "load_train_start": load0, "load_train_end": load1, "eval_s": round(eval_s, 1),
+          "eval": s, "eval_md": str(md), "num_eval_objects": results["num_objects"],
+          "views_per_object": results["num_views_per_object"]}
+
+
+def cross_eval(run_dir: str, cfg, out: str) -> dict:
+  """One arm's model on the other arm's held-out split (same scenes, other renderer)."""
+  from instant3d_jax.eval import lrm_eval  # pylint: disable=g-import-not-at-top
+  results, _ = lrm_eval.evaluate_checkpoint(run_dir, config=cfg, out=out, log=lambda *_: None)
+  return results["summary"]
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+  a = img[..., 3:4].astype(np.float32) / 255.0
+  return (img[..., :3].astype(np.float32) / 255.0 * a + (1.0 - a))
+
+
+def pictures_step(blender_data: str, proc_data: str, blender_run: str, proc_run: str,
+                  workdir: str, num_rows: int = 6) -> dict:
+  """WORKDIR/renders_sheet.png (held-out objects: Blender's 4 rig views beside the ray caster's,
+  then offline assets) and WORKDIR/heldout_<arm>.png (the first held-out object: inputs, the
+  model's renders of them, 8 turntable frames) via `reconstruction.reconstruct`."""
+  from data_pipeline import records  # pylint: disable=g-import-not-at-top
+  from data_pipeline.contact_sheet import contact_sheet  # pylint: disable=g-import-not-at-top
+  from instant3d_jax import reconstruction  # pylint: disable=g-import-not-at-top
+  from instant3d_jax.export.images import save_png  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  bt, pt = records.RecordSource(blender_data, "test"), records.RecordSource(proc_data, "test")
+  rows, labels = [], []
+  for k in range(min(num_rows, len(bt), len(pt))):
+    b, p = bt[k], pt[k]
+    rows.append(list(records.group_rgba(b, "rig")) + list(records.group_rgba(p, "rig")))
+    labels.append(f"{b['object_id']} | {p['object_id']} \"{p['caption']}\"")
+  tr = records.RecordSource(blender_data, "train")
+  assets = [tr[i] for i in range(len(tr)) if "asset_" in tr[i]["object_id"]][:3]
+  for a in assets:
+    rows.append(list(records.group_rgba(a, "rig")) + list(records.group_rgba(a, "sup", [0, 1,
+                                                                                         2, 3])))
+    labels.append(f"{a['object_id']} (train): rig | 4 supervision views")
+  sheet = os.path.join(workdir, "renders_sheet.png")
+  contact_sheet(rows, sheet, row_labels=labels, scale=2,
+                title="left: Blender Cycles (64², 16 samples) | right: procedural ray caster; "
+                      "Instant3D rig views")
+  out = {"renders_sheet": sheet}
+  for arm, data, run_dir in (("blender", blender_data, blender_run),
+                             ("procedural", proc_data, proc_run)):
+    rec = records.RecordSource(data, "test")[0]
+    rdir = os.path.join(workdir, arm, "reconstruct")
+    paths = []
+    for i, v in enumerate(records.group_rgba(rec, "rig")):
+      paths.append(str(save_png(os.path.join(rdir, "input_views", f"view_{i}.png"), v)))
+    w = reconstruction.reconstruct(run_dir, rdir, views=paths, num_novel=4, turntable_frames=24,
+                                   mesh_resolution=32, mesh_threshold="auto", progress=False,
+                                   log=lambda *_: None)
+    ivr = np.asarray(Image.open(str(w["inputs_vs_renders"])).convert("RGB"))
+    strip = np.asarray(Image.open(str(w["turntable_strip"])).convert("RGB"))
+    fig = os.path.join(workdir, f"heldout_{arm}.png")
+    contact_sheet([[ivr], [strip]], fig, row_labels=[
+        f"{arm} arm, held-out {rec['object_id']}: inputs (top) and the model's renders of them",
+        "turntable (8 of 24 frames)"], scale=2)
+    out[f"heldout_{arm}"] = fig
+    out[f"turntable_{arm}"] = str(w["turntable_gif"])
+  return out
+
+
+def _commit() -> str:
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  try:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+_ROW_KEYS = ("psnr", "foreground_psnr", "lpips", "ssim", "colour_error")
+
+
+def results_markdown(res: dict) -> str:
+  """The comparison table of a results dict (`run`)."""
+  def row(label, s):
+    return ("| " + label + " | " + " | ".join(
+        "—" if s.get(k) is None else f"{s[k]:.4f}" if k in ("lpips", "ssim") else f"{s[k]:.2f}"
+        for k in _ROW_KEYS) + " |")
+  lines = ["| trained on → evaluated on | PSNR (dB) ↑ | foreground PSNR (dB) ↑ | LPIPS ↓ | "
+           "SSIM ↑ | colour error (0–255) ↓ |", "|---|---:|---:|---:|---:|---:|"]
+  arms = res["arms"]
+  lines.append(row("Blender renders → Blender held-out", arms["blender"]["eval"]))
+  lines.append(row("procedural ray caster → procedural held-out", arms["procedural"]["eval"]))
+  for k, lab in (("blender_on_procedural", "Blender renders → procedural held-out"),
+                 ("procedural_on_blender", "procedural ray caster → Blender held-out")):
+    if k in res.get("cross", {}):
+      lines.append(row(lab, res["cross"][k]))
+  return "\n".join(lines) + "\n"
+
+
+def run(cfg, render_cfg, workdir: str, *, num_objects: int = 200, test_fraction: float = 0.1,
+        assets_root: str = ASSIMP_MODELS, python: str | None = None, retrain: bool = False,
+        cross: bool = True, pictures: bool = True, render=None) -> dict:
+  """The whole job into `workdir` (see the module docstring); writes WORKDIR/results.json and
+  WORKDIR/results.md and returns the results."""
+  from instant3d_jax.base import multihost  # pylint: disable=g-import-not-at-top
+  t_start = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  multihost.cpu_devices_per_core(cfg)
+  assets, missing = offline_assets(assets_root)
+  for rel in missing:
+    print(f"note: offline asset {os.path.join(assets_root, rel)} not found, skipped "
+          "(apt-get install assimp-testmodels brings them)")
+  plan = plan_objects(cfg.data, num_objects, test_fraction, assets)
+  print(f"objects: {plan['n_train']} train ({len(plan['train_indices'])} procedural + "
+        f"{len(plan['assets'])} offline assets), {plan['n_test']} held-out (procedural "
+        f"{plan['test_indices'][0]}…{plan['test_indices'][-1]})")
+  rs = render_step(cfg.data, render_cfg, plan, workdir, python=python, render=render)
+  imp = import_step(plan, workdir)
+  b_cfg = arm_config(cfg, imp["n_test"], imp["data_dir"])
+  b_cfg.data.source = "records"
+  p_cfg, gen_s = procedural_step(cfg, render_cfg, plan, imp, workdir)
+  arms = {"blender": arm_step("blender", b_cfg, workdir, retrain),
+          "procedural": arm_step("procedural", p_cfg, workdir, retrain)}
+  res = {"command": " ".join([os.path.basename(sys.executable), "-m",
+                              "instant3d_jax.demo_blender"] + sys.argv[1:]),
+         "commit": _commit(), "workdir": os.path.abspath(workdir),
+         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_cores": os.cpu_count(),
+         "config": {"lrm_variant": cfg.variant, "total_steps": int(cfg.train.total_steps),
+                    "global_batch_size": int(cfg.train.global_batch_size),
+                    "render": render_cfg.to_dict(), "num_objects": num_objects,
+                    "test_fraction": test_fraction},
+         "objects": {"n_train": imp["n_train"], "n_test": imp["n_test"],
+                     "train_procedural": len(plan["train_indices"]),
+                     "assets": [o for o, _ in plan["assets"]], "assets_missing": missing,
+                     "test_procedural_indices": plan["test_indices"]},
+         "render": {k: v for k, v in rs.items() if k != "captions"},
+         "timings_s": {"render": rs["seconds"], "mesh_export": rs["export_s"],
+                       "import": imp["seconds"], "procedural_generation": gen_s,
+                       "train_blender": arms["blender"]["train"]["wall_s"],
+                       "train_procedural": arms["procedural"]["train"]["wall_s"],
+                       "eval_blender": arms["blender"]["eval_s"],
+                       "eval_procedural": arms["procedural"]["eval_s"]},
+         "arms": arms, "cross": {}}
+  if cross:
+    t0 = time.perf_counter()
+    res["cross"]["blender_on_procedural"] = cross_eval(
+        arms["blender"]["run_dir"], p_cfg, os.path.join(workdir, "cross", "blender_on_procedural"))
+    res["cross"]["procedural_on_blender"] = cross_eval(
+        arms["procedural"]["run_dir"], b_cfg,
+        os.path.join(workdir, "cross", "procedural_on_blender"))
+    res["timings_s"]["cross_eval"] = round(time.perf_counter() - t0, 1)
+  if pictures:
+    t0 = time.perf_counter()
+    res["pictures"] = pictures_step(imp["data_dir"], p_cfg.data_dir, arms["blender"]["run_dir"],
+                                    arms["procedural"]["run_dir"], workdir)
+    res["timings_s"]["pictures"] = round(time.perf_counter() - t0, 1)
+  res["timings_s"]["job_total"] = round(time.perf_counter() - t_start, 1)
+  res["load_end"] = _load()
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(res, f, indent=1, default=str)
+  md = results_markdown(res)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(md)
+  print()
+  print(md)
+  r = res["render"]
+  print(f"render: {r['views']} views of {r['rendered']} objects in {r['seconds']:.0f} s = "
+        f"{r['views_per_s']} views/s (load {r['load_before']} → {r['load_after']})")
+  print(f"results: {os.path.join(workdir, 'results.json')}")
+  for k, v in res.get("pictures", {}).items():
+    print(f"{k}: {v}")
+  return res
