@@ -356,7 +356,9 @@ def run(cfg, render_cfg, workdir: str, *, num_objects: int = 200, test_fraction:
   print(f"objects: {plan['n_train']} train ({len(plan['train_indices'])} procedural + "
         f"{len(plan['assets'])} offline assets), {plan['n_test']} held-out (procedural "
         f"{plan['test_indices'][0]}…{plan['test_indices'][-1]})")
-  rs = render_step(cfg.data, render_cfg, plan, workdir, python=python, render=render)
+  # Objects that failed in an earlier run are tried again (a fixed set; a few seconds each).
+  rs = render_step(cfg.data, render_cfg, plan, workdir, python=python, retry_failed=True,
+                   render=render)
   imp = import_step(plan, workdir)
   b_cfg = arm_config(cfg, imp["n_test"], imp["data_dir"])
   b_cfg.data.source = "records"
