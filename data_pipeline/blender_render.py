@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from concurrent import futures
@@ -369,17 +370,53 @@ def record_failure(out_root: str, object_id: str, asset: str, stage: str, reason
                         "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
 
 
+def _render_to_bucket(cfg, assets, out_root: str, **kw) -> dict:
+  """`render_assets` into `gs://…`: Blender writes local files only, so objects render into a
+  local staging folder and each finished object's files are uploaded (cameras JSON last: an
+  object counts as done once it is there) and removed locally; `failures.jsonl` is rewritten
+  whole at the end (a bucket object cannot be appended to)."""
+  from instant3d_jax import fileio  # pylint: disable=g-import-not-at-top
+  remote = fileio.path(out_root)
+  done = {o for o, _ in assets if (remote / o / CAMERAS_FILE).exists()}
+  old_failures = remote / FAILURES_FILE
+  with tempfile.TemporaryDirectory(prefix="instant3d_render_") as local:
+    if old_failures.exists():
+      with open(os.path.join(local, FAILURES_FILE), "w") as f:
+        f.write(old_failures.read_text())
+
+    def upload(object_id: str) -> None:
+      folder = os.path.join(local, object_id)
+      names = sorted(os.listdir(folder), key=lambda n: (n == CAMERAS_FILE, n))
+      for name in names:
+        fileio.copy_file(os.path.join(folder, name), remote / object_id / name)
+      shutil.rmtree(folder)
+
+    summary = render_assets(cfg, [(o, a) for o, a in assets if o not in done], local,
+                            on_done=upload, **kw)
+    if os.path.isfile(os.path.join(local, FAILURES_FILE)):
+      with open(os.path.join(local, FAILURES_FILE)) as f:
+        fileio.write_text(remote / FAILURES_FILE, f.read())
+  summary["total"] += len(done)
+  summary["skipped"] += len(done)
+  return summary
+
+
 def render_assets(cfg, assets: Sequence[tuple[str, str]], out_root: str, *,
                   python: str | None = None, retry_failed: bool = False, progress: bool = True,
-                  command: Callable[[str, str], list[str]] = blender_command) -> dict:
-  """Renders every (object id, asset) not yet done into `out_root`, `cfg.workers` Blender
-  processes at a time. Returns a summary: total, rendered, skipped (done before), failed (this
-  run), failed_before (skipped: in failures.jsonl; `retry_failed` renders them again), seconds,
+                  command: Callable[[str, str], list[str]] = blender_command,
+                  on_done: Callable[[str], None] | None = None) -> dict:
+  """Renders every (object id, asset) not yet done into `out_root` (local or `gs://…`),
+  `cfg.workers` Blender processes at a time; `on_done(object_id)` runs after each object that
+  finished. Returns a summary: total, rendered, skipped (done before), failed (this run),
+  failed_before (skipped: in failures.jsonl; `retry_failed` renders them again), seconds,
   views, views_per_s, worst inside / IoU of the mask check, failures [(id, stage, reason)]."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   python = python or default_python()
   if command is blender_command and not os.path.isfile(python):
     raise errors.ConfigError(f"{python}: Blender's venv not found; run `make install-render`")
+  if str(out_root).startswith("gs://"):
+    return _render_to_bucket(cfg, assets, str(out_root), python=python,
+                             retry_failed=retry_failed, progress=progress, command=command)
   os.makedirs(out_root, exist_ok=True)
   failed_before = set() if retry_failed else previous_failures(out_root)
   todo = [(o, a) for o, a in assets if not is_done(out_root, o) and o not in failed_before]
@@ -399,6 +436,8 @@ def render_assets(cfg, assets: Sequence[tuple[str, str]], out_root: str, *,
         o, a = jobs[fut]
         try:
           res = fut.result()
+          if on_done is not None:
+            on_done(o)
           summary["rendered"] += 1
           for k in ("inside", "iou"):
             if res.get(k) is not None:

@@ -20,6 +20,7 @@ from data_pipeline import blender_render as br
 from data_pipeline import cameras_json
 from instant3d_jax import cameras as C
 from instant3d_jax.configs import render as render_config
+from tests.fake_gcs import fake_gcs  # noqa: F401  (fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE_GLB = "/usr/share/assimp/models/glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb"
@@ -355,3 +356,29 @@ def test_mask_check_passes_a_consistent_render_and_catches_convention_slips(tmp_
     _fake_render_folder(str(tmp_path / name), path, cfg, slip)
     bad = br.mask_check(str(tmp_path / name), path, num_points=4000)
     assert bad["inside"] < 0.99 or bad["iou"] < 0.9, (name, bad["inside"], bad["iou"])
+
+
+def test_render_into_a_bucket_uploads_finished_objects(tmp_path, fake_gcs):
+  """`--out gs://…`: objects render into a local staging folder, each finished one is uploaded
+  (cameras JSON last) and a rerun skips it; failures.jsonl is rewritten whole in the bucket."""
+  fake, calls = _fake_python(tmp_path)
+  for name in ("ok1.glb", "bad.ply"):
+    (tmp_path / name).write_bytes(b"x")
+  assets = [("ok1", str(tmp_path / "ok1.glb")), ("bad", str(tmp_path / "bad.ply"))]
+  cfg = _bench_cfg()
+  cfg.mask_check.enabled = False
+  out = "gs://bucket/renders"
+  s = br.render_assets(cfg, assets, out, python=fake, progress=False)
+  assert (s["rendered"], s["failed"]) == (1, 1)
+  files = sorted(f.split("renders/", 1)[1] for f in fake_gcs.files() if "/renders/" in f)
+  local = tmp_path / "local"
+  br.render_assets(cfg, assets[:1], str(local), python=fake, progress=False)
+  assert files == sorted(["failures.jsonl"] + [f"ok1/{n}" for n in os.listdir(local / "ok1")])
+  assert {f"ok1/{v['file']}" for v in br.object_views(cfg, "ok1")} <= set(files)
+  fails = [json.loads(line) for line in fake_gcs.cat(f"{out}/failures.jsonl").decode().splitlines()]
+  assert [f["object_id"] for f in fails] == ["bad"]
+  s = br.render_assets(cfg, assets, out, python=fake, progress=False, retry_failed=True)
+  assert (s["rendered"], s["skipped"], s["failed"], s["total"]) == (0, 1, 1, 2)
+  assert len(calls.read_text().split()) == 4      # ok1 once (+ once locally), bad twice
+  fails = [json.loads(line) for line in fake_gcs.cat(f"{out}/failures.jsonl").decode().splitlines()]
+  assert [f["object_id"] for f in fails] == ["bad", "bad"]
