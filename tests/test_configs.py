@@ -142,7 +142,7 @@ def test_upgrade_config_fills_added_keys_only_where_absent():
   assert config_schema.upgrade_config(mv) == mv
 
 
-def test_upgrade_config_moves_the_options_not_in_the_paper_to_model_extras():
+def test_upgrade_config_moves_the_options_not_in_the_paper_to_model_extras(tmp_path):
   """A config saved before `model.extras` (the options not in the paper at their old places:
   model, triplane, decoder, nerf) loads with each moved to `model.extras`, value unchanged, and
   builds the same `LRMConfig` as today's config; the old places are refused by `from_config`."""
@@ -168,6 +168,19 @@ def test_upgrade_config_moves_the_options_not_in_the_paper_to_model_extras():
   up = config_schema.upgrade_config(old)
   assert up == cfg
   assert lrm.LRMConfig.from_config(up) == lrm.LRMConfig.from_config(cfg)
+  # A workdir whose config.json has the old layout resumes with today's config (the saved one
+  # is upgraded before the comparison) and still refuses a real model change.
+  import json
+  import ml_collections
+  from instant3d_jax.base import checkpoint as ckpt_lib
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / ckpt_lib.CONFIG_FILE).write_text(json.dumps(old))
+  today = ml_collections.ConfigDict(cfg)
+  ckpt_lib.check_or_write_config(workdir, today, ("model", "optimizer", "loss"))
+  today.model.extras.lift_voxel_resolution = 32
+  with pytest.raises(errors.ConfigMismatchError, match="lift_voxel_resolution"):
+    ckpt_lib.check_or_write_config(workdir, today, ("model", "optimizer", "loss"))
 
 
 @pytest.mark.parametrize("form", ["orbax", "safetensors"])

@@ -79,7 +79,7 @@ def check_or_write_config(workdir: str | os.PathLike, config, must_match: tuple[
   path = workdir / CONFIG_FILE
   new = config_to_dict(config)
   if path.exists():
-    old = json.loads(path.read_text())
+    old = config_schema.upgrade_config(json.loads(path.read_text()))   # older keys, today's places
     diffs = []
     for section in must_match:
       diffs += _diff(old.get(section), new.get(section), section)
