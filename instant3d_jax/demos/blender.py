@@ -277,9 +277,9 @@ def pictures_step(blender_data: str, proc_data: str, blender_run: str, proc_run:
   tr = records.RecordSource(blender_data, "train")
   assets = [tr[i] for i in range(len(tr)) if "asset_" in tr[i]["object_id"]][:3]
   for a in assets:
-    rows.append(list(records.group_rgba(a, "rig")) + list(records.group_rgba(a, "sup", [0, 1,
-                                                                                         2, 3])))
-    labels.append(f"{a['object_id']} (train): rig | 4 supervision views")
+    sup = range(min(4, len(a["groups"]["sup"]["images"]) if "sup" in a["groups"] else 0))
+    rows.append(list(records.group_rgba(a, "rig")) + list(records.group_rgba(a, "sup", sup)))
+    labels.append(f"{a['object_id']} (train): rig | {len(sup)} supervision views")
   sheet = os.path.join(workdir, "renders_sheet.png")
   contact_sheet(rows, sheet, row_labels=labels, scale=2,
                 title="left: Blender Cycles (64², 16 samples) | right: procedural ray caster; "
