@@ -137,7 +137,9 @@ def get_config(arg=None):
   g.split = "train"
   g.heldout = "train"             # caption-level split part trained on ('' = every object)
   g.heldout_seed = 0              # data_pipeline/captions.py caption_split
-  g.num_heldout = 6
+  # 8 held-out combinations: 4 val (what tuning looks at) + 4 test (scored through the test
+  # ledger), data_pipeline/captions.py heldout_roles.
+  g.num_heldout = 8
   g.object_list = ""              # curated object list file ('' = all)
   # A frozen-encoder cache (python -m data_pipeline.mv_cache; latents + prompt embeddings) to
   # train from instead of the grids ('' = encode grids and captions inside the step).
@@ -151,7 +153,7 @@ def get_config(arg=None):
   # Sample grids during training (EMA weights, the jitted sampler of diffusion/sampling.py),
   # every `train.image_every` steps, to TensorBoard and workdir/images.
   s = cfg.sample = ml_collections.ConfigDict()
-  # Fixed held-out captions: data_pipeline/captions.py `heldout_sample_captions(4)` for the
+  # Fixed held-out val captions: data_pipeline/captions.py `heldout_sample_captions(4)` for the
   # `grid` split above (tests/test_configs.py checks them against it).
   s.captions = ("a blue ring", "a brown cone", "a cyan cylinder", "a green cone")
   s.per_caption = 2 if tiny else 1

@@ -19,6 +19,15 @@ So the k combinations have k distinct colours and their shapes are spread evenly
 k < number of colours and every colour comes with more than one shape, each colour and each
 shape still occurs in training combinations. An object belongs to the held-out part when any of
 its items has a held-out combination, else to the training part.
+
+Roles of the held-out combinations (`heldout_roles`): the first half of them in sorted order
+(rounded up) is `val`, the rest `test`. Tuning and model selection look at val captions only;
+test captions are scored through the test ledger (instant3d_jax/eval/ledger.py). A held-out
+caption's role (`caption_role`) is 'val' when every held-out combination it names is a val
+combination, 'test' when every one is a test combination, else 'mixed' (scored in neither).
+With seed 0 and 8 held-out combinations the val ones are the four that stage 1's recipe was
+tuned on (blue torus, brown cone, cyan cylinder, green cone: configs/mv_sdxl.py's sample
+captions), the test ones grey cylinder, orange box, purple sphere and red box.
 """
 from __future__ import annotations
 
@@ -37,6 +46,7 @@ RELATIONS = ("beside", "above", "below")
 # both shape "box").
 NOUN_SHAPE = {noun: shape for shape in P.SHAPES for noun in P.SHAPE_NOUNS[shape]}
 PARTS = ("train", "heldout")
+ROLES = ("val", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +121,12 @@ def caption_combos(caption: str) -> set[tuple[str, str]]:
   return {it.combo for it in parse_caption(caption)}
 
 
-def heldout_sample_captions(num: int, seed: int = 0, num_heldout: int = 6) -> tuple[str, ...]:
-  """Fixed single-object captions of held-out (colour, shape) combinations (captions a model
-  trained on the `caption_split(seed, num_heldout)` training part never saw), `num` of them,
-  cycling sizes ("", "small ", "large ") once the combinations are used up; configs/mv_sdxl.py's
-  sample captions."""
-  combos = sorted(heldout_combinations(seed, num_heldout))
+def heldout_sample_captions(num: int, seed: int = 0, num_heldout: int = 8) -> tuple[str, ...]:
+  """Fixed single-object captions of the held-out *val* (colour, shape) combinations (captions a
+  model trained on the `caption_split(seed, num_heldout)` training part never saw, and never test
+  captions: these are what training's sample grids show), `num` of them, cycling sizes ("",
+  "small ", "large ") once the combinations are used up; configs/mv_sdxl.py's sample captions."""
+  combos = sorted(heldout_roles(seed, num_heldout)["val"])
   out = []
   sizes = ("", "small ", "large ")
   for i in range(num):
@@ -142,6 +152,26 @@ def heldout_combinations(seed: int = 0, num_heldout: int = 6,
   return frozenset((cols[j], shps[j % len(shps)]) for j in range(int(num_heldout)))
 
 
+def heldout_roles(seed: int = 0, num_heldout: int = 8) -> dict[str, frozenset]:
+  """{"val": …, "test": …}: the held-out combinations split by role (module docstring): the
+  first ceil(k/2) in sorted order are val, the rest test."""
+  combos = sorted(heldout_combinations(seed, num_heldout))
+  half = (len(combos) + 1) // 2
+  return {"val": frozenset(combos[:half]), "test": frozenset(combos[half:])}
+
+
+def caption_role(caption: str, roles: dict[str, frozenset]) -> str | None:
+  """'val' / 'test' / 'mixed' for a held-out caption (module docstring), None when it names no
+  held-out combination."""
+  named = caption_combos(caption)
+  val, test = named & roles["val"], named & roles["test"]
+  if not val and not test:
+    return None
+  if val and test:
+    return "mixed"
+  return "val" if val else "test"
+
+
 @dataclasses.dataclass(frozen=True)
 class CaptionSplit:
   """One part ("train" or "heldout") of the caption-level split defined by `combos`."""
@@ -161,7 +191,7 @@ class CaptionSplit:
     return self.is_heldout(caption) == (self.part == "heldout")
 
 
-def caption_split(part: str, *, seed: int = 0, num_heldout: int = 6) -> CaptionSplit:
+def caption_split(part: str, *, seed: int = 0, num_heldout: int = 8) -> CaptionSplit:
   """`CaptionSplit(part, heldout_combinations(seed, num_heldout))`."""
   return CaptionSplit(part=part, combos=heldout_combinations(seed, num_heldout))
 
@@ -170,7 +200,7 @@ def as_caption_split(heldout) -> CaptionSplit | None:
   """The loader's `heldout` argument → a `CaptionSplit` (None stays None).
 
   Accepts a `CaptionSplit`, or a part name ("train" / "heldout") for the default split
-  (`caption_split(part)`: seed 0, 6 combinations).
+  (`caption_split(part)`: seed 0, 8 combinations).
   """
   if heldout is None or isinstance(heldout, CaptionSplit):
     return heldout

@@ -17,6 +17,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Scorings on test splits made by tests go to a temporary ledger, never the committed
+# bench/results/test_ledger.jsonl (instant3d_jax/eval/ledger.py).
+if not os.environ.get("INSTANT3D_TEST_LEDGER"):
+  import tempfile  # noqa: E402
+  os.environ["INSTANT3D_TEST_LEDGER"] = os.path.join(tempfile.mkdtemp(prefix="ledger-"),
+                                                     "test_ledger.jsonl")
 
 import jax  # noqa: E402
 

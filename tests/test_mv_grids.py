@@ -218,10 +218,10 @@ def test_parse_caption_recovers_every_primitive():
 
 
 def test_heldout_split_is_unseen_combinations_of_seen_words():
-  combos = CAP.heldout_combinations(seed=0, num_heldout=6)
-  assert len(combos) == 6 and len({c for c, _ in combos}) == 6  # distinct colours
-  assert CAP.heldout_combinations(seed=0, num_heldout=6) == combos  # seeded
-  assert CAP.heldout_combinations(seed=1, num_heldout=6) != combos
+  combos = CAP.heldout_combinations(seed=0, num_heldout=8)  # caption_split's default
+  assert len(combos) == 8 and len({c for c, _ in combos}) == 8  # distinct colours
+  assert CAP.heldout_combinations(seed=0, num_heldout=8) == combos  # seeded
+  assert CAP.heldout_combinations(seed=1, num_heldout=8) != combos
   caps = [P.caption(s) for s in _sampled_scenes(1500)]
   train = [c for c in caps if CAP.caption_split("train").keeps(c)]
   held = [c for c in caps if CAP.caption_split("heldout").keeps(c)]
@@ -238,15 +238,35 @@ def test_heldout_split_is_unseen_combinations_of_seen_words():
     CAP.heldout_combinations(num_heldout=10)
 
 
+def test_heldout_roles_split_the_combinations():
+  """Val and test combinations: disjoint, together the held-out set, val the first half in sorted
+  order; a caption's role is val / test only when all its held-out combinations agree."""
+  combos = CAP.heldout_combinations(0, 8)
+  roles = CAP.heldout_roles(0, 8)
+  assert roles["val"] | roles["test"] == combos and not roles["val"] & roles["test"]
+  assert sorted(roles["val"]) == sorted(combos)[:4]
+  assert CAP.heldout_roles(0, 5)["val"] == frozenset(sorted(CAP.heldout_combinations(0, 5))[:3])
+  v, t = sorted(roles["val"])[0], sorted(roles["test"])[0]
+  name = lambda c: f"a {c[0]} {P.shape_noun(c[1])}"  # noqa: E731
+  assert CAP.caption_role(name(v), roles) == "val"
+  assert CAP.caption_role(name(t), roles) == "test"
+  assert CAP.caption_role(f"{name(v)} beside {name(t)}", roles) == "mixed"
+  seen = next((c, s) for c in P.COLOURS for s in P.SHAPES if (c, s) not in combos)
+  assert CAP.caption_role(name(seen), roles) is None
+  assert CAP.caption_role(f"{name(seen)} beside {name(t)}", roles) == "test"
+
+
 def test_heldout_sample_captions_use_the_one_noun_map():
   """configs/mv_sdxl.py's sample captions: held-out combinations only, every combination once
   before sizes cycle, written with primitives.SHAPE_NOUNS' nouns (a torus is a "ring"), which
   the word tokenizer's vocabulary and the caption parser share."""
   from instant3d_jax.diffusion import word_tokenizer
-  caps = CAP.heldout_sample_captions(8, seed=0, num_heldout=6)
-  combos = CAP.heldout_combinations(0, 6)
-  assert len(caps) == 8 and set().union(*map(CAP.caption_combos, caps[:6])) == combos
-  assert caps[6].split()[1] == "small" and CAP.caption_combos(caps[6]) <= combos
+  caps = CAP.heldout_sample_captions(8, seed=0, num_heldout=8)
+  roles = CAP.heldout_roles(0, 8)
+  combos = roles["val"]  # sample grids show val captions only, never test ones
+  assert len(caps) == 8 and set().union(*map(CAP.caption_combos, caps[:4])) == combos
+  assert caps[4].split()[1] == "small" and CAP.caption_combos(caps[4]) <= combos
+  assert not set().union(*map(CAP.caption_combos, caps)) & roles["test"]
   assert "a blue ring" in caps and not any("torus" in c for c in caps)
   assert P.shape_noun(CAP.NOUN_SHAPE["ring"]) == "ring" and CAP.NOUN_SHAPE["cube"] == "box"
   assert set(CAP.NOUN_SHAPE) <= set(word_tokenizer.world_vocabulary())
