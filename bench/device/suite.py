@@ -10,6 +10,9 @@ had finished is kept, the rest is reported "not run: <why>", and the suite goes 
 every item it rewrites `DIR/device.json` (all measurements, versions, card) and
 `DIR/device.md` (one table, each figure beside its anchor and goal, ending with the run's
 provenance), so a run cut short still returns what it measured. `DIR` defaults to `$OUT`.
+Anchors (`Anchor`) are either measured, read when the table is written from the recorded device
+runs in bench/results/ with their file, key, card, date and commit, or published, with the
+paper or datasheet they come from; no measured anchor is a number written in this file.
 
 `--dry_run` runs every item on CPU with tiny shapes through the same code (bench/device/items.py)
 and then checks the run: every JAX measurement ran with finite outputs, cuDNN attention was
@@ -64,46 +67,184 @@ ITEMS = (
 
 
 @dataclasses.dataclass(frozen=True)
+class Anchor:
+  """What a figure is compared with. Two kinds, and no third:
+
+  - 'measured': read from a recorded device result file at render time (`anchor_files()`:
+    the measurement `key`, its `field`), shown with its provenance (file, key, card, date, commit);
+    never a number written here. A key no recorded file has renders "— (no measured anchor
+    yet)".
+  - 'published': a figure printed elsewhere (paper, datasheet), its `value` written here with
+    the `source` naming where it is printed and where this project wrote it down.
+  """
+  kind: str                 # 'measured' | 'published'
+  what: str                 # e.g. "PyTorch eager"
+  unit: str                 # as shown after the value: "ms", "TFLOP/s", "images/s"
+  key: str = ""             # measured: the measurement key in device.json
+  field: str = ""           # measured: the field of that measurement (default: `unit`'s)
+  value: float | None = None  # published only
+  source: str = ""          # published: paper/datasheet + where written down
+  fmt: str = ".1f"
+
+  def __post_init__(self):
+    if self.kind == "measured":
+      if self.value is not None or not self.key:
+        raise ValueError(f"measured anchor {self.what!r}: a result key, never a literal value")
+    elif self.kind == "published":
+      if self.value is None or not self.source:
+        raise ValueError(f"published anchor {self.what!r}: needs its value and its source")
+    else:
+      raise ValueError(f"anchor kind {self.kind!r}: 'measured' or 'published'")
+
+
+_UNIT_FIELD = {"ms": "ms", "s": "s", "TFLOP/s": "tflops", "TB/s": "tb_per_s",
+               "images/s": "images_per_s"}
+
+
+def measured(what: str, key: str, unit: str = "ms", **kw) -> Anchor:
+  return Anchor("measured", what, unit, key=key, **kw)
+
+
+def published(what: str, value: float, unit: str, source: str, **kw) -> Anchor:
+  return Anchor("published", what, unit, value=value, source=source, **kw)
+
+
+# Published figures and where they are written down.
+_DATASHEET_TFLOPS = published(
+    "bf16 dense peak", 989, "TFLOP/s", "NVIDIA H100/H200 SXM datasheet; configs/hardware.py "
+    "peak_tflops", fmt=".0f")
+_DATASHEET_HBM = published(
+    "H200 HBM3e bandwidth", 4.8, "TB/s", "NVIDIA H200 SXM datasheet; not yet in "
+    "docs/paper_facts.md", fmt=".1f")
+_PAPER_TEXT3D = published(
+    "Instant3D text → 3D", 20, "s", "Instant3D abstract, \"within 20 seconds\", GPU not stated; "
+    "docs/paper_facts.md §C Runtime", fmt=".0f")
+_LRM_FORWARD = published(
+    "In3D-LRM images→triplane, A100", 70, "ms", "MeshLRM Tab. 5; docs/paper_facts.md §B "
+    "Inference", fmt=".0f")
+_LRM_RENDER = published(
+    "In3D-LRM volume render, 512²", 0.5, "images/s", "MeshLRM Tab. 5 (0.5 FPS); "
+    "docs/paper_facts.md §B Inference", fmt=".1f")
+# Measured: the suite's own PyTorch rows, from the latest recorded device run that has them.
+_UNET_EAGER = measured("PyTorch eager", "unet_torch_eager")
+_UNET_COMPILE = measured("PyTorch compiled", "unet_torch_compile")
+_VAE_EAGER = measured("PyTorch eager", "vae_torch_eager")
+
+
+@dataclasses.dataclass(frozen=True)
 class Row:
   key: str
   label: str
-  anchor: str
+  anchors: tuple[Anchor, ...]  # empty: "—"
   goal: str
   figure: str = "ms"        # ms | s | tflops | tb_per_s | images_per_s | train
 
 
+# The PyTorch figures once written here as numbers (matmul and HBM copy "on an H200 here", the
+# UNet and VAE "earlier") had no committed result file behind them and are gone (issue 29).
 ROWS = (
-    Row("matmul_bf16", "bf16 matmul 8192³ (JAX)", "788 TFLOP/s (PyTorch, an H200 here, "
-        "2026-10-28); datasheet 989", "—", "tflops"),
-    Row("hbm_copy", "HBM copy: 2 GiB read + 2 GiB written (JAX)", "4.3 TB/s (PyTorch, an H200 here); "
-        "datasheet 4.8", "—", "tb_per_s"),
+    Row("matmul_bf16", "bf16 matmul 8192³ (JAX)", (_DATASHEET_TFLOPS,), "—", "tflops"),
+    Row("hbm_copy", "HBM copy: 2 GiB read + 2 GiB written (JAX)", (_DATASHEET_HBM,), "—",
+        "tb_per_s"),
     Row("unet_xla", "SDXL UNet step, batch 2, 128², bf16, JAX + XLA attention",
-        "PyTorch eager 89.4 ms, compiled 49.1 ms (H100, earlier)", "≤ 35 ms"),
+        (_UNET_EAGER, _UNET_COMPILE), "≤ 35 ms"),
     Row("unet_cudnn", "SDXL UNet step, JAX + cuDNN flash attention",
-        "PyTorch eager 89.4 ms, compiled 49.1 ms (H100, earlier)", "≤ 35 ms"),
+        (_UNET_EAGER, _UNET_COMPILE), "≤ 35 ms"),
     Row("unet_torch_eager", "SDXL UNet step, diffusers PyTorch eager (this run)",
-        "89.4 ms (H100, earlier)", "anchor"),
+        (_UNET_EAGER,), "anchor"),
     Row("unet_torch_compile", "SDXL UNet step, diffusers + torch.compile (this run)",
-        "49.1 ms (H100, earlier)", "anchor"),
-    Row("vae_xla", "SDXL VAE decode, 1024² grid, bf16, JAX", "91.3 ms PyTorch eager (earlier)",
-        "≤ 45 ms"),
-    Row("vae_torch_eager", "SDXL VAE decode, diffusers PyTorch eager (this run)",
-        "91.3 ms (earlier)", "anchor"),
+        (_UNET_COMPILE,), "anchor"),
+    Row("vae_xla", "SDXL VAE decode, 1024² grid, bf16, JAX", (_VAE_EAGER,), "≤ 45 ms"),
+    Row("vae_torch_eager", "SDXL VAE decode, diffusers PyTorch eager (this run)", (_VAE_EAGER,),
+        "anchor"),
     Row("stage1", "Stage 1 end to end: 100 DDIM steps, CFG 5, blob start, + decode, 1024²",
-        "—", "≤ 3.5 s", "s"),
+        (), "≤ 3.5 s", "s"),
     Row("text3d", "Text → 3D per prompt (`pipeline.TextTo3D`): stage 1 as above + LRM `large` "
-        "(bf16) + one 512² turntable frame", "20 s (the paper, A100)", "≤ 5 s", "text3d"),
+        "(bf16) + one 512² turntable frame", (_PAPER_TEXT3D,), "≤ 5 s", "text3d"),
     Row("lrm_forward_xla", "LRM `large` images→triplane, 4 × 512², bf16, XLA attention",
-        "70 ms (LRM family, A100)", "≤ 20 ms"),
-    Row("lrm_forward_cudnn", "LRM `large` images→triplane, cuDNN attention",
-        "70 ms (LRM family, A100)", "≤ 20 ms"),
-    Row("render_512", "512² image from a triplane, 64 + 64 samples/ray",
-        "0.5 images/s (LRM family)", "≥ 30 images/s", "images_per_s"),
+        (_LRM_FORWARD,), "≤ 20 ms"),
+    Row("lrm_forward_cudnn", "LRM `large` images→triplane, cuDNN attention", (_LRM_FORWARD,),
+        "≤ 20 ms"),
+    Row("render_512", "512² image from a triplane, 64 + 64 samples/ray", (_LRM_RENDER,),
+        "≥ 30 images/s", "images_per_s"),
     Row("train_step", "LRM `large` train step, bf16, remat, 1 object/device, no LPIPS",
-        "—", "MFU ≥ 40%", "train"),
+        (), "MFU ≥ 40%", "train"),
     Row("mv_train_step", "SDXL stage-1 fine-tuning step (`train_mvdiffusion`), 1 × 1024² grid, "
-        "bf16, remat, fp32 AdamW + EMA", "—", "MFU ≥ 40%", "train"),
+        "bf16, remat, fp32 AdamW + EMA", (), "MFU ≥ 40%", "train"),
 )
+
+# The recorded device runs measured anchors are read from (device runs folded in with
+# `--merge ... --out bench/results`); a dry run's file never counts.
+ANCHOR_GLOB = "bench/results/device*.json"
+NO_MEASURED_ANCHOR = "— (no measured anchor yet)"
+
+
+def anchor_files() -> list[Path]:
+  return sorted(ROOT.glob(ANCHOR_GLOB))
+
+
+def _shown(path: Path) -> str:
+  try:
+    return str(path.resolve().relative_to(ROOT))
+  except ValueError:
+    return str(path)
+
+
+def load_recorded(files=None) -> list[tuple[Path, dict]]:
+  """(path, contents) of the recorded device runs in `files` (default `anchor_files()`),
+  dry runs and unreadable files left out."""
+  out = []
+  for path in anchor_files() if files is None else files:
+    path = Path(path)
+    try:
+      data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+      continue
+    if isinstance(data, dict) and not data.get("dry_run"):
+      out.append((path, data))
+  return out
+
+
+def find_measured(anchor: Anchor, recorded) -> dict | None:
+  """The latest recorded measurement of `anchor.key` with its provenance: value, file, key,
+  card, date, commit; None when no recorded run measured it."""
+  field = anchor.field or _UNIT_FIELD.get(anchor.unit, anchor.unit)
+  best = None
+  for path, data in recorded:
+    for item in data.get("items", {}).values():
+      r = item.get("measurements", {}).get(anchor.key)
+      if not r or r.get("status") != "ok" or not isinstance(r.get(field), (int, float)):
+        continue
+      prov = data.get("provenance", {})
+      runs = data.get("merged_from") or []
+      if isinstance(r.get("run"), int) and 1 <= r["run"] <= len(runs):
+        prov = runs[r["run"] - 1]   # the call of the lease that measured it
+      found = dict(value=r[field], file=_shown(path), key=anchor.key,
+                   card=data.get("card", {}).get("name", "?"),
+                   date=str(prov.get("started_utc") or "?")[:10],
+                   when=str(prov.get("started_utc") or ""),
+                   commit=prov.get("commit") or "?")
+      if best is None or found["when"] >= best["when"]:
+        best = found
+  return best
+
+
+def render_anchor(anchor: Anchor, recorded) -> str:
+  if anchor.kind == "published":
+    return (f"{anchor.value:{anchor.fmt}} {anchor.unit} {anchor.what} "
+            f"(published: {anchor.source})")
+  m = find_measured(anchor, recorded)
+  if m is None:
+    return f"{anchor.what}: {NO_MEASURED_ANCHOR}"
+  return (f"{m['value']:{anchor.fmt}} {anchor.unit} {anchor.what} (measured: "
+          f"{m['file']} `{m['key']}`, {m['card']}, {m['date']}, commit {m['commit']})")
+
+
+def render_anchors(anchors: tuple[Anchor, ...], recorded) -> str:
+  """One table cell: each anchor resolved now, measured ones from `recorded`
+  (`load_recorded()`)."""
+  return "; ".join(render_anchor(a, recorded) for a in anchors) or "—"
+
 
 # (JAX key, PyTorch key, what): the side-by-side ratios under the table.
 RATIOS = (("unet_cudnn", "unet_torch_eager", "UNet step, cuDNN attention vs eager"),
@@ -232,7 +373,9 @@ def figure(row: Row, r: dict, limits: dict) -> tuple[str, str]:
   return f"{r['ms']:.1f} ms", ", ".join(parts)
 
 
-def report(results: dict, meta: dict, prov: common.Provenance, dry_run: bool) -> list[str]:
+def report(results: dict, meta: dict, prov: common.Provenance, dry_run: bool,
+           anchor_paths=None) -> list[str]:
+  recorded = load_recorded(anchor_paths)
   meas = {k: v for item in results.values() for k, v in item.get("measurements", {}).items()}
   limits = {}
   if meas.get("matmul_bf16", {}).get("status") == "ok":
@@ -258,7 +401,8 @@ def report(results: dict, meta: dict, prov: common.Provenance, dry_run: bool) ->
     text, frac = figure(row, r, limits)
     if "run" in r:
       text += f" [run {r['run']}]"
-    lines.append(f"| {row.label} | {text} | {row.anchor} | {row.goal} | {frac} |")
+    lines.append(f"| {row.label} | {text} | {render_anchors(row.anchors, recorded)} | "
+                 f"{row.goal} | {frac} |")
   ratios = []
   for jx, th, what in RATIOS:
     a, b = meas.get(jx, {}), meas.get(th, {})
