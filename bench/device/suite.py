@@ -503,8 +503,33 @@ def merge(run_dirs: list[str], out: Path) -> Path:
   return out / "device.md"
 
 
+def rerender(folder: Path) -> Path:
+  """`folder`/device.md written again from `folder`/device.json with the current anchors and
+  table code (no accelerator needed): the measurements, card, versions and provenance are the
+  recorded run's; a line says when and by which command the table was re-rendered."""
+  rec = json.loads((folder / "device.json").read_text())
+  items = rec["items"]
+  meta = {k: v for k, v in rec.items() if k not in ("items", "provenance")}
+  prov = common.Provenance(**{k: (tuple(v) if isinstance(v, list) else v)
+                              for k, v in rec["provenance"].items()})
+  lines = report(items, meta, prov, bool(meta.get("dry_run")))
+  merged = meta.get("merged_from") or []
+  if merged:
+    lines += ["", f"This table joins {len(merged)} calls of one lease (the **run** column of "
+              "bench/results/device.json says which call measured each figure):"]
+    lines += [f"- run {i}: `{p['command']}` at commit `{p['commit']}`, {p['started_utc']} to "
+              f"{p.get('finished_utc') or '?'}." for i, p in enumerate(merged, 1)]
+  lines += ["", f"Table re-rendered from device.json with the current anchors by `python -m "
+            f"bench.device.suite --rerender {folder}` at commit `{common.git_commit()}`, "
+            f"{common._now()} (the measurements are the run's above)."]
+  common.write_result(folder / "device.md", lines, prov)
+  return folder / "device.md"
+
+
 def main() -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--rerender", default=None, metavar="FOLDER",
+                  help="write FOLDER/device.md again from FOLDER/device.json (no accelerator)")
   ap.add_argument("--merge", nargs="+", default=None, metavar="RUN_DIR",
                   help="join device runs (folders with device.json, oldest first) into --out")
   ap.add_argument("--dry_run", action="store_true", help="CPU, tiny shapes, same code")
@@ -516,6 +541,9 @@ def main() -> int:
   ap.add_argument("--stage1_attention", default="auto",
                   help="'xla', 'cudnn' or 'auto' (the faster UNet of this run)")
   args = ap.parse_args()
+  if args.rerender:
+    print(rerender(Path(args.rerender)).read_text())
+    return 0
   if args.merge:
     if not args.out:
       ap.error("--merge needs --out (e.g. bench/results)")
