@@ -27,10 +27,18 @@ Formats (`FORMATS`; SRC is the folder given as `--src`):
               renders that InstantMesh's Objaverse loader was written for, objects in [-1, 1]³
               (scale 1); no intrinsics in the data (its renders mix 50° and 30°): `fov_deg` (the
               command's `--fov`) is required. `convention_checks` catches a wrong guess.
-  nerf        SRC/<id>/transforms.json (or SRC/transforms.json: one object named after SRC) with
-              `camera_angle_x` (HORIZONTAL FOV, radians) and `frames[i].transform_matrix` (4×4
-              OpenGL camera-to-world, world z-up, as Blender's NeRF scenes), `frames[i].file_path`
-              (relative to the JSON, ".png" appended when it has no extension). Scale 1.
+  nerf        SRC/<id>/ (or SRC itself: one object named after SRC) in one of two layouts: one
+              `transforms.json`, or NeRF-synthetic's split files `transforms_train.json`,
+              `transforms_val.json`, `transforms_test.json` (those present, at least one; a folder
+              holding both layouts is an error). Each file has `camera_angle_x` (HORIZONTAL FOV,
+              radians; per file, so each frame gets its own file's) and `frames[i].transform_matrix`
+              (4×4 OpenGL camera-to-world, world z-up, as Blender's NeRF scenes),
+              `frames[i].file_path` (relative to the JSON, ".png" appended when it has no
+              extension). Split files: the project splits data sets BY OBJECT (render_import), not
+              by view, so the three files' frames are all views of the same object and are all
+              kept: their union in the order train, val, test (each file's frame order),
+              de-duplicated by normalised image path (a path listed twice must carry the same
+              matrix and FOV, else a DataError). Scale 1.
 
 Scale: a set whose objects live in [-s/2, s/2]³ is brought into [-1, 1]³ by multiplying the
 CAMERA POSITIONS by 2/s (`scale`): the images do not change, and scaling every camera centre about
@@ -72,6 +80,8 @@ RIG_TOLERANCE_DEG = 2.0
 ROTATION_TOLERANCE = 1e-3      # max |RᵀR − I| entry
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])   # c2w_cv = c2w_gl @ GL_TO_CV (its own inverse)
 GOBJAVERSE_VIEWS = "campos_512_v4"
+NERF_FILE = "transforms.json"
+NERF_SPLIT_FILES = ("transforms_train.json", "transforms_val.json", "transforms_test.json")
 
 
 @dataclasses.dataclass
@@ -95,8 +105,8 @@ def list_objects(fmt: str, src: str) -> list[tuple[str, str]]:
   if not os.path.isdir(src):
     raise errors.DataError(f"{src}: source directory of object folders not found")
   marker = {"instant3d": cameras_json_name(), "openlrm": "pose", "gobjaverse": GOBJAVERSE_VIEWS,
-            "instantmesh": "cameras.npz", "nerf": "transforms.json"}
-  if fmt == "nerf" and os.path.isfile(os.path.join(src, "transforms.json")):
+            "instantmesh": "cameras.npz"}
+  if fmt == "nerf" and nerf_files(src):
     return [(os.path.basename(os.path.normpath(src)), src)]
   out = []
   for d in sorted(os.listdir(src)):
@@ -106,14 +116,25 @@ def list_objects(fmt: str, src: str) -> list[tuple[str, str]]:
     if fmt == "zero123":
       if glob.glob(os.path.join(folder, "*.npy")):
         out.append((d, folder))
+    elif fmt == "nerf":
+      if nerf_files(folder):
+        out.append((d, folder))
     elif os.path.exists(os.path.join(folder, marker[fmt])):
       out.append((d, folder))
   if not out:
     what = {"instant3d": "a cameras.json", "openlrm": "pose/ and rgba/", "zero123": "NNN.npy poses",
             "gobjaverse": f"{GOBJAVERSE_VIEWS}/", "instantmesh": "a cameras.npz",
-            "nerf": "a transforms.json"}[fmt]
+            "nerf": f"a {NERF_FILE} or {'/'.join(NERF_SPLIT_FILES)}"}[fmt]
     raise errors.DataError(f"{src}: no object folders with {what} found (--format {fmt})")
   return out
+
+
+def nerf_files(folder: str) -> list[str]:
+  """The NeRF camera files of `folder`: [transforms.json], or the split files present (train,
+  val, test order), or [] when it has none."""
+  if os.path.isfile(os.path.join(folder, NERF_FILE)):
+    return [NERF_FILE]
+  return [f for f in NERF_SPLIT_FILES if os.path.isfile(os.path.join(folder, f))]
 
 
 def cameras_json_name() -> str:
@@ -409,32 +430,71 @@ def _read_gobjaverse(folder, object_id, fov_deg):
   return ObjectViews(object_id, images, np.stack(c2w), np.stack(K), 0, 0, names, None)
 
 
-def _read_nerf(folder, object_id, fov_deg):
-  path = os.path.join(folder, "transforms.json")
+def _nerf_frames(path: str, object_id: str) -> list[tuple[str, np.ndarray, float, str]]:
+  """One NeRF camera file → [(image name relative to its folder, 4×4 OpenGL c2w, horizontal FOV
+  in radians, label for messages)]; a malformed file is a one-line DataError naming it."""
   doc = _read_json(path, object_id)
   frames = doc.get("frames")
-  if "camera_angle_x" not in doc or not isinstance(frames, list) or not frames:
-    raise errors.DataError(f"{object_id}: {path} needs 'camera_angle_x' and a non-empty "
-                           "'frames' list")
-  fov_x = float(doc["camera_angle_x"])
-  images, c2w, K, names = [], [], [], []
+  if not isinstance(frames, list) or not frames:
+    raise errors.DataError(f"{object_id}: {path}: expected a non-empty 'frames' list of "
+                           "{file_path, transform_matrix}")
+  fov = doc.get("camera_angle_x")
+  if isinstance(fov, bool) or not isinstance(fov, (int, float)) or not 0 < fov < np.pi:
+    raise errors.DataError(f"{object_id}: {path}: expected 'camera_angle_x', the horizontal FOV "
+                           f"in radians in (0, pi), found {fov!r}")
+  out = []
+  base = os.path.basename(path)
   for i, fr in enumerate(frames):
-    if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
-      raise errors.DataError(f"{object_id}: {path} frame {i} needs 'file_path' and "
-                             "'transform_matrix'")
-    m = np.asarray(fr["transform_matrix"], np.float64)
-    if m.shape not in ((4, 4), (3, 4)):
-      raise errors.DataError(f"{object_id}: {path} frame {i} transform_matrix has shape "
-                             f"{list(m.shape)}, expected 4x4")
-    name = str(fr["file_path"])
+    if not isinstance(fr, dict) or not isinstance(fr.get("file_path"), str) or \
+        "transform_matrix" not in fr:
+      raise errors.DataError(f"{object_id}: {path} frame {i}: expected an object with "
+                             "'file_path' (a string) and 'transform_matrix' (4x4)")
+    try:
+      m = np.asarray(fr["transform_matrix"], np.float64)
+    except (TypeError, ValueError):
+      m = None
+    if m is None or m.shape not in ((4, 4), (3, 4)) or not np.all(np.isfinite(m)):
+      raise errors.DataError(f"{object_id}: {path} frame {i}: expected 'transform_matrix' a "
+                             "finite 4x4 matrix of numbers, found "
+                             f"{'shape ' + str(list(m.shape)) if m is not None else 'non-numbers'}")
+    name = fr["file_path"]
     if not os.path.splitext(name)[1]:
       name += ".png"
-    check_rotation(m[:3, :3], object_id, f"frame {i} ({name})")
-    img = _read_png(os.path.normpath(os.path.join(folder, name)), object_id)
+    out.append((os.path.normpath(name), _homogeneous(m), float(fov), f"{base} frame {i} ({name})"))
+  return out
+
+
+def _read_nerf(folder, object_id, fov_deg):
+  files = nerf_files(folder)
+  if not files:
+    raise errors.DataError(f"{object_id}: {folder} has no {NERF_FILE} or "
+                           f"{'/'.join(NERF_SPLIT_FILES)}")
+  if files == [NERF_FILE]:
+    both = [f for f in NERF_SPLIT_FILES if os.path.isfile(os.path.join(folder, f))]
+    if both:
+      raise errors.DataError(f"{object_id}: {folder} holds both {NERF_FILE} and {', '.join(both)}; "
+                             "expected one layout (remove one)")
+  seen: dict[str, tuple] = {}
+  views = []
+  for fname in files:
+    path = os.path.join(folder, fname)
+    for name, m, fov_x, label in _nerf_frames(path, object_id):
+      if name in seen:
+        m0, fov0, label0 = seen[name]
+        if not (np.allclose(m, m0, atol=1e-6) and abs(fov_x - fov0) <= 1e-9):
+          raise errors.DataError(f"{object_id}: {path}: {label} lists the image of {label0} with "
+                                 "another camera; expected one camera per image")
+        continue
+      seen[name] = (m, fov_x, label)
+      views.append((name, m, fov_x, label))
+  images, c2w, K, names = [], [], [], []
+  for name, m, fov_x, label in views:
+    check_rotation(m[:3, :3], object_id, label)
+    img = _read_png(os.path.join(folder, name), object_id)
     h, w = img.shape[:2]
     fx = (w / 2.0) / np.tan(fov_x / 2.0)
     K.append(np.array([[fx, 0, w / 2.0], [0, fx, h / 2.0], [0, 0, 1]], np.float64))
     images.append(img)
-    c2w.append(_homogeneous(m) @ GL_TO_CV)
+    c2w.append(m @ GL_TO_CV)
     names.append(name)
   return ObjectViews(object_id, images, np.stack(c2w), np.stack(K), 0, 0, names, None)

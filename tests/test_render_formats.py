@@ -136,14 +136,30 @@ def write_instantmesh(folder, c2w, K, imgs):
            cam_poses=np.stack([np.linalg.inv(m @ GL)[:3] for m in c2w]).astype(np.float32))
 
 
-def write_nerf(folder, c2w, K, imgs):
-  os.makedirs(os.path.join(folder, "train"), exist_ok=True)
-  frames = []
-  for i, (m, im) in enumerate(zip(c2w, imgs)):
-    _png(os.path.join(folder, "train", f"r_{i}.png"), im)
-    frames.append({"file_path": f"./train/r_{i}", "transform_matrix": (m @ GL).tolist()})
-  with open(os.path.join(folder, "transforms.json"), "w") as f:
-    json.dump({"camera_angle_x": 2 * np.arctan(RES / 2 / K[0, 0, 0]), "frames": frames}, f)
+# The split layout's files and which views each holds (NeRF-synthetic: train/val/test folders);
+# transforms_test.json lists view 2 again (same path, same matrix): the reader keeps it once.
+NERF_SPLITS = (("train", range(0, 6)), ("val", range(6, 9)), ("test", [9, 10, 11, 2]))
+
+
+def write_nerf(folder, c2w, K, imgs, layout="single"):
+  """NeRF's layout: one transforms.json (`layout='single'`) or NeRF-synthetic's
+  transforms_{train,val,test}.json (`'split'`, views as NERF_SPLITS), file paths without '.png'."""
+  fov_x = 2 * np.arctan(RES / 2 / K[0, 0, 0])
+  sub = {}
+  for split, idx in NERF_SPLITS:
+    for i in idx:
+      sub.setdefault(i, split)     # the image's folder: the first file listing it
+  files = [("transforms.json", range(len(imgs)))] if layout == "single" else \
+      [(f"transforms_{split}.json", idx) for split, idx in NERF_SPLITS]
+  for name, idx in files:
+    frames = []
+    for i in idx:
+      d = "train" if layout == "single" else sub[i]
+      _png(os.path.join(folder, d, f"r_{i}.png"), imgs[i])
+      frames.append({"file_path": f"./{d}/r_{i}", "rotation": 0.012566,
+                     "transform_matrix": (c2w[i] @ GL).tolist()})
+    with open(os.path.join(folder, name), "w") as f:
+      json.dump({"camera_angle_x": fov_x, "frames": frames}, f)
 
 
 WRITERS = {"openlrm": write_openlrm, "zero123": write_zero123, "gobjaverse": write_gobjaverse,
@@ -205,6 +221,92 @@ def test_each_format_imports_as_the_project_format(scene, fmt):
       np.testing.assert_allclose(got[oid]["groups"][g]["c2w"], grp["c2w"], atol=1e-5)
       np.testing.assert_allclose(got[oid]["groups"][g]["K"], grp["K"], rtol=1e-5)
       assert got[oid]["groups"][g]["images"] == grp["images"]
+
+
+def test_nerf_split_files_import_as_one_transforms_json(scene):
+  """NeRF-synthetic's three split files are views of one object: their union (view 2 listed twice,
+  kept once) imports to the same cameras, images and groups as one transforms.json, and passes
+  the convention checks."""
+  base, truth, want = scene
+  for layout in ("single", "split"):
+    for oid, t in truth.items():
+      write_nerf(str(base / f"nerf_{layout}" / oid), *t, layout=layout)
+  assert render_formats.nerf_files(str(base / "nerf_split" / "lshape")) == [
+      "transforms_train.json", "transforms_val.json", "transforms_test.json"]
+  views = render_formats.read_object("nerf", str(base / "nerf_split" / "lshape"))
+  assert views.names == [f"{s}/r_{i}.png" for s, idx in NERF_SPLITS for i in idx][:12]
+  got = {}
+  for layout in ("single", "split"):
+    meta = _import("nerf", base / f"nerf_{layout}", base / f"out_nerf_{layout}")
+    assert meta["convention_checks"]["failed_objects"] == 0, layout
+    assert meta["rigless_objects"] == ["norig"]
+    got[layout] = _records(base / f"out_nerf_{layout}")
+  for oid, rec in want.items():
+    for layout in ("single", "split"):
+      assert set(got[layout][oid]["groups"]) == set(rec["groups"])
+    for g, grp in rec["groups"].items():
+      a, b = got["single"][oid]["groups"][g], got["split"][oid]["groups"][g]
+      np.testing.assert_array_equal(a["c2w"], b["c2w"])    # identical, not just close
+      np.testing.assert_array_equal(a["K"], b["K"])
+      assert a["images"] == b["images"] == grp["images"]
+      np.testing.assert_allclose(b["c2w"], grp["c2w"], atol=1e-5)
+      np.testing.assert_allclose(b["K"], grp["K"], rtol=1e-5)
+  # One object at --src itself, split layout.
+  one = render_formats.list_objects("nerf", str(base / "nerf_split" / "lshape"))
+  assert one == [("lshape", str(base / "nerf_split" / "lshape"))]
+
+
+def _edit_json(path, fn):
+  with open(path) as f:
+    doc = json.load(f)
+  fn(doc)
+  with open(path, "w") as f:
+    json.dump(doc, f)
+
+
+@pytest.mark.parametrize("name,edit,message", [
+    ("no_fov", lambda d: d.pop("camera_angle_x"),
+     r"transforms_val\.json: expected 'camera_angle_x', the horizontal FOV in radians in \(0, pi\), "
+     r"found None"),
+    ("fov_text", lambda d: d.update(camera_angle_x="wide"), r"transforms_val\.json: expected "
+     r"'camera_angle_x'.*found 'wide'"),
+    ("no_frames", lambda d: d.update(frames=[]),
+     r"transforms_val\.json: expected a non-empty 'frames' list"),
+    ("no_path", lambda d: d["frames"][1].pop("file_path"),
+     r"transforms_val\.json frame 1: expected an object with 'file_path' \(a string\) and "
+     r"'transform_matrix'"),
+    ("bad_matrix", lambda d: d["frames"][0].update(transform_matrix=[[1, 0], [0, 1]]),
+     r"transforms_val\.json frame 0: expected 'transform_matrix' a finite 4x4 matrix of numbers, "
+     r"found shape \[2, 2\]"),
+    ("text_matrix", lambda d: d["frames"][0].update(transform_matrix="eye"),
+     r"transforms_val\.json frame 0: expected 'transform_matrix' a finite 4x4 matrix"),
+    ("dup_other_pose", lambda d: d["frames"][0].update(file_path="./train/r_0"),
+     r"transforms_val\.json: transforms_val\.json frame 0 \(\./train/r_0\.png\) lists the image "
+     r"of transforms_train\.json frame 0 \(\./train/r_0\.png\) with another camera"),
+])
+def test_nerf_malformed_split_file_is_a_one_line_error(scene, tmp_path, name, edit, message):
+  _, truth, _ = scene
+  folder = tmp_path / "src" / "lshape"
+  write_nerf(str(folder), *truth["lshape"], layout="split")
+  _edit_json(folder / "transforms_val.json", edit)
+  with pytest.raises(errors.DataError, match=r"^lshape: .*" + message) as e:
+    _import("nerf", tmp_path / "src", tmp_path / "out")
+  assert "\n" not in str(e.value)
+  assert str(folder / "transforms_val.json") in str(e.value)
+
+
+def test_nerf_both_layouts_in_one_folder_is_an_error(scene, tmp_path):
+  _, truth, _ = scene
+  folder = tmp_path / "src" / "lshape"
+  write_nerf(str(folder), *truth["lshape"], layout="split")
+  write_nerf(str(folder), *truth["lshape"], layout="single")
+  with pytest.raises(errors.DataError, match=r"holds both transforms\.json and "
+                     r"transforms_train\.json, transforms_val\.json, transforms_test\.json; "
+                     r"expected one layout"):
+    _import("nerf", tmp_path / "src", tmp_path / "out")
+  with pytest.raises(errors.DataError, match=r"no object folders with a transforms\.json or "
+                     r"transforms_train\.json/transforms_val\.json/transforms_test\.json found"):
+    _import("nerf", tmp_path, tmp_path / "out2")   # object folders one level too deep
 
 
 def _rot_x(deg):
