@@ -2,7 +2,7 @@
 
   python -m data_pipeline.importer --src RENDERS --out DATA [--format instant3d] [--fov DEG]
       [--scale S] [--rig_tolerance 2] [--[no]checks] [--split_fractions 0.9,0.05,0.05]
-      [--seed 0] [--records_per_shard 500] [--overwrite]
+      [--seed 0] [--split_file SPLITS.json] [--records_per_shard 500] [--overwrite]
 
 `--format` reads other render sets and converts them to the project's convention
 (data_pipeline/render_formats.py): instant3d (default, the layout below), openlrm, zero123,
@@ -21,8 +21,10 @@ supervision pool; held-out objects evaluated on the GSO protocol also need "eval
 "eval_inputs" (4). All images of the data set must share one resolution.
 
 Objects are assigned to train/val/test by a seeded permutation of the sorted folder names (so
-folders sorted by category still give mixed splits); record `index` is the position in that
-sorted list. The layout and a Blender command line that produces it: data_pipeline/README.md.
+folders sorted by category still give mixed splits), or with `--split_file` by a JSON object
+{object id: "train" | "val" | "test"} naming every object (--split_fractions and --seed unused;
+the metadata's config.split_rule is then 'given'); record `index` is the position in the sorted
+list of names. The layout and a Blender command line that produces it: data_pipeline/README.md.
 A DATA directory that already holds a data set is never replaced unless `--overwrite` is given.
 The importer itself is `data_pipeline/render_import.py`.
 """
@@ -43,7 +45,8 @@ def main(argv: Sequence[str]) -> None:
                                       seed=FLAGS.seed, records_per_shard=FLAGS.records_per_shard,
                                       overwrite=FLAGS.overwrite, format=FLAGS.format,
                                       fov_deg=FLAGS.fov, scale=FLAGS.scale,
-                                      rig_tolerance_deg=FLAGS.rig_tolerance, checks=FLAGS.checks)
+                                      rig_tolerance_deg=FLAGS.rig_tolerance, checks=FLAGS.checks,
+                                      splits=FLAGS.split_file)
   counts = ", ".join(f"{k}: {v['num_objects']}" for k, v in meta["splits"].items())
   print(render_import.check_summary(meta, FLAGS.out))
   rigless = len(meta["rigless_objects"])
@@ -70,6 +73,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("out", None, "output data set directory")
   flags.DEFINE_list("split_fractions", ["0.9", "0.05", "0.05"], "train,val,test fractions")
   flags.DEFINE_integer("seed", 0, "seed of the permutation that assigns objects to splits")
+  flags.DEFINE_string("split_file", None, "JSON object {object id: train|val|test} naming every "
+                      "object: these splits instead of the seeded permutation")
   flags.DEFINE_integer("records_per_shard", 500, "objects per ArrayRecord shard")
   flags.DEFINE_bool("overwrite", False, "replace a data set already in --out")
   flags.mark_flags_as_required(["src", "out"])

@@ -14,13 +14,16 @@ supervision pool; held-out objects evaluated on the GSO protocol also need "eval
 "eval_inputs" (4). All images of the data set must share one resolution.
 
 Objects are assigned to train/val/test by a seeded permutation of the sorted folder names (so
-folders sorted by category still give mixed splits); record `index` is the position in that
-sorted list.
+folders sorted by category still give mixed splits), or by a given split per object (`splits`,
+the command's `--split_file`: a JSON object id → split name; `read_split_file`); record `index`
+is the position in the sorted list of names either way.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
+from typing import Mapping
 
 import numpy as np
 
@@ -89,15 +92,76 @@ def write_object_folder(rec: dict, folder: str, convention: str = "opencv") -> N
 FAILURES_FILE = "convention_failures.tsv"
 
 
+def read_split_file(path: str) -> dict[str, str]:
+  """A split file (local or gs://): a JSON object {object id: 'train' | 'val' | 'test'}; checked
+  for its shape here, against the objects by `assign_splits`."""
+  try:
+    doc = json.loads(fileio.path(path).read_text("utf-8"))
+  except FileNotFoundError:
+    raise errors.InputError(f"{path}: split file not found") from None
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise errors.InputError(f"{path}: split file is not readable JSON ({e})") from None
+  if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+    raise errors.InputError(f"{path}: expected a JSON object {{object id: split name}} with split "
+                            f"names among {list(records.SPLITS)}")
+  return doc
+
+
+def assign_splits(names: list[str], *, split_fractions=(0.9, 0.05, 0.05), seed: int = 0,
+                  splits: Mapping[str, str] | None = None, what: str = "splits") -> dict:
+  """{split: sorted positions in `names`} (`names` sorted: positions are record indices).
+
+  Without `splits`: a seeded permutation of the positions, cut by `procedural.split_counts`.
+  With `splits` ({object id: split name}, `what` names it in messages): exactly that; every
+  object must be named, every name must be an object and every split one of `records.SPLITS`,
+  else a one-line `InputError`."""
+  if splits is None:
+    counts = procedural.split_counts(len(names), tuple(split_fractions))
+    perm = np.random.default_rng(seed).permutation(len(names))
+    bounds = np.cumsum([0] + [counts[s] for s in records.SPLITS])
+    return {s: sorted(perm[bounds[k]:bounds[k + 1]].tolist())
+            for k, s in enumerate(records.SPLITS)}
+  if not isinstance(splits, Mapping):
+    raise errors.InputError(f"{what}: expected a mapping {{object id: split name}}, found "
+                             f"{type(splits).__name__}")
+
+  def few(xs):
+    xs = sorted(map(str, xs))
+    return ", ".join(repr(x) for x in xs[:5]) + (f" … ({len(xs)} in all)" if len(xs) > 5 else "")
+
+  bad = {k: v for k, v in splits.items() if v not in records.SPLITS}
+  if bad:
+    k = sorted(bad, key=str)[0]
+    raise errors.InputError(f"{what}: split names must be among {list(records.SPLITS)}, found "
+                             f"{bad[k]!r} for {k!r}" + (f" and {len(bad) - 1} more" if len(bad) > 1
+                                                        else ""))
+  unknown = set(splits) - set(names)
+  if unknown:
+    raise errors.InputError(f"{what}: object ids not in the source: {few(unknown)}")
+  unassigned = set(names) - set(splits)
+  if unassigned:
+    raise errors.InputError(f"{what}: objects of the source without a split: {few(unassigned)}")
+  return {s: [i for i, n in enumerate(names) if splits[n] == s] for s in records.SPLITS}
+
+
 def import_renders(src: str, out_dir: str, *, split_fractions=(0.9, 0.05, 0.05), seed: int = 0,
                    records_per_shard: int = 500, progress: bool = True,
                    overwrite: bool = False,
                    format: str = render_formats.DEFAULT_FORMAT,  # pylint: disable=redefined-builtin
                    fov_deg: float | None = None, scale: float | None = None,
                    rig_tolerance_deg: float = render_formats.RIG_TOLERANCE_DEG,
-                   checks: bool | None = None) -> dict:
+                   checks: bool | None = None,
+                   splits: Mapping[str, str] | str | None = None) -> dict:
   """Imports every object folder under `src` (in `format`, `render_formats.FORMATS`) into a data
   set at `out_dir`; returns metadata.
+
+  Splits: a seeded permutation (`seed`) of the sorted object ids cut by `split_fractions`, or,
+  with `splits` ({object id: 'train' | 'val' | 'test'} naming every object, or the path of a JSON
+  file holding one: `read_split_file`; `assign_splits` checks it, one-line `InputError`s),
+  exactly those; `split_fractions` and `seed` are then unused. The metadata's
+  `config.split_rule` says which ('seeded_permutation' or 'given'; `config.split_file` the file),
+  `config.split_fractions` holds the fractions that resulted and `config.seed` is None for
+  'given'; each split's `object_ids` list the assignment.
 
   `fov_deg` (degrees; required by 'instantmesh', overrides zero123's 35 mm lens) and `scale`
   (camera positions × scale; default per format) are passed to `render_formats.read_object`.
@@ -134,11 +198,13 @@ def import_renders(src: str, out_dir: str, *, split_fractions=(0.9, 0.05, 0.05),
   else:
     found = render_formats.list_objects(format, src)
     names, folders = [n for n, _ in found], [f for _, f in found]
-  counts = procedural.split_counts(len(names), tuple(split_fractions))
-  perm = np.random.default_rng(seed).permutation(len(names))
-  bounds = np.cumsum([0] + [counts[s] for s in records.SPLITS])
-  assignment = {s: sorted(perm[bounds[k]:bounds[k + 1]].tolist())
-                for k, s in enumerate(records.SPLITS)}
+  split_file = splits if isinstance(splits, str) else None
+  if split_file is not None:
+    splits = read_split_file(split_file)
+  assignment = assign_splits(names, split_fractions=split_fractions, seed=seed, splits=splits,
+                             what=split_file or "splits")
+  if splits is not None:
+    split_fractions = [round(len(assignment[s]) / len(names), 6) for s in records.SPLITS]
   records.prepare_output_dir(out_dir, writer="data_pipeline.importer", overwrite=overwrite)
   resolutions: dict[int, str] = {}
   failures: list = []
@@ -166,19 +232,21 @@ def import_renders(src: str, out_dir: str, *, split_fractions=(0.9, 0.05, 0.05),
       bar.update(1)
       yield views_record(views, i, split)
 
-  splits = {}
+  split_meta = {}
   try:
     for split in records.SPLITS:
       n = len(assignment[split])
       shards = records.write_shards(out_dir, split, recs(split), n, records_per_shard)
-      splits[split] = {"num_objects": n, "shards": shards,
-                       "object_ids": [names[i] for i in assignment[split]]}
+      split_meta[split] = {"num_objects": n, "shards": shards,
+                           "object_ids": [names[i] for i in assignment[split]]}
   finally:
     bar.close()
   meta = {"generator": "import", "format": format, "source": os.path.abspath(src),
-          "num_objects": len(names), "resolution": next(iter(resolutions)), "splits": splits,
+          "num_objects": len(names), "resolution": next(iter(resolutions)), "splits": split_meta,
           "input_views": "random" if rigless else "rig", "rigless_objects": sorted(rigless),
-          "config": {"seed": seed, "split_fractions": list(split_fractions),
+          "config": {"split_rule": "seeded_permutation" if splits is None else "given",
+                     "seed": seed if splits is None else None, "split_file": split_file,
+                     "split_fractions": list(split_fractions),
                      "records_per_shard": records_per_shard, "fov_deg": fov_deg,
                      "scale": render_formats.DEFAULT_SCALE[format] if scale is None else scale,
                      "rig_tolerance_deg": rig_tolerance_deg},

@@ -11,6 +11,7 @@ from PIL import Image
 
 from data_pipeline import blender_render, cameras_json, primitive_meshes as pm, primitives as P
 from data_pipeline import records
+from instant3d_jax import errors
 from instant3d_jax.configs import data as data_configs
 from instant3d_jax.configs import render as render_configs
 from instant3d_jax.demos import blender as demo
@@ -142,17 +143,54 @@ def test_export_objects_are_the_procedural_worlds_scenes(tmp_path):
       assert np.abs(d).max() < 1e-5
 
 
-@pytest.mark.parametrize("n_train,n_test", [(9, 3), (180, 20), (171, 20), (7, 1)])
-def test_import_split_names_put_the_planned_objects_in_test(n_train, n_test):
+def _old_import_split(names_train, names_test, seed=0):
+  """The rule demos/blender.py used before the importer's split override (its `import_split`,
+  verbatim but for the imports): folder names whose sorted positions the importer's seeded
+  permutation sends to the planned splits. Kept here as the reference the override must match."""
   from data_pipeline import procedural
-  train = [f"t{i}" for i in range(n_train)]
-  test = [f"h{i}" for i in range(n_test)]
-  folder, fractions = demo.import_split(train, test)
-  names = sorted(folder.values())
-  counts = procedural.split_counts(len(names), fractions)
-  perm = np.random.default_rng(0).permutation(len(names))  # render_import's rule
-  test_pos = perm[counts["train"] + counts["val"]:]
-  assert sorted(names[i] for i in test_pos) == sorted(folder[o] for o in test)
+  n = len(names_train) + len(names_test)
+  fractions = (len(names_train) / n, 0.0, len(names_test) / n)
+  counts = procedural.split_counts(n, fractions)
+  perm = np.random.default_rng(seed).permutation(n)
+  bounds = np.cumsum([0] + [counts[s] for s in records.SPLITS])
+  pos = {s: sorted(perm[bounds[k]:bounds[k + 1]].tolist()) for k, s in enumerate(records.SPLITS)}
+  assert len(pos["train"]) == len(names_train) and len(pos["test"]) == len(names_test), counts
+  folder = {}
+  for split, names in (("train", names_train), ("test", names_test)):
+    for p, name in zip(pos[split], names):
+      folder[name] = f"o{p:04d}_{name}"
+  return folder, fractions
+
+
+@pytest.mark.parametrize("n_train,n_test,n_assets", [(9, 3, 2), (180, 20, 9), (177, 20, 6),
+                                                     (7, 1, 0)])
+def test_split_override_holds_out_the_objects_the_old_rule_did(tmp_path, n_train, n_test,
+                                                               n_assets):
+  """Both imports for real on tiny object folders: the old rule (renamed folders + the seeded
+  permutation) and the override (`heldout_splits`) give every object the same split."""
+  from data_pipeline import procedural, render_import
+  from tests.test_render_import_splits import tiny_source
+  n_proc = n_train - n_assets
+  train = [procedural.object_id(i) for i in range(n_proc)] + [f"asset_{k}" for k in
+                                                              range(n_assets)]
+  test = [procedural.object_id(i) for i in range(n_proc + 3, n_proc + 3 + n_test)]
+  folder, fractions = _old_import_split(train, test)
+  old_src = tiny_source(tmp_path / "old", folder.values())
+  old = render_import.import_renders(old_src, str(tmp_path / "old_data"),
+                                     split_fractions=fractions, progress=False)
+  new_src = tiny_source(tmp_path / "new", train + test)
+  new = render_import.import_renders(new_src, str(tmp_path / "new_data"), progress=False,
+                                     splits=demo.heldout_splits(train, test))
+  old_split = {oid.split("_", 1)[1]: s for s, v in old["splits"].items() for oid in v["object_ids"]}
+  new_split = {oid: s for s, v in new["splits"].items() for oid in v["object_ids"]}
+  assert new_split == old_split
+  assert sorted(o for o, s in new_split.items() if s == "test") == sorted(test)
+  assert new["config"]["split_rule"] == "given" and not new["splits"]["val"]["object_ids"]
+
+
+def test_heldout_splits_refuses_an_object_in_both():
+  with pytest.raises(errors.DataError, match=r"objects both trained on and held out: \['b'\]"):
+    demo.heldout_splits(["a", "b"], ["b", "c"])
 
 
 class _Cam:
@@ -223,8 +261,8 @@ def test_steps_with_a_fake_renderer_give_matching_arms(tmp_path):
   imp = demo.import_step(plan, work)
   assert (imp["n_train"], imp["n_test"]) == (8, 3)
   meta = records.read_metadata(imp["data_dir"])
-  test_ids = meta["splits"]["test"]["object_ids"]
-  assert sorted(t.split("_", 1)[1] for t in test_ids) == ["obj000009", "obj000010", "obj000011"]
+  assert meta["splits"]["test"]["object_ids"] == ["obj000009", "obj000010", "obj000011"]
+  assert meta["config"]["split_rule"] == "given" and meta["splits"]["val"]["num_objects"] == 0
   rec = records.RecordSource(imp["data_dir"], "test")[0]
   assert {"rig", "sup", "eval", "eval_inputs"} <= set(rec["groups"])
   assert demo.import_step(plan, work)["cached"]  # the same objects: reused

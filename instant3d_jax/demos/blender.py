@@ -125,30 +125,21 @@ def render_step(data_cfg, render_cfg, plan: dict, workdir: str, *, python: str |
   return summary
 
 
-def import_split(names_train: list[str], names_test: list[str], seed: int = 0) -> tuple:
-  """Names for the import's folders so that `render_import.import_renders` (objects to splits by a
-  seeded permutation of the sorted names) puts exactly `names_test` into test: each object gets
-  the position the permutation gives its split. Returns ({name: folder name}, fractions)."""
-  from data_pipeline import procedural, records  # pylint: disable=g-import-not-at-top
-  n = len(names_train) + len(names_test)
-  fractions = (len(names_train) / n, 0.0, len(names_test) / n)
-  counts = procedural.split_counts(n, fractions)
-  perm = np.random.default_rng(seed).permutation(n)
-  bounds = np.cumsum([0] + [counts[s] for s in records.SPLITS])
-  pos = {s: sorted(perm[bounds[k]:bounds[k + 1]].tolist()) for k, s in enumerate(records.SPLITS)}
-  assert len(pos["train"]) == len(names_train) and len(pos["test"]) == len(names_test), counts
-  folder = {}
-  for split, names in (("train", names_train), ("test", names_test)):
-    for p, name in zip(pos[split], names):
-      folder[name] = f"o{p:04d}_{name}"
-  return folder, fractions
+def heldout_splits(names_train: list[str], names_test: list[str]) -> dict[str, str]:
+  """The import's split override (`render_import.import_renders(splits=...)`): {object id:
+  'train' | 'test'}; no 'val' objects."""
+  both = set(names_train) & set(names_test)
+  if both:
+    raise errors.DataError(f"objects both trained on and held out: {sorted(both)[:5]}")
+  return {**{o: "train" for o in names_train}, **{o: "test" for o in names_test}}
 
 
 def import_step(plan: dict, workdir: str) -> dict:
   """The rendered objects (failed ones left out) → WORKDIR/blender/data, with the procedural
-  held-out objects as the test split (folder links in WORKDIR/blender/import_src). Reuses an
-  import of the same objects."""
-  from data_pipeline import blender_render, primitive_meshes, procedural, records  # pylint: disable=g-import-not-at-top,unused-import
+  held-out objects as the test split (given to the importer as its split override; the folders
+  it reads are links in WORKDIR/blender/import_src named by object id). Reuses an import of the
+  same objects."""
+  from data_pipeline import blender_render, procedural, records  # pylint: disable=g-import-not-at-top
   from data_pipeline import render_import  # pylint: disable=g-import-not-at-top
   base = os.path.join(workdir, "blender")
   renders, src, data = (os.path.join(base, d) for d in ("renders", "import_src", "data"))
@@ -160,8 +151,8 @@ def import_step(plan: dict, workdir: str) -> dict:
     raise errors.DataError(f"{renders}: held-out objects {missing_test[:5]} were not rendered "
                            f"(see {os.path.join(renders, blender_render.FAILURES_FILE)}); the "
                            "comparison needs every held-out object")
-  folder, fractions = import_split(train, test)
-  want = {s: sorted(folder[o] for o in names) for s, names in (("train", train), ("test", test))}
+  splits = heldout_splits(train, test)
+  want = {"train": sorted(train), "val": [], "test": sorted(test)}
   t0 = time.perf_counter()
   if os.path.isfile(os.path.join(data, records.METADATA_FILE)):
     meta = records.read_metadata(data)
@@ -173,15 +164,9 @@ def import_step(plan: dict, workdir: str) -> dict:
   os.makedirs(src, exist_ok=True)
   for d in os.listdir(src):
     os.remove(os.path.join(src, d))
-  for o, f in folder.items():
-    os.symlink(os.path.abspath(os.path.join(renders, o)), os.path.join(src, f))
-  meta = render_import.import_renders(src, data, split_fractions=fractions, overwrite=True,
-                                      progress=False)
-  got = {s: sorted(meta["splits"][s]["object_ids"]) for s in want}
-  if got != want:
-    raise errors.DataError(f"{data}: the importer's split differs from the planned one (test "
-                           f"{got['test'][:3]}…, planned {want['test'][:3]}…): "
-                           "render_import's split rule changed; update import_split")
+  for o in splits:
+    os.symlink(os.path.abspath(os.path.join(renders, o)), os.path.join(src, o))
+  meta = render_import.import_renders(src, data, splits=splits, overwrite=True, progress=False)
   secs = time.perf_counter() - t0
   print(f"import: {len(train)} train + {len(test)} held-out objects into {data} in {secs:.1f} s")
   return {"data_dir": data, "n_train": len(train), "n_test": len(test), "seconds": round(secs, 2),
