@@ -13,24 +13,27 @@ from tests import tiny_configs
 from tests import tolerance
 
 
-def test_heldout_captions_alternate_kinds_and_skip_seen_combinations(monkeypatch):
+def test_heldout_captions_per_role_alternate_kinds_and_skip_seen_and_mixed(monkeypatch):
   from data_pipeline import mv_grids, records
-  split = captions_lib.CaptionSplit("heldout", frozenset({("red", "sphere"), ("blue", "box")}))
+  roles = {"val": frozenset({("red", "sphere")}), "test": frozenset({("blue", "box")})}
   table = {
       "val": [(0, "a", "a red sphere"), (1, "b", "a green cone"),
-              (2, "c", "a red sphere beside a green cone"), (3, "d", "a red sphere")],
-      "test": [(4, "e", "a large blue box"), (5, "f", "a blue box, a red cone and a grey ring"),
-               (6, "g", "a small red sphere")]}
+              (2, "c", "a red sphere beside a green cone"), (3, "d", "a red sphere"),
+              (4, "h", "a red sphere beside a blue box")],                      # mixed
+      "test": [(0, "e", "a large blue box"), (1, "f", "a blue box, a red cone and a grey ring"),
+               (2, "g", "a small red sphere"), (3, "i", "a small blue box")]}
   monkeypatch.setattr(records, "read_metadata", lambda d: {"splits": {"val": {}, "test": {}}})
   monkeypatch.setattr(mv_grids, "object_table", lambda d, s: table[s])
-  rows = demo_mv.heldout_captions("DATA", 5, split)
-  assert [r["caption"] for r in rows] == [
-      "a red sphere", "a red sphere beside a green cone", "a large blue box",
-      "a blue box, a red cone and a grey ring", "a small red sphere"]
+  rows = demo_mv.heldout_captions("DATA", 3, roles)
+  assert [(r["role"], r["caption"]) for r in rows] == [
+      ("val", "a red sphere"), ("val", "a red sphere beside a green cone"),
+      ("val", "a small red sphere"),
+      ("test", "a large blue box"), ("test", "a blue box, a red cone and a grey ring"),
+      ("test", "a small blue box")]
   assert [(r["split"], r["position"], r["object_id"]) for r in rows][:3] == [
-      ("val", 0, "a"), ("val", 2, "c"), ("test", 0, "e")]
-  with pytest.raises(records.DataError, match="only 5 distinct held-out captions"):
-    demo_mv.heldout_captions("DATA", 6, split)
+      ("val", 0, "a"), ("val", 2, "c"), ("test", 2, "g")]
+  with pytest.raises(records.DataError, match="only 3 distinct held-out val captions"):
+    demo_mv.heldout_captions("DATA", 4, roles)
 
 
 @pytest.fixture(scope="module")

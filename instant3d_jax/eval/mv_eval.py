@@ -2,7 +2,8 @@
 issue "Stage-1 training", "The shapes world"):
 
 * `heldout_captions`: distinct captions of held-out objects (unseen colour–shape combinations of
-  the caption-level split, data_pipeline/captions.py) from the val and test splits;
+  the caption-level split, data_pipeline/captions.py) from the val and test splits, with their
+  role (val: tuning may look; test: scored through the test ledger, eval/ledger.py);
 * `real_grids`: those objects' real rig renders as 2×2 grids (the classifier's and the
   reconstructor's reference);
 * `view_consistency`: the reconstructor's re-render PSNR of a grid's four views at the rig
@@ -16,31 +17,41 @@ import functools
 from instant3d_jax import errors
 
 
-def heldout_captions(data_dir: str, num: int, heldout) -> list[dict]:
-  """`num` distinct captions of held-out objects of the val and test splits, alternating
-  single-object and multi-object ones while both last (data set order: deterministic). Each
-  {"caption", "split", "position", "object_id"}."""
+def heldout_captions(data_dir: str, num_per_role: int, roles: dict) -> list[dict]:
+  """`num_per_role` distinct captions of held-out objects of the val and test splits for each
+  caption role (data_pipeline/captions.py `heldout_roles` → `roles`; `caption_role`: 'mixed'
+  captions, naming a val and a test combination, are left out), alternating single-object and
+  multi-object ones while both last (data set order: deterministic). Val rows first, then test.
+  Each {"caption", "role", "split", "position", "object_id"}."""
   from data_pipeline import captions as captions_lib
   from data_pipeline import mv_grids, records
   splits = records.read_metadata(data_dir)["splits"]
-  single, multi, seen = [], [], set()
+  pools = {r: ([], []) for r in captions_lib.ROLES}
+  seen = set()
   for split in ("val", "test"):
     if split not in splits:
       continue
     for pos, (_, oid, cap) in enumerate(mv_grids.object_table(data_dir, split)):
-      if cap in seen or not heldout.is_heldout(cap):
+      if cap in seen:
+        continue
+      role = captions_lib.caption_role(cap, roles)
+      if role not in pools:
         continue
       seen.add(cap)
-      row = {"caption": cap, "split": split, "position": pos, "object_id": oid}
+      row = {"caption": cap, "role": role, "split": split, "position": pos, "object_id": oid}
+      single, multi = pools[role]
       (single if len(captions_lib.parse_caption(cap)) == 1 else multi).append(row)
   out = []
-  while len(out) < num and (single or multi):
-    for pool in (single, multi):
-      if pool and len(out) < num:
-        out.append(pool.pop(0))
-  if len(out) < num:
-    raise errors.DataError(f"{data_dir}: only {len(out)} distinct held-out captions in val + "
-                           f"test, expected --num_captions {num}")
+  for role, (single, multi) in pools.items():
+    got = []
+    while len(got) < num_per_role and (single or multi):
+      for pool in (single, multi):
+        if pool and len(got) < num_per_role:
+          got.append(pool.pop(0))
+    if len(got) < num_per_role:
+      raise errors.DataError(f"{data_dir}: only {len(got)} distinct held-out {role} captions in "
+                             f"val + test, expected --num_captions {num_per_role} per role")
+    out += got
   return out
 
 
@@ -122,16 +133,37 @@ def captioned_rows_image(grids, captions, per_caption: int, scale: int = 2, ncol
                                        label_height=14)
 
 
+def object_frames(m, params, planes, frames: int = 8, resolution: int = 64):
+  """`frames` turntable renders `[T, r, r, 3]` (rig elevation and distance) of one reconstructed
+  object. `m`, `params`: the reconstructor's model config and weights; `planes`: its triplane."""
+  import numpy as np
+  from instant3d_jax import reconstruction
+  from instant3d_jax.export import video as video_lib
+  return np.asarray(reconstruction.render_frames(m, params, planes,
+                                                 video_lib.turntable_cameras(frames, resolution)))
+
+
 def object_colours(m, params, planes, frames: int = 8, resolution: int = 64):
   """The palette colour (eval/colour.py) most of `frames` turntable renders of one reconstructed
   object show (None: no classified pixel in any), and the per-frame dominant colours. `m`,
   `params`: the reconstructor's model config and weights; `planes`: the object's triplane."""
   from collections import Counter
-  from instant3d_jax import reconstruction
   from instant3d_jax.eval import colour
-  from instant3d_jax.export import video as video_lib
-  imgs = reconstruction.render_frames(m, params, planes,
-                                      video_lib.turntable_cameras(frames, resolution))
+  imgs = object_frames(m, params, planes, frames, resolution)
   per = [colour.dominant_colour(f) for f in imgs]
   named = [c for c in per if c]
   return (Counter(named).most_common(1)[0][0] if named else None), per
+
+
+def views_scores(views, caption: str, clf=None) -> dict:
+  """The stage-1 rules on any views `[V, H, W, 3]` of one captioned object (a grid's four, or
+  turntable frames of its reconstruction): {"colour": eval/colour.py `colours_verdict` (the
+  single- or multi-object rule), "shape": eval/shape.py `views_shape_verdict` for a
+  single-object caption with a classifier `clf`, else None}."""
+  from data_pipeline import captions as captions_lib
+  from instant3d_jax.eval import colour, shape
+  items = captions_lib.parse_caption(caption)
+  out = {"colour": colour.colours_verdict(views, [it.colour for it in items]), "shape": None}
+  if clf is not None and len(items) == 1:
+    out["shape"] = shape.views_shape_verdict(clf, views, items[0].shape)
+  return out
