@@ -1,7 +1,7 @@
 """Text to 3D on the shapes world (`make demo-text3d`): the stage-1 `tiny` model and the `make demo`
 reconstructor joined by the pipeline, on held-out captions, with the page looked at.
 
-  python -m instant3d_jax.demo_text3d [--out outputs/text3d] [--num_captions 20]
+  python -m instant3d_jax.demo_text3d [--out outputs/text3d] [--num_captions 10]
       [--mv_workdir outputs/mv_demo] [--lrm_workdir outputs/demo]
       [--config configs/instant3d.py:tiny] [--mv_config configs/mv_sdxl.py:tiny]
 
@@ -9,13 +9,17 @@ reconstructor joined by the pipeline, on held-out captions, with the page looked
    (instant3d_jax/demo.py, configs/lrm.py:tiny). Stage 1: the `make demo-mv` model
    (MV_WORKDIR/train), trained first when absent (instant3d_jax/demo_mv.py,
    configs/mv_sdxl.py:tiny). Both share the procedural data set in LRM_WORKDIR/data.
-2. The held-out captions of `mv_eval.heldout_captions` (unseen colour–shape combinations) through
-   `pipeline.TextTo3D` (configs/instant3d.py:tiny) into OUT (the `text_to_3d` layout: per object
-   grid, views, triplane, renders, turntable, mesh; OUT/index.html, OUT/run.json).
-3. Scores, in OUT/report.{json,md}:
-   * colour of the 3D object: 8 turntable renders of each reconstruction (not the grid) are
-     classified against the world's palette (instant3d_jax/eval/colour.py); a single-object
-     caption is right when the colour most views show is the caption's;
+2. The held-out captions of `mv_eval.heldout_captions` (unseen colour–shape combinations),
+   `--num_captions` for each caption role (val, test: data_pipeline/captions.py `heldout_roles`),
+   through `pipeline.TextTo3D` (configs/instant3d.py:tiny) into OUT (the `text_to_3d` layout: per
+   object grid, views, triplane, renders, turntable, mesh; OUT/index.html, OUT/run.json).
+3. Scores per role, in OUT/report.{json,md} (test captions through the test ledger,
+   instant3d_jax/eval/ledger.py):
+   * the stage-1 rules on 8 turntable renders of each reconstruction (not the grid):
+     single-object colour, multi-object colour (unnamed colours penalised;
+     instant3d_jax/eval/colour.py) and shape (the `make demo-mv` shape classifier,
+     MV_WORKDIR/shape_classifier.npz, trained first when absent; instant3d_jax/eval/shape.py),
+     each with its n and Wilson 95% interval;
    * the reconstructor's re-render PSNR of its own four input views (the generated ones);
    * the paper's CLIP-similarity protocol (`eval_text3d`) run on the objects with a tiny random
      CLIP (no pretrained CLIP here): it exercises the plumbing, its numbers mean nothing.
@@ -31,7 +35,8 @@ from instant3d_jax import cli, configs
 from instant3d_jax.demos import text3d as text3d_demo
 
 _OUT = flags.DEFINE_string("out", "outputs/text3d", "where the objects, page and report go")
-_NUM = flags.DEFINE_integer("num_captions", 20, "held-out captions to turn into objects")
+_NUM = flags.DEFINE_integer("num_captions", 10, "held-out captions per caption role (val, "
+                           "test) to turn into objects")
 _MV = flags.DEFINE_string("mv_workdir", "outputs/mv_demo", "the `make demo-mv` workdir")
 _LRM = flags.DEFINE_string("lrm_workdir", "outputs/demo", "the `make demo` workdir")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")

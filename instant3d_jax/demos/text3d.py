@@ -41,7 +41,8 @@ def ensure_stage1(mv_workdir: str, data_dir: str, run_dir: str) -> str:
 def run(out: str, *, config, mv_config, num_captions: int, mv_workdir: str, lrm_workdir: str,
         seed: int = 0) -> dict:
   """The whole job: both demo models (each trained first when absent), `num_captions` held-out
-  captions → objects in `out` (the `text_to_3d` layout), their scores, the toy CLIP protocol, the
+  captions per caption role (val, test) → objects in `out` (the `text_to_3d` layout), their
+  scores per role (the test role through the test ledger), the toy CLIP protocol, the
   page's screenshot and out/report.{json,md} (the command's docstring lists them). Prints the
   report; returns it. `config`: the pipeline's (configs/instant3d.py:tiny; its weights are the
   two demo runs'); `mv_config`: the stage-1 run's (configs/mv_sdxl.py:tiny: its held-out
@@ -49,7 +50,7 @@ def run(out: str, *, config, mv_config, num_captions: int, mv_workdir: str, lrm_
   import jax
   import numpy as np
   from data_pipeline import captions as captions_lib
-  from instant3d_jax.eval import mv_eval
+  from instant3d_jax.eval import ledger, mv_eval, results, shape, stats
   from instant3d_jax import pipeline as pipeline_lib
   from instant3d_jax.eval import clip_score, text3d
   from instant3d_jax.export import images as images_lib
@@ -58,10 +59,11 @@ def run(out: str, *, config, mv_config, num_captions: int, mv_workdir: str, lrm_
   run_dir = ensure_stage2(lrm_workdir)
   train_dir = ensure_stage1(mv_workdir, data_dir, run_dir)
   g = mv_config.grid
-  split = captions_lib.caption_split("heldout", seed=int(g.heldout_seed),
-                                     num_heldout=int(g.num_heldout))
-  rows = mv_eval.heldout_captions(data_dir, num_captions, split)
+  roles = captions_lib.heldout_roles(int(g.heldout_seed), int(g.num_heldout))
+  rows = mv_eval.heldout_captions(data_dir, num_captions, roles)
   caps = [r["caption"] for r in rows]
+  clf = shape.ensure_classifier(os.path.join(mv_workdir, "shape_classifier.npz"), data_dir,
+                                resolution=int(g.view_resolution), seed=int(mv_config.seed))
   cfg = config
   pipe = pipeline_lib.TextTo3D.load(cfg, stage1=train_dir, stage2=run_dir)
   t = time.perf_counter()
@@ -69,24 +71,47 @@ def run(out: str, *, config, mv_config, num_captions: int, mv_workdir: str, lrm_
   gen_s = time.perf_counter() - t
   run_info = json.load(open(os.path.join(out, "run.json")))
 
-  items, single_ok, grids = [], [], []
+  items, grids = [], []
+  role_of = {r["caption"]: r["role"] for r in rows}
   for e in run_info["prompts"]:
     d = os.path.join(out, e["dir"])
-    planes = np.load(os.path.join(d, "triplane.npz"))["planes"]
     grids.append(np.load(os.path.join(d, "grid.npy")) if os.path.exists(os.path.join(d, "grid.npy"))
                  else np.asarray(read_png(os.path.join(d, "grid.png")), np.float32) / 255.0)
-    named = captions_lib.caption_colours(e["prompt"])
-    main_colour, per = mv_eval.object_colours(pipe.stage2_model, pipe.stage2_params, planes)
-    ok = None
-    if len(named) == 1:
-      ok = main_colour == named[0]
-      single_ok.append(ok)
-    items.append({"prompt": e["prompt"], "dir": e["dir"], "object_colour": main_colour,
-                  "frame_colours": per, "caption_colours": named, "ok": ok})
-  psnr = mv_eval.view_consistency(run_dir, np.stack(grids), background_threshold=float(
-      cfg.stage2.background_threshold))
-  for it, p in zip(items, psnr):
-    it["rerender_psnr"] = round(float(p), 3)
+    items.append({"prompt": e["prompt"], "role": role_of[e["prompt"]], "dir": e["dir"],
+                  "caption_colours": captions_lib.caption_colours(e["prompt"])})
+
+  def score_role(role):
+    # The stage-1 rules (eval/colour.py, eval/shape.py) on 8 turntable renders of each
+    # reconstruction (not the grid), and the re-render PSNR of its own input views.
+    idx = [i for i, it in enumerate(items) if it["role"] == role]
+    psnr = mv_eval.view_consistency(run_dir, np.stack([grids[i] for i in idx]),
+                                    background_threshold=float(cfg.stage2.background_threshold))
+    objs, tally = [], {"single_colour": [], "multi_colour": [], "shape": []}
+    for i, p in zip(idx, psnr):
+      planes = np.load(os.path.join(out, items[i]["dir"], "triplane.npz"))["planes"]
+      frames = mv_eval.object_frames(pipe.stage2_model, pipe.stage2_params, planes)
+      sc = mv_eval.views_scores(frames, items[i]["prompt"], clf)
+      single = len(items[i]["caption_colours"]) == 1
+      tally["single_colour" if single else "multi_colour"].append(sc["colour"]["ok"])
+      if sc["shape"] is not None:
+        tally["shape"].append(sc["shape"]["ok"])
+      objs.append({**items[i], "frame_colours": sc["colour"]["dominant"],
+                   "unnamed_share": sc["colour"]["unnamed_share"],
+                   "colour_ok": sc["colour"]["ok"],
+                   "frame_shapes": sc["shape"] and sc["shape"]["predicted"],
+                   "shape_ok": sc["shape"] and sc["shape"]["ok"],
+                   "rerender_psnr": round(float(p), 3)})
+    return json.loads(json.dumps({
+        "scores": {k: stats.proportion(sum(v), len(v)) for k, v in tally.items()},
+        "rerender_psnr": float(np.mean(psnr)), "objects": objs}, default=float))
+
+  by_role = {"val": score_role("val")}
+  param_hash = results.param_sha256({"stage1": pipe.stage1.params, "stage2": pipe.stage2_params})
+  dataset = f"{ledger.dataset_id(data_dir, 'test')}:captions-test:text3d"
+  by_role["test"], entry = ledger.score_on_test(
+      label="demo_text3d (stage-1 tiny EMA + make-demo reconstructor)", dataset=dataset,
+      config_hash=results.config_sha256(cfg), param_hash=param_hash,
+      score=lambda: score_role("test"))
 
   # The CLIP-similarity protocol on these objects with a tiny random CLIP: plumbing only.
   toy = os.path.join(out, "toy_clip")
@@ -98,29 +123,41 @@ def run(out: str, *, config, mv_config, num_captions: int, mv_workdir: str, lrm_
                       os.path.join(out, "clip_similarity_toy.md"))
   shot = images_lib.screenshot_page(os.path.join(out, "index.html"), os.path.join(out, "index.png"))
 
-  acc = float(np.mean(single_ok)) if single_ok else float("nan")
-  report = {"stage1": train_dir, "stage2": run_dir, "num_captions": len(caps),
-            "single_object_colour_accuracy": acc, "single_count": len(single_ok),
-            "rerender_psnr": float(np.mean(psnr)), "generate_s": round(gen_s, 1),
+  report = {"stage1": train_dir, "stage2": run_dir, "num_captions_per_role": num_captions,
+            "roles": by_role, "test_ledger": {"dataset": dataset, "repeat": entry["repeat"],
+                                              "configs_scored": entry["configs_scored"]},
+            "generate_s": round(gen_s, 1),
             "timings": run_info["timings"], "prompts_per_s": run_info["prompts_per_s"],
-            "clip_toy_mean": clip["mean"], "screenshot": shot, "objects": items,
+            "clip_toy_mean": clip["mean"], "screenshot": shot,
             "total_s": round(time.perf_counter() - t0, 1), "device": str(jax.devices()[0])}
   with open(os.path.join(out, "report.json"), "w") as f:
     json.dump(report, f, indent=2, default=float)
-  lines = [f"# Text to 3D on the shapes world ({len(caps)} held-out captions)", "",
-           f"- single-object captions whose reconstructed object (8 turntable renders) has the "
-           f"caption's colour: **{100 * acc:.1f}%** ({sum(single_ok)}/{len(single_ok)})",
-           f"- reconstructor re-render PSNR of its own (generated) input views: "
-           f"**{np.mean(psnr):.2f} dB**",
-           f"- generation: {gen_s:.1f} s for {len(caps)} objects "
-           f"({run_info['prompts_per_s']} prompts/s, compile included; stage split "
-           f"{json.dumps(run_info['timings'])})",
-           "- CLIP similarity with a tiny random CLIP (plumbing only, not a score): "
-           f"{json.dumps(clip['mean'])}", "",
-           "| # | caption | object colour | re-render PSNR |", "|---|---|---|---|"]
-  for i, it in enumerate(items):
-    mark = "" if it["ok"] is None else (" ✓" if it["ok"] else " ✗")
-    lines.append(f"| {i} | {it['prompt']} | {it['object_colour']}{mark} | "
+  cols = (("single_colour", "single-object colour"), ("multi_colour", "multi-object colour"),
+          ("shape", "shape (single-object)"))
+  lines = [f"# Text to 3D on the shapes world ({num_captions} held-out captions per role)", "",
+           "The stage-1 rules (instant3d_jax/eval/colour.py, eval/shape.py) on 8 turntable "
+           "renders of each reconstructed object (not the grid): share right [Wilson 95%] (n "
+           "objects). Test captions scored through the test ledger"
+           + (" (recorded result: not scored again)" if entry["repeat"] else "")
+           + f", {entry['configs_scored']} config(s) scored on {dataset}.", "",
+           "| role | " + " | ".join(t for _, t in cols) + " | re-render PSNR (dB) |",
+           "|---|---|---|---|---|"]
+  for role, r in by_role.items():
+    lines.append(f"| {role} | " + " | ".join(stats.format_proportion(r["scores"][k])
+                                             for k, _ in cols)
+                 + f" | {r['rerender_psnr']:.2f} |")
+  lines += ["", f"- generation: {gen_s:.1f} s for {len(caps)} objects "
+            f"({run_info['prompts_per_s']} prompts/s, compile included; stage split "
+            f"{json.dumps(run_info['timings'])})",
+            "- CLIP similarity with a tiny random CLIP (plumbing only, not a score): "
+            f"{json.dumps(clip['mean'])}", "",
+            "| # | role | caption | frame colours | colour | shape | re-render PSNR |",
+            "|---|---|---|---|---|---|---|"]
+  mark = lambda ok: "—" if ok is None else ("✓" if ok else "✗")  # noqa: E731
+  for i, it in enumerate(o for r in by_role.values() for o in r["objects"]):
+    lines.append(f"| {i} | {it['role']} | {it['prompt']} | "
+                 f"{'/'.join(map(str, it['frame_colours']))} | {mark(it['colour_ok'])} | "
+                 f"{mark(it['shape_ok'])} | "
                  f"{it['rerender_psnr']:.2f} |")
   md = "\n".join(lines) + "\n"
   with open(os.path.join(out, "report.md"), "w") as f:
