@@ -106,8 +106,11 @@ def markdown(report: dict) -> str:
   head = ["", *[f"{r}: {COLUMN_TITLES[c]}" for r in roles for c in COLUMNS]]
   lines = [f"# Stage 1 `tiny` on the shapes world: held-out captions (step {report['step']})", "",
            f"Per role {report['num_captions']} held-out captions × {report['per_caption']} grids "
-           f"({report['sampler']}). Cells: share right [Wilson 95% interval] (n grids); chance "
-           "is exact. Val captions name only val combinations, test captions only test ones "
+           f"({report['sampler']}). Cells: share right [Wilson 95% interval] (n grids; the "
+           "grids of one caption are not independent, so the intervals are on the narrow "
+           "side). Chance is exact: a grid in one uniformly random palette colour (1/10), in m "
+           "distinct random palette colours (1/C(10, m), averaged over the captions), a random "
+           "shape (1/5). Val captions name only val combinations, test captions only test ones "
            "(scored through the test ledger; mixed captions left out).", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in ROWS:
