@@ -389,8 +389,11 @@ def _training_sections(cfg, variant):
   # model is trained on the Instant3D rig (az 0/90/180/270), so every eval camera is rotated
   # about z by `rotate_deg` = −45° (cameras are relative to the object: the same as turning the
   # object by +45°), which puts the inputs exactly on the training rig.
+  # Splits have roles: `val` is what periodic evaluation, tuning and model selection read; the
+  # `test` split is scored only on request (`eval_lrm --split test`, `make demo`), through the test
+  # ledger (instant3d_jax/eval/ledger.py), which counts every configuration scored on it.
   cfg.eval = ml_collections.ConfigDict(dict(
-      split="test", num_objects=150, periodic_num_objects=16, rotate_deg=-45.0, batch_size=8,
+      split="val", num_objects=150, periodic_num_objects=16, rotate_deg=-45.0, batch_size=8,
       num_targets=10, seed=0, lpips=True, chunk=4096))
 
   # Peak TFLOP/s per device kind, for MFU (configs/hardware.py, shared).

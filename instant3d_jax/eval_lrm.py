@@ -1,7 +1,7 @@
 """Held-out evaluation of a trained reconstructor (protocol: instant3d_jax/eval/protocol.py).
 
     python -m instant3d_jax.eval_lrm --workdir outputs/lrm_tiny [--config configs/lrm.py:tiny]
-        [--checkpoint PATH] [--num_objects N] [--out DIR]
+        [--checkpoint PATH] [--num_objects N] [--out DIR] [--split val|test]
 
 Reads the checkpoint (`--checkpoint`, default the workdir's latest step; also a step directory
 or an exported .safetensors), evaluates PSNR / SSIM / LPIPS on `eval.num_objects` held-out
@@ -10,7 +10,9 @@ absent, or an existing records data set such as imported renders, whose `eval.sp
 the GSO-style rig views) and writes `eval.json` (summary + per-object values) and `eval.md` (the
 table) into `--out` (default `WORKDIR/eval/step_<N>`). Without `--config` the config saved with
 the checkpoint is used; with it, its `eval`/`data` sections and `data_dir` override (the model
-must match the checkpoint). The work is `instant3d_jax/eval/lrm_eval.py:evaluate_checkpoint`.
+must match the checkpoint). `--split test` is scored through the test ledger (a parameter hash
+already scored there gets its recorded result back; the table says how many configurations have
+been scored on that test set). The work is `instant3d_jax/eval/lrm_eval.py:evaluate_checkpoint`.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ def _define_flags():
   flags.DEFINE_string("checkpoint", None, "workdir / step dir / .safetensors (default: --workdir)")
   flags.DEFINE_integer("num_objects", None, "held-out objects (default: config eval.num_objects)")
   flags.DEFINE_string("out", None, "output directory (default WORKDIR/eval/step_<N>)")
+  flags.DEFINE_enum("split", None, ["val", "test"], "split to score (default: config "
+                    "eval.split, 'val'); 'test' is counted in the test ledger "
+                    "(bench/results/test_ledger.jsonl) and a repeat returns the recorded result")
 
 
 def main(argv):
@@ -48,7 +53,7 @@ def main(argv):
       from data_pipeline import datasets
       datasets.check_eval(datasets.prepare(FLAGS.config, progress=False), FLAGS.config)
   lrm_eval.evaluate_checkpoint(ckpt, config=FLAGS.config, num_objects=FLAGS.num_objects,
-                               out=FLAGS.out)
+                               out=FLAGS.out, split=FLAGS.split)
 
 
 if __name__ == "__main__":

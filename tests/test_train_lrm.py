@@ -138,10 +138,25 @@ def test_export_and_load_for_inference(trained):
 
 
 def test_eval_lrm_writes_tables(trained):
-  from instant3d_jax.eval import lrm_eval
+  from instant3d_jax.eval import ledger, lrm_eval, results as results_lib
   cfg, base, res = trained
-  results, md = lrm_eval.evaluate_checkpoint(base / "run", log=lambda *_: None)
+  before = ledger.read()
+  results, md = lrm_eval.evaluate_checkpoint(base / "run", split="test", log=lambda *_: None)
   assert md == base / "run" / "eval" / "step_3" / "eval.md"
+  # The test split went through the test ledger (conftest: a temporary file): one new line with
+  # the parameter and config hashes; scoring the same parameters again returns that line's result
+  # without scoring (the `score` callable is never reached: no second line).
+  params_hash = results_lib.param_sha256(jax.device_get(res.state.params))
+  new = ledger.read()[len(before):]
+  assert len(new) == 1 and new[0]["param_sha256"] == params_hash == results["param_sha256"]
+  assert new[0]["dataset"].split(":")[1] == "test" and new[0]["result"]["summary"] == \
+      results["summary"]
+  assert results["test_ledger"]["repeat"] is False and results["test_ledger"]["configs_scored"] >= 1
+  again, md2 = lrm_eval.evaluate_checkpoint(base / "run", split="test", log=lambda *_: None,
+                                            out=base / "again")
+  assert again["test_ledger"]["repeat"] is True and len(ledger.read()) == len(before) + 1
+  assert again["summary"] == results["summary"] and "scored before" in md2.read_text()
+  assert "configuration(s) scored on it" in md.read_text()
   data = json.loads(md.with_suffix(".json").read_text())
   assert data["num_objects"] == 2 and data["rotate_deg"] == -45.0 and data["resolution"] == 16
   assert len(data["per_object"]["psnr"]) == 2
@@ -405,7 +420,7 @@ def test_missing_eval_views_are_one_line_errors(trained, tmp_path):
   cfg = tiny_config(out)
   info = datasets.open_dataset(str(out))
   datasets.check_train(info, cfg)   # fine for training
-  with pytest.raises(errors.Instant3DError, match=r"eval\.split='test'.*'eval'"):
+  with pytest.raises(errors.Instant3DError, match=r"eval\.split='val'.*'eval'"):
     lrm_eval.evaluate_checkpoint(base / "run", config=cfg, log=lambda *_: None)
   proc = subprocess.run(
       [sys.executable, "-m", "instant3d_jax.eval_lrm", "--workdir", str(base / "run"),
@@ -414,7 +429,7 @@ def test_missing_eval_views_are_one_line_errors(trained, tmp_path):
       env=dict(os.environ, PYTHONPATH=str(ROOT)))
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
-  assert lines[-1].startswith("error: ") and "eval.split='test'" in lines[-1]
+  assert lines[-1].startswith("error: ") and "eval.split='val'" in lines[-1]
   assert "Traceback" not in proc.stderr
 
 

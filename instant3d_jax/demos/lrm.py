@@ -25,7 +25,7 @@ def data_step(cfg, workdir: str) -> str:
         f"{time.perf_counter() - t0:.1f} s; {sum(info.splits.values())} objects at "
         f"{info.resolution}²: {counts})")
   sheet = os.path.join(workdir, "contact_sheet.png")
-  split = "test" if info.splits.get("test") else "train"
+  split = "val" if info.splits.get("val") else "train"
   rec = object_contact_sheet(data_dir, sheet, split=split)
   print(f"contact sheet of {rec['object_id']} (\"{rec['caption']}\"): {sheet}")
   return data_dir
@@ -54,11 +54,11 @@ def train_step(cfg, run_dir: str, retrain: bool) -> dict:
 
 
 def turntable_step(cfg, data_dir: str, run_dir: str, out_dir: str) -> dict:
-  """Step 4: reconstruct the first held-out object from its 4 Instant3D-rig views."""
+  """Step 4: reconstruct the first val object from its 4 Instant3D-rig views."""
   from data_pipeline import records
   from instant3d_jax import reconstruction
   from instant3d_jax.export.images import save_png
-  rec = records.RecordSource(data_dir, "test")[0]
+  rec = records.RecordSource(data_dir, "val")[0]
   rgba = records.group_rgba(rec, "rig")
   views_dir = os.path.join(out_dir, "input_views")
   paths = []
@@ -73,35 +73,88 @@ def turntable_step(cfg, data_dir: str, run_dir: str, out_dir: str) -> dict:
   return written
 
 
-def run(cfg, workdir: str, *, retrain: bool = False, data_only: bool = False) -> None:
+def _split_rows(summary: dict) -> tuple[dict, dict]:
+  """An evaluation summary → (model metrics, {baseline label: metrics})."""
+  from instant3d_jax.eval import protocol
+  model = {k: summary[k] for k in protocol.METRICS if k in summary}
+  base = {label: {k: summary[prefix + k] for k in protocol.METRICS if prefix + k in summary}
+          for prefix, label in protocol.BASELINES.items()}
+  return model, {k: v for k, v in base.items() if v}
+
+
+def run(cfg, workdir: str, *, retrain: bool = False, data_only: bool = False,
+        score_test: bool = True) -> dict | None:
   """The whole job into `workdir` with the reconstructor config `cfg` (configs/lrm.py; its
   `data_dir` is set to WORKDIR/data): data and contact sheet, then (unless `data_only`)
-  training (a finished run is reused unless `retrain`), evaluation and the turntable; prints
-  where everything is."""
+  training (a finished run is reused unless `retrain`), evaluation on `val` and (unless
+  `score_test` is False: a tuning run) on `test` through the test ledger, the turntable of a val
+  object, and WORKDIR/results.json (instant3d_jax/eval/results.py); prints where everything is
+  and returns the results dict."""
   from instant3d_jax.base import multihost
+  from instant3d_jax.eval import results as results_lib
+  rec = results_lib.Run.start("demo")
   cfg.data_dir = os.path.join(workdir, "data")
   launch.check_train_inputs(cfg, workdir)  # before the data set is generated
   multihost.cpu_devices_per_core(cfg)
+  wall = {}
+  t = time.perf_counter()
   data_dir = data_step(cfg, workdir)
+  wall["data"] = time.perf_counter() - t
   if data_only:
-    return
+    return None
   run_dir = os.path.join(workdir, "lrm")
+  t = time.perf_counter()
   summary = train_step(cfg, run_dir, retrain)
+  wall["train_step"] = time.perf_counter() - t
+  wall["train"] = summary["wall_s"]
 
   from instant3d_jax.eval import lrm_eval
-  results, md_path = lrm_eval.evaluate_checkpoint(run_dir, config=cfg, log=lambda *_: None)
+  from instant3d_jax.convert import checkpoints
+  step = summary["step"]
+  evals = {}
+  for split in ("val", "test") if score_test else ("val",):
+    t = time.perf_counter()
+    evals[split] = lrm_eval.evaluate_checkpoint(
+        run_dir, config=cfg, split=split, log=lambda *_: None,
+        out=os.path.join(run_dir, "eval", f"{split}_step_{step}"))
+    wall[f"eval_{split}"] = time.perf_counter() - t
+  t = time.perf_counter()
   written = turntable_step(cfg, data_dir, run_dir, os.path.join(workdir, "reconstruct"))
+  wall["turntable"] = time.perf_counter() - t
 
-  s = results["summary"]
+  run_cfg, params, _ = checkpoints.load(run_dir)
+  metrics, baselines, ev = {}, {}, {}
+  for split, (r, md_path) in evals.items():
+    metrics[split], baselines[split] = _split_rows(r["summary"])
+    ev[split] = {k: r[k] for k in ("num_objects", "num_views_per_object", "resolution",
+                                   "rotate_deg", "seed") if k in r}
+    ev[split]["table"] = str(md_path)
+    if "test_ledger" in r:
+      ev[split]["test_ledger"] = r["test_ledger"]
+  out_path = os.path.join(workdir, "results.json")
+  res = rec.write(out_path, configs={"lrm": run_cfg}, params={"lrm": params}, metrics=metrics,
+                  baselines=baselines, wall_s=wall,
+                  extra={"train": summary, "eval": ev, "turntable_object": written["object"],
+                         "scored_config_sha256": lrm_eval.scored_config_sha256(run_cfg)})
+
   print()
-  print(md_path.read_text())
+  print(evals["val"][1].read_text())
   print(f"training: {summary['step']} steps in {summary['wall_s']:.0f} s (compile "
         f"{summary['compile_s']:.0f} s, stop: {summary['stop_reason']}"
         + (f", budget {summary['time_budget_s']:.0f} s" if summary.get("time_budget_s") else "")
         + ")")
-  print(f"held-out: PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f}"
-        + (f", LPIPS {s['lpips']:.4f}" if "lpips" in s else "")
-        + f" on {results['num_objects']} objects × {results['num_views_per_object']} views")
-  print(f"metrics table: {md_path}")
+  for split, (r, _) in evals.items():
+    s = r["summary"]
+    t = r.get("test_ledger")
+    print(f"{split}: PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f}"
+          + (f", LPIPS {s['lpips']:.4f}" if "lpips" in s else "")
+          + f", colour error {s.get('colour_error', float('nan')):.1f}"
+          + f" on {r['num_objects']} objects × {r['num_views_per_object']} views"
+          + (f" ({t['configs_scored']} configuration(s) scored on this test set"
+             + (", recorded result of an earlier scoring" if t["repeat"] else "") + ")"
+             if t else ""))
+  print(f"parameter hash {res['param_sha256']['lrm']}")
+  print(f"results: {out_path}")
   print(f"turntable ({written['object']}): {written.get('turntable_gif', written)}")
   print(f"training logs: {run_dir} (metrics.jsonl, tb/, images/, loss_curve.png)")
+  return res

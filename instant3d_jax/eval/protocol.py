@@ -258,6 +258,15 @@ def markdown_table(results: dict, *, title: str = "Held-out evaluation", extra: 
   if skipped:
     notes.append("Views without foreground pixels, left out of that metric's averages: "
                  + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) + ".")
+  t = results.get("test_ledger")
+  if t:
+    notes.append(f"Test set {t['dataset']}: {t['configs_scored']} configuration(s) scored on it "
+                 f"so far (test ledger {t['ledger']}"
+                 + ("; this parameter hash was scored before, at " + str(t["time_utc"])
+                    + ", and its recorded result is shown" if t.get("repeat") else "") + ").")
+  if results.get("param_sha256"):
+    notes.append(f"Parameter hash {results['param_sha256']}; config hash "
+                 f"{results.get('config_sha256', '?')}.")
   return "\n".join(rows + notes) + "\n"
 
 
