@@ -158,3 +158,59 @@ def run(cfg, workdir: str, *, retrain: bool = False, data_only: bool = False,
   print(f"turntable ({written['object']}): {written.get('turntable_gif', written)}")
   print(f"training logs: {run_dir} (metrics.jsonl, tb/, images/, loss_curve.png)")
   return res
+
+
+def results_table(res: dict, *, source: str = "results.json", rerun: dict | None = None,
+                  rerun_source: str = "") -> str:
+  """The README's `make demo` section, from a results file (`run`'s) and optionally a second run's
+  (the bit-identity line compares their parameter hashes). Every figure is read off the files."""
+  from instant3d_jax.eval import protocol
+  m, b, ev = res["metrics"], res["baselines"], res["extra"]["eval"]
+  tr = res["extra"]["train"]
+  mach = res["machine"]
+  la = lambda x: " / ".join(f"{v:.2f}" for v in x)  # noqa: E731
+  dirty = " (uncommitted changes)" if res.get("dirty") else ""
+  lines = [
+      f"From `{source}`, written by `{res['command']}` at commit `{res['commit'][:12]}`{dirty}, "
+      f"{res['started_utc']} to {res['finished_utc']}, on {mach.get('cpu', '?')} "
+      f"({mach.get('cores', '?')} cores, {mach.get('memory_gib', '?')} GiB; "
+      f"{mach.get('devices', '?')}); load average (1 / 5 / 15 min) before {la(res['load']['before'])}, "
+      f"after {la(res['load']['after'])}. Training: {tr['step']} steps ({tr['stop_reason']}) in "
+      f"{tr['wall_s']:.0f} s ({tr['wall_s'] / max(tr['step'], 1):.2f} s/step with the hooks, "
+      f"compile {tr['compile_s']:.0f} s); data {res['wall_s'].get('data', 0):.0f} s, "
+      + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in res["wall_s"].items()
+                  if k.startswith("eval_") or k == "turntable") + ".", ""]
+  cols = [("psnr", "PSNR (dB) ↑", 2), ("ssim", "SSIM ↑", 4), ("lpips", "LPIPS ↓", 4),
+          ("foreground_psnr", "foreground PSNR (dB) ↑", 2),
+          ("colour_error", "colour error (0–255) ↓", 1)]
+  lines += ["| | " + " | ".join(c[1] for c in cols) + " |",
+            "|---|" + "---:|" * len(cols)]
+  fmt = lambda d, k, p: "–" if d.get(k) is None else f"{d[k]:.{p}f}"  # noqa: E731
+  splits = [s for s in ("val", "test") if s in m]
+  for s in splits:
+    e = ev[s]
+    lines.append(f"| `tiny`, **{s}** ({e['num_objects']} objects × {e['num_views_per_object']} "
+                 f"views) | " + " | ".join(
+                     ("**" + fmt(m[s], k, p) + "**") for k, _, p in cols) + " |")
+  for label in protocol.BASELINES.values():
+    for s in splits:
+      if label in b.get(s, {}):
+        lines.append(f"| *{label}, {s}* | " + " | ".join(fmt(b[s][label], k, p)
+                                                         for k, _, p in cols) + " |")
+  lines.append("")
+  t = ev.get("test", {}).get("test_ledger")
+  if t:
+    lines.append(f"Test figures: {t['configs_scored']} configuration(s) of the reconstructor "
+                 f"scored on this test set so far (`bench/results/test_ledger.jsonl`, data set "
+                 f"`{t['dataset']}`)" + ("; the recorded result of an earlier scoring of these "
+                                         "parameters" if t.get("repeat") else "") + ".")
+  h = res["param_sha256"]["lrm"]
+  lines.append(f"Parameter hash `{h}`, config hash `{res['extra']['scored_config_sha256']}`.")
+  if rerun is not None:
+    h2 = rerun["param_sha256"]["lrm"]
+    same = "equal: bit-identical parameters" if h2 == h else "DIFFERENT parameters"
+    lines.append(f"A second run (`{rerun_source}`, `{rerun['command']}` at commit "
+                 f"`{rerun['commit'][:12]}`, {rerun['started_utc']}, trained in "
+                 f"{rerun['extra']['train']['wall_s']:.0f} s, load before "
+                 f"{la(rerun['load']['before'])}): parameter hash `{h2}`, {same}.")
+  return "\n".join(lines) + "\n"
