@@ -290,13 +290,81 @@ def test_the_job_end_to_end_with_a_fake_renderer(tmp_path):
   work = str(tmp_path / "work")
   res = demo.run(cfg, rcfg, work, num_objects=8, test_fraction=0.25, assets_root=assets_root,
                  render=fake_render)
-  with open(os.path.join(work, "results.json")) as f:
-    saved = json.load(f)
-  assert saved["objects"] == json.loads(json.dumps(res["objects"]))
+  from instant3d_jax.convert import checkpoints
+  from instant3d_jax.eval import results as results_lib
+  saved = results_lib.read(os.path.join(work, "results.json"))
+  assert saved["kind"] == "demo_blender" and saved["commit"] == res["commit"]
+  assert saved["extra"]["objects"] == json.loads(json.dumps(res["extra"]["objects"]))
   for arm in ("blender", "procedural"):
-    assert saved["arms"][arm]["train"]["step"] == 2
-    assert np.isfinite(saved["arms"][arm]["eval"]["psnr"])
-    assert os.path.isfile(saved["pictures"][f"heldout_{arm}"])
-  assert set(saved["cross"]) == {"blender_on_procedural", "procedural_on_blender"}
-  assert os.path.isfile(saved["pictures"]["renders_sheet"])
-  assert "Blender renders → Blender held-out" in open(os.path.join(work, "results.md")).read()
+    run_cfg, params, step = checkpoints.load(saved["extra"]["arms"][arm]["run_dir"])
+    assert saved["param_sha256"][arm] == results_lib.param_sha256(params)
+    assert saved["config_sha256"][arm] == results_lib.config_sha256(run_cfg)
+    assert saved["extra"]["arms"][arm]["train"]["step"] == 2 == step
+    assert np.isfinite(saved["metrics"][arm]["psnr"])
+    assert set(saved["baselines"][arm]) == {"background only", "mean colour"}
+    assert os.path.isfile(saved["extra"]["pictures"][f"heldout_{arm}"])
+  assert {"blender_on_procedural", "procedural_on_blender"} <= set(saved["metrics"])
+  assert {"train_blender", "eval_procedural", "cross_eval", "job_total"} <= set(saved["wall_s"])
+  assert os.path.isfile(saved["extra"]["pictures"]["renders_sheet"])
+  md = open(os.path.join(work, "results.md")).read()
+  assert md == demo.results_markdown(saved) and "Blender renders → Blender held-out" in md
+
+
+def _summary(seed):
+  """An evaluation summary of lrm_eval's shape (model metrics + prefixed baselines)."""
+  rng = np.random.default_rng(seed)
+  s = {}
+  for prefix in ("", "background_", "mean_colour_"):
+    s.update({prefix + "psnr": rng.uniform(14, 28), prefix + "ssim": rng.uniform(0.7, 0.95),
+              prefix + "lpips": rng.uniform(0.05, 0.35),
+              prefix + "foreground_psnr": rng.uniform(3, 18),
+              prefix + "colour_error": rng.uniform(10, 160)})
+  return s
+
+
+def test_results_file_structure_and_table(tmp_path):
+  """`results_fields` → `results.Run.write` → the schema's fields; `results_markdown` gives the
+  same table from it as from a results.json of the job before the schema."""
+  from tests import tiny_configs
+  from instant3d_jax.eval import results as results_lib
+  arms = {a: {"run_dir": f"/w/{a}/lrm", "train": {"step": 5, "wall_s": 3.0}, "eval_s": 1.5,
+              "eval": _summary(k), "eval_md": f"/w/{a}/eval.md", "num_eval_objects": 3,
+              "views_per_object": 10} for k, a in enumerate(demo.ARMS)}
+  cross = {"blender_on_procedural": _summary(7), "procedural_on_blender": _summary(8)}
+  cfgs = {a: tiny_configs.micro_lrm() for a in demo.ARMS}
+  cfgs["procedural"].data_dir = "/w/procedural/data"
+  params = {a: {"w": np.full((2, 3), k, np.float32)} for k, a in enumerate(demo.ARMS)}
+  timings = {"render": 12.34, "import": 0.5, "train_blender": 3.0, "job_total": 99.0}
+  extra = {"workdir": "/w", "objects": {"n_train": 9, "n_test": 3}, "render": {"views": 10},
+           "pictures": {}}
+  run = results_lib.Run.start("demo_blender", command="python -m instant3d_jax.demo_blender")
+  run.write(tmp_path / "results.json", **demo.results_fields(
+      arms=arms, cross=cross, configs=cfgs, params=params, timings=timings, extra=extra))
+  res = results_lib.read(tmp_path / "results.json")
+  assert res["kind"] == "demo_blender"
+  assert res["commit"] == results_lib.git_state()[0]
+  assert set(res["configs"]) == set(res["config_sha256"]) == set(res["param_sha256"]) == {
+      "blender", "procedural"}
+  assert res["param_sha256"]["procedural"] == results_lib.param_sha256(params["procedural"])
+  assert res["config_sha256"]["blender"] != res["config_sha256"]["procedural"]
+  assert set(res["metrics"]) == {"blender", "procedural", "blender_on_procedural",
+                                 "procedural_on_blender"}
+  assert res["metrics"]["blender"] == {k: arms["blender"]["eval"][k] for k in demo._ROW_KEYS}
+  assert res["metrics"]["procedural_on_blender"]["lpips"] == cross["procedural_on_blender"]["lpips"]
+  assert res["baselines"]["procedural"]["mean colour"]["psnr"] == \
+      arms["procedural"]["eval"]["mean_colour_psnr"]
+  assert res["wall_s"] == {"render": 12.3, "import": 0.5, "train_blender": 3.0, "job_total": 99.0}
+  assert res["extra"]["arms"]["blender"] == {k: v for k, v in arms["blender"].items()
+                                             if k != "eval"}
+  assert res["extra"]["objects"] == extra["objects"]
+  md = demo.results_markdown(res)
+  lines = md.splitlines()
+  assert len(lines) == 2 + 4 + 4
+  assert lines[2].startswith("| Blender renders → Blender held-out | "
+                             f"{arms['blender']['eval']['psnr']:.2f} | ")
+  assert lines[5].startswith("| procedural ray caster → Blender held-out | "
+                             f"{cross['procedural_on_blender']['psnr']:.2f} | ")
+  assert lines[-1].startswith("| *baseline on procedural held-out: mean colour* | "
+                              f"{arms['procedural']['eval']['mean_colour_psnr']:.2f} | ")
+  old = {"command": "x", "commit": "y", "arms": arms, "cross": cross}   # before the schema
+  assert demo.results_markdown(old) == md

@@ -7,14 +7,14 @@ ray caster's data set of the same objects, views and split, trained and evaluate
 `import_step`, `procedural_step`, `arm_step` and `pictures_step` are its steps. Everything is
 cached in WORKDIR (finished renders, the import, the generated data, finished training runs), so
 a rerun redoes only what is missing; the render timing of the run that rendered is kept in
-WORKDIR/blender/render_summary.json.
+WORKDIR/blender/render_summary.json. WORKDIR/results.json is a results file of
+instant3d_jax/eval/results.py (kind 'demo_blender'; what goes where: `results_fields`),
+WORKDIR/results.md its table (`results_markdown`).
 """
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -175,9 +175,10 @@ def import_step(plan: dict, workdir: str) -> dict:
 
 def arm_config(cfg, n_test: int, run_data_dir: str):
   """A copy of the reconstructor config for one arm: `data_dir`, eval on the `n_test`
-  held-out objects."""
+  held-out objects (the 'test' split: the job's data sets have no 'val' objects to speak of)."""
   c = cfg.copy_and_resolve_references()
   c.data_dir = run_data_dir
+  c.eval.split = "test"
   c.eval.num_objects = int(n_test)
   return c
 
@@ -291,45 +292,88 @@ def pictures_step(blender_data: str, proc_data: str, blender_run: str, proc_run:
   return out
 
 
-def _commit() -> str:
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  try:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                          check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True, check=True).stdout.strip()
-    return head + ("+dirty" if dirty else "")
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-
-
 _ROW_KEYS = ("psnr", "foreground_psnr", "lpips", "ssim", "colour_error")
+ARMS = ("blender", "procedural")
+CROSS = {"blender_on_procedural": "Blender renders → procedural held-out",
+         "procedural_on_blender": "procedural ray caster → Blender held-out"}
+ARM_ROWS = {"blender": "Blender renders → Blender held-out",
+            "procedural": "procedural ray caster → procedural held-out"}
+HELD_OUT = {"blender": "Blender held-out", "procedural": "procedural held-out"}
+
+
+def split_rows(summary: dict) -> tuple[dict, dict]:
+  """An evaluation summary (`lrm_eval`) → (model metrics, {baseline label: metrics})."""
+  from instant3d_jax.eval import protocol  # pylint: disable=g-import-not-at-top
+  model = {k: summary[k] for k in protocol.METRICS if k in summary}
+  base = {label: {k: summary[prefix + k] for k in protocol.METRICS if prefix + k in summary}
+          for prefix, label in protocol.BASELINES.items()}
+  return model, {k: v for k, v in base.items() if v}
+
+
+def results_fields(*, arms: dict, cross: dict, configs: dict, params: dict, timings: dict,
+                   extra: dict) -> dict:
+  """The keyword arguments of `results.Run.write` for this job (WORKDIR/results.json):
+
+  * `configs`, `params`: {'blender', 'procedural'} → each arm's trained config and parameters
+    (as `convert.checkpoints.load` reads them from its run dir; the file keeps their hashes);
+  * `metrics`: {'blender', 'procedural'} → each arm's model on its own held-out split, and
+    'blender_on_procedural' / 'procedural_on_blender' → the cross rows (model on the other
+    renderer's held-out images); each {psnr, ssim, lpips, foreground_psnr, colour_error};
+  * `baselines`: {'blender', 'procedural'} → {baseline label: metrics} on that arm's held-out
+    images (the cross rows score the same images, so the same baselines);
+  * `wall_s`: the job's timings (render, mesh_export, import, procedural_generation,
+    train_/eval_<arm>, cross_eval, pictures, job_total);
+  * `extra`: the rest of what the job knows (workdir, the run summary `config`, `objects`,
+    `render`, `pictures`) and `arms` {arm: what `arm_step` returned but its eval summary}.
+  """
+  metrics, baselines = {}, {}
+  for arm in ARMS:
+    metrics[arm], baselines[arm] = split_rows(arms[arm]["eval"])
+  for k, summary in cross.items():
+    metrics[k] = split_rows(summary)[0]
+  extra = dict(extra, arms={a: {k: v for k, v in arms[a].items() if k != "eval"} for a in ARMS})
+  return {"configs": configs, "params": params, "metrics": metrics, "baselines": baselines,
+          "wall_s": timings, "extra": extra}
 
 
 def results_markdown(res: dict) -> str:
-  """The comparison table of a results dict (`run`)."""
+  """The comparison table of a results dict (`run`'s, instant3d_jax/eval/results.py's schema:
+  rows from `metrics`, baseline rows from `baselines`); a results.json of the job before that
+  schema (`arms`/`cross` at the top) is read too."""
   def row(label, s):
     return ("| " + label + " | " + " | ".join(
         "—" if s.get(k) is None else f"{s[k]:.4f}" if k in ("lpips", "ssim") else f"{s[k]:.2f}"
         for k in _ROW_KEYS) + " |")
+  if "schema" in res:
+    metrics, baselines = res["metrics"], res.get("baselines", {})
+  else:   # the job's results.json before results.Run
+    metrics, baselines = {}, {}
+    for arm in ARMS:
+      metrics[arm], baselines[arm] = split_rows(res["arms"][arm]["eval"])
+    metrics.update({k: split_rows(v)[0] for k, v in res.get("cross", {}).items()})
   lines = ["| trained on → evaluated on | PSNR (dB) ↑ | foreground PSNR (dB) ↑ | LPIPS ↓ | "
            "SSIM ↑ | colour error (0–255) ↓ |", "|---|---:|---:|---:|---:|---:|"]
-  arms = res["arms"]
-  lines.append(row("Blender renders → Blender held-out", arms["blender"]["eval"]))
-  lines.append(row("procedural ray caster → procedural held-out", arms["procedural"]["eval"]))
-  for k, lab in (("blender_on_procedural", "Blender renders → procedural held-out"),
-                 ("procedural_on_blender", "procedural ray caster → Blender held-out")):
-    if k in res.get("cross", {}):
-      lines.append(row(lab, res["cross"][k]))
+  for arm in ARMS:
+    lines.append(row(ARM_ROWS[arm], metrics[arm]))
+  for k, lab in CROSS.items():
+    if k in metrics:
+      lines.append(row(lab, metrics[k]))
+  for arm in ARMS:
+    for label, s in baselines.get(arm, {}).items():
+      lines.append(row(f"*baseline on {HELD_OUT[arm]}: {label}*", s))
   return "\n".join(lines) + "\n"
 
 
 def run(cfg, render_cfg, workdir: str, *, num_objects: int = 200, test_fraction: float = 0.1,
         assets_root: str = ASSIMP_MODELS, python: str | None = None, retrain: bool = False,
         cross: bool = True, pictures: bool = True, render=None) -> dict:
-  """The whole job into `workdir` (see the module docstring); writes WORKDIR/results.json and
+  """The whole job into `workdir` (see the module docstring); writes WORKDIR/results.json
+  (instant3d_jax/eval/results.py's schema, kind 'demo_blender'; fields: `results_fields`) and
   WORKDIR/results.md and returns the results."""
   from instant3d_jax.base import multihost  # pylint: disable=g-import-not-at-top
+  from instant3d_jax.convert import checkpoints  # pylint: disable=g-import-not-at-top
+  from instant3d_jax.eval import results as results_lib  # pylint: disable=g-import-not-at-top
+  rec = results_lib.Run.start("demo_blender")
   t_start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   multihost.cpu_devices_per_core(cfg)
@@ -350,52 +394,53 @@ def run(cfg, render_cfg, workdir: str, *, num_objects: int = 200, test_fraction:
   p_cfg, gen_s = procedural_step(cfg, render_cfg, plan, imp, workdir)
   arms = {"blender": arm_step("blender", b_cfg, workdir, retrain),
           "procedural": arm_step("procedural", p_cfg, workdir, retrain)}
-  res = {"command": " ".join([os.path.basename(sys.executable), "-m",
-                              "instant3d_jax.demo_blender"] + sys.argv[1:]),
-         "commit": _commit(), "workdir": os.path.abspath(workdir),
-         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_cores": os.cpu_count(),
-         "config": {"lrm_variant": cfg.variant, "total_steps": int(cfg.train.total_steps),
-                    "global_batch_size": int(cfg.train.global_batch_size),
-                    "render": render_cfg.to_dict(), "num_objects": num_objects,
-                    "test_fraction": test_fraction},
-         "objects": {"n_train": imp["n_train"], "n_test": imp["n_test"],
-                     "train_procedural": len(plan["train_indices"]),
-                     "assets": [o for o, _ in plan["assets"]], "assets_missing": missing,
-                     "test_procedural_indices": plan["test_indices"]},
-         "render": {k: v for k, v in rs.items() if k != "captions"},
-         "timings_s": {"render": rs["seconds"], "mesh_export": rs["export_s"],
-                       "import": imp["seconds"], "procedural_generation": gen_s,
-                       "train_blender": arms["blender"]["train"]["wall_s"],
-                       "train_procedural": arms["procedural"]["train"]["wall_s"],
-                       "eval_blender": arms["blender"]["eval_s"],
-                       "eval_procedural": arms["procedural"]["eval_s"]},
-         "arms": arms, "cross": {}}
+  timings = {"render": rs["seconds"], "mesh_export": rs["export_s"], "import": imp["seconds"],
+             "procedural_generation": gen_s,
+             "train_blender": arms["blender"]["train"]["wall_s"],
+             "train_procedural": arms["procedural"]["train"]["wall_s"],
+             "eval_blender": arms["blender"]["eval_s"],
+             "eval_procedural": arms["procedural"]["eval_s"]}
+  cross_rows = {}
   if cross:
     t0 = time.perf_counter()
-    res["cross"]["blender_on_procedural"] = cross_eval(
+    cross_rows["blender_on_procedural"] = cross_eval(
         arms["blender"]["run_dir"], p_cfg, os.path.join(workdir, "cross", "blender_on_procedural"))
-    res["cross"]["procedural_on_blender"] = cross_eval(
+    cross_rows["procedural_on_blender"] = cross_eval(
         arms["procedural"]["run_dir"], b_cfg,
         os.path.join(workdir, "cross", "procedural_on_blender"))
-    res["timings_s"]["cross_eval"] = round(time.perf_counter() - t0, 1)
+    timings["cross_eval"] = round(time.perf_counter() - t0, 1)
+  pics = {}
   if pictures:
     t0 = time.perf_counter()
-    res["pictures"] = pictures_step(imp["data_dir"], p_cfg.data_dir, arms["blender"]["run_dir"],
-                                    arms["procedural"]["run_dir"], workdir)
-    res["timings_s"]["pictures"] = round(time.perf_counter() - t0, 1)
-  res["timings_s"]["job_total"] = round(time.perf_counter() - t_start, 1)
-  res["load_end"] = _load()
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(res, f, indent=1, default=str)
+    pics = pictures_step(imp["data_dir"], p_cfg.data_dir, arms["blender"]["run_dir"],
+                         arms["procedural"]["run_dir"], workdir)
+    timings["pictures"] = round(time.perf_counter() - t0, 1)
+  loaded = {arm: checkpoints.load(arms[arm]["run_dir"]) for arm in ARMS}   # (cfg, params, step)
+  timings["job_total"] = round(time.perf_counter() - t_start, 1)
+  extra = {"workdir": os.path.abspath(workdir),
+           "config": {"lrm_variant": cfg.variant, "total_steps": int(cfg.train.total_steps),
+                      "global_batch_size": int(cfg.train.global_batch_size),
+                      "render": render_cfg.to_dict(), "num_objects": num_objects,
+                      "test_fraction": test_fraction},
+           "objects": {"n_train": imp["n_train"], "n_test": imp["n_test"],
+                       "train_procedural": len(plan["train_indices"]),
+                       "assets": [o for o, _ in plan["assets"]], "assets_missing": missing,
+                       "test_procedural_indices": plan["test_indices"]},
+           "render": {k: v for k, v in rs.items() if k != "captions"}, "pictures": pics,
+           "steps": {arm: loaded[arm][2] for arm in ARMS}}
+  res = rec.write(os.path.join(workdir, "results.json"), **results_fields(
+      arms=arms, cross=cross_rows, configs={a: loaded[a][0] for a in ARMS},
+      params={a: loaded[a][1] for a in ARMS}, timings=timings, extra=extra))
   md = results_markdown(res)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(md)
   print()
   print(md)
-  r = res["render"]
+  r = res["extra"]["render"]
   print(f"render: {r['views']} views of {r['rendered']} objects in {r['seconds']:.0f} s = "
         f"{r['views_per_s']} views/s (load {r['load_before']} → {r['load_after']})")
+  print("parameter hashes: " + ", ".join(f"{a} {res['param_sha256'][a][:12]}" for a in ARMS))
   print(f"results: {os.path.join(workdir, 'results.json')}")
-  for k, v in res.get("pictures", {}).items():
+  for k, v in res["extra"]["pictures"].items():
     print(f"{k}: {v}")
   return res
