@@ -335,8 +335,10 @@ def test_results_file_structure_and_table(tmp_path):
   cfgs["procedural"].data_dir = "/w/procedural/data"
   params = {a: {"w": np.full((2, 3), k, np.float32)} for k, a in enumerate(demo.ARMS)}
   timings = {"render": 12.34, "import": 0.5, "train_blender": 3.0, "job_total": 99.0}
-  extra = {"workdir": "/w", "objects": {"n_train": 9, "n_test": 3}, "render": {"views": 10},
-           "pictures": {}}
+  extra = {"workdir": "/w", "objects": {"n_train": 9, "n_test": 3},
+           "render": {"views": 10, "rendered": 12, "seconds": 4.0, "views_per_s": 2.5,
+                      "load_before": [1.0, 1.0, 1.0], "load_after": [2.0, 2.0, 2.0]},
+           "pictures": {}, "steps": {"blender": 3, "procedural": 3}}
   run = results_lib.Run.start("demo_blender", command="python -m instant3d_jax.demo_blender")
   run.write(tmp_path / "results.json", **demo.results_fields(
       arms=arms, cross=cross, configs=cfgs, params=params, timings=timings, extra=extra))
@@ -368,3 +370,7 @@ def test_results_file_structure_and_table(tmp_path):
                               f"{arms['procedural']['eval']['mean_colour_psnr']:.2f} | ")
   old = {"command": "x", "commit": "y", "arms": arms, "cross": cross}   # before the schema
   assert demo.results_markdown(old) == md
+  # The README block (bench/report.py): provenance + the same table + throughput, from the file.
+  block = demo.results_table(res, source="bench/results/runs/demo_blender.json")
+  assert md in block and "**2.5 views/s**" in block and "bench/results/runs/demo_blender.json" in block
+  assert res["param_sha256"]["blender"][:16] in block

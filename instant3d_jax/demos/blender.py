@@ -364,6 +364,27 @@ def results_markdown(res: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def results_table(res: dict, *, source: str = "results.json") -> str:
+  """The README's `make demo-blender` block (bench/report.py): provenance, the table, the render
+  throughput and the timings, every figure read off the results file `res`."""
+  la = lambda x: " / ".join(f"{v:.2f}" for v in x)  # noqa: E731
+  m, x = res["machine"], res["extra"]
+  r, o, w = x["render"], x["objects"], res["wall_s"]
+  dirty = " (uncommitted changes)" if res.get("dirty") else ""
+  head = (f"From `{source}`, written by `{res['command']}` at commit `{res['commit'][:12]}`{dirty}, "
+          f"{res['started_utc']} to {res['finished_utc']}, on {m.get('cpu', '?')} "
+          f"({m.get('cores', '?')} cores); load average before {la(res['load']['before'])}, after "
+          f"{la(res['load']['after'])}. Objects: {o['n_train']} trained on in each arm, "
+          f"{o['n_test']} held out; steps per arm: "
+          + ", ".join(f"{a} {s}" for a, s in x.get("steps", {}).items()) + ".")
+  tail = (f"Render: {r['views']} views of {r['rendered']} objects in {r['seconds']:.0f} s = "
+          f"**{r['views_per_s']} views/s** on {m.get('cores', '?')} cores (the mask check "
+          f"included; load {r['load_before']} → {r['load_after']}). Wall times (s): "
+          + ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in w.items()) + ". Parameter "
+          "hashes: " + ", ".join(f"{a} `{h[:16]}…`" for a, h in res["param_sha256"].items()) + ".")
+  return head + "\n\n" + results_markdown(res) + "\n" + tail + "\n"
+
+
 def run(cfg, render_cfg, workdir: str, *, num_objects: int = 200, test_fraction: float = 0.1,
         assets_root: str = ASSIMP_MODELS, python: str | None = None, retrain: bool = False,
         cross: bool = True, pictures: bool = True, render=None) -> dict:
