@@ -144,6 +144,55 @@ def markdown(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def results_table(res: dict, *, source: str = "results.json") -> str:
+  """The README's `make demo-mv` block (bench/report.py) from the demo's results file: provenance,
+  the table per caption role (chance, shuffled captions, real renders, the model × single- and
+  multi-object colour and shape, Wilson 95% intervals), the test-ledger count, the shape
+  classifier's held-out accuracy against its chance, view consistency, the parameter hash."""
+  from instant3d_jax.eval import stats
+  m, b, x = res["metrics"], res["baselines"], res["extra"]
+  roles = [r for r in ("val", "test") if r in m]
+  mach = res["machine"]
+  la = lambda v: " / ".join(f"{y:.2f}" for y in v)  # noqa: E731
+  dirty = " (uncommitted changes)" if res.get("dirty") else ""
+  lines = [f"From `{source}`, written by `{res['command']}` at commit `{res['commit'][:12]}`"
+           f"{dirty}, {res['started_utc']} to {res['finished_utc']}, on {mach.get('cpu', '?')} "
+           f"({mach.get('cores', '?')} cores); load average before {la(res['load']['before'])}, "
+           f"after {la(res['load']['after'])}. Stage 1 at step {x['step']}; per role "
+           f"{x['num_captions_per_role']} held-out captions × {x['per_caption']} grids. Cells: "
+           "share right [Wilson 95% interval] (n grids; grids of one caption are not "
+           "independent, so the intervals are on the narrow side); chance is exact (1/10 for one "
+           "colour, 1/C(10, m) for m colours, 1/5 for a shape).", ""]
+  for role in roles:
+    lines += [f"| **{role}** combinations | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS)
+              + " |", "|---|" + "---|" * len(COLUMNS)]
+    for r in ROWS:
+      row = m[role]["model"] if r == "model" else b[role].get(r, {})
+      lines.append(f"| {ROW_TITLES[r]} | " + " | ".join(stats.format_proportion(row.get(c))
+                                                         for c in COLUMNS) + " |")
+    vc = m[role].get("view_consistency_psnr")
+    if vc:
+      lines.append(f"| view consistency: `make demo`'s reconstructor re-rendering the four "
+                   f"views, PSNR (dB) | generated {vc['generated']:.2f}, real {vc['real']:.2f} "
+                   "| | |")
+    lines.append("")
+  t = x.get("test_ledger")
+  if t:
+    lines.append(f"Test combinations: {t['configs_scored']} configuration(s) of stage 1 scored on "
+                 f"them so far (`bench/results/test_ledger.jsonl`, `{t['dataset']}`)"
+                 + ("; the recorded result of an earlier scoring" if t.get("repeat") else "")
+                 + ".")
+  sc = m.get("shape_classifier")
+  if sc:
+    lines.append(f"Shape classifier (colour removed): {100 * sc['accuracy']:.1f}% on "
+                 f"{sc['views']} held-out real {sc['split']} views (majority-class chance "
+                 f"{100 * sc['chance']:.1f}%), {100 * sc['rig_grid_accuracy']:.1f}% of "
+                 f"{sc['objects']} real rig grids.")
+  lines.append("Parameter hash (EMA weights) "
+               + ", ".join(f"`{h}`" for h in res["param_sha256"].values()) + ".")
+  return "\n".join(lines) + "\n"
+
+
 def _per_caption(items: list[dict], captions: list[str], per: int) -> dict:
   out = {}
   for i, c in enumerate(captions):
@@ -270,6 +319,11 @@ def run(cfg, workdir: str, *, data_dir: str, reconstructor: str, num_captions: i
     f.write(md)
   wall["total"] = time.perf_counter() - t0
   metrics = {r: {"model": report_roles[r]["table"]["model"]} for r in report_roles}
+  for r in report_roles:
+    if report_roles[r].get("view_consistency"):
+      vc = report_roles[r]["view_consistency"]
+      metrics[r]["view_consistency_psnr"] = {"generated": vc["generated_psnr"],
+                                             "real": vc["real_psnr"]}
   metrics["shape_classifier"] = clf_eval
   baselines = {r: {k: report_roles[r]["table"][k] for k in ("chance", "shuffled", "real")}
                for r in report_roles}
