@@ -54,6 +54,7 @@ def run(out: str, *, config, mv_config, num_captions: int, mv_workdir: str, lrm_
   from instant3d_jax import pipeline as pipeline_lib
   from instant3d_jax.eval import clip_score, text3d
   from instant3d_jax.export import images as images_lib
+  rec = results.Run.start("demo_text3d")
   t0 = time.perf_counter()
   data_dir = os.path.join(lrm_workdir, "data")
   run_dir = ensure_stage2(lrm_workdir)
@@ -162,10 +163,52 @@ def run(out: str, *, config, mv_config, num_captions: int, mv_workdir: str, lrm_
   md = "\n".join(lines) + "\n"
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write(md)
+  rec.write(os.path.join(out, "results.json"), configs={"pipeline": cfg},
+            params={"stage1_and_stage2": param_hash},
+            metrics={role: {"scores": r["scores"], "rerender_psnr": r["rerender_psnr"]}
+                     for role, r in by_role.items()},
+            baselines={"chance": {"single_colour": 0.1, "shape": 0.2}},
+            wall_s={"generate": gen_s, "total": time.perf_counter() - t0},
+            extra={"num_captions_per_role": num_captions, "test_ledger": report["test_ledger"],
+                   "prompts_per_s": run_info["prompts_per_s"], "timings": run_info["timings"],
+                   "stage1": train_dir, "stage2": run_dir})
   print(md)
   print(f"page: {os.path.join(out, 'index.html')}"
         + (f" (screenshot {shot})" if shot else " (no Chromium: no screenshot)"))
   return report
+
+
+def results_table(res: dict, *, source: str = "results.json") -> str:
+  """The README's `make demo-text3d` block (bench/report.py) from its results file."""
+  from instant3d_jax.eval import stats
+  m, x = res["metrics"], res["extra"]
+  la = lambda v: " / ".join(f"{y:.2f}" for y in v)  # noqa: E731
+  dirty = " (uncommitted changes)" if res.get("dirty") else ""
+  cols = (("single_colour", "single-object colour"), ("multi_colour", "multi-object colour"),
+          ("shape", "shape (single-object)"))
+  lines = [f"From `{source}`, written by `{res['command']}` at commit `{res['commit'][:12]}`"
+           f"{dirty}, {res['started_utc']} to {res['finished_utc']}, on "
+           f"{res['machine'].get('cpu', '?')} ({res['machine'].get('cores', '?')} cores); load "
+           f"average before {la(res['load']['before'])}, after {la(res['load']['after'])}. "
+           f"{x['num_captions_per_role']} held-out captions per role → objects in "
+           f"{res['wall_s'].get('generate', 0):.0f} s ({x['prompts_per_s']} prompts/s, compiles "
+           "included); each object scored by the stage-1 rules on 8 turntable renders: share "
+           "right [Wilson 95% interval] (n objects); chance 10% for one colour, 20% for a shape.",
+           "", "| role | " + " | ".join(t for _, t in cols) + " | re-render PSNR (dB) |",
+           "|---|---|---|---|---|"]
+  for role in ("val", "test"):
+    if role in m:
+      lines.append(f"| {role} | " + " | ".join(stats.format_proportion(m[role]["scores"].get(k))
+                                               for k, _ in cols)
+                   + f" | {m[role]['rerender_psnr']:.2f} |")
+  t = x.get("test_ledger") or {}
+  if t:
+    lines += ["", f"Test captions: {t['configs_scored']} configuration(s) scored on them so far "
+              f"(`{t['dataset']}`)" + ("; the recorded result of an earlier scoring"
+                                       if t.get("repeat") else "") + "."]
+  lines.append("Parameter hash (both stages) "
+               + ", ".join(f"`{h}`" for h in res["param_sha256"].values()) + ".")
+  return "\n".join(lines) + "\n"
 
 
 def read_png(path):
