@@ -62,13 +62,30 @@ def _generic(res: dict, source: str) -> str:
   return "\n".join(rows) + "\n"
 
 
+LEDGER = ROOT / "bench" / "results" / "test_ledger.jsonl"
+
+
+def ledger_now(res: dict, ledger_path: Path = LEDGER) -> dict | None:
+  """The committed ledger's entry for the run's parameters, with the count of configurations
+  scored on that test set as of now (the file's own count is as of its scoring)."""
+  from instant3d_jax.eval import ledger
+  if not ledger_path.exists():
+    return None
+  for h in res.get("param_sha256", {}).values():
+    st = ledger.status(h, str(ledger_path))
+    if st is not None:
+      return st
+  return None
+
+
 def demo_block(runs: Path) -> str:
   res, src = _load("demo", runs)
   if res is None:
     return _missing("demo", src)
   from instant3d_jax.demos import lrm
   rerun, rsrc = _load("demo_rerun", runs)
-  return lrm.results_table(res, source=src, rerun=rerun, rerun_source=rsrc)
+  return lrm.results_table(res, source=src, rerun=rerun, rerun_source=rsrc,
+                           ledger_now=ledger_now(res, runs.parent / "test_ledger.jsonl"))
 
 
 def _module_block(name: str, module: str, func: str):
@@ -79,7 +96,9 @@ def _module_block(name: str, module: str, func: str):
     import importlib
     mod = importlib.import_module(module)
     fn = getattr(mod, func, None)
-    return fn(res, source=src) if fn is not None else _generic(res, src)
+    if fn is None:
+      return _generic(res, src)
+    return fn(res, source=src, ledger_now=ledger_now(res, runs.parent / "test_ledger.jsonl"))
   return block
 
 

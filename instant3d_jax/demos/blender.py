@@ -364,7 +364,8 @@ def results_markdown(res: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def results_table(res: dict, *, source: str = "results.json") -> str:
+def results_table(res: dict, *, source: str = "results.json",
+                  ledger_now: dict | None = None) -> str:
   """The README's `make demo-blender` block (bench/report.py): provenance, the table, the render
   throughput and the timings, every figure read off the results file `res`."""
   la = lambda x: " / ".join(f"{v:.2f}" for v in x)  # noqa: E731

@@ -161,7 +161,7 @@ def run(cfg, workdir: str, *, retrain: bool = False, data_only: bool = False,
 
 
 def results_table(res: dict, *, source: str = "results.json", rerun: dict | None = None,
-                  rerun_source: str = "") -> str:
+                  rerun_source: str = "", ledger_now: dict | None = None) -> str:
   """The README's `make demo` section, from a results file (`run`'s) and optionally a second run's
   (the bit-identity line compares their parameter hashes). Every figure is read off the files."""
   from instant3d_jax.eval import protocol
@@ -198,7 +198,7 @@ def results_table(res: dict, *, source: str = "results.json", rerun: dict | None
         lines.append(f"| *{label}, {s}* | " + " | ".join(fmt(b[s][label], k, p)
                                                          for k, _, p in cols) + " |")
   lines.append("")
-  t = ev.get("test", {}).get("test_ledger")
+  t = ledger_now or ev.get("test", {}).get("test_ledger")  # the ledger's count as of now
   if t:
     lines.append(f"Test figures: {t['configs_scored']} configuration(s) of the reconstructor "
                  f"scored on this test set so far (`bench/results/test_ledger.jsonl`, data set "

@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,11 +41,24 @@ def default_path() -> str:
   return os.path.abspath("test_ledger.jsonl")
 
 
+# Metadata fields that differ between two writes of the same data set (how long it took).
+_VOLATILE = re.compile(r"(seconds|_s|_utc|_time|timestamp|created)$")
+
+
+def _stable(x):
+  if isinstance(x, dict):
+    return {k: _stable(v) for k, v in x.items() if not _VOLATILE.search(str(k))}
+  if isinstance(x, list):
+    return [_stable(v) for v in x]
+  return x
+
+
 def dataset_id(data_dir: str, split: str) -> str:
-  """A data set split's identity: `<folder name>:<split>:<sha256 of its metadata.json>[:12]`
-  (the same generation or import anywhere gives the same id; a different one, another)."""
+  """A data set split's identity: `<folder name>:<split>:<sha256 of its metadata.json>[:12]`,
+  the metadata without its timing fields (`_VOLATILE`), so the same generation or import on any
+  machine gives the same id and a different one another."""
   from data_pipeline import records
-  meta = records.read_metadata(str(data_dir))
+  meta = _stable(records.read_metadata(str(data_dir)))
   digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
   name = fileio.path(data_dir).name or str(data_dir)
   return f"{name}:{split}:{digest}"
@@ -76,6 +90,17 @@ def lookup(param_hash: str, dataset: str, path: str | None = None) -> dict | Non
   for e in read(path):
     if e["param_sha256"] == param_hash and e["dataset"] == dataset:
       return e
+  return None
+
+
+def status(param_hash: str, path: str | None = None) -> dict | None:
+  """Where the ledger stands now for a parameter hash: {"dataset", "time_utc", "configs_scored"}
+  of its first entry (the count as of now, not as of its scoring), or None. The README's tables
+  (bench/report.py) state this count."""
+  for e in read(path):
+    if e["param_sha256"] == param_hash:
+      return {"dataset": e["dataset"], "time_utc": e.get("time_utc"),
+              "configs_scored": configs_scored(e["dataset"], path)}
   return None
 
 
