@@ -102,11 +102,20 @@ def _module_block(name: str, module: str, func: str):
   return block
 
 
+def rescore_block(runs: Path) -> str:
+  res, src = _load("rescore_background_threshold", runs)
+  if res is None:
+    return _missing("rescore_background_threshold", src)
+  from bench import rescore_val
+  return rescore_val.table_markdown(res, src)
+
+
 BLOCKS = {
     "demo": demo_block,
     "demo_mv": _module_block("demo_mv", "instant3d_jax.demos.mv", "results_table"),
     "demo_text3d": _module_block("demo_text3d", "instant3d_jax.demos.text3d", "results_table"),
     "demo_blender": _module_block("demo_blender", "instant3d_jax.demos.blender", "results_table"),
+    "rescore_background_threshold": rescore_block,
 }
 
 
