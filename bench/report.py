@@ -110,12 +110,23 @@ def rescore_block(runs: Path) -> str:
   return rescore_val.table_markdown(res, src)
 
 
+def colour_prior_block(runs: Path) -> str:
+  res, src = _load("demo", runs)
+  rival, rsrc = _load("rival_no_colour_prior", runs)
+  if res is None or rival is None:
+    return _missing("rival_no_colour_prior", rsrc)
+  from bench import rescore_val
+  return rescore_val.rival_markdown(res, rival, sources=(src, rsrc),
+                                    what="model.extras.colour_prior")
+
+
 BLOCKS = {
     "demo": demo_block,
     "demo_mv": _module_block("demo_mv", "instant3d_jax.demos.mv", "results_table"),
     "demo_text3d": _module_block("demo_text3d", "instant3d_jax.demos.text3d", "results_table"),
     "demo_blender": _module_block("demo_blender", "instant3d_jax.demos.blender", "results_table"),
     "rescore_background_threshold": rescore_block,
+    "rival_no_colour_prior": colour_prior_block,
 }
 
 

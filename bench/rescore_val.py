@@ -111,5 +111,29 @@ def table_markdown(res: dict, source: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+def rival_markdown(default: dict, rival: dict, *, sources: tuple[str, str], what: str) -> str:
+  """A default reconstructor run against its nearest rival, both scored on val only (results
+  files of `make demo` and `python -m instant3d_jax.demo --noscore_test` with the rival's
+  override), as a README block (bench/report.py)."""
+  cols = [("psnr", "PSNR (dB) ↑", 2), ("ssim", "SSIM ↑", 4), ("lpips", "LPIPS ↓", 4),
+          ("foreground_psnr", "foreground PSNR (dB) ↑", 2),
+          ("colour_error", "colour error (0–255) ↓", 1)]
+  lines = [f"`{what}`: the default (`{sources[0]}`) against its rival (`{sources[1]}`, "
+           f"`{rival['command']}` at commit `{rival['commit'][:12]}`, {rival['started_utc']}), "
+           f"both on the val split ({rival['extra']['eval']['val']['num_objects']} objects × "
+           f"{rival['extra']['eval']['val']['num_views_per_object']} views).", "",
+           "| val | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+  for label, r in (("default", default), ("rival", rival)):
+    v = r["metrics"]["val"]
+    lines.append(f"| {label} | " + " | ".join(f"{v[k]:.{p}f}" for k, _, p in cols) + " |")
+  d, r = default["metrics"]["val"], rival["metrics"]["val"]
+  better = [k for k, _, _ in cols
+            if (r[k] > d[k]) == (k in ("psnr", "ssim", "foreground_psnr")) and r[k] != d[k]]
+  lines += ["", "On val the rival is better on " + (", ".join(better) if better else "no metric")
+            + ("; the default stands." if len(better) <= len(cols) // 2 else
+               "; the choice would change.")]
+  return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
   sys.exit(main())

@@ -55,3 +55,13 @@ def test_adopt_refuses_what_is_not_a_results_file(tmp_path, capsys):
   bad.write_text("{}")
   assert report.main(["--adopt", f"demo={bad}", "--readme", str(tmp_path / "README.md")]) == 2
   assert "not a results file" in capsys.readouterr().err
+
+
+def test_rival_block_compares_val_rows(tmp_path):
+  from bench import rescore_val
+  default, rival = _fake_demo(tmp_path, 23.8), _fake_demo(tmp_path, 23.1)
+  md = rescore_val.rival_markdown(default, rival, sources=("a.json", "b.json"), what="x.y")
+  assert "| default | 23.80 |" in md and "| rival | 23.10 |" in md
+  assert "the default stands" in md
+  better = rescore_val.rival_markdown(rival, default, sources=("b.json", "a.json"), what="x.y")
+  assert "better on psnr" in better
