@@ -197,5 +197,6 @@ def test_wheel_contents_and_a_command_outside_the_checkout(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   # The packaged default config (configs/lrm.py:tiny), 24 objects, 2 steps (the demo fits its
   # warm-up into them), evaluation and the turntable.
-  assert "training tiny for 2 steps" in r.stdout and "held-out: PSNR" in r.stdout, r.stdout[-2000:]
+  assert "training tiny for 2 steps" in r.stdout and "val: PSNR" in r.stdout, r.stdout[-2000:]
+  assert "test: PSNR" in r.stdout and "results: demo/results.json" in r.stdout, r.stdout[-2000:]
   assert (work / "demo" / "reconstruct" / "turntable.gif").is_file()
