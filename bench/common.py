@@ -30,14 +30,9 @@ MARKER = "<!-- provenance: "
 
 
 def cpu_model() -> str:
-  """The CPU's model name (/proc/cpuinfo on Linux, else `platform.processor()`)."""
-  try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine() or "unknown CPU"
+  """The CPU's model name (one definition: instant3d_jax/eval/results.py)."""
+  from instant3d_jax.eval import results
+  return results.cpu_model()
 
 
 def git_commit(root: Path = ROOT) -> str:
