@@ -1,38 +1,47 @@
-"""Quality versus compute: a small scaling study of the reconstructor on the procedural world.
+"""Quality versus compute: the scaling study of the paper's reconstructor.
 
-    python -m bench.scaling [--sizes xs,s,m] [--budgets 150,300,600] [--decay_fraction 0.25]
-                            [--eval_objects 50] [--workdir outputs/scaling]
+    python -m bench.scaling [--workdir outputs/scaling] [--data_dir DIR]     # here, then collect
+    python -m bench.scaling --emit slurm|tpu --workdir gs://bucket/scaling  # a cluster's commands
+    python -m bench.scaling --collect --workdir gs://bucket/scaling         # what has finished
 
-Trains each model size (`SIZES`: the `tiny` config of configs/lrm.py with narrower / wider and
-shallower / deeper encoder and decoder; `s` is `tiny` itself) with a warm-up–stable–decay
-learning-rate schedule (instant3d_jax/train/optimizer.py, `schedule='wsd'`, 1−sqrt decay over
-the last `decay_fraction` of the run) and evaluates every (size, budget) on held-out objects.
+The study (configs/scaling.py, defined once there): a ladder of sizes of the paper's model
+(`large`'s switches scaled down, width and depth together), a second seed of one size, and the
+CPU demo's lift model (`tiny`) as a reference line, each trained for every step budget with a
+warm-up–stable–decay schedule (train/optimizer.py `schedule='wsd'`, 1−sqrt decay over the last
+`decay_fraction` of the run) and scored on the `val` split.
 
-One run per size yields every budget. Up to its decay the WSD rate does not depend on the run's
-length, so the longest budget's run (`WORKDIR/<size>/b<max>`) is trained in segments that stop
+One run per series yields every budget. Up to its decay the WSD rate does not depend on the run's
+length, so the longest budget's run (`WORKDIR/<series>/b<max>`) is trained in segments that stop
 (`train.halt_at_step`, a checkpoint) at each shorter budget B's decay start
 `optimizer.wsd_decay_start(B)` = B·(1 − decay_fraction); that step's checkpoint and config.json
-are copied into `WORKDIR/<size>/b<B>` and continued there with `train.total_steps = B` (not a
-setting a resume must match): the branch is the WSD run of budget B, step for step
-(tests/test_scaling.py checks the schedules agree). Fixed step counts (`train.time_budget_s = 0`),
-no periodic images or evaluation.
+are copied into `WORKDIR/<series>/b<B>` (the branch-copy step) and continued there with
+`train.total_steps = B`: the branch is the WSD run of budget B, step for step (tests check it).
+Checkpoint retention keeps every branch point (`checkpoint.keep` = number of budgets + 1).
 
-Per (size, budget): parameters, steps, training FLOPs (analytic: `lrm_task.flops_per_example` ×
-global batch × steps), wall seconds here (the sum of the training steps' logged times, stable
-part + branch: no compile, start-up or checkpoint writes), held-out PSNR / SSIM, foreground PSNR and colour
-error (instant3d_jax/eval/protocol.py; LPIPS off: it would cost more than the runs). Writes
-`bench/results/scaling.json`, `bench/results/scaling.md` (with provenance) and
-`bench/results/scaling.png` (held-out PSNR against training FLOPs and against wall seconds, one
-line per size). A rerun in the same workdir resumes: finished segments are read back from
-`WORKDIR/<size>/segments.json`, and the training loop resumes from the last checkpoint.
+Jobs (what `--emit` schedules and the local study runs in order; each is idempotent, so a
+preempted job is simply run again):
+  --job segment --series S --until N   train S's longest run to step N (a branch point, or the
+                                       longest budget: then also score it)
+  --job branch --series S --budget B   copy the checkpoint at B's decay start, train to B, score
+Scoring (eval/protocol.py on `val`, LPIPS off, per-pixel MSE on) writes the run's results file
+`RUN/results.json` (eval/results.py: commit, config and parameter hashes, machine, load; the
+metrics with every object's values, for the bootstrap) into its workdir, local or `gs://`.
+
+`--collect` reads every results file that exists, and writes the table, the fitted frontier and
+the plot: `bench/results/scaling.{md,json,png}` (provenance line: who collected, when). The loss
+is the val MSE (whole views); per budget of compute C the frontier is the lowest loss reached by
+any size with at most C training FLOPs (analytic, `lrm_task.flops_per_example` × batch × steps);
+L(C) = a·C^(−b) + c is fitted to the frontier points, its exponent b with a bootstrap interval
+over val objects (each resample re-draws the objects, recomputes every run's mean, the frontier
+and the fit). Wall: the sum of the logged step times (no compile, start-up or checkpoint writes).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import io
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -42,22 +51,14 @@ from bench import common
 from instant3d_jax import errors
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# Model overrides (dotted keys under `model`) of each size, relative to configs/lrm.py `tiny`
-# (encoder 2 × 128, decoder 4 × 128, camera MLP 128). Head width stays 32; the triplane, NeRF
-# MLP and renderer are the same for every size, so a step's rendering cost is shared.
-SIZES = {
-    "xs": {"encoder.hidden_size": 64, "encoder.num_heads": 2, "encoder.mlp_dim": 128,
-           "encoder.num_layers": 1, "camera_embed_dim": 64, "decoder.hidden_size": 64,
-           "decoder.num_heads": 2, "decoder.num_layers": 2},
-    "s": {},
-    "m": {"encoder.hidden_size": 192, "encoder.num_heads": 6, "encoder.mlp_dim": 384,
-          "encoder.num_layers": 3, "camera_embed_dim": 192, "decoder.hidden_size": 192,
-          "decoder.num_heads": 6, "decoder.num_layers": 6},
-}
-SUMMARY_KEYS = ("psnr", "ssim", "foreground_psnr", "colour_error")
-BASELINE_KEYS = ("background_psnr", "background_foreground_psnr", "background_colour_error",
-                 "mean_colour_psnr", "mean_colour_foreground_psnr", "mean_colour_colour_error")
+STUDY_FILE = "study.json"
+RESULTS_FILE = "results.json"
+STUDY_SCHEMA = "instant3d-scaling-study/1"
+SUMMARY_KEYS = ("mse", "foreground_mse", "psnr", "foreground_psnr", "ssim", "colour_error")
+PER_OBJECT_KEYS = ("mse", "foreground_mse", "psnr", "object_index")
+BASELINE_KEYS = ("background_mse", "background_psnr", "mean_colour_mse", "mean_colour_psnr",
+                 "background_foreground_mse", "mean_colour_foreground_mse")
+ROLES = ("size", "seed", "reference")
 
 
 def _set(node, dotted: str, value) -> None:
@@ -69,9 +70,10 @@ def _set(node, dotted: str, value) -> None:
   node[leaf] = value
 
 
-def study_config(base, overrides: dict, decay_fraction: float):
+def study_config(base, overrides: dict, decay_fraction: float, *, budgets=(),
+                 warmup_steps: int | None = None, learning_rate: float | None = None):
   """`base` (a full LRM config) with the model `overrides`, the WSD schedule and the study's
-  fixed-step training settings."""
+  fixed-step training settings; checkpoints kept for every branch point of `budgets`."""
   cfg = copy.deepcopy(base)
   for k, v in overrides.items():
     _set(cfg.model, k, v)
@@ -79,12 +81,19 @@ def study_config(base, overrides: dict, decay_fraction: float):
   cfg.optimizer.decay_fraction = float(decay_fraction)
   cfg.optimizer.decay_shape = "1-sqrt"
   cfg.optimizer.decay_steps = 0
+  if warmup_steps is not None:
+    cfg.optimizer.warmup_steps = int(warmup_steps)
+  if learning_rate is not None:
+    cfg.optimizer.learning_rate = float(learning_rate)
   cfg.train.time_budget_s = 0.0
   cfg.train.image_every = 0
   cfg.train.log_every = 1                 # a segment may stop at any step: log each
   cfg.train.eval_every = 0
   cfg.train.halt_at_step = 0
   cfg.checkpoint.every_steps = 0          # only where a segment stops (below) and at the end
+  cfg.checkpoint.keep = max(3, len(tuple(budgets)) + 1)   # every branch point survives
+  cfg.eval.split = "val"
+  cfg.eval.lpips = False
   return cfg
 
 
@@ -104,27 +113,138 @@ def branch_points(cfg, budgets) -> dict[int, int]:
   return out
 
 
-class _Segments:
-  """`WORKDIR/<size>/segments.json`: the wall / compile seconds of each finished segment."""
+# ------------------------------------------------------------------------------------------------
+# The study: its series and their configs, written once into WORKDIR/study.json.
 
-  def __init__(self, path: Path):
-    self.path = path
-    self.done = json.loads(path.read_text()) if path.exists() else {}
+def build_series(scfg, lrm_base=None, data_dir: str = "") -> dict[str, dict]:
+  """`{series: {"role", "config", "width", "learning_rate", "seed"}}` of configs/scaling.py's
+  study: the ladder (role 'size'), its second seed ('seed') and the lift reference
+  ('reference'). `lrm_base` (default configs/lrm.py `scfg.base`) supplies data, loss and
+  renderer."""
+  from instant3d_jax.configs import lrm as lrm_configs
+  from instant3d_jax.configs import scaling as scaling_configs
+  base = copy.deepcopy(lrm_base) if lrm_base is not None else lrm_configs.get_config(scfg.base)
+  if data_dir:
+    base.data_dir = data_dir
+  budgets = tuple(int(b) for b in scfg.budgets)
+  common_kw = dict(budgets=budgets, warmup_steps=int(scfg.warmup_steps))
+  out = {}
+  for name, rung in scfg.ladder.items():
+    paper = copy.deepcopy(base)
+    scaling_configs.paper_model(paper.model)
+    ov = scaling_configs.size_overrides(int(rung.width), int(rung.encoder_layers),
+                                        int(rung.decoder_layers))
+    cfg = study_config(paper, ov, scfg.decay_fraction, learning_rate=float(rung.learning_rate),
+                       **common_kw)
+    out[name] = {"role": "size", "config": cfg, "width": int(rung.width),
+                 "learning_rate": float(rung.learning_rate), "seed": int(cfg.seed),
+                 "overrides": ov}
+  if scfg.get("seed_size"):
+    if scfg.seed_size not in out:
+      raise errors.ConfigError(f"configs/scaling.py: seed_size {scfg.seed_size!r} is not a "
+                               f"ladder size ({', '.join(out)})")
+    src = out[scfg.seed_size]
+    cfg = copy.deepcopy(src["config"])
+    cfg.seed = int(scfg.second_seed)
+    out[f"{scfg.seed_size}_seed{int(scfg.second_seed)}"] = dict(src, role="seed", config=cfg,
+                                                                 seed=int(cfg.seed))
+  if scfg.get("reference"):
+    ref = copy.deepcopy(base) if scfg.reference == scfg.base else lrm_configs.get_config(
+        scfg.reference)
+    if data_dir:
+      ref.data_dir = data_dir
+    cfg = study_config(ref, {}, scfg.decay_fraction, **common_kw)
+    out[str(scfg.reference)] = {"role": "reference", "config": cfg,
+                                "width": int(cfg.model.decoder.hidden_size),
+                                "learning_rate": float(cfg.optimizer.learning_rate),
+                                "seed": int(cfg.seed), "overrides": {}}
+  return out
 
-  def record(self, key: str, value: dict) -> None:
-    self.done[key] = value
-    self.path.write_text(json.dumps(self.done, indent=1, sort_keys=True))
+
+def write_study(workdir, series: dict, scfg, *, config_note: str) -> dict:
+  """WORKDIR/study.json: every series' full config, parameters and FLOPs per step, the budgets.
+  An existing study.json must describe the same study (else a one-line error: another study's
+  workdir)."""
+  from instant3d_jax import fileio
+  from instant3d_jax.base import checkpoint as ckpt_lib
+  from instant3d_jax.models import lrm as lrm_lib
+  from instant3d_jax.models import lrm_stats
+  from instant3d_jax.train import lrm_task
+  budgets = sorted(int(b) for b in scfg.budgets)
+  spec = {"schema": STUDY_SCHEMA, "config": config_note, "budgets": budgets,
+          "decay_fraction": float(scfg.decay_fraction), "eval_objects": int(scfg.eval_objects),
+          "warmup_steps": int(scfg.warmup_steps), "series": {}}
+  for name, s in series.items():
+    cfg = s["config"]
+    branch_points(cfg, budgets)
+    dataset = lrm_task.prepare_data(cfg, progress=False)
+    spec["series"][name] = {
+        "role": s["role"], "width": s["width"], "learning_rate": s["learning_rate"],
+        "seed": s["seed"], "overrides": s["overrides"],
+        "params": int(lrm_stats.count_params(lrm_lib.LRMConfig.from_config(cfg))),
+        "flops_per_step": float(lrm_task.flops_per_example(cfg, dataset))
+                          * int(cfg.train.global_batch_size),
+        "config": ckpt_lib.config_to_dict(cfg)}
+  path = fileio.path(workdir) / STUDY_FILE
+  if path.exists():
+    old = json.loads(path.read_text())
+    if json.dumps(old["series"], sort_keys=True) != json.dumps(spec["series"], sort_keys=True) \
+        or old["budgets"] != spec["budgets"]:
+      raise errors.InputError(f"{fileio.display(path)}: holds another study (other series, "
+                              "configs or budgets); use another --workdir")
+    return old
+  fileio.write_text(path, json.dumps(spec, indent=1) + "\n")
+  return spec
 
 
-def step_seconds(workdir: Path, first: int, last: int) -> float:
+def read_study(workdir) -> dict:
+  from instant3d_jax import fileio
+  path = fileio.path(workdir) / STUDY_FILE
+  if not path.exists():
+    raise errors.InputError(f"{fileio.display(path)}: no study here (expected the {STUDY_FILE} "
+                            "that `python -m bench.scaling` or `--emit` writes first)")
+  spec = json.loads(path.read_text())
+  if spec.get("schema") != STUDY_SCHEMA:
+    raise errors.InputError(f"{fileio.display(path)}: not a scaling study (expected schema "
+                            f"{STUDY_SCHEMA!r})")
+  return spec
+
+
+def series_config(spec: dict, name: str):
+  from instant3d_jax.convert import lrm as convert_lrm
+  if name not in spec["series"]:
+    raise errors.InputError(f"--series {name!r}: not in this study "
+                            f"({', '.join(spec['series'])})")
+  return convert_lrm.config_from_json(json.dumps(spec["series"][name]["config"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Jobs.
+
+def _run_dir(workdir, name: str, budget: int):
+  from instant3d_jax import fileio
+  return fileio.path(workdir) / name / f"b{int(budget)}"
+
+
+def _latest_step(run_dir) -> int:
+  from instant3d_jax.base import checkpoint as ckpt_lib
+  d = run_dir / ckpt_lib.CHECKPOINT_DIR
+  if not d.exists():
+    return 0
+  steps = [int(p.name) for p in d.iterdir() if p.name.isdigit() and ckpt_lib._is_complete(p)]
+  return max(steps, default=0)
+
+
+def step_seconds(workdir, first: int, last: int) -> float:
   """Σ of the step times of steps first+1..last in `workdir/metrics.jsonl`: each logged
   `train/s_per_step` is the loop's mean over the steps since the previous log-step sync
   (train/loop.py), so it counts once per step since the previous logged step (or `first`); the
   latest row of a step logged twice (by a resumed segment) wins. Fails unless the logged steps
   end at `last`."""
   from instant3d_jax.train import metrics as metrics_lib
+  from instant3d_jax import fileio
   logged = {}
-  for row in metrics_lib.read_jsonl(workdir / metrics_lib.JSONL_FILE):
+  for row in metrics_lib.read_jsonl(fileio.path(workdir) / metrics_lib.JSONL_FILE):
     if "train/s_per_step" in row and first < int(row["step"]) <= last:
       logged[int(row["step"])] = float(row["train/s_per_step"])
   if last not in logged:
@@ -137,239 +257,461 @@ def step_seconds(workdir: Path, first: int, last: int) -> float:
   return total
 
 
-def _train(cfg, workdir: Path, start: int, total: int, halt: int, segs: _Segments, key: str,
-           label: str, log) -> dict:
-  """Trains `workdir` (holding step `start`) to `halt` (0: `total`) with `total_steps=total`;
-  returns (and records in `segs`) its step, wall seconds (Σ step times: no compile, start-up or
-  checkpoint writes), the loop's whole time and its compile time."""
+def _train(cfg, run_dir, total: int, halt: int, label: str, log) -> None:
+  """Trains `run_dir` to `halt` (0: `total`) with `total_steps=total`, unless a checkpoint at
+  or past that step is there already."""
   from instant3d_jax.train import lrm_task
-  if key in segs.done:
-    log(f"[scaling] {label}: done before ({segs.done[key]['wall_s']:.1f}s)")
-    return segs.done[key]
+  target = halt or total
+  if _latest_step(run_dir) >= target:
+    log(f"[scaling] {label}: done before")
+    return
   c = copy.deepcopy(cfg)
   c.train.total_steps = int(total)
   c.train.halt_at_step = int(halt)
-  log(f"[scaling] {label}: training to step {halt or total} of {total} in {workdir}")
-  res = lrm_task.train(c, workdir, log=lambda s: None)
-  if int(res.step) != (halt or total):
+  log(f"[scaling] {label}: training to step {target} of {total} in {run_dir}")
+  t0 = time.time()
+  res = lrm_task.train(c, run_dir, log=lambda s: None)
+  if int(res.step) != target:
     raise errors.Instant3DError(f"bench.scaling: {label} stopped at step {res.step} "
-                                f"({res.stop_reason}), expected {halt or total}")
-  rec = {"step": int(res.step), "wall_s": step_seconds(workdir, start, int(res.step)),
-         "loop_s": float(res.wall_s), "compile_s": float(res.compile_s),
-         "loss": float(res.history[-1]["loss"]) if res.history else None}
-  log(f"[scaling] {label}: step {rec['step']}, {rec['wall_s']:.1f}s of steps "
-      f"({rec['loop_s']:.1f}s in all, {rec['compile_s']:.1f}s compile), loss {rec['loss']:.4f}")
-  segs.record(key, rec)
-  return rec
+                                f"({res.stop_reason}), expected {target}")
+  loss = res.history[-1]["loss"] if res.history else float("nan")
+  log(f"[scaling] {label}: step {res.step} in {time.time() - t0:.0f}s "
+      f"({res.compile_s:.0f}s compile), loss {loss:.4f}")
 
 
-def _branch(src: Path, dst: Path, step: int) -> None:
-  """Copies `src`'s checkpoint of `step` and its config.json into a fresh run folder `dst`."""
+def copy_branch(src, dst, step: int) -> None:
+  """Copies `src`'s checkpoint of `step` and its config.json into the run folder `dst` (local:
+  a temporary name, then a rename; gs://: file by file, orbax's commit marker last)."""
+  from instant3d_jax import fileio
   from instant3d_jax.base import checkpoint as ckpt_lib
+  src, dst = fileio.path(src), fileio.path(dst)
+  src_step = src / ckpt_lib.CHECKPOINT_DIR / str(step)
+  if not src_step.exists() or not ckpt_lib._is_complete(src_step):
+    raise errors.InputError(f"bench.scaling: {fileio.display(src_step)} does not exist yet "
+                            f"(run `--job segment --until {step}` of this series first)")
   step_dir = dst / ckpt_lib.CHECKPOINT_DIR / str(step)
-  if step_dir.exists():
+  if step_dir.exists() and ckpt_lib._is_complete(step_dir):
     return
   ckpt_dir = dst / ckpt_lib.CHECKPOINT_DIR
-  if ckpt_dir.exists() and any(not p.name.endswith(".copying") for p in ckpt_dir.iterdir()):
-    raise errors.Instant3DError(f"bench.scaling: {dst} exists without the step {step} it "
-                                f"branches from; remove it or use another --workdir")
-  dst.mkdir(parents=True, exist_ok=True)
-  shutil.copy2(src / ckpt_lib.CONFIG_FILE, dst / ckpt_lib.CONFIG_FILE)
-  tmp = step_dir.with_name(step_dir.name + ".copying")
-  shutil.rmtree(tmp, ignore_errors=True)
-  shutil.copytree(src / ckpt_lib.CHECKPOINT_DIR / str(step), tmp)
-  tmp.rename(step_dir)
+  if ckpt_dir.exists() and any(p.name.isdigit() and p.name != str(step)
+                               for p in ckpt_dir.iterdir()):
+    raise errors.InputError(f"bench.scaling: {fileio.display(dst)} holds another run's "
+                            f"checkpoints, not the step {step} it branches from; remove it or "
+                            "use another --workdir")
+  fileio.copy_file(src / ckpt_lib.CONFIG_FILE, dst / ckpt_lib.CONFIG_FILE)
+  if not fileio.is_remote(dst):
+    tmp = Path(str(step_dir) + ".copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(Path(str(src_step)), tmp)
+    tmp.rename(Path(str(step_dir)))
+    return
+  files = [p for p in src_step.rglob("*") if p.is_file()]
+  files.sort(key=lambda p: p.name == "commit_success.txt")     # the marker last
+  for p in files:
+    fileio.copy_file(p, step_dir / p.relative_to(src_step))
 
 
-def run_size(cfg, name: str, budgets, workdir: Path, log=print) -> dict[int, dict]:
-  """Trains size `name` (config `cfg`, WSD) for every budget; returns `{budget: timings}`:
-  steps, wall seconds (stable part + branch) and compile seconds."""
-  budgets = sorted(set(int(b) for b in budgets))
-  starts = branch_points(cfg, budgets)
-  longest = budgets[-1]
-  root = workdir / name
-  root.mkdir(parents=True, exist_ok=True)
-  segs = _Segments(root / "segments.json")
-  main_dir = root / f"b{longest}"
-  # The longest run, stopped at each shorter budget's decay start (cumulative wall at each).
-  wall_at, compile_s = {0: 0.0}, 0.0
-  prev = 0
-  for b in budgets[:-1]:
-    s = starts[b]
-    if s == prev:
-      wall_at[s] = wall_at[prev]
-      continue
-    rec = _train(cfg, main_dir, prev, longest, s, segs, f"b{longest}@{s}",
-                 f"{name} b{longest} steps {prev}→{s}", log)
-    wall_at[s] = wall_at[prev] + rec["wall_s"]
-    compile_s += rec["compile_s"]
-    prev = s
-  rec = _train(cfg, main_dir, prev, longest, 0, segs, f"b{longest}", f"{name} b{longest} steps "
-               f"{prev}→{longest}", log)
-  out = {longest: {"dir": str(main_dir), "wall_s": wall_at[prev] + rec["wall_s"],
-                   "compile_s": compile_s + rec["compile_s"], "decay_start": starts[longest]}}
-  for b in budgets[:-1]:
-    s = starts[b]
-    d = root / f"b{b}"
-    _branch(main_dir, d, s)
-    r = _train(cfg, d, s, b, 0, segs, f"b{b}", f"{name} b{b} steps {s}→{b} (branch)", log)
-    out[b] = {"dir": str(d), "wall_s": wall_at[s] + r["wall_s"],
-              "compile_s": r["compile_s"], "decay_start": s}
+_EVALUATORS: dict = {}
+
+
+def score(spec: dict, name: str, budget: int, workdir, *, log=print) -> dict:
+  """Scores run (series `name`, `budget`) on val and writes its results file; returns it."""
+  import jax
+  from instant3d_jax.base import checkpoint as ckpt_lib
+  from instant3d_jax.convert import checkpoints
+  from instant3d_jax.eval import protocol
+  from instant3d_jax.eval import results as results_lib
+  from data_pipeline import datasets
+  run = results_lib.Run.start("scaling_run")
+  cfg = series_config(spec, name)
+  run_dir = _run_dir(workdir, name, budget)
+  _, params, step = checkpoints.load(run_dir)
+  if int(step) != int(budget):
+    raise errors.Instant3DError(f"bench.scaling: {run_dir} is at step {step}, not {budget}")
+  key = json.dumps(ckpt_lib.config_to_dict(cfg.model), sort_keys=True)
+  if key not in _EVALUATORS:
+    _EVALUATORS[key] = protocol.Evaluator(cfg, with_lpips=False, mse=True)
+  dataset = datasets.prepare(cfg, progress=False)
+  datasets.check_eval(dataset, cfg)
+  res = _EVALUATORS[key](jax.tree.map(jax.numpy.asarray, params), dataset,
+                         int(spec["eval_objects"]))
+  protocol.write_results(res, run_dir / "eval", extra={"checkpoint": str(run_dir),
+                                                       "step": str(step)})
+  s = spec["series"][name]
+  decay_start = branch_points(cfg, [budget])[int(budget)]
+  main = _run_dir(workdir, name, max(spec["budgets"]))
+  if int(budget) == max(spec["budgets"]):
+    wall = step_seconds(main, 0, int(budget))
+  else:
+    wall = step_seconds(main, 0, decay_start) + step_seconds(run_dir, decay_start, int(budget))
+  summary = res["summary"]
+  metrics = {"series": name, "role": s["role"], "budget": int(budget), "steps": int(budget),
+             "decay_start": decay_start, "params": s["params"],
+             "global_batch": int(cfg.train.global_batch_size),
+             "flops": s["flops_per_step"] * int(budget), "wall_s": wall,
+             "learning_rate": s["learning_rate"], "seed": s["seed"],
+             "num_objects": res["num_objects"],
+             **{k: summary.get(k) for k in SUMMARY_KEYS}}
+  out = run.write(run_dir / RESULTS_FILE, configs={"lrm": cfg}, params={"lrm": params},
+                  metrics=metrics, baselines={k: summary[k] for k in BASELINE_KEYS
+                                              if k in summary},
+                  wall_s={"steps": wall, "eval": res["seconds"]},
+                  extra={"per_object": {k: res["per_object"][k] for k in PER_OBJECT_KEYS},
+                         "study": spec["config"]})
+  log(f"[scaling] {name} b{budget}: val MSE {metrics['mse']:.5f} (PSNR {metrics['psnr']:.2f} dB"
+      f", foreground MSE {metrics['foreground_mse']:.4f}), {metrics['flops']:.3g} FLOPs, "
+      f"{wall:.0f}s of steps")
   return out
 
 
-def evaluate(run_dir: str, cfg, num_objects: int, evaluators: dict, log=print) -> dict:
-  """Held-out summary (eval/protocol.py, LPIPS off) of `run_dir`'s final checkpoint, written to
-  `run_dir/eval/` as `python -m instant3d_jax.eval_lrm` would (lrm_eval.evaluate_checkpoint,
-  whose steps these are, but with one compiled `Evaluator` per model size in `evaluators`, not
-  one per checkpoint); read back from there on a rerun."""
-  import jax
-  from instant3d_jax.eval import protocol
-  from instant3d_jax.base import checkpoint as ckpt_lib
-  from instant3d_jax.convert import checkpoints
-  out = Path(run_dir) / "eval"
-  cached = out / "eval.json"
-  if cached.exists():
-    saved = json.loads(cached.read_text())
-    if saved.get("num_objects") == num_objects:
-      return saved["summary"]
-  ev = copy.deepcopy(cfg)
-  ev.eval.lpips = False
-  _, params, step = checkpoints.load(run_dir)
-  key = json.dumps(ckpt_lib.config_to_dict(ev.model), sort_keys=True)
-  if key not in evaluators:
-    evaluators[key] = protocol.Evaluator(ev)
-  dataset = _eval_dataset(ev)
-  results = evaluators[key](jax.tree.map(jax.numpy.asarray, params), dataset, num_objects)
-  protocol.write_results(results, out, extra={"checkpoint": str(run_dir), "step": str(step),
-                                              "variant": ev.get("variant", "?")})
-  log(f"[scaling] evaluated {run_dir}: PSNR {results['summary']['psnr']:.2f} dB on "
-      f"{results['num_objects']} held-out objects")
-  return results["summary"]
+def job_segment(spec: dict, name: str, until: int, workdir, *, log=print) -> None:
+  """Trains series `name`'s longest run to step `until` (a branch point or the longest budget;
+  the latter is then scored)."""
+  cfg = series_config(spec, name)
+  budgets = sorted(spec["budgets"])
+  longest = budgets[-1]
+  stops = sorted(set(branch_points(cfg, budgets[:-1]).values())) + [longest]
+  if int(until) not in stops:
+    raise errors.InputError(f"--until {until}: series {name} stops only at {stops}")
+  halt = 0 if int(until) == longest else int(until)
+  _train(cfg, _run_dir(workdir, name, longest), longest, halt,
+         f"{name} b{longest} to step {until}", log)
+  if halt == 0 and not (_run_dir(workdir, name, longest) / RESULTS_FILE).exists():
+    score(spec, name, longest, workdir, log=log)
 
 
-def _eval_dataset(cfg):
-  """The run's data set, checked to hold the held-out rig views (`datasets.check_eval`)."""
-  from data_pipeline import datasets
-  dataset = datasets.prepare(cfg, progress=False)
-  datasets.check_eval(dataset, cfg)
-  return dataset
-
-
-@contextlib.contextmanager
-def compile_cache(directory):
-  """JAX's persistent compilation cache in `directory` while inside (None: unchanged). The
-  segments of a size's longest run compile the same step (same schedule), and so does a rerun:
-  each is compiled once. The previous settings come back on exit."""
-  if directory is None:
-    yield
+def job_branch(spec: dict, name: str, budget: int, workdir, *, log=print) -> None:
+  """Branches series `name`'s budget `budget` off its longest run, trains and scores it."""
+  cfg = series_config(spec, name)
+  budgets = sorted(spec["budgets"])
+  if int(budget) not in budgets[:-1]:
+    raise errors.InputError(f"--budget {budget}: series {name} branches only at "
+                            f"{budgets[:-1]} (the longest, {budgets[-1]}, is a segment)")
+  start = branch_points(cfg, [budget])[int(budget)]
+  dst = _run_dir(workdir, name, budget)
+  if (dst / RESULTS_FILE).exists():
+    log(f"[scaling] {name} b{budget}: scored before")
     return
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  keys = {"jax_compilation_cache_dir": str(directory),
-          "jax_persistent_cache_min_compile_time_secs": 0.0,
-          "jax_persistent_cache_min_entry_size_bytes": 0}
-  old = {k: getattr(jax.config, k) for k in keys}
-  try:
-    for k, v in keys.items():
-      jax.config.update(k, v)
-    cc.reset_cache()     # re-read the settings at the next compile
-    yield
-  finally:
-    for k, v in old.items():
-      jax.config.update(k, v)
-    cc.reset_cache()
+  copy_branch(_run_dir(workdir, name, budgets[-1]), dst, start)
+  _train(cfg, dst, int(budget), 0, f"{name} b{budget} steps {start}→{budget} (branch)", log)
+  score(spec, name, budget, workdir, log=log)
 
 
-def run_study(base, sizes: dict[str, dict], budgets, *, decay_fraction: float,
-              eval_objects: int, workdir, log=print, cache: bool = True) -> dict:
-  """Every size × budget (see module docstring) → `{"rows": [...], "baselines": {...}, ...}`.
-  `cache`: compile through a persistent cache in `workdir/jax_cache` (`compile_cache`)."""
-  with compile_cache(Path(workdir) / "jax_cache" if cache else None):
-    return _run_study(base, sizes, budgets, decay_fraction=decay_fraction,
-                      eval_objects=eval_objects, workdir=workdir, log=log)
+def jobs(spec: dict) -> list[dict]:
+  """Every job of the study, in an order that respects its dependencies: per series, the
+  segments of the longest run in step order, each shorter budget's branch right after the
+  segment that reaches its decay start. `after`: the job it needs (None: none)."""
+  out = []
+  for name in spec["series"]:
+    cfg = series_config(spec, name)
+    budgets = sorted(spec["budgets"])
+    starts = branch_points(cfg, budgets[:-1])
+    prev = None
+    for until in sorted(set(starts.values())) + [budgets[-1]]:
+      seg = {"id": f"{name}-s{until}", "series": name, "job": "segment", "until": until,
+             "after": prev}
+      out.append(seg)
+      for b in budgets[:-1]:
+        if starts[b] == until:
+          out.append({"id": f"{name}-b{b}", "series": name, "job": "branch", "budget": b,
+                      "after": seg["id"]})
+      prev = seg["id"]
+  return out
 
 
-def _run_study(base, sizes, budgets, *, decay_fraction, eval_objects, workdir, log) -> dict:
-  from instant3d_jax.models import lrm as lrm_lib
-  from instant3d_jax.models import lrm_stats
-  from instant3d_jax.train import lrm_task
-  workdir = Path(workdir)
-  rows, baselines, evaluators = [], {}, {}
-  budgets = sorted(set(int(b) for b in budgets))
-  for i, (name, overrides) in enumerate(sizes.items()):
-    cfg = study_config(base, overrides, decay_fraction)
-    dataset = lrm_task.prepare_data(cfg, progress=False)
-    flops_ex = lrm_task.flops_per_example(cfg, dataset)
-    gbs = int(cfg.train.global_batch_size)
-    n_params = lrm_stats.count_params(lrm_lib.LRMConfig.from_config(cfg))
-    log(f"[scaling] size {name} ({i + 1}/{len(sizes)}): {n_params:,} parameters, "
-        f"{flops_ex * gbs / 1e9:.2f} GFLOP per step, budgets {budgets}")
-    t0 = time.time()
-    runs = run_size(cfg, name, budgets, workdir, log=log)
-    for b in budgets:
-      s = evaluate(runs[b]["dir"], cfg, eval_objects, evaluators, log=log)
-      baselines = baselines or {k: s[k] for k in BASELINE_KEYS if k in s}
-      rows.append({"size": name, "budget": b, "params": n_params, "steps": b,
-                   "decay_start": runs[b]["decay_start"], "global_batch": gbs,
-                   "flops": flops_ex * gbs * b, "wall_s": runs[b]["wall_s"],
-                   "compile_s": runs[b]["compile_s"],
-                   **{k: s.get(k) for k in SUMMARY_KEYS}})
-      log(f"[scaling] {name} b{b}: PSNR {rows[-1]['psnr']:.2f} dB, foreground "
-          f"{rows[-1]['foreground_psnr']:.2f} dB, colour error {rows[-1]['colour_error']:.1f}, "
-          f"{rows[-1]['flops']:.3g} FLOPs, {rows[-1]['wall_s']:.0f}s")
-    log(f"[scaling] size {name} done in {time.time() - t0:.0f}s")
-  return {"rows": rows, "baselines": baselines, "sizes": sizes, "budgets": budgets,
-          "decay_fraction": decay_fraction, "eval_objects": eval_objects,
-          "variant": str(base.get("variant", "?")),
-          "optimizer": {k: base.optimizer[k] for k in ("learning_rate", "warmup_steps",
-                                                        "final_lr_ratio")}}
+def job_args(job: dict) -> list[str]:
+  extra = ["--until", str(job["until"])] if job["job"] == "segment" else [
+      "--budget", str(job["budget"])]
+  return ["--job", job["job"], "--series", job["series"]] + extra
 
 
-def _by_size(study: dict) -> list[str]:
-  """The study's sizes, smallest (parameters) first."""
-  params = {r["size"]: r["params"] for r in study["rows"]}
-  return sorted(study["sizes"], key=lambda n: params.get(n, 0))
+def run_local(spec: dict, workdir, *, log=print) -> None:
+  """Every job here, in `jobs` order."""
+  t0 = time.time()
+  todo = jobs(spec)
+  for i, job in enumerate(todo):
+    el = time.time() - t0
+    eta = f", ETA {el / i * (len(todo) - i) / 60:.0f} min" if i else ""
+    log(f"[scaling] job {i + 1}/{len(todo)} {job['id']} ({el / 60:.0f} min so far{eta})")
+    if job["job"] == "segment":
+      job_segment(spec, job["series"], job["until"], workdir, log=log)
+    else:
+      job_branch(spec, job["series"], job["budget"], workdir, log=log)
 
 
-def plot(study: dict, out_png: Path) -> Path:
-  """Two panels, held-out PSNR against training FLOPs and against wall seconds (log x), one line
-  per size; the background-only baseline dashed."""
+# ------------------------------------------------------------------------------------------------
+# Emit: the study's jobs as a cluster's commands.
+
+def emit(spec: dict, kind: str, workdir: str, out: Path, *, repo: str = str(ROOT),
+         python: str = "python") -> Path:
+  """Writes the launch script of `kind` ('slurm': one sbatch per job, each after the job it
+  needs; 'tpu': one chain per series, its jobs in order on that series' TPU VM, run through
+  `$RUN`) to `out` and returns it."""
+  head = ["#!/usr/bin/env bash",
+          f"# The scaling study's {len(jobs(spec))} jobs (`python -m bench.scaling --emit {kind}`"
+          f"). Workdir: {workdir}",
+          "# Re-running this script is safe: a finished job returns at once.",
+          "set -euo pipefail",
+          f"REPO=${{REPO:-{shlex.quote(repo)}}}",
+          f"PY=${{PY:-{shlex.quote(python)}}}",
+          f"W={shlex.quote(str(workdir))}"]
+
+  def cmd(job):
+    return " ".join(["cd", '"$REPO"', "&&", '"$PY"', "-m", "bench.scaling", "--workdir", '"$W"']
+                    + job_args(job))
+  lines = list(head)
+  if kind == "slurm":
+    lines += ["SBATCH_ARGS=${SBATCH_ARGS:-}   # partition, account, --gres=gpu:1, time …",
+              "declare -A ID"]
+    for job in jobs(spec):
+      dep = f'--dependency=afterok:${{ID[{job["after"]}]}} ' if job["after"] else ""
+      lines.append(f'ID[{job["id"]}]=$(sbatch --parsable $SBATCH_ARGS {dep}'
+                   f'--job-name=scaling-{job["id"]} --wrap="{cmd(job)}")')
+      lines.append(f'echo "{job["id"]}: job ${{ID[{job["id"]}]}}"')
+  elif kind == "tpu":
+    lines += ["# One TPU VM per series, named $TPU_PREFIX-<series>; $RUN runs a command on all "
+              "its workers.",
+              "TPU_PREFIX=${TPU_PREFIX:-scaling}",
+              "ZONE=${ZONE:-us-central2-b}",
+              'RUN=${RUN:-"gcloud compute tpus tpu-vm ssh --zone $ZONE --worker=all"}',
+              "chain() {  # series, then its commands in order",
+              '  local s=$1; shift',
+              '  for c in "$@"; do $RUN "$TPU_PREFIX-$s" --command "$c"; done',
+              "}"]
+    by_series: dict[str, list] = {}
+    for job in jobs(spec):
+      by_series.setdefault(job["series"], []).append(job)
+    for name, js in by_series.items():
+      quoted = " ".join(shlex.quote(cmd(j)) for j in js)
+      lines.append(f"chain {name} {quoted} &")
+    lines.append("wait")
+  else:
+    raise errors.InputError(f"--emit {kind!r}: expected slurm or tpu")
+  out = Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text("\n".join(lines) + "\n")
+  out.chmod(0o755)
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Collect: the finished runs' results files → table, fit, plot.
+
+def collect(workdir) -> dict:
+  """Every finished run's results file → `{"rows", "per_object", "spec", ...}`."""
+  from instant3d_jax.eval import results as results_lib
+  spec = read_study(workdir)
+  rows, per_object, baselines, missing = [], {}, {}, []
+  for name in spec["series"]:
+    for b in spec["budgets"]:
+      p = _run_dir(workdir, name, b) / RESULTS_FILE
+      if not p.exists():
+        missing.append(f"{name}/b{b}")
+        continue
+      r = results_lib.read(p)
+      m = dict(r["metrics"])
+      m.update(commit=r["commit"], dirty=r["dirty"], config_sha256=r["config_sha256"]["lrm"],
+               param_sha256=r["param_sha256"]["lrm"], load=r["load"])
+      rows.append(m)
+      per_object[(name, int(b))] = r["extra"]["per_object"]
+      baselines = baselines or r["baselines"]
+  return {"spec": spec, "rows": rows, "per_object": per_object, "baselines": baselines,
+          "missing": missing}
+
+
+def _power_law(c, a, b, c0):
+  import numpy as np
+  return a * np.power(c, -b) + c0
+
+
+def frontier(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+  """The compute-optimal points of `(flops, loss, size)`: those with a lower loss than every
+  point of no more compute (ties in compute: the lower loss)."""
+  best, out = float("inf"), []
+  for f, l, n in sorted(points, key=lambda p: (p[0], p[1])):
+    if l < best:
+      out.append((f, l, n))
+      best = l
+  return out
+
+
+def fit_power_law(flops, loss) -> dict | None:
+  """L(C) = a·(C/C₀)^(−b) + c on the points (C₀ = the smallest C), least squares in L with
+  a, b ≥ 0 and 0 ≤ c ≤ min L; None with fewer than 4 points or no convergence."""
+  import numpy as np
+  from scipy import optimize
+  x, y = np.asarray(flops, float), np.asarray(loss, float)
+  if len(x) < 4:
+    return None
+  c_ref = float(x.min())
+  xs = x / c_ref
+  best = None
+  for b0 in (0.1, 0.3, 0.6, 1.0):
+    p0 = (max(y[0] - 0.5 * y.min(), 1e-6), b0, 0.5 * y.min())
+    try:
+      p, _ = optimize.curve_fit(_power_law, xs, y, p0=p0, maxfev=20000,
+                                bounds=([0.0, 0.0, 0.0], [np.inf, 5.0, float(y.min())]))
+    except (RuntimeError, ValueError):
+      continue
+    sse = float(np.sum((_power_law(xs, *p) - y) ** 2))
+    if best is None or sse < best[1]:
+      best = (p, sse)
+  if best is None:
+    return None
+  (a, b, c), sse = best
+  return {"a": float(a), "b": float(b), "c": float(c), "c_ref_flops": c_ref, "sse": sse,
+          "n": int(len(x))}
+
+
+def analyse(col: dict, *, n_boot: int = 1000, seed: int = 0) -> dict:
+  """The frontier of the size series (val MSE against FLOPs), its power-law fit with a
+  bootstrap interval of the exponent over val objects, the best size per budget, the second
+  seed's spread, and the lift reference beside the frontier."""
+  import numpy as np
+  spec, rows = col["spec"], col["rows"]
+  sizes = [n for n, s in spec["series"].items() if s["role"] == "size"]
+  size_rows = [r for r in rows if r["series"] in sizes]
+  pts = [(r["flops"], r["mse"], r["series"]) for r in size_rows]
+  front = frontier(pts)
+  fit = fit_power_law([p[0] for p in front], [p[1] for p in front])
+  out = {"frontier": [{"flops": f, "mse": l, "series": n} for f, l, n in front], "fit": fit}
+  # Bootstrap over objects: the same resampled objects for every run (one val set).
+  keys = [(r["series"], r["budget"]) for r in size_rows]
+  objs = None
+  mats = []
+  for k in keys:
+    po = col["per_object"][k]
+    idx = [int(i) for i in po["object_index"]]
+    if objs is None:
+      objs = idx
+    elif idx != objs:
+      raise errors.Instant3DError(f"bench.scaling: run {k} was scored on other val objects")
+    mats.append(np.asarray(po["mse"], float))
+  exps, fails = [], 0
+  if mats and fit is not None:
+    mats = np.stack(mats)                       # [runs, objects]
+    rng = np.random.default_rng(seed)
+    n_obj = mats.shape[1]
+    flops = [r["flops"] for r in size_rows]
+    names = [r["series"] for r in size_rows]
+    for _ in range(n_boot):
+      pick = rng.integers(0, n_obj, n_obj)
+      means = mats[:, pick].mean(axis=1)
+      fr = frontier(list(zip(flops, means.tolist(), names)))
+      f = fit_power_law([p[0] for p in fr], [p[1] for p in fr])
+      if f is None:
+        fails += 1
+      else:
+        exps.append(f["b"])
+    # Standard error of each run's mean over objects (for the seed comparison).
+  out["bootstrap"] = {"n": n_boot, "failed": fails,
+                      "b_interval": ([float(np.percentile(exps, 2.5)),
+                                      float(np.percentile(exps, 97.5))] if exps else None),
+                      "b_median": float(np.median(exps)) if exps else None}
+  # Best size per step budget, and the size on the frontier at each run's compute.
+  out["best_per_budget"] = {}
+  for b in spec["budgets"]:
+    at = [r for r in size_rows if r["budget"] == b]
+    if at:
+      top = min(at, key=lambda r: r["mse"])
+      out["best_per_budget"][int(b)] = top["series"]
+  on_front = []
+  for r in sorted(size_rows, key=lambda r: r["flops"]):
+    avail = [p for p in pts if p[0] <= r["flops"]]
+    on_front.append({"flops": r["flops"], "series": min(avail, key=lambda p: p[1])[2]})
+  out["frontier_size_at"] = on_front
+  # Seed spread: the second seed against its size, per budget, beside the objects' s.e.
+  seeds = []
+  for n, s in spec["series"].items():
+    if s["role"] != "seed":
+      continue
+    twin = next((m for m, t in spec["series"].items() if t["role"] == "size"
+                 and t["width"] == s["width"] and t["overrides"] == s["overrides"]), None)
+    for b in spec["budgets"]:
+      a = col["per_object"].get((n, int(b)))
+      c = col["per_object"].get((twin, int(b)))
+      if a is None or c is None:
+        continue
+      a, c = np.asarray(a["mse"], float), np.asarray(c["mse"], float)
+      se = float(np.std(c, ddof=1) / np.sqrt(len(c)))
+      seeds.append({"series": n, "of": twin, "budget": int(b), "mse": float(a.mean()),
+                    "twin_mse": float(c.mean()),
+                    "rel_diff": float(abs(a.mean() - c.mean()) / c.mean()),
+                    "objects_se": se})
+  out["seeds"] = seeds
+  # The reference (lift) line against the frontier's fit at the same compute.
+  ref = []
+  for r in rows:
+    if spec["series"][r["series"]]["role"] != "reference":
+      continue
+    pred = (_power_law(r["flops"] / fit["c_ref_flops"], fit["a"], fit["b"], fit["c"])
+            if fit else None)
+    best = min((p[1] for p in pts if p[0] <= r["flops"]), default=None)
+    ref.append({"series": r["series"], "budget": r["budget"], "flops": r["flops"],
+                "mse": r["mse"], "frontier_mse": best,
+                "fit_mse": float(pred) if pred is not None else None})
+  out["reference"] = ref
+  return out
+
+
+def plot(col: dict, ana: dict, out_png: Path) -> Path:
+  """Three panels: val MSE against training FLOPs (sizes, second seed dashed, reference dotted,
+  the fitted frontier), against wall seconds, and val PSNR against FLOPs."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  import matplotlib.ticker
   import numpy as np
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, key, label in ((axes[0], "flops", "training FLOPs (analytic)"),
-                         (axes[1], "wall_s", "wall seconds here (Σ step times)")):
-    for name in _by_size(study):
-      pts = sorted((r[key], r["psnr"], r["budget"]) for r in study["rows"]
-                   if r["size"] == name)
+  spec, rows = col["spec"], col["rows"]
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+  style = {"size": dict(ls="-", marker="o"), "seed": dict(ls="--", marker="x"),
+           "reference": dict(ls=":", marker="s", c="k")}
+  order = sorted(spec["series"], key=lambda n: (ROLES.index(spec["series"][n]["role"]),
+                                                spec["series"][n]["params"]))
+  panels = ((axes[0], "flops", "mse", "training FLOPs (analytic)", "val MSE (whole views)"),
+            (axes[1], "wall_s", "mse", "wall seconds here (Σ step times)", "val MSE"),
+            (axes[2], "flops", "psnr", "training FLOPs (analytic)", "val PSNR (dB)"))
+  for ax, xk, yk, xl, yl in panels:
+    for n in order:
+      s = spec["series"][n]
+      pts = sorted((r[xk], r[yk], r["budget"]) for r in rows if r["series"] == n)
       if not pts:
         continue
-      params = next(r["params"] for r in study["rows"] if r["size"] == name)
-      x, y, b = zip(*pts)
-      ax.plot(x, y, marker="o", label=f"{name} ({params / 1e6:.2f}M params)")
-      for xi, yi, bi in pts:
-        ax.annotate(str(bi), (xi, yi), textcoords="offset points", xytext=(3, -10), fontsize=7)
-    if "background_psnr" in study["baselines"]:
-      ax.axhline(study["baselines"]["background_psnr"], ls="--", c="grey", lw=1,
-                 label="background only")
+      x, y, _ = zip(*pts)
+      label = {"size": f"{n} ({s['params'] / 1e6:.2f}M, width {s['width']})",
+               "seed": f"{n} (second seed)",
+               "reference": f"{n}: the lift model ({s['params'] / 1e6:.2f}M; lift not in FLOPs)"
+               }[s["role"]]
+      ax.plot(x, y, label=label, **style[s["role"]])
+      if s["role"] == "size" and ax is axes[0]:
+        for xi, yi, bi in pts:
+          ax.annotate(str(bi), (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6)
+    b = col["baselines"]
+    base_key = {"mse": "background_mse", "psnr": "background_psnr"}[yk]
+    if base_key in b:
+      ax.axhline(b[base_key], ls="--", c="grey", lw=1, label="background only")
+    mk = {"mse": "mean_colour_mse", "psnr": "mean_colour_psnr"}[yk]
+    if mk in b:
+      ax.axhline(b[mk], ls="-.", c="grey", lw=1, label="mean colour in the true mask")
     ax.set_xscale("log")
-    xs = [r[key] for r in study["rows"] if r[key] and r[key] > 0]
-    if xs:   # ticks at 1, 2, 5 × each decade in range, labelled plainly
-      lo, hi = np.floor(np.log10(min(xs))), np.ceil(np.log10(max(xs)))
-      ticks = [m * 10.0 ** e for e in np.arange(lo, hi + 1) for m in (1, 2, 5)
-               if min(xs) / 1.5 <= m * 10.0 ** e <= max(xs) * 1.5]
-      ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
-      ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel(label)
-    ax.set_ylabel("held-out PSNR (dB)")
+    if yk == "mse":
+      ax.set_yscale("log")
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
     ax.grid(alpha=0.3, which="both")
-  axes[0].legend(fontsize=8)
-  fig.suptitle(f"LRM `{study['variant']}` sizes on the procedural world, WSD "
-               f"(decay {study['decay_fraction']:g}); labels: steps", fontsize=10)
+  fit = ana["fit"]
+  if fit:
+    fx = np.geomspace(min(p["flops"] for p in ana["frontier"]),
+                      max(r["flops"] for r in rows), 100)
+    bi = ana["bootstrap"]["b_interval"]
+    ci = f" [{bi[0]:.2f}, {bi[1]:.2f}]" if bi else ""
+    axes[0].plot(fx, _power_law(fx / fit["c_ref_flops"], fit["a"], fit["b"], fit["c"]),
+                 c="r", lw=2, alpha=0.5,
+                 label=f"frontier fit: b = {fit['b']:.2f}{ci}, c = {fit['c']:.4f}")
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f"The paper's reconstructor, {len([1 for s in spec['series'].values() if s['role'] == 'size'])}"
+               f" sizes × {len(spec['budgets'])} budgets (WSD, decay {spec['decay_fraction']:g}) "
+               f"on the procedural world, scored on val ({spec['eval_objects']} objects); "
+               "labels: steps", fontsize=10)
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=100)
@@ -379,114 +721,169 @@ def plot(study: dict, out_png: Path) -> Path:
   return out_png
 
 
-def markdown(study: dict, png_name: str) -> list[str]:
+def markdown(col: dict, ana: dict, png_name: str) -> list[str]:
   f = lambda v, d: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
-  opt = study["optimizer"]
-  lines = [
-      "# Quality versus compute (scaling study)", "",
-      f"Model sizes around configs/lrm.py `{study['variant']}` trained on the procedural world "
-      f"with a warm-up–stable–decay schedule (peak lr {opt['learning_rate']:g}, "
-      f"{opt['warmup_steps']} warm-up steps, 1−sqrt decay over the last "
-      f"{study['decay_fraction']:g} of each budget to {opt['final_lr_ratio']:g}× the peak): one "
-      "run per size, each shorter budget branched from its stable-phase checkpoint "
-      "(`bench/scaling.py`). Held-out metrics on "
-      f"{study['eval_objects']} test objects (the eval protocol, LPIPS off). FLOPs: analytic "
-      "forward + backward of the encoder, decoder and NeRF MLP (`lrm_task.flops_per_example` "
-      "× batch × steps). Wall: the sum of the logged step times here (stable part + branch; "
-      "no compile, start-up or checkpoint writes). Sizes (model overrides of the config):", ""]
-  for name in _by_size(study):
-    ov = study["sizes"][name]
-    desc = ", ".join(f"`{k}={v}`" for k, v in ov.items()) or "the config as is"
-    lines.append(f"- `{name}`: {desc}")
-  lines += ["", "| size | params | steps | batch | training FLOPs | wall (s) | PSNR (dB) ↑ | "
-            "SSIM ↑ | foreground PSNR (dB) ↑ | colour error (0–255) ↓ |",
+  spec, rows = col["spec"], col["rows"]
+  lines = ["# Quality versus compute (scaling study of the paper's reconstructor)", ""]
+  lines += [
+      f"Study: `{spec['config']}` (configs/scaling.py): the paper's model (`large`'s switches, "
+      "scaled down; extras off) at the sizes below, a second seed of one size, and the CPU demo's "
+      "lift model (`tiny`) as a reference, each trained with a warm-up–stable–decay schedule "
+      f"({spec['warmup_steps']} warm-up steps, 1−sqrt decay over the last "
+      f"{spec['decay_fraction']:g} of each budget; each shorter budget branched from the longest "
+      f"run's stable phase) and scored on {spec['eval_objects']} val objects × 10 views "
+      "(LPIPS off). Loss: per-pixel MSE of the whole view (foreground: over the true mask's "
+      "pixels). FLOPs: analytic forward + backward of encoder, decoder and NeRF MLP × batch × "
+      "steps (the lift's projections are not counted). Wall: Σ logged step times here.", "",
+      "| series | role | params | width | enc × dec blocks | peak lr | seed |",
+      "|---|---|---:|---:|---|---:|---:|"]
+  for n, s in spec["series"].items():
+    ov = s["overrides"]
+    blocks = (f"{ov['encoder.num_layers']} × {ov['decoder.num_layers']}" if ov else "tiny's")
+    lines.append(f"| {n} | {s['role']} | {s['params'] / 1e6:.3f}M | {s['width']} | {blocks} | "
+                 f"{s['learning_rate']:g} | {s['seed']} |")
+  lines += ["", "Learning rates: configs/scaling.py (tiny's tuned 5e-4 at width 128, × 128/W "
+            "above it; not swept per size).", "",
+            "| series | steps | training FLOPs | wall (s) | val MSE ↓ | foreground MSE ↓ | "
+            "PSNR (dB) ↑ | foreground PSNR (dB) ↑ | SSIM ↑ | colour error ↓ |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-  for r in study["rows"]:
-    lines.append(f"| {r['size']} | {r['params'] / 1e6:.3f}M | {r['steps']} | "
-                 f"{r['global_batch']} | {r['flops']:.3g} | {r['wall_s']:.0f} | "
-                 f"{f(r['psnr'], 2)} | {f(r['ssim'], 4)} | {f(r['foreground_psnr'], 2)} | "
+  for r in sorted(rows, key=lambda r: (list(spec["series"]).index(r["series"]), r["budget"])):
+    lines.append(f"| {r['series']} | {r['steps']} | {r['flops']:.3g} | {r['wall_s']:.0f} | "
+                 f"{f(r['mse'], 5)} | {f(r['foreground_mse'], 4)} | {f(r['psnr'], 2)} | "
+                 f"{f(r['foreground_psnr'], 2)} | {f(r['ssim'], 4)} | "
                  f"{f(r['colour_error'], 1)} |")
-  b = study["baselines"]
+  b = col["baselines"]
   if b:
-    lines += ["", "Baselines on the same objects: background only "
-              f"{f(b.get('background_psnr'), 2)} dB (colour error "
-              f"{f(b.get('background_colour_error'), 1)}); mean colour inside the true mask "
-              f"{f(b.get('mean_colour_psnr'), 2)} dB (foreground "
-              f"{f(b.get('mean_colour_foreground_psnr'), 2)} dB, colour error "
-              f"{f(b.get('mean_colour_colour_error'), 1)})."]
-  best = []
-  for bud in study["budgets"]:
-    at = [r for r in study["rows"] if r["budget"] == bud and r["psnr"] is not None]
-    if at:
-      top = max(at, key=lambda r: r["psnr"])
-      best.append(f"{bud} steps: `{top['size']}` ({top['psnr']:.2f} dB)")
-  if best:
-    lines += ["", "Best held-out PSNR per step budget: " + "; ".join(best) + "."]
-  lines += ["", f"![held-out PSNR against training FLOPs and wall seconds]({png_name})"]
+    lines += ["", f"Baselines on the same objects: background only MSE "
+              f"{f(b.get('background_mse'), 5)} ({f(b.get('background_psnr'), 2)} dB); mean "
+              f"colour inside the true mask {f(b.get('mean_colour_mse'), 5)} "
+              f"({f(b.get('mean_colour_psnr'), 2)} dB, foreground MSE "
+              f"{f(b.get('mean_colour_foreground_mse'), 4)})."]
+  if col["missing"]:
+    lines += ["", f"Not finished yet ({len(col['missing'])}): " + ", ".join(col["missing"])]
+  lines += ["", "## The frontier", ""]
+  fit, bs = ana["fit"], ana["bootstrap"]
+  if fit:
+    ci = bs["b_interval"]
+    lines.append(
+        f"Fit on the {fit['n']} frontier points: L(C) = {fit['a']:.4g} · (C / "
+        f"{fit['c_ref_flops']:.3g})^(−{fit['b']:.3f}) + {fit['c']:.5f}; exponent b = "
+        f"**{fit['b']:.3f}**, 95% bootstrap interval over val objects "
+        + (f"**[{ci[0]:.3f}, {ci[1]:.3f}]**" if ci else "—")
+        + f" ({bs['n']} resamples, {bs['failed']} without a fit).")
+  else:
+    lines.append(f"No fit: {len(ana['frontier'])} frontier points (4 needed).")
+  lines += ["", "| compute (FLOPs) | on the frontier | val MSE |", "|---:|---|---:|"]
+  for p in ana["frontier"]:
+    lines.append(f"| {p['flops']:.3g} | {p['series']} | {p['mse']:.5f} |")
+  lines += ["", "Best size per step budget: " + "; ".join(
+      f"{b} steps: `{n}`" for b, n in ana["best_per_budget"].items()) + ".",
+            "", "Size on the frontier at each run's compute: " + "; ".join(
+      f"{p['flops']:.3g}: `{p['series']}`" for p in ana["frontier_size_at"]) + "."]
+  if ana["seeds"]:
+    lines += ["", "Second seed against its size (val MSE; s.e. of the size's mean over "
+              "objects):", "", "| series | budget | MSE | size's MSE | relative difference | "
+              "s.e. over objects |", "|---|---:|---:|---:|---:|---:|"]
+    for s in ana["seeds"]:
+      lines.append(f"| {s['series']} | {s['budget']} | {s['mse']:.5f} | {s['twin_mse']:.5f} | "
+                   f"{100 * s['rel_diff']:.1f}% | {s['objects_se']:.5f} |")
+  if ana["reference"]:
+    lines += ["", "The lift model against the paper's model's frontier at the same FLOPs:", "",
+              "| reference | budget | FLOPs | its MSE | frontier's best MSE at ≤ these FLOPs | "
+              "fit at these FLOPs |", "|---|---:|---:|---:|---:|---:|"]
+    for r in ana["reference"]:
+      lines.append(f"| {r['series']} | {r['budget']} | {r['flops']:.3g} | {r['mse']:.5f} | "
+                   f"{f(r['frontier_mse'], 5)} | {f(r['fit_mse'], 5)} |")
+  commits = sorted({r["commit"] + ("+dirty" if r["dirty"] else "") for r in rows})
+  lines += ["", f"Runs' commits: {', '.join(f'`{c[:12]}`' for c in commits)}; each run's "
+            "results file (config and parameter hashes, machine, load) is in its workdir.",
+            "", f"![val MSE and PSNR against training FLOPs and wall seconds]({png_name})"]
   return lines
+
+
+def write_outputs(col: dict, ana: dict, out_md: Path, prov) -> tuple[Path, ...]:
+  """`out_md`, and beside it the JSON and the plot (same stem)."""
+  out_md = Path(out_md)
+  png = plot(col, ana, out_md.with_suffix(".png"))
+  js = out_md.with_suffix(".json")
+  md = common.write_result(out_md, markdown(col, ana, png.name), prov)
+  spec = dict(col["spec"])
+  spec["series"] = {n: {k: v for k, v in s.items() if k != "config"}
+                    for n, s in spec["series"].items()}
+  js.write_text(json.dumps({"study": spec, "rows": col["rows"], "missing": col["missing"],
+                            "baselines": col["baselines"], "analysis": ana,
+                            "provenance": prov.as_dict()}, indent=1) + "\n")
+  print(f"wrote {md}, {js} and {png}")
+  return md, js, png
+
+
+def collect_and_write(workdir, out_md, prov=None) -> tuple[Path, ...]:
+  prov = prov or common.Provenance.start()
+  col = collect(workdir)
+  if not col["rows"]:
+    raise errors.InputError(f"{workdir}: no finished run yet (no {RESULTS_FILE} under "
+                            "<series>/b<budget>/)")
+  return write_outputs(col, analyse(col), out_md, prov)
 
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--config", default="tiny", help="configs/lrm.py variant the sizes start from")
-  ap.add_argument("--sizes", default="xs,s,m", help=f"comma-separated, of {list(SIZES)}")
-  ap.add_argument("--budgets", default="150,300,600", help="training steps, comma-separated")
-  ap.add_argument("--decay_fraction", type=float, default=0.25)
-  ap.add_argument("--eval_objects", type=int, default=50)
-  ap.add_argument("--workdir", default="outputs/scaling")
+  ap.add_argument("--config", default="configs/scaling.py", help="the study's config file")
+  ap.add_argument("--workdir", default="outputs/scaling", help="local or gs://")
   ap.add_argument("--data_dir", default="", help="data set folder (default: the config's)")
   ap.add_argument("--out", default="bench/results/scaling.md",
                   help="the table; the JSON and PNG are written beside it")
-  ap.add_argument("--replot", action="store_true",
-                  help="only rewrite the table and plot from the JSON beside --out (its "
-                       "measurement's provenance kept); trains nothing")
+  ap.add_argument("--emit", choices=("slurm", "tpu"), help="write the cluster's launch script "
+                  "(WORKDIR's study.json first) and stop")
+  ap.add_argument("--script", default="", help="--emit's script (default launch_<kind>.sh)")
+  ap.add_argument("--collect", action="store_true",
+                  help="only gather the finished runs' results files into the table and plot")
+  ap.add_argument("--job", choices=("segment", "branch"), help="run one job (what --emit runs)")
+  ap.add_argument("--series", default="")
+  ap.add_argument("--until", type=int, default=0)
+  ap.add_argument("--budget", type=int, default=0)
   args = ap.parse_args(argv)
-  if args.replot:
-    saved = json.loads(Path(args.out).with_suffix(".json").read_text())
-    prov = common.Provenance(**{k: tuple(v) if k.startswith("load_") else v
-                                for k, v in saved.pop("provenance").items()})
-    write_outputs(saved, Path(args.out), prov, config_note=saved.pop("config"))
-    return 0
   from instant3d_jax import cli
-  return cli.guarded(lambda _: _main(args, ap))(sys.argv)
+  return cli.guarded(lambda _: _main(args))(sys.argv)
 
 
-def _main(args, ap) -> int:
-  from instant3d_jax.configs import lrm as lrm_configs
-  names = [s for s in args.sizes.split(",") if s]
-  unknown = [s for s in names if s not in SIZES]
-  if unknown or not names:
-    ap.error(f"--sizes: unknown {unknown}; available {list(SIZES)}")
-  try:
-    budgets = sorted({int(b) for b in args.budgets.split(",") if b})
-  except ValueError:
-    ap.error(f"--budgets: comma-separated step counts, got {args.budgets!r}")
-  if not budgets or min(budgets) <= 0:
-    ap.error(f"--budgets: positive step counts, got {args.budgets!r}")
+def _load_study_config(path: str):
+  import importlib.util
+  from instant3d_jax import configs
+  file = configs.resolve(path)
+  if not Path(file).is_file():
+    raise errors.InputError(f"--config {path!r}: no such file (expected configs/scaling.py "
+                            "or a copy of it)")
+  mod_spec = importlib.util.spec_from_file_location("_scaling_study_config", file)
+  mod = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def _main(args) -> int:
   prov = common.Provenance.start()
-  base = lrm_configs.get_config(args.config)
-  if args.data_dir:
-    base.data_dir = args.data_dir
-  study = run_study(base, {n: SIZES[n] for n in names}, budgets,
-                    decay_fraction=args.decay_fraction, eval_objects=args.eval_objects,
-                    workdir=args.workdir)
-  write_outputs(study, Path(args.out), prov, config_note=f"configs/lrm.py:{args.config}")
+  if args.collect:
+    collect_and_write(args.workdir, Path(args.out), prov)
+    return 0
+  if args.job:
+    spec = read_study(args.workdir)
+    if args.job == "segment":
+      job_segment(spec, args.series, args.until, args.workdir)
+    else:
+      job_branch(spec, args.series, args.budget, args.workdir)
+    return 0
+  scfg = _load_study_config(args.config)
+  series = build_series(scfg, data_dir=args.data_dir)
+  spec = write_study(args.workdir, series, scfg, config_note=args.config)
+  if args.emit:
+    script = emit(spec, args.emit, args.workdir, Path(args.script or
+                                                       f"launch_{args.emit}.sh"))
+    print(f"wrote {script}: {len(jobs(spec))} jobs; then `python -m bench.scaling --collect "
+          f"--workdir {args.workdir}` (re-runnable as runs finish)")
+    return 0
+  run_local(spec, args.workdir)
+  collect_and_write(args.workdir, Path(args.out), prov)
   return 0
-
-
-def write_outputs(study: dict, out_md: Path, prov, *, config_note: str) -> tuple[Path, ...]:
-  """`out_md`, and beside it the JSON and the plot (same stem)."""
-  out_md = Path(out_md)
-  png = plot(study, out_md.with_suffix(".png"))
-  js = out_md.with_suffix(".json")
-  lines = markdown(study, png.name)
-  lines.insert(2, f"Configuration: `{config_note}` at commit `{prov.commit}` (the provenance "
-               "line below).\n")
-  md = common.write_result(out_md, lines, prov)
-  js.write_text(json.dumps(dict(study, provenance=prov.as_dict(), config=config_note),
-                           indent=1) + "\n")
-  print(f"wrote {md}, {js} and {png}")
-  return md, js, png
 
 
 if __name__ == "__main__":

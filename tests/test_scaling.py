@@ -76,15 +76,12 @@ def test_wsd_config_errors():
 
 
 @pytest.mark.slow
-def test_micro_study_writes_table_json_and_plot(tmp_path):
-  """2 micro sizes × budgets 4 / 8 on an 8-object procedural world: the table, JSON and PNG are
-  written; the 4-step branch logs the 4-step schedule's rates and ends with the parameters of a
-  direct 4-step run."""
-  from bench import common, scaling
+def _micro_study(tmp_path, *, seed: bool = True):
+  """A 2-size micro study (budgets 4 / 8, decay 0.5, warm-up 1) on an 8-object procedural
+  world, its lift-free base the micro model; (scaling config, series)."""
+  from bench import scaling
   from instant3d_jax.configs import data as data_config
   from data_pipeline import procedural
-  from instant3d_jax.convert import checkpoints
-  from instant3d_jax.train import lrm_task
   from tests.tiny_configs import micro_lrm
   w = data_config.get_config("tiny")
   w.num_objects = 8
@@ -95,26 +92,51 @@ def test_micro_study_writes_table_json_and_plot(tmp_path):
   base.data.loader.num_targets = 2
   base.loss.rays_per_view = 16
   base.train.global_batch_size = 4
-  base.train.log_every = 1
-  base.optimizer.warmup_steps = 1
   base.eval.num_targets = 2
   base.eval.batch_size = 2
-  sizes = {"a": {}, "b": {"decoder.num_layers": 2}}
-  study = scaling.run_study(base, sizes, [8, 4], decay_fraction=0.5, eval_objects=2,
-                            workdir=tmp_path / "runs", log=lambda s: None)
-  rows = study["rows"]
-  assert [(r["size"], r["budget"], r["decay_start"]) for r in rows] == [
-      ("a", 4, 2), ("a", 8, 4), ("b", 4, 2), ("b", 8, 4)]
-  assert rows[2]["params"] > rows[0]["params"]
-  assert rows[1]["flops"] == pytest.approx(2 * rows[0]["flops"])
-  assert all(np.isfinite(r["psnr"]) and r["wall_s"] > 0 for r in rows)
-  assert "background_psnr" in study["baselines"]
+  base.model.render.num_samples = base.model.render.num_importance = 4
+  scfg = ml_collections.ConfigDict(dict(
+      base="tiny", budgets=(4, 8), warmup_steps=1, decay_fraction=0.5, eval_objects=2,
+      ladder={"a": dict(width=16, encoder_layers=1, decoder_layers=1, learning_rate=1e-3),
+              "b": dict(width=32, encoder_layers=1, decoder_layers=2, learning_rate=1e-3)},
+      seed_size="a" if seed else "", second_seed=1, reference=""))
+  return scfg, scaling.build_series(scfg, lrm_base=base)
 
-  # The branch b4 of size a: its logged rates are the 4-step WSD schedule's; its parameters
-  # are those of a direct 4-step run.
-  cfg = scaling.study_config(base, {}, 0.5)
+
+def test_micro_study_local_runs_and_collects(tmp_path):
+  """The local study (every job in order) on the micro study: per-run results files; the 4-step
+  branch logs the 4-step schedule's rates and ends with the parameters of a direct 4-step run;
+  collect writes the table, JSON and plot; a second local run trains nothing."""
+  from bench import common, scaling
+  from instant3d_jax.convert import checkpoints
+  from instant3d_jax.eval import results as results_lib
+  from instant3d_jax.train import lrm_task
+  scfg, series = _micro_study(tmp_path)
+  assert [s["role"] for s in series.values()] == ["size", "size", "seed"]
+  work = tmp_path / "runs"
+  spec = scaling.write_study(work, series, scfg, config_note="micro")
+  logs = []
+  scaling.run_local(spec, work, log=logs.append)
+  col = scaling.collect(work)
+  rows = {(r["series"], r["budget"]): r for r in col["rows"]}
+  assert sorted(rows) == [("a", 4), ("a", 8), ("a_seed1", 4), ("a_seed1", 8), ("b", 4), ("b", 8)]
+  assert not col["missing"]
+  assert rows[("b", 4)]["params"] > rows[("a", 4)]["params"]
+  assert rows[("a", 8)]["flops"] == pytest.approx(2 * rows[("a", 4)]["flops"])
+  assert rows[("a", 4)]["decay_start"] == 2
+  assert all(np.isfinite(r["mse"]) and r["wall_s"] > 0 for r in rows.values())
+  res = results_lib.read(work / "a/b4/results.json")
+  assert res["kind"] == "scaling_run" and len(res["extra"]["per_object"]["mse"]) == 2
+  # the seed changes the run
+  assert res["param_sha256"]["lrm"] != results_lib.read(
+      work / "a_seed1/b4/results.json")["param_sha256"]["lrm"]
+  # per-object MSE averages to the summary
+  assert np.mean(res["extra"]["per_object"]["mse"]) == pytest.approx(res["metrics"]["mse"])
+
+  # The branch b4 of size a: the 4-step WSD schedule's rates, a direct 4-step run's parameters.
+  cfg = scaling.series_config(spec, "a")
   sched = opt_lib.make_schedule(cfg.optimizer, 4)
-  logged = [json.loads(x) for x in (tmp_path / "runs/a/b4/metrics.jsonl").read_text().split("\n")
+  logged = [json.loads(x) for x in (work / "a/b4/metrics.jsonl").read_text().split("\n")
             if x.strip()]
   lrs = {r["step"]: r["train/lr"] for r in logged if "train/lr" in r}
   assert sorted(lrs) == [3, 4]
@@ -122,17 +144,96 @@ def test_micro_study_writes_table_json_and_plot(tmp_path):
   cfg.train.total_steps = 4
   lrm_task.train(cfg, tmp_path / "direct", log=lambda s: None)
   _, direct, _ = checkpoints.load(tmp_path / "direct")
-  _, branch, _ = checkpoints.load(tmp_path / "runs/a/b4")
+  _, branch, _ = checkpoints.load(work / "a/b4")
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
                direct, branch)
+  # the longest run kept its branch point (retention)
+  assert (work / "a/b8/checkpoints/2").exists()
 
-  prov = common.Provenance.start()
-  md, js, png = scaling.write_outputs(study, tmp_path / "out" / "scaling.md", prov,
-                                      config_note="micro")
+  logs.clear()
+  scaling.run_local(spec, work, log=logs.append)
+  assert not any("training to step" in x for x in logs), logs
+
+  md, js, png = scaling.write_outputs(col, scaling.analyse(col, n_boot=20), tmp_path / "out" /
+                                      "scaling.md", common.Provenance.start())
   text = md.read_text()
-  assert "| a | " in text and "](scaling.png)" in text and common.read_provenance(text)
-  assert len(json.loads(js.read_text())["rows"]) == 4
+  assert "| a | 4 |" in text and "](scaling.png)" in text and common.read_provenance(text)
+  assert len(json.loads(js.read_text())["rows"]) == 6
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_frontier_and_power_law_fit():
+  """The frontier keeps only points that beat every cheaper one; the fit recovers a known
+  power law; the bootstrap of `analyse` brackets it on noiseless objects."""
+  from bench import scaling
+  pts = [(1, 5.0, "a"), (2, 4.0, "a"), (2, 3.0, "b"), (4, 3.5, "a"), (8, 2.0, "b")]
+  assert scaling.frontier(pts) == [(1, 5.0, "a"), (2, 3.0, "b"), (8, 2.0, "b")]
+  c = np.geomspace(1e12, 1e15, 8)
+  loss = 0.3 * (c / 1e12) ** -0.4 + 0.01
+  fit = scaling.fit_power_law(c, loss)
+  assert fit["b"] == pytest.approx(0.4, rel=1e-3) and fit["c"] == pytest.approx(0.01, rel=1e-2)
+  assert scaling.fit_power_law(c[:3], loss[:3]) is None
+
+
+def test_emit_slurm_runs_on_stand_in_cluster_then_collect(tmp_path):
+  """emit → a stand-in `sbatch` (runs each job's command at once, in submission order, after
+  checking its dependency finished) → collect. A collect while runs are missing lists them."""
+  import os
+  import stat
+  import subprocess
+  import sys
+  from bench import scaling
+  scfg, series = _micro_study(tmp_path, seed=False)
+  series = {"a": series["a"]}
+  work = tmp_path / "runs"
+  spec = scaling.write_study(work, series, scfg, config_note="micro")
+  script = scaling.emit(spec, "slurm", str(work), tmp_path / "launch.sh",
+                        python=sys.executable)
+  text = script.read_text()
+  assert text.count("sbatch --parsable") == 3 and "--dependency=afterok:" in text
+  bindir = tmp_path / "bin"
+  bindir.mkdir()
+  fake = bindir / "sbatch"
+  fake.write_text(f"""#!{sys.executable}
+import subprocess, sys, pathlib
+log = pathlib.Path({str(tmp_path / "jobs.log")!r})
+done = log.read_text().split() if log.exists() else []
+args = sys.argv[1:]
+wrap = next(a.split("=", 1)[1] for a in args if a.startswith("--wrap="))
+for a in args:
+  if a.startswith("--dependency=afterok:"):
+    assert a.split(":")[1] in done, (a, done)
+job = str(len(done) + 1)
+r = subprocess.run(["bash", "-c", wrap])
+if r.returncode == 0:
+  log.write_text(" ".join(done + [job]))
+print(job)
+sys.exit(r.returncode)
+""")
+  fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+  env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}",
+             REPO=str(scaling.ROOT), PYTHONPATH=str(scaling.ROOT))
+  # a partial collect first: the segment to the branch point only
+  r = subprocess.run([sys.executable, "-m", "bench.scaling", "--workdir", str(work), "--job",
+                      "segment", "--series", "a", "--until", "4"], env=env, cwd=scaling.ROOT,
+                     capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  r = subprocess.run([sys.executable, "-m", "bench.scaling", "--collect", "--workdir",
+                      str(work), "--out", str(tmp_path / "o0/s.md")], env=env, cwd=scaling.ROOT,
+                     capture_output=True, text=True)
+  assert r.returncode != 0 and "no finished run yet" in r.stderr, r.stderr[-2000:]
+  r = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+  assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+  assert (tmp_path / "jobs.log").read_text().split() == ["1", "2", "3"]
+  r = subprocess.run([sys.executable, "-m", "bench.scaling", "--collect", "--workdir",
+                      str(work), "--out", str(tmp_path / "o/s.md")], env=env, cwd=scaling.ROOT,
+                     capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads((tmp_path / "o/s.json").read_text())
+  assert sorted((x["series"], x["budget"]) for x in out["rows"]) == [("a", 4), ("a", 8)]
+  assert out["missing"] == []
+  tpu = scaling.emit(spec, "tpu", str(work), tmp_path / "tpu.sh").read_text()
+  assert "chain a " in tpu and tpu.count("--job") == 3
 
 
 def test_benchmarks_md_links_snippet_images_from_the_root():

@@ -52,6 +52,22 @@ def psnr(pred: jax.Array, target: jax.Array, max_value: float = 1.0) -> jax.Arra
   return (dm_pix.psnr(x, y) + 20.0 * jnp.log10(jnp.float32(max_value))).reshape(lead)
 
 
+def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """Mean squared error per image `[...]` over its pixels and 3 channels."""
+  x, y, lead = _batched(pred, target, "mse")
+  return jnp.mean(jnp.square(x - y), axis=(1, 2, 3)).reshape(lead)
+
+
+def foreground_mse(pred: jax.Array, target: jax.Array, gt_mask: jax.Array,
+                   thr: float = 0.5) -> jax.Array:
+  """Mean squared error per image over the pixels whose ground-truth mask (`[..., H, W]`)
+  exceeds `thr` and the 3 channels: a region that does not depend on the prediction (unlike
+  `foreground_psnr`'s), so two models' values share one denominator. NaN without mask pixels."""
+  pred, target = _foreground(pred, target, gt_mask, "foreground_mse")
+  region = jnp.asarray(gt_mask) > thr
+  return _masked_mean(jnp.mean(jnp.square(pred - target), axis=-1), region)
+
+
 def ssim(pred: jax.Array, target: jax.Array, data_range: float = 1.0) -> jax.Array:
   """Mean SSIM per image `[...]` (see module docstring). Images must be at least 11×11."""
   x, y, lead = _batched(pred, target, "ssim")

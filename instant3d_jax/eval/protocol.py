@@ -41,7 +41,10 @@ from instant3d_jax import fileio
 from instant3d_jax.eval import metrics as metrics_lib
 
 METRICS = ("psnr", "ssim", "lpips", "foreground_psnr", "colour_error")
-FOREGROUND_METRICS = ("foreground_psnr", "colour_error")
+FOREGROUND_METRICS = ("foreground_psnr", "colour_error", "foreground_mse")
+# Scored on request (`Evaluator(config, mse=True)`: the scaling study's loss): per-pixel MSE of
+# the whole view and over the ground-truth-mask pixels (eval/metrics.py).
+MSE_METRICS = ("mse", "foreground_mse")
 # Reference rows: results key prefix → table label.
 BASELINES = {"background_": "background only", "mean_colour_": "mean colour"}
 
@@ -52,10 +55,12 @@ class Evaluator:
   `Evaluator(config)(params, dataset, num_objects)` → results dict; `dataset` is a
   `data_pipeline.datasets.DatasetInfo` (or a data set directory, opened here) whose
   `eval.split` holds the GSO-style rig views (`datasets.check_eval`). `baselines=False` skips the
-  reference rows (and the mean colour's extra pass over the targets).
+  reference rows (and the mean colour's extra pass over the targets). `mse=True` also scores
+  `MSE_METRICS`.
   """
 
-  def __init__(self, config, *, with_lpips: bool | None = None, baselines: bool = True):
+  def __init__(self, config, *, with_lpips: bool | None = None, baselines: bool = True,
+               mse: bool = False):
     from instant3d_jax.models import lrm as lrm_lib  # eval → models, never models → eval
     self.config = config
     self.mcfg = lrm_lib.LRMConfig.from_config(config)
@@ -74,13 +79,18 @@ class Evaluator:
       return jnp.clip(out["rgb"], 0.0, 1.0), out["opacity"]
 
     def scores(p, t, mask, opacity):
-      return {"psnr": metrics_lib.psnr(p, t), "ssim": metrics_lib.ssim(p, t),
-              "foreground_psnr": metrics_lib.foreground_psnr(p, t, mask, opacity),
-              "colour_error": metrics_lib.colour_error(p, t, mask)}
+      out = {"psnr": metrics_lib.psnr(p, t), "ssim": metrics_lib.ssim(p, t),
+             "foreground_psnr": metrics_lib.foreground_psnr(p, t, mask, opacity),
+             "colour_error": metrics_lib.colour_error(p, t, mask)}
+      if mse:
+        out["mse"] = metrics_lib.mse(p, t)
+        out["foreground_mse"] = metrics_lib.foreground_mse(p, t, mask)
+      return out
 
     self._predict = jax.jit(predict, static_argnums=(6,))
     self._scores = jax.jit(scores)
     self.baselines = baselines
+    self.metrics = METRICS + (MSE_METRICS if mse else ())
     use_lpips = bool(config.eval.lpips) if with_lpips is None else with_lpips
     self.lpips = metrics_lib.LPIPSMetric() if use_lpips else None
 
@@ -118,10 +128,11 @@ class Evaluator:
       mean_colour = mean_object_colour(batches())
       if mean_colour is not None:
         rows["mean_colour_"] = None
-    per_obj: dict[str, list] = {r + k: [] for r in rows for k in METRICS}
+    per_obj: dict[str, list] = {r + k: [] for r in rows for k in self.metrics}
     per_obj["object_index"] = []
     # Per object: how many of its views had no foreground pixel, per foreground metric and row.
-    skipped: dict[str, list] = {r + k: [] for r in rows for k in FOREGROUND_METRICS}
+    skipped: dict[str, list] = {r + k: [] for r in rows for k in FOREGROUND_METRICS
+                                if k in self.metrics}
     skipped["object_index"] = []
     shown = []
     bg_colour = jnp.asarray(self.mcfg.background, jnp.float32)
