@@ -44,8 +44,8 @@ def time_step(config, num_devices: int, steps: int) -> dict:
   tx, schedule = opt_lib.make_optimizer(config.optimizer, int(config.train.total_steps))
   planned = datasets.planned(config)   # shapes only: the iterator is never made, random batches
   task = lrm_task.make_task(config, planned)
-  init_jit, key, abstract, state_sh = loop.build_state(config, task, mesh, rules, tx)
-  state = init_jit(key)
+  init_state, key, abstract, state_sh = loop.build_state(config, task, mesh, rules, tx)
+  state = init_state(key)
   spec = task.batch_spec
   rng = np.random.default_rng(0)
   host = {k: (rng.uniform(size=v.shape).astype(v.dtype) if v.dtype == np.float32

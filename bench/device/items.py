@@ -292,9 +292,9 @@ def _init_and_compile(tag: str, cfg, task, mesh, rules, tx, schedule, constants)
   abstract state, init s, compile s)."""
   import jax
   from instant3d_jax.train import loop
-  init_jit, key, abstract, state_sh = loop.build_state(cfg, task, mesh, rules, tx)
+  init_state, key, abstract, state_sh = loop.build_state(cfg, task, mesh, rules, tx)
   t = time.perf_counter()
-  state = init_jit(key)
+  state = init_state(key)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t
   print(f"[{tag}] state initialised in {init_s:.1f} s", flush=True)

@@ -3,7 +3,8 @@ so the stage-1 diffusion trainer, not written yet, can reuse it).
 
 A trainer describes its job as a `Task` (how to init params, the loss, the input iterator, and
 optional eval / image hooks); `run(config, workdir, task)` does the rest in the order the data
-flows: set up mesh → shardings from `eval_shape` → restore or init → AOT compile → loop (step,
+flows: set up mesh → shardings from `eval_shape` → restore or init (`StateInit`: params drawn on
+the host, placed with the shardings) → AOT compile → loop (step,
 log, images, eval, checkpoint) → final checkpoint. Config sections read here:
 
   seed, mesh, logical_axis_rules, optimizer (see optimizer.py),
@@ -52,7 +53,8 @@ from instant3d_jax.base import multihost
 from instant3d_jax.base import sharding as shard_lib
 from instant3d_jax.train import metrics as metrics_lib
 from instant3d_jax.train import optimizer as opt_lib
-from instant3d_jax.train.step import LossFn, TrainState, make_init_fn, make_train_step
+from instant3d_jax.train.step import (LossFn, TrainState, make_host_init_fn, make_init_fn,
+                                      make_rest_fn, make_train_step)
 
 # CPU has no buffer donation; the warning would repeat every compile.
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
@@ -182,31 +184,25 @@ def setup_mesh(config, devices=None):
   return mesh, rules
 
 
-def build_state(config, task: Task, mesh, rules, tx):
-  """`(init_jit, abstract_state, state_shardings)` (init compiled lazily, only if needed)."""
-  init_fn = make_init_fn(task.init_params, tx, ema=task.ema_decay > 0)
-  key = jax.random.PRNGKey(int(config.seed))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, shardings = shard_lib.derive_shardings(init_fn, key, mesh=mesh, rules=rules)
-  init_jit = jax.jit(lambda k: shard_lib.unbox(init_fn(k)), out_shardings=shardings)
-  return init_jit, key, abstract, shardings
+def host_device():
+  """The device the state's random parameters are drawn on: the host's CPU backend (None when
+  JAX_PLATFORMS leaves it out; `build_state` then draws on the default device)."""
+  try:
+    return jax.devices("cpu")[0]
+  except RuntimeError:
+    return None
 
 
-def _host_params(params) -> Any:
-  """The params as host numpy arrays (gathered from every process when sharded across hosts)."""
-  if all(x.is_fully_addressable for x in jax.tree.leaves(params)):
-    return jax.tree.map(np.asarray, jax.device_get(params))
-  from jax.experimental import multihost_utils
-  return jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
+def _place(x, sharding):
+  """Host array `x` as a global array with `sharding`: each process builds its own shards from
+  the same host value (multi-host safe; one device: a plain transfer)."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
-def apply_initial_params(state, fn: Callable[[Any], Any], state_shardings, tx):
-  """`state` with params `fn(host params)` placed with `state_shardings.params` and the optimizer
-  state initialised from them (see `Task.initial_params`); an EMA, if the state keeps one,
-  restarts as a copy of them. Every process computes the same host tree and contributes its own
-  shards."""
-  host = _host_params(state.params)
-  new = fn(host)
+def checked_initial_params(host, new) -> Any:
+  """`new` (what `Task.initial_params` returned for the host params `host`) with `host`'s tree
+  and dtypes; ValueError naming every path that is missing, unexpected or of another shape."""
   want = dict(jax.tree_util.tree_flatten_with_path(host)[0])
   got = dict(jax.tree_util.tree_flatten_with_path(new)[0])
   problems = [f"{jax.tree_util.keystr(k)}: {'missing' if k not in got else np.shape(got[k])}"
@@ -216,16 +212,78 @@ def apply_initial_params(state, fn: Callable[[Any], Any], state_shardings, tx):
   if problems:
     raise ValueError("Task.initial_params returned params that do not match the initialised "
                      "tree: " + "; ".join(problems[:20]))
-  new = jax.tree.unflatten(jax.tree.structure(host),
-                           [np.asarray(got[k], np.asarray(v).dtype) for k, v in want.items()])
-  params = jax.tree.map(
-      lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda idx, x=x: x[idx]),
-      new, state_shardings.params)
-  opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
-  if state.ema is not None:
-    ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=state_shardings.ema)(params)
-    return state.replace(params=params, opt_state=opt_state, ema=ema)
-  return state.replace(params=params, opt_state=opt_state)
+  return jax.tree.unflatten(jax.tree.structure(host),
+                            [np.asarray(got[k], np.asarray(v).dtype) for k, v in want.items()])
+
+
+@dataclasses.dataclass
+class StateInit:
+  """The train state at step 0, in two programs that compile fast on any backend (issue 31: one
+  jit over the whole state spent >90 s in XLA:GPU's compiler at full size):
+
+  1. `host`: the random parameters and the state's RNG (`step.make_host_init_fn`: the same split
+     and draws as `make_init_fn`), jitted on the host's CPU backend, where the program compiles
+     in seconds; every process computes the same host tree. On a CPU machine the values are
+     bit-identical to `make_init_fn`'s (tests/test_state_init.py).
+  2. `rest`: the optimizer state and the EMA (`step.make_rest_fn`), jitted on the devices with
+     the state shardings from the params once placed: zeros and copies, a few ops per leaf.
+
+  `init(key, initial_params=None)`: `Task.initial_params`, if given, is applied to the host
+  params before they are placed (it never sees device arrays). The counters start at 0.
+  """
+  host: Callable
+  rest: Callable
+  shardings: Any
+
+  def host_params(self, key) -> tuple[Any, np.ndarray]:
+    """(params, state rng) as host numpy arrays."""
+    dev = host_device()
+    params, rng = self.host(jax.device_put(key, dev) if dev is not None else key)
+    return jax.tree.map(np.asarray, jax.device_get(params)), np.asarray(jax.device_get(rng))
+
+  def place(self, params, rng) -> TrainState:
+    """The step-0 state from host params and rng, placed with the state shardings."""
+    sh = self.shardings
+    params = jax.tree.map(_place, params, sh.params)
+    opt_state, ema = self.rest(params)
+    zero = np.zeros((), np.int32)
+    return TrainState(step=_place(zero, sh.step), params=params, opt_state=opt_state,
+                      rng=_place(rng, sh.rng), nonfinite_total=_place(zero, sh.nonfinite_total),
+                      nonfinite_in_a_row=_place(zero, sh.nonfinite_in_a_row), ema=ema)
+
+  def __call__(self, key, initial_params: Callable[[Any], Any] | None = None) -> TrainState:
+    params, rng = self.host_params(key)
+    if initial_params is not None:
+      params = checked_initial_params(params, initial_params(params))
+    return self.place(params, rng)
+
+
+def build_state(config, task: Task, mesh, rules, tx):
+  """`(init_state, key, abstract_state, state_shardings)`: `init_state(key, initial_params=None)`
+  returns the placed step-0 state (a `StateInit`; its programs are compiled lazily, only if
+  needed); the abstract state and shardings come from `make_init_fn` under `jax.eval_shape`."""
+  init_fn = make_init_fn(task.init_params, tx, ema=task.ema_decay > 0)
+  key = jax.random.PRNGKey(int(config.seed))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract, shardings = shard_lib.derive_shardings(init_fn, key, mesh=mesh, rules=rules)
+  ema = task.ema_decay > 0
+  init_state = StateInit(
+      host=jax.jit(make_host_init_fn(task.init_params)),
+      rest=jax.jit(make_rest_fn(tx, ema), out_shardings=(shardings.opt_state, shardings.ema)),
+      shardings=shardings)
+  return init_state, key, abstract, shardings
+
+
+def build_state_one_program(config, task: Task, mesh, rules, tx):
+  """The state init before issue 31, kept for comparison only (tests/test_state_init.py,
+  bench/bench_state_init.py): `(init_jit, key, abstract, shardings)`, `init_jit` one jit over the
+  whole state with the state shardings as its outputs' shardings."""
+  init_fn = make_init_fn(task.init_params, tx, ema=task.ema_decay > 0)
+  key = jax.random.PRNGKey(int(config.seed))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract, shardings = shard_lib.derive_shardings(init_fn, key, mesh=mesh, rules=rules)
+  init_jit = jax.jit(lambda k: shard_lib.unbox(init_fn(k)), out_shardings=shardings)
+  return init_jit, key, abstract, shardings
 
 
 def compile_train_step(config, task: Task, mesh, rules, tx, schedule, abstract_state, state_sh,
@@ -297,7 +355,7 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
   # Train state: shardings derived from eval_shape, restored or initialised.
   tx, schedule = opt_lib.make_optimizer(config.optimizer, total_steps)
   config_check(write=True)
-  init_jit, key, abstract_state, state_sh = build_state(config, task, mesh, rules, tx)
+  init_state, key, abstract_state, state_sh = build_state(config, task, mesh, rules, tx)
   ckpt_cfg = config.checkpoint
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(ckpt_cfg.keep),
                                        use_async=bool(ckpt_cfg["async"]))
@@ -308,9 +366,8 @@ def run(config, workdir: str | Path, task: Task, *, log: Callable[[str], None] =
     iterator.set_state(data_state)
     say(f"resumed from step {latest} ({checkpointer.directory})")
   else:
-    state = init_jit(key)
+    state = init_state(key, task.initial_params)
     if task.initial_params is not None:
-      state = apply_initial_params(state, task.initial_params, state_sh, tx)
       say("initial parameters: applied the task's initial_params hook (step 0)")
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
   say(f"parameters: {n_params / 1e6:.3f}M")

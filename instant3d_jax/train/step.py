@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from instant3d_jax.base import sharding as shard_lib
+
 LossFn = Callable[[Any, Any, jax.Array, jax.Array, Any], tuple[jax.Array, dict[str, jax.Array]]]
 
 
@@ -79,6 +81,27 @@ def make_init_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
                       nonfinite_total=zero, nonfinite_in_a_row=zero,
                       ema=jax.tree.map(lambda x: x, params) if ema else None)
   return init
+
+
+def make_host_init_fn(init_params: Callable[[jax.Array], Any]
+                      ) -> Callable[[jax.Array], tuple[Any, jax.Array]]:
+  """`init(rng) -> (params, state_rng)`: the random part of `make_init_fn(init_params, …)(rng)`
+  (the same split of `rng`, the same draws), params unboxed. loop.build_state runs it on the host
+  (the CPU backend) and places its output with the state shardings; `make_rest_fn` adds the
+  optimizer state and EMA on the devices."""
+  def init(rng):
+    param_rng, state_rng = jax.random.split(rng)
+    return shard_lib.unbox(init_params(param_rng)), state_rng
+  return init
+
+
+def make_rest_fn(tx: optax.GradientTransformation, ema: bool = False
+                 ) -> Callable[[Any], tuple[Any, Any]]:
+  """`rest(params) -> (opt_state, ema or None)`: what `make_init_fn`'s state derives from its
+  params (`tx.init`, the EMA's copy), from params already placed (loop.build_state)."""
+  def rest(params):
+    return tx.init(params), (jax.tree.map(jnp.copy, params) if ema else None)
+  return rest
 
 
 def _split_micro(batch: Any, accum_steps: int) -> Any:
