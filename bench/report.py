@@ -120,6 +120,21 @@ def colour_prior_block(runs: Path) -> str:
                                     what="model.extras.colour_prior")
 
 
+def scaling_block(runs: Path) -> str:
+  """The scaling study's findings from bench/results/scaling.json (written by `python -m
+  bench.scaling`, from the runs' results files)."""
+  p = runs.parent / "scaling.json"
+  shown = str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+  if not p.exists():
+    return f"*Not run yet: no `{shown}` (`python -m bench.scaling`).*\n"
+  saved = json.loads(p.read_text())
+  if "analysis" not in saved:
+    return (f"*`{shown}` is from the older study of the lift model's sizes; the paper's "
+            "model's study has not been collected yet (`python -m bench.scaling`).*\n")
+  from bench import scaling
+  return scaling.readme_block(saved, shown)
+
+
 BLOCKS = {
     "demo": demo_block,
     "demo_mv": _module_block("demo_mv", "instant3d_jax.demos.mv", "results_table"),
@@ -127,6 +142,7 @@ BLOCKS = {
     "demo_blender": _module_block("demo_blender", "instant3d_jax.demos.blender", "results_table"),
     "rescore_background_threshold": rescore_block,
     "rival_no_colour_prior": colour_prior_block,
+    "scaling": scaling_block,
 }
 
 

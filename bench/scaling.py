@@ -171,7 +171,9 @@ def write_study(workdir, series: dict, scfg, *, config_note: str) -> dict:
   from instant3d_jax.models import lrm_stats
   from instant3d_jax.train import lrm_task
   budgets = sorted(int(b) for b in scfg.budgets)
-  spec = {"schema": STUDY_SCHEMA, "config": config_note, "budgets": budgets,
+  from instant3d_jax.eval import results as results_lib
+  spec = {"schema": STUDY_SCHEMA, "config": config_note, "created_utc": results_lib.now_utc(),
+          "budgets": budgets,
           "decay_fraction": float(scfg.decay_fraction), "eval_objects": int(scfg.eval_objects),
           "warmup_steps": int(scfg.warmup_steps), "series": {}}
   for name, s in series.items():
@@ -511,7 +513,8 @@ def collect(workdir) -> dict:
       r = results_lib.read(p)
       m = dict(r["metrics"])
       m.update(commit=r["commit"], dirty=r["dirty"], config_sha256=r["config_sha256"]["lrm"],
-               param_sha256=r["param_sha256"]["lrm"], load=r["load"])
+               param_sha256=r["param_sha256"]["lrm"], load=r["load"],
+               finished_utc=r["finished_utc"])
       rows.append(m)
       per_object[(name, int(b))] = r["extra"]["per_object"]
       baselines = baselines or r["baselines"]
@@ -660,6 +663,7 @@ def plot(col: dict, ana: dict, out_png: Path) -> Path:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   import numpy as np
   spec, rows = col["spec"], col["rows"]
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
@@ -695,6 +699,13 @@ def plot(col: dict, ana: dict, out_png: Path) -> Path:
     ax.set_xscale("log")
     if yk == "mse":
       ax.set_yscale("log")
+    xs = [r[xk] for r in rows if r[xk] and r[xk] > 0]
+    if xs:   # ticks at 1, 2, 5 × each decade in range, labelled plainly
+      lo, hi = np.floor(np.log10(min(xs))), np.ceil(np.log10(max(xs)))
+      ticks = [m * 10.0 ** e for e in np.arange(lo, hi + 1) for m in (1, 2, 5)
+               if min(xs) / 1.5 <= m * 10.0 ** e <= max(xs) * 1.5]
+      ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+      ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(xl)
     ax.set_ylabel(yl)
     ax.grid(alpha=0.3, which="both")
@@ -801,20 +812,141 @@ def markdown(col: dict, ana: dict, png_name: str) -> list[str]:
   return lines
 
 
-def write_outputs(col: dict, ana: dict, out_md: Path, prov) -> tuple[Path, ...]:
+def study_span(col: dict, workdir) -> dict:
+  """When the study ran: from its study.json's writing (`created_utc`, else the file's mtime) to
+  the last results file's `finished_utc`, and the highest 1-minute load average its runs saw."""
+  import datetime
+  from instant3d_jax import fileio
+  fmt = "%Y-%m-%d %H:%M:%S UTC"
+  start = col["spec"].get("created_utc")
+  if not start:
+    try:
+      mtime = fileio.path(workdir).joinpath(STUDY_FILE).stat().mtime
+      start = datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).strftime(fmt)
+    except (OSError, AttributeError):
+      start = None
+  ends = sorted(r["finished_utc"] for r in col["rows"] if r.get("finished_utc"))
+  wall = None
+  if start and ends:
+    wall = (datetime.datetime.strptime(ends[-1], fmt)
+            - datetime.datetime.strptime(start, fmt)).total_seconds()
+  loads = [max(r["load"]["before"][0], r["load"]["after"][0]) for r in col["rows"]]
+  return {"started_utc": start, "finished_utc": ends[-1] if ends else None, "wall_s": wall,
+          "load_max_1min": max(loads, default=None),
+          "load_mean_1min": sum(loads) / len(loads) if loads else None}
+
+
+def findings(spec: dict, rows: list[dict], ana: dict, span: dict) -> list[str]:
+  """What the study shows, in sentences written from its numbers (scaling.md's last section and
+  the README's generated block)."""
+  sizes = sorted((n for n, s in spec["series"].items() if s["role"] == "size"),
+                 key=lambda n: spec["series"][n]["params"])
+  if not sizes or not rows:
+    return ["No finished run yet."]
+  out = []
+  if span.get("wall_s"):
+    load = (f", 1-minute load average {span['load_mean_1min']:.1f} on average at its runs' "
+            f"scoring (highest {span['load_max_1min']:.1f})"
+            if span.get("load_mean_1min") is not None else "")
+    out.append(f"The study ({len(rows)} runs) took {span['wall_s'] / 60:.0f} min here, "
+               f"{span['started_utc']} to {span['finished_utc']}{load}.")
+  best = ana["best_per_budget"]
+  smallest, largest = sizes[0], sizes[-1]
+  winners = [best[b] for b in sorted(best)]
+  order = [sizes.index(w) for w in winners]
+  if all(w == smallest for w in winners):
+    out.append(f"**Size does not pay at fixed steps here**: the smallest size, `{smallest}`, has "
+               f"the lowest val MSE at every step budget.")
+  elif order == sorted(order) and order[-1] > order[0]:
+    out.append("**Larger sizes win as the budget grows**: best size per step budget " + ", ".join(
+        f"{b}: `{n}`" for b, n in sorted(best.items())) + ".")
+  else:
+    out.append("Best size per step budget: " + ", ".join(
+        f"{b}: `{n}`" for b, n in sorted(best.items())) + ".")
+  front = [p["series"] for p in ana["frontier"]]
+  held = sorted(set(front), key=sizes.index)
+  out.append(f"At fixed compute (training FLOPs) the frontier is held by "
+             + ", ".join(f"`{n}`" for n in held)
+             + f" ({len(front)} frontier points from {front[0]} at the least compute to "
+             f"{front[-1]} at the most)"
+             + ("; the larger sizes never reach it: at equal FLOPs a smaller model trained "
+                "longer is better on this world at these budgets." if held == [smallest] else
+                "."))
+  fit, bs = ana["fit"], ana["bootstrap"]
+  if fit:
+    ci = bs["b_interval"]
+    out.append(f"Power law on the frontier: L(C) = a·C^(−b) + c with **b = {fit['b']:.3f}** "
+               + (f"(95% bootstrap interval over val objects [{ci[0]:.3f}, {ci[1]:.3f}])"
+                  if ci else "(no bootstrap interval)")
+               + f" and an irreducible term c = {fit['c']:.4f} (val MSE; background only "
+               "scores " + (f"{ana['baselines'].get('background_mse', float('nan')):.4f}"
+                            if ana.get("baselines") else "—") + ").")
+  ref = ana["reference"]
+  if ref:
+    met = [r for r in ref if r["frontier_mse"] is not None and r["frontier_mse"] <= r["mse"]]
+    ratio = [r["frontier_mse"] / r["mse"] for r in ref if r["frontier_mse"]]
+    name = ref[0]["series"]
+    if met:
+      out.append(f"The paper's model's frontier **meets the lift model (`{name}`)** within the "
+                 f"measured range: at {met[0]['flops']:.3g} FLOPs its best val MSE "
+                 f"{met[0]['frontier_mse']:.4f} ≤ the lift's {met[0]['mse']:.4f}.")
+    else:
+      lo, hi = min(ratio), max(ratio)
+      tail = ""
+      if fit:
+        target = min(r["mse"] for r in ref)
+        if fit["c"] < target and fit["a"] > 0 and fit["b"] > 0:
+          c_star = fit["c_ref_flops"] * ((target - fit["c"]) / fit["a"]) ** (-1.0 / fit["b"])
+          tail = (f"; the fitted frontier would reach the lift's best ({target:.4f}) at "
+                  f"~{c_star:.2g} FLOPs, {c_star / max(r['flops'] for r in rows):.0f}× the most "
+                  "compute measured")
+        else:
+          tail = (f"; the fit's floor c = {fit['c']:.4f} lies above the lift's best "
+                  f"({target:.4f}): on this extrapolation it never does")
+      out.append(f"The frontier **does not meet the lift model (`{name}`)** within the measured "
+                 f"range: at the same FLOPs its best val MSE is {lo:.1f}–{hi:.1f}× the lift's"
+                 f" (the lift's own projections are outside the FLOP count; against wall time"
+                 f" see the plot's middle panel){tail}.")
+  if ana["seeds"]:
+    rel = [x["rel_diff"] for x in ana["seeds"]]
+    se = [x["objects_se"] / x["twin_mse"] for x in ana["seeds"]]
+    out.append(f"A second seed of `{ana['seeds'][0]['of']}` moves its val MSE by "
+               f"{100 * min(rel):.1f}–{100 * max(rel):.1f}% across the budgets, against a "
+               f"{100 * min(se):.1f}–{100 * max(se):.1f}% standard error of the mean over val "
+               "objects.")
+  return out
+
+
+def write_outputs(col: dict, ana: dict, out_md: Path, prov, *, span: dict | None = None
+                  ) -> tuple[Path, ...]:
   """`out_md`, and beside it the JSON and the plot (same stem)."""
   out_md = Path(out_md)
+  span = span or {}
+  ana = dict(ana, baselines=col["baselines"])
   png = plot(col, ana, out_md.with_suffix(".png"))
   js = out_md.with_suffix(".json")
-  md = common.write_result(out_md, markdown(col, ana, png.name), prov)
+  lines = markdown(col, ana, png.name)
+  lines += ["", "## What it shows", ""] + [f"- {x}" for x in findings(col["spec"], col["rows"],
+                                                                      ana, span)]
+  md = common.write_result(out_md, lines, prov)
   spec = dict(col["spec"])
   spec["series"] = {n: {k: v for k, v in s.items() if k != "config"}
                     for n, s in spec["series"].items()}
   js.write_text(json.dumps({"study": spec, "rows": col["rows"], "missing": col["missing"],
-                            "baselines": col["baselines"], "analysis": ana,
+                            "baselines": col["baselines"], "analysis": ana, "span": span,
                             "provenance": prov.as_dict()}, indent=1) + "\n")
   print(f"wrote {md}, {js} and {png}")
   return md, js, png
+
+
+def readme_block(saved: dict, source: str) -> str:
+  """The README's generated block from the study's JSON (bench/report.py `scaling`)."""
+  lines = findings(saved["study"], saved["rows"], saved["analysis"], saved.get("span", {}))
+  prov = saved.get("provenance", {})
+  head = (f"From `{source}` (collected by `{prov.get('command', '?')}` at commit "
+          f"`{prov.get('commit', '?')}`; table, fit and plot in BENCHMARKS.md, \"Quality versus "
+          "compute\"):")
+  return "\n".join([head, ""] + [f"- {x}" for x in lines]) + "\n"
 
 
 def collect_and_write(workdir, out_md, prov=None) -> tuple[Path, ...]:
@@ -823,7 +955,11 @@ def collect_and_write(workdir, out_md, prov=None) -> tuple[Path, ...]:
   if not col["rows"]:
     raise errors.InputError(f"{workdir}: no finished run yet (no {RESULTS_FILE} under "
                             "<series>/b<budget>/)")
-  return write_outputs(col, analyse(col), out_md, prov)
+  out = write_outputs(col, analyse(col), out_md, prov, span=study_span(col, workdir))
+  if Path(out_md).resolve() == (ROOT / "bench" / "results" / "scaling.md").resolve():
+    from bench import run_all       # the repo's own table: BENCHMARKS.md follows
+    print(f"wrote {run_all.merge()}")
+  return out
 
 
 def main(argv=None) -> int:

@@ -75,7 +75,6 @@ def test_wsd_config_errors():
     opt_lib.make_schedule(_opt(decay_shape="cosine"), 100)
 
 
-@pytest.mark.slow
 def _micro_study(tmp_path, *, seed: bool = True):
   """A 2-size micro study (budgets 4 / 8, decay 0.5, warm-up 1) on an 8-object procedural
   world, its lift-free base the micro model; (scaling config, series)."""
@@ -103,6 +102,7 @@ def _micro_study(tmp_path, *, seed: bool = True):
   return scfg, scaling.build_series(scfg, lrm_base=base)
 
 
+@pytest.mark.slow
 def test_micro_study_local_runs_and_collects(tmp_path):
   """The local study (every job in order) on the micro study: per-run results files; the 4-step
   branch logs the 4-step schedule's rates and ends with the parameters of a direct 4-step run;
@@ -204,7 +204,8 @@ for a in args:
   if a.startswith("--dependency=afterok:"):
     assert a.split(":")[1] in done, (a, done)
 job = str(len(done) + 1)
-r = subprocess.run(["bash", "-c", wrap])
+with open(log.with_name(f"slurm-{{job}}.out"), "w") as out:   # as slurm: the job's output
+  r = subprocess.run(["bash", "-c", wrap], stdout=out, stderr=subprocess.STDOUT)
 if r.returncode == 0:
   log.write_text(" ".join(done + [job]))
 print(job)
@@ -215,7 +216,7 @@ sys.exit(r.returncode)
              REPO=str(scaling.ROOT), PYTHONPATH=str(scaling.ROOT))
   # a partial collect first: the segment to the branch point only
   r = subprocess.run([sys.executable, "-m", "bench.scaling", "--workdir", str(work), "--job",
-                      "segment", "--series", "a", "--until", "4"], env=env, cwd=scaling.ROOT,
+                      "segment", "--series", "a", "--until", "2"], env=env, cwd=scaling.ROOT,
                      capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-2000:]
   r = subprocess.run([sys.executable, "-m", "bench.scaling", "--collect", "--workdir",
@@ -243,3 +244,50 @@ def test_benchmarks_md_links_snippet_images_from_the_root():
   text = "# T\n![plot](scaling.png) and [x](https://a.b/c.png) and ![y](bench/results/y.png)"
   assert run_all._demote(text) == ("## T\n![plot](bench/results/scaling.png) and "
                                    "[x](https://a.b/c.png) and ![y](bench/results/y.png)")
+
+
+def test_analyse_and_findings_on_synthetic_runs():
+  """`analyse` and the README's sentences on made-up runs whose answer is known: the larger size
+  wins at every step budget but the smaller one holds the frontier at the least compute, the
+  frontier is fitted, the reference lies below the frontier
+  (not met), the second seed's spread is reported."""
+  from bench import scaling
+  rng = np.random.default_rng(0)
+  n_obj = 12
+  spec = {"budgets": [100, 200, 400, 800], "decay_fraction": 0.25, "eval_objects": n_obj,
+          "warmup_steps": 10, "config": "synthetic", "series": {
+              "a": {"role": "size", "params": 1e6, "width": 64, "overrides": {"w": 64},
+                    "learning_rate": 1e-3, "seed": 0},
+              "b": {"role": "size", "params": 4e6, "width": 128, "overrides": {"w": 128},
+                    "learning_rate": 1e-3, "seed": 0},
+              "a_seed1": {"role": "seed", "params": 1e6, "width": 64, "overrides": {"w": 64},
+                          "learning_rate": 1e-3, "seed": 1},
+              "ref": {"role": "reference", "params": 2e6, "width": 128, "overrides": {},
+                      "learning_rate": 1e-3, "seed": 0}}}
+  flops_per_step = {"a": 1e9, "b": 4e9, "a_seed1": 1e9, "ref": 2e9}
+  floor = {"a": 0.04, "b": 0.02, "a_seed1": 0.04, "ref": 0.005}
+  rows, per_object = [], {}
+  for name in spec["series"]:
+    for b in spec["budgets"]:
+      c = flops_per_step[name] * b
+      loss = floor[name] + 0.5 * (c / 1e11) ** -0.5 + (0.001 if name == "a_seed1" else 0)
+      po = loss * (1 + 0.05 * rng.standard_normal(n_obj))
+      po = po - po.mean() + loss
+      per_object[(name, b)] = {"mse": po.tolist(), "object_index": list(range(n_obj))}
+      rows.append({"series": name, "budget": b, "steps": b, "flops": c, "mse": loss,
+                   "wall_s": b * 0.1, "params": spec["series"][name]["params"],
+                   "load": {"before": [1.0], "after": [1.0]}})
+  col = {"spec": spec, "rows": rows, "per_object": per_object, "baselines":
+         {"background_mse": 0.05}, "missing": []}
+  ana = scaling.analyse(col, n_boot=50)
+  assert set(ana["best_per_budget"].values()) == {"b"}     # more FLOPs per step: always ahead
+  front = [p["series"] for p in ana["frontier"]]
+  assert front[0] == "a" and front[-1] == "b"               # at fixed compute: a, then b
+  assert ana["fit"] is not None and ana["bootstrap"]["b_interval"] is not None
+  assert all(r["mse"] < r["frontier_mse"] for r in ana["reference"])
+  assert len(ana["seeds"]) == 4 and ana["seeds"][0]["of"] == "a"
+  text = " ".join(scaling.findings(spec, rows, dict(ana, baselines=col["baselines"]),
+                                   {"wall_s": 600.0, "started_utc": "s", "finished_utc": "f",
+                                    "load_mean_1min": 1.0, "load_max_1min": 1.0}))
+  assert "does not meet the lift model (`ref`)" in text
+  assert "A second seed of `a`" in text and "took 10 min" in text
