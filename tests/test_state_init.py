@@ -1,11 +1,12 @@
-"""The train state's initialisation (train/loop.py `build_state`, issue 31): random params drawn
-by a host program and placed with the state shardings, optimizer state and EMA from a small device
-program. On this CPU machine the whole step-0 state (params, AdamW moments, EMA, RNG, counters) is
-bit-identical to the one-program init it replaces (`loop.build_state_one_program`; hashes with
-`base/checkpoint.params_sha256`, docs/design.md §3) for configs/lrm.py:tiny (the demo's model),
-the micro reconstructor, the micro stage-1 trainer (with EMA) and the toy on a 2 × 2 mesh; the
-state carries the state shardings; `Task.initial_params` is applied on the host. The demo's
-`tiny` and the stage-1 cases take 10-40 s each on this machine: marked slow (`make test-all`)."""
+"""The train state's initialisation (train/loop.py `build_state` / `StateInit`, issue 31): the
+random params drawn leaf by leaf with their shardings (train/leafwise.py), optimizer state and EMA
+from one small program. On this CPU machine the whole step-0 state (params, AdamW moments, EMA,
+RNG, counters) is bit-identical to the one-program init it replaces
+(`loop.build_state_one_program`; hashes with `base/checkpoint.params_sha256`, docs/design.md §3)
+for configs/lrm.py:tiny (the demo's model), the micro reconstructor, the micro stage-1 trainer
+(with EMA) and the toy on a 2 × 2 mesh (with and without EMA); the state carries the state
+shardings; `Task.initial_params` sees host arrays. The demo's `tiny` and the stage-1 cases take
+10-50 s each on this machine: marked slow (`make test-all`)."""
 import dataclasses
 
 import jax
@@ -29,7 +30,11 @@ def _both(cfg, task):
   new_init, key2, abstract2, sh2 = loop.build_state(cfg, task, mesh, rules, tx)
   assert np.array_equal(key, key2) and sh2 == sh
   assert jax.tree.structure(abstract2) == jax.tree.structure(abstract)
-  return old_init(key), new_init(key), sh
+  state = new_init(key)
+  draw = new_init.draw(key)
+  # Leaves of one structure share a program (the micro model's repeated blocks and biases).
+  assert len(draw.programs) < len(draw.leaves) or len(draw.leaves) < 8
+  return old_init(key), state, sh
 
 
 def _assert_identical(old, new, sh):

@@ -3,8 +3,8 @@ so the stage-1 diffusion trainer, not written yet, can reuse it).
 
 A trainer describes its job as a `Task` (how to init params, the loss, the input iterator, and
 optional eval / image hooks); `run(config, workdir, task)` does the rest in the order the data
-flows: set up mesh → shardings from `eval_shape` → restore or init (`StateInit`: params drawn on
-the host, placed with the shardings) → AOT compile → loop (step,
+flows: set up mesh → shardings from `eval_shape` → restore or init (`StateInit`: params drawn
+leaf by leaf with their shardings) → AOT compile → loop (step,
 log, images, eval, checkpoint) → final checkpoint. Config sections read here:
 
   seed, mesh, logical_axis_rules, optimizer (see optimizer.py),
@@ -51,9 +51,10 @@ from instant3d_jax.base import config_schema
 from instant3d_jax.base import mesh as mesh_lib
 from instant3d_jax.base import multihost
 from instant3d_jax.base import sharding as shard_lib
+from instant3d_jax.train import leafwise
 from instant3d_jax.train import metrics as metrics_lib
 from instant3d_jax.train import optimizer as opt_lib
-from instant3d_jax.train.step import (LossFn, TrainState, make_host_init_fn, make_init_fn,
+from instant3d_jax.train.step import (LossFn, TrainState, make_draw_fn, make_init_fn,
                                       make_rest_fn, make_train_step)
 
 # CPU has no buffer donation; the warning would repeat every compile.
@@ -184,13 +185,12 @@ def setup_mesh(config, devices=None):
   return mesh, rules
 
 
-def host_device():
-  """The device the state's random parameters are drawn on: the host's CPU backend (None when
-  JAX_PLATFORMS leaves it out; `build_state` then draws on the default device)."""
-  try:
-    return jax.devices("cpu")[0]
-  except RuntimeError:
-    return None
+def _host_params(params) -> Any:
+  """The params as host numpy arrays (gathered from every process when sharded across hosts)."""
+  if all(x.is_fully_addressable for x in jax.tree.leaves(params)):
+    return jax.tree.map(np.asarray, jax.device_get(params))
+  from jax.experimental import multihost_utils
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
 
 
 def _place(x, sharding):
@@ -218,44 +218,44 @@ def checked_initial_params(host, new) -> Any:
 
 @dataclasses.dataclass
 class StateInit:
-  """The train state at step 0, in two programs that compile fast on any backend (issue 31: one
+  """The train state at step 0 in small programs that compile fast on any backend (issue 31: one
   jit over the whole state spent >90 s in XLA:GPU's compiler at full size):
 
-  1. `host`: the random parameters and the state's RNG (`step.make_host_init_fn`: the same split
-     and draws as `make_init_fn`), jitted on the host's CPU backend, where the program compiles
-     in seconds; every process computes the same host tree. On a CPU machine the values are
-     bit-identical to `make_init_fn`'s (tests/test_state_init.py).
-  2. `rest`: the optimizer state and the EMA (`step.make_rest_fn`), jitted on the devices with
-     the state shardings from the params once placed: zeros and copies, a few ops per leaf.
+  1. the random parameters and the state's RNG (`step.make_draw_fn`: the same split and
+     draws as `make_init_fn`), one program per leaf, drawn on the devices with the state
+     shardings; leaves of the same structure share a compiled program (`leafwise.Leafwise`: the
+     LRM `large`'s 604 outputs need 40 with FSDP, bench/bench_state_init.py). On one backend the values are bit-identical to
+     `make_init_fn`'s one program (tests/test_state_init.py);
+  2. `rest`: the optimizer state and the EMA from the placed params (`step.make_rest_fn`), one
+     jit with the state shardings: zeros and copies, a few ops per leaf.
 
-  `init(key, initial_params=None)`: `Task.initial_params`, if given, is applied to the host
-  params before they are placed (it never sees device arrays). The counters start at 0.
+  `init(key, initial_params=None)`: `Task.initial_params`, if given, receives the drawn params
+  as host numpy arrays (gathered across processes); its result is placed with the shardings.
+  The counters start at 0.
   """
-  host: Callable
+  init_params: Callable
   rest: Callable
   shardings: Any
+  _draw: Any = None
 
-  def host_params(self, key) -> tuple[Any, np.ndarray]:
-    """(params, state rng) as host numpy arrays."""
-    dev = host_device()
-    params, rng = self.host(jax.device_put(key, dev) if dev is not None else key)
-    return jax.tree.map(np.asarray, jax.device_get(params)), np.asarray(jax.device_get(rng))
-
-  def place(self, params, rng) -> TrainState:
-    """The step-0 state from host params and rng, placed with the state shardings."""
-    sh = self.shardings
-    params = jax.tree.map(_place, params, sh.params)
-    opt_state, ema = self.rest(params)
-    zero = np.zeros((), np.int32)
-    return TrainState(step=_place(zero, sh.step), params=params, opt_state=opt_state,
-                      rng=_place(rng, sh.rng), nonfinite_total=_place(zero, sh.nonfinite_total),
-                      nonfinite_in_a_row=_place(zero, sh.nonfinite_in_a_row), ema=ema)
+  def draw(self, key) -> "leafwise.Leafwise":
+    """The per-leaf programs of the random part (traced on first use)."""
+    if self._draw is None:
+      self._draw = leafwise.Leafwise(make_draw_fn(self.init_params), key)
+    return self._draw
 
   def __call__(self, key, initial_params: Callable[[Any], Any] | None = None) -> TrainState:
-    params, rng = self.host_params(key)
+    sh = self.shardings
+    params, rng = self.draw(key)(np.asarray(key), out_shardings=(sh.params, sh.rng))
     if initial_params is not None:
-      params = checked_initial_params(params, initial_params(params))
-    return self.place(params, rng)
+      host = _host_params(params)
+      new = checked_initial_params(host, initial_params(host))
+      params = jax.tree.map(_place, new, sh.params)
+    opt_state, ema = self.rest(params)
+    zero = np.zeros((), np.int32)
+    return TrainState(step=_place(zero, sh.step), params=params, opt_state=opt_state, rng=rng,
+                      nonfinite_total=_place(zero, sh.nonfinite_total),
+                      nonfinite_in_a_row=_place(zero, sh.nonfinite_in_a_row), ema=ema)
 
 
 def build_state(config, task: Task, mesh, rules, tx):
@@ -268,7 +268,7 @@ def build_state(config, task: Task, mesh, rules, tx):
     abstract, shardings = shard_lib.derive_shardings(init_fn, key, mesh=mesh, rules=rules)
   ema = task.ema_decay > 0
   init_state = StateInit(
-      host=jax.jit(make_host_init_fn(task.init_params)),
+      init_params=task.init_params,
       rest=jax.jit(make_rest_fn(tx, ema), out_shardings=(shardings.opt_state, shardings.ema)),
       shardings=shardings)
   return init_state, key, abstract, shardings

@@ -83,12 +83,12 @@ def make_init_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
   return init
 
 
-def make_host_init_fn(init_params: Callable[[jax.Array], Any]
+def make_draw_fn(init_params: Callable[[jax.Array], Any]
                       ) -> Callable[[jax.Array], tuple[Any, jax.Array]]:
   """`init(rng) -> (params, state_rng)`: the random part of `make_init_fn(init_params, …)(rng)`
-  (the same split of `rng`, the same draws), params unboxed. loop.build_state runs it on the host
-  (the CPU backend) and places its output with the state shardings; `make_rest_fn` adds the
-  optimizer state and EMA on the devices."""
+  (the same split of `rng`, the same draws), params unboxed. loop.StateInit runs it one leaf at a
+  time (train/leafwise.py) with the state shardings; `make_rest_fn` adds the optimizer state and
+  the EMA."""
   def init(rng):
     param_rng, state_rng = jax.random.split(rng)
     return shard_lib.unbox(init_params(param_rng)), state_rng
