@@ -92,6 +92,9 @@ BENCHES = (
           long=True),
     # The TPU compiler on this CPU machine (libtpu, `make install-aot`): minutes per compile.
     Bench("tpu_plan", _tpu_plan_runs(), ("tpu_plan.md",), MEMORY, long=True),
+    # The train state's init programs before and after issue 31, compiled for a TPU topology
+    # (libtpu on this CPU machine; the full-size one-program init takes minutes to compile).
+    Bench("bench_state_init", ((),), ("state_init.md",), MEMORY, long=True),
     # Written on a GPU machine by `bash bench/device/run.sh` and copied here (bench/device/
     # README.md); `make bench` never runs it (no runs), it only folds the table in.
     Bench("device", (), ("device.md",), DEVICE),
