@@ -307,8 +307,11 @@ def copy_branch(src, dst, step: int) -> None:
     shutil.copytree(Path(str(src_step)), tmp)
     tmp.rename(Path(str(step_dir)))
     return
-  files = [p for p in src_step.rglob("*") if p.is_file()]
-  files.sort(key=lambda p: p.name == "commit_success.txt")     # the marker last
+  files, todo = [], [src_step]
+  while todo:                # epath's gs:// has no recursive glob: walk the folders
+    for p in todo.pop().iterdir():
+      (todo if p.is_dir() else files).append(p)
+  files.sort(key=lambda p: (p.name == "commit_success.txt", str(p)))     # the marker last
   for p in files:
     fileio.copy_file(p, step_dir / p.relative_to(src_step))
 
@@ -337,8 +340,10 @@ def score(spec: dict, name: str, budget: int, workdir, *, log=print) -> dict:
   datasets.check_eval(dataset, cfg)
   res = _EVALUATORS[key](jax.tree.map(jax.numpy.asarray, params), dataset,
                          int(spec["eval_objects"]))
-  protocol.write_results(res, run_dir / "eval", extra={"checkpoint": str(run_dir),
-                                                       "step": str(step)})
+  primary = jax.process_index() == 0          # one writer on a multi-host job
+  if primary:
+    protocol.write_results(res, run_dir / "eval", extra={"checkpoint": str(run_dir),
+                                                         "step": str(step)})
   s = spec["series"][name]
   decay_start = branch_points(cfg, [budget])[int(budget)]
   main = _run_dir(workdir, name, max(spec["budgets"]))
@@ -354,12 +359,12 @@ def score(spec: dict, name: str, budget: int, workdir, *, log=print) -> dict:
              "learning_rate": s["learning_rate"], "seed": s["seed"],
              "num_objects": res["num_objects"],
              **{k: summary.get(k) for k in SUMMARY_KEYS}}
-  out = run.write(run_dir / RESULTS_FILE, configs={"lrm": cfg}, params={"lrm": params},
-                  metrics=metrics, baselines={k: summary[k] for k in BASELINE_KEYS
-                                              if k in summary},
-                  wall_s={"steps": wall, "eval": res["seconds"]},
-                  extra={"per_object": {k: res["per_object"][k] for k in PER_OBJECT_KEYS},
-                         "study": spec["config"]})
+  kw = dict(configs={"lrm": cfg}, params={"lrm": params}, metrics=metrics,
+            baselines={k: summary[k] for k in BASELINE_KEYS if k in summary},
+            wall_s={"steps": wall, "eval": res["seconds"]},
+            extra={"per_object": {k: res["per_object"][k] for k in PER_OBJECT_KEYS},
+                   "study": spec["config"]})
+  out = run.write(run_dir / RESULTS_FILE, **kw) if primary else run.record(**kw)
   log(f"[scaling] {name} b{budget}: val MSE {metrics['mse']:.5f} (PSNR {metrics['psnr']:.2f} dB"
       f", foreground MSE {metrics['foreground_mse']:.4f}), {metrics['flops']:.3g} FLOPs, "
       f"{wall:.0f}s of steps")
@@ -1002,6 +1007,8 @@ def _main(args) -> int:
     collect_and_write(args.workdir, Path(args.out), prov)
     return 0
   if args.job:
+    from instant3d_jax.base import multihost
+    multihost.initialize()        # a TPU pod's workers / a multi-task slurm job: one runtime
     spec = read_study(args.workdir)
     if args.job == "segment":
       job_segment(spec, args.series, args.until, args.workdir)
