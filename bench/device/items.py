@@ -338,8 +338,36 @@ def item_roofline(rec: Recorder, dry: bool, args) -> None:
     r["shape"] = f"{nbytes / 2**30:.3g} GiB bf16, read + write"
     return r
 
+  def copy_donated():
+    """The same copy with the input donated (x = f(x), one buffer pair recycled): whether
+    allocation of a fresh 2 GiB output is what separates JAX from PyTorch's caching allocator."""
+    f = jax.jit(lambda x: x + 1, donate_argnums=0)
+    x = device_random(k[2], (nbytes // 2 // 4096, 4096), jnp.bfloat16)
+    x = f(x).block_until_ready()          # compile + first call
+    ts = []
+    for _ in range(_iters(dry, 30)):
+      t = time.perf_counter()
+      x = f(x).block_until_ready()
+      ts.append(time.perf_counter() - t)
+    ms = statistics.median(ts) * 1e3
+    return dict(ms=ms, min_ms=min(ts) * 1e3, iters=len(ts), tb_per_s=2 * nbytes / (ms * 1e-3)
+                / 1e12, shape=f"{nbytes / 2**30:.3g} GiB bf16, read + write, donated")
+
+  def copy_torch():
+    """PyTorch's `x + 1` on the same bytes, in the same process (the side-by-side anchor)."""
+    import torch
+    dev = _torch_device()
+    x = torch.ones((nbytes // 2 // 4096, 4096), dtype=torch.bfloat16, device=dev)
+    r = time_torch(lambda: x + 1, _iters(dry, 30), dev)
+    r["tb_per_s"] = 2 * nbytes / (r["ms"] * 1e-3) / 1e12
+    r["shape"] = f"{nbytes / 2**30:.3g} GiB bf16, read + write ({dev})"
+    del x
+    return r
+
   rec.run("matmul_bf16", 5, matmul)
   rec.run("hbm_copy", 5, copy)
+  rec.run("hbm_copy_donated", 5, copy_donated)
+  rec.run("hbm_copy_torch", 10, copy_torch)
 
 
 def _unet_inputs(cfg, s, key, dtype):

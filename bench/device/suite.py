@@ -54,7 +54,7 @@ class Item:
 ITEMS = (
     # Budgets from the H200 runs of 2026-11-30 (device.log phase times: weights drawn, each
     # compile); the PyTorch UNet goes last: its eager figure takes 10 s, torch.compile the rest.
-    Item("roofline", 25, ("matmul_bf16", "hbm_copy")),
+    Item("roofline", 40, ("matmul_bf16", "hbm_copy", "hbm_copy_donated", "hbm_copy_torch")),
     Item("unet_jax", 75, ("unet_xla", "unet_cudnn")),
     Item("vae_jax", 30, ("vae_xla",)),
     Item("vae_torch", 25, ("vae_torch_eager",)),
@@ -146,6 +146,10 @@ ROWS = (
     Row("matmul_bf16", "bf16 matmul 8192³ (JAX)", (_DATASHEET_TFLOPS,), "—", "tflops"),
     Row("hbm_copy", "HBM copy: 2 GiB read + 2 GiB written (JAX)", (_DATASHEET_HBM,), "—",
         "tb_per_s"),
+    Row("hbm_copy_donated", "HBM copy, JAX, input donated (x = f(x))", (_DATASHEET_HBM,), "—",
+        "tb_per_s"),
+    Row("hbm_copy_torch", "HBM copy, PyTorch `x + 1`, same bytes, same process (this run)",
+        (_DATASHEET_HBM,), "within 10% of JAX", "tb_per_s"),
     Row("unet_xla", "SDXL UNet step, batch 2, 128², bf16, JAX + XLA attention",
         (_UNET_EAGER, _UNET_COMPILE), "≤ 35 ms"),
     Row("unet_cudnn", "SDXL UNet step, JAX + cuDNN flash attention",
@@ -247,7 +251,9 @@ def render_anchors(anchors: tuple[Anchor, ...], recorded) -> str:
 
 
 # (JAX key, PyTorch key, what): the side-by-side ratios under the table.
-RATIOS = (("unet_cudnn", "unet_torch_eager", "UNet step, cuDNN attention vs eager"),
+RATIOS = (("hbm_copy", "hbm_copy_torch", "HBM copy, same bytes"),
+          ("hbm_copy_donated", "hbm_copy_torch", "HBM copy, JAX donated"),
+          ("unet_cudnn", "unet_torch_eager", "UNet step, cuDNN attention vs eager"),
           ("unet_xla", "unet_torch_eager", "UNet step, XLA attention vs eager"),
           ("unet_cudnn", "unet_torch_compile", "UNet step, cuDNN attention vs torch.compile"),
           ("vae_xla", "vae_torch_eager", "VAE decode vs eager"))
