@@ -97,3 +97,32 @@ def test_initial_params_are_applied_on_the_host_before_placing():
   assert state.params["fc1"]["kernel"].sharding == sh.params["fc1"]["kernel"]
   with pytest.raises(ValueError, match=r"\['fc1'\]\['kernel'\]: \(3,\)"):
     init(key, lambda p: {**p, "fc1": {**p["fc1"], "kernel": np.zeros(3)}})
+
+
+def test_leafwise_drops_the_forward_pass_and_shares_programs_between_blocks():
+  """A jitted Flax init with remat'd blocks: each leaf's program holds its draw only (no matmul
+  of the traced forward pass), the three blocks' leaves share programs, the values are the one
+  program's."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  from instant3d_jax.train import leafwise
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(8)(jax.nn.relu(nn.LayerNorm()(x)))
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for i in range(3):
+        x = nn.remat(Block)(name=f"block_{i}")(x)
+      return x
+
+  init = jax.jit(lambda k: Net().init(k, jnp.ones((2, 8)))["params"])
+  key = jax.random.PRNGKey(3)
+  draw = leafwise.Leafwise(init, key)
+  assert len(draw.leaves) == 12 and len(draw.programs) <= 4
+  assert not any("dot_general" in text for text in draw.programs)
+  assert ckpt_lib.params_sha256(draw(key)) == ckpt_lib.params_sha256(init(key))
+  assert ckpt_lib.params_sha256(draw(key, workers=1)) == ckpt_lib.params_sha256(init(key))

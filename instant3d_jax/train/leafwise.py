@@ -14,6 +14,8 @@ one-program jit, so on one backend the values match it bit for bit (tests/test_s
 """
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from typing import Any, Callable
 
 import jax
@@ -108,11 +110,13 @@ class Leafwise:
     return jitted
 
   def calls(self, *args, out_shardings=None):
-    """[(jitted program, its arguments)] per output leaf (numpy / abstract arguments)."""
+    """[(jitted program, its arguments)] per output leaf (`args`: arrays, placed or on the host,
+    or `jax.ShapeDtypeStruct`s to lower the programs on)."""
     flat = jax.tree.leaves(args)
     if len(flat) != self.n_args:
       raise ValueError(f"Leafwise: {len(flat)} argument leaves, traced with {self.n_args}")
-    flat = [x if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x) for x in flat]
+    flat = [x if isinstance(x, (jax.ShapeDtypeStruct, jax.Array)) else np.asarray(x)
+            for x in flat]
     values = self.consts + [x for x, u in zip(self._first_consts + flat, self._used) if u]
     shardings = ([None] * len(self.leaves) if out_shardings is None
                  else jax.tree.leaves(out_shardings))
@@ -121,8 +125,25 @@ class Leafwise:
     return [(self._program(key, sh), [values[p] for p in pos] + hoisted)
             for (key, pos, hoisted), sh in zip(self.leaves, shardings)]
 
-  def __call__(self, *args, out_shardings=None) -> Any:
-    outs = [prog(*a) for prog, a in self.calls(*args, out_shardings=out_shardings)]
+  def __call__(self, *args, out_shardings=None, workers: int | None = None) -> Any:
+    """`fn(*args)`. The first call of each distinct program is dispatched from `workers` threads
+    (default: the CPU count, at most 8; one when several processes run, so every process issues
+    its programs in the same order), so their compiles overlap; the other leaves follow."""
+    calls = self.calls(*args, out_shardings=out_shardings)
+    if workers is None:
+      workers = 1 if jax.process_count() > 1 else min(8, os.cpu_count() or 1)
+    outs: list = [None] * len(calls)
+    first: dict = {}
+    for i, (prog, _) in enumerate(calls):
+      first.setdefault(id(prog), i)
+    if workers > 1 and len(first) > 1:
+      run = lambda i: calls[i][0](*calls[i][1])  # noqa: E731
+      with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for i, out in zip(first.values(), pool.map(run, list(first.values()))):
+          outs[i] = out
+    for i, (prog, a) in enumerate(calls):
+      if outs[i] is None:
+        outs[i] = prog(*a)
     return jax.tree.unflatten(self.out_tree, outs)
 
 

@@ -221,28 +221,37 @@ class StateInit:
   """The train state at step 0 in small programs that compile fast on any backend (issue 31: one
   jit over the whole state spent >90 s in XLA:GPU's compiler at full size):
 
-  1. the random parameters and the state's RNG (`step.make_draw_fn`: the same split and
-     draws as `make_init_fn`), one program per leaf, drawn on the devices with the state
-     shardings; leaves of the same structure share a compiled program (`leafwise.Leafwise`: the
-     LRM `large`'s 604 outputs need 40 with FSDP, bench/bench_state_init.py). On one backend the values are bit-identical to
-     `make_init_fn`'s one program (tests/test_state_init.py);
-  2. `rest`: the optimizer state and the EMA from the placed params (`step.make_rest_fn`), one
-     jit with the state shardings: zeros and copies, a few ops per leaf.
+  1. `draw`: the random parameters and the state's RNG (`step.make_draw_fn`: the same split and
+     draws as `make_init_fn`), one program per leaf with the leaf's state sharding, shared by
+     the leaves of the same structure (`leafwise.Leafwise`: the LRM `large`'s 604 outputs need
+     40 with FSDP, bench/bench_state_init.py);
+  2. `rest`: the optimizer state and the EMA from the placed params (`step.make_rest_fn`), the
+     same way: zeros and copies, one program per shape and sharding.
 
-  `init(key, initial_params=None)`: `Task.initial_params`, if given, receives the drawn params
-  as host numpy arrays (gathered across processes); its result is placed with the shardings.
-  The counters start at 0.
+  The ops are `make_init_fn`'s, so on one backend the state is bit-identical to its one program
+  (tests/test_state_init.py). `init(key, initial_params=None)`: `Task.initial_params`, if given,
+  receives the drawn params as host numpy arrays (gathered across processes); its result is
+  placed with the shardings. The counters start at 0.
   """
   init_params: Callable
-  rest: Callable
+  tx: Any
+  ema: bool
   shardings: Any
   _draw: Any = None
+  _rest: Any = None
 
   def draw(self, key) -> "leafwise.Leafwise":
     """The per-leaf programs of the random part (traced on first use)."""
     if self._draw is None:
       self._draw = leafwise.Leafwise(make_draw_fn(self.init_params), key)
     return self._draw
+
+  def rest(self, params) -> "leafwise.Leafwise":
+    """The per-leaf programs of the optimizer state and EMA (traced on first use)."""
+    if self._rest is None:
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+      self._rest = leafwise.Leafwise(make_rest_fn(self.tx, self.ema), abstract)
+    return self._rest
 
   def __call__(self, key, initial_params: Callable[[Any], Any] | None = None) -> TrainState:
     sh = self.shardings
@@ -251,7 +260,7 @@ class StateInit:
       host = _host_params(params)
       new = checked_initial_params(host, initial_params(host))
       params = jax.tree.map(_place, new, sh.params)
-    opt_state, ema = self.rest(params)
+    opt_state, ema = self.rest(params)(params, out_shardings=(sh.opt_state, sh.ema))
     zero = np.zeros((), np.int32)
     return TrainState(step=_place(zero, sh.step), params=params, opt_state=opt_state, rng=rng,
                       nonfinite_total=_place(zero, sh.nonfinite_total),
@@ -266,11 +275,8 @@ def build_state(config, task: Task, mesh, rules, tx):
   key = jax.random.PRNGKey(int(config.seed))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, shardings = shard_lib.derive_shardings(init_fn, key, mesh=mesh, rules=rules)
-  ema = task.ema_decay > 0
-  init_state = StateInit(
-      init_params=task.init_params,
-      rest=jax.jit(make_rest_fn(tx, ema), out_shardings=(shardings.opt_state, shardings.ema)),
-      shardings=shardings)
+  init_state = StateInit(init_params=task.init_params, tx=tx, ema=task.ema_decay > 0,
+                         shardings=shardings)
   return init_state, key, abstract, shardings
 
 
