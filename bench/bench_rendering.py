@@ -9,12 +9,17 @@ and a training-sized render forward+backward.
    12-corner gather over a flattened table of all planes, a corner-packed `[(R+1)², 4C]` table
    (one gather per plane), and the shipped per-plane row gathers. All agree to 1e-5.
 2. One 512² image, 64 + 64 samples/ray, 64×64×80 triplane decoded by a 10-layer width-64 SiLU MLP
-   on the concatenated 240-D features (the `large` config's renderer), `render_image`, jitted,
-   chunk 8192 rays: seconds per image (compile excluded, median of `--image_runs`) and
-   rays × samples per second.
-3. Breakdown of one 8192-ray chunk of that image: triplane lookup alone, MLP alone, the renderer
-   with a constant field (sampling, importance sampling, merge sort, compositing), and the full
-   chunk; plus the same chunk with the MLP's first layer folded into the planes (see below).
+   on the concatenated 240-D features (the `large` config's renderer), `render_image`, jitted:
+   BEFORE, the renderer as it was (`make_triplane_field` + the MLP module, chunk `--chunk`), and
+   AFTER, the shipped fused field (`rendering.make_mlp_triplane_field`, what
+   `lrm.render_views` renders with: first layer folded into the planes) with the chunk from the
+   device's memory (`chunk='auto'`), in one process with their timed runs interleaved: seconds
+   per image (compile excluded, median of `--image_runs`), rays × samples per second, and the
+   ratio; and their largest output difference (key=None, fp32).
+3. Breakdown of one `--chunk`-ray chunk of that image: triplane lookup alone, MLP alone, the
+   renderer with a constant field (sampling, importance sampling, merge sort, compositing), and
+   the full chunk; plus the same chunk with the fused field, in fp32 and with bf16 hidden matmuls
+   (`dtype=bfloat16`, as under `model.dtype='bfloat16'`).
 4. A `tiny`-config training render (4 triplanes 3×32×32×32, 1024 rays each, 16 + 16 samples,
    4-layer width-64 MLP), forward+backward w.r.t. planes and MLP, with the same breakdown.
 
@@ -22,7 +27,7 @@ First-layer folding: the first dense layer is linear and bilinear interpolation 
 `dense_0(concat_p interp(P_p))` = `Σ_p interp(P_p · W_p) + b` with `W_p` the plane's 80×64 block
 of the kernel. Projecting the planes once per triplane (3·64·64·80·64 MACs) replaces a 240×64
 matmul per sample and narrows the gathered rows from 80 to 64 floats. Exact up to fp32
-rounding; measured here, offered to the model as `sample_triplane(..., combine='sum')`.
+rounding; shipped as `rendering.make_mlp_triplane_field` (used by `lrm.render_views`).
 
 Writes bench/results/rendering.md.
 """
@@ -185,32 +190,15 @@ def make_decoder(num_layers: int, features: int, seed: int = 0):
   return decoder, nn.unbox(variables)
 
 
-def decoder_head(variables, h, num_layers: int):
-  """NeRFMLP after the first layer's pre-activation `h [..., 64]`."""
+def fused_field(planes, decoder, variables, dtype=jnp.float32, fold=None):
+  """The shipped fused field (`rendering.make_mlp_triplane_field`) of `decoder`'s parameters: the
+  first layer folded into the planes by default (see the docstring)."""
   params = variables["params"]
-  x = jax.nn.silu(h)
-  for i in range(1, num_layers):
-    layer = params[f"dense_{i}"]
-    x = x @ layer["kernel"] + layer["bias"]
-    if i < num_layers - 1:
-      x = jax.nn.silu(x)
-  density = jax.nn.softplus(x[..., 0] - 1.0)
-  rgb = jax.nn.sigmoid(x[..., 1:]) * (1 + 2e-3) - 1e-3
-  return density, rgb
-
-
-def folded_field(planes, variables, num_layers: int):
-  """Field with dense_0 folded into the planes: Σ_p interp(P_p W_p) + b (see the docstring)."""
-  dense0 = variables["params"]["dense_0"]
-  C = planes.shape[-1]
-  kernel = dense0["kernel"].reshape(3, C, -1)
-  projected = jnp.einsum("prsc,pcd->prsd", planes, kernel)
-
-  def field(points, directions):
-    del directions
-    h = rendering.sample_triplane(projected, points, combine="sum") + dense0["bias"]
-    return decoder_head(variables, h, num_layers)
-  return field
+  dense = [(params[f"dense_{i}"]["kernel"], params[f"dense_{i}"]["bias"])
+           for i in range(decoder.num_layers)]
+  act = {"relu": jax.nn.relu, "silu": jax.nn.silu}[decoder.activation]
+  return rendering.make_mlp_triplane_field(planes, dense, act, decoder.outputs, dtype=dtype,
+                                           fold=fold)
 
 
 def plain_field(planes, decoder, variables):
@@ -219,7 +207,11 @@ def plain_field(planes, decoder, variables):
 
 # --- full image and its breakdown ----------------------------------------------------------------
 
-def bench_image(runs: int, image_runs: int, folded_image_runs: int, res: int, chunk: int) -> dict:
+def bench_image(runs: int, image_runs: int, res: int, chunk: int) -> dict:
+  """The breakdown of one `chunk` of the image, then the image BEFORE (plain field, `chunk`)
+  and AFTER (fused field, auto chunk), their timed runs interleaved (before, after, before, ...)
+  so both see the same load."""
+  from instant3d_jax.configs import lrm as lrm_configs
   rng = np.random.default_rng(1)
   planes = jnp.asarray(rng.normal(size=(3, 64, 64, 80)) * 0.5, jnp.float32)
   decoder, variables = make_decoder(10, 240)
@@ -227,7 +219,13 @@ def bench_image(runs: int, image_runs: int, folded_image_runs: int, res: int, ch
   S = num_samples + num_importance
   cam = cameras.orbit_camera(20.0, 30.0, 2.7, 50.0, res, res)
   kw = dict(num_samples=num_samples, num_importance=num_importance)
-  out = {"res": res, "chunk": chunk, "samples": S}
+  sample_bytes = lrm_lib.render_sample_bytes(lrm_configs.get_config("large"))
+  auto = rendering.auto_chunk(S, sample_bytes)
+  memory, source = rendering.device_memory_bytes()
+  out = {"res": res, "chunk": chunk, "samples": S, "auto_chunk": auto,
+         "sample_bytes": sample_bytes, "memory": memory, "memory_source": source}
+  print(f"auto chunk {auto} ({sample_bytes} B/sample, {memory / 2**30:.1f} GiB {source})",
+        flush=True)
 
   # Breakdown on one chunk of real rays (the image centre, where rays cross the box).
   o, d = cameras.camera_rays(cam)
@@ -239,17 +237,22 @@ def bench_image(runs: int, image_runs: int, folded_image_runs: int, res: int, ch
   points = o[:, None] + (near[:, None] + (far - near)[:, None] * t)[..., None] * d[:, None]
   feats = jax.jit(rendering.sample_triplane)(planes, points)
   const = lambda p, dd: (jnp.full(p.shape[:-1], 2.0), jnp.full(p.shape, 0.5))  # noqa: E731
+
+  def chunk_fn(field_of):
+    return jax.jit(lambda P, o, d: rendering.volume_render(field_of(P), o, d, **kw))
+
+  plain_of = lambda P: plain_field(P, decoder, variables)  # noqa: E731
+  fused_of = lambda P: fused_field(P, decoder, variables)  # noqa: E731
+  bf16_of = lambda P: fused_field(P, decoder, variables, dtype=jnp.bfloat16)  # noqa: E731
   parts = {
       "triplane lookup": (jax.jit(rendering.sample_triplane), (planes, points)),
       "MLP (240→64, 8×64→64, 64→4)": (jax.jit(lambda f: decoder.apply(variables, f)), (feats,)),
       "renderer with a constant field (sampling, PDF, sort, compositing)": (
           jax.jit(lambda o, d: rendering.volume_render(const, o, d, **kw)), (o, d)),
-      "full chunk (lookup + MLP + renderer)": (
-          jax.jit(lambda P, o, d: rendering.volume_render(plain_field(P, decoder, variables), o, d,
-                                                          **kw)), (planes, o, d)),
-      "full chunk, first layer folded into the planes": (
-          jax.jit(lambda P, o, d: rendering.volume_render(folded_field(P, variables, 10), o, d,
-                                                          **kw)), (planes, o, d)),
+      "full chunk (lookup + MLP + renderer)": (chunk_fn(plain_of), (planes, o, d)),
+      "full chunk, fused field (first layer folded into the planes)": (
+          chunk_fn(fused_of), (planes, o, d)),
+      "full chunk, fused field, bf16 hidden matmuls": (chunk_fn(bf16_of), (planes, o, d)),
   }
   out["chunk_parts"] = {}
   for name, (fn, args) in parts.items():
@@ -257,26 +260,38 @@ def bench_image(runs: int, image_runs: int, folded_image_runs: int, res: int, ch
     out["chunk_parts"][name] = (sec, last_cpu)
     print(f"chunk {chunk}×{S}: {name:62s} {sec * 1e3:8.1f} ms (cpu {last_cpu * 1e3:8.1f})",
           flush=True)
-  a = jax.jit(lambda P, o, d: rendering.volume_render(plain_field(P, decoder, variables), o, d,
-                                                      **kw)["rgb"])(planes, o, d)
-  b = jax.jit(lambda P, o, d: rendering.volume_render(folded_field(P, variables, 10), o, d,
-                                                      **kw)["rgb"])(planes, o, d)
-  out["fold_rgb_max_diff"] = float(jnp.max(jnp.abs(a - b)))
-  print(f"folded vs plain rgb max|diff| {out['fold_rgb_max_diff']:.1e}", flush=True)
+  ref = chunk_fn(plain_of)(planes, o, d)
+  bf = chunk_fn(bf16_of)(planes, o, d)
+  out["bf16_rgb_max_diff"] = float(jnp.max(jnp.abs(bf["rgb"] - ref["rgb"])))
+  print(f"bf16 vs fp32 chunk rgb max|diff| {out['bf16_rgb_max_diff']:.1e}", flush=True)
 
-  for label, field_of, n_runs in (
-      ("plain", lambda P: plain_field(P, decoder, variables), image_runs),
-      ("folded", lambda P: folded_field(P, variables, 10), folded_image_runs)):
-    render = jax.jit(lambda P, field_of=field_of: rendering.render_image(
-        field_of(P), cam, chunk=chunk, outputs=("rgb", "depth", "opacity"), **kw))
-    first, sec = timeit(render, planes, runs=n_runs, warmup=False)
-    out[f"image_{label}_runs"] = n_runs
-    out[f"image_{label}"] = sec
-    out[f"image_{label}_cpu"] = last_cpu
-    out[f"image_{label}_first"] = first
-    print(f"{res}² image, {S} samples/ray, chunk {chunk}, {label}: {sec:.2f} s "
-          f"({res * res * S / sec / 1e6:.2f} M ray-samples/s; compile {first:.1f} s)",
-          flush=True)
+  # The whole image, before and after, compiled first, then timed runs interleaved.
+  image = {}
+  for label, field_of, ch in (("before", plain_of, chunk), ("after", fused_of, "auto")):
+    render = jax.jit(lambda P, field_of=field_of, ch=ch: rendering.render_image(
+        field_of(P), cam, chunk=ch, sample_bytes=sample_bytes,
+        outputs=("rgb", "depth", "opacity"), **kw))
+    t0 = time.perf_counter()
+    image[label] = render.lower(planes).compile()
+    out[f"image_{label}_first"] = time.perf_counter() - t0
+  renders, times, cpus = {}, {k: [] for k in image}, {k: [] for k in image}
+  for _ in range(image_runs):
+    for label, fn in image.items():
+      t0, c0 = time.perf_counter(), time.process_time()
+      renders[label] = jax.block_until_ready(fn(planes))
+      times[label].append(time.perf_counter() - t0)
+      cpus[label].append(time.process_time() - c0)
+      print(f"{res}² image, {S} samples/ray, {label}: {times[label][-1]:.2f} s "
+            f"({res * res * S / times[label][-1] / 1e6:.2f} M ray-samples/s)", flush=True)
+  out["image_runs"] = image_runs
+  for label in image:
+    out[f"image_{label}"] = statistics.median(times[label])
+    out[f"image_{label}_cpu"] = statistics.median(cpus[label])
+  out["ratio"] = out["image_before"] / out["image_after"]
+  out["image_max_diff"] = {k: float(jnp.max(jnp.abs(renders["after"][k] - renders["before"][k])))
+                           for k in ("rgb", "depth", "opacity")}
+  print(f"after / before: {out['ratio']:.2f}x; max|diff| "
+        + ", ".join(f"{k} {v:.1e}" for k, v in out["image_max_diff"].items()), flush=True)
   return out
 
 
@@ -305,7 +320,7 @@ def bench_training_render(runs: int) -> dict:
 
   def loss_folded(P, v, o, d, target):
     def one(P, o, d, t):
-      f = folded_field(P, v, L)
+      f = fused_field(P, decoder, v, fold=True)
       return jnp.mean((rendering.volume_render(f, o, d, key=key, **kw)["rgb"] - t) ** 2)
     return jnp.mean(jax.vmap(one)(P, o, d, target))
 
@@ -351,22 +366,38 @@ def write_results(lookups, image, train, args, prov) -> None:
       "",
       f"### One {res}² image, {S} samples/ray (64 + 64), 64×64×80 triplane, 10 × 64 SiLU MLP",
       "",
-      "`render_image` jitted and compiled ahead of time (compile excluded), chunk "
-      f"{image['chunk']} rays; median of {image['image_plain_runs']} timed run(s) (folded: "
-      f"{image['image_folded_runs']}).",
+      "`render_image` jitted and compiled ahead of time (compile excluded), key=None, fp32. "
+      "**Before**: the renderer as it was, `make_triplane_field` (240-D concatenated features) "
+      f"→ the MLP module, chunk {image['chunk']} rays (the configs' `model.render.chunk`). "
+      "**After**: the fused field `lrm.render_views` now renders with "
+      "(`rendering.make_mlp_triplane_field`: lookup and first layer in one step, the layer "
+      "folded into the planes), chunk `'auto'` = "
+      f"{image['auto_chunk']} rays (`rendering.auto_chunk`: {image['sample_bytes']} B per "
+      f"ray-sample, `lrm.render_sample_bytes` of `large`, against "
+      f"{image['memory'] / 2**30:.1f} GiB {image['memory_source']}; capped at "
+      f"`HOST_MAX_CHUNK` = {rendering.HOST_MAX_CHUNK} on the CPU). Both in this one process, "
+      f"their {image['image_runs']} timed runs each interleaved (before, after, before, …) so "
+      "both see the same load; medians.",
       "",
-      "| decoder | s / image (wall) | M ray-samples / s | process CPU s | compile s |",
-      "|---|---:|---:|---:|---:|",
+      "| renderer | chunk | s / image (wall) | M ray-samples / s | process CPU s | compile s |",
+      "|---|---:|---:|---:|---:|---:|",
   ]
-  for label in ("plain", "folded"):
+  for label, name, ch in (("before", "before: concat 240-D → MLP", image["chunk"]),
+                          ("after", "after: fused field, first layer folded", image["auto_chunk"])):
     sec = image[f"image_{label}"]
-    name = "concat 240-D → MLP" if label == "plain" else "first layer folded into the planes"
-    lines.append(f"| {name} | {sec:.2f} | {res * res * S / sec / 1e6:.2f} | "
+    lines.append(f"| {name} | {ch} | {sec:.2f} | {res * res * S / sec / 1e6:.2f} | "
                  f"{image[f'image_{label}_cpu']:.1f} | {image[f'image_{label}_first']:.1f} |")
+  diff = image["image_max_diff"]
+  cpu_ratio = image["image_before_cpu"] / image["image_after_cpu"]
   lines += [
       "",
-      f"Folded vs plain rgb: max |diff| {image['fold_rgb_max_diff']:.1e}. For scale, not measured "
-      "here: the paper reports 0.5 images/s for its renderer on an A100 (docs/paper_facts.md §B).",
+      f"**After / before: {image['ratio']:.2f}× the ray-samples per second** (wall; process CPU "
+      f"time {cpu_ratio:.2f}×). After vs before, max |diff|: rgb {diff['rgb']:.1e}, depth "
+      f"{diff['depth']:.1e}, opacity {diff['opacity']:.1e}. bf16 hidden matmuls (the fused "
+      f"field under `model.dtype='bfloat16'`) on one chunk: rgb max |diff| "
+      f"{image['bf16_rgb_max_diff']:.1e} to fp32, and slower on this CPU (table below), so the "
+      "CPU configs keep fp32. For scale, not measured here: the paper reports 0.5 images/s for "
+      "its renderer on an A100 (docs/paper_facts.md §B).",
       "",
       f"### Where the time goes: one {image['chunk']}-ray chunk × {S} samples (forward)",
       "",
@@ -417,11 +448,12 @@ def write_results(lookups, image, train, args, prov) -> None:
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--runs", type=int, default=3, help="timed runs per small measurement")
-  ap.add_argument("--image_runs", type=int, default=2, help="timed runs of the full image")
-  ap.add_argument("--folded_image_runs", type=int, default=1,
-                  help="timed runs of the image with the folded first layer")
+  ap.add_argument("--image_runs", type=int, default=2,
+                  help="timed runs of the full image, before and after each")
   ap.add_argument("--res", type=int, default=512)
-  ap.add_argument("--chunk", type=int, default=8192)
+  ap.add_argument("--chunk", type=int, default=4096,
+                  help="the BEFORE renderer's chunk (the configs' model.render.chunk) and the "
+                  "breakdown's chunk")
   ap.add_argument("--num_points", type=int, default=131072)
   ap.add_argument("--quick", action="store_true", help="128² image, fewer points (smoke run)")
   ap.add_argument("--only", default="", help="debug: run only 'lookups', 'train' or 'image'; "
@@ -429,18 +461,17 @@ def main() -> None:
   args = ap.parse_args()
   if args.quick:
     args.res, args.num_points, args.runs, args.image_runs = 128, 16384, 1, 1
-    args.folded_image_runs = 1
   if args.only:
     {"lookups": lambda: bench_lookups(args.runs, args.num_points),
      "train": lambda: bench_training_render(args.runs),
-     "image": lambda: bench_image(args.runs, args.image_runs, args.folded_image_runs, args.res,
+     "image": lambda: bench_image(args.runs, args.image_runs, args.res,
                                         args.chunk)}[args.only]()
     return
   from bench import common
   prov = common.Provenance.start()
   lookups = bench_lookups(args.runs, args.num_points)
   train = bench_training_render(args.runs)
-  image = bench_image(args.runs, args.image_runs, args.folded_image_runs, args.res,
+  image = bench_image(args.runs, args.image_runs, args.res,
                                         args.chunk)
   write_results(lookups, image, train, args, prov)
 

@@ -70,8 +70,8 @@ def _tpu_plan_runs() -> tuple[tuple[str, ...], ...]:
 BENCHES = (
     Bench("bench_lrm", (("--skip_memory",),), ("lrm.md",)),
     Bench("bench_train", (_train_args(),), ("train.md",)),
-    Bench("bench_rendering", (("--runs", "3", "--image_runs", "2", "--folded_image_runs", "2",
-                               "--res", "512", "--chunk", "4096"),), ("rendering.md",)),
+    Bench("bench_rendering", (("--runs", "3", "--image_runs", "3", "--res", "512",
+                               "--chunk", "4096"),), ("rendering.md",)),
     Bench("bench_data", ((),), ("data.md",)),
     Bench("bench_unet", (("--rounds", "10", "--iters", "3", "--threads", "1"),
                          ("--rounds", "6", "--iters", "2", "--append")), ("unet.md",)),

@@ -158,7 +158,8 @@ def get_config(arg=None):
   r.num_samples = 64              # stratified samples per ray
   r.num_importance = 64           # importance samples per ray (64 + 64 = 128, MeshLRM Tab. 5)
   r.box = 1.0
-  r.chunk = 4096                  # rays per chunk for whole images (8192 peaked at 3.7 GB on CPU)
+  r.chunk = 4096                  # rays per chunk for whole images (8192 peaked at 3.7 GB on CPU);
+                                  # 0: from the device's memory (rendering.auto_chunk)
   # Recompute the triplane lookup + NeRF MLP in the backward pass instead of keeping their
   # per-sample activations (which dominate a training step's memory: bench/results/lrm.md).
   r.remat_field = False

@@ -40,7 +40,14 @@ with autodiff's 12 scatters) this was the fastest forward and the fastest or on 
 When the decoder's first layer is linear in the features (OpenLRM's MLP), it can be folded into
 the planes: `sample_triplane(einsum('prsc,pcd->prsd', planes, W.reshape(3, C, D)),
 combine='sum') + b` equals `concat-features @ W + b` and gathers D instead of C floats per corner
-and skips one matmul per sample (pays off when C > D, e.g. 80 > 64; see the bench).
+and skips one matmul per sample (pays off when C ≥ D, e.g. 80 > 64; see the bench).
+`make_mlp_triplane_field` ships it: the fused field (lookup and first layer in one step, bf16
+hidden matmuls on request) that `lrm.render_views` renders whole images with.
+
+Whole images (`render_image`): chunks of rays under one `lax.map` (nothing per sample on the
+host), the chunk given or picked from the device's memory (`auto_chunk`), and with a key each
+ray's random numbers derived from (key, ray index) (`ray_uniforms`), so a render does not
+depend on the chunk.
 """
 from __future__ import annotations
 
@@ -555,38 +562,121 @@ def _render_eg3d(field_fn, o, d, bg, near, far, hit, batch_shape, num_samples, n
   }
 
 
-def render_image(field_fn: FieldFn, camera: cameras_lib.Camera, *, chunk: int = 4096,
+# Bytes one ray-sample keeps alive inside a chunk when the caller gives no estimate: the `large`
+# field's 240 fp32 features, a few 64-wide MLP activations and the renderer's ~20 per-sample
+# floats (t, density, rgb, weights, sort indices), rounded up.
+SAMPLE_BYTES = 2048
+# The share of the device's memory one chunk may use (`auto_chunk`): the rest is the weights,
+# the planes, the outputs and XLA's temporaries.
+CHUNK_MEMORY_FRACTION = 0.25
+# Host memory assumed when neither the device nor the OS reports it.
+_FALLBACK_MEMORY_BYTES = 8 << 30
+# Largest chunk `auto_chunk` picks on a device without memory stats (the CPU): there a bigger
+# chunk buys no speed (no launch overhead to amortise; 16384 rays rendered slower than 4096 in
+# bench/bench_rendering.py's fused field), only memory.
+HOST_MAX_CHUNK = 4096
+
+
+def device_memory_bytes(device=None) -> tuple[int, str]:
+  """(bytes, source): the memory `device` (default `jax.devices()[0]`) may allocate —
+  `memory_stats()['bytes_limit']` where the backend reports it (GPU, TPU); on CPU, where it
+  reports nothing, the host's available memory (`MemAvailable` of /proc/meminfo: other
+  processes' share excluded), else its physical memory, else 8 GiB."""
+  import os
+  device = jax.devices()[0] if device is None else device
+  try:
+    stats = device.memory_stats()
+  except Exception:  # noqa: BLE001 - backends without memory stats raise or return None
+    stats = None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"]), "memory_stats bytes_limit"
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024, "host MemAvailable"
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "host physical memory"
+  except (ValueError, OSError, AttributeError):
+    return _FALLBACK_MEMORY_BYTES, "fallback"
+
+
+def auto_chunk(samples_per_ray: int, sample_bytes: int | None = None, *, device=None,
+               fraction: float = CHUNK_MEMORY_FRACTION, min_chunk: int = 256,
+               max_chunk: int = 1 << 16) -> int:
+  """Rays per chunk for `render_image(chunk=0 | 'auto')`: the largest power of two whose
+  `chunk × samples_per_ray × sample_bytes` fits in `fraction` of the device's memory
+  (`device_memory_bytes`), clamped to [min_chunk, max_chunk] (and to `HOST_MAX_CHUNK` when the
+  memory is the host's: the CPU backend). `sample_bytes` is the caller's
+  estimate of what one ray-sample keeps alive (`SAMPLE_BYTES` when None; `lrm.render_views`
+  derives it from the config). A power of two keeps the chunk count of a 2^k-pixel image exact
+  (no padded rays) and the compiled program the same for nearby memory sizes."""
+  if samples_per_ray < 1:
+    raise ValueError(f"auto_chunk: samples_per_ray must be >= 1, got {samples_per_ray}")
+  sample_bytes = SAMPLE_BYTES if sample_bytes is None else int(sample_bytes)
+  memory, source = device_memory_bytes(device)
+  if not source.startswith("memory_stats"):
+    max_chunk = min(max_chunk, HOST_MAX_CHUNK)
+  rays = int(memory * fraction // (samples_per_ray * max(sample_bytes, 1)))
+  chunk = 1 << max(rays, 1).bit_length() - 1
+  return int(min(max(chunk, min_chunk), max_chunk))
+
+
+def ray_uniforms(key: jax.Array, ray_index: jax.Array, count: int) -> jax.Array:
+  """`[N, count]` uniforms in [0, 1) of the rays `ray_index [N]` (ints): ray i's from
+  `fold_in(key, i)`, so a ray's random numbers depend only on the key and its index, not on how
+  the rays are chunked (`render_image`)."""
+  return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (count,)))(ray_index)
+
+
+def render_image(field_fn: FieldFn, camera: cameras_lib.Camera, *, chunk: int | str = 4096,
                  key: jax.Array | None = None, background=1.0,
                  outputs: Sequence[str] = ("rgb", "depth", "opacity", "weights"),
-                 **render_kwargs) -> dict:
+                 sample_bytes: int | None = None, **render_kwargs) -> dict:
   """Renders every pixel of `camera` (batch shape `[...]`) in chunks of `chunk` rays.
 
   The rays are flattened, padded to a multiple of `chunk` and rendered with `lax.map`, so peak
   memory is that of one chunk, whatever the image size: each field call sees chunk × num_samples
   points (4096 × 64 × 240 concatenated fp32 features = 250 MB for the large triplane).
-  `background` may be a scalar, `[3]` or per-pixel `[..., H, W, 3]`. With a key each chunk gets
-  its own subkey, so random samples depend on `chunk`; without a key the result does not.
+  `background` may be a scalar, `[3]` or per-pixel `[..., H, W, 3]`.
+
+  `chunk` 0 or 'auto': `auto_chunk` picks it from the device's memory and `sample_bytes`, the
+  caller's estimate of the bytes one ray-sample keeps alive in a chunk (`SAMPLE_BYTES` when
+  None). With a key, ray i (row-major over `[..., H, W]`) draws its `num_samples +
+  num_importance` uniforms from `fold_in(key, i)` (`ray_uniforms`, drawn inside each chunk, so
+  nothing per sample is made outside the loop) and hands them to `volume_render` as
+  `uniforms`: the render does not depend on `chunk`. (A direct `volume_render(key=...)` call
+  draws one `[N, S + M]` block from the key instead, unchanged: the trainers' random-ray renders
+  go through it.) Without a key the result does not depend on `chunk` either.
   `uniforms` / `t_fine` / `t_coarse` (`volume_render`'s test hooks) are per pixel,
-  `[..., H, W, k]`.
+  `[..., H, W, k]`; given uniforms take precedence over the key.
   Returns the `volume_render` dict restricted to `outputs`, each `[..., H, W, ...]`.
   """
   unknown = set(outputs) - set(RENDER_OUTPUTS)
   if unknown:
     raise ValueError(f"render_image: outputs must be among {RENDER_OUTPUTS}, got {sorted(unknown)}")
-  if not (isinstance(chunk, int) and chunk >= 1):
-    raise ValueError(f"render_image: chunk must be an int >= 1, got {chunk!r}")
+  if not (chunk == "auto" or (isinstance(chunk, int) and chunk >= 0)):
+    raise ValueError(f"render_image: chunk must be an int >= 1, or 0 / 'auto' (from the device's "
+                     f"memory), got {chunk!r}")
+  num_samples = render_kwargs.get("num_samples")
+  num_importance = render_kwargs.get("num_importance", 0)
   origins, directions = cameras_lib.camera_rays(camera)
   image_shape = origins.shape[:-1]
   bg = jnp.broadcast_to(jnp.asarray(background, jnp.float32), image_shape + (3,)).reshape(-1, 3)
   o, d = origins.reshape(-1, 3), directions.reshape(-1, 3)
   n = o.shape[0]
+  if chunk in (0, "auto"):
+    chunk = auto_chunk(int(num_samples) + int(num_importance), sample_bytes)
   chunk = min(chunk, n)
   num_chunks = -(-n // chunk)
   pad = num_chunks * chunk - n
   if pad:
     # Padded rays point away from the box (direction copied from ray 0 is fine: they are dropped).
     o, d, bg = (jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad, 3))]) for x in (o, d, bg))
-  keys = None if key is None else jax.random.split(key, num_chunks)
+  # Global ray indices: each chunk derives its rays' uniforms from (key, index).
+  ray_index = jnp.arange(num_chunks * chunk, dtype=jnp.uint32).reshape(num_chunks, chunk)
   # Per-pixel extras (test hooks), chunked as the rays are.
   per_ray = {}
   for name in ("uniforms", "t_fine", "t_coarse"):
@@ -602,19 +692,22 @@ def render_image(field_fn: FieldFn, camera: cameras_lib.Camera, *, chunk: int = 
       per_ray[(name, k)] = v.reshape(num_chunks, chunk, v.shape[-1])
 
   def render_chunk(args):
-    co, cd, cbg, ck, extra = args
+    co, cd, cbg, idx, extra = args
     kw = dict(render_kwargs)
     for name in ("t_fine", "t_coarse"):
       if (name, name) in extra:
         kw[name] = extra[(name, name)]
     uni = {k: v for (name, k), v in extra.items() if name == "uniforms"}
+    if not uni and key is not None:
+      u = ray_uniforms(key, idx, int(num_samples) + int(num_importance))
+      uni = {"coarse": u[:, :num_samples], "fine": u[:, num_samples:]}
     if uni:
       kw["uniforms"] = uni
-    out = volume_render(field_fn, co, cd, key=ck, background=cbg, **kw)
+    out = volume_render(field_fn, co, cd, background=cbg, **kw)
     return {k: out[k] for k in outputs}
 
   xs = (o.reshape(num_chunks, chunk, 3), d.reshape(num_chunks, chunk, 3),
-        bg.reshape(num_chunks, chunk, 3), keys, per_ray)
+        bg.reshape(num_chunks, chunk, 3), ray_index, per_ray)
   out = jax.lax.map(render_chunk, xs)
   return {k: v.reshape((num_chunks * chunk,) + v.shape[2:])[:n].reshape(image_shape + v.shape[2:])
           for k, v in out.items()}
@@ -634,4 +727,68 @@ def make_triplane_field(planes: jax.Array, decode_fn: Callable[[jax.Array], tupl
   def field_fn(points, directions):
     del directions
     return decode_fn(sample_triplane(planes, points, box, padding=padding))
+  return field_fn
+
+
+def make_mlp_triplane_field(planes: jax.Array, dense: Sequence[tuple[jax.Array, jax.Array]],
+                            activation: Callable[[jax.Array], jax.Array],
+                            output_fn: Callable[[jax.Array], tuple], *, box=1.0,
+                            padding: str = "zeros", plane_axes=PLANE_AXES, fold: bool | None = None,
+                            dtype=jnp.float32) -> FieldFn:
+  """The fused field of a triplane decoded by a plain MLP: `dense` = [(kernel, bias), ...] of
+  its layers (`activation` after every one but the last), `output_fn(x_last)` → (density, rgb).
+  Equals `make_triplane_field(planes, mlp)` up to fp32 rounding (tests/test_rendering_fast.py).
+
+  The lookup and the first layer are one step: with `fold` (default: when the planes have at
+  least as many channels C as the first layer's width D) the first kernel is folded into the
+  planes, `P'_p = P_p · W_p` (`W_p` the plane's C×D block, computed once here, outside the
+  renderer's chunk loop), and each sample gathers and blends D-wide rows of `P'` summed over the
+  planes (`sample_triplane(..., combine='sum')`) instead of 3C-wide features followed by a
+  3C×D matmul — exact because bilinear interpolation and the layer are both linear. Under
+  `render_image` the whole field (gather, blend, MLP) is traced into the chunk's `lax.map` body,
+  so XLA fuses it per chunk and nothing per sample touches the host.
+
+  `dtype` bfloat16 (`model.dtype`): the hidden layers' matmuls take bf16 inputs and kernels and
+  accumulate in fp32 (`preferred_element_type`); biases, activations' inputs and the outputs
+  stay fp32. NOT in bf16, because it is not safe there: the sample positions and ray distances
+  (t ≈ 2.7 has a bf16 spacing of 0.016, a sixth of a 64-sample bin, and the merge sort of
+  coarse and fine samples would reorder them), the interpolation fractions (1/256 of a texel)
+  and the folded planes the samples read (the first layer's pre-activations keep fp32 so a
+  density near its softplus/exp knee keeps its precision), the transmittance (a running sum of
+  σ·δ over up to 128 samples whose exp amplifies an absolute error of 0.4% per unit) and the
+  compositing weights and depth — all of `volume_render`, which upcasts the field's outputs.
+  On CPUs without native bf16 matmuls bf16 is slower, not faster (bench/results/rendering.md
+  measures fp32).
+  """
+  if not dense:
+    raise ValueError("make_mlp_triplane_field: dense needs at least one (kernel, bias) layer")
+  C = planes.shape[-1]
+  k0, b0 = dense[0]
+  D = k0.shape[-1]
+  if k0.shape[0] != 3 * C:
+    raise ValueError(f"make_mlp_triplane_field: the first kernel must be [3C={3 * C}, D], got "
+                     f"{k0.shape}")
+  fold = C >= D if fold is None else bool(fold)
+  planes = planes.astype(jnp.float32)
+  dtype = jnp.dtype(dtype)
+  low = dtype != jnp.float32
+  if fold:
+    projected = jnp.einsum("prsc,pcd->prsd", planes, k0.astype(jnp.float32).reshape(3, C, D),
+                           precision=jax.lax.Precision.HIGHEST)
+  rest = [(k.astype(dtype) if low else k, b) for k, b in dense[1:]]
+
+  def field_fn(points, directions):
+    del directions
+    if fold:
+      x = sample_triplane(projected, points, box, padding=padding, combine="sum",
+                          plane_axes=plane_axes) + b0
+    else:
+      x = sample_triplane(planes, points, box, padding=padding, plane_axes=plane_axes) @ k0 + b0
+    for kernel, bias in rest:
+      x = activation(x)
+      if low:
+        x = jnp.dot(x.astype(dtype), kernel, preferred_element_type=jnp.float32) + bias
+      else:
+        x = x @ kernel + bias
+    return output_fn(x)
   return field_fn

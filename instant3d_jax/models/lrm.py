@@ -169,7 +169,7 @@ class RenderConfig:
   num_samples: int
   num_importance: int
   box: float
-  chunk: int
+  chunk: int      # rays per whole-image chunk; 0: from the device's memory (auto_chunk)
   remat_field: bool
   composite: str   # 'quadrature' | 'midpoint' (EG3D); `rendering.volume_render`
   sampling: str    # 'stratified' | 'eg3d'
@@ -189,7 +189,9 @@ class RenderConfig:
       raise _bad("render.num_importance", self.num_importance, "≥ 0")
     if self.box <= 0:
       raise _bad("render.box", self.box, "> 0")
-    _positive("render.chunk", self.chunk)
+    if self.chunk < 0:
+      raise _bad("render.chunk", self.chunk, "rays per chunk ≥ 1, or 0 (from the device's "
+                 "memory: rendering.auto_chunk)")
 
 
 LIFTS = ("none", "hull")
@@ -777,6 +779,12 @@ class NeRFMLP(nn.Module):
       x = acts[self.activation](layers.dense(self.hidden, (None, None), name=f"dense_{i}",
                                              **_osg_init())(x))
     x = layers.dense(4, (None, None), name=f"dense_{self.num_layers - 1}", **_osg_init())(x)
+    return self.outputs(x, features)
+
+  @nn.nowrap
+  def outputs(self, x: jax.Array, features: jax.Array | None = None):
+    """The last layer's `x [..., 4]` → (density, rgb) (no parameters; also the fused render
+    field's tail, `render_field_fn`). `features`: the MLP input, read with `colour_prior`."""
     raw = x[..., 0] + self.density_bias
     density = raw if self.raw_density else density_activation(self.density_activation)(raw)
     eps = self.rgb_padding
@@ -908,6 +916,46 @@ def field_fn(mcfg, params: Mapping[str, Any], planes: jax.Array) -> rendering.Fi
   return field
 
 
+def render_field_fn(mcfg, params: Mapping[str, Any], planes: jax.Array) -> rendering.FieldFn:
+  """The field `render_views` renders whole images with: `field_fn`'s field, with the triplane
+  lookup and the NeRF MLP fused (`rendering.make_mlp_triplane_field`: the first layer folded
+  into the planes when they have at least `nerf.hidden` channels, the hidden matmuls in bf16
+  under `model.dtype='bfloat16'`). Equal to `field_fn` up to rounding in fp32. Falls back to
+  `field_fn` itself where the MLP input is not the three planes' features alone
+  (`extras.lift_voxels`: the voxel sample; `extras.colour_prior`: the raw feature channels feed
+  the output). `render_rays` (the trainers' random rays) keeps `field_fn`."""
+  mcfg = LRMConfig.from_config(mcfg)
+  if mcfg.extras.lift_voxels or mcfg.extras.colour_prior:
+    return field_fn(mcfg, params, planes)
+  mlp = mcfg.nerf_mlp(raw_density=mcfg.render.composite == "midpoint")
+  nerf_params = nn.meta.unbox(params["nerf"])
+  dense = [(nerf_params[f"dense_{i}"]["kernel"], nerf_params[f"dense_{i}"]["bias"])
+           for i in range(mlp.num_layers)]
+  activation = {"relu": nn.relu, "silu": nn.silu}[mlp.activation]
+  dtype = jnp.bfloat16 if mcfg.dtype == "bfloat16" else jnp.float32
+  field = rendering.make_mlp_triplane_field(
+      planes, dense, activation, mlp.outputs, box=mcfg.render.box, plane_axes=mcfg.plane_axes,
+      dtype=dtype)
+  if mcfg.render.remat_field:
+    field = jax.checkpoint(field)
+  return field
+
+
+def render_sample_bytes(mcfg) -> int:
+  """Estimated bytes one ray-sample keeps alive while `render_views` renders a chunk (for
+  `rendering.auto_chunk`): fp32 gathered rows and the MLP input (3C wide, or `hidden` wide when
+  the first layer is folded), a few hidden activations and the renderer's ~16 per-sample values.
+  Measured scale: the `large` field at chunk 8192 × 128 samples peaked at 3.7 GB on CPU
+  (configs/lrm.py), ~3.5 kB a sample."""
+  mcfg = LRMConfig.from_config(mcfg)
+  hidden = mcfg.nerf.hidden
+  width = mcfg.mlp_input_channels
+  if not (mcfg.extras.lift_voxels or mcfg.extras.colour_prior) and (
+      mcfg.feature_channels >= hidden):
+    width = hidden
+  return 4 * (2 * width + 6 * hidden + 64)
+
+
 def render_kwargs(mcfg, num_samples: int | None = None, num_importance: int | None = None,
                   background=None) -> dict:
   """`rendering.volume_render` / `render_image` keywords of the config (`model.render`, the
@@ -970,9 +1018,12 @@ def render_views(mcfg, params, planes: jax.Array, cameras: cameras_lib.Camera, *
                  t_coarse: jax.Array | None = None) -> dict:
   """Whole images of `cameras` (batch shape `[B, V]`) of the B objects → `[B, V, H, W, ...]`.
 
-  Chunked (`rendering.render_image`, chunk from `model.render.chunk`) so memory is that of one
-  chunk of rays. `uniforms` / `t_fine` / `t_coarse`: the renderer's test hooks per pixel,
-  `[B, V, H, W, k]`.
+  Chunked (`rendering.render_image`, chunk from `model.render.chunk`; 0: from the device's
+  memory, `rendering.auto_chunk` with `render_sample_bytes`) so memory is that of one
+  chunk of rays. The field is `render_field_fn`'s (lookup and MLP fused). With a key, each
+  object gets a subkey and each ray its own uniforms from it (`rendering.render_image`): the
+  images do not depend on the chunk. `uniforms` / `t_fine` / `t_coarse`: the renderer's test
+  hooks per pixel, `[B, V, H, W, k]`.
   """
   mcfg = LRMConfig.from_config(mcfg)
   kw = render_kwargs(mcfg, num_samples, num_importance, background)
@@ -984,8 +1035,9 @@ def render_views(mcfg, params, planes: jax.Array, cameras: cameras_lib.Camera, *
   chunk = mcfg.render.chunk if chunk is None else chunk
 
   def one(p, cam, k, u, tf, tc):
-    return rendering.render_image(field_fn(mcfg, params, p), cam, chunk=chunk, key=k,
-                                  outputs=tuple(outputs), **kw, **_hooks(u, tf, tc))
+    return rendering.render_image(render_field_fn(mcfg, params, p), cam, chunk=chunk, key=k,
+                                  outputs=tuple(outputs), sample_bytes=render_sample_bytes(mcfg),
+                                  **kw, **_hooks(u, tf, tc))
 
   return jax.vmap(one)(planes, cameras, keys, uniforms, t_fine, t_coarse)
 
@@ -994,5 +1046,5 @@ __all__ = ["LRMConfig", "EncoderConfig", "DecoderConfig", "TriplaneConfig", "NeR
            "RenderConfig", "ExtrasConfig", "LRM", "CameraEmbedder", "DecoderBlock",
            "TriplaneTransformer", "NeRFMLP", "plucker_rays", "triplane_position_code",
            "rig_attention_bias", "point_features", "init_params", "abstract_params",
-           "dummy_inputs", "field_fn", "render_kwargs", "render_rays", "render_views",
-           "density_activation"]
+           "dummy_inputs", "field_fn", "render_field_fn", "render_sample_bytes", "render_kwargs",
+           "render_rays", "render_views", "density_activation"]
