@@ -389,15 +389,21 @@ def write_results(lookups, image, train, args, prov) -> None:
                  f"{image[f'image_{label}_cpu']:.1f} | {image[f'image_{label}_first']:.1f} |")
   diff = image["image_max_diff"]
   cpu_ratio = image["image_before_cpu"] / image["image_after_cpu"]
+  fused_cpu = image["chunk_parts"]["full chunk, fused field (first layer folded into the planes)"][1]
+  bf16_cpu = image["chunk_parts"]["full chunk, fused field, bf16 hidden matmuls"][1]
   lines += [
       "",
       f"**After / before: {image['ratio']:.2f}× the ray-samples per second** (wall; process CPU "
       f"time {cpu_ratio:.2f}×). After vs before, max |diff|: rgb {diff['rgb']:.1e}, depth "
       f"{diff['depth']:.1e}, opacity {diff['opacity']:.1e}. bf16 hidden matmuls (the fused "
       f"field under `model.dtype='bfloat16'`) on one chunk: rgb max |diff| "
-      f"{image['bf16_rgb_max_diff']:.1e} to fp32, and slower on this CPU (table below), so the "
-      "CPU configs keep fp32. For scale, not measured here: the paper reports 0.5 images/s for "
-      "its renderer on an A100 (docs/paper_facts.md §B).",
+      f"{image['bf16_rgb_max_diff']:.1e} to the plain fp32 field; process CPU "
+      f"{bf16_cpu * 1e3:.0f} ms against {fused_cpu * 1e3:.0f} ms for the fused field in fp32 "
+      f"({'slower' if bf16_cpu > fused_cpu else 'faster'} on this CPU; table below). Under "
+      "heavy load from other jobs wall times stretch and wander; the ratio comes from "
+      "interleaved runs, and the process CPU times are the steadier measure. For scale, not "
+      "measured here: the paper reports 0.5 images/s for its renderer on an A100 "
+      "(docs/paper_facts.md §B).",
       "",
       f"### Where the time goes: one {image['chunk']}-ray chunk × {S} samples (forward)",
       "",
