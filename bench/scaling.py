@@ -857,17 +857,17 @@ def findings(spec: dict, rows: list[dict], ana: dict, span: dict) -> list[str]:
                f"{span['started_utc']} to {span['finished_utc']}{load}.")
   best = ana["best_per_budget"]
   smallest, largest = sizes[0], sizes[-1]
-  winners = [best[b] for b in sorted(best)]
+  winners = [best[b] for b in sorted(best, key=int)]
   order = [sizes.index(w) for w in winners]
   if all(w == smallest for w in winners):
     out.append(f"**Size does not pay at fixed steps here**: the smallest size, `{smallest}`, has "
                f"the lowest val MSE at every step budget.")
   elif order == sorted(order) and order[-1] > order[0]:
     out.append("**Larger sizes win as the budget grows**: best size per step budget " + ", ".join(
-        f"{b}: `{n}`" for b, n in sorted(best.items())) + ".")
+        f"{b}: `{n}`" for b, n in sorted(best.items(), key=lambda kv: int(kv[0]))) + ".")
   else:
     out.append("Best size per step budget: " + ", ".join(
-        f"{b}: `{n}`" for b, n in sorted(best.items())) + ".")
+        f"{b}: `{n}`" for b, n in sorted(best.items(), key=lambda kv: int(kv[0]))) + ".")
   front = [p["series"] for p in ana["frontier"]]
   held = sorted(set(front), key=sizes.index)
   out.append(f"At fixed compute (training FLOPs) the frontier is held by "
