@@ -128,6 +128,19 @@ def test_auto_chunk_from_device_memory():
     rendering.render_image(lambda p, d: None, CAM, chunk=-1, **KW)
 
 
+def _micro_scene(knobs: dict, *, objects: int, size: int, seed: int):
+  """The micro LRM with `knobs`, its params (key 1), random planes of `objects` objects (numpy
+  `seed`), the first `objects` rig cameras at `size`² and the render keywords."""
+  m = tiny_configs.micro_lrm_model(**knobs)
+  params = nn.meta.unbox(lrm.init_params(m, jax.random.key(1)))
+  rng = np.random.default_rng(seed)
+  R, C = m.plane_resolution, m.feature_channels
+  planes = jnp.asarray(rng.normal(size=(objects, 3, R, R, C)), jnp.float32)
+  _, cams = lrm.dummy_inputs(m, objects)
+  cams = cameras.resize_camera(cams[:, :objects], size, size)
+  return m, params, planes, cams, lrm.render_kwargs(m)
+
+
 @pytest.mark.parametrize("knobs", [
     pytest.param({}, marks=pytest.mark.slow),
     {"triplane.channels": 16},
@@ -137,14 +150,8 @@ def test_auto_chunk_from_device_memory():
 def test_render_views_fused_equals_field_fn(knobs):
   """`lrm.render_views` (fused field, auto chunk) = `render_image` over `lrm.field_fn` within
   1e-5 without a key; with a key the images do not depend on the chunk."""
-  m = tiny_configs.micro_lrm_model(**{"render.num_samples": 8, "render.num_importance": 8, **knobs})
-  params = nn.meta.unbox(lrm.init_params(m, jax.random.key(1)))
-  rng = np.random.default_rng(4)
-  R, C = m.plane_resolution, m.feature_channels
-  planes = jnp.asarray(rng.normal(size=(2, 3, R, R, C)), jnp.float32)
-  _, cams = lrm.dummy_inputs(m, 2)
-  cams = cameras.resize_camera(cams[:, :2], 6, 6)
-  kw = lrm.render_kwargs(m)
+  m, params, planes, cams, kw = _micro_scene(
+      {"render.num_samples": 8, "render.num_importance": 8, **knobs}, objects=2, size=6, seed=4)
   out = jax.jit(lambda p, pl: lrm.render_views(m, p, pl, cams, chunk=0,
                                                outputs=("rgb", "depth", "opacity")))(params, planes)
 
@@ -164,15 +171,9 @@ def test_render_views_fused_equals_field_fn(knobs):
 def test_render_views_gradients_match_field_fn():
   """Crop training renders through `render_views`: the fused field's gradients w.r.t. the NeRF
   parameters and the planes equal the plain field's (relative error ≤ 1e-4)."""
-  m = tiny_configs.micro_lrm_model(**{"triplane.channels": 16, "render.num_samples": 8,
-                                      "render.num_importance": 8})
-  params = nn.meta.unbox(lrm.init_params(m, jax.random.key(1)))
-  rng = np.random.default_rng(6)
-  R, C = m.plane_resolution, m.feature_channels
-  planes = jnp.asarray(rng.normal(size=(1, 3, R, R, C)), jnp.float32)
-  _, cams = lrm.dummy_inputs(m, 1)
-  cams = cameras.resize_camera(cams[:, :1], 5, 5)
-  kw = lrm.render_kwargs(m)
+  m, params, planes, cams, kw = _micro_scene(
+      {"triplane.channels": 16, "render.num_samples": 8, "render.num_importance": 8},
+      objects=1, size=5, seed=6)
 
   def loss_fused(nerf, pl):
     p = {**params, "nerf": nerf}
